@@ -1,0 +1,147 @@
+"""``panda-lab``: the command line.  pbook's verbs, the server, pilots and the demo.
+
+Exit codes: 0 success, 1 failure of the work itself (a task that failed, a check that
+did not hold), 2 bad usage or input, 3 no server to talk to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_SERVER = 0, 1, 2, 3
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="database URL (default: SQLite in the home directory), e.g. "
+                                "postgresql+psycopg://user@host/db")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--sites", type=Path, help="sites.toml (default: three local sites)")
+    p.add_argument("--heartbeat-timeout", type=float, default=60.0,
+                   help="seconds without heartbeat before a job is failed and retried")
+    p.add_argument("--watchdog-interval", type=float, default=2.0)
+    p.add_argument("--heartbeat-interval", type=float, default=5.0,
+                   help="how often pilots heartbeat")
+    p.add_argument("--no-pilots", action="store_true",
+                   help="start no local pilots (run `panda-lab pilot` yourself)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="panda-lab", description="PanDA-style distributed analysis from the notebook.")
+    parser.add_argument("--home", type=Path, help="runtime directory (default: $PANDA_LAB_HOME "
+                                                   "or the user's data directory)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    srv = sub.add_parser("server", help="run, start, stop or query the server")
+    ssub = srv.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _server_args(ssub.add_parser("run", help="run in the foreground (a deployment)"))
+    _server_args(ssub.add_parser("start", help="start detached; writes the connection file"))
+    ssub.add_parser("stop", help="stop the detached server and its local pilots")
+    st = ssub.add_parser("status", help="is the server running, and where")
+    st.add_argument("--json", action="store_true")
+
+    pil = sub.add_parser("pilot", help="run a pilot that pulls jobs for a site")
+    pil.add_argument("--server", required=True, help="server URL")
+    pil.add_argument("--site", required=True, help="site name")
+    pil.add_argument("--token", help="pilot token (default: $PANDA_LAB_PILOT_TOKEN, or "
+                                     "--token-file)")
+    pil.add_argument("--token-file", type=Path)
+    pil.add_argument("--slots", type=int, default=1, help="jobs run at once")
+    pil.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs")
+    pil.add_argument("--idle-exit", type=float, default=0.0,
+                     help="exit after this many seconds without work")
+    pil.add_argument("--server-lost-timeout", type=float, default=300.0)
+
+    t = sub.add_parser("tasks", help="list tasks")
+    t.add_argument("--limit", type=int, default=50)
+    t.add_argument("--state")
+    t.add_argument("--json", action="store_true")
+    j = sub.add_parser("jobs", help="list the jobs of a task")
+    j.add_argument("task", help="task id or name")
+    j.add_argument("--all", action="store_true", help="every attempt, not only the latest")
+    j.add_argument("--json", action="store_true")
+    for verb, text in (("kill", "kill a task"), ("retry", "retry the failed jobs of a task")):
+        v = sub.add_parser(verb, help=text)
+        v.add_argument("task", help="task id or name")
+        v.add_argument("--json", action="store_true")
+    s = sub.add_parser("sites", help="sites, their pilots, queued and running jobs")
+    s.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="run the demo on the embedded default")
+    d.add_argument("--jobs", type=int, default=300)
+    d.add_argument("--keep-server", action="store_true",
+                   help="leave a server the demo started running")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("server", "pilot")
+                        else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from panda_lab.http import ApiError, ServerUnreachable
+    from panda_lab.server.config import ConfigError
+    from panda_lab.server.main import ServerError
+
+    try:
+        if args.command == "server":
+            from panda_lab.cli import server_cmd
+
+            return server_cmd.run(args)
+        if args.command == "pilot":
+            return _pilot(args)
+        if args.command == "demo":
+            from panda_lab.cli import demo
+
+            return demo.run(args)
+        from panda_lab.cli import verbs
+
+        return verbs.run(args)
+    except ConfigError as exc:
+        print(f"panda-lab: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerUnreachable as exc:
+        print(f"panda-lab: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
+    except ConnectionError as exc:
+        print(f"panda-lab: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
+    except ServerError as exc:
+        print(f"panda-lab: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except ApiError as exc:
+        print(f"panda-lab: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE if 400 <= exc.status < 500 else EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _pilot(args: argparse.Namespace) -> int:
+    from panda_lab.pilot import Pilot, PilotOptions
+
+    token = args.token or os.environ.get("PANDA_LAB_PILOT_TOKEN")
+    if token is None and args.token_file:
+        token = args.token_file.read_text().strip()
+    if not token:
+        print("panda-lab pilot: no token; pass --token, --token-file or set "
+              "PANDA_LAB_PILOT_TOKEN", file=sys.stderr)
+        return EXIT_USAGE
+    return Pilot(PilotOptions(server=args.server, site=args.site, token=token, slots=args.slots,
+                              max_jobs=args.max_jobs, idle_exit=args.idle_exit,
+                              server_lost_timeout=args.server_lost_timeout)).run()
+
+
+def print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

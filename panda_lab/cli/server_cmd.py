@@ -1,0 +1,67 @@
+"""``panda-lab server run|start|stop|status``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from panda_lab import runtime
+from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
+
+
+def config_from_args(args: argparse.Namespace):
+    from panda_lab.server.config import ServerConfig, default_sites, load_sites
+
+    return ServerConfig(
+        home=runtime.home(args.home), db_url=args.db, host=args.host, port=args.port,
+        sites=load_sites(args.sites) if args.sites else default_sites(),
+        heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
+        watchdog_interval=args.watchdog_interval, provision=not args.no_pilots)
+
+
+def _forward(args: argparse.Namespace) -> list[str]:
+    out = ["--host", args.host, "--port", str(args.port),
+           "--heartbeat-timeout", str(args.heartbeat_timeout),
+           "--heartbeat-interval", str(args.heartbeat_interval),
+           "--watchdog-interval", str(args.watchdog_interval)]
+    if args.db:
+        out += ["--db", args.db]
+    if args.sites:
+        out += ["--sites", str(args.sites.resolve())]
+    if args.no_pilots:
+        out.append("--no-pilots")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from panda_lab.server.main import run_server, server_alive, start_detached, stop_detached
+
+    home = runtime.home(args.home)
+    if args.action == "run":
+        run_server(config_from_args(args))
+        return EXIT_OK
+    if args.action == "start":
+        config_from_args(args)  # validate here, where the user sees the error
+        t = time.monotonic()
+        info = start_detached(home, _forward(args))
+        print(f"panda-lab server running at {info['url']} (pid {info['pid']}, "
+              f"{time.monotonic() - t:.1f} s); connection file {runtime.connection_path(home)}")
+        return EXIT_OK
+    if args.action == "stop":
+        if stop_detached(home):
+            print("panda-lab server stopped")
+            return EXIT_OK
+        print("no panda-lab server was running")
+        return EXIT_OK
+    info = runtime.read_connection(home)
+    alive = server_alive(info)
+    status = {"running": alive, "home": str(home)}
+    if info and alive:
+        status.update(url=info["url"], pid=info["pid"], database=info.get("database"))
+    if getattr(args, "json", False):
+        print_json(status)
+    elif alive:
+        print(f"running at {status['url']} (pid {status['pid']}), database {status['database']}")
+    else:
+        print(f"not running (home {home})")
+    return EXIT_OK if alive else (EXIT_NO_SERVER if info is None else EXIT_FAIL)

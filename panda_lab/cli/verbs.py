@@ -1,0 +1,66 @@
+"""pbook's verbs on the command line: ``tasks``, ``jobs``, ``kill``, ``retry``, ``sites``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from panda_lab.cli.main import EXIT_OK, print_json
+from panda_lab.client.session import connect
+
+
+def _age(t: float | None) -> str:
+    if not t:
+        return "-"
+    s = time.time() - t
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def run(args: argparse.Namespace) -> int:
+    lab = connect(home=args.home, start=False)
+    console = Console()
+    if args.command == "tasks":
+        tasks = lab.list_tasks(args.limit, args.state)
+        if args.json:
+            print_json(tasks)
+            return EXIT_OK
+        table = Table("id", "name", "state", "done", "jobs", "sites", "age", title="tasks")
+        for t in tasks:
+            table.add_row(str(t["id"]), t["name"], t["state"], str(t["n_done"]),
+                          str(t["n_jobs"]), t["site"], _age(t["created_at"]))
+        console.print(table)
+    elif args.command == "jobs":
+        jobs = lab.jobs(args.task, all_attempts=args.all)
+        if args.json:
+            print_json(jobs)
+            return EXIT_OK
+        table = Table("job", "index", "attempt", "state", "site", "pilot", "error",
+                      title=f"jobs of task {args.task}")
+        for j in jobs:
+            table.add_row(str(j["id"]), str(j["job_index"]), str(j["attempt"]), j["state"],
+                          j["site"] or "-", str(j["pilot_id"] or "-"),
+                          (j["error_message"] or "")[:60])
+        console.print(table)
+    elif args.command in ("kill", "retry"):
+        reply = lab.kill(args.task) if args.command == "kill" else lab.retry(args.task)
+        if args.json:
+            print_json(reply)
+        elif args.command == "kill":
+            print(f"task {reply['task']} killed: {len(reply['cancelled'])} job(s) cancelled")
+        else:
+            print(f"task {reply['task']} retried: {len(reply['jobs'])} new attempt(s)")
+    elif args.command == "sites":
+        sites = lab.sites()
+        if args.json:
+            print_json(sites)
+            return EXIT_OK
+        table = Table("site", "kind", "provisioner", "state", "pilots", "queued", "running",
+                      "description", title="sites")
+        for s in sites:
+            table.add_row(s["name"], s["kind"], s["provisioner"], s["state"], str(s["pilots"]),
+                          str(s["queued"]), str(s["running"]), s["description"])
+        console.print(table)
+    return EXIT_OK

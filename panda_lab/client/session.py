@@ -1,0 +1,147 @@
+"""``panda_lab.connect()``: a session with a panda-lab server, local or remote.
+
+With no argument it finds the local server through the connection file, or starts
+one detached (SQLite, the default local sites), so a notebook needs no setup.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from panda_lab import runtime
+from panda_lab.http import ApiClient, ApiError
+from panda_lab.payload import dumps_call, dumps_fn, environment
+
+FINAL_TASK_STATES = frozenset({"done", "finished", "failed", "aborted"})
+
+
+class Lab:
+    """A connection to a panda-lab server and the verbs a user needs."""
+
+    def __init__(self, url: str, token: str, home: Path | None = None) -> None:
+        self.url = url
+        self.home = home
+        self.api = ApiClient(url, token)
+
+    def __repr__(self) -> str:
+        try:
+            sites = self.api.get("/api/sites")
+            summary = ", ".join(f"{s['name']} ({s['kind']}, {s['pilots']} pilot(s))" for s in sites)
+        except Exception as exc:  # a repr must never raise
+            summary = f"unreachable: {exc}"
+        return f"<panda_lab.Lab {self.url} sites: {summary}>"
+
+    def close(self) -> None:
+        self.api.close()
+
+    # ---- tasks ---------------------------------------------------------------------
+    def submit(
+        self,
+        fn: Callable,
+        arglist: Iterable[tuple] ,
+        *,
+        name: str = "task",
+        site: str | list[str] = "ANY",
+        retries: int = 2,
+        priority: int = 0,
+        cores: int = 1,
+        memory_mb: int = 0,
+        walltime_s: float = 0.0,
+    ) -> int:
+        """Submit one job per argument tuple, all calling ``fn``; returns the task id.
+
+        The function travels once, with the task; each job carries only its arguments.
+        """
+        common = dumps_fn(fn)
+        jobs = [{"payload": base64.b64encode(dumps_call(None, args)).decode()}
+                for args in arglist]
+        reply = self.api.post("/api/tasks", {
+            "name": name, "owner": os.environ.get("USER", ""), "site": site,
+            "jobs": jobs, "common": base64.b64encode(common).decode(),
+            "options": {"priority": priority, "cores": cores, "memory_mb": memory_mb,
+                        "walltime_s": walltime_s, "max_attempts": retries + 1,
+                        "client": environment()},
+        })
+        return reply["task"]
+
+    def task_info(self, task: int | str) -> dict:
+        return self.api.get(f"/api/tasks/{task}")
+
+    def list_tasks(self, limit: int = 100, state: str | None = None) -> list[dict]:
+        return self.api.get("/api/tasks", limit=limit, state=state)
+
+    def jobs(self, task: int | str, all_attempts: bool = False) -> list[dict]:
+        return self.api.get(f"/api/tasks/{task}/jobs",
+                            all_attempts="true" if all_attempts else "false")
+
+    def wait(self, task: int | str, timeout: float | None = None) -> dict:
+        """Block until the task is final (or ``timeout``); returns its info."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
+            info = self.api.get(f"/api/tasks/{task}/wait", timeout=left)
+            if info["state"] in FINAL_TASK_STATES:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task} is still {info['state']} after {timeout} s")
+
+    def results(self, task: int | str) -> dict[int, Any]:
+        """Unpickled results by job index (only jobs that finished)."""
+        import pickle
+
+        rows = self.api.get(f"/api/tasks/{task}/results")
+        return {r["index"]: pickle.loads(base64.b64decode(r["data"])) for r in rows}
+
+    def failures(self, task: int | str) -> list[dict]:
+        return self.api.get(f"/api/tasks/{task}/failures")
+
+    def kill(self, task: int | str) -> dict:
+        return self.api.post(f"/api/tasks/{task}/kill")
+
+    def retry(self, task: int | str) -> dict:
+        return self.api.post(f"/api/tasks/{task}/retry")
+
+    def sites(self) -> list[dict]:
+        return self.api.get("/api/sites")
+
+    def pilots(self, site: str | None = None) -> list[dict]:
+        return self.api.get("/api/pilots", site=site)
+
+
+def connect(url: str | None = None, token: str | None = None,
+            home: str | os.PathLike | None = None, start: bool = True) -> Lab:
+    """Connect to a server.
+
+    - ``url`` given: a remote server; the token comes from ``token``, else the
+      ``PANDA_LAB_TOKEN`` environment variable, else ``PANDA_LAB_TOKEN_FILE``.
+    - nothing given: the local server of ``PANDA_LAB_HOME`` (or the user's data dir),
+      started detached if none runs and ``start`` is true.
+    """
+    if url is not None:
+        token = token or os.environ.get("PANDA_LAB_TOKEN")
+        if token is None and os.environ.get("PANDA_LAB_TOKEN_FILE"):
+            token = Path(os.environ["PANDA_LAB_TOKEN_FILE"]).read_text().strip()
+        if not token:
+            raise ValueError("a token is needed for a remote server: pass token=..., or set "
+                             "PANDA_LAB_TOKEN or PANDA_LAB_TOKEN_FILE")
+        lab = Lab(url, token)
+        lab.api.get("/api/info")
+        return lab
+    from panda_lab.server.main import server_alive, start_detached
+
+    h = runtime.home(home)
+    info = runtime.read_connection(h)
+    if not server_alive(info):
+        if not start:
+            raise ConnectionError(f"no panda-lab server runs for {h}; start one with "
+                                  "`panda-lab server start`")
+        info = start_detached(h)
+    try:
+        return Lab(info["url"], token or info["user_token"], home=h)
+    except ApiError as exc:  # pragma: no cover - defensive
+        raise ConnectionError(str(exc)) from exc

@@ -1,0 +1,101 @@
+"""The one module that talks HTTP to a panda-lab server, for clients and pilots alike.
+
+Requests can be retried with backoff for a while when the server is unreachable, which
+is how a pilot rides out a server restart without losing its reports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+
+class ApiError(Exception):
+    """The server answered with an error status; ``detail`` is its explanation."""
+
+    def __init__(self, status: int, detail: Any, method: str = "", path: str = "") -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+
+
+class ServerUnreachable(ConnectionError):
+    pass
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str, timeout: float = 60.0,
+                 retry_for: float = 0.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.retry_for = retry_for
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+                params: dict | None = None, timeout: float | None = None,
+                retry_for: float | None = None, raw: bool = False) -> Any:
+        retry_for = self.retry_for if retry_for is None else retry_for
+        deadline = time.monotonic() + retry_for
+        delay = 0.05
+        headers = {}
+        if json is not None:
+            content = orjson.dumps(json)
+            headers["Content-Type"] = "application/json"
+        kw: dict = {"params": params, "content": content, "headers": headers}
+        if timeout is not None:
+            kw["timeout"] = timeout
+        while True:
+            try:
+                resp = self._http.request(method, path, **kw)
+                break
+            except httpx.TransportError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ServerUnreachable(
+                        f"panda-lab server at {self.url} unreachable: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:
+                detail = resp.text
+            raise ApiError(resp.status_code, detail, method, path)
+        if raw:
+            return resp.content
+        return orjson.loads(resp.content) if resp.content else None
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, json=body if body is not None else {}, **kw)
+
+    def events(self, tasks: list[int] | None = None, results: bool = False,
+               timeout: float | None = None) -> Iterator[dict]:
+        """Server-Sent Events as dicts, until the stream ends or the server goes away."""
+        params: dict = {"results": "true" if results else "false"}
+        if tasks:
+            params["tasks"] = ",".join(str(t) for t in tasks)
+        with httpx.Client(base_url=self.url, headers=self._headers,
+                          timeout=httpx.Timeout(timeout or 60.0, read=None)) as http, \
+                http.stream("GET", "/api/events", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise ApiError(resp.status_code, resp.text, "GET", "/api/events")
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    yield orjson.loads(line[6:])

@@ -1,0 +1,131 @@
+"""What a job carries and what it brings back: cloudpickled calls, results and errors.
+
+A job's payload is ``(fn, args, kwargs)``; ``fn`` may be ``None`` when every job of a
+task calls the same function, which then travels once as the task's *common* payload.
+The same Python environment is assumed on pilots (as Dask assumes); the versions of
+the packages that matter travel along so a mismatch is reported, not guessed at.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+TAIL = 4000  # characters of stdout/stderr kept per job
+
+KEY_PACKAGES = ("cloudpickle", "numpy", "awkward", "uproot", "dask")
+
+
+class PayloadError(TypeError):
+    """The call cannot be shipped: the message says what could not be pickled."""
+
+
+def dumps_call(fn: Callable | None, args: tuple = (), kwargs: dict | None = None) -> bytes:
+    try:
+        return cloudpickle.dumps((fn, tuple(args), dict(kwargs or {})))
+    except Exception as exc:
+        what = getattr(fn, "__qualname__", repr(fn)) if fn is not None else "the arguments"
+        raise PayloadError(f"cannot pickle the call to {what}: {type(exc).__name__}: {exc}") \
+            from exc
+
+
+def dumps_fn(fn: Callable) -> bytes:
+    try:
+        return cloudpickle.dumps(fn)
+    except Exception as exc:
+        raise PayloadError(f"cannot pickle {getattr(fn, '__qualname__', fn)!r}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+
+
+def environment() -> dict:
+    """Python and key package versions, for the environment check between client and pilot."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for name in KEY_PACKAGES:
+        try:
+            env[name] = version(name)
+        except PackageNotFoundError:
+            env[name] = None
+    return env
+
+
+class _Tail(io.StringIO):
+    """A stdout/stderr stand-in that keeps only the last ``TAIL`` characters."""
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if self.tell() > 4 * TAIL:
+            keep = self.getvalue()[-TAIL:]
+            self.seek(0)
+            self.truncate()
+            super().write(keep)
+        return n
+
+    def tail(self) -> str:
+        return self.getvalue()[-TAIL:]
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    result: bytes | None
+    error: dict | None
+    stdout: str
+    stderr: str
+    started_at: float
+    ended_at: float
+
+
+def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
+    tb = "".join(traceback.format_exception(exc))
+    err = {"category": category, "type": type(exc).__qualname__,
+           "message": f"{prefix}{type(exc).__name__}: {exc}", "traceback": tb}
+    try:
+        err["exception"] = cloudpickle.dumps(exc)
+        pickle.loads(err["exception"])
+    except Exception:
+        err.pop("exception", None)
+    return err
+
+
+def run_call(payload: bytes, common: Callable | None) -> Outcome:
+    """Run one payload here, capturing output, and classify any failure."""
+    started = time.time()
+    out, err_stream = _Tail(), _Tail()
+    try:
+        fn, args, kwargs = pickle.loads(payload)
+    except Exception as exc:
+        return Outcome(False, None, _error(
+            "payload", exc, "cannot unpickle the payload on the pilot (is the same Python "
+                            "environment installed here?): "),
+            "", "", started, time.time())
+    fn = fn if fn is not None else common
+    if fn is None:
+        return Outcome(False, None, {"category": "payload", "message":
+                                     "payload names no function and the task has none"},
+                       "", "", started, time.time())
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err_stream
+    try:
+        value: Any = fn(*args, **kwargs)
+    except BaseException as exc:  # the user's code may raise anything, SystemExit too
+        sys.stdout, sys.stderr = old
+        return Outcome(False, None, _error("user", exc), out.tail(), err_stream.tail(),
+                       started, time.time())
+    finally:
+        sys.stdout, sys.stderr = old
+    try:
+        data = cloudpickle.dumps(value)
+    except Exception as exc:
+        return Outcome(False, None, _error("user", exc, "the result cannot be pickled: "),
+                       out.tail(), err_stream.tail(), started, time.time())
+    return Outcome(True, data, None, out.tail(), err_stream.tail(), started, time.time())

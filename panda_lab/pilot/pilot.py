@@ -1,0 +1,292 @@
+"""The pilot: pulls jobs from the server (late binding), runs them, heartbeats, reports.
+
+One loop, in this order: acquire jobs in bulk, start them on idle workers, wait for
+one to finish, report in bulk.  The control plane's cost per job is what limits
+throughput, so acquisitions grow with how short jobs are, and reports are batched
+(but sent at once when nothing else is waiting, so a lone job is never held back).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_any
+
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.payload import environment
+from panda_lab.pilot.worker import Worker
+from panda_lab.store.base import INLINE_LIMIT
+
+log = logging.getLogger("panda_lab.pilot")
+
+
+@dataclass
+class PilotOptions:
+    server: str
+    site: str
+    token: str
+    slots: int = 1
+    #: Exit after this many jobs (0: no limit); a batch allocation's ``jobs_per_pilot``.
+    max_jobs: int = 0
+    #: Exit after this long without work (0: never).
+    idle_exit: float = 0.0
+    #: Give up when the server cannot be reached for this long.
+    server_lost_timeout: float = 300.0
+    #: Seconds of work to fetch per acquisition, from the measured job duration.
+    fill_seconds: float = 0.5
+    max_batch: int = 200
+    #: Longest wait before finished jobs are reported while others still run.
+    flush_interval: float = 0.25
+    long_poll: float = 5.0
+
+
+class Pilot:
+    def __init__(self, opts: PilotOptions) -> None:
+        self.opts = opts
+        self.api = ApiClient(opts.server, opts.token, retry_for=opts.server_lost_timeout)
+        self.workers = [Worker() for _ in range(opts.slots)]
+        self.queue: deque[dict] = deque()
+        self.pending: dict[int, dict] = {}   # job id -> latest update not yet reported
+        self.pending_since = 0.0
+        self.commons: dict[int, bytes | None] = {}
+        self.stopping = False
+        self.done = 0
+        self.mean_duration = 1.0
+        self.pilot_id = 0
+        self.heartbeat_interval = 5.0
+        self.last_contact = 0.0
+        self.idle_since = time.monotonic()
+
+    # ---- life cycle -------------------------------------------------------------------
+    def register(self) -> None:
+        reply = self.api.post("/api/pilot/register", {
+            "site": self.opts.site, "host": socket.gethostname(), "pid": os.getpid(),
+            "slots": self.opts.slots, "info": {"environment": environment()}})
+        self.pilot_id = reply["pilot"]
+        self.heartbeat_interval = float(reply["heartbeat_interval"])
+        self.last_contact = time.monotonic()
+        log.info("pilot %d registered at site %s", self.pilot_id, self.opts.site)
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        for w in self.workers:
+            w.ensure()  # start workers before the first job: its latency matters
+        try:
+            self.register()
+            while not self.stopping:
+                self._acquire()
+                self._start_jobs()
+                self._collect()
+                self._maybe_flush()
+                self._maybe_heartbeat()
+                if self._should_exit():
+                    break
+            self._drain()
+            return 0
+        except ServerUnreachable as exc:
+            log.error("%s; giving up", exc)
+            return 3
+        except ApiError as exc:
+            log.error("server refused: %s", exc)
+            return 2
+        finally:
+            for w in self.workers:
+                w.close()
+
+    def _on_term(self, signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        self.stopping = True
+
+    def _should_exit(self) -> bool:
+        if self.opts.max_jobs and self.done >= self.opts.max_jobs:
+            return True
+        busy = self.queue or any(w.busy for w in self.workers)
+        if busy:
+            self.idle_since = time.monotonic()
+            return False
+        return bool(self.opts.idle_exit) and time.monotonic() - self.idle_since > self.opts.idle_exit
+
+    def _drain(self) -> None:
+        """Hand back what this pilot holds, so it is retried at once rather than after a
+        heartbeat timeout, then say goodbye."""
+        for w in self.workers:
+            if w.busy:
+                job = w.job
+                w.kill()
+                self._report_failed(job, "system", "pilot stopped while the job ran")
+        while self.queue:
+            self._report_failed(self.queue.popleft(), "system", "pilot stopped before the job ran")
+        try:
+            self._flush(retry_for=min(5.0, self.opts.server_lost_timeout))
+            if self.pilot_id:
+                self.api.post("/api/pilot/end", {"pilot": self.pilot_id}, retry_for=2.0)
+        except (ServerUnreachable, ApiError) as exc:
+            log.warning("could not report on exit: %s", exc)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _capacity(self) -> int:
+        idle = sum(not w.busy for w in self.workers)
+        if self.stopping or (self.opts.max_jobs and self.done + len(self.queue) + self._running()
+                             >= self.opts.max_jobs):
+            return 0
+        per_slot = max(1, min(self.opts.max_batch,
+                              int(self.opts.fill_seconds / max(self.mean_duration, 1e-4))))
+        want = per_slot * self.opts.slots - len(self.queue) - (self.opts.slots - idle)
+        if self.opts.max_jobs:
+            want = min(want, self.opts.max_jobs - self.done - len(self.queue) - self._running())
+        return max(0, min(want, self.opts.max_batch))
+
+    def _running(self) -> int:
+        return sum(w.busy for w in self.workers)
+
+    def _acquire(self) -> None:
+        if self.queue:
+            return
+        n = self._capacity()
+        if n <= 0:
+            return
+        idle = not any(w.busy for w in self.workers)
+        if idle and self.pending:
+            self._flush()
+        wait = self.opts.long_poll if idle else 0.0
+        reply = self.api.post("/api/pilot/acquire", {"pilot": self.pilot_id,
+                                                     "site": self.opts.site, "n": n,
+                                                     "wait": wait}, timeout=wait + 30)
+        self.last_contact = time.monotonic()
+        for job in reply["jobs"]:
+            job["payload"] = base64.b64decode(job["payload"])
+            self.queue.append(job)
+
+    def _common(self, task_id: int) -> bytes | None:
+        if task_id not in self.commons:
+            try:
+                self.commons[task_id] = self.api.request(
+                    "GET", f"/api/pilot/tasks/{task_id}/common", raw=True)
+            except ApiError:
+                self.commons[task_id] = None
+        return self.commons[task_id]
+
+    def _start_jobs(self) -> None:
+        for w in self.workers:
+            if w.busy or not self.queue:
+                continue
+            job = self.queue.popleft()
+            common = self._common(job["task"]) if job.get("common") else None
+            w.run(job, common, time.time())
+            self._set_pending(job, "running", started_at=w.started_at)
+
+    def _collect(self) -> None:
+        busy = [w for w in self.workers if w.busy]
+        if not busy:
+            return
+        now = time.time()
+        timeout = self.heartbeat_interval
+        if self.pending:
+            timeout = min(timeout, max(0.0, self.pending_since + self.opts.flush_interval
+                                       - time.monotonic()))
+        if self.queue:
+            timeout = 0.0 if any(not w.busy for w in self.workers) else timeout
+        for w in busy:
+            wt = w.job.get("walltime_s") or 0.0
+            if wt:
+                timeout = min(timeout, max(0.0, w.started_at + wt - now))
+        ready = wait_any([w.conn for w in busy], timeout=timeout)
+        for w in busy:
+            if w.conn in ready:
+                job, outcome = w.receive()
+                self._finish(job, outcome, w)
+            elif w.job.get("walltime_s") and time.time() - w.started_at > w.job["walltime_s"]:
+                job = w.job
+                w.kill()
+                self._report_failed(job, "timeout",
+                                    f"ran past its walltime of {job['walltime_s']:g} s")
+
+    def _finish(self, job: dict, outcome, worker: Worker) -> None:
+        self.done += 1
+        if outcome is None:
+            self._report_failed(job, "system",
+                                f"worker process died (exit code {worker.last_exit})")
+            return
+        dur = max(outcome.ended_at - outcome.started_at, 1e-5)
+        self.mean_duration = 0.8 * self.mean_duration + 0.2 * dur if self.done > 1 else dur
+        extra = {"stdout": outcome.stdout or None, "stderr": outcome.stderr or None}
+        if outcome.ok:
+            data = outcome.result
+            if len(data) > INLINE_LIMIT:
+                ref = self.api.request("PUT", f"/api/pilot/results/{job['task']}/{job['id']}",
+                                       content=data)["ref"]
+                self._set_pending(job, "finished", result_ref=ref, **extra)
+            else:
+                self._set_pending(job, "finished", result=base64.b64encode(data).decode(),
+                                  **extra)
+        else:
+            err = dict(outcome.error)
+            if "exception" in err:
+                err["exception"] = base64.b64encode(err["exception"]).decode()
+            self._set_pending(job, "failed", error=err, **extra)
+
+    def _report_failed(self, job: dict, category: str, message: str) -> None:
+        self._set_pending(job, "failed", error={"category": category, "message": message})
+
+    def _set_pending(self, job: dict, state: str, **fields) -> None:
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        prev = self.pending.get(job["id"], {})
+        upd = {"id": job["id"], "attempt": job["attempt"], "state": state}
+        if "started_at" in prev:
+            upd["started_at"] = prev["started_at"]
+        upd.update({k: v for k, v in fields.items() if v is not None})
+        self.pending[job["id"]] = upd
+
+    def _held(self) -> list[int]:
+        return [j["id"] for j in self.queue] + [w.job["id"] for w in self.workers if w.busy]
+
+    def _maybe_flush(self) -> None:
+        if not self.pending:
+            return
+        idle = not self.queue and not any(w.busy for w in self.workers)
+        old = time.monotonic() - self.pending_since >= self.opts.flush_interval
+        if idle or old or len(self.pending) >= self.opts.max_batch:
+            self._flush()
+
+    def _flush(self, retry_for: float | None = None) -> None:
+        if not self.pending:
+            return
+        body = {"pilot": self.pilot_id, "updates": list(self.pending.values()),
+                "held": self._held()}
+        reply = self.api.post("/api/pilot/update", body, retry_for=retry_for)
+        self.pending.clear()
+        self.last_contact = time.monotonic()
+        if reply["ignored"]:
+            log.info("server ignored %d update(s): %s", len(reply["ignored"]),
+                     reply["ignored"][:3])
+        self._drop(reply["drop"])
+
+    def _maybe_heartbeat(self) -> None:
+        if time.monotonic() - self.last_contact < self.heartbeat_interval:
+            return
+        reply = self.api.post("/api/pilot/heartbeat", {"pilot": self.pilot_id,
+                                                       "held": self._held()})
+        self.last_contact = time.monotonic()
+        self._drop(reply["drop"])
+
+    def _drop(self, ids: list[int]) -> None:
+        """Forget or kill jobs the server has ended (killed by the user, or given up on)."""
+        if not ids:
+            return
+        gone = set(ids)
+        self.queue = deque(j for j in self.queue if j["id"] not in gone)
+        for w in self.workers:
+            if w.busy and w.job["id"] in gone:
+                log.info("killing job %d on request of the server", w.job["id"])
+                w.kill()
+        for i in gone:
+            self.pending.pop(i, None)

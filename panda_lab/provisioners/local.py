@@ -1,0 +1,78 @@
+"""Pilots as local processes: the embedded default, and what tests run for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from panda_lab.provisioners.base import PilotSpec, Provisioner
+
+
+class LocalProvisioner(Provisioner):
+    label = "local"
+
+    def __init__(self, spec: PilotSpec, log_dir: Path, known_pilots: list[dict] | None = None):
+        super().__init__(spec)
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.known_pilots = known_pilots or []
+        self._n = 0
+
+    def submit(self, n: int) -> list:
+        env = dict(os.environ, PANDA_LAB_PILOT_TOKEN=self.spec.pilot_token)
+        # Dask's workers leak this into the environment; it slows numpy/awkward payloads.
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+        out = []
+        for _ in range(n):
+            self._n += 1
+            log = self.log_dir / f"pilot-{self.spec.site.name}-{os.getpid()}-{self._n}.log"
+            with open(log, "ab") as f:
+                out.append(psutil.Popen(self.spec.command(), stdin=subprocess.DEVNULL,
+                                        stdout=f, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True))
+        return out
+
+    def status(self, handles: list) -> list[bool]:
+        alive = []
+        for h in handles:
+            try:
+                alive.append(h.is_running() and h.status() != psutil.STATUS_ZOMBIE)
+            except psutil.NoSuchProcess:
+                alive.append(False)
+            if not alive[-1] and isinstance(h, psutil.Popen):
+                h.poll()  # reap it
+        return alive
+
+    def cancel(self, handles: list) -> None:
+        self._signal(handles, signal.SIGTERM)
+
+    def kill(self, handles: list) -> None:
+        self._signal(handles, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(handles: list, sig: int) -> None:
+        for h in handles:
+            try:
+                h.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+
+    def adopt(self) -> list:
+        host = socket.gethostname()
+        out = []
+        for p in self.known_pilots:
+            if p["site"] != self.spec.site.name or p["host"] != host or p["state"] != "running":
+                continue
+            try:
+                proc = psutil.Process(p["pid"])
+                cmd = " ".join(proc.cmdline())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if "panda_lab.pilot" in cmd and f"--site {self.spec.site.name}" in cmd:
+                out.append(proc)
+        return out[: self.spec.site.pilots]

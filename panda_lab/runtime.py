@@ -1,0 +1,54 @@
+"""The runtime directory and the connection file that lets clients find the local server.
+
+The connection file holds the URL and both tokens, so it is written readable by the
+user only, and replaced atomically so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import platformdirs
+
+CONNECTION_FILE = "server.json"
+
+
+def home(path: str | os.PathLike | None = None) -> Path:
+    """``PANDA_LAB_HOME``, or the user's data directory: where the server keeps its state."""
+    if path is None:
+        path = os.environ.get("PANDA_LAB_HOME") or platformdirs.user_data_dir("panda-lab")
+    p = Path(path).expanduser().resolve()
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return p
+
+
+def connection_path(home_: Path) -> Path:
+    return home_ / CONNECTION_FILE
+
+
+def write_connection(home_: Path, info: dict) -> Path:
+    path = connection_path(home_)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f, indent=2)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path
+
+
+def read_connection(home_: Path) -> dict | None:
+    try:
+        return json.loads(connection_path(home_).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def remove_connection(home_: Path, pid: int | None = None) -> None:
+    """Remove the file, but only if it is still ours (``pid`` matches) when given."""
+    info = read_connection(home_)
+    if info is None or (pid is not None and info.get("pid") != pid):
+        return
+    connection_path(home_).unlink(missing_ok=True)

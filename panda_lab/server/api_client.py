@@ -1,0 +1,205 @@
+"""The client API: what notebooks, the CLI and monitors call with a user token."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from panda_lab import __version__
+from panda_lab.model import TASK_FINAL, TaskState
+from panda_lab.server.app import Server
+from panda_lab.server.schemas import JobIds, JobsAdd, TaskSubmit
+
+router = APIRouter()
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+async def _task_id(server: Server, task: str) -> int:
+    return await server.db(server.store.resolve_task, task)
+
+
+@router.get("/info")
+async def info(request: Request) -> dict:
+    s = _server(request)
+    return {"version": __version__, "time": time.time(), "database": s.store.engine.dialect.name,
+            "sites": [c.name for c in s.config.sites],
+            "heartbeat_timeout": s.config.heartbeat_timeout}
+
+
+@router.get("/sites")
+async def sites(request: Request) -> list[dict]:
+    s = _server(request)
+    return await s.db(s.store.list_sites)
+
+
+@router.get("/pilots")
+async def pilots(request: Request, site: str | None = None, state: str | None = None) -> list:
+    s = _server(request)
+    return await s.db(s.store.list_pilots, site, state)
+
+
+@router.post("/tasks", status_code=201)
+async def submit(request: Request, body: TaskSubmit) -> dict:
+    """Submit a task and its jobs: each job is brokered to a site and activated at once."""
+    s = _server(request)
+    jobs = [j.store_dict() for j in body.jobs]
+    common = base64.b64decode(body.common) if body.common is not None else None
+    task_id, ids, changes = await s.db(
+        s.store.create_task, body.name, jobs, owner=body.owner, site=body.site,
+        options=body.options.model_dump(), common=common, open_=body.open)
+    s.publish(changes)
+    return {"task": task_id, "jobs": ids}
+
+
+@router.post("/tasks/{task}/jobs", status_code=201)
+async def add_jobs(request: Request, task: str, body: JobsAdd) -> dict:
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    ids, changes = await s.db(s.store.add_jobs, task_id, [j.store_dict() for j in body.jobs])
+    s.publish(changes)
+    return {"task": task_id, "jobs": ids}
+
+
+@router.post("/tasks/{task}/close")
+async def close(request: Request, task: str) -> dict:
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    s.publish(await s.db(s.store.close_task, task_id))
+    return await s.db(s.store.get_task, task_id)
+
+
+@router.get("/tasks")
+async def list_tasks(request: Request, limit: int = Query(100, ge=1, le=10_000),
+                     state: TaskState | None = None) -> list[dict]:
+    s = _server(request)
+    return await s.db(s.store.list_tasks, limit, state)
+
+
+@router.get("/tasks/{task}")
+async def get_task(request: Request, task: str) -> dict:
+    s = _server(request)
+    return await s.db(s.store.get_task, await _task_id(s, task))
+
+
+@router.get("/tasks/{task}/jobs")
+async def task_jobs(request: Request, task: str, all_attempts: bool = False,
+                    state: str | None = None) -> list[dict]:
+    s = _server(request)
+    return await s.db(s.store.list_jobs, await _task_id(s, task), all_attempts, state)
+
+
+@router.get("/tasks/{task}/results")
+async def task_results(request: Request, task: str,
+                       indices: str | None = Query(None, description="comma-separated")) -> list:
+    s = _server(request)
+    wanted = None
+    if indices:
+        try:
+            wanted = [int(i) for i in indices.split(",") if i.strip()]
+        except ValueError:
+            raise HTTPException(422, "indices must be comma-separated integers") from None
+    rows = await s.db(s.store.results, await _task_id(s, task), wanted)
+    return [{"index": r["index"], "job_id": r["job_id"],
+             "data": base64.b64encode(r["data"]).decode()} for r in rows]
+
+
+@router.get("/tasks/{task}/failures")
+async def task_failures(request: Request, task: str) -> list[dict]:
+    s = _server(request)
+    return await s.db(s.store.failures, await _task_id(s, task))
+
+
+@router.get("/tasks/{task}/wait")
+async def wait_task(request: Request, task: str,
+                    timeout: float = Query(30.0, ge=0, le=300)) -> dict:
+    """Long poll: answer when the task reaches a final state or ``timeout`` passes."""
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = s.task_event(task_id)
+        info = await s.db(s.store.get_task, task_id)
+        left = deadline - time.monotonic()
+        if TaskState(info["state"]) in TASK_FINAL or left <= 0:
+            return info
+        try:
+            await asyncio.wait_for(ev.wait(), left)
+        except TimeoutError:
+            pass
+
+
+@router.post("/tasks/{task}/kill")
+async def kill_task(request: Request, task: str) -> dict:
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    changes = await s.db(s.store.kill_task, task_id)
+    s.publish(changes)
+    return {"task": task_id, "cancelled": [c.job_id for c in changes.jobs]}
+
+
+@router.post("/tasks/{task}/retry")
+async def retry_task(request: Request, task: str) -> dict:
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    ids, changes = await s.db(s.store.retry_task, task_id)
+    s.publish(changes)
+    return {"task": task_id, "jobs": ids}
+
+
+@router.post("/jobs/kill")
+async def kill_jobs(request: Request, body: JobIds) -> dict:
+    s = _server(request)
+    changes = await s.db(s.store.kill_jobs, body.ids)
+    s.publish(changes)
+    return {"cancelled": [c.job_id for c in changes.jobs if c.state == "cancelled"]}
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(request: Request, job_id: int) -> dict:
+    s = _server(request)
+    return await s.db(s.store.get_job, job_id)
+
+
+@router.get("/events")
+async def events(request: Request, tasks: str | None = None, results: bool = False,
+                 ping: float = Query(15.0, ge=0.05, le=300)) -> StreamingResponse:
+    """Server-Sent Events: one ``data:`` line of JSON per batch of changes.
+
+    ``tasks`` limits the stream to some task ids; ``results=true`` carries small
+    results inline so a client needs no extra request per finished job.
+    """
+    s = _server(request)
+    wanted = None
+    if tasks:
+        try:
+            wanted = frozenset(int(t) for t in tasks.split(",") if t.strip())
+        except ValueError:
+            raise HTTPException(422, "tasks must be comma-separated integers") from None
+    sub = s.bus.subscribe(wanted, results)
+
+    async def stream():
+        try:
+            yield b": connected\n\n"
+            yield b"data: " + orjson.dumps({"hello": True, "time": time.time()}) + b"\n\n"
+            while True:
+                try:
+                    msg = await asyncio.wait_for(sub.queue.get(), ping)
+                except TimeoutError:
+                    yield b": ping\n\n"
+                    continue
+                yield b"data: " + orjson.dumps(msg) + b"\n\n"
+                if msg.get("overflow") or "shutdown" in msg:
+                    return
+        finally:
+            s.bus.unsubscribe(sub)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,107 @@
+"""The pilot API: register, acquire jobs in bulk, report in bulk, heartbeat.
+
+Acquire is a long poll: a pilot with nothing to do waits on the server, and is woken
+the moment jobs are activated at its site, so a warm site starts a job within
+milliseconds of its activation without polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from panda_lab.server.app import Server
+from panda_lab.server.schemas import PilotAcquire, PilotEnd, PilotHeartbeat, PilotRegister, PilotUpdate
+
+router = APIRouter()
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+@router.post("/register")
+async def register(request: Request, body: PilotRegister) -> dict:
+    s = _server(request)
+    pilot_id = await s.db(s.store.register_pilot, body.site, body.host, body.pid, body.slots,
+                          body.info)
+    return {"pilot": pilot_id, "heartbeat_interval": s.config.heartbeat_interval,
+            "heartbeat_timeout": s.config.heartbeat_timeout}
+
+
+@router.post("/acquire")
+async def acquire(request: Request, body: PilotAcquire) -> dict:
+    s = _server(request)
+    pilot = await s.db(s.store.pilot, body.pilot)
+    if pilot["site"] != body.site:
+        raise HTTPException(409, f"pilot {body.pilot} belongs to site {pilot['site']!r}, "
+                                 f"not {body.site!r}")
+    deadline = time.monotonic() + body.wait
+    while True:
+        ev = s.site_event(body.site)  # taken before looking, so no wake-up is missed
+        jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n)
+        s.publish(changes)
+        left = deadline - time.monotonic()
+        if jobs or left <= 0 or await request.is_disconnected():
+            break
+        try:
+            await asyncio.wait_for(ev.wait(), min(left, 5.0))
+        except TimeoutError:
+            pass
+    for j in jobs:
+        j["payload"] = base64.b64encode(j["payload"]).decode()
+    return {"jobs": jobs}
+
+
+@router.post("/update")
+async def update(request: Request, body: PilotUpdate) -> dict:
+    """Bulk state reports.  Stale ones (old attempt, another pilot's job, a final job)
+    are ignored and listed back with the reason; the rest are applied in one transaction."""
+    s = _server(request)
+    updates = []
+    for u in body.updates:
+        d = u.model_dump(exclude_none=True)
+        if u.result is not None:
+            d["result"] = base64.b64decode(u.result)
+        if u.result_ref is not None and not await s.db(s.store.result_ref_ok, u.result_ref):
+            raise HTTPException(422, f"result_ref {u.result_ref!r} was never uploaded")
+        updates.append(d)
+    changes, ignored = await s.db(s.store.apply_updates, body.pilot, updates)
+    s.publish(changes)
+    drop = await s.db(s.store.heartbeat, body.pilot, body.held) if body.held else []
+    return {"ignored": ignored, "drop": drop}
+
+
+@router.post("/heartbeat")
+async def heartbeat(request: Request, body: PilotHeartbeat) -> dict:
+    s = _server(request)
+    return {"drop": await s.db(s.store.heartbeat, body.pilot, body.held)}
+
+
+@router.put("/results/{task_id}/{job_id}")
+async def upload_result(request: Request, task_id: int, job_id: int) -> dict:
+    """A result too large for a report goes to the result store first; the report then
+    names it with ``result_ref``."""
+    s = _server(request)
+    data = await request.body()
+    ref = await s.db(s.store.write_result, task_id, job_id, data)
+    return {"ref": ref, "size": len(data)}
+
+
+@router.get("/tasks/{task_id}/common")
+async def common(request: Request, task_id: int) -> Response:
+    s = _server(request)
+    data = await s.db(s.store.task_common, task_id)
+    if data is None:
+        raise HTTPException(404, f"task {task_id} has no common payload")
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.post("/end")
+async def end(request: Request, body: PilotEnd) -> dict:
+    s = _server(request)
+    await s.db(s.store.end_pilot, body.pilot, body.state)
+    return {"pilot": body.pilot, "state": body.state}

@@ -1,0 +1,171 @@
+"""The server process: the ASGI app, its authentication, and the state it shares.
+
+Every store call runs on one dedicated thread: the event loop stays free for long
+polls and event streams while the database work is serialised (SQLite's one writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import ORJSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from panda_lab import __version__
+from panda_lab.server.brokerage import BrokerageError
+from panda_lab.server.config import ServerConfig
+from panda_lab.server.events import EventBus
+from panda_lab.store import (
+    Changes,
+    Store,
+    TaskNotFound,
+    TaskStateError,
+    UnknownPilot,
+    UnknownSite,
+)
+
+log = logging.getLogger("panda_lab.server")
+
+#: Request bodies above this are refused before they are read.
+MAX_BODY = 1 << 30
+
+
+class Server:
+    """Shared state of one server process: store, event bus, wake-ups for long polls."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        config.home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.database_url, config.result_dir)
+        self.store.upsert_sites([s.as_dict() for s in config.sites])
+        user, pilot = self.store.tokens()
+        self.user_token = config.user_token or user
+        self.pilot_token = config.pilot_token or pilot
+        self.bus = EventBus()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="panda-db")
+        self._site_wake: dict[str, asyncio.Event] = {}
+        self._task_wake: dict[int, asyncio.Event] = {}
+        self.background: list[Callable[[Server], Any]] = []
+
+    async def db(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, lambda: fn(*args, **kwargs))
+
+    # -- wake-ups -------------------------------------------------------------------
+    def site_event(self, site: str) -> asyncio.Event:
+        ev = self._site_wake.get(site)
+        if ev is None:
+            ev = self._site_wake[site] = asyncio.Event()
+        return ev
+
+    def task_event(self, task_id: int) -> asyncio.Event:
+        ev = self._task_wake.get(task_id)
+        if ev is None:
+            ev = self._task_wake[task_id] = asyncio.Event()
+        return ev
+
+    def publish(self, changes: Changes) -> None:
+        """Announce what a store operation changed and wake whoever waits for it."""
+        for site in changes.activated_sites:
+            ev = self._site_wake.pop(site, None)
+            if ev is not None:
+                ev.set()
+        for task_id, _state in changes.tasks:
+            ev = self._task_wake.pop(task_id, None)
+            if ev is not None:
+                ev.set()
+        self.bus.publish_changes(changes)
+
+    def close(self) -> None:
+        self._db.shutdown(wait=True)
+        self.store.close()
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _check(request: Request, creds: HTTPAuthorizationCredentials | None, role: str) -> None:
+    server: Server = request.app.state.server
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    token = creds.credentials
+    mine, other = ((server.user_token, server.pilot_token) if role == "user"
+                   else (server.pilot_token, server.user_token))
+    if secrets.compare_digest(token, mine):
+        return
+    if secrets.compare_digest(token, other):
+        raise HTTPException(403, f"this token is not allowed on the {role} API")
+    raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def user_auth(request: Request,
+              creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    _check(request, creds, "user")
+
+
+def pilot_auth(request: Request,
+               creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    _check(request, creds, "pilot")
+
+
+def create_app(server: Server) -> FastAPI:
+    from panda_lab.server import api_client, api_pilot
+    from panda_lab.server.watchdog import watchdog_loop
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        tasks = [asyncio.create_task(watchdog_loop(server), name="watchdog")]
+        tasks += [asyncio.create_task(fn(server), name=getattr(fn, "__name__", "bg"))
+                  for fn in server.background]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            server.bus.publish("shutdown", {})
+
+    app = FastAPI(
+        title="panda-lab", version=__version__, lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        docs_url=None, redoc_url=None, openapi_url=None,
+    )
+    app.state.server = server
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            return ORJSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, 413)
+        return await call_next(request)
+
+    for exc_type, status in ((TaskNotFound, 404), (UnknownPilot, 404), (TaskStateError, 409),
+                             (UnknownSite, 400), (BrokerageError, 400)):
+        app.add_exception_handler(exc_type, _handler(status))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("error serving %s %s", request.method, request.url.path)
+        return ORJSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
+    @app.get("/api/openapi.json", dependencies=[Depends(user_auth)], include_in_schema=False)
+    async def openapi() -> dict:
+        return app.openapi()
+
+    app.include_router(api_client.router, prefix="/api", dependencies=[Depends(user_auth)])
+    app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
+    return app
+
+
+def _handler(status: int):
+    async def handle(_request: Request, exc: Exception):
+        return ORJSONResponse({"detail": str(exc).strip("'\"")}, status)
+
+    return handle

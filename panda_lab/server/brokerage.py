@@ -1,0 +1,97 @@
+"""Brokerage: choose a site for each job.  Filter, then weight, then a weighted random pick.
+
+Every decision is kept on the job (``broker_info``) so a user can see why a job went
+where it went.  The module is pure: it sees site loads and requests, never the database.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+ANY = "ANY"
+
+
+@dataclass
+class SiteLoad:
+    """What brokerage knows of a site when it decides."""
+
+    name: str
+    kind: str
+    state: str            # "online" or "offline"
+    capacity: int         # slots of live pilots, or the slots the site is configured for
+    queued: int = 0       # assigned + activated jobs waiting there
+    running: int = 0      # jobs on pilots there
+    reason: str = ""
+
+
+@dataclass
+class Request:
+    """One job to place: the sites it accepts and the sites to avoid if possible."""
+
+    sites: tuple[str, ...] = (ANY,)
+    avoid: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass
+class Choice:
+    site: str | None
+    info: dict
+
+
+class BrokerageError(ValueError):
+    """No site can take the job; the message says why."""
+
+
+def _weight(load: SiteLoad) -> float:
+    # PanDA weighs sites by how much of their capacity is free: a site with many
+    # idle slots and a short queue gets more of the work.
+    cap = max(load.capacity, 1)
+    return cap / (1.0 + load.queued + load.running)
+
+
+def choose(
+    requests: list[Request],
+    loads: list[SiteLoad],
+    rng: random.Random | None = None,
+) -> list[Choice]:
+    """Place each request.  Loads are updated as jobs are placed, so a bulk submission
+    spreads over the sites instead of piling onto the one that looked emptiest."""
+    rng = rng or random.Random()
+    by_name = {s.name: s for s in loads}
+    out: list[Choice] = []
+    for req in requests:
+        wanted = [s for s in loads] if ANY in req.sites else []
+        for name in req.sites:
+            if name == ANY:
+                continue
+            if name not in by_name:
+                raise BrokerageError(
+                    f"unknown site {name!r}; known sites: {', '.join(sorted(by_name)) or 'none'}"
+                )
+            if by_name[name] not in wanted:
+                wanted.append(by_name[name])
+        rejected = {s.name: f"offline: {s.reason}" for s in wanted if s.state != "online"}
+        ok = [s for s in wanted if s.state == "online"]
+        if not ok:
+            # Keep the job: it waits for a site of its list to come back.
+            fallback = wanted[0].name if wanted else None
+            if fallback is None:
+                raise BrokerageError("no site to choose from")
+            out.append(Choice(fallback, {"picked": fallback, "rejected": rejected,
+                                         "note": "every candidate offline; queued anyway"}))
+            by_name[fallback].queued += 1
+            continue
+        preferred = [s for s in ok if s.name not in req.avoid] or ok
+        for s in ok:
+            if s not in preferred:
+                rejected[s.name] = "avoided: an earlier attempt failed there"
+        weights = [_weight(s) for s in preferred]
+        pick = rng.choices(preferred, weights=weights, k=1)[0]
+        pick.queued += 1
+        out.append(Choice(pick.name, {
+            "picked": pick.name,
+            "weights": {s.name: round(w, 4) for s, w in zip(preferred, weights, strict=True)},
+            "rejected": rejected,
+        }))
+    return out

@@ -1,0 +1,139 @@
+"""Server and site configuration, with defaults that just work on a laptop.
+
+Sites come from a ``sites.toml``; a wrong key or value is an error that names the key
+and what is allowed, because a typo in a site file should never silently mean "default".
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SITE_KINDS = ("grid", "cloud", "hpc", "local")
+PROVISIONERS = ("local", "none")
+
+#: Keys every site accepts, with their types; provisioners may add their own.
+COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "provisioner": str,
+    "pilots": int,
+    "slots": int,
+    "description": str,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and the allowed values."""
+
+
+@dataclass
+class SiteConfig:
+    name: str
+    kind: str = "local"
+    provisioner: str = "local"
+    #: Pilots the provisioner keeps alive at this site.
+    pilots: int = 1
+    #: Payload worker processes per pilot (jobs it runs at once).
+    slots: int = 1
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "provisioner": self.provisioner,
+                "pilots": self.pilots, "slots": self.slots, "description": self.description,
+                **self.extra}
+
+
+def default_sites(cores: int | None = None) -> list[SiteConfig]:
+    """Three sites on this machine, one of each remote kind, honestly labelled local.
+
+    Each gets one single-slot pilot: with the usual 2 to 8 cores that keeps payloads
+    within about the machine's cores while showing brokerage across three sites.
+    """
+    cores = cores or os.cpu_count() or 2
+    per_site = max(1, cores // 3)
+    kinds = (("LOCAL-GRID", "grid"), ("LOCAL-CLOUD", "cloud"), ("LOCAL-HPC", "hpc"))
+    return [
+        SiteConfig(name=name, kind=kind, provisioner="local", pilots=per_site, slots=1,
+                   description=f"local pilot processes on this machine, standing in for a "
+                               f"{kind} site")
+        for name, kind in kinds
+    ]
+
+
+def parse_sites(data: dict, source: str = "sites.toml") -> list[SiteConfig]:
+    sites_ = data.get("sites")
+    unknown_top = set(data) - {"sites"}
+    if unknown_top:
+        raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}; "
+                          "allowed: ['sites']")
+    if not isinstance(sites_, dict) or not sites_:
+        raise ConfigError(f"{source}: no [sites.NAME] tables found")
+    out = []
+    for name, body in sites_.items():
+        where = f"{source}: [sites.{name}]"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where} must be a table")
+        kind = body.get("kind", "local")
+        if kind not in SITE_KINDS:
+            raise ConfigError(f"{where} kind = {kind!r}; allowed: {list(SITE_KINDS)}")
+        prov = body.get("provisioner", "local")
+        if prov not in PROVISIONERS:
+            raise ConfigError(f"{where} provisioner = {prov!r}; allowed: {list(PROVISIONERS)}")
+        extra = {}
+        for key, value in body.items():
+            if key not in COMMON_KEYS:
+                raise ConfigError(f"{where} unknown key {key!r}; allowed: {sorted(COMMON_KEYS)}")
+            if not isinstance(value, COMMON_KEYS[key]) or isinstance(value, bool):
+                raise ConfigError(f"{where} {key} = {value!r} must be of type "
+                                  f"{COMMON_KEYS[key].__name__}")
+        for key in ("pilots", "slots"):
+            if key in body and body[key] < (0 if key == "pilots" else 1):
+                raise ConfigError(f"{where} {key} = {body[key]} is too small")
+        out.append(SiteConfig(
+            name=name, kind=kind, provisioner=prov, pilots=body.get("pilots", 1),
+            slots=body.get("slots", 1), description=body.get("description", ""), extra=extra))
+    return out
+
+
+def load_sites(path: str | Path) -> list[SiteConfig]:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"site file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_sites(data, str(path))
+
+
+@dataclass
+class ServerConfig:
+    """Everything a server needs; each field has a default that works on a laptop."""
+
+    home: Path
+    db_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    sites: list[SiteConfig] = field(default_factory=default_sites)
+    #: A job whose pilot has not been heard of for this long is failed and retried.
+    heartbeat_timeout: float = 60.0
+    #: How often pilots heartbeat; told to them at registration.
+    heartbeat_interval: float = 5.0
+    #: A job may sit in ``sent`` (prefetched by a live pilot) at most this long.
+    sent_timeout: float = 3600.0
+    watchdog_interval: float = 2.0
+    #: Start local pilots for sites whose provisioner is ``local``.
+    provision: bool = True
+    user_token: str | None = None
+    pilot_token: str | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.home / 'panda-lab.sqlite'}"
+
+    @property
+    def result_dir(self) -> Path:
+        return self.home / "results"

@@ -1,0 +1,181 @@
+"""Running the server: in the foreground (``panda-lab server run``) or detached.
+
+The server is its own process, never the notebook kernel: work outlives a kernel
+restart.  A detached server writes the connection file once it listens; clients find
+it there, and a restarted server reuses the port in it so its pilots find it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import uvicorn
+
+from panda_lab import runtime
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.provisioners import LocalProvisioner, PilotSpec, Provisioner
+from panda_lab.server.app import Server, create_app
+from panda_lab.server.config import ServerConfig
+
+log = logging.getLogger("panda_lab.server")
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _bind(host: str, port: int, fallback_port: int | None) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for p in ([fallback_port] if fallback_port and not port else []) + [port]:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, p))
+        except OSError:
+            sock.close()
+            if p == port:
+                raise
+            continue
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
+    raise ServerError("no port to bind")  # pragma: no cover - the loop always returns or raises
+
+
+class _Uvicorn(uvicorn.Server):
+    """Stops the pilots first on SIGTERM/SIGINT, while the API still answers their
+    last reports, then shuts down as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, provisioners: list[Provisioner]) -> None:
+        super().__init__(config)
+        self.provisioners = provisioners
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if self._draining or not self.provisioners:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        asyncio.get_event_loop().create_task(self._drain(sig, frame))
+
+    async def _drain(self, sig: int, frame: object) -> None:
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(p.stop() for p in self.provisioners)), timeout=15)
+        except Exception:
+            log.exception("stopping pilots")
+        super().handle_exit(sig, frame)
+
+
+def run_server(config: ServerConfig) -> None:
+    """Serve until SIGTERM/SIGINT; pilots of local sites are started and stopped with it."""
+    server = Server(config)
+    previous = runtime.read_connection(config.home)
+    sock = _bind(config.host, config.port, (previous or {}).get("port"))
+    port = sock.getsockname()[1]
+    host = config.host if config.host not in ("0.0.0.0", "::") else socket.gethostname()
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    provisioners: list[Provisioner] = []
+    if config.provision:
+        known = server.store.list_pilots(state="running")
+        for site in config.sites:
+            if site.provisioner == "local" and site.pilots > 0:
+                provisioners.append(LocalProvisioner(
+                    PilotSpec(url, server.pilot_token, site), config.home / "logs", known))
+
+    async def provision(_server: Server) -> None:
+        await asyncio.gather(*(p.keep_alive() for p in provisioners))
+
+    if provisioners:
+        server.background.append(provision)
+    app = create_app(server)
+    uv_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                               timeout_graceful_shutdown=5)
+    uv = _Uvicorn(uv_config, provisioners)
+    runtime.write_connection(config.home, {
+        "url": url, "host": config.host, "port": port, "pid": os.getpid(),
+        "user_token": server.user_token, "pilot_token": server.pilot_token,
+        "database": config.database_url, "started_at": time.time(),
+    })
+    log.info("panda-lab server at %s (database %s)", url, server.store.engine.dialect.name)
+    try:
+        uv.run(sockets=[sock])
+    finally:
+        runtime.remove_connection(config.home, os.getpid())
+        server.close()
+
+
+# ---- detached server: start / stop / status ----------------------------------------------
+
+def server_alive(info: dict | None, timeout: float = 2.0) -> bool:
+    if not info:
+        return False
+    try:
+        with ApiClient(info["url"], info["user_token"], timeout=timeout) as api:
+            api.get("/api/info")
+        return True
+    except (ServerUnreachable, ApiError, KeyError):
+        return False
+
+
+def start_detached(home: Path, args: list[str] | None = None, timeout: float = 60.0) -> dict:
+    """Start ``panda-lab server run`` detached; return the connection info once it answers."""
+    info = runtime.read_connection(home)
+    if server_alive(info):
+        return info  # type: ignore[return-value]
+    log_dir = home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "panda_lab.cli.main", "--home", str(home), "server", "run",
+           *(args or [])]
+    env = dict(os.environ)
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with open(log_dir / "server.log", "ab") as logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (log_dir / "server.log").read_text(errors="replace")[-2000:]
+            raise ServerError(f"server exited with code {proc.returncode}; log tail:\n{tail}")
+        info = runtime.read_connection(home)
+        if info and info.get("pid") == proc.pid and server_alive(info):
+            return info
+        time.sleep(0.05)
+    proc.kill()
+    raise ServerError(f"server did not answer within {timeout:g} s (log: {log_dir / 'server.log'})")
+
+
+def stop_detached(home: Path, timeout: float = 30.0) -> bool:
+    """Stop the server of this home; True if one was running."""
+    info = runtime.read_connection(home)
+    if not info:
+        return False
+    pid = info.get("pid")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, TypeError):
+        runtime.remove_connection(home)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    runtime.remove_connection(home, pid)
+    return True

@@ -1,0 +1,131 @@
+"""Request bodies of the REST API, as pydantic models: they give the OpenAPI schema and
+turn bad input into a 422 that names the field, before anything touches the store."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from panda_lab.model import JobState
+
+B64 = Annotated[str, Field(description="bytes, base64-encoded")]
+
+
+def b64decode(value: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobSpec(Strict):
+    payload: B64
+    site: str | list[str] | None = None
+    priority: int | None = None
+    cores: Annotated[int, Field(ge=1, le=1024)] | None = None
+    memory_mb: Annotated[int, Field(ge=0)] | None = None
+    walltime_s: Annotated[float, Field(ge=0)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, v: str) -> str:
+        b64decode(v, "payload")
+        return v
+
+    def store_dict(self) -> dict:
+        d = {k: v for k, v in self.model_dump().items() if v is not None}
+        d["payload"] = base64.b64decode(self.payload)
+        return d
+
+
+class TaskOptions(Strict):
+    priority: int = 0
+    cores: Annotated[int, Field(ge=1, le=1024)] = 1
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+    walltime_s: Annotated[float, Field(ge=0)] = 0.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    kind: str = "jobs"
+    client: dict = Field(default_factory=dict, description="client environment, for checks")
+
+
+class TaskSubmit(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    owner: str = ""
+    site: str | list[str] = "ANY"
+    jobs: list[JobSpec] = Field(default_factory=list, max_length=1_000_000)
+    common: B64 | None = None
+    open: bool = False
+    options: TaskOptions = Field(default_factory=TaskOptions)
+
+    @field_validator("common")
+    @classmethod
+    def _common(cls, v: str | None) -> str | None:
+        if v is not None:
+            b64decode(v, "common")
+        return v
+
+
+class JobsAdd(Strict):
+    jobs: list[JobSpec] = Field(min_length=1, max_length=1_000_000)
+
+
+class JobIds(Strict):
+    ids: list[int] = Field(min_length=1, max_length=1_000_000)
+
+
+class PilotRegister(Strict):
+    site: str
+    host: str
+    pid: int
+    slots: Annotated[int, Field(ge=1, le=1024)] = 1
+    info: dict = Field(default_factory=dict)
+
+
+class PilotAcquire(Strict):
+    pilot: int
+    site: str
+    n: Annotated[int, Field(ge=1, le=1000)] = 1
+    wait: Annotated[float, Field(ge=0, le=60)] = 0.0
+
+
+class JobError(Strict):
+    category: Literal["user", "payload", "system", "timeout", "killed"]
+    message: Annotated[str, Field(max_length=100_000)] = ""
+    traceback: Annotated[str, Field(max_length=1_000_000)] | None = None
+    type: str | None = None
+
+
+class JobUpdate(Strict):
+    id: int
+    attempt: int
+    state: JobState
+    started_at: float | None = None
+    result: B64 | None = None
+    result_ref: str | None = None
+    error: JobError | None = None
+    stdout: Annotated[str, Field(max_length=100_000)] | None = None
+    stderr: Annotated[str, Field(max_length=100_000)] | None = None
+
+
+class PilotUpdate(Strict):
+    pilot: int
+    updates: list[JobUpdate] = Field(default_factory=list, max_length=100_000)
+    held: list[int] = Field(default_factory=list, max_length=100_000)
+
+
+class PilotHeartbeat(Strict):
+    pilot: int
+    held: list[int] = Field(default_factory=list, max_length=100_000)
+
+
+class PilotEnd(Strict):
+    pilot: int
+    state: Literal["finished", "failed"] = "finished"

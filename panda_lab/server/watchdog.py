@@ -1,0 +1,50 @@
+"""The watchdog: fails attempts whose pilot went silent and lets the retry rules act.
+
+It runs inside the server's event loop on a fixed period; the store does the work in
+one transaction per sweep, so a crash in between loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from panda_lab.server.app import Server
+
+log = logging.getLogger("panda_lab.watchdog")
+
+
+async def sweep(server: Server) -> int:
+    """One pass; returns how many attempts it failed."""
+    cfg = server.config
+    t = time.time()
+    lost = await server.db(server.store.lost_jobs, t - cfg.heartbeat_timeout, t - cfg.sent_timeout)
+    failed = 0
+    for why in ("lost heartbeat", "stuck in sent"):
+        group = [j for j in lost if j["why"] == why]
+        if not group:
+            continue
+        if why == "lost heartbeat":
+            msg = f"lost heartbeat: no word from its pilot for over {cfg.heartbeat_timeout:g} s"
+        else:
+            msg = f"stuck in sent for over {cfg.sent_timeout:g} s"
+        changes = await server.db(server.store.fail_jobs, [j["id"] for j in group], "system", msg)
+        server.publish(changes)
+        failed += len(group)
+        log.warning("%s: failed %d attempt(s)", why, len(group))
+    lost_pilots = await server.db(server.store.mark_lost_pilots, t - cfg.heartbeat_timeout)
+    if lost_pilots:
+        log.warning("pilots lost (no heartbeat): %s", lost_pilots)
+    return failed
+
+
+async def watchdog_loop(server: Server) -> None:
+    while True:
+        try:
+            await sweep(server)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bad sweep must not stop the next one
+            log.exception("watchdog sweep failed")
+        await asyncio.sleep(server.config.watchdog_interval)

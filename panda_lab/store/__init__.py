@@ -1,0 +1,23 @@
+"""The database layer: SQLAlchemy Core on SQLite (default) or PostgreSQL."""
+
+from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange
+from panda_lab.store.jobs import JobStore
+from panda_lab.store.pilots import PilotStore, UnknownPilot, UnknownSite
+from panda_lab.store.sites import SiteStore
+from panda_lab.store.tasks import TaskNotFound, TaskStateError, TaskStore
+
+
+class Store(TaskStore, JobStore, PilotStore, SiteStore):
+    """All of the store: tasks, jobs, pilots and sites over one engine."""
+
+
+__all__ = [
+    "INLINE_LIMIT",
+    "Changes",
+    "JobChange",
+    "Store",
+    "TaskNotFound",
+    "TaskStateError",
+    "UnknownPilot",
+    "UnknownSite",
+]

@@ -1,0 +1,149 @@
+"""Engine set-up and the pieces every part of the store shares.
+
+The server calls the store from one thread, so SQLite sees a single writer and
+never reports "database is locked"; on PostgreSQL the dispatch uses row locks
+(``FOR UPDATE SKIP LOCKED``) so several server processes would stay correct too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Connection, create_engine, event, insert, select
+from sqlalchemy.engine import Engine
+
+from panda_lab.model import JobState
+from panda_lab.server.brokerage import Choice, Request, SiteLoad
+from panda_lab.store.schema import SCHEMA_VERSION, job_status, meta, metadata
+
+#: Results up to this size live in the database; larger ones are files in the result store.
+INLINE_LIMIT = 64 * 1024
+
+
+def now() -> float:
+    return time.time()
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def loads(text: str | None) -> dict:
+    return json.loads(text) if text else {}
+
+
+@dataclass
+class JobChange:
+    """A change of state the server announces on the event stream."""
+
+    job_id: int
+    task_id: int
+    job_index: int
+    attempt: int
+    site: str | None
+    state: str
+    error_category: str | None = None
+    error_message: str | None = None
+    result: bytes | None = None
+
+    def as_event(self, with_result: bool = False) -> dict:
+        ev = {"id": self.job_id, "task": self.task_id, "index": self.job_index,
+              "attempt": self.attempt, "site": self.site, "state": self.state}
+        if self.error_category:
+            ev["error_category"] = self.error_category
+            ev["error"] = self.error_message
+        return ev
+
+
+@dataclass
+class Changes:
+    """What one store operation changed: job changes and task state changes."""
+
+    jobs: list[JobChange] = field(default_factory=list)
+    tasks: list[tuple[int, str]] = field(default_factory=list)
+    #: Sites that got newly activated jobs (dispatch wakes their pilots).
+    activated_sites: set[str] = field(default_factory=set)
+
+    def extend(self, other: Changes) -> None:
+        self.jobs.extend(other.jobs)
+        self.tasks.extend(other.tasks)
+        self.activated_sites |= other.activated_sites
+
+
+class Broker:
+    """What the store needs from brokerage: place requests given the site loads."""
+
+    def choose(self, requests: list[Request], loads: list[SiteLoad]) -> list[Choice]:
+        from panda_lab.server.brokerage import choose
+
+        return choose(requests, loads)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class StoreBase:
+    def __init__(self, url: str, result_dir: str | Path, broker: Broker | None = None) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.result_dir = Path(result_dir)
+        self.result_dir.mkdir(parents=True, exist_ok=True)
+        self.broker = broker or Broker()
+        metadata.create_all(self.engine)
+        with self.tx() as conn:
+            self._meta_default(conn, "schema_version", str(SCHEMA_VERSION))
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- meta ---------------------------------------------------------------------
+    def _meta_default(self, conn: Connection, key: str, value: str) -> str:
+        row = conn.execute(select(meta.c.value).where(meta.c.key == key)).first()
+        if row is not None:
+            return row[0]
+        conn.execute(insert(meta).values(key=key, value=value))
+        return value
+
+    def tokens(self) -> tuple[str, str]:
+        """The user and pilot tokens, made once and kept with the data they protect."""
+        with self.tx() as conn:
+            user = self._meta_default(conn, "user_token", secrets.token_urlsafe(24))
+            pilot = self._meta_default(conn, "pilot_token", secrets.token_urlsafe(24))
+        return user, pilot
+
+    # -- history ------------------------------------------------------------------
+    @staticmethod
+    def _history(
+        conn: Connection, rows: Iterable[tuple[int, Iterable[JobState | str], float, str]]
+    ) -> None:
+        batch = [
+            {"job_id": jid, "state": str(st), "time": t, "info": info}
+            for jid, states, t, info in rows
+            for st in states
+        ]
+        if batch:
+            conn.execute(insert(job_status), batch)

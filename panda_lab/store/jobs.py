@@ -1,0 +1,271 @@
+"""Jobs in the store: dispatch to pilots, their reports, heartbeats, and failures.
+
+In the order a job travels: ``acquire`` (atomic ``activated → sent``), ``apply_updates``
+(the pilot's bulk reports, guarded by attempt and pilot), ``fail_jobs`` (which asks
+the retry rules what comes next), and the watchdog's ``fail_lost``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+
+from panda_lab.model import (
+    JOB_FINAL,
+    JOB_ON_PILOT,
+    Action,
+    JobState,
+    TaskState,
+    TransitionError,
+    decide,
+    job_path,
+)
+from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange, StoreBase, loads, now
+from panda_lab.store.schema import jobs, pilots, results, tasks
+from panda_lab.store.tasks import _sites_of
+
+J = JobState
+ON_PILOT = [str(s) for s in JOB_ON_PILOT]
+
+_UPDATE = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.state == bindparam("b_old"))
+    .values(
+        state=bindparam("b_state"),
+        modified_at=bindparam("b_time"),
+        heartbeat_at=bindparam("b_time"),
+        started_at=func.coalesce(jobs.c.started_at, bindparam("b_started")),
+        ended_at=bindparam("b_ended"),
+        error_category=bindparam("b_cat"),
+        error_message=bindparam("b_msg"),
+        error_traceback=bindparam("b_tb"),
+        stdout_tail=func.coalesce(bindparam("b_out"), jobs.c.stdout_tail),
+        stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
+    )
+)
+
+
+class JobStore:
+    # ---- dispatch ------------------------------------------------------------------
+    def acquire(self: StoreBase, pilot_id: int, site: str, n: int) -> tuple[list[dict], Changes]:
+        """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically."""
+        t = now()
+        changes = Changes()
+        with self.tx() as conn:
+            pick = (select(jobs.c.id)
+                    .where(jobs.c.site == site, jobs.c.state == str(J.ACTIVATED))
+                    .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n)
+                    .with_for_update(skip_locked=True))
+            rows = conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(pick.scalar_subquery()), jobs.c.state == str(J.ACTIVATED))
+                .values(state=str(J.SENT), pilot_id=pilot_id, modified_at=t, heartbeat_at=t)
+                .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
+                           jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority)
+            ).all()
+            if not rows:
+                conn.execute(update(pilots).where(pilots.c.id == pilot_id)
+                             .values(heartbeat_at=t))
+                return [], changes
+            rows.sort(key=lambda r: (-r.priority, r.id))
+            self._history(conn, [(r.id, (J.SENT,), t, f"pilot {pilot_id}") for r in rows])
+            task_ids = sorted({r.task_id for r in rows})
+            for task_id in task_ids:
+                self._set_task_state(conn, task_id, TaskState.READY, TaskState.RUNNING, changes)
+            common = dict(conn.execute(
+                select(tasks.c.id, tasks.c.common.is_not(None)).where(tasks.c.id.in_(task_ids))
+            ).all())
+            conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(heartbeat_at=t))
+        out = []
+        for r in rows:
+            changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
+                                          str(J.SENT)))
+            out.append({"id": r.id, "task": r.task_id, "index": r.job_index,
+                        "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
+                        "cores": r.cores, "common": bool(common.get(r.task_id))})
+        return out, changes
+
+    def task_common(self: StoreBase, task_id: int) -> bytes | None:
+        with self.tx() as conn:
+            return conn.execute(select(tasks.c.common).where(tasks.c.id == task_id)).scalar()
+
+    # ---- reports ---------------------------------------------------------------------
+    def apply_updates(self: StoreBase, pilot_id: int,
+                      updates: list[dict]) -> tuple[Changes, list[dict]]:
+        """Apply a pilot's bulk report.  Returns the changes and the ignored updates, each
+        with the reason (stale attempt, not this pilot's job, already final, ...)."""
+        t = now()
+        changes = Changes()
+        ignored: list[dict] = []
+        with self.tx() as conn:
+            ids = [u["id"] for u in updates]
+            cols = [c for c in jobs.c if c.name != "payload"]
+            current = {r.id: r for r in conn.execute(
+                select(*cols).where(jobs.c.id.in_(ids)).with_for_update())}
+            params, history, failed, finished = [], [], [], []
+            seen: set[int] = set()
+            for u in updates:
+                row = current.get(u["id"])
+                why = self._stale(row, u, pilot_id, seen)
+                if why:
+                    ignored.append({"id": u["id"], "reason": why})
+                    continue
+                seen.add(row.id)
+                try:
+                    path = job_path(row.state, u["state"])
+                except TransitionError as exc:
+                    ignored.append({"id": row.id, "reason": str(exc)})
+                    continue
+                if not path:
+                    continue
+                new = path[-1]
+                err = u.get("error") or {}
+                started = u.get("started_at") if (J.STARTING in path or J.RUNNING in path) else None
+                params.append({
+                    "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
+                    "b_started": started, "b_ended": t if new in JOB_FINAL else None,
+                    "b_cat": err.get("category"), "b_msg": err.get("message"),
+                    "b_tb": err.get("traceback"),
+                    "b_out": u.get("stdout"), "b_err": u.get("stderr"),
+                })
+                history.append((row.id, path, t, ""))
+                change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
+                                   str(new), err.get("category"), err.get("message"))
+                changes.jobs.append(change)
+                if new == J.FINISHED:
+                    finished.append((row, u, change))
+                elif new == J.FAILED:
+                    failed.append((row, err))
+            if params:
+                conn.execute(_UPDATE, params)
+                self._history(conn, history)
+            self._store_results(conn, finished)
+            if finished:
+                conn.execute(update(pilots).where(pilots.c.id == pilot_id)
+                             .values(jobs_done=pilots.c.jobs_done + len(finished)))
+            self._retry_or_fail(conn, failed, changes)
+            self._touch_pilot(conn, pilot_id, t)
+            self._check_tasks(conn, [c.task_id for c in changes.jobs
+                                     if c.state in (J.FINISHED, J.FAILED)], changes)
+        return changes, ignored
+
+    @staticmethod
+    def _stale(row, u: dict, pilot_id: int, seen: set[int]) -> str | None:
+        if row is None:
+            return "unknown job"
+        if row.id in seen:
+            return "duplicate update in one report"
+        if int(u.get("attempt", -1)) != row.attempt:
+            return f"stale attempt {u.get('attempt')} (current {row.attempt})"
+        if row.pilot_id != pilot_id:
+            return f"job is held by pilot {row.pilot_id}, not {pilot_id}"
+        if JobState(row.state) in JOB_FINAL:
+            return f"job is already {row.state}"
+        return None
+
+    def _store_results(self, conn: Connection, finished: list) -> None:
+        if not finished:
+            return
+        keys = {(r.task_id, r.job_index) for r, _, _ in finished}
+        existing = set(conn.execute(
+            select(results.c.task_id, results.c.job_index)
+            .where(results.c.task_id.in_({k[0] for k in keys}),
+                   results.c.job_index.in_({k[1] for k in keys}))).all())
+        rows = []
+        for r, u, change in finished:
+            if (r.task_id, r.job_index) in existing:
+                continue  # counted once, whatever happens
+            data: bytes | None = u.get("result")
+            ref = u.get("result_ref")
+            if data is not None and len(data) > INLINE_LIMIT:
+                ref = self.write_result(r.task_id, r.id, data)
+                data = None
+            size = len(data) if data is not None else (self.result_dir / ref).stat().st_size
+            rows.append({"task_id": r.task_id, "job_index": r.job_index, "job_id": r.id,
+                         "inline": data, "ref": ref, "size": size})
+            change.result = data
+            existing.add((r.task_id, r.job_index))
+        if rows:
+            conn.execute(insert(results), rows)
+
+    def write_result(self: StoreBase, task_id: int, job_id: int, data: bytes) -> str:
+        """Write a large result to the result store; the database keeps the reference."""
+        rel = f"{task_id}/{job_id}.pkl"
+        path = self.result_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return rel
+
+    def result_ref_ok(self: StoreBase, ref: str) -> bool:
+        return (self.result_dir / ref).is_file()
+
+    # ---- failures and retries ------------------------------------------------------
+    def _retry_or_fail(self, conn: Connection, failed: list, changes: Changes) -> None:
+        """Ask the retry rules about each failed attempt; insert the retries they allow."""
+        if not failed:
+            return
+        retry_rows = []
+        for row, err in failed:
+            d = decide(err.get("category") or "system", err.get("message") or "",
+                       row.attempt, row.max_attempts)
+            if d.action is Action.RETRY:
+                retry_rows.append((row.id, frozenset({row.site}) if d.other_site else frozenset()))
+        if not retry_rows:
+            return
+        avoid = dict(retry_rows)
+        full = conn.execute(select(jobs).where(jobs.c.id.in_(list(avoid)))).all()
+        task_rows = {r.id: r for r in conn.execute(
+            select(tasks.c.id, tasks.c.site, tasks.c.state, tasks.c.options)
+            .where(tasks.c.id.in_({r.task_id for r in full})))}
+        attempts = []
+        for r in full:
+            task = task_rows[r.task_id]
+            if task.state == TaskState.ABORTED:
+                continue
+            attempts.append(self._next_attempt(r, _sites_of(task.site), avoid[r.id],
+                                               loads(task.options)))
+        if attempts:
+            self._insert_attempts(conn, attempts, changes)
+
+    def fail_jobs(self: StoreBase, job_ids: list[int], category: str, message: str) -> Changes:
+        """Fail attempts that are still on pilots (the watchdog's hammer), then retry."""
+        t = now()
+        changes = Changes()
+        with self.tx() as conn:
+            rows = conn.execute(select(*[c for c in jobs.c if c.name != "payload"])
+                                .where(jobs.c.id.in_(job_ids), jobs.c.state.in_(ON_PILOT))
+                                .with_for_update()).all()
+            if not rows:
+                return changes
+            conn.execute(_UPDATE, [{
+                "b_id": r.id, "b_old": r.state, "b_state": str(J.FAILED), "b_time": t,
+                "b_started": None, "b_ended": t, "b_cat": category, "b_msg": message,
+                "b_tb": None, "b_out": None, "b_err": None} for r in rows])
+            self._history(conn, [(r.id, (J.FAILED,), t, message) for r in rows])
+            for r in rows:
+                changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, r.site,
+                                              str(J.FAILED), category, message))
+            self._retry_or_fail(conn, [(r, {"category": category, "message": message})
+                                       for r in rows], changes)
+            self._check_tasks(conn, [r.task_id for r in rows], changes)
+        return changes
+
+    def lost_jobs(self: StoreBase, heartbeat_before: float, sent_before: float) -> list[dict]:
+        """Attempts on pilots whose heartbeat stopped, or stuck in ``sent`` too long."""
+        with self.tx() as conn:
+            q = select(jobs.c.id, jobs.c.state, jobs.c.pilot_id, jobs.c.heartbeat_at,
+                       jobs.c.modified_at).where(jobs.c.state.in_(ON_PILOT))
+            out = []
+            for r in conn.execute(q.where(jobs.c.heartbeat_at < heartbeat_before)):
+                out.append({"id": r.id, "pilot": r.pilot_id, "why": "lost heartbeat"})
+            for r in conn.execute(q.where(jobs.c.state == str(J.SENT),
+                                          jobs.c.modified_at < sent_before,
+                                          jobs.c.heartbeat_at >= heartbeat_before)):
+                out.append({"id": r.id, "pilot": r.pilot_id, "why": "stuck in sent"})
+            return out
+
+    def _touch_pilot(self, conn: Connection, pilot_id: int, t: float) -> None:
+        conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(heartbeat_at=t))
+        conn.execute(update(jobs).where(jobs.c.pilot_id == pilot_id, jobs.c.state.in_(ON_PILOT))
+                     .values(heartbeat_at=t))

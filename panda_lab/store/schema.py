@@ -1,0 +1,141 @@
+"""The database schema, in SQLAlchemy Core, portable between SQLite and PostgreSQL.
+
+Times are float seconds since the epoch (portable, cheap to compare); structured
+fields are JSON text.  Each job row is one *attempt*: a retry inserts a new row with
+the same ``(task_id, job_index)`` and ``attempt + 1``, so finished or failed attempts
+are never rewritten.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+sites = Table(
+    "sites",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("provisioner", String(32), nullable=False),
+    Column("config", Text, nullable=False, default="{}"),
+    Column("state", String(16), nullable=False, default="online"),
+    Column("reason", Text, nullable=False, default=""),
+    Column("updated_at", Float, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False),
+    Column("owner", String(128), nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("site", Text, nullable=False, default="ANY"),
+    Column("options", Text, nullable=False, default="{}"),
+    # The part of the payload shared by every job (e.g. the function of an ``ex.map``).
+    Column("common", LargeBinary, nullable=True),
+    Column("open", Boolean, nullable=False, default=False),
+    Column("n_jobs", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("modified_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("message", Text, nullable=False, default=""),
+)
+Index("ix_tasks_name", tasks.c.name)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+    Column("job_index", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("state", String(16), nullable=False),
+    Column("site", String(128), nullable=True),
+    Column("pilot_id", Integer, nullable=True),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("cores", Integer, nullable=False, default=1),
+    Column("memory_mb", Integer, nullable=False, default=0),
+    Column("walltime_s", Float, nullable=False, default=0.0),
+    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("modified_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Column("error_category", String(16), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("error_traceback", Text, nullable=True),
+    Column("stdout_tail", Text, nullable=True),
+    Column("stderr_tail", Text, nullable=True),
+    Column("broker_info", Text, nullable=False, default="{}"),
+    Column("retry_of", Integer, nullable=True),
+)
+Index("ix_jobs_dispatch", jobs.c.site, jobs.c.state, jobs.c.priority, jobs.c.id)
+Index("ix_jobs_task", jobs.c.task_id, jobs.c.job_index, jobs.c.attempt)
+Index("ix_jobs_task_state", jobs.c.task_id, jobs.c.state)
+Index("ix_jobs_state_hb", jobs.c.state, jobs.c.heartbeat_at)
+Index("ix_jobs_pilot", jobs.c.pilot_id, jobs.c.state)
+
+job_status = Table(
+    "job_status",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("info", Text, nullable=False, default=""),
+)
+Index("ix_job_status_job", job_status.c.job_id)
+
+# One row per *logical* job: the primary key is what guarantees that a result is
+# never counted twice, whatever the number of attempts.
+results = Table(
+    "results",
+    metadata,
+    Column("task_id", Integer, primary_key=True),
+    Column("job_index", Integer, primary_key=True),
+    Column("job_id", Integer, nullable=False),
+    Column("inline", LargeBinary, nullable=True),
+    Column("ref", Text, nullable=True),
+    Column("size", Integer, nullable=False),
+)
+
+pilots = Table(
+    "pilots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("site", String(128), nullable=False),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("slots", Integer, nullable=False, default=1),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("jobs_done", Integer, nullable=False, default=0),
+    Column("info", Text, nullable=False, default="{}"),
+)
+Index("ix_pilots_site_state", pilots.c.site, pilots.c.state)
