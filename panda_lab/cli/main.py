@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("server", "pilot")
                         else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from panda_lab.http import ApiError, ServerUnreachable
     from panda_lab.server.config import ConfigError
     from panda_lab.server.main import ServerError

@@ -262,7 +262,14 @@ class Pilot:
             return
         body = {"pilot": self.pilot_id, "updates": list(self.pending.values()),
                 "held": self._held()}
-        reply = self.api.post("/api/pilot/update", body, retry_for=retry_for)
+        try:
+            reply = self.api.post("/api/pilot/update", body, retry_for=retry_for)
+        except ApiError as exc:
+            # The server refused the report itself: keep running; the watchdog will
+            # fail and retry those jobs, which is better than a pilot that dies.
+            log.error("report refused, %d update(s) dropped: %s", len(self.pending), exc)
+            self.pending.clear()
+            return
         self.pending.clear()
         self.last_contact = time.monotonic()
         if reply["ignored"]:

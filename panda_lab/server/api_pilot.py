@@ -66,6 +66,8 @@ async def update(request: Request, body: PilotUpdate) -> dict:
         d = u.model_dump(exclude_none=True)
         if u.result is not None:
             d["result"] = base64.b64decode(u.result)
+        if u.error is not None and u.error.exception is not None:
+            d["error"]["exception"] = base64.b64decode(u.error.exception)
         if u.result_ref is not None and not await s.db(s.store.result_ref_ok, u.result_ref):
             raise HTTPException(422, f"result_ref {u.result_ref!r} was never uploaded")
         updates.append(d)

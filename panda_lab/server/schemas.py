@@ -101,6 +101,7 @@ class JobError(Strict):
     message: Annotated[str, Field(max_length=100_000)] = ""
     traceback: Annotated[str, Field(max_length=1_000_000)] | None = None
     type: str | None = None
+    exception: B64 | None = Field(None, description="the pickled exception, to re-raise it")
 
 
 class JobUpdate(Strict):

@@ -38,6 +38,7 @@ _UPDATE = (
         error_category=bindparam("b_cat"),
         error_message=bindparam("b_msg"),
         error_traceback=bindparam("b_tb"),
+        error_pickle=bindparam("b_exc"),
         stdout_tail=func.coalesce(bindparam("b_out"), jobs.c.stdout_tail),
         stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
     )
@@ -124,7 +125,7 @@ class JobStore:
                     "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
                     "b_started": started, "b_ended": t if new in JOB_FINAL else None,
                     "b_cat": err.get("category"), "b_msg": err.get("message"),
-                    "b_tb": err.get("traceback"),
+                    "b_tb": err.get("traceback"), "b_exc": err.get("exception"),
                     "b_out": u.get("stdout"), "b_err": u.get("stderr"),
                 })
                 history.append((row.id, path, t, ""))
@@ -241,7 +242,7 @@ class JobStore:
             conn.execute(_UPDATE, [{
                 "b_id": r.id, "b_old": r.state, "b_state": str(J.FAILED), "b_time": t,
                 "b_started": None, "b_ended": t, "b_cat": category, "b_msg": message,
-                "b_tb": None, "b_out": None, "b_err": None} for r in rows])
+                "b_tb": None, "b_exc": None, "b_out": None, "b_err": None} for r in rows])
             self._history(conn, [(r.id, (J.FAILED,), t, message) for r in rows])
             for r in rows:
                 changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, r.site,

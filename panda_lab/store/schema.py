@@ -89,6 +89,8 @@ jobs = Table(
     Column("error_category", String(16), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("error_traceback", Text, nullable=True),
+    # The pickled exception of a user error, so a client can re-raise its original type.
+    Column("error_pickle", LargeBinary, nullable=True),
     Column("stdout_tail", Text, nullable=True),
     Column("stderr_tail", Text, nullable=True),
     Column("broker_info", Text, nullable=False, default="{}"),

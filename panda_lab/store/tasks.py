@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from panda_lab.model import JOB_FINAL, JOB_ON_PILOT, TASK_FINAL, JobState, TaskState, can_task
@@ -269,6 +271,8 @@ class TaskStore:
     def _job_dict(r) -> dict:
         d = dict(r._mapping)
         d.pop("payload", None)
+        exc = d.pop("error_pickle", None)
+        d["error_exception"] = base64.b64encode(exc).decode() if exc else None
         d["broker_info"] = loads(d.get("broker_info"))
         return d
 

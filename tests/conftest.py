@@ -1,0 +1,70 @@
+"""Shared fixtures: a real PostgreSQL next to SQLite, and real server processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import ServerProcess  # noqa: E402
+from pg import PostgresServer, find_bindir  # noqa: E402
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(autouse=True)
+def _ship_test_functions_by_value(request):
+    """Pilots cannot import test modules: ship their functions by value, as a notebook's."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(request.module)
+    yield
+    cloudpickle.unregister_pickle_by_value(request.module)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    bindir = find_bindir()
+    if bindir is None:
+        if IN_CI:
+            pytest.fail("PostgreSQL is not installed, and CI must test it: run scripts/test")
+        pytest.skip("PostgreSQL is not installed here (scripts/test installs it)")
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Each test using this runs twice: on SQLite and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'panda-lab.sqlite'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("PANDA_LAB_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def server(home):
+    """A real server process on SQLite with the three default local sites."""
+    s = ServerProcess(home).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def lab(server):
+    lab = server.lab()
+    yield lab
+    lab.close()

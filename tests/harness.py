@@ -1,0 +1,116 @@
+"""Real server processes for integration tests: start, SIGKILL, restart, connect."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from panda_lab import runtime
+from panda_lab.client.session import Lab
+from panda_lab.server.main import server_alive
+
+#: Short timeouts so that failure handling shows within a test's patience.
+FAST = ["--heartbeat-timeout", "3", "--heartbeat-interval", "0.5", "--watchdog-interval", "0.3"]
+
+
+class ServerProcess:
+    """``panda-lab server run`` in a subprocess, with its own home directory."""
+
+    def __init__(self, home: Path, db_url: str | None = None, extra: list[str] | None = None):
+        self.home = home
+        self.db_url = db_url
+        self.extra = list(extra or [])
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        cmd = [sys.executable, "-m", "panda_lab.cli.main", "--home", str(self.home),
+               "server", "run", *FAST, *self.extra]
+        if self.db_url:
+            cmd += ["--db", self.db_url]
+        self.log = open(self.home / "server-test.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = runtime.read_connection(self.home)
+            if info and info.get("pid") == self.proc.pid and server_alive(info):
+                self.info = info
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log_tail()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return (self.home / "server-test.log").read_text(errors="replace")[-n:]
+        except FileNotFoundError:
+            return ""
+
+    def lab(self) -> Lab:
+        return Lab(self.info["url"], self.info["user_token"], home=self.home)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no clean-up, as a crash would leave things."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.kill_pilots()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def kill_pilots(self) -> None:
+        """Pilots run in their own sessions and may outlive a killed server: end them."""
+        import psutil
+
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "panda_lab.pilot" in cmd and self.info.get("url", "@@") in cmd:
+                try:
+                    for c in p.children(recursive=True):
+                        c.kill()
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+    def pilot_pids(self) -> list[int]:
+        import psutil
+
+        out = []
+        for p in psutil.process_iter(["cmdline", "pid"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "panda_lab.pilot" in cmd and self.info.get("url", "@@") in cmd:
+                out.append(p.info["pid"])
+        return out
+
+
+def wait_for(pred, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
