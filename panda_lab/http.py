@@ -85,9 +85,15 @@ class ApiClient:
         return self.request("POST", path, json=body if body is not None else {}, **kw)
 
     def events(self, tasks: list[int] | None = None, results: bool = False,
-               timeout: float | None = None) -> Iterator[dict]:
-        """Server-Sent Events as dicts, until the stream ends or the server goes away."""
+               timeout: float | None = None, ping: float | None = None) -> Iterator[dict]:
+        """Server-Sent Events as dicts, until the stream ends or the server goes away.
+
+        With ``ping``, the server sends a keep-alive that is yielded as ``{"ping": True}``
+        at least that often, so a reader can notice it was asked to stop.
+        """
         params: dict = {"results": "true" if results else "false"}
+        if ping is not None:
+            params["ping"] = ping
         if tasks:
             params["tasks"] = ",".join(str(t) for t in tasks)
         with httpx.Client(base_url=self.url, headers=self._headers,
@@ -99,3 +105,5 @@ class ApiClient:
             for line in resp.iter_lines():
                 if line.startswith("data: "):
                     yield orjson.loads(line[6:])
+                elif line.startswith(": ping"):
+                    yield {"ping": True}

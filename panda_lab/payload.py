@@ -1,7 +1,8 @@
 """What a job carries and what it brings back: cloudpickled calls, results and errors.
 
 A job's payload is ``(fn, args, kwargs)``; ``fn`` may be ``None`` when every job of a
-task calls the same function, which then travels once as the task's *common* payload.
+task calls the same function, which then travels once as the task's *common* payload,
+or the function's own pickled bytes, which a worker unpickles once and reuses.
 The same Python environment is assumed on pilots (as Dask assumes); the versions of
 the packages that matter travel along so a mismatch is reported, not guessed at.
 """
@@ -35,6 +36,21 @@ def dumps_call(fn: Callable | None, args: tuple = (), kwargs: dict | None = None
         what = getattr(fn, "__qualname__", repr(fn)) if fn is not None else "the arguments"
         raise PayloadError(f"cannot pickle the call to {what}: {type(exc).__name__}: {exc}") \
             from exc
+
+
+def load_fn(data: bytes) -> Callable:
+    """Unpickle a function shipped as bytes, once per worker: a ``map`` of 10,000 calls
+    sends the same function bytes 10,000 times but unpickles them once."""
+    fn = _FN_CACHE.get(data)
+    if fn is None:
+        fn = pickle.loads(data)
+        _FN_CACHE[data] = fn
+        while len(_FN_CACHE) > 64:
+            _FN_CACHE.pop(next(iter(_FN_CACHE)))
+    return fn
+
+
+_FN_CACHE: dict[bytes, Callable] = {}
 
 
 def dumps_fn(fn: Callable) -> bytes:
@@ -103,6 +119,8 @@ def run_call(payload: bytes, common: Callable | None) -> Outcome:
     out, err_stream = _Tail(), _Tail()
     try:
         fn, args, kwargs = pickle.loads(payload)
+        if isinstance(fn, bytes):
+            fn = load_fn(fn)
     except Exception as exc:
         return Outcome(False, None, _error(
             "payload", exc, "cannot unpickle the payload on the pilot (is the same Python "

@@ -13,7 +13,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from panda_lab import runtime
+from panda_lab.client.executor import PandaExecutor
+from panda_lab.client.tasks import TaskHandle, tasks_frame
 from panda_lab.http import ApiClient, ApiError
 from panda_lab.payload import dumps_call, dumps_fn, environment
 
@@ -108,6 +112,56 @@ class Lab:
 
     def sites(self) -> list[dict]:
         return self.api.get("/api/sites")
+
+    # ---- the notebook's API: executors, task handles, Dask --------------------------------
+    def executor(self, site: str | list[str] = "ANY", **options: Any) -> PandaExecutor:
+        """A ``concurrent.futures.Executor`` whose calls run as jobs; see PandaExecutor."""
+        return PandaExecutor(self, site=site, **options)
+
+    def task(self, id_or_name: int | str) -> TaskHandle:
+        """Re-attach to a task by id, or by name (the newest task of that name)."""
+        return TaskHandle(self, self.api.get(f"/api/tasks/{id_or_name}")["id"])
+
+    def tasks(self, limit: int = 100, state: str | None = None) -> pd.DataFrame:
+        """The newest tasks as a DataFrame, one row each."""
+        return tasks_frame(self.list_tasks(limit, state))
+
+    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """A Dask scheduler function: ``dask.compute(x, scheduler=lab.get)``.
+
+        Unlike ``scheduler=executor`` (one job per Dask task), this packs ready Dask
+        tasks into jobs of ``chunksize`` tasks, ``ceil(graph size / (4 * in-flight
+        jobs))`` unless given, so tiny Dask tasks do not each pay for a job while every
+        slot still gets several jobs.
+        """
+        from dask.local import get_async
+
+        name = kwargs.pop("name", "dask")
+        with self.executor(name=name) as ex:
+            in_flight = max(2, ex._max_workers // 2)
+            try:
+                size = len(dsk)
+            except TypeError:
+                size = 1
+            chunksize = kwargs.pop("chunksize", None) or max(1, -(-size // (4 * in_flight)))
+            return get_async(ex.submit, in_flight, dsk, keys, chunksize=chunksize, **kwargs)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        try:
+            sites = self.sites()
+            info = self.api.get("/api/info")
+        except Exception as exc:  # a repr must never raise
+            why = html.escape(str(exc))
+            return f"<b>panda-lab</b> {html.escape(self.url)}: unreachable ({why})"
+        rows = "".join(
+            f"<tr><td>{html.escape(s['name'])}</td><td>{s['kind']}</td><td>{s['state']}</td>"
+            f"<td>{s['pilots']}</td><td>{s['queued']}</td><td>{s['running']}</td></tr>"
+            for s in sites)
+        return (f"<b>panda-lab</b> {info['version']} at <code>{html.escape(self.url)}</code>"
+                f" ({info['database']})<table><tr><th>site</th><th>kind</th><th>state</th>"
+                f"<th>pilots</th><th>queued</th><th>running</th></tr>{rows}</table>")
 
     def pilots(self, site: str | None = None) -> list[dict]:
         return self.api.get("/api/pilots", site=site)

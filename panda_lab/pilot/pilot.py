@@ -112,7 +112,8 @@ class Pilot:
         if busy:
             self.idle_since = time.monotonic()
             return False
-        return bool(self.opts.idle_exit) and time.monotonic() - self.idle_since > self.opts.idle_exit
+        idle_for = time.monotonic() - self.idle_since
+        return bool(self.opts.idle_exit) and idle_for > self.opts.idle_exit
 
     def _drain(self) -> None:
         """Hand back what this pilot holds, so it is retried at once rather than after a

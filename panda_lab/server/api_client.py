@@ -65,7 +65,8 @@ async def add_jobs(request: Request, task: str, body: JobsAdd) -> dict:
     task_id = await _task_id(s, task)
     ids, changes = await s.db(s.store.add_jobs, task_id, [j.store_dict() for j in body.jobs])
     s.publish(changes)
-    return {"task": task_id, "jobs": ids}
+    indices = {c.job_id: c.job_index for c in changes.jobs}
+    return {"task": task_id, "jobs": ids, "indices": [indices[i] for i in ids]}
 
 
 @router.post("/tasks/{task}/close")

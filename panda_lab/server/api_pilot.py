@@ -14,7 +14,13 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from panda_lab.server.app import Server
-from panda_lab.server.schemas import PilotAcquire, PilotEnd, PilotHeartbeat, PilotRegister, PilotUpdate
+from panda_lab.server.schemas import (
+    PilotAcquire,
+    PilotEnd,
+    PilotHeartbeat,
+    PilotRegister,
+    PilotUpdate,
+)
 
 router = APIRouter()
 

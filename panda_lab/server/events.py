@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from panda_lab.store import Changes
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each subscriber is one connection
 class Subscriber:
     tasks: frozenset[int] | None
     results: bool

@@ -72,7 +72,8 @@ class PilotStore:
                 conn.execute(update(pilots).where(pilots.c.id.in_(ids)).values(state="lost"))
         return ids
 
-    def list_pilots(self: StoreBase, site: str | None = None, state: str | None = None) -> list[dict]:
+    def list_pilots(self: StoreBase, site: str | None = None,
+                    state: str | None = None) -> list[dict]:
         with self.tx() as conn:
             q = select(pilots).order_by(pilots.c.id)
             if site:

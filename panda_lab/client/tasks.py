@@ -1,0 +1,96 @@
+"""Task handles: re-attach to a task by id or name, from any kernel, at any time.
+
+Everything a handle knows comes from the server, so a kernel restart loses nothing:
+``lab.task(12).results()`` works the same an hour later from a new notebook.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import pickle
+import time
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from panda_lab.client.futures import exception_from_job
+
+if TYPE_CHECKING:  # pragma: no cover
+    from panda_lab.client.session import Lab
+
+FINAL = frozenset({"done", "finished", "failed", "aborted"})
+
+JOB_COLUMNS = ["id", "job_index", "attempt", "state", "site", "pilot_id", "created_at",
+               "started_at", "ended_at", "error_category", "error_message"]
+
+
+class TaskHandle:
+    def __init__(self, lab: Lab, task_id: int) -> None:
+        self.lab = lab
+        self.id = task_id
+
+    def info(self) -> dict:
+        return self.lab.api.get(f"/api/tasks/{self.id}")
+
+    @property
+    def status(self) -> str:
+        return self.info()["state"]
+
+    @property
+    def name(self) -> str:
+        return self.info()["name"]
+
+    def jobs(self, all_attempts: bool = False) -> pd.DataFrame:
+        """One row per job (its latest attempt), or per attempt with ``all_attempts``."""
+        rows = self.lab.jobs(self.id, all_attempts=all_attempts)
+        df = pd.DataFrame(rows, columns=JOB_COLUMNS + [c for c in (rows[0] if rows else {})
+                                                      if c not in JOB_COLUMNS])
+        for col in ("created_at", "started_at", "ended_at"):
+            df[col] = pd.to_datetime(df[col], unit="s", utc=True)
+        return df[[c for c in JOB_COLUMNS if c in df]].set_index("id") if not df.empty \
+            else df[JOB_COLUMNS].set_index("id")
+
+    def wait(self, timeout: float | None = None) -> TaskHandle:
+        """Block until the task is final; raises ``TimeoutError`` after ``timeout`` s."""
+        self.lab.wait(self.id, timeout=timeout)
+        return self
+
+    def results(self) -> dict[int, Any]:
+        """The results of the jobs that finished so far, by job index.
+
+        For an executor's task each job is one call (or one ``map`` chunk, a list)."""
+        rows = self.lab.api.get(f"/api/tasks/{self.id}/results")
+        return {r["index"]: pickle.loads(base64.b64decode(r["data"])) for r in rows}
+
+    def errors(self) -> dict[int, BaseException]:
+        """The exception of each job that failed for good, by job index."""
+        return {j["job_index"]: exception_from_job(j) for j in self.lab.failures(self.id)}
+
+    def kill(self) -> dict:
+        return self.lab.kill(self.id)
+
+    def retry(self) -> dict:
+        return self.lab.retry(self.id)
+
+    def __repr__(self) -> str:
+        i = self.info()
+        return (f"<TaskHandle {i['id']} {i['name']!r} {i['state']}: "
+                f"{i['n_done']}/{i['n_jobs']} jobs done>")
+
+    def _repr_html_(self) -> str:
+        i = self.info()
+        by_state = ", ".join(f"{k}: {v}" for k, v in sorted(i["attempts_by_state"].items()))
+        age = time.time() - i["created_at"]
+        return (f"<b>panda-lab task {i['id']}</b> <code>{html.escape(i['name'])}</code> "
+                f"<b>{i['state']}</b> &middot; {i['n_done']}/{i['n_jobs']} jobs done "
+                f"&middot; attempts {html.escape(by_state) or 'none'} &middot; {age:.0f} s old")
+
+
+def tasks_frame(rows: list[dict]) -> pd.DataFrame:
+    cols = ["id", "name", "state", "n_jobs", "n_done", "site", "owner", "created_at",
+            "ended_at"]
+    df = pd.DataFrame(rows, columns=cols)
+    for col in ("created_at", "ended_at"):
+        df[col] = pd.to_datetime(df[col], unit="s", utc=True)
+    return df.set_index("id")
