@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +139,8 @@ class Lab:
         name = kwargs.pop("name", "dask")
         with self.executor(name=name) as ex:
             in_flight = max(2, ex._max_workers // 2)
-            try:
-                size = len(dsk)
-            except TypeError:
-                size = 1
+            graph = dsk if isinstance(dsk, Mapping) else dsk.__dask_graph__()
+            size = len(graph)
             chunksize = kwargs.pop("chunksize", None) or max(1, -(-size // (4 * in_flight)))
             return get_async(ex.submit, in_flight, dsk, keys, chunksize=chunksize, **kwargs)
 

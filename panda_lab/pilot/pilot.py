@@ -157,7 +157,8 @@ class Pilot:
         idle = not any(w.busy for w in self.workers)
         if idle and self.pending:
             self._flush()
-        wait = self.opts.long_poll if idle else 0.0
+        # A long poll shorter than the heartbeat interval keeps an idle pilot alive.
+        wait = min(self.opts.long_poll, self.heartbeat_interval) if idle else 0.0
         reply = self.api.post("/api/pilot/acquire", {"pilot": self.pilot_id,
                                                      "site": self.opts.site, "n": n,
                                                      "wait": wait}, timeout=wait + 30)
