@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SITE_KINDS = ("grid", "cloud", "hpc", "local")
-PROVISIONERS = ("local", "none")
+
+#: The keys each provisioner accepts beyond COMMON_KEYS, with their types.  A provisioner
+#: registers its own keys here; ``none`` means pilots are started by hand.
+PROVISIONER_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "local": {},
+    "none": {},
+}
 
 #: Keys every site accepts, with their types; provisioners may add their own.
 COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -80,15 +86,21 @@ def parse_sites(data: dict, source: str = "sites.toml") -> list[SiteConfig]:
         if kind not in SITE_KINDS:
             raise ConfigError(f"{where} kind = {kind!r}; allowed: {list(SITE_KINDS)}")
         prov = body.get("provisioner", "local")
-        if prov not in PROVISIONERS:
-            raise ConfigError(f"{where} provisioner = {prov!r}; allowed: {list(PROVISIONERS)}")
+        if prov not in PROVISIONER_KEYS:
+            raise ConfigError(f"{where} provisioner = {prov!r}; allowed: "
+                              f"{sorted(PROVISIONER_KEYS)}")
+        allowed = COMMON_KEYS | PROVISIONER_KEYS[prov]
         extra = {}
         for key, value in body.items():
+            if key not in allowed:
+                raise ConfigError(f"{where} unknown key {key!r} for provisioner {prov!r}; "
+                                  f"allowed: {sorted(allowed)}")
+            types = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                names = " or ".join(t.__name__ for t in types)
+                raise ConfigError(f"{where} {key} = {value!r} must be of type {names}")
             if key not in COMMON_KEYS:
-                raise ConfigError(f"{where} unknown key {key!r}; allowed: {sorted(COMMON_KEYS)}")
-            if not isinstance(value, COMMON_KEYS[key]) or isinstance(value, bool):
-                raise ConfigError(f"{where} {key} = {value!r} must be of type "
-                                  f"{COMMON_KEYS[key].__name__}")
+                extra[key] = value
         for key in ("pilots", "slots"):
             if key in body and body[key] < (0 if key == "pilots" else 1):
                 raise ConfigError(f"{where} {key} = {body[key]} is too small")
