@@ -22,7 +22,7 @@ import uvicorn
 
 from panda_lab import runtime
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
-from panda_lab.provisioners import LocalProvisioner, PilotSpec, Provisioner
+from panda_lab.provisioners import PilotSpec, Provisioner, make_provisioner
 from panda_lab.server.app import Server, create_app
 from panda_lab.server.config import ServerConfig
 
@@ -89,9 +89,10 @@ def run_server(config: ServerConfig) -> None:
     if config.provision:
         known = server.store.list_pilots(state="running")
         for site in config.sites:
-            if site.provisioner == "local" and site.pilots > 0:
-                provisioners.append(LocalProvisioner(
-                    PilotSpec(url, server.pilot_token, site), config.home / "logs", known))
+            prov = make_provisioner(PilotSpec(url, server.pilot_token, site), config.home,
+                                    known)
+            if prov is not None:
+                provisioners.append(prov)
 
     async def provision(_server: Server) -> None:
         await asyncio.gather(*(p.keep_alive() for p in provisioners))
