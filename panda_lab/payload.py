@@ -137,7 +137,12 @@ def run_call(payload: bytes, common: Callable | None) -> Outcome:
         value: Any = fn(*args, **kwargs)
     except BaseException as exc:  # the user's code may raise anything, SystemExit too
         sys.stdout, sys.stderr = old
-        return Outcome(False, None, _error("user", exc), out.tail(), err_stream.tail(),
+        # An exception may say what kind of failure it is (an unreadable input file is
+        # not the user's bug); anything else is a user error.
+        category = getattr(exc, "panda_category", "user")
+        if category not in ("user", "input"):
+            category = "user"
+        return Outcome(False, None, _error(category, exc), out.tail(), err_stream.tail(),
                        started, time.time())
     finally:
         sys.stdout, sys.stderr = old

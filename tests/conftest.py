@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import ServerProcess  # noqa: E402
-from pg import PostgresServer, find_bindir  # noqa: E402
+from harness import ServerProcess
+from pg import PostgresServer, find_bindir
 
 IN_CI = bool(os.environ.get("CI"))
 

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from panda_lab import runtime
+from panda_lab.client.analysis import AnalysisTask, Dataset, Datasets, analyze
 from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
 from panda_lab.http import ApiClient, ApiError
@@ -120,7 +121,25 @@ class Lab:
 
     def task(self, id_or_name: int | str) -> TaskHandle:
         """Re-attach to a task by id, or by name (the newest task of that name)."""
-        return TaskHandle(self, self.api.get(f"/api/tasks/{id_or_name}")["id"])
+        info = self.api.get(f"/api/tasks/{id_or_name}")
+        if info["options"].get("kind") == "analysis":
+            return AnalysisTask(self, info["id"])
+        return TaskHandle(self, info["id"])
+
+    @property
+    def datasets(self) -> Datasets:
+        """The server's datasets: ``lab.datasets.register(name, "data/*.root", tree=...)``."""
+        return Datasets(self)
+
+    def analyze(self, process: Any, dataset: str | Dataset, **options: Any) -> AnalysisTask:
+        """Run ``process(events)`` over every event of a dataset, as jobs over the sites.
+
+        ``events_per_job``: an int, or ``"auto"`` (scout jobs measure the speed first,
+        then jobs are sized to ``target_job_seconds``); or ``files_per_job``.  Also
+        ``columns`` (else found on a sample), ``skip_bad_files``, ``site``, ``name``,
+        ``retries``.  See :class:`panda_lab.client.analysis.AnalysisTask`.
+        """
+        return analyze(self, process, dataset, **options)
 
     def tasks(self, limit: int = 100, state: str | None = None) -> pd.DataFrame:
         """The newest tasks as a DataFrame, one row each."""

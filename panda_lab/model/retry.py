@@ -14,7 +14,8 @@ from enum import StrEnum
 
 
 class ErrorCategory(StrEnum):
-    USER = "user"          # the payload raised: the physicist's code or input
+    USER = "user"          # the payload raised: the physicist's code
+    INPUT = "input"        # an input file is missing, corrupt or not what was said
     PAYLOAD = "payload"    # the payload could not be unpickled or its environment differs
     SYSTEM = "system"      # pilot lost, worker crashed, site trouble: not the user's fault
     TIMEOUT = "timeout"    # the job ran past its walltime
@@ -48,6 +49,8 @@ DEFAULT_RULES: tuple[RetryRule, ...] = (
     RetryRule(ErrorCategory.USER, Action.FAIL),
     RetryRule(ErrorCategory.PAYLOAD, Action.FAIL),
     RetryRule(ErrorCategory.TIMEOUT, Action.RETRY, attempts=2, other_site=False),
+    # Another site may read another replica, or through another network path.
+    RetryRule(ErrorCategory.INPUT, Action.RETRY, attempts=2),
     RetryRule(ErrorCategory.SYSTEM, Action.RETRY, pattern="lost heartbeat"),
     RetryRule(ErrorCategory.SYSTEM, Action.RETRY),
 )

@@ -24,6 +24,8 @@ from panda_lab.server.config import ServerConfig
 from panda_lab.server.events import EventBus
 from panda_lab.store import (
     Changes,
+    DatasetExists,
+    DatasetNotFound,
     Store,
     TaskNotFound,
     TaskStateError,
@@ -53,6 +55,10 @@ class Server:
         self._site_wake: dict[str, asyncio.Event] = {}
         self._task_wake: dict[int, asyncio.Event] = {}
         self.background: list[Callable[[Server], Any]] = []
+        from panda_lab.server.analysis import AnalysisService
+
+        self.analysis = AnalysisService(self)
+        self.analysis.load_known_tasks()
 
     async def db(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -81,6 +87,7 @@ class Server:
             ev = self._task_wake.pop(task_id, None)
             if ev is not None:
                 ev.set()
+        self.analysis.on_changes(changes)
         self.bus.publish_changes(changes)
 
     def close(self) -> None:
@@ -116,12 +123,13 @@ def pilot_auth(request: Request,
 
 
 def create_app(server: Server) -> FastAPI:
-    from panda_lab.server import api_client, api_pilot
+    from panda_lab.server import api_analysis, api_client, api_pilot
     from panda_lab.server.watchdog import watchdog_loop
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         tasks = [asyncio.create_task(watchdog_loop(server), name="watchdog")]
+        server.analysis.resume()
         tasks += [asyncio.create_task(fn(server), name=getattr(fn, "__name__", "bg"))
                   for fn in server.background]
         try:
@@ -147,6 +155,7 @@ def create_app(server: Server) -> FastAPI:
         return await call_next(request)
 
     for exc_type, status in ((TaskNotFound, 404), (UnknownPilot, 404), (TaskStateError, 409),
+                             (DatasetNotFound, 404), (DatasetExists, 409),
                              (UnknownSite, 400), (BrokerageError, 400)):
         app.add_exception_handler(exc_type, _handler(status))
 
@@ -160,6 +169,7 @@ def create_app(server: Server) -> FastAPI:
         return app.openapi()
 
     app.include_router(api_client.router, prefix="/api", dependencies=[Depends(user_auth)])
+    app.include_router(api_analysis.router, prefix="/api", dependencies=[Depends(user_auth)])
     app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
     return app
 

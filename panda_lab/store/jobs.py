@@ -111,6 +111,11 @@ class JobStore:
                     ignored.append({"id": u["id"], "reason": why})
                     continue
                 seen.add(row.id)
+                if (u["state"] == J.FINISHED and u.get("result") is None
+                        and not u.get("result_ref")):
+                    # Nothing to count: the work is lost, so let the retry rules act.
+                    u = {**u, "state": str(J.FAILED), "error": {
+                        "category": "system", "message": "reported finished without a result"}}
                 try:
                     path = job_path(row.state, u["state"])
                 except TransitionError as exc:
@@ -146,7 +151,7 @@ class JobStore:
             self._retry_or_fail(conn, failed, changes)
             self._touch_pilot(conn, pilot_id, t)
             self._check_tasks(conn, [c.task_id for c in changes.jobs
-                                     if c.state in (J.FINISHED, J.FAILED)], changes)
+                                     if JobState(c.state) in JOB_FINAL], changes)
         return changes, ignored
 
     @staticmethod

@@ -141,3 +141,73 @@ pilots = Table(
     Column("info", Text, nullable=False, default="{}"),
 )
 Index("ix_pilots_site_state", pilots.c.site, pilots.c.state)
+
+# ---- data: datasets, files, replicas (PanDA's Rucio ideas) --------------------------------
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("tree", String(256), nullable=False),
+    Column("n_files", Integer, nullable=False),
+    Column("n_events", Integer, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("file_index", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("tree", String(256), nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    # Entry numbers where every branch starts a basket: the only places a job may cut.
+    Column("clusters", Text, nullable=False),
+    Column("branches", Text, nullable=False, default="[]"),
+)
+Index("ix_files_dataset", files.c.dataset_id, files.c.file_index, unique=True)
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("file_id", Integer, ForeignKey("files.id"), nullable=False),
+    Column("endpoint", String(256), nullable=False),
+    Column("url", Text, nullable=False),
+)
+Index("ix_replicas_file", replicas.c.file_id)
+
+# ---- analysis tasks: their input chunks and the merged result -----------------------------
+
+# One row per input range of a job (a job of ``files_per_job`` has several).
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", Integer, nullable=False),
+    Column("job_index", Integer, nullable=False),
+    Column("file_index", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("tree", String(256), nullable=False),
+    Column("start", Integer, nullable=False),
+    Column("stop", Integer, nullable=False),
+    Column("scout", Boolean, nullable=False, default=False),
+)
+Index("ix_chunks_task", chunks.c.task_id, chunks.c.job_index)
+
+# The merged result of an analysis task with the job indices it contains, written in one
+# transaction: after a crash, exactly the results not in ``merged`` are merged again.
+accumulators = Table(
+    "accumulators",
+    metadata,
+    Column("task_id", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=True),
+    Column("merged", Text, nullable=False, default="[]"),
+    Column("events", Integer, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False),
+)

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from panda_lab.model import JOB_FINAL, JOB_ON_PILOT, TASK_FINAL, JobState, TaskState, can_task
 from panda_lab.server.brokerage import Request
 from panda_lab.store.base import Changes, JobChange, StoreBase, dumps, loads, now
-from panda_lab.store.schema import jobs, results, tasks
+from panda_lab.store.schema import chunks, jobs, results, tasks
 
 J = JobState
 T = TaskState
@@ -44,6 +44,8 @@ class TaskStore:
         options: dict | None = None,
         common: bytes | None = None,
         open_: bool = False,
+        state: TaskState = T.READY,
+        job_chunks: list[list[dict]] | None = None,
     ) -> tuple[int, list[int], Changes]:
         """Create a task and its first jobs, brokered and activated in one transaction."""
         t = now()
@@ -58,12 +60,16 @@ class TaskStore:
             ).scalar_one()
             changes = Changes()
             self._set_task_state(conn, task_id, T.DEFINED, T.READY, changes)
-            ids = self._add_jobs(conn, task_id, jobs_, sites_, options or {}, changes)
+            if state != T.READY:
+                self._set_task_state(conn, task_id, T.READY, state, changes)
+            ids = self._add_jobs(conn, task_id, jobs_, sites_, options or {}, changes,
+                                 job_chunks, scout=state == T.SCOUTING)
             if not open_ and not jobs_:
                 self._check_tasks(conn, [task_id], changes)
         return task_id, ids, changes
 
-    def add_jobs(self: StoreBase, task_id: int, jobs_: list[dict]) -> tuple[list[int], Changes]:
+    def add_jobs(self: StoreBase, task_id: int, jobs_: list[dict],
+                 job_chunks: list[list[dict]] | None = None) -> tuple[list[int], Changes]:
         with self.tx() as conn:
             task = self._task_row(conn, task_id)
             if not task.open:
@@ -72,7 +78,7 @@ class TaskStore:
                 raise TaskStateError(f"task {task_id} was aborted")
             changes = Changes()
             ids = self._add_jobs(conn, task_id, jobs_, _sites_of(task.site),
-                                 loads(task.options), changes)
+                                 loads(task.options), changes, job_chunks)
         return ids, changes
 
     def close_task(self: StoreBase, task_id: int) -> Changes:
@@ -86,10 +92,18 @@ class TaskStore:
         return changes
 
     def _add_jobs(self, conn: Connection, task_id: int, specs: list[dict],
-                  sites_: tuple[str, ...], options: dict, changes: Changes) -> list[int]:
+                  sites_: tuple[str, ...], options: dict, changes: Changes,
+                  job_chunks: list[list[dict]] | None = None, scout: bool = False) -> list[int]:
         if not specs:
             return []
         start = conn.execute(select(tasks.c.n_jobs).where(tasks.c.id == task_id)).scalar_one()
+        if job_chunks is not None:
+            # The input ranges of an analysis job, in the transaction that makes the job.
+            conn.execute(insert(chunks), [
+                {"task_id": task_id, "job_index": start + i, "file_index": c["file_index"],
+                 "path": c["path"], "tree": c["tree"], "start": c["start"], "stop": c["stop"],
+                 "scout": scout}
+                for i, cs in enumerate(job_chunks) for c in cs])
         attempts = [
             {
                 "task_id": task_id, "job_index": start + i, "attempt": 1,
@@ -148,6 +162,27 @@ class TaskStore:
         if res.rowcount:
             changes.tasks.append((task_id, str(new)))
         return bool(res.rowcount)
+
+    def set_task_state(self: StoreBase, task_id: int, old: TaskState,
+                       new: TaskState) -> Changes:
+        changes = Changes()
+        with self.tx() as conn:
+            self._set_task_state(conn, task_id, old, new, changes)
+        return changes
+
+    def update_task_options(self: StoreBase, task_id: int, values: dict) -> None:
+        """Add to a task's options (e.g. what its scouts measured), keeping the rest."""
+        with self.tx() as conn:
+            row = self._task_row(conn, task_id)
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(
+                options=dumps(loads(row.options) | values), modified_at=now()))
+
+    def tasks_of_kind(self: StoreBase, kind: str) -> list[dict]:
+        """Id, state and options of the tasks whose options say ``kind``."""
+        with self.tx() as conn:
+            rows = conn.execute(select(tasks.c.id, tasks.c.state, tasks.c.options).where(
+                tasks.c.options.like(f'%"kind":"{kind}"%'))).all()
+        return [{"id": r.id, "state": r.state, "options": loads(r.options)} for r in rows]
 
     def _check_tasks(self, conn: Connection, task_ids: list[int], changes: Changes) -> None:
         """End the tasks whose every job has a final attempt and that take no more jobs."""

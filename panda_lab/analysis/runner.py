@@ -1,0 +1,88 @@
+"""What an analysis job runs on the pilot: read its chunks, call the processor, measure.
+
+The processor is a plain function ``process(events)`` or an object with ``process`` (and
+optionally ``postprocess``, applied once to the merged result).  The branches it reads
+are found once per worker (``discover_columns`` on a few entries) unless ``columns`` is
+given; after that every chunk is read eagerly with only those branches.
+
+A missing or corrupt input is a :class:`DataError`: the job tries the file's other
+replicas first, and the error's category (``input``) lets the retry rules send the job
+to another site, while an exception of the processor stays a user error, never retried.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from panda_lab.analysis.accumulate import merge
+from panda_lab.analysis.chunking import Chunk
+from panda_lab.analysis.errors import DataError
+from panda_lab.analysis.events import discover_columns, read_chunk
+
+_COLUMNS: dict[int, list[str]] = {}
+
+
+@dataclass
+class ChunkResult:
+    """A job's result: the processor's output and what it cost, for the merger and the
+    splitter's scouting."""
+
+    result: Any
+    events: int
+    seconds: float
+    rss_mb: float
+    keys: list[str] = field(default_factory=list)
+
+
+def process_of(processor: Any) -> Callable[[Any], Any]:
+    return processor.process if hasattr(processor, "process") else processor
+
+
+def postprocess(processor: Any, result: Any) -> Any:
+    fn = getattr(processor, "postprocess", None)
+    return fn(result) if fn is not None else result
+
+
+def _open_any(
+    chunk: dict, columns: list[str] | None, process: Callable
+) -> tuple[Any, Chunk, float]:
+    """Read a chunk from the first replica that works."""
+    urls = [r["url"] for r in chunk.get("replicas") or []] or [chunk["path"]]
+    last: DataError | None = None
+    for url in urls:
+        c = Chunk(chunk["file_index"], url, chunk["tree"], chunk["start"], chunk["stop"])
+        try:
+            if columns is None:
+                key = id(process)
+                if key not in _COLUMNS:
+                    _COLUMNS[key] = discover_columns(process, c)
+                columns = _COLUMNS[key]
+            t0 = time.perf_counter()
+            return read_chunk(c, columns), c, t0
+        except DataError as exc:
+            last = exc
+    assert last is not None
+    if len(urls) > 1:
+        last.add_note(f"tried {len(urls)} replicas: {', '.join(urls)}")
+    raise last
+
+
+def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict]) -> ChunkResult:
+    """The job function of an analysis task (its common payload binds the processor)."""
+    process = process_of(processor)
+    out: Any = None
+    events = 0
+    seconds = 0.0  # reading and processing; a first job's column discovery is not counted
+    keys = []
+    for chunk in chunk_dicts:
+        arrays, c, t0 = _open_any(chunk, columns, process)
+        out = merge(out, process(arrays))
+        seconds += time.perf_counter() - t0
+        events += c.entries
+        keys.append(c.key)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return ChunkResult(out, events, seconds, rss, keys)

@@ -1,0 +1,221 @@
+"""Datasets and dataset analyses from the notebook: ``lab.datasets``, ``lab.analyze``.
+
+Files are inspected here, on the client (entries, sizes, cluster boundaries from the
+files' metadata only), and the dataset is kept by the server for every notebook.  An
+analysis handle gives the merged result so far (``partial``), the final result, and a
+report of what happened to every file and entry range.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import pickle
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial as bind
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from panda_lab.client.tasks import FINAL, TaskHandle
+from panda_lab.payload import dumps_fn, environment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from panda_lab.client.session import Lab
+
+
+class IncompleteResult(RuntimeError):
+    """Some input was not processed; ``report`` says which and why."""
+
+    def __init__(self, message: str, report: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Dataset:
+    name: str
+    tree: str
+    n_files: int
+    n_events: int
+    size_bytes: int
+    files: list[dict]
+
+    def __repr__(self) -> str:
+        return (f"<Dataset {self.name!r}: {self.n_files} files, {self.n_events:,} events, "
+                f"{self.size_bytes / 1e6:.1f} MB, tree {self.tree!r}>")
+
+    def files_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.files)[["file_index", "path", "entries", "size_bytes"]]
+
+
+def _expand(files: str | Path | list) -> list[str]:
+    items = files if isinstance(files, list | tuple) else [files]
+    out: list[str] = []
+    for item in items:
+        s = str(item)
+        if "://" in s and not s.startswith("file://"):
+            out.append(s)
+            continue
+        s = s.removeprefix("file://")
+        matches = sorted(glob.glob(s)) if glob.has_magic(s) else [s]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {s!r}")
+        out.extend(str(Path(m).resolve()) for m in matches)
+    return out
+
+
+class Datasets:
+    """The server's dataset catalogue."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def register(self, name: str, files: str | Path | list, tree: str = "Events",
+                 replace: bool = False, endpoint: str = "local") -> Dataset:
+        """Register files (paths, globs or URLs) as a dataset; reads only their metadata."""
+        from panda_lab.analysis.files import inspect_file
+
+        paths = _expand(files)
+        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            infos = list(pool.map(lambda p: inspect_file(p, tree), paths))
+        body = {"name": name, "tree": tree, "replace": replace, "files": [
+            {"path": i.path, "tree": i.tree, "entries": i.entries, "size_bytes": i.size_bytes,
+             "clusters": i.clusters, "branches": i.branches,
+             "replicas": [{"endpoint": endpoint, "url": i.path}]} for i in infos]}
+        self.lab.api.post("/api/datasets", body)
+        return self.get(name)
+
+    def get(self, name: str) -> Dataset:
+        d = self.lab.api.get(f"/api/datasets/{name}")
+        return Dataset(d["name"], d["tree"], d["n_files"], d["n_events"], d["size_bytes"],
+                       d["files"])
+
+    def list(self) -> pd.DataFrame:
+        rows = self.lab.api.get("/api/datasets")
+        return pd.DataFrame(rows, columns=["name", "tree", "n_files", "n_events", "size_bytes",
+                                           "created_at"]).set_index("name")
+
+    __getitem__ = get
+
+
+@dataclass
+class Partial:
+    """The merged result so far and how much of the dataset it covers."""
+
+    result: Any
+    events: int
+    total_events: int
+    jobs_merged: int
+    per_file: pd.DataFrame
+
+    @property
+    def fraction(self) -> float:
+        return self.events / self.total_events if self.total_events else 1.0
+
+    def __repr__(self) -> str:
+        return (f"<Partial {self.events:,}/{self.total_events:,} events "
+                f"({100 * self.fraction:.1f}%), {self.jobs_merged} jobs merged>")
+
+
+class AnalysisTask(TaskHandle):
+    """A dataset analysis: a task whose jobs each process a chunk of the dataset."""
+
+    def __init__(self, lab: Lab, task_id: int, processor: Any = None) -> None:
+        super().__init__(lab, task_id)
+        self.processor = processor
+
+    def partial(self) -> Partial:
+        """Cheap: the server's merged state, without reading any job's result."""
+        snap = self.lab.api.get(f"/api/tasks/{self.id}/partial")
+        result = pickle.loads(base64.b64decode(snap["data"])) if snap["data"] else None
+        per_file = pd.DataFrame(snap.get("per_file", []),
+                                columns=["file_index", "path", "events_done", "entries"])
+        return Partial(result, snap["events"], snap["total_events"], snap["jobs_merged"],
+                       per_file)
+
+    def result(self, timeout: float | None = None, allow_incomplete: bool = False) -> Any:
+        """Wait for the task and return the merged result (postprocessed, if the processor
+        has ``postprocess``).  Raises :class:`IncompleteResult` when some input was not
+        processed, unless the task skips bad files or ``allow_incomplete`` is set."""
+        self.wait(timeout=timeout)
+        info = self.info()
+        deadline = time.monotonic() + 30
+        p = self.partial()
+        while p.jobs_merged < info["n_done"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the merger is finishing the last results
+            p = self.partial()
+        complete = p.events == p.total_events
+        if not complete:
+            rep = self.report()
+            bad = rep[~rep["status"].isin(["done", "done after retry"])]
+            msg = (f"task {self.id}: {p.total_events - p.events:,} of {p.total_events:,} "
+                   f"events not processed ({len(bad)} chunks: "
+                   f"{', '.join(sorted(set(bad['status'])))})")
+            skip = info["options"].get("skip_bad_files")
+            if not (skip or allow_incomplete):
+                raise IncompleteResult(msg + "; see .report", rep)
+            warnings.warn(msg, stacklevel=2)
+        from panda_lab.analysis.runner import postprocess
+
+        return postprocess(self.processor, p.result) if self.processor is not None else p.result
+
+    @property
+    def complete(self) -> bool:
+        p = self.partial()
+        return self.status in FINAL and p.events == p.total_events
+
+    @property
+    def scouting(self) -> dict | None:
+        """What the scout jobs measured (``events_per_job="auto"``)."""
+        return self.info()["options"].get("scouting")
+
+    def report(self) -> pd.DataFrame:
+        """Every input range and its fate: done, done after retry, skipped (bad file, with
+        ``skip_bad_files``), failed (why), or still waiting or running."""
+        rows = self.lab.api.get(f"/api/tasks/{self.id}/report")
+        skip = self.info()["options"].get("skip_bad_files")
+        df = pd.DataFrame(rows, columns=["job_index", "file_index", "path", "tree", "start",
+                                         "stop", "scout", "state", "attempts", "sites",
+                                         "error_category", "error"])
+
+        def status(r: pd.Series) -> str:
+            if r["state"] == "finished":
+                return "done" if r["attempts"] == 1 else "done after retry"
+            if r["state"] in ("failed", "cancelled", "closed"):
+                return "skipped" if skip and r["error_category"] == "input" else "failed"
+            return r["state"]
+
+        df["status"] = df.apply(status, axis=1) if len(df) else pd.Series(dtype=str)
+        return df
+
+
+def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
+            events_per_job: int | str = "auto", files_per_job: int | None = None,
+            target_job_seconds: float = 60.0, columns: list[str] | None = None,
+            skip_bad_files: bool = False, site: str | list[str] = "ANY",
+            name: str | None = None, retries: int = 2, n_scouts: int = 3) -> AnalysisTask:
+    from panda_lab.analysis.runner import run_chunks
+
+    ds_name = dataset.name if isinstance(dataset, Dataset) else dataset
+    if files_per_job:
+        split = {"mode": "files", "files_per_job": int(files_per_job)}
+    elif events_per_job == "auto":
+        split = {"mode": "auto", "target_job_seconds": target_job_seconds, "n_scouts": n_scouts}
+    elif isinstance(events_per_job, int) and events_per_job > 0:
+        split = {"mode": "events", "events_per_job": events_per_job}
+    else:
+        raise ValueError(f"events_per_job must be a positive int or 'auto', "
+                         f"not {events_per_job!r}")
+    job_fn = bind(run_chunks, process, list(columns) if columns else None)
+    reply = lab.api.post("/api/analyses", {
+        "name": name or f"analysis-{ds_name}", "dataset": ds_name,
+        "processor": base64.b64encode(dumps_fn(job_fn)).decode(), "split": split,
+        "site": site, "skip_bad_files": skip_bad_files,
+        "options": {"max_attempts": retries + 1, "client": environment()},
+    })
+    return AnalysisTask(lab, reply["task"], process)

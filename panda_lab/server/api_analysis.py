@@ -1,0 +1,123 @@
+"""The data and analysis API: datasets, dataset analyses, partial results, reports."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import Field
+
+from panda_lab.server.app import Server
+from panda_lab.server.schemas import B64, Strict, TaskOptions, b64decode
+from panda_lab.server.splitter import SplitRule
+
+router = APIRouter()
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+class Replica(Strict):
+    endpoint: str
+    url: str
+
+
+class FileSpec(Strict):
+    path: str
+    tree: str
+    entries: Annotated[int, Field(ge=0)]
+    size_bytes: Annotated[int, Field(ge=0)]
+    clusters: list[int]
+    branches: list[str] = Field(default_factory=list)
+    replicas: list[Replica] = Field(default_factory=list)
+
+
+class DatasetRegister(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    tree: str
+    files: list[FileSpec] = Field(min_length=1, max_length=1_000_000)
+    replace: bool = False
+
+
+class Split(Strict):
+    mode: Literal["auto", "events", "files"] = "auto"
+    events_per_job: Annotated[int, Field(ge=0)] = 0
+    files_per_job: Annotated[int, Field(ge=0)] = 0
+    target_job_seconds: Annotated[float, Field(gt=0)] = 60.0
+    n_scouts: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class AnalysisSubmit(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    owner: str = ""
+    dataset: str
+    processor: B64 = Field(description="the pickled job function (processor bound)")
+    split: Split = Field(default_factory=Split)
+    site: str | list[str] = "ANY"
+    skip_bad_files: bool = False
+    options: TaskOptions = Field(default_factory=TaskOptions)
+
+
+@router.post("/datasets", status_code=201)
+async def register_dataset(request: Request, body: DatasetRegister) -> dict:
+    s = _server(request)
+    for f in body.files:
+        c = f.clusters
+        rising = all(a < b for a, b in itertools.pairwise(c))
+        if not c or c[0] != 0 or c[-1] != f.entries or not rising:
+            raise HTTPException(422, f"{f.path}: clusters must rise strictly from 0 to "
+                                     f"entries ({f.entries})")
+    files = [f.model_dump() for f in body.files]
+    ds_id = await s.db(s.store.register_dataset, body.name, body.tree, files, body.replace)
+    return {"id": ds_id, "name": body.name}
+
+
+@router.get("/datasets")
+async def list_datasets(request: Request) -> list[dict]:
+    s = _server(request)
+    return await s.db(s.store.list_datasets)
+
+
+@router.get("/datasets/{name}")
+async def get_dataset(request: Request, name: str, files: bool = True) -> dict:
+    s = _server(request)
+    return await s.db(s.store.get_dataset, name, files)
+
+
+@router.post("/analyses", status_code=201)
+async def submit_analysis(request: Request, body: AnalysisSubmit) -> dict:
+    """Split a dataset into jobs (or send scouts first, for ``auto``) and run the processor."""
+    s = _server(request)
+    sp = body.split
+    if sp.mode == "events" and sp.events_per_job <= 0:
+        raise HTTPException(422, "split mode 'events' needs events_per_job > 0")
+    if sp.mode == "files" and sp.files_per_job <= 0:
+        raise HTTPException(422, "split mode 'files' needs files_per_job > 0")
+    rule = SplitRule(sp.mode, sp.events_per_job, sp.files_per_job, sp.target_job_seconds,
+                     sp.n_scouts)
+    common = b64decode(body.processor, "processor")
+    task_id, changes = await s.db(s.analysis.submit, body.name, body.dataset, common, rule,
+                                  body.site, body.options.model_dump(), body.skip_bad_files,
+                                  body.owner)
+    s.publish(changes)
+    return {"task": task_id}
+
+
+@router.get("/tasks/{task_id}/partial")
+async def partial(request: Request, task_id: int) -> dict:
+    """The merged result so far, cheap: the merger's latest state, no job result is read."""
+    s = _server(request)
+    await s.db(s.store.get_task, task_id)  # 404 for an unknown task
+    snap = await s.db(s.analysis.partial, task_id)
+    data = snap.pop("data")
+    snap["data"] = base64.b64encode(data).decode() if data is not None else None
+    return snap
+
+
+@router.get("/tasks/{task_id}/report")
+async def report(request: Request, task_id: int) -> list[dict]:
+    s = _server(request)
+    return await s.db(s.store.analysis_report, task_id)
