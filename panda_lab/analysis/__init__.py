@@ -1,0 +1,51 @@
+"""Dataset analysis over ROOT files: inspect, split into chunks, read, merge.
+
+The path of a dataset analysis, in the order it runs:
+
+* :mod:`.files`: ``inspect_file`` reads a file's metadata into a ``FileInfo`` (entries, size,
+  cluster boundaries);
+* :mod:`.chunking`: ``split_by_events`` / ``split_by_bytes`` / ``split_by_files`` cut the
+  dataset into ``Chunk`` s on cluster boundaries (the splitter);
+* :mod:`.events`: ``read_chunk`` gives a chunk's events as an awkward array, NanoAOD-style, and
+  ``discover_columns`` finds which branches a processor needs (the pilot's side);
+* :mod:`.accumulate`: ``merge`` / ``merge_all`` combine the per-chunk results;
+* :mod:`.sample`: ``make_sample`` writes a synthetic dimuon dataset for demos and tests.
+
+Names are imported on first use, so the server can split from stored ``FileInfo`` without
+paying for importing uproot and awkward.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataError": "errors",
+    "FileInfo": "files",
+    "inspect_file": "files",
+    "Chunk": "chunking",
+    "split_by_events": "chunking",
+    "split_by_bytes": "chunking",
+    "split_by_files": "chunking",
+    "read_chunk": "events",
+    "discover_columns": "events",
+    "MergeError": "accumulate",
+    "merge": "accumulate",
+    "merge_all": "accumulate",
+    "make_sample": "sample",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

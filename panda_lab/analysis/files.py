@@ -1,0 +1,141 @@
+"""What the splitter needs to know about one input file, read from its metadata only.
+
+:func:`inspect_file` opens a file, finds the tree and returns a :class:`FileInfo`: entries, size
+and the *cluster boundaries*, the entries at which every branch starts a new basket. A job that
+starts and stops on those boundaries decompresses each basket once, so the splitter only cuts
+there. No basket is read, so inspecting a remote file costs a few small requests.
+
+Problems become :class:`~panda_lab.analysis.errors.DataError` with the file, the tree and a
+reason a user can act on (the trees that do exist, the size the file should have, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from panda_lab.analysis.errors import DataError
+
+TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
+
+
+@dataclass
+class FileInfo:
+    """One input file as the splitter sees it.
+
+    ``clusters`` starts at 0, ends at ``entries`` and is strictly increasing (just ``[0]`` for an
+    empty tree); any two neighbours bound a range that can be read without touching a basket
+    twice.
+    """
+
+    path: str
+    tree: str
+    entries: int
+    size_bytes: int
+    clusters: list[int]
+    branches: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, for shipping to the server or storing with a task."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileInfo:
+        return cls(**data)
+
+
+def is_url(path: str | Path) -> bool:
+    """True for ``scheme://...`` addresses (``root://``, ``https://``, ``file://``)."""
+    return "://" in str(path)
+
+
+def open_file(path: str | Path, tree: str | None = None) -> Any:
+    """Open a ROOT file with uproot, turning every failure into a :class:`DataError`.
+
+    Local paths go to uproot as ``Path`` objects so a colon in a file name is never read as
+    uproot's ``file.root:object`` syntax.
+    """
+    import uproot
+
+    name = str(path)
+    local = not is_url(path)
+    if local and not os.path.exists(name):
+        raise DataError(name, tree, "file not found")
+    try:
+        handle = uproot.open(Path(name) if local else name)
+    except PermissionError as exc:
+        raise DataError(name, tree, "permission denied") from exc
+    except Exception as exc:
+        problem = "not a ROOT file or corrupt" if local else "cannot open"
+        raise DataError(name, tree, f"{problem}: {_describe(exc)}") from exc
+    if local:
+        # A copy cut short still opens (the header is at the start) and fails later, deep in a
+        # basket; the header's own idea of the file size catches it up front.
+        declared, actual = int(handle.file.fEND), os.path.getsize(name)
+        if actual < declared:
+            handle.close()
+            raise DataError(
+                name, tree, f"truncated: the header says {declared} bytes, the file has {actual}"
+            )
+    return handle
+
+
+def get_tree(handle: Any, path: str, tree: str) -> Any:
+    """The TTree ``tree`` of an open file; a :class:`DataError` names the trees that exist."""
+    import uproot
+
+    try:
+        obj = handle[tree]
+    except uproot.KeyInFileError as exc:
+        found = list_trees(handle)
+        listed = ", ".join(repr(t) for t in found) if found else "none"
+        raise DataError(path, tree, f"tree not found; trees in this file: {listed}") from exc
+    except Exception as exc:
+        raise DataError(path, tree, f"cannot read the tree: {_describe(exc)}") from exc
+    if not isinstance(obj, uproot.behaviors.TTree.TTree):
+        classname = getattr(obj, "classname", type(obj).__name__)
+        raise DataError(path, tree, f"{tree!r} is a {classname}, not a TTree")
+    return obj
+
+
+def list_trees(handle: Any) -> list[str]:
+    """Names (with directories, without cycles) of the TTrees in an open file."""
+    names: list[str] = []
+    for key, classname in handle.classnames(recursive=True).items():
+        name = key.rsplit(";", 1)[0]
+        if classname in TREE_CLASSES and name not in names:
+            names.append(name)
+    return names
+
+
+def inspect_file(url_or_path: str | Path, tree: str) -> FileInfo:
+    """Entries, size, cluster boundaries and branch names of ``tree`` in one file."""
+    path = str(url_or_path)
+    handle = open_file(url_or_path, tree)
+    try:
+        ttree = get_tree(handle, path, tree)
+        try:
+            entries = int(ttree.num_entries)
+            clusters = _clusters(ttree.common_entry_offsets(), entries)
+            branches = list(ttree.keys(recursive=True))
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(path, tree, f"corrupt tree metadata: {_describe(exc)}") from exc
+        return FileInfo(path, tree, entries, int(handle.file.fEND), clusters, branches)
+    finally:
+        handle.close()
+
+
+def _clusters(offsets: list[int], entries: int) -> list[int]:
+    """Sanitise uproot's common offsets: from 0 to ``entries``, strictly increasing."""
+    inner = sorted({int(o) for o in offsets if 0 < int(o) < entries})
+    return [0, *inner, entries] if entries > 0 else [0]
+
+
+def _describe(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one line: uproot's messages span lines and end with the file name."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

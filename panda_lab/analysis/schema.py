@@ -1,0 +1,146 @@
+"""How a tree's branches become the fields of an events array (coffea calls this a schema).
+
+Jagged branches that share a prefix and a counter, ``Muon_pt, Muon_eta, ...`` counted by
+``nMuon``, become one field ``Muon`` of jagged records (``events.Muon.pt``); every other branch
+keeps its name as a field (``nMuon``, ``run``, ``MET_pt``, all branches of flat files such as
+``M`` or ``pt1``). A prefix is not grouped when a branch already has that name, or when its
+branches have different counters; strings are never members.
+
+The grouping is decided once per tree from branch types alone (no basket is read) and the
+columns a job asks for only select from it, so a processor sees the same structure whichever
+branches are read, eagerly or lazily.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from panda_lab.analysis.chunking import Chunk
+from panda_lab.analysis.errors import DataError
+from panda_lab.analysis.files import describe
+
+
+@dataclass
+class Collection:
+    """Jagged branches read as one field of records: ``members`` maps field to branch."""
+
+    name: str
+    counter: str | None
+    members: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Layout:
+    """The fields of a tree's events, in branch order: branch names and collections.
+
+    ``forms`` has the awkward form of each readable branch; ``unreadable`` the reason for each
+    branch uproot cannot interpret, so asking for one names the problem instead of failing the
+    whole file.
+    """
+
+    fields: list[str | Collection]
+    forms: dict[str, ak.forms.Form]
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    def branch_names(self) -> list[str]:
+        names: list[str] = []
+        for f in self.fields:
+            names.extend(f.members.values() if isinstance(f, Collection) else [f])
+        return names
+
+    def field_names(self) -> list[str]:
+        return [f.name if isinstance(f, Collection) else f for f in self.fields]
+
+    def collections(self) -> dict[str, Collection]:
+        return {f.name: f for f in self.fields if isinstance(f, Collection)}
+
+
+def tree_layout(tree: Any) -> Layout:
+    """The grouping of all of a tree's branches, from their types."""
+    forms: dict[str, ak.forms.Form] = {}
+    unreadable: dict[str, str] = {}
+    for branch in tree.branches:
+        try:
+            forms[branch.name] = branch.interpretation.awkward_form(tree.file)
+        except Exception as exc:
+            unreadable[branch.name] = describe(exc)
+    candidates: dict[str, list[str]] = {}
+    counters: dict[str, str | None] = {}
+    for name, form in forms.items():
+        prefix, _, rest = name.partition("_")
+        jagged = isinstance(form, ak.forms.ListOffsetForm) and "__array__" not in form.parameters
+        if jagged and prefix and rest:
+            candidates.setdefault(prefix, []).append(name)
+            count = tree[name].count_branch  # slow-ish in uproot: only for candidates
+            counters[name] = count.name if count is not None else None
+    groups: dict[str, Collection] = {}
+    for prefix, names in candidates.items():
+        if prefix in forms or prefix in unreadable or len({counters[n] for n in names}) != 1:
+            continue
+        groups[prefix] = Collection(
+            prefix, counters[names[0]], {n.partition("_")[2]: n for n in names}
+        )
+    fields: list[str | Collection] = []
+    for name in forms:
+        group = groups.get(name.partition("_")[0])
+        if group is None or name not in group.members.values():
+            fields.append(name)
+        elif group not in fields:
+            fields.append(group)
+    return Layout(fields, forms, unreadable)
+
+
+def select(layout: Layout, columns: Iterable[str], where: Chunk) -> Layout:
+    """The part of ``layout`` that ``columns`` name: branches, collections (all their
+    branches) or field paths ``"Muon.pt"``. Reading a counter alone keeps its collection, as
+    records without fields, so ``ak.num(events.Jet)`` works as it did on the lazy array."""
+    wanted: set[str] = set()
+    groups = layout.collections()
+    for column in columns:
+        coll, dot, sub = column.partition(".")
+        if column in layout.forms:
+            wanted.add(column)
+        elif column in groups:
+            wanted.update(groups[column].members.values())
+        elif dot and coll in groups and sub in groups[coll].members:
+            wanted.add(groups[coll].members[sub])
+        elif column in layout.unreadable:
+            raise _error(where, f"uproot cannot read {column!r}: {layout.unreadable[column]}")
+        else:
+            close = difflib.get_close_matches(column, [*layout.forms, *groups], n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise _error(where, f"no branch or collection {column!r}{hint}")
+    fields: list[str | Collection] = []
+    for f in layout.fields:
+        if isinstance(f, Collection):
+            members = {k: v for k, v in f.members.items() if v in wanted}
+            if members or f.counter in wanted:
+                fields.append(Collection(f.name, f.counter, members))
+        elif f in wanted:
+            fields.append(f)
+    return Layout(fields, {k: v for k, v in layout.forms.items() if k in wanted})
+
+
+def packed_lists(array: ak.Array) -> ak.contents.ListOffsetArray:
+    """A jagged branch as offsets (from 0) and exactly the content they cover."""
+    layout = ak.to_packed(array, highlevel=False)
+    if not isinstance(layout, ak.contents.ListOffsetArray):
+        layout = layout.to_ListOffsetArray64(True)
+    return layout
+
+
+def offsets_from_counts(counts: Any) -> np.ndarray:
+    """Offsets of a collection from its counter branch, the cheapest branch to read."""
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(np.asarray(counts, dtype=np.int64), out=offsets[1:])
+    return offsets
+
+
+def _error(where: Chunk, reason: str) -> DataError:
+    return DataError(where.path, where.tree, reason, where.start, where.stop)
