@@ -74,8 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sites", help="sites, their pilots, queued and running jobs")
     s.add_argument("--json", action="store_true")
 
+    ms = sub.add_parser("make-sample", help="write a synthetic NanoAOD-like dimuon dataset")
+    ms.add_argument("outdir", type=Path)
+    ms.add_argument("--files", type=int, default=4)
+    ms.add_argument("--events", type=int, default=2_000_000, help="events per file")
+    ms.add_argument("--seed", type=int, default=2024)
+    ms.add_argument("--basket-events", type=int, default=100_000,
+                    help="entries per basket, hence per cluster the splitter may cut at")
+
     d = sub.add_parser("demo", help="run the demo on the embedded default")
-    d.add_argument("--jobs", type=int, default=300)
+    d.add_argument("--jobs", type=int, default=300, help="Monte Carlo jobs in the first part")
+    d.add_argument("--events", type=int, default=500_000,
+                   help="events per file of the generated dimuon dataset (4 files)")
     d.add_argument("--keep-server", action="store_true",
                    help="leave a server the demo started running")
     return parser
@@ -98,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return server_cmd.run(args)
         if args.command == "pilot":
             return _pilot(args)
+        if args.command == "make-sample":
+            return _make_sample(args)
         if args.command == "demo":
             from panda_lab.cli import demo
 
@@ -137,6 +149,24 @@ def _pilot(args: argparse.Namespace) -> int:
     return Pilot(PilotOptions(server=args.server, site=args.site, token=token, slots=args.slots,
                               max_jobs=args.max_jobs, idle_exit=args.idle_exit,
                               server_lost_timeout=args.server_lost_timeout)).run()
+
+
+def _make_sample(args: argparse.Namespace) -> int:
+    import time
+
+    from panda_lab.analysis.sample import make_sample
+
+    if args.files < 1 or args.events < 1 or args.basket_events < 1:
+        print("panda-lab make-sample: --files, --events and --basket-events must be positive",
+              file=sys.stderr)
+        return EXIT_USAGE
+    t = time.monotonic()
+    paths = make_sample(args.outdir, files=args.files, events=args.events, seed=args.seed,
+                        basket_events=args.basket_events)
+    size = sum(p.stat().st_size for p in paths)
+    print(f"wrote {len(paths)} files, {args.files * args.events:,} events, {size / 1e6:.1f} MB "
+          f"to {args.outdir} in {time.monotonic() - t:.1f} s")
+    return EXIT_OK
 
 
 def print_json(obj: object) -> None:
