@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from panda_lab.analysis.files import FileInfo
@@ -46,7 +46,8 @@ class Chunk:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Chunk:
-        return cls(**data)
+        """From a job's chunk parameters; other keys there (``replicas``, ...) are ignored."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def _check_clusters(info: FileInfo) -> None:

@@ -12,7 +12,7 @@ reason a user can act on (the trees that do exist, the size the file should have
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ class FileInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileInfo:
-        return cls(**data)
+        """From stored file metadata; other keys there (``replicas``, ...) are ignored."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def is_url(path: str | Path) -> bool:
@@ -57,7 +58,7 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
     Local paths go to uproot as ``Path`` objects so a colon in a file name is never read as
     uproot's ``file.root:object`` syntax.
     """
-    import uproot
+    import uproot  # here, not at the top: the splitter imports FileInfo without reading files
 
     name = str(path)
     local = not is_url(path)
@@ -69,7 +70,7 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
         raise DataError(name, tree, "permission denied") from exc
     except Exception as exc:
         problem = "not a ROOT file or corrupt" if local else "cannot open"
-        raise DataError(name, tree, f"{problem}: {_describe(exc)}") from exc
+        raise DataError(name, tree, f"{problem}: {describe(exc)}") from exc
     if local:
         # A copy cut short still opens (the header is at the start) and fails later, deep in a
         # basket; the header's own idea of the file size catches it up front.
@@ -93,7 +94,7 @@ def get_tree(handle: Any, path: str, tree: str) -> Any:
         listed = ", ".join(repr(t) for t in found) if found else "none"
         raise DataError(path, tree, f"tree not found; trees in this file: {listed}") from exc
     except Exception as exc:
-        raise DataError(path, tree, f"cannot read the tree: {_describe(exc)}") from exc
+        raise DataError(path, tree, f"cannot read the tree: {describe(exc)}") from exc
     if not isinstance(obj, uproot.behaviors.TTree.TTree):
         classname = getattr(obj, "classname", type(obj).__name__)
         raise DataError(path, tree, f"{tree!r} is a {classname}, not a TTree")
@@ -123,7 +124,7 @@ def inspect_file(url_or_path: str | Path, tree: str) -> FileInfo:
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(path, tree, f"corrupt tree metadata: {_describe(exc)}") from exc
+            raise DataError(path, tree, f"corrupt tree metadata: {describe(exc)}") from exc
         return FileInfo(path, tree, entries, int(handle.file.fEND), clusters, branches)
     finally:
         handle.close()
@@ -135,7 +136,7 @@ def _clusters(offsets: list[int], entries: int) -> list[int]:
     return [0, *inner, entries] if entries > 0 else [0]
 
 
-def _describe(exc: BaseException, limit: int = 400) -> str:
+def describe(exc: BaseException, limit: int = 400) -> str:
     """An exception as one line: uproot's messages span lines and end with the file name."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

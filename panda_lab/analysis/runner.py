@@ -23,7 +23,9 @@ from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, read_chunk
 
-_COLUMNS: dict[int, list[str]] = {}
+#: Columns discovered per processor: ``id -> (processor, columns)``.  Holding the
+#: processor keeps its id from being reused by another object while cached.
+_COLUMNS: dict[int, tuple[Any, list[str]]] = {}
 
 
 @dataclass
@@ -48,7 +50,7 @@ def postprocess(processor: Any, result: Any) -> Any:
 
 
 def _open_any(
-    chunk: dict, columns: list[str] | None, process: Callable
+    chunk: dict, columns: list[str] | None, processor: Any, process: Callable
 ) -> tuple[Any, Chunk, float]:
     """Read a chunk from the first replica that works."""
     urls = [r["url"] for r in chunk.get("replicas") or []] or [chunk["path"]]
@@ -57,10 +59,13 @@ def _open_any(
         c = Chunk(chunk["file_index"], url, chunk["tree"], chunk["start"], chunk["stop"])
         try:
             if columns is None:
-                key = id(process)
-                if key not in _COLUMNS:
-                    _COLUMNS[key] = discover_columns(process, c)
-                columns = _COLUMNS[key]
+                # Keyed by the processor: a bound ``process`` method is new at each access.
+                hit = _COLUMNS.get(id(processor))
+                if hit is None or hit[0] is not processor:
+                    hit = _COLUMNS[id(processor)] = (processor, discover_columns(process, c))
+                    while len(_COLUMNS) > 16:
+                        _COLUMNS.pop(next(iter(_COLUMNS)))
+                columns = hit[1]
             t0 = time.perf_counter()
             return read_chunk(c, columns), c, t0
         except DataError as exc:
@@ -79,7 +84,7 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
     seconds = 0.0  # reading and processing; a first job's column discovery is not counted
     keys = []
     for chunk in chunk_dicts:
-        arrays, c, t0 = _open_any(chunk, columns, process)
+        arrays, c, t0 = _open_any(chunk, columns, processor, process)
         out = merge(out, process(arrays))
         seconds += time.perf_counter() - t0
         events += c.entries

@@ -22,6 +22,7 @@ What a caller may rely on:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +206,7 @@ def _generate(rng: np.random.Generator, file_index: int, entry0: int, n: int) ->
     )
 
 
-def _blocks(seed: int, file_index: int, events: int, basket_events: int):
+def _blocks(seed: int, file_index: int, events: int, basket_events: int) -> Iterator[_Block]:
     """Yield the file's events in blocks of exactly ``basket_events`` (the last may be short).
 
     Events are drawn per ``GENERATION_UNIT`` with their own generator and re-cut here, which is
@@ -233,7 +234,7 @@ def _blocks(seed: int, file_index: int, events: int, basket_events: int):
         yield _Block.concat(pending)
 
 
-def _muon_records(block: _Block):
+def _muon_records(block: _Block) -> ak.Array:
     """The block's muons as ``var * {pt, eta, ...}``, which uproot writes as ``Muon_*``."""
     offsets = np.zeros(len(block) + 1, np.int64)
     np.cumsum(block.counts, out=offsets[1:])

@@ -1,0 +1,34 @@
+"""Fixtures for the analysis tests: a small generated dataset, and the real ROOT files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from analysis_helpers import SAMPLE_BASKET, SAMPLE_EVENTS, SAMPLE_FILES
+
+from panda_lab.analysis.sample import make_sample
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_files(tmp_path_factory) -> list[Path]:
+    """2 files x 20k events, baskets of 3,000 (so 7 clusters per file, the last one short)."""
+    return make_sample(
+        tmp_path_factory.mktemp("sample"),
+        files=SAMPLE_FILES,
+        events=SAMPLE_EVENTS,
+        basket_events=SAMPLE_BASKET,
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository: skipped where absent, but never in CI."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-file tests, and {SHARED_DATA} is missing")
+        pytest.skip(f"{SHARED_DATA} is not here (real ROOT files from scikit-hep-testdata)")
+    return SHARED_DATA
