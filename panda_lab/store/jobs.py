@@ -56,9 +56,17 @@ class JobStore:
                     .where(jobs.c.site == site, jobs.c.state == str(J.ACTIVATED))
                     .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n)
                     .with_for_update(skip_locked=True))
+            if conn.dialect.name == "postgresql":
+                # PostgreSQL may plan ``IN (... LIMIT n)`` as a nested-loop semi-join that
+                # re-runs the subquery for every outer row; each run skips the rows already
+                # updated and picks more, so a pilot got more than ``n`` jobs.  Lock the
+                # ids first (held until commit), then update exactly those.
+                target = jobs.c.id.in_(list(conn.execute(pick).scalars()))
+            else:
+                target = jobs.c.id.in_(pick.scalar_subquery())
             rows = conn.execute(
                 update(jobs)
-                .where(jobs.c.id.in_(pick.scalar_subquery()), jobs.c.state == str(J.ACTIVATED))
+                .where(target, jobs.c.state == str(J.ACTIVATED))
                 .values(state=str(J.SENT), pilot_id=pilot_id, modified_at=t, heartbeat_at=t)
                 .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
                            jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority)

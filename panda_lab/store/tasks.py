@@ -133,8 +133,10 @@ class TaskStore:
         rows = []
         for a, choice in zip(attempts, choices, strict=True):
             row = {k: v for k, v in a.items() if k not in ("sites", "avoid")}
+            # The sites the job accepts are kept with the decision, so a retry of a job
+            # pinned by its own spec stays within them.
             row.update(state=str(J.ACTIVATED), site=choice.site, created_at=t, modified_at=t,
-                       broker_info=dumps(choice.info))
+                       broker_info=dumps({**choice.info, "sites": list(a["sites"])}))
             rows.append(row)
         ids = list(conn.execute(
             insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows).scalars())
@@ -208,8 +210,12 @@ class TaskStore:
                 new, msg = T.FINISHED, f"{done} of {task.n_jobs} jobs finished"
             self._set_task_state(conn, task_id, task.state, new, changes, msg)
 
-    def _task_row(self, conn: Connection, task_id: int):
-        row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    def _task_row(self, conn: Connection, task_id: int, lock: bool = False):
+        """The task's row; ``lock`` serializes commands on one task (PostgreSQL row lock),
+        so a concurrent retry then sees what this one did.  Take it only where no job row
+        is locked afterwards: reports lock jobs first, then their task."""
+        q = select(tasks).where(tasks.c.id == task_id)
+        row = conn.execute(q.with_for_update(key_share=True) if lock else q).first()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id}")
         return row
@@ -324,6 +330,8 @@ class TaskStore:
             victims = conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.job_index, jobs.c.attempt, jobs.c.site)
                 .where(jobs.c.task_id == task_id, jobs.c.state.not_in(FINAL))
+                .order_by(jobs.c.id)
+                .with_for_update()  # wait for a report in flight, then see its outcome
             ).all()
             self._cancel(conn, victims, task_id, t, "killed by user", changes)
             conn.execute(update(tasks).where(tasks.c.id == task_id).values(open=False))
@@ -351,7 +359,8 @@ class TaskStore:
             victims = conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.task_id, jobs.c.job_index,
                        jobs.c.attempt, jobs.c.site)
-                .where(jobs.c.id.in_(job_ids), jobs.c.state.not_in(FINAL))).all()
+                .where(jobs.c.id.in_(job_ids), jobs.c.state.not_in(FINAL))
+                .order_by(jobs.c.id).with_for_update()).all()
             by_task: dict[int, list] = {}
             for v in victims:
                 by_task.setdefault(v.task_id, []).append(v)
@@ -365,7 +374,7 @@ class TaskStore:
         or was cancelled; finished jobs are left alone."""
         changes = Changes()
         with self.tx() as conn:
-            task = self._task_row(conn, task_id)
+            task = self._task_row(conn, task_id, lock=True)
             if TaskState(task.state) not in (T.FINISHED, T.FAILED, T.RUNNING, T.READY):
                 raise TaskStateError(
                     f"task {task_id} is {task.state}: only finished, failed or running tasks "
@@ -392,6 +401,7 @@ class TaskStore:
 
     @staticmethod
     def _next_attempt(row, sites_: tuple[str, ...], avoid: frozenset[str], options: dict) -> dict:
+        sites_ = tuple(loads(row.broker_info).get("sites") or sites_)
         return {
             "task_id": row.task_id, "job_index": row.job_index, "attempt": row.attempt + 1,
             "payload": row.payload, "sites": sites_, "avoid": avoid,
