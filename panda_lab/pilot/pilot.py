@@ -161,7 +161,8 @@ class Pilot:
         wait = min(self.opts.long_poll, self.heartbeat_interval) if idle else 0.0
         reply = self.api.post("/api/pilot/acquire", {"pilot": self.pilot_id,
                                                      "site": self.opts.site, "n": n,
-                                                     "wait": wait}, timeout=wait + 30)
+                                                     "wait": wait, "held": self._held()},
+                             timeout=wait + 30)
         self.last_contact = time.monotonic()
         for job in reply["jobs"]:
             job["payload"] = base64.b64decode(job["payload"])

@@ -48,7 +48,7 @@ async def acquire(request: Request, body: PilotAcquire) -> dict:
     deadline = time.monotonic() + body.wait
     while True:
         ev = s.site_event(body.site)  # taken before looking, so no wake-up is missed
-        jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n)
+        jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n, body.held)
         s.publish(changes)
         left = deadline - time.monotonic()
         if jobs or left <= 0 or await request.is_disconnected():
@@ -77,7 +77,7 @@ async def update(request: Request, body: PilotUpdate) -> dict:
         if u.result_ref is not None and not await s.db(s.store.result_ref_ok, u.result_ref):
             raise HTTPException(422, f"result_ref {u.result_ref!r} was never uploaded")
         updates.append(d)
-    changes, ignored = await s.db(s.store.apply_updates, body.pilot, updates)
+    changes, ignored = await s.db(s.store.apply_updates, body.pilot, updates, body.held)
     s.publish(changes)
     drop = await s.db(s.store.heartbeat, body.pilot, body.held) if body.held else []
     return {"ignored": ignored, "drop": drop}

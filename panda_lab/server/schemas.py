@@ -94,6 +94,7 @@ class PilotAcquire(Strict):
     site: str
     n: Annotated[int, Field(ge=1, le=1000)] = 1
     wait: Annotated[float, Field(ge=0, le=60)] = 0.0
+    held: list[int] = Field(default_factory=list, max_length=100_000)
 
 
 class JobError(Strict):

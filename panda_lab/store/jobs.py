@@ -47,11 +47,14 @@ _UPDATE = (
 
 class JobStore:
     # ---- dispatch ------------------------------------------------------------------
-    def acquire(self: StoreBase, pilot_id: int, site: str, n: int) -> tuple[list[dict], Changes]:
-        """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically."""
+    def acquire(self: StoreBase, pilot_id: int, site: str, n: int,
+                held: list[int] | None = None) -> tuple[list[dict], Changes]:
+        """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically; the jobs it
+        already ``held`` are heartbeated on the way."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
+            self._touch_pilot(conn, pilot_id, t, held)
             pick = (select(jobs.c.id)
                     .where(jobs.c.site == site, jobs.c.state == str(J.ACTIVATED))
                     .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n)
@@ -98,8 +101,8 @@ class JobStore:
             return conn.execute(select(tasks.c.common).where(tasks.c.id == task_id)).scalar()
 
     # ---- reports ---------------------------------------------------------------------
-    def apply_updates(self: StoreBase, pilot_id: int,
-                      updates: list[dict]) -> tuple[Changes, list[dict]]:
+    def apply_updates(self: StoreBase, pilot_id: int, updates: list[dict],
+                      held: list[int] | None = None) -> tuple[Changes, list[dict]]:
         """Apply a pilot's bulk report.  Returns the changes and the ignored updates, each
         with the reason (stale attempt, not this pilot's job, already final, ...)."""
         t = now()
@@ -157,7 +160,7 @@ class JobStore:
                 conn.execute(update(pilots).where(pilots.c.id == pilot_id)
                              .values(jobs_done=pilots.c.jobs_done + len(finished)))
             self._retry_or_fail(conn, failed, changes)
-            self._touch_pilot(conn, pilot_id, t)
+            self._touch_pilot(conn, pilot_id, t, held)
             self._check_tasks(conn, [c.task_id for c in changes.jobs
                                      if JobState(c.state) in JOB_FINAL], changes)
         return changes, ignored
@@ -279,7 +282,12 @@ class JobStore:
                 out.append({"id": r.id, "pilot": r.pilot_id, "why": "stuck in sent"})
             return out
 
-    def _touch_pilot(self, conn: Connection, pilot_id: int, t: float) -> None:
+    def _touch_pilot(self, conn: Connection, pilot_id: int, t: float,
+                     held: list[int] | None = None) -> None:
+        """The pilot lives, and so do the jobs it says it holds: only those.  A job the
+        pilot lost track of must go stale, so the watchdog can retry it."""
         conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(heartbeat_at=t))
-        conn.execute(update(jobs).where(jobs.c.pilot_id == pilot_id, jobs.c.state.in_(ON_PILOT))
-                     .values(heartbeat_at=t))
+        if held:
+            conn.execute(update(jobs).where(jobs.c.id.in_(held), jobs.c.pilot_id == pilot_id,
+                                            jobs.c.state.in_(ON_PILOT))
+                         .values(heartbeat_at=t))

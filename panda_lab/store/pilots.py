@@ -49,7 +49,7 @@ class PilotStore:
             if state == "lost":  # it came back: the watchdog was too quick, not the pilot
                 conn.execute(update(pilots).where(pilots.c.id == pilot_id)
                              .values(state="running"))
-            self._touch_pilot(conn, pilot_id, t)
+            self._touch_pilot(conn, pilot_id, t, held)
             if not held:
                 return []
             rows = conn.execute(select(jobs.c.id, jobs.c.state, jobs.c.pilot_id)

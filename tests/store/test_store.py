@@ -659,3 +659,20 @@ def test_concurrent_retries_of_a_task_make_one_new_attempt_per_job(postgres, tmp
     finally:
         for s in stores:
             s.close()
+
+
+def test_only_jobs_the_pilot_says_it_holds_stay_alive(store):
+    """A job the pilot lost track of goes stale and is found by the watchdog, even though
+    the same pilot keeps heartbeating its other jobs."""
+    store.create_task("held", jobs_(2), site="A")
+    p = pilot(store)
+    got, _ = store.acquire(p, "A", 2)
+    kept, lost = got[0]["id"], got[1]["id"]
+    time.sleep(0.05)
+    cutoff = time.time()
+    time.sleep(0.05)
+    assert store.heartbeat(p, [kept]) == []
+    stale = {j["id"] for j in store.lost_jobs(heartbeat_before=cutoff, sent_before=0)}
+    assert stale == {lost}
+    store.acquire(p, "A", 1, held=[kept, lost])  # an acquire carries the held jobs too
+    assert store.lost_jobs(heartbeat_before=cutoff, sent_before=0) == []
