@@ -1,30 +1,45 @@
 """panda-lab: PanDA's workload management, brought into the notebook.
 
-What users import lives here; everything else is internal and may change.
+What users import lives here; everything else is internal and may change.  Names are
+imported on first use: a pilot or the server imports ``panda_lab`` too, and must not
+pay (in start-up time and memory) for the notebook client's pandas and friends.
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("panda-lab")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0"
 
-from panda_lab.client.executor import EnvironmentMismatch, PandaExecutor
-from panda_lab.client.futures import JobFailed, JobKilled, RemoteTraceback
-from panda_lab.client.session import Lab, connect
-from panda_lab.client.tasks import TaskHandle
-from panda_lab.payload import PayloadError
+_EXPORTS = {
+    "connect": "panda_lab.client.session",
+    "Lab": "panda_lab.client.session",
+    "PandaExecutor": "panda_lab.client.executor",
+    "EnvironmentMismatch": "panda_lab.client.executor",
+    "JobFailed": "panda_lab.client.futures",
+    "JobKilled": "panda_lab.client.futures",
+    "RemoteTraceback": "panda_lab.client.futures",
+    "TaskHandle": "panda_lab.client.tasks",
+    "AnalysisTask": "panda_lab.client.analysis",
+    "IncompleteResult": "panda_lab.client.analysis",
+    "PayloadError": "panda_lab.payload",
+}
 
-__all__ = [
-    "EnvironmentMismatch",
-    "JobFailed",
-    "JobKilled",
-    "Lab",
-    "PandaExecutor",
-    "PayloadError",
-    "RemoteTraceback",
-    "TaskHandle",
-    "__version__",
-    "connect",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'panda_lab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

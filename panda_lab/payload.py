@@ -22,6 +22,10 @@ import cloudpickle
 
 TAIL = 4000  # characters of stdout/stderr kept per job
 
+#: Results up to this size travel inline (in reports, the database and the event
+#: stream); larger ones go to the result store, with only a reference kept.
+INLINE_LIMIT = 64 * 1024
+
 KEY_PACKAGES = ("cloudpickle", "numpy", "awkward", "uproot", "dask")
 
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
-from panda_lab.payload import environment
+from panda_lab.payload import INLINE_LIMIT, environment
 from panda_lab.pilot.worker import Worker
-from panda_lab.store.base import INLINE_LIMIT
 
 log = logging.getLogger("panda_lab.pilot")
 

@@ -23,6 +23,10 @@ def _server(request: Request) -> Server:
 
 
 async def _task_id(server: Server, task: str) -> int:
+    """A task id from an id or a name.  An id needs no lookup here: every store call
+    checks the task exists (404 otherwise), and this saves a database round trip."""
+    if task.isdigit():
+        return int(task)
     return await server.db(server.store.resolve_task, task)
 
 

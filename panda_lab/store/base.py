@@ -19,11 +19,9 @@ from sqlalchemy import Connection, create_engine, event, insert, select
 from sqlalchemy.engine import Engine
 
 from panda_lab.model import JobState
+from panda_lab.payload import INLINE_LIMIT  # noqa: F401 - the store's rule too
 from panda_lab.server.brokerage import Choice, Request, SiteLoad
 from panda_lab.store.schema import SCHEMA_VERSION, job_status, meta, metadata
-
-#: Results up to this size live in the database; larger ones are files in the result store.
-INLINE_LIMIT = 64 * 1024
 
 
 def now() -> float:

@@ -427,6 +427,7 @@ class TaskStore:
     def failures(self: StoreBase, task_id: int) -> list[dict]:
         """The final failed attempt of each logical job that has no result."""
         with self.tx() as conn:
+            self._task_row(conn, task_id)
             cols = [c for c in jobs.c if c.name != "payload"]
             q = select(*cols).where(
                 jobs.c.id.in_(self._latest_attempts(conn, task_id)),
