@@ -282,6 +282,18 @@ class JobStore:
                 out.append({"id": r.id, "pilot": r.pilot_id, "why": "stuck in sent"})
             return out
 
+    def grace_after_restart(self: StoreBase) -> int:
+        """A server that was down heard no heartbeat: give every job on a pilot, and every
+        pilot, a fresh start, so the watchdog judges them from the restart, not from before
+        the outage.  Returns the number of jobs concerned."""
+        t = now()
+        with self.tx() as conn:
+            n = conn.execute(update(jobs).where(jobs.c.state.in_(ON_PILOT))
+                             .values(heartbeat_at=t)).rowcount
+            conn.execute(update(pilots).where(pilots.c.state == "running")
+                         .values(heartbeat_at=t))
+        return n
+
     def _touch_pilot(self, conn: Connection, pilot_id: int, t: float,
                      held: list[int] | None = None) -> None:
         """The pilot lives, and so do the jobs it says it holds: only those.  A job the

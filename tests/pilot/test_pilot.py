@@ -1,0 +1,79 @@
+"""A pilot started by hand, anywhere that reaches the server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import ServerProcess, wait_for
+
+
+def triple(x):
+    return 3 * x
+
+
+def slowly(x):
+    time.sleep(0.3)
+    return x
+
+
+@pytest.fixture
+def bare(home):
+    """A server with no local pilots: every pilot here is started by the test."""
+    s = ServerProcess(home, extra=["--no-pilots"]).start()
+    yield s
+    s.stop()
+
+
+def pilot(server, *args, token=None):
+    env = dict(os.environ, PANDA_LAB_PILOT_TOKEN=token or server.info["pilot_token"])
+    return subprocess.Popen([sys.executable, "-m", "panda_lab.pilot", "--server",
+                             server.info["url"], *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_pilot_started_by_hand_runs_jobs_and_exits_after_max_jobs(bare):
+    lab = bare.lab()
+    task = lab.submit(triple, [(i,) for i in range(8)], name="by-hand", site="LOCAL-GRID")
+    p = pilot(bare, "--site", "LOCAL-GRID", "--max-jobs", "5")
+    assert p.wait(60) == 0
+    assert lab.task_info(task)["n_done"] == 5
+    p2 = pilot(bare, "--site", "LOCAL-GRID", "--idle-exit", "1")
+    info = lab.wait(task, timeout=60)
+    assert info["state"] == "done" and lab.results(task) == {i: 3 * i for i in range(8)}
+    assert p2.wait(30) == 0
+    pilots = {p["id"]: p for p in lab.pilots()}
+    assert len(pilots) == 2 and {p["state"] for p in pilots.values()} == {"finished"}
+    assert sum(p["jobs_done"] for p in pilots.values()) == 8
+
+
+def test_pilot_for_an_unknown_site_or_with_a_bad_token_exits_with_a_reason(bare):
+    p = pilot(bare, "--site", "NOWHERE")
+    assert p.wait(30) == 2
+    assert "NOWHERE" in p.stdout.read()
+    p = pilot(bare, "--site", "LOCAL-GRID", token="wrong")
+    assert p.wait(30) == 2
+    assert "401" in p.stdout.read()
+    r = subprocess.run([sys.executable, "-m", "panda_lab.pilot", "--server", bare.info["url"],
+                        "--site", "LOCAL-GRID"], env={k: v for k, v in os.environ.items()
+                                                     if k != "PANDA_LAB_PILOT_TOKEN"},
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "no token" in r.stderr
+
+
+def test_pilot_rides_out_a_server_outage(bare):
+    lab = bare.lab()
+    task = lab.submit(slowly, [(i,) for i in range(12)], name="outage", site="LOCAL-CLOUD")
+    p = pilot(bare, "--site", "LOCAL-CLOUD", "--idle-exit", "2")
+    wait_for(lambda: lab.task_info(task)["n_done"] >= 2, 60, what="first results")
+    bare.kill()
+    time.sleep(1.5)  # the pilot finishes jobs and retries its reports with backoff
+    bare.start()
+    lab = bare.lab()
+    info = lab.wait(task, timeout=120)
+    assert info["state"] == "done" and lab.results(task) == {i: i for i in range(12)}
+    assert {j["attempt"] for j in lab.jobs(task, all_attempts=True)} == {1}
+    assert p.wait(60) == 0
