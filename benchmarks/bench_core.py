@@ -143,9 +143,9 @@ def main() -> int:
 
         # ---- memory: finished jobs must not grow the server ------------------------------
         pilots = server.pilot_pids()
-        done = lab.api.get("/api/info") and sum(t["n_done"] for t in lab.list_tasks(10_000))
-        marks = sorted({m for m in (10_000, 50_000, args.memory_jobs) if m <= args.memory_jobs})
-        for mark in marks:
+        done = sum(t["n_done"] for t in lab.list_tasks(10_000))
+        marks = [m for m in (done + 10_000, done + 50_000, done + args.memory_jobs)]
+        for mark in sorted(set(marks)):
             while done < mark:
                 n = min(20_000, mark - done)
                 lab.wait(lab.submit(noop, [()] * n, name="memory"))

@@ -1,7 +1,9 @@
 """The server process: the ASGI app, its authentication, and the state it shares.
 
-Every store call runs on one dedicated thread: the event loop stays free for long
-polls and event streams while the database work is serialised (SQLite's one writer).
+Store calls run on the event loop itself, one at a time: the database work is
+serialised (SQLite's one writer) and a request pays no thread hand-offs, which measured
+3 ms of a 10 ms round trip.  The price: a very large request (a 100,000-job submission)
+holds the loop for its duration; pilots and streams resume right after.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,7 +53,6 @@ class Server:
         self.user_token = config.user_token or user
         self.pilot_token = config.pilot_token or pilot
         self.bus = EventBus()
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="panda-db")
         self._site_wake: dict[str, asyncio.Event] = {}
         self._task_wake: dict[int, asyncio.Event] = {}
         self.background: list[Callable[[Server], Any]] = []
@@ -62,8 +62,9 @@ class Server:
         self.analysis.load_known_tasks()
 
     async def db(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db, lambda: fn(*args, **kwargs))
+        """Run a store call.  Awaitable, so that moving the store off the loop again (e.g.
+        for a remote database with slow round trips) changes nothing for callers."""
+        return fn(*args, **kwargs)
 
     # -- wake-ups -------------------------------------------------------------------
     def site_event(self, site: str) -> asyncio.Event:
@@ -92,7 +93,6 @@ class Server:
         self.bus.publish_changes(changes)
 
     def close(self) -> None:
-        self._db.shutdown(wait=True)
         self.store.close()
 
 
