@@ -149,9 +149,10 @@ class Lab:
         """A Dask scheduler function: ``dask.compute(x, scheduler=lab.get)``.
 
         Unlike ``scheduler=executor`` (one job per Dask task), this packs ready Dask
-        tasks into jobs of ``chunksize`` tasks, ``ceil(graph size / (4 * in-flight
-        jobs))`` unless given, so tiny Dask tasks do not each pay for a job while every
-        slot still gets several jobs.
+        tasks into jobs of ``chunksize`` tasks, ``ceil(graph size / in-flight jobs)``
+        unless given (in flight: half the executor's ``_max_workers``, at least 16), so
+        tiny Dask tasks do not each pay for a job while a wide graph still spreads over
+        every slot.
         """
         from dask.local import get_async
 
@@ -160,7 +161,7 @@ class Lab:
             in_flight = max(2, ex._max_workers // 2)
             graph = dsk if isinstance(dsk, Mapping) else dsk.__dask_graph__()
             size = len(graph)
-            chunksize = kwargs.pop("chunksize", None) or max(1, -(-size // (4 * in_flight)))
+            chunksize = kwargs.pop("chunksize", None) or max(1, -(-size // in_flight))
             return get_async(ex.submit, in_flight, dsk, keys, chunksize=chunksize, **kwargs)
 
     def _repr_html_(self) -> str:
