@@ -20,22 +20,8 @@ from pathlib import Path
 
 import cloudpickle
 import dask
-
-
-def noop(x):
-    return x
-
-
-def inc(x):
-    return x + 1
-
-
-def graph(n: int):
-    """A graph with dependencies: n leaves, summed in a tree of 10-wide adds."""
-    level = [dask.delayed(inc)(i) for i in range(n)]
-    while len(level) > 1:
-        level = [dask.delayed(sum)(level[i:i + 10]) for i in range(0, len(level), 10)]
-    return level[0]
+import payloads
+from payloads import graph, noop
 
 
 def timed(fn, repeats):
@@ -56,9 +42,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.calls, args.tasks, args.repeats = 2_000, 200, 1
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    n, g = args.calls, graph(args.tasks)
-    expected = dask.compute(g, scheduler="sync")[0]
+    n = args.calls
+    expected = dask.compute(graph(args.tasks), scheduler="sync")[0]
     res: dict[str, dict] = {}
 
     def record(key, label, seconds, units, what):
@@ -79,13 +64,17 @@ def main() -> int:
         t, out = timed(dmap, args.repeats)
         assert out == list(range(n))
         record("dask_map", f"Dask client.map + wait, {n:,} no-ops", t, n, "calls")
-        t, out = timed(lambda: dask.compute(g, scheduler=client)[0], args.repeats)
+        # A new graph each time (new keys: no result reused), built outside the timing.
+        fresh = iter([graph(args.tasks) for _ in range(args.repeats)])
+        t, out = timed(lambda: dask.compute(next(fresh), scheduler=client)[0], args.repeats)
         assert out == expected
         record("dask_graph", f"Dask distributed, {args.tasks:,}-task graph", t, args.tasks,
                "tasks")
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from harness import ServerProcess
+
+    cloudpickle.register_pickle_by_value(payloads)  # pilots cannot import benchmarks/
 
     server = ServerProcess(Path(tempfile.mkdtemp(prefix="panda-bench-ex-")),
                            extra=["--heartbeat-timeout", "60"]).start()
@@ -102,14 +91,17 @@ def main() -> int:
             assert out == list(range(n))
             record(f"panda_map_{chunk}", f"panda-lab ex.map, chunksize={chunk}", t, n, "calls")
 
+        fresh = iter([graph(args.tasks) for _ in range(args.repeats)])
+
         def pgraph_ex():
             with lab.executor(name="graph-ex") as ex:
-                return dask.compute(g, scheduler=ex)[0]
+                return dask.compute(next(fresh), scheduler=ex)[0]
 
         t, out = timed(pgraph_ex, args.repeats)
         assert out == expected
         record("panda_graph_ex", "panda-lab scheduler=executor", t, args.tasks, "tasks")
-        t, out = timed(lambda: dask.compute(g, scheduler=lab.get)[0], args.repeats)
+        fresh = iter([graph(args.tasks) for _ in range(args.repeats)])
+        t, out = timed(lambda: dask.compute(next(fresh), scheduler=lab.get)[0], args.repeats)
         assert out == expected
         record("panda_graph_get", "panda-lab scheduler=lab.get (packed)", t, args.tasks,
                "tasks")

@@ -76,7 +76,7 @@ class PandaExecutor(Executor):
         # Dask reads ``_max_workers`` to decide how many tasks to keep in flight.  Jobs in
         # flight cost the client nothing and let pilots take them in batches, so be
         # generous: a job's round trip, not the slots, is what limits a graph.
-        self._max_workers = max_workers or max(32, 8 * self._capacity())
+        self._max_workers = max_workers or max(128, 8 * self._capacity())
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._shutdown = False

@@ -150,7 +150,7 @@ class Lab:
 
         Unlike ``scheduler=executor`` (one job per Dask task), this packs ready Dask
         tasks into jobs of ``chunksize`` tasks, ``ceil(graph size / in-flight jobs)``
-        unless given (in flight: half the executor's ``_max_workers``, at least 16), so
+        unless given (in flight: half the executor's ``_max_workers``), so
         tiny Dask tasks do not each pay for a job while a wide graph still spreads over
         every slot.
         """
