@@ -69,6 +69,8 @@ def _open_any(
             t0 = time.perf_counter()
             return read_chunk(c, columns), c, t0
         except DataError as exc:
+            if exc.entry_start is None:  # say which entries the job was to read
+                exc = DataError(exc.file, exc.tree or c.tree, exc.reason, c.start, c.stop)
             last = exc
     assert last is not None
     if len(urls) > 1:
