@@ -112,6 +112,8 @@ class Partial:
     total_events: int
     jobs_merged: int
     per_file: pd.DataFrame
+    #: The task ended and the merger has merged its last result: this is the result.
+    final: bool = False
 
     @property
     def fraction(self) -> float:
@@ -136,7 +138,7 @@ class AnalysisTask(TaskHandle):
         per_file = pd.DataFrame(snap.get("per_file", []),
                                 columns=["file_index", "path", "events_done", "entries"])
         return Partial(result, snap["events"], snap["total_events"], snap["jobs_merged"],
-                       per_file)
+                       per_file, snap.get("final", False))
 
     def result(self, timeout: float | None = None, allow_incomplete: bool = False) -> Any:
         """Wait for the task and return the merged result (postprocessed, if the processor
@@ -146,7 +148,8 @@ class AnalysisTask(TaskHandle):
         info = self.info()
         deadline = time.monotonic() + 30
         p = self.partial()
-        while p.jobs_merged < info["n_done"] and time.monotonic() < deadline:
+        while not (p.final and p.jobs_merged >= info["n_done"]) and \
+                time.monotonic() < deadline:
             time.sleep(0.05)  # the merger is finishing the last results
             p = self.partial()
         complete = p.events == p.total_events

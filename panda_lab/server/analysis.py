@@ -46,6 +46,15 @@ class Acc:
     dirty: bool = False
     saved_at: float = 0.0
     out_of_order: bool = False      # awkward arrays must be concatenated in chunk order
+    final: bool = False             # the task ended and its last merge is done
+
+
+def _has_awkward(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_awkward(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_awkward(v) for v in value)
+    return type(value).__module__.startswith("awkward")
 
 
 class Merger:
@@ -94,12 +103,12 @@ class Merger:
                 self.accs[task_id] = acc
             return acc
 
-    def snapshot(self, task_id: int) -> tuple[bytes | None, int, int]:
+    def snapshot(self, task_id: int) -> tuple[bytes | None, int, int, bool]:
         acc = self._acc(task_id)
         with self._lock:
             if acc.dirty or (acc.data is None and acc.value is not None):
                 acc.data = pickle.dumps(acc.value)
-            return acc.data, len(acc.merged), acc.events
+            return acc.data, len(acc.merged), acc.events, acc.final
 
     def _run(self) -> None:
         from panda_lab.analysis.accumulate import merge
@@ -123,12 +132,34 @@ class Merger:
                     self.measures.setdefault(task_id, []).append(
                         {"index": index, "events": cr.events, "seconds": cr.seconds,
                          "rss_mb": cr.rss_mb, "site": site})
+                if final and acc.out_of_order and _has_awkward(acc.value):
+                    self._remerge_in_order(task_id, acc)
                 if acc.dirty and (final or time.monotonic() - acc.saved_at > PERSIST_EVERY):
                     self._persist(task_id, acc)
+                if final and index is None:
+                    acc.final = True
             except Exception:
                 log.exception("merging a result of task %s failed", item[0])
             finally:
                 self._q.task_done()
+
+    def _remerge_in_order(self, task_id: int, acc: Acc) -> None:
+        """Awkward arrays are concatenated, so their order matters: redo the merge in
+        input order (file, then entry) once the task is over.  Histograms and numbers
+        do not care, and keep their running merge."""
+        from panda_lab.analysis.accumulate import merge_all
+
+        first: dict[int, tuple[int, int]] = {}
+        for c in self.store.task_chunks(task_id):
+            key = (c["file_index"], c["start"])
+            first[c["job_index"]] = min(first.get(c["job_index"], key), key)
+        rows = [r for r in self.store.results(task_id) if r["index"] in acc.merged]
+        rows.sort(key=lambda r: first.get(r["index"], (r["index"], 0)))
+        value = merge_all(pickle.loads(r["data"]).result for r in rows)
+        with self._lock:
+            acc.value = value
+            acc.out_of_order = False
+            acc.dirty = True
 
     def _persist(self, task_id: int, acc: Acc) -> None:
         with self._lock:
@@ -247,7 +278,12 @@ class AnalysisService:
     # ---- what clients read -------------------------------------------------------------
     def partial(self, task_id: int) -> dict:
         """Runs on the store's thread: the merged state and the coverage per file."""
-        data, n_merged, events = self.merger.snapshot(task_id)
+        data, n_merged, events, final = self.merger.snapshot(task_id)
+        if not final and not self.merger._q.unfinished_tasks:
+            # A task that ended before this server started: final once all is merged.
+            info = self.store.get_task(task_id)
+            final = info["state"] in ("done", "finished", "failed", "aborted") and \
+                n_merged >= info["n_done"]
         merged = set(self.merger.accs[task_id].merged) if task_id in self.merger.accs else set()
         per_file: dict[int, dict] = {}
         for f in self.tasks.get(task_id, {}).get("files", []):
@@ -257,7 +293,7 @@ class AnalysisService:
             if c["job_index"] in merged and c["file_index"] in per_file:
                 per_file[c["file_index"]]["events_done"] += c["stop"] - c["start"]
         total = sum(f["entries"] for f in per_file.values())
-        return {"data": data, "jobs_merged": n_merged, "events": events,
+        return {"data": data, "jobs_merged": n_merged, "events": events, "final": final,
                 "total_events": total, "per_file": list(per_file.values())}
 
     def load_known_tasks(self) -> None:

@@ -224,3 +224,20 @@ def zmumu_mass(events):
 
 def muon_pt(events):
     return hist.Hist(hist.axis.Regular(50, 0, 200)).fill(ak.to_numpy(ak.flatten(events.Muon.pt)))
+
+
+def leading_pt(events):
+    """An awkward array per event: its concatenation must follow the input order."""
+    return {"pt": ak.firsts(events.Muon.pt), "event": events.event}
+
+
+def test_awkward_results_are_concatenated_in_input_order(alab, data):
+    ds = alab.datasets.register("order", [str(p) for p in data], replace=True)
+    task = alab.analyze(leading_pt, ds, events_per_job=5_000, name="order")
+    result = task.result(timeout=120)
+    events = []
+    for p in data:
+        with uproot.open(p) as f:
+            events.append(f["Events"]["event"].array())
+    assert ak.to_list(result["event"]) == ak.to_list(ak.concatenate(events))
+    assert len(result["pt"]) == 180_000
