@@ -4,7 +4,8 @@
 and summing histograms, with its defaults and with ``MALLOC_TRIM_THRESHOLD_`` unset in
 the workers; (c) coffea's ``processor.Runner`` with a futures executor (a reused pool, and
 coffea's default of a new pool per run); (d) the same chunk tasks on a plain
-``ProcessPoolExecutor(2)``: the hardware reference; (e) the raw read limit (uproot
+``ProcessPoolExecutor(2)``: the hardware reference, running panda-lab's own job function
+(and, as ``d_plain``, the peers' plain uproot function); (e) the raw read limit (uproot
 reading the branches, no computation); (f) panda-lab, ``lab.analyze`` over its local sites.
 Every configuration fills the same histogram; each must equal (a) bin for bin.
 
@@ -53,6 +54,15 @@ def mass_hist(a: ak.Array) -> hist.Hist:
 def chunk_task(path: str, start: int, stop: int) -> hist.Hist:
     with uproot.open(path) as f:
         return mass_hist(f["Events"].arrays(BRANCHES, entry_start=start, entry_stop=stop))
+
+
+def job_task(path: str, start: int, stop: int) -> hist.Hist:
+    """Exactly what a panda-lab analysis job runs on a chunk: the same reading code and the
+    same processor, so (d) minus (f) is the control plane alone."""
+    from panda_lab.analysis.runner import run_chunks
+
+    chunk = {"file_index": 0, "path": path, "tree": "Events", "start": start, "stop": stop}
+    return run_chunks(process, BRANCHES, [chunk]).result["mass"]
 
 
 def read_only(path: str, start: int, stop: int) -> int:
@@ -187,9 +197,12 @@ def main() -> int:
         res["e"] = {"label": "raw read limit (uproot, 2 processes)", "seconds": t,
                     "mevps": total / t / 1e6, "identical": True}
         print(f"  {'e':<14} {res['e']['label']:<52} {total / t / 1e6:6.2f} M ev/s", flush=True)
+        run_pool(pool, job_task, work[:WORKERS])
+        t, h = timed(lambda: run_pool(pool, job_task, work), args.repeats)
+        record("d", "ProcessPoolExecutor(2), panda-lab's job function", t, h, ref)
         run_pool(pool, chunk_task, work[:WORKERS])
         t, h = timed(lambda: run_pool(pool, chunk_task, work), args.repeats)
-        record("d", "ProcessPoolExecutor(2), same chunk tasks", t, h, ref)
+        record("d_plain", "ProcessPoolExecutor(2), plain uproot chunk tasks", t, h, ref)
         if "c" not in skip:
             t, h = timed(lambda: run_coffea(paths, args.chunk, pool), args.repeats)
             record("c", "coffea Runner + FuturesExecutor, reused pool", t, h, ref)
