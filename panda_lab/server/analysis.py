@@ -168,6 +168,8 @@ class Merger:
             acc.dirty = False
             acc.saved_at = time.monotonic()
         self.store.save_accumulator(task_id, data, merged, events)
+        self.server.announce("partial", {"task": task_id, "events": events,
+                                         "jobs_merged": len(merged)})
 
 
 class AnalysisService:

@@ -56,6 +56,7 @@ class Server:
         self._site_wake: dict[str, asyncio.Event] = {}
         self._task_wake: dict[int, asyncio.Event] = {}
         self.background: list[Callable[[Server], Any]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
         from panda_lab.server.analysis import AnalysisService
 
         self.analysis = AnalysisService(self)
@@ -91,6 +92,12 @@ class Server:
                 ev.set()
         self.analysis.on_changes(changes)
         self.bus.publish_changes(changes)
+
+    def announce(self, kind: str, body: dict) -> None:
+        """Publish on the event stream from any thread (the merger's, for instance)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.bus.publish, kind, body)
 
     def close(self) -> None:
         self.store.close()
@@ -148,6 +155,7 @@ def create_app(server: Server) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        server.loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(watchdog_loop(server), name="watchdog")]
         server.analysis.resume()
         tasks += [asyncio.create_task(fn(server), name=getattr(fn, "__name__", "bg"))

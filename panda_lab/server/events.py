@@ -65,7 +65,12 @@ class EventBus:
             self._put(sub, msg)
 
     def publish(self, kind: str, body: dict) -> None:
+        """A message of another kind (``partial``, ``shutdown``); one naming a ``task``
+        goes only to subscribers of that task."""
+        task = body.get("task")
         for sub in list(self._subs):
+            if task is not None and sub.tasks is not None and task not in sub.tasks:
+                continue
             self._put(sub, {"seq": next(self._seq), "time": time.time(), kind: body})
 
     def _put(self, sub: Subscriber, msg: dict) -> None:

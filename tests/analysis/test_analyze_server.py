@@ -241,3 +241,31 @@ def test_awkward_results_are_concatenated_in_input_order(alab, data):
             events.append(f["Events"]["event"].array())
     assert ak.to_list(result["event"]) == ak.to_list(ak.concatenate(events))
     assert len(result["pt"]) == 180_000
+
+
+def test_partial_results_flow_through_the_event_stream(alab, data):
+    import threading
+
+    ds = alab.datasets.register("stream", [str(p) for p in data], replace=True)
+    seen: list[dict] = []
+    task_id: list[int] = []
+    started = threading.Event()
+
+    def listen():
+        started.wait(30)
+        for msg in alab.api.events(tasks=task_id, ping=0.5):
+            if "partial" in msg:
+                seen.append(msg["partial"])
+                if msg["partial"]["events"] == 180_000:
+                    return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    task = alab.analyze(slow_process, ds, events_per_job=10_000, name="stream")
+    task_id.append(task.id)
+    started.set()
+    task.result(timeout=120)
+    t.join(30)
+    assert seen and seen[-1]["events"] == 180_000 and seen[-1]["task"] == task.id
+    events = [m["events"] for m in seen]
+    assert events == sorted(events)
