@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                         else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from panda_lab.http import ApiError, ServerUnreachable
+    from panda_lab.http import ApiError
     from panda_lab.server.config import ConfigError
     from panda_lab.server.main import ServerError
 
@@ -117,18 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         from panda_lab.cli import verbs
 
         return verbs.run(args)
-    except ConfigError as exc:
+    except (ConfigError, ConnectionError, ServerError) as exc:
+        # ServerUnreachable is a ConnectionError: no server to talk to.
         print(f"panda-lab: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ServerUnreachable as exc:
-        print(f"panda-lab: {exc}", file=sys.stderr)
-        return EXIT_NO_SERVER
-    except ConnectionError as exc:
-        print(f"panda-lab: {exc}", file=sys.stderr)
-        return EXIT_NO_SERVER
-    except ServerError as exc:
-        print(f"panda-lab: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return (EXIT_USAGE if isinstance(exc, ConfigError)
+                else EXIT_NO_SERVER if isinstance(exc, ConnectionError) else EXIT_FAIL)
     except ApiError as exc:
         print(f"panda-lab: {exc.detail}", file=sys.stderr)
         return EXIT_USAGE if 400 <= exc.status < 500 else EXIT_FAIL
