@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     pil.add_argument("--idle-exit", type=float, default=0.0,
                      help="exit after this many seconds without work")
     pil.add_argument("--server-lost-timeout", type=float, default=300.0)
+    pil.add_argument("--walltime", type=float, default=0.0,
+                     help="seconds the allocation lasts: drain before it ends (0: no limit)")
 
     t = sub.add_parser("tasks", help="list tasks")
     t.add_argument("--limit", type=int, default=50)
@@ -141,7 +143,8 @@ def _pilot(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     return Pilot(PilotOptions(server=args.server, site=args.site, token=token, slots=args.slots,
                               max_jobs=args.max_jobs, idle_exit=args.idle_exit,
-                              server_lost_timeout=args.server_lost_timeout)).run()
+                              server_lost_timeout=args.server_lost_timeout,
+                              walltime=args.walltime)).run()
 
 
 def _make_sample(args: argparse.Namespace) -> int:

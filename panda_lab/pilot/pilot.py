@@ -35,6 +35,9 @@ class PilotOptions:
     max_jobs: int = 0
     #: Exit after this long without work (0: never).
     idle_exit: float = 0.0
+    #: Seconds this pilot's allocation lasts (0: unlimited).  It takes no job it could not
+    #: finish before then (drain, not kill), judged by the jobs' measured duration.
+    walltime: float = 0.0
     #: Give up when the server cannot be reached for this long.
     server_lost_timeout: float = 300.0
     #: Seconds of work to fetch per acquisition, from the measured job duration.
@@ -61,12 +64,18 @@ class Pilot:
         self.heartbeat_interval = 5.0
         self.last_contact = 0.0
         self.idle_since = time.monotonic()
+        self.started = time.monotonic()
+        self.draining = False
 
     # ---- life cycle -------------------------------------------------------------------
     def register(self) -> None:
         reply = self.api.post("/api/pilot/register", {
             "site": self.opts.site, "host": socket.gethostname(), "pid": os.getpid(),
-            "slots": self.opts.slots, "info": {"environment": environment()}})
+            "slots": self.opts.slots, "info": {
+                "environment": environment(),
+                # The batch system's id of the allocation this pilot runs in, if any.
+                "batch_id": os.environ.get("SLURM_JOB_ID"),
+            }})
         self.pilot_id = reply["pilot"]
         self.heartbeat_interval = float(reply["heartbeat_interval"])
         self.last_contact = time.monotonic()
@@ -108,6 +117,9 @@ class Pilot:
         if self.opts.max_jobs and self.done >= self.opts.max_jobs:
             return True
         busy = self.queue or any(w.busy for w in self.workers)
+        if self.draining and not busy:
+            log.info("walltime nearly spent: drained, exiting after %d job(s)", self.done)
+            return True
         if busy:
             self.idle_since = time.monotonic()
             return False
@@ -132,7 +144,13 @@ class Pilot:
             log.warning("could not report on exit: %s", exc)
 
     # ---- the loop ------------------------------------------------------------------------
+    def _left(self) -> float:
+        return self.opts.walltime - (time.monotonic() - self.started)
+
     def _capacity(self) -> int:
+        if self.opts.walltime and self._left() < 1.5 * self.mean_duration + 1.0:
+            self.draining = True  # a new job would likely not finish in time
+            return 0
         idle = sum(not w.busy for w in self.workers)
         if self.stopping or (self.opts.max_jobs and self.done + len(self.queue) + self._running()
                              >= self.opts.max_jobs):
@@ -177,6 +195,10 @@ class Pilot:
         return self.commons[task_id]
 
     def _start_jobs(self) -> None:
+        if self.draining:
+            while self.queue:  # they would not finish in time: back to the server
+                self._report_failed(self.queue.popleft(), "system",
+                                    "handed back: the pilot's walltime is nearly spent")
         for w in self.workers:
             if w.busy or not self.queue:
                 continue

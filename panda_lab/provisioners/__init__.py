@@ -16,6 +16,12 @@ def make_provisioner(spec: PilotSpec, home: Path, known_pilots: list[dict]) -> P
         return None
     if site.provisioner == "local":
         return LocalProvisioner(spec, home / "logs", known_pilots)
+    if site.provisioner == "slurm":
+        from panda_lab.provisioners.slurm import SlurmProvisioner
+
+        if "max_jobs" in site.extra:  # batch jobs kept at the site: each one a pilot
+            site.pilots = int(site.extra["max_jobs"])
+        return SlurmProvisioner(spec, home)
     raise ValueError(f"site {site.name}: no provisioner named {site.provisioner!r}")
 
 

@@ -11,11 +11,16 @@ import asyncio
 import logging
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from panda_lab.server.config import SiteConfig
 
 log = logging.getLogger("panda_lab.provisioners")
+
+
+class ProvisionerError(RuntimeError):
+    """The resource refused to start or report pilots (batch system down, bad partition)."""
 
 
 @dataclass
@@ -39,6 +44,10 @@ class Provisioner(ABC):
     def __init__(self, spec: PilotSpec) -> None:
         self.spec = spec
         self.handles: list = []
+        #: Told ``(site, state, reason)`` when the provisioner starts or stops working, so
+        #: the server can mark the site offline (brokerage then avoids it) and back.
+        self.on_health: Callable[[str, str, str], None] | None = None
+        self.healthy = True
 
     @abstractmethod
     def submit(self, n: int) -> list:
@@ -62,15 +71,28 @@ class Provisioner(ABC):
         if self.handles:
             log.info("%s: adopted %d running pilot(s)", self.spec.site.name, len(self.handles))
         while True:
-            alive = self.status(self.handles)
-            dead = [h for h, ok in zip(self.handles, alive, strict=True) if not ok]
-            if dead:
-                log.warning("%s: %d pilot(s) ended; replacing", self.spec.site.name, len(dead))
-            self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
-            missing = self.spec.site.pilots - len(self.handles)
-            if missing > 0:
-                self.handles += self.submit(missing)
+            try:
+                alive = self.status(self.handles)
+                dead = [h for h, ok in zip(self.handles, alive, strict=True) if not ok]
+                if dead:
+                    log.warning("%s: %d pilot(s) ended; replacing", self.spec.site.name,
+                                len(dead))
+                self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
+                missing = self.spec.site.pilots - len(self.handles)
+                if missing > 0:
+                    self.handles += self.submit(missing)
+                self._health(True, "")
+            except ProvisionerError as exc:
+                log.error("%s: %s", self.spec.site.name, exc)
+                self._health(False, str(exc))
             await asyncio.sleep(self.polling_interval)
+
+    def _health(self, ok: bool, reason: str) -> None:
+        if ok == self.healthy:
+            return
+        self.healthy = ok
+        if self.on_health is not None:
+            self.on_health(self.spec.site.name, "online" if ok else "offline", reason)
 
     async def stop(self, timeout: float = 10.0) -> None:
         self.cancel(self.handles)

@@ -7,6 +7,7 @@ and what is allowed, because a typo in a site file should never silently mean "d
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,21 @@ SITE_KINDS = ("grid", "cloud", "hpc", "local")
 PROVISIONER_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "local": {},
     "none": {},
+    "slurm": {"partition": str, "account": str, "walltime": str, "max_jobs": int,
+              "jobs_per_pilot": int, "memory": int, "extra_directives": list,
+              "idle_exit": (int, float)},
 }
+
+WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
+
+
+def walltime_seconds(value: str) -> int:
+    """``"HH:MM:SS"`` or ``"D-HH:MM:SS"`` in seconds; ``ValueError`` for anything else."""
+    m = WALLTIME.match(value)
+    if not m:
+        raise ValueError(f"walltime {value!r} is not HH:MM:SS or D-HH:MM:SS")
+    d, h, mi, s = (int(x or 0) for x in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + s
 
 #: Keys every site accepts, with their types; provisioners may add their own.
 COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -101,6 +116,14 @@ def parse_sites(data: dict, source: str = "sites.toml") -> list[SiteConfig]:
                 raise ConfigError(f"{where} {key} = {value!r} must be of type {names}")
             if key not in COMMON_KEYS:
                 extra[key] = value
+        if "walltime" in extra:
+            try:
+                walltime_seconds(extra["walltime"])
+            except ValueError as exc:
+                raise ConfigError(f"{where} {exc}") from None
+        for key in ("max_jobs", "jobs_per_pilot"):
+            if key in extra and extra[key] < 1:
+                raise ConfigError(f"{where} {key} = {extra[key]} must be at least 1")
         for key in ("pilots", "slots"):
             if key in body and body[key] < (0 if key == "pilots" else 1):
                 raise ConfigError(f"{where} {key} = {body[key]} is too small")

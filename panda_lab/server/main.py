@@ -92,6 +92,7 @@ def run_server(config: ServerConfig) -> None:
             prov = make_provisioner(PilotSpec(url, server.pilot_token, site), config.home,
                                     known)
             if prov is not None:
+                prov.on_health = server.store.set_site_state
                 provisioners.append(prov)
 
     async def provision(_server: Server) -> None:

@@ -1,0 +1,104 @@
+"""Pilots as Slurm batch jobs: ``sbatch`` a generated script, watch with ``squeue``,
+stop with ``scancel`` (Slurm sends SIGTERM first, so a pilot hands back its jobs).
+
+A thin class in the way of dask-jobqueue's ``SLURMJob``: the commands are class
+attributes, the script is a header of ``#SBATCH`` lines over one command line.
+One allocation runs up to ``jobs_per_pilot`` jobs, and a pilot asked to stop drains.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from panda_lab.provisioners.base import PilotSpec, Provisioner, ProvisionerError
+from panda_lab.server.config import walltime_seconds
+
+
+class SlurmProvisioner(Provisioner):
+    label = "slurm"
+    submit_command = "sbatch"
+    cancel_command = "scancel"
+    status_command = "squeue"
+    polling_interval = 2.0
+    #: States in which a batch job still is, or will be, a pilot.
+    alive_states = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"})
+
+    def __init__(self, spec: PilotSpec, home: Path) -> None:
+        super().__init__(spec)
+        self.dir = home / "slurm" / spec.site.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.token_file = self.dir / "pilot.token"
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(spec.pilot_token)
+        self.job_name = f"panda-{spec.site.name}"
+
+    # ---- the script ------------------------------------------------------------------
+    def header(self) -> list[str]:
+        cfg = self.spec.site.extra
+        lines = [f"--job-name={self.job_name}", f"--output={self.dir}/pilot-%j.log",
+                 f"--cpus-per-task={self.spec.site.slots}", "--ntasks=1"]
+        for key, opt in (("partition", "--partition"), ("account", "--account"),
+                         ("walltime", "--time")):
+            if cfg.get(key):
+                lines.append(f"{opt}={cfg[key]}")
+        if cfg.get("memory"):
+            lines.append(f"--mem={int(cfg['memory'])}M")
+        lines += list(cfg.get("extra_directives", []))
+        return [f"#SBATCH {line}" for line in lines]
+
+    def job_script(self) -> str:
+        cfg = self.spec.site.extra
+        cmd = [*self.spec.command(), "--token-file", str(self.token_file),
+               "--idle-exit", str(cfg.get("idle_exit", 60))]
+        if cfg.get("jobs_per_pilot"):
+            cmd += ["--max-jobs", str(cfg["jobs_per_pilot"])]
+        if cfg.get("walltime"):
+            cmd += ["--walltime", str(walltime_seconds(cfg["walltime"]))]
+        env = "unset MALLOC_TRIM_THRESHOLD_"
+        return "\n".join(["#!/bin/bash", *self.header(), "", env, "exec " + shlex.join(cmd),
+                          ""])
+
+    # ---- submit, status, cancel ------------------------------------------------------
+    def _run(self, *cmd: str) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ProvisionerError(f"{cmd[0]} failed: {exc}") from exc
+        if out.returncode != 0:
+            raise ProvisionerError(f"{' '.join(cmd[:2])} failed: "
+                                   f"{(out.stderr or out.stdout).strip()[:500]}")
+        return out.stdout
+
+    def submit(self, n: int) -> list:
+        script = self.dir / "pilot.sh"
+        script.write_text(self.job_script())
+        ids = []
+        for _ in range(n):
+            out = self._run(self.submit_command, "--parsable", str(script))
+            ids.append(out.strip().split(";")[0])
+        return ids
+
+    def status(self, handles: list) -> list[bool]:
+        if not handles:
+            return []
+        out = self._run(self.status_command, "-h", "-o", "%i %T", "-j", ",".join(handles))
+        states = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+        return [states.get(h, "").strip() in self.alive_states for h in handles]
+
+    def cancel(self, handles: list) -> None:
+        if handles:
+            try:
+                self._run(self.cancel_command, *handles)
+            except ProvisionerError:
+                pass  # already gone
+
+    def adopt(self) -> list:
+        try:
+            out = self._run(self.status_command, "-h", "-o", "%i", "-n", self.job_name)
+        except ProvisionerError:
+            return []
+        return [line.strip() for line in out.splitlines() if line.strip()]
