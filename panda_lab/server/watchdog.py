@@ -33,6 +33,11 @@ async def sweep(server: Server) -> int:
         server.publish(changes)
         failed += len(group)
         log.warning("%s: failed %d attempt(s)", why, len(group))
+    moved = await server.db(server.store.rebroker_offline)
+    if moved.jobs:
+        server.publish(moved)
+        log.warning("re-brokered %d job(s) waiting at offline sites",
+                    sum(c.state == "closed" for c in moved.jobs))
     lost_pilots = await server.db(server.store.mark_lost_pilots, t - cfg.heartbeat_timeout)
     if lost_pilots:
         log.warning("pilots lost (no heartbeat): %s", lost_pilots)

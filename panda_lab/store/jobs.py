@@ -20,7 +20,7 @@ from panda_lab.model import (
     job_path,
 )
 from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange, StoreBase, loads, now
-from panda_lab.store.schema import jobs, pilots, results, tasks
+from panda_lab.store.schema import jobs, pilots, results, sites, tasks
 from panda_lab.store.tasks import _sites_of
 
 J = JobState
@@ -266,6 +266,48 @@ class JobStore:
             self._retry_or_fail(conn, [(r, {"category": category, "message": message})
                                        for r in rows], changes)
             self._check_tasks(conn, [r.task_id for r in rows], changes)
+        return changes
+
+    def rebroker_offline(self: StoreBase) -> Changes:
+        """Jobs waiting at an offline site go back to brokerage: the waiting attempt is
+        closed (``activated → closed``) and a new one placed on an online site it
+        accepts.  A job that accepts only offline sites keeps waiting."""
+        t = now()
+        changes = Changes()
+        with self.tx() as conn:
+            states = dict(conn.execute(select(sites.c.name, sites.c.state)).all())
+            online = {n for n, s in states.items() if s == "online"}
+            offline = [n for n, s in states.items() if s != "online"]
+            if not offline or not online:
+                return changes
+            rows = conn.execute(select(jobs).where(jobs.c.site.in_(offline),
+                                                   jobs.c.state == str(J.ACTIVATED))
+                                .with_for_update()).all()
+            movable = []
+            for r in rows:
+                allowed = set(loads(r.broker_info).get("sites") or ["ANY"])
+                if "ANY" in allowed or allowed & online:
+                    movable.append(r)
+            if not movable:
+                return changes
+            why = "site offline: handed back to brokerage"
+            conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in movable]),
+                                            jobs.c.state == str(J.ACTIVATED))
+                         .values(state=str(J.CLOSED), modified_at=t, ended_at=t,
+                                 error_category="system", error_message=why))
+            self._history(conn, [(r.id, (J.CLOSED,), t, why) for r in movable])
+            for r in movable:
+                changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, r.site,
+                                              str(J.CLOSED), "system", why))
+            task_sites = dict(conn.execute(select(tasks.c.id, tasks.c.site).where(
+                tasks.c.id.in_({r.task_id for r in movable}))).all())
+            attempts = []
+            for r in movable:
+                a = self._next_attempt(r, _sites_of(task_sites[r.task_id]),
+                                       frozenset({r.site}), {})
+                a["max_attempts"] = r.max_attempts + 1  # not the job's fault: no attempt lost
+                attempts.append(a)
+            self._insert_attempts(conn, attempts, changes)
         return changes
 
     def lost_jobs(self: StoreBase, heartbeat_before: float, sent_before: float) -> list[dict]:

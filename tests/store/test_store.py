@@ -676,3 +676,27 @@ def test_only_jobs_the_pilot_says_it_holds_stay_alive(store):
     assert stale == {lost}
     store.acquire(p, "A", 1, held=[kept, lost])  # an acquire carries the held jobs too
     assert store.lost_jobs(heartbeat_before=cutoff, sent_before=0) == []
+
+
+def test_jobs_waiting_at_an_offline_site_are_rebrokered(store):
+    moving, _, _ = store.create_task("moving", jobs_(4), site="A")
+    pinned, _, _ = store.create_task("pinned", jobs_(1), site="B")
+    store.create_task("anywhere", jobs_(6))
+    store.set_site_state("B", "offline", "sbatch: invalid partition")
+    changes = store.rebroker_offline()
+    closed = [c for c in changes.jobs if c.state == "closed"]
+    new = [c for c in changes.jobs if c.state == "activated"]
+    assert closed and len(new) == len(closed)
+    assert {c.site for c in closed} == {"B"} and "B" not in {c.site for c in new}
+    assert all(c.attempt == 2 for c in new)
+    # a job that accepts only the offline site keeps waiting there
+    (only_b,) = store.list_jobs(pinned)
+    assert only_b["site"] == "B" and only_b["state"] == "activated"
+    for c in closed:
+        job = store.get_job(c.job_id)
+        assert [h["state"] for h in job["history"]][-2:] == ["activated", "closed"]
+        assert job["error_message"].startswith("site offline")
+    assert {j["site"] for j in store.list_jobs(moving)} == {"A"}  # online: untouched
+    assert store.rebroker_offline().jobs == []   # nothing left to move
+    store.set_site_state("B", "online")
+    assert store.rebroker_offline().jobs == []
