@@ -114,3 +114,12 @@ def pid_alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for services a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

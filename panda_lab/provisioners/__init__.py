@@ -19,9 +19,15 @@ def make_provisioner(spec: PilotSpec, home: Path, known_pilots: list[dict]) -> P
     if site.provisioner == "slurm":
         from panda_lab.provisioners.slurm import SlurmProvisioner
 
-        if "max_jobs" in site.extra:  # batch jobs kept at the site: each one a pilot
-            site.pilots = int(site.extra["max_jobs"])
         return SlurmProvisioner(spec, home)
+    if site.provisioner == "dask":
+        from panda_lab.provisioners.dask import DaskProvisioner
+
+        return DaskProvisioner(spec)
+    if site.provisioner == "gateway":
+        from panda_lab.provisioners.gateway import GatewayProvisioner
+
+        return GatewayProvisioner(spec)
     raise ValueError(f"site {site.name}: no provisioner named {site.provisioner!r}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -40,6 +41,9 @@ class Provisioner(ABC):
     label: str = "base"
     #: Seconds between two looks at the pilots.
     polling_interval: float = 1.0
+    #: Whether the number of pilots follows the site's queue (batch sites, where an
+    #: idle allocation costs) or stays at ``site.pilots`` (local processes).
+    elastic: bool = False
 
     def __init__(self, spec: PilotSpec) -> None:
         self.spec = spec
@@ -48,6 +52,12 @@ class Provisioner(ABC):
         #: the server can mark the site offline (brokerage then avoids it) and back.
         self.on_health: Callable[[str, str, str], None] | None = None
         self.healthy = True
+        self.reason = ""
+        #: Jobs queued and running at the site now, told by the server; an elastic
+        #: provisioner sizes its pilots by it.
+        self.demand: Callable[[], int] | None = None
+        #: Pilots an elastic site keeps even when its queue is empty (warm slots).
+        self.min_pilots = 0
 
     @abstractmethod
     def submit(self, n: int) -> list:
@@ -65,44 +75,75 @@ class Provisioner(ABC):
         """Pilots of this site left running by an earlier server process."""
         return []
 
+    def target(self) -> int:
+        """Pilots wanted now: ``site.pilots``, or for an elastic site enough for its queued
+        and running jobs, between ``min_pilots`` and ``site.pilots``.  Idle pilots of an
+        elastic site are not cancelled: they leave by themselves (``idle_exit``), so a
+        site that just emptied stays warm for the next task."""
+        site = self.spec.site
+        if not self.elastic or self.demand is None:
+            return site.pilots
+        need = math.ceil(self.demand() / max(site.slots, 1))
+        return min(site.pilots, max(self.min_pilots, need))
+
+    def step(self) -> None:
+        """One look at the site: sweep up pilots that ended, start the ones missing."""
+        alive = self.status(self.handles)
+        dead = [h for h, ok in zip(self.handles, alive, strict=True) if not ok]
+        if dead:
+            log.info("%s: %d pilot(s) ended", self.spec.site.name, len(dead))
+        self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
+        missing = self.target() - len(self.handles)
+        if missing > 0:
+            self.handles += self.submit(missing)
+
     async def keep_alive(self) -> None:
-        """Keep ``site.pilots`` pilots alive: replace the dead, never exceed the target."""
-        self.handles = self.adopt()
+        """Look at the site every ``polling_interval``; a provisioner that fails marks the
+        site offline until it works again.  Provisioner calls (``sbatch``, a Dask
+        scheduler) block, so they run in a thread and never stall the server."""
+        try:
+            self.handles = await asyncio.to_thread(self.adopt)
+        except ProvisionerError:
+            self.handles = []
         if self.handles:
             log.info("%s: adopted %d running pilot(s)", self.spec.site.name, len(self.handles))
         while True:
             try:
-                alive = self.status(self.handles)
-                dead = [h for h, ok in zip(self.handles, alive, strict=True) if not ok]
-                if dead:
-                    log.warning("%s: %d pilot(s) ended; replacing", self.spec.site.name,
-                                len(dead))
-                self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
-                missing = self.spec.site.pilots - len(self.handles)
-                if missing > 0:
-                    self.handles += self.submit(missing)
+                await asyncio.to_thread(self.step)
                 self._health(True, "")
             except ProvisionerError as exc:
-                log.error("%s: %s", self.spec.site.name, exc)
+                if self.healthy or str(exc) != self.reason:  # say it once, not every look
+                    log.error("%s: %s", self.spec.site.name, exc)
                 self._health(False, str(exc))
             await asyncio.sleep(self.polling_interval)
 
     def _health(self, ok: bool, reason: str) -> None:
-        if ok == self.healthy:
+        if ok == self.healthy and reason == self.reason:
             return
-        self.healthy = ok
+        self.healthy, self.reason = ok, reason
         if self.on_health is not None:
             self.on_health(self.spec.site.name, "online" if ok else "offline", reason)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        self.cancel(self.handles)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while any(self.status(self.handles)):
-            if asyncio.get_running_loop().time() > deadline:
-                self.kill(self.handles)
-                break
-            await asyncio.sleep(0.05)
-        self.handles = []
+        """Ask the pilots to stop (they hand back their jobs), kill what lingers, then
+        release whatever the provisioner holds (a cluster it started)."""
+        try:
+            await asyncio.to_thread(self.cancel, self.handles)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while any(await asyncio.to_thread(self.status, self.handles)):
+                if asyncio.get_running_loop().time() > deadline:
+                    await asyncio.to_thread(self.kill, self.handles)
+                    break
+                await asyncio.sleep(0.05)
+        except ProvisionerError as exc:
+            log.warning("%s: stopping pilots: %s", self.spec.site.name, exc)
+        finally:
+            self.handles = []
+            await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Release what the provisioner holds beyond its pilots; nothing by default."""
+        return None
 
     def kill(self, handles: list) -> None:
         """Last resort after ``cancel`` timed out; the default is another cancel."""

@@ -4,6 +4,7 @@ stop with ``scancel`` (Slurm sends SIGTERM first, so a pilot hands back its jobs
 A thin class in the way of dask-jobqueue's ``SLURMJob``: the commands are class
 attributes, the script is a header of ``#SBATCH`` lines over one command line.
 One allocation runs up to ``jobs_per_pilot`` jobs, and a pilot asked to stop drains.
+The number of batch jobs follows the site's queue, between ``min_jobs`` and ``max_jobs``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class SlurmProvisioner(Provisioner):
     cancel_command = "scancel"
     status_command = "squeue"
     polling_interval = 2.0
+    elastic = True
     #: States in which a batch job still is, or will be, a pilot.
     alive_states = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"})
 
@@ -35,6 +37,7 @@ class SlurmProvisioner(Provisioner):
         with os.fdopen(fd, "w") as f:
             f.write(spec.pilot_token)
         self.job_name = f"panda-{spec.site.name}"
+        self.min_pilots = int(spec.site.extra.get("min_jobs", 0))
 
     # ---- the script ------------------------------------------------------------------
     def header(self) -> list[str]:

@@ -20,9 +20,18 @@ PROVISIONER_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "local": {},
     "none": {},
     "slurm": {"partition": str, "account": str, "walltime": str, "max_jobs": int,
-              "jobs_per_pilot": int, "memory": int, "extra_directives": list,
+              "min_jobs": int, "jobs_per_pilot": int, "memory": int, "extra_directives": list,
               "idle_exit": (int, float)},
+    # One of: the address of a running scheduler, or a cluster class to start
+    # ("distributed.LocalCluster", "dask_jobqueue.SLURMCluster") with its options.
+    "dask": {"scheduler": str, "cluster": str, "cluster_options": dict, "workers": int},
+    "gateway": {"address": str, "min_workers": int, "max_workers": int,
+                "cluster_options": dict, "idle_timeout": (int, float)},
 }
+
+#: For each provisioner, the key whose value is the site's number of pilots at most
+#: (what brokerage counts as the site's capacity before its pilots start).
+PILOTS_KEY = {"slurm": "max_jobs", "dask": "workers", "gateway": "max_workers"}
 
 WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 
@@ -121,16 +130,43 @@ def parse_sites(data: dict, source: str = "sites.toml") -> list[SiteConfig]:
                 walltime_seconds(extra["walltime"])
             except ValueError as exc:
                 raise ConfigError(f"{where} {exc}") from None
-        for key in ("max_jobs", "jobs_per_pilot"):
+        for key in ("max_jobs", "jobs_per_pilot", "workers", "max_workers"):
             if key in extra and extra[key] < 1:
                 raise ConfigError(f"{where} {key} = {extra[key]} must be at least 1")
+        for key in ("min_jobs", "min_workers"):
+            if key in extra and extra[key] < 0:
+                raise ConfigError(f"{where} {key} = {extra[key]} must not be negative")
+        _check_bounds(where, extra, "min_jobs", "max_jobs")
+        _check_bounds(where, extra, "min_workers", "max_workers")
+        if prov == "dask" and ("scheduler" in extra) == ("cluster" in extra):
+            raise ConfigError(f"{where} a dask site needs exactly one of 'scheduler' (the "
+                              "address of a running scheduler) or 'cluster' (a cluster class "
+                              "such as 'distributed.LocalCluster')")
+        if prov == "dask" and "cluster_options" in extra and "cluster" not in extra:
+            raise ConfigError(f"{where} cluster_options needs 'cluster'")
+        if prov == "gateway" and "address" not in extra:
+            raise ConfigError(f"{where} a gateway site needs 'address' (the dask-gateway URL)")
+        pilots = body.get("pilots", 1)
+        if prov in PILOTS_KEY:
+            if "pilots" in body:
+                raise ConfigError(f"{where} 'pilots' is not used by provisioner {prov!r}; "
+                                  f"set {PILOTS_KEY[prov]!r}")
+            pilots = int(extra.get(PILOTS_KEY[prov], _DEFAULT_MAX[prov]))
         for key in ("pilots", "slots"):
             if key in body and body[key] < (0 if key == "pilots" else 1):
                 raise ConfigError(f"{where} {key} = {body[key]} is too small")
         out.append(SiteConfig(
-            name=name, kind=kind, provisioner=prov, pilots=body.get("pilots", 1),
+            name=name, kind=kind, provisioner=prov, pilots=pilots,
             slots=body.get("slots", 1), description=body.get("description", ""), extra=extra))
     return out
+
+
+_DEFAULT_MAX = {"slurm": 1, "dask": 1, "gateway": 4}
+
+
+def _check_bounds(where: str, extra: dict, low: str, high: str) -> None:
+    if low in extra and high in extra and extra[low] > extra[high]:
+        raise ConfigError(f"{where} {low} = {extra[low]} is more than {high} = {extra[high]}")
 
 
 def load_sites(path: str | Path) -> list[SiteConfig]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -93,6 +94,7 @@ def run_server(config: ServerConfig) -> None:
                                     known)
             if prov is not None:
                 prov.on_health = server.store.set_site_state
+                prov.demand = functools.partial(server.store.site_demand, site.name)
                 provisioners.append(prov)
 
     async def provision(_server: Server) -> None:

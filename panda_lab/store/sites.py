@@ -38,6 +38,16 @@ class SiteStore(StoreBase):
             conn.execute(update(sites).where(sites.c.name == name)
                          .values(state=state, reason=reason, updated_at=now()))
 
+    def site_demand(self, name: str) -> int:
+        """Jobs queued (assigned, activated) or held by pilots at a site: what an elastic
+        provisioner sizes its pilots by."""
+        states = [str(s) for s in (J.ASSIGNED, J.ACTIVATED, J.SENT, J.STARTING, J.RUNNING,
+                                   J.TRANSFERRING)]
+        with self.tx() as conn:
+            return conn.execute(select(func.count()).select_from(jobs)
+                                .where(jobs.c.site == name, jobs.c.state.in_(states))
+                                ).scalar_one()
+
     def site_names(self) -> list[str]:
         with self.tx() as conn:
             return [r[0] for r in conn.execute(select(sites.c.name).order_by(sites.c.name))]

@@ -8,6 +8,8 @@ import time
 import pytest
 from harness import ServerProcess, wait_for
 
+from panda_lab.model.states import TASK_FINAL
+
 
 def slow_square(x, t=0.3):
     time.sleep(t)
@@ -48,7 +50,6 @@ def hpc(slurm, home, tmp_path, request):
 
 def test_a_task_runs_across_a_local_and_a_slurm_site(hpc):
     lab = hpc.lab()
-    wait_for(lambda: len(squeue("panda-UNI-HPC")) == 2, 30, what="two pilot batch jobs")
     task = lab.submit(slow_square, [(i,) for i in range(30)], name="across")
     info = lab.wait(task, timeout=120)
     assert info["state"] == "done" and lab.results(task) == {i: i * i for i in range(30)}
@@ -104,13 +105,40 @@ def test_a_pilot_drains_before_its_walltime(hpc):
                          indirect=True)
 def test_a_site_whose_batch_system_refuses_goes_offline(hpc):
     lab = hpc.lab()
-    site = wait_for(lambda: next(s for s in lab.sites() if s["name"] == "UNI-HPC")
-                    if any(s["name"] == "UNI-HPC" and s["state"] == "offline"
-                           for s in lab.sites()) else None, 30, what="the site offline")
+    # Jobs brokered to the site make it ask Slurm for a pilot, which Slurm refuses.
+    task = lab.submit(slow_square, [(i, 0.0) for i in range(12)], name="refused")
+    site = wait_for(lambda: next((s for s in lab.sites()
+                                  if s["name"] == "UNI-HPC" and s["state"] == "offline"), None),
+                    30, what="the site offline")
     assert "sbatch" in site["reason"] and "partition" in site["reason"].lower()
+    info = lab.wait(task, timeout=60)  # its jobs went back to brokerage, none was lost
+    assert info["state"] == "done" and lab.results(task) == {i: i * i for i in range(12)}
+    assert {j["site"] for j in lab.jobs(task)} == {"LOCAL"}
     task = lab.submit(slow_square, [(i, 0.0) for i in range(6)], name="avoid")
     info = lab.wait(task, timeout=60)
     assert info["state"] == "done" and set(info["jobs_by_site"]) == {"LOCAL"}
+
+
+@pytest.mark.parametrize("hpc", ['partition = "debug"\nmax_jobs = 3\nidle_exit = 2'],
+                         indirect=True)
+def test_the_number_of_pilots_follows_the_queue(hpc):
+    lab = hpc.lab()
+    time.sleep(3)
+    assert squeue("panda-UNI-HPC") == []  # nothing queued: no allocation held
+    task = lab.submit(slow_square, [(i, 1.0) for i in range(12)], name="queue",
+                      site="UNI-HPC")
+    seen = set()
+    while lab.task_info(task)["state"] not in {str(s) for s in TASK_FINAL}:
+        batch = squeue("panda-UNI-HPC")
+        assert len(batch) <= 3  # never more than max_jobs
+        seen.update(batch)
+        time.sleep(0.2)
+    assert len(seen) == 3
+    assert lab.results(task) == {i: i * i for i in range(12)}
+    # Idle pilots leave after idle_exit and are not replaced while nothing is queued.
+    wait_for(lambda: squeue("panda-UNI-HPC") == [], 30, what="the allocations released")
+    time.sleep(3)
+    assert squeue("panda-UNI-HPC") == []
 
 
 def test_bad_slurm_site_settings_name_the_key(tmp_path):
@@ -124,3 +152,39 @@ def test_bad_slurm_site_settings_name_the_key(tmp_path):
                             str(tmp_path / "h"), "server", "start", "--sites", path],
                            capture_output=True, text=True, timeout=60, env=dict(os.environ))
         assert r.returncode == 2 and word in r.stderr, (body, r.stderr)
+
+
+def test_a_dask_jobqueue_cluster_on_slurm_is_a_site(slurm, home, tmp_path):
+    """Any dask-jobqueue cluster class is a site: its workers are Slurm jobs, a pilot on each."""
+    path = tmp_path / "sites.toml"
+    path.write_text(f"""
+[sites.JOBQUEUE]
+kind = "hpc"
+provisioner = "dask"
+cluster = "dask_jobqueue.SLURMCluster"
+workers = 1
+
+[sites.JOBQUEUE.cluster_options]
+cores = 1
+processes = 1
+memory = "1GB"
+queue = "debug"
+walltime = "00:10:00"
+job_name = "panda-jobqueue"
+log_directory = "{tmp_path / 'jobqueue-logs'}"
+scheduler_options = {{ dashboard_address = ":0" }}
+""")
+    server = ServerProcess(home, extra=["--sites", str(path)]).start()
+    try:
+        lab = server.lab()
+        task = lab.submit(slow_square, [(i, 0.1) for i in range(6)], name="jobqueue")
+        info = lab.wait(task, timeout=120)
+        assert info["state"] == "done" and lab.results(task) == {i: i * i for i in range(6)}
+        assert set(info["jobs_by_site"]) == {"JOBQUEUE"}
+        pilots = [p for p in lab.pilots() if p["site"] == "JOBQUEUE"]
+        # The pilot ran inside the Slurm job that is the Dask worker.
+        assert pilots and all(p["info"]["batch_id"] for p in pilots)
+        assert {p["info"]["batch_id"] for p in pilots} <= set(squeue("panda-jobqueue"))
+    finally:
+        server.stop()
+    wait_for(lambda: squeue("panda-jobqueue") == [], 30, what="the worker jobs cancelled")
