@@ -39,6 +39,9 @@ def _bind(host: str, port: int, fallback_port: int | None) -> socket.socket:
     for p in ([fallback_port] if fallback_port and not port else []) + [port]:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this.  Without it a keep-alive GET waits on the
+        # client's delayed ACK before its response body leaves: 44 ms instead of 0.5 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((host, p))
         except OSError:
