@@ -53,6 +53,8 @@ class Provisioner(ABC):
         self.on_health: Callable[[str, str, str], None] | None = None
         self.healthy = True
         self.reason = ""
+        #: Set when the server stops: no pilot or cluster is started after it.
+        self.closing = False
         #: Jobs queued and running at the site now, told by the server; an elastic
         #: provisioner sizes its pilots by it.
         self.demand: Callable[[], int] | None = None
@@ -94,7 +96,7 @@ class Provisioner(ABC):
             log.info("%s: %d pilot(s) ended", self.spec.site.name, len(dead))
         self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
         missing = self.target() - len(self.handles)
-        if missing > 0:
+        if missing > 0 and not self.closing:
             self.handles += self.submit(missing)
 
     async def keep_alive(self) -> None:
@@ -107,7 +109,7 @@ class Provisioner(ABC):
             self.handles = []
         if self.handles:
             log.info("%s: adopted %d running pilot(s)", self.spec.site.name, len(self.handles))
-        while True:
+        while not self.closing:
             try:
                 await asyncio.to_thread(self.step)
                 self._health(True, "")
@@ -127,6 +129,7 @@ class Provisioner(ABC):
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask the pilots to stop (they hand back their jobs), kill what lingers, then
         release whatever the provisioner holds (a cluster it started)."""
+        self.closing = True
         try:
             await asyncio.to_thread(self.cancel, self.handles)
             deadline = asyncio.get_running_loop().time() + timeout

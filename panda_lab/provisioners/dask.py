@@ -109,6 +109,8 @@ class DaskProvisioner(Provisioner):
         and is tried again at the next look."""
         if self.client is not None:
             return self.client
+        if self.closing:
+            raise ProvisionerError("the server is stopping")
         from distributed import Client
 
         cfg = self.spec.site.extra

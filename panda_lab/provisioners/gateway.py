@@ -37,6 +37,8 @@ class GatewayProvisioner(DaskProvisioner):
     def connect(self) -> Any:
         if self.client is not None:
             return self.client
+        if self.closing:
+            raise ProvisionerError("the server is stopping")
         try:
             from dask_gateway import Gateway
         except ImportError as exc:
