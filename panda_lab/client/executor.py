@@ -84,6 +84,8 @@ class PandaExecutor(Executor):
         self._futures: dict[int, PandaFuture] = {}
         self._early: dict[int, dict] = {}
         self._outbox: list[tuple[PandaFuture, bytes]] = []
+        # the batch being posted: in neither _outbox nor _futures until the reply comes
+        self._inflight: list[PandaFuture] = []
         self._fn_cache: dict[int, tuple[Callable, bytes]] = {}
         self._checked_sites: set[str] = set()
         self.environment_warnings: list[str] = []
@@ -128,7 +130,7 @@ class PandaExecutor(Executor):
         with self._lock:
             self._shutdown = True
             pending = [f for f in self._futures.values() if not f.done()]
-            pending += [f for f, _ in self._outbox]
+            pending += [f for f, _ in self._outbox] + self._inflight
             self._wake.notify_all()
         if cancel_futures:
             # Future.cancel, not ours: one kill request for all of them, below.
@@ -144,7 +146,7 @@ class PandaExecutor(Executor):
         while True:
             with self._lock:
                 outstanding = [f for f in self._futures.values() if not f.done()]
-                outstanding += [f for f, _ in self._outbox]
+                outstanding += [f for f, _ in self._outbox] + self._inflight
             if not outstanding:
                 break
             wait_futures(outstanding)
@@ -203,7 +205,8 @@ class PandaExecutor(Executor):
                 if not self._outbox:
                     return
                 batch, self._outbox = self._outbox[:SEND_BATCH], self._outbox[SEND_BATCH:]
-            batch = [(f, p) for f, p in batch if not f.cancelled()]
+                batch = [(f, p) for f, p in batch if not f.cancelled()]
+                self._inflight = [f for f, _ in batch]
             if not batch:
                 continue
             jobs = [{"payload": base64.b64encode(p).decode()} for _, p in batch]
@@ -213,6 +216,8 @@ class PandaExecutor(Executor):
                 for f, _ in batch:
                     if f.set_running_or_notify_cancel():
                         f.set_exception(exc)
+                with self._lock:
+                    self._inflight = []
                 continue
             with self._lock:
                 for (f, _), job_id, index in zip(batch, reply["jobs"], reply["indices"],
@@ -222,6 +227,9 @@ class PandaExecutor(Executor):
                     early = self._early.pop(index, None)
                     if early is not None:
                         self._apply(f, early)
+                self._inflight = []
+            # cancelled while in flight: they had no job id to kill then
+            self._kill([f for f, _ in batch if f.cancelled()])
 
     # ---- listener -------------------------------------------------------------------------
     def _listen(self) -> None:

@@ -127,6 +127,27 @@ def test_shutdown_without_wait_returns_at_once(mlab):
     assert [f.result(timeout=60) for f in futs] == [0, 1, 2]
 
 
+def test_shutdown_waits_for_a_batch_still_being_posted(mlab):
+    """A batch on its way to the server is in neither the outbox nor the known futures;
+    shutdown must still wait for it, not close the event stream under it."""
+    ex = mlab.executor(name="t-inflight")
+    post = ex._api.post
+    posting = threading.Event()
+
+    def slow_post(path, *args, **kwargs):
+        if path.endswith("/jobs"):
+            posting.set()
+            time.sleep(0.5)
+        return post(path, *args, **kwargs)
+
+    ex._api.post = slow_post
+    fut = ex.submit(sleep_and_return, 0.5, 7)     # one batch, taken off the outbox at once
+    assert posting.wait(10)
+    ex.shutdown(wait=True)
+    assert fut.done()
+    assert fut.result() == 7
+
+
 def test_use_after_shutdown_raises_runtime_error(mlab):
     ex = mlab.executor(name="t-after")
     ex.submit(mul, 1, 2).result(timeout=30)
