@@ -123,3 +123,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class GatewayServer:
+    """A real ``dask-gateway-server`` with its local backend (clusters are processes on
+    this machine), as a cloud site's tests and benchmark need it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> GatewayServer:
+        import urllib.request
+
+        api, proxy = free_port(), free_port()
+        dask = str(Path(sys.executable).parent / "dask")
+        config = self.dir / "gateway_config.py"
+        config.write_text(f"""
+c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
+c.DaskGateway.address = "127.0.0.1:{api}"
+c.Proxy.address = "127.0.0.1:{proxy}"
+c.ClusterConfig.scheduler_cmd = [{dask!r}, "scheduler"]
+c.ClusterConfig.worker_cmd = [{dask!r}, "worker"]
+c.ClusterConfig.worker_cores = 1
+c.ClusterConfig.worker_memory = "2 G"
+c.LocalBackend.clusters_directory = {str(self.dir / "clusters")!r}
+""")
+        self.log = open(self.dir / "gateway.log", "ab")  # noqa: SIM115
+        server = str(Path(sys.executable).parent / "dask-gateway-server")
+        self.proc = subprocess.Popen([server, "-f", str(config)], cwd=self.dir,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{proxy}"
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout, what="dask-gateway-server up")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import GatewayServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,3 +23,11 @@ def slurm():
     conf = r.stdout.strip().splitlines()[-1]
     os.environ["SLURM_CONF"] = conf  # the server and its sbatch calls inherit it
     return conf
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """``dask-gateway-server`` with its local backend: clusters are processes here."""
+    gw = GatewayServer(tmp_path).start()
+    yield gw.url
+    gw.stop()

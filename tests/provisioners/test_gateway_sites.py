@@ -3,63 +3,16 @@ down when idle, and a worker killed mid-job survived."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
-import pytest
 from harness import ServerProcess, free_port, wait_for
 
 
 def slow_square(x, t=1.0):
     time.sleep(t)
     return x * x
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    """``dask-gateway-server`` with its local backend: clusters are processes here."""
-    api, proxy = free_port(), free_port()
-    dask = str(Path(sys.executable).parent / "dask")
-    config = tmp_path / "gateway_config.py"
-    config.write_text(f"""
-c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
-c.DaskGateway.address = "127.0.0.1:{api}"
-c.Proxy.address = "127.0.0.1:{proxy}"
-c.ClusterConfig.scheduler_cmd = [{dask!r}, "scheduler"]
-c.ClusterConfig.worker_cmd = [{dask!r}, "worker"]
-c.ClusterConfig.worker_cores = 1
-c.ClusterConfig.worker_memory = "2 G"
-c.LocalBackend.clusters_directory = {str(tmp_path / "clusters")!r}
-""")
-    log = open(tmp_path / "gateway.log", "ab")  # noqa: SIM115
-    server = str(Path(sys.executable).parent / "dask-gateway-server")
-    proc = subprocess.Popen([server, "-f", str(config)], cwd=tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ))
-    url = f"http://127.0.0.1:{proxy}"
-
-    def up():
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    wait_for(up, 30, what="dask-gateway-server up")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 def cloud_pilots(lab) -> list[dict]:
