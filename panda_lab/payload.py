@@ -79,9 +79,15 @@ def environment() -> dict:
 
 
 class _Tail(io.StringIO):
-    """A stdout/stderr stand-in that keeps only the last ``TAIL`` characters."""
+    """A stdout/stderr stand-in that keeps only the last ``TAIL`` characters.
+
+    ``writes`` counts the writes, so a watcher (the worker's output ticker) can tell
+    cheaply whether there is anything new to send while the job runs."""
+
+    writes = 0
 
     def write(self, s: str) -> int:
+        self.writes += 1
         n = super().write(s)
         if self.tell() > 4 * TAIL:
             keep = self.getvalue()[-TAIL:]
@@ -117,10 +123,14 @@ def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
     return err
 
 
-def run_call(payload: bytes, common: Callable | None) -> Outcome:
-    """Run one payload here, capturing output, and classify any failure."""
+def run_call(payload: bytes, common: Callable | None,
+             streams: tuple[_Tail, _Tail] | None = None) -> Outcome:
+    """Run one payload here, capturing output, and classify any failure.
+
+    ``streams`` are the stdout and stderr stand-ins to capture into, when the caller
+    watches them while the job runs (to show output live)."""
     started = time.time()
-    out, err_stream = _Tail(), _Tail()
+    out, err_stream = streams or (_Tail(), _Tail())
     try:
         fn, args, kwargs = pickle.loads(payload)
         if isinstance(fn, bytes):

@@ -20,7 +20,7 @@ from multiprocessing.connection import wait as wait_any
 
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.payload import INLINE_LIMIT, environment
-from panda_lab.pilot.worker import Worker
+from panda_lab.pilot.worker import Output, Worker
 
 log = logging.getLogger("panda_lab.pilot")
 
@@ -226,7 +226,11 @@ class Pilot:
         for w in busy:
             if w.conn in ready:
                 job, outcome = w.receive()
-                self._finish(job, outcome, w)
+                if isinstance(outcome, Output):  # still running: its output so far
+                    self._set_pending(job, "running", stdout=outcome.stdout or None,
+                                      stderr=outcome.stderr or None)
+                else:
+                    self._finish(job, outcome, w)
             elif w.job.get("walltime_s") and time.time() - w.started_at > w.job["walltime_s"]:
                 job = w.job
                 w.kill()

@@ -9,16 +9,66 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
+import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from panda_lab.payload import Outcome, run_call
+from panda_lab.payload import Outcome, _Tail, run_call
 
 _CTX = mp.get_context("spawn")
+
+#: Seconds between two sends of a running job's output to the pilot.
+OUTPUT_INTERVAL = 0.5
+
+
+@dataclass
+class Output:
+    """The output tails of a job still running: shown live, not an outcome."""
+
+    stdout: str
+    stderr: str
+
+
+class _OutputTicker(threading.Thread):
+    """Sends the running job's output tails to the pilot when they changed, every
+    ``OUTPUT_INTERVAL`` s.  One thread per worker, not per job: a no-op job must not
+    pay for a thread start."""
+
+    def __init__(self, conn: Connection, lock: threading.Lock) -> None:
+        super().__init__(daemon=True, name="panda-output")
+        self.conn, self.lock = conn, lock
+        self.job: tuple[int, _Tail, _Tail] | None = None
+        self.seen = 0
+
+    def watch(self, job_id: int | None, out: _Tail | None = None,
+              err: _Tail | None = None) -> None:
+        with self.lock:
+            self.job = (job_id, out, err) if job_id is not None else None  # type: ignore[assignment]
+            self.seen = 0
+
+    def run(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(OUTPUT_INTERVAL):
+            with self.lock:
+                if self.job is None:
+                    continue
+                job_id, out, err = self.job
+                writes = out.writes + err.writes
+                if writes == self.seen:
+                    continue
+                self.seen = writes
+                try:
+                    self.conn.send(("out", job_id, out.tail(), err.tail()))
+                except OSError:
+                    return
 
 
 def worker_main(conn: Connection) -> None:
     commons: OrderedDict[int, object] = OrderedDict()
+    lock = threading.Lock()
+    ticker = _OutputTicker(conn, lock)
+    ticker.start()
     while True:
         try:
             msg = conn.recv()
@@ -43,8 +93,12 @@ def worker_main(conn: Connection) -> None:
                     "payload", common, "cannot unpickle the task's function on the pilot: "),
                     "", "", 0.0, 0.0)
             else:
-                outcome = run_call(payload, common)  # type: ignore[arg-type]
-            conn.send((job_id, outcome))
+                streams = (_Tail(), _Tail())
+                ticker.watch(job_id, *streams)
+                outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
+                ticker.watch(None)
+            with lock:
+                conn.send((job_id, outcome))
         elif kind == "exit":
             return
 
@@ -85,17 +139,20 @@ class Worker:
         self.job = job
         self.started_at = now
 
-    def receive(self) -> tuple[dict, Outcome | None]:
-        """The finished job and its outcome; ``None`` when the worker died under it."""
+    def receive(self) -> tuple[dict, Outcome | Output | None]:
+        """The job and what the worker said of it: its outcome when it ended (``None``
+        when the worker died under it), or its :class:`Output` so far while it runs."""
         assert self.conn is not None and self.job is not None
         job = self.job
-        self.job = None
         try:
-            _job_id, outcome = self.conn.recv()
-            return job, outcome
+            msg = self.conn.recv()
         except (EOFError, OSError):
             self.kill()
             return job, None
+        if msg[0] == "out":
+            return job, Output(msg[2], msg[3])
+        self.job = None
+        return job, msg[1]
 
     def kill(self) -> int | None:
         code = None

@@ -44,6 +44,17 @@ _UPDATE = (
     )
 )
 
+# A running job's output so far (the pilot sends it while the job runs): no state change.
+_OUTPUT = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.state == bindparam("b_old"))
+    .values(
+        heartbeat_at=bindparam("b_time"),
+        stdout_tail=func.coalesce(bindparam("b_out"), jobs.c.stdout_tail),
+        stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
+    )
+)
+
 
 class JobStore:
     # ---- dispatch ------------------------------------------------------------------
@@ -113,7 +124,7 @@ class JobStore:
             cols = [c for c in jobs.c if c.name != "payload"]
             current = {r.id: r for r in conn.execute(
                 select(*cols).where(jobs.c.id.in_(ids)).with_for_update())}
-            params, history, failed, finished = [], [], [], []
+            params, history, failed, finished, output = [], [], [], [], []
             seen: set[int] = set()
             for u in updates:
                 row = current.get(u["id"])
@@ -133,6 +144,9 @@ class JobStore:
                     ignored.append({"id": row.id, "reason": str(exc)})
                     continue
                 if not path:
+                    if u.get("stdout") or u.get("stderr"):
+                        output.append({"b_id": row.id, "b_old": row.state, "b_time": t,
+                                       "b_out": u.get("stdout"), "b_err": u.get("stderr")})
                     continue
                 new = path[-1]
                 err = u.get("error") or {}
@@ -152,6 +166,8 @@ class JobStore:
                     finished.append((row, u, change))
                 elif new == J.FAILED:
                     failed.append((row, err))
+            if output:
+                conn.execute(_OUTPUT, output)
             if params:
                 conn.execute(_UPDATE, params)
                 self._history(conn, history)

@@ -77,3 +77,32 @@ def test_pilot_rides_out_a_server_outage(bare):
     assert info["state"] == "done" and lab.results(task) == {i: i for i in range(12)}
     assert {j["attempt"] for j in lab.jobs(task, all_attempts=True)} == {1}
     assert p.wait(60) == 0
+
+
+def talk_then_wait(lines, pause):
+    import sys
+
+    for line in lines:
+        print(line, flush=True)
+    print("to stderr", file=sys.stderr)
+    time.sleep(pause)
+    print("done")
+    return len(lines)
+
+
+def test_a_running_jobs_output_reaches_the_server_before_it_ends(server):
+    """The worker sends its output tails while the job runs, so a notebook can show them
+    live; the final report still carries the whole tail."""
+    lab = server.lab()
+    task = lab.submit(talk_then_wait, [(["first", "second"], 4.0)], name="talk")
+
+    def live():
+        job = lab.jobs(task)[0]
+        return job if job["state"] == "running" and "second" in (job["stdout_tail"] or "") \
+            else None
+
+    job = wait_for(live, 20, what="the output of the running job")
+    assert job["stdout_tail"] == "first\nsecond\n" and job["stderr_tail"] == "to stderr\n"
+    assert lab.wait(task, timeout=30)["state"] == "done"
+    job = lab.jobs(task)[0]
+    assert job["stdout_tail"] == "first\nsecond\ndone\n"
