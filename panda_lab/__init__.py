@@ -41,5 +41,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'panda_lab' has no attribute {name!r}")
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext panda_lab``: the ``%%panda`` and ``%panda_attach`` magics."""
+    from panda_lab.jupyter.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __dir__() -> list[str]:
     return __all__

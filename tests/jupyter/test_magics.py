@@ -1,0 +1,144 @@
+"""``%%panda`` through a real IPython kernel and a real server with local pilots."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from harness import wait_for
+
+
+def test_a_cell_reads_only_the_variables_it_names_and_its_names_come_back(kernel, nlab,
+                                                                         nb_server):
+    kernel.ok("import numpy as np\n"
+              "big = np.zeros(5_000_000)          # 40 MB the cell does not read\n"
+              "values = [1, 2, 3]\nscale = 10\n"
+              "def double(v):\n    return 2 * v\n")
+    reply = kernel.ok("%%panda --name t-capture\n"
+                      "import os\n"
+                      "scaled = [double(v) * scale for v in values]\n"
+                      "where = os.getpid()\n"
+                      "print('scaled', scaled)\n")
+    assert "scaled [20, 40, 60]" in reply.stdout
+    assert kernel.value("scaled") == [20, 40, 60]
+    assert kernel.value("where") != kernel.value("os.getpid()")   # it ran elsewhere
+    task = nlab.task("t-capture")
+    assert task.status == "done" and len(task.jobs()) == 1
+    # what travelled: the cell and the names it reads, not the 40 MB array
+    from panda_lab.http import ApiClient
+
+    pilot_api = ApiClient(nb_server.info["url"], nb_server.info["pilot_token"])
+    common = pilot_api.request("GET", f"/api/pilot/tasks/{task.id}/common", raw=True)
+    assert b"scaled = [double(v)" in common and len(common) < 20_000
+
+
+def test_output_is_streamed_while_the_cell_runs(kernel):
+    seen: list[tuple[float, str]] = []
+
+    def on_message(msg):
+        if msg["msg_type"] == "stream":
+            seen.append((time.monotonic(), msg["content"]["text"]))
+
+    start = time.monotonic()
+    reply = kernel.run("%%panda --name t-stream\n"
+                       "import time\n"
+                       "print('first', flush=True)\n"
+                       "time.sleep(3)\n"
+                       "print('second')\n", on_message=on_message)
+    assert reply.status == "ok"
+    first = next(t for t, text in seen if "first" in text)
+    second = next(t for t, text in seen if "second" in text)
+    end = time.monotonic()
+    assert second - first > 2.0, "the first line came only with the end of the job"
+    assert first - start < end - start - 2.0
+    assert reply.stdout.count("first") == 1 and reply.stdout.count("second") == 1
+
+
+def test_a_remote_exception_shows_its_traceback_in_the_cell(kernel):
+    reply = kernel.run("%%panda --name t-error\n"
+                       "def inner(x):\n"
+                       "    return 1 / x\n"
+                       "y = inner(0)\n")
+    assert reply.status == "error"
+    assert reply.error["ename"] == "ZeroDivisionError"
+    tb = reply.traceback
+    assert '<panda cell>", line 2, in inner' in tb and "return 1 / x" in tb
+    assert kernel.run("y").status == "error"                      # nothing was bound
+
+
+def test_interrupt_kills_the_job_on_the_server(kernel, nlab):
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault(
+        "reply", kernel.run("%%panda --name t-interrupt\nimport time\ntime.sleep(60)\n")))
+    runner.start()
+
+    def running():
+        try:
+            return nlab.task("t-interrupt").jobs()["state"].tolist() == ["running"]
+        except Exception:
+            return False
+
+    wait_for(running, 30, what="the cell's job running")
+    kernel.interrupt()
+    runner.join(30)
+    reply = result["reply"]
+    assert reply.status == "error" and reply.error["ename"] == "KeyboardInterrupt"
+    assert "killed" in reply.stderr
+    task = nlab.task("t-interrupt")
+    wait_for(lambda: task.status == "aborted", 10, what="the task aborted")
+    assert task.jobs()["state"].tolist() == ["cancelled"]
+
+
+def test_detach_leaves_the_task_running_and_attach_brings_it_back(kernel, nlab):
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault("reply", kernel.run(
+        "%%panda --detach --name t-detach\nimport time\ntime.sleep(3)\nanswer = 42\n")))
+    runner.start()
+    wait_for(lambda: _state(nlab, "t-detach") == ["running"], 30,
+             what="the detached cell's job running")
+    kernel.interrupt()
+    runner.join(30)
+    assert result["reply"].status == "ok"
+    assert "left running" in result["reply"].stderr
+    task = nlab.task("t-detach")
+    kernel.restart()                                             # a new kernel: nothing kept
+    kernel.ok("%load_ext panda_lab")
+    assert kernel.run("answer").status == "error"
+    kernel.ok(f"%panda_attach {task.id}", timeout=60)
+    assert kernel.value("answer") == 42
+    assert task.status == "done"
+
+
+def test_parallel_over_a_list_cuts_it_into_chunks_and_gathers_the_names(kernel):
+    kernel.ok("numbers = list(range(10))")
+    reply = kernel.ok("%%panda --parallel 3 --over numbers --name t-parallel\n"
+                      "part = sum(numbers)\n"
+                      "who = (PANDA_INDEX, PANDA_COUNT, len(numbers))\n"
+                      "print('chunk', PANDA_INDEX)\n")
+    assert kernel.value("part") == [0 + 1 + 2 + 3, 4 + 5 + 6, 7 + 8 + 9]
+    assert kernel.value("who") == [(0, 3, 4), (1, 3, 3), (2, 3, 3)]
+    assert kernel.value("numbers") == list(range(10))           # the notebook's is whole
+    for i in range(3):
+        assert f"[{i}] chunk {i}" in reply.stdout
+
+
+def test_bad_options_and_unshippable_variables_are_clear_errors(kernel):
+    # IPython shows a UsageError as one line, no traceback
+    reply = kernel.run("%%panda --parallel 0\nx = 1\n")
+    assert reply.status == "error" and "UsageError: %%panda: --parallel needs at least 1 job" \
+        in reply.stderr
+    reply = kernel.run("%%panda --bogus\nx = 1\n")
+    assert reply.status == "error" and "unknown option(s) --bogus" in reply.stderr
+    kernel.ok("import threading\nlock = threading.Lock()")
+    reply = kernel.run("%%panda\nwith lock:\n    x = 1\n")
+    assert reply.status == "error" and "reads 'lock', which cannot be sent" in reply.stderr
+    reply = kernel.run("%%panda\n!ls\n")
+    assert reply.status == "error" and "not plain Python" in reply.stderr
+    assert kernel.run("x").status == "error"
+
+
+def _state(lab, name):
+    try:
+        return lab.task(name).jobs()["state"].tolist()
+    except Exception:
+        return None
