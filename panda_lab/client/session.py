@@ -181,6 +181,12 @@ class Lab:
                 f" ({info['database']})<table><tr><th>site</th><th>kind</th><th>state</th>"
                 f"<th>pilots</th><th>queued</th><th>running</th></tr>{rows}</table>")
 
+    def monitor(self, limit: int = 10, interval: float = 0.5) -> Any:
+        """A live widget of the recent tasks and the sites (needs the notebook extra)."""
+        from panda_lab.jupyter.monitor import LabMonitor
+
+        return LabMonitor(self, limit=limit, interval=interval)
+
     def pilots(self, site: str | None = None) -> list[dict]:
         return self.api.get("/api/pilots", site=site)
 

@@ -78,6 +78,20 @@ class TaskHandle:
         return (f"<TaskHandle {i['id']} {i['name']!r} {i['state']}: "
                 f"{i['n_done']}/{i['n_jobs']} jobs done>")
 
+    def monitor(self, interval: float = 0.25) -> Any:
+        """A live widget of this task (progress, sites, errors, histogram, kill/retry)."""
+        from panda_lab.jupyter.monitor import TaskMonitor
+
+        return TaskMonitor(self.lab, self.id, interval=interval)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict | None:
+        """In a kernel, a task displays as its live monitor; elsewhere as HTML or text."""
+        try:
+            from panda_lab.jupyter.monitor import task_mimebundle
+        except ImportError:  # no ipywidgets: the notebook extra is not installed
+            return None
+        return task_mimebundle(self.lab, self.id, include=include, exclude=exclude)
+
     def _repr_html_(self) -> str:
         i = self.info()
         by_state = ", ".join(f"{k}: {v}" for k, v in sorted(i["attempts_by_state"].items()))

@@ -142,3 +142,22 @@ def _state(lab, name):
         return lab.task(name).jobs()["state"].tolist()
     except Exception:
         return None
+
+
+def test_a_task_displays_as_a_live_widget_in_a_kernel(kernel, nlab):
+    task = nlab.submit(_identity, [(1,), (2,)], name="t-widget")
+    nlab.wait(task, timeout=30)
+    reply = kernel.ok(f"import panda_lab\nlab = panda_lab.connect()\nlab.task({task})")
+    (bundle,) = [d["data"] for d in reply.displays]
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith(f"task {task} 't-widget': done, 2/2 jobs")
+    reply = kernel.ok("lab.monitor()")
+    (bundle,) = [d["data"] for d in reply.displays]
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "t-widget" in bundle["text/plain"]
+    reply = kernel.ok(f"print(type(lab.task({task}).jobs()).__name__)")
+    assert reply.stdout.strip() == "DataFrame"
+
+
+def _identity(x):
+    return x

@@ -1,0 +1,286 @@
+"""Live monitoring widgets: a task's progress, sites, errors and merged histogram.
+
+A background thread takes a :mod:`snapshot <panda_lab.jupyter.snapshot>` at most
+``interval`` seconds apart and updates the widgets in place, so the kernel stays free
+for the next cell; it stops when the task can no longer change, or the widget is closed.
+In a terminal the same view is a few lines of text (the widget's ``text/plain``).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+
+from panda_lab.jupyter.snapshot import (
+    STATE_ORDER,
+    Rate,
+    TaskSnapshot,
+    draw_histogram,
+    find_histogram,
+    take,
+    text,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from panda_lab.client.session import Lab
+
+log = logging.getLogger("panda_lab.monitor")
+
+#: State colours, shared by the progress bar and the tables.
+COLOURS = {"finished": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
+           "running": "#1565c0", "starting": "#1565c0", "sent": "#6a1b9a",
+           "activated": "#ef6c00", "assigned": "#ef6c00", "defined": "#9e9e9e"}
+
+
+def _state_cells(states: dict[str, int], columns: list[str]) -> str:
+    return "".join(f"<td style='text-align:right;color:{COLOURS.get(s, '#000')}'>"
+                   f"{states.get(s, 0) or ''}</td>" for s in columns)
+
+
+def sites_table(snap: TaskSnapshot) -> str:
+    """Jobs per site by state, as an HTML table (only the states that occur)."""
+    columns = [s for s in STATE_ORDER if snap.by_state.get(s)]
+    if not columns:
+        return "<i>no jobs yet</i>"
+    head = "".join(f"<th>{s}</th>" for s in columns)
+    rows = "".join(f"<tr><td><b>{html.escape(site)}</b></td>{_state_cells(states, columns)}</tr>"
+                   for site, states in sorted(snap.by_site.items()))
+    total = f"<tr><td><i>all</i></td>{_state_cells(snap.by_state, columns)}</tr>"
+    return (f"<table class='panda-sites'><tr><th>site</th>{head}</tr>{rows}{total}</table>")
+
+
+def errors_html(snap: TaskSnapshot, limit: int = 5) -> str:
+    """Failed attempts grouped by category and message, each with an example traceback."""
+    if not snap.errors:
+        return ""
+    items = []
+    for g in snap.errors[:limit]:
+        tb = html.escape(g.traceback or "(no traceback)")
+        items.append(f"<details><summary><b>{g.count}</b> &times; [{html.escape(g.category)}]"
+                     f" {html.escape(g.message)}</summary><pre style='font-size:11px'>"
+                     f"job {g.example_job}:\n{tb}</pre></details>")
+    more = len(snap.errors) - limit
+    tail = f"<i>and {more} more kinds of error</i>" if more > 0 else ""
+    return "<div class='panda-errors'><b>errors</b>" + "".join(items) + tail + "</div>"
+
+
+class TaskMonitor(w.VBox):
+    """A live view of one task: ``display(TaskMonitor(lab, task_id))``, or just display
+    the task handle."""
+
+    def __init__(self, lab: Lab, task_id: int, interval: float = 0.25,
+                 start: bool = True) -> None:
+        self.lab, self.task_id, self.interval = lab, task_id, interval
+        self.rate = Rate()
+        self.snapshot: TaskSnapshot | None = None
+        self.updates = 0
+        self._drawn_merged = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.title = w.HTML()
+        self.bar = w.IntProgress(min=0, max=1, value=0, bar_style="info",
+                                 layout=w.Layout(width="60%"))
+        self.counts = w.HTML()
+        self.pace = w.HTML()
+        self.sites = w.HTML()
+        self.errors = w.HTML()
+        self.image = w.Image(format="png", layout=w.Layout(display="none"))
+        self.kill_button = w.Button(description="Kill", button_style="danger",
+                                    tooltip="abort the task: waiting jobs are cancelled, "
+                                            "running ones killed")
+        self.retry_button = w.Button(description="Retry", tooltip="retry the failed jobs")
+        self.message = w.HTML()
+        self.kill_button.on_click(lambda _: self._act(self.kill))
+        self.retry_button.on_click(lambda _: self._act(self.retry))
+        super().__init__([self.title, w.HBox([self.bar, self.counts]), self.pace, self.sites,
+                          self.image, self.errors,
+                          w.HBox([self.kill_button, self.retry_button, self.message])])
+        self.add_class("panda-task-monitor")
+        self.refresh()
+        if start:
+            self.start()
+
+    # ---- updating ---------------------------------------------------------------------
+    def refresh(self) -> TaskSnapshot:
+        """Take a snapshot now and show it."""
+        snap = take(self.lab, self.task_id, previous=self.snapshot)
+        self.rate.add(snap.taken_at, snap.progress[0])
+        self._show(snap)
+        self.snapshot = snap
+        self.updates += 1
+        return snap
+
+    def _show(self, snap: TaskSnapshot) -> None:
+        done, total = snap.progress
+        self.title.value = (f"<b>panda-lab task {snap.id}</b> <code>{html.escape(snap.name)}"
+                            f"</code> &middot; <b class='panda-state'>{snap.state}</b>")
+        self.bar.max = max(total, 1)
+        self.bar.value = done
+        self.bar.bar_style = {"done": "success", "failed": "danger", "aborted": "warning",
+                              "finished": "warning"}.get(snap.state, "info")
+        unit = "events" if snap.analysis and snap.total_events else "jobs"
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        self.counts.value = f"<span class='panda-counts'>{done:,} / {total:,} {unit}{pct}</span>"
+        pace = self.rate.per_second
+        if pace:
+            eta = self.rate.eta(total - done)
+            self.pace.value = (f"{pace:,.0f} {unit}/s" + (f" &middot; ETA {eta:.0f} s"
+                                                          if eta and done < total else ""))
+        elif snap.state in ("done", "finished"):
+            self.pace.value = ""
+        self.sites.value = sites_table(snap)
+        self.errors.value = errors_html(snap)
+        if snap.analysis:
+            self._show_histogram(snap)
+        final = snap.state in ("done", "finished", "failed", "aborted")
+        self.kill_button.disabled = final
+        # pbook's rule: an aborted task stays aborted; the others retry their failed jobs
+        self.retry_button.disabled = snap.state not in ("finished", "failed", "running") \
+            or not snap.by_state.get("failed")
+
+    def _show_histogram(self, snap: TaskSnapshot) -> None:
+        if snap.jobs_merged == self._drawn_merged or snap.result is None:
+            return
+        found = find_histogram(snap.result)
+        if found is None:
+            return
+        self.image.value = draw_histogram(*found)
+        self.image.layout.display = ""
+        self._drawn_merged = snap.jobs_merged
+
+    def start(self) -> None:
+        """Follow the task in the background until it cannot change any more."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, daemon=True,
+                                        name=f"panda-monitor-{self.task_id}")
+        self._thread.start()
+
+    def _follow(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.interval):
+            try:
+                snap = self.refresh()
+                failures = 0
+            except Exception as exc:  # the server may be restarting: say so, keep trying
+                failures += 1
+                self.pace.value = f"<i>server unreachable ({html.escape(str(exc))})</i>"
+                if failures > 120:
+                    return
+                continue
+            if snap.final:
+                return
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the background updates ended (the task is final); for scripts."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+
+    # ---- buttons -----------------------------------------------------------------------
+    def _act(self, action) -> None:
+        """Run a button's action; a refusal is shown beside the buttons, not lost in a log."""
+        self.message.value = ""
+        try:
+            action()
+        except Exception as exc:
+            self.message.value = f"<span style='color:#c62828'>{html.escape(str(exc))}</span>"
+
+    def kill(self) -> None:
+        self.lab.kill(self.task_id)
+        self.refresh()
+
+    def retry(self) -> None:
+        self.lab.retry(self.task_id)
+        self.refresh()
+        self.start()
+
+    def __repr__(self) -> str:
+        return text(self.snapshot, self.rate) if self.snapshot else f"<TaskMonitor {self.task_id}>"
+
+
+class LabMonitor(w.VBox):
+    """All recent tasks, one line each, updated in place: ``lab.monitor()``."""
+
+    def __init__(self, lab: Lab, limit: int = 10, interval: float = 0.5,
+                 start: bool = True) -> None:
+        self.lab, self.limit, self.interval = lab, limit, interval
+        self.rows: dict[int, tuple[w.HTML, w.IntProgress, w.HTML]] = {}
+        self.header = w.HTML()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        super().__init__([self.header])
+        self.add_class("panda-lab-monitor")
+        self.refresh()
+        if start:
+            self._thread = threading.Thread(target=self._follow, daemon=True,
+                                            name="panda-lab-monitor")
+            self._thread.start()
+
+    def refresh(self) -> list[dict]:
+        tasks = self.lab.list_tasks(limit=self.limit)
+        sites = self.lab.sites()
+        self.header.value = ("<b>panda-lab</b> &middot; " + " &middot; ".join(
+            f"{html.escape(s['name'])} ({s['kind']}): {s['pilots']} pilot(s), "
+            f"{s['running']} running, {s['queued']} queued" for s in sites))
+        for t in tasks:
+            row = self.rows.get(t["id"])
+            if row is None:
+                row = (w.HTML(layout=w.Layout(width="30%")),
+                       w.IntProgress(min=0, max=1, layout=w.Layout(width="40%")), w.HTML())
+                self.rows[t["id"]] = row
+            label, bar, counts = row
+            label.value = f"{t['id']} <code>{html.escape(t['name'])}</code> {t['state']}"
+            bar.max, bar.value = max(t["n_jobs"], 1), t["n_done"]
+            bar.bar_style = {"done": "success", "failed": "danger"}.get(t["state"], "info")
+            failed = t["attempts_by_state"].get("failed", 0)
+            counts.value = f"{t['n_done']}/{t['n_jobs']}" + (f", {failed} failed attempt(s)"
+                                                             if failed else "")
+        shown = [t["id"] for t in tasks]
+        for gone in set(self.rows) - set(shown):
+            del self.rows[gone]
+        self.children = [self.header] + [w.HBox(list(self.rows[i])) for i in shown]
+        return tasks
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep the last view; say why it is stale
+                log.debug("monitor refresh failed: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+
+    def __repr__(self) -> str:
+        lines = [f"{i}: {lbl.value}" for i, (lbl, _, _) in self.rows.items()]
+        return "panda-lab monitor\n" + "\n".join(lines)
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel, where widgets can render."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def task_mimebundle(lab: Lab, task_id: int, **display_kwargs: Any) -> dict | None:
+    """A live widget's bundle for a task shown in a kernel, else ``None`` (the caller
+    falls back to HTML and text)."""
+    if not in_kernel():
+        return None
+    return TaskMonitor(lab, task_id)._repr_mimebundle_(**display_kwargs)

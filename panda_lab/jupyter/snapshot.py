@@ -1,0 +1,203 @@
+"""What a monitor shows of a task at one moment, taken from the server in a few requests.
+
+Kept apart from the widgets: the same snapshot feeds the ipywidgets view, its text form
+in a terminal, and the tests, which check the figures without drawing anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import pickle
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from panda_lab.client.session import Lab
+
+FINAL = frozenset({"done", "finished", "failed", "aborted"})
+#: Job states in the order a monitor lists them: waiting, on a pilot, ended.
+STATE_ORDER = ("defined", "assigned", "activated", "sent", "starting", "running",
+               "transferring", "finished", "failed", "cancelled", "closed")
+
+
+@dataclass
+class ErrorGroup:
+    """Failed attempts that share a category and message, with one example."""
+
+    category: str
+    message: str
+    count: int
+    example_job: int
+    traceback: str
+
+
+@dataclass
+class TaskSnapshot:
+    id: int
+    name: str
+    state: str
+    n_jobs: int
+    n_done: int
+    #: Latest attempt of each job, by state.
+    by_state: dict[str, int]
+    #: Latest attempt of each job, by site, then state.
+    by_site: dict[str, dict[str, int]]
+    errors: list[ErrorGroup]
+    taken_at: float
+    analysis: bool = False
+    events: int = 0
+    total_events: int = 0
+    jobs_merged: int = 0
+    #: The merged result so far (analysis tasks), as the processor returns it.
+    result: Any = None
+    partial_final: bool = False
+
+    @property
+    def final(self) -> bool:
+        """Nothing will change any more (for an analysis: its last result merged)."""
+        return self.state in FINAL and (not self.analysis or self.partial_final)
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(done, total) in the unit that matters: events for an analysis, else jobs."""
+        if self.analysis and self.total_events:
+            return self.events, self.total_events
+        return self.n_done, self.n_jobs
+
+
+def take(lab: Lab, task_id: int, errors_seen: int | None = None,
+         previous: TaskSnapshot | None = None) -> TaskSnapshot:
+    """One look at a task.  Failed attempts are fetched only when their count changed
+    since ``previous`` (a task of 10,000 jobs costs one request per look, not 10,000)."""
+    info = lab.api.get(f"/api/tasks/{task_id}")
+    by_site = info.get("jobs_by_site", {})
+    by_state: dict[str, int] = {}
+    for states in by_site.values():
+        for state, n in states.items():
+            by_state[state] = by_state.get(state, 0) + n
+    n_failed = info["attempts_by_state"].get("failed", 0)
+    if previous is not None and n_failed == sum(g.count for g in previous.errors):
+        errors = previous.errors
+    elif n_failed:
+        errors = group_errors(lab.api.get(f"/api/tasks/{task_id}/jobs",
+                                          all_attempts=True, state="failed"))
+    else:
+        errors = []
+    snap = TaskSnapshot(info["id"], info["name"], info["state"], info["n_jobs"],
+                        info["n_done"], by_state, by_site, errors, time.time())
+    if info["options"].get("kind") == "analysis":
+        part = lab.api.get(f"/api/tasks/{task_id}/partial")
+        snap.analysis = True
+        snap.events, snap.total_events = part["events"], part["total_events"]
+        snap.jobs_merged, snap.partial_final = part["jobs_merged"], part.get("final", False)
+        if previous is not None and previous.jobs_merged == snap.jobs_merged:
+            snap.result = previous.result  # unchanged: do not unpickle it again
+        elif part["data"]:
+            snap.result = pickle.loads(base64.b64decode(part["data"]))
+    return snap
+
+
+def group_errors(attempts: list[dict]) -> list[ErrorGroup]:
+    """Failed attempts grouped by (category, message), the largest group first."""
+    groups: dict[tuple[str, str], ErrorGroup] = {}
+    for a in attempts:
+        key = (a.get("error_category") or "system", a.get("error_message") or "")
+        g = groups.get(key)
+        if g is None:
+            groups[key] = ErrorGroup(key[0], key[1], 1, a["id"], a.get("error_traceback") or "")
+        else:
+            g.count += 1
+    return sorted(groups.values(), key=lambda g: (-g.count, g.category, g.message))
+
+
+@dataclass
+class Rate:
+    """Units per second over the last ``window`` seconds, and the time left at that pace."""
+
+    window: float = 10.0
+    points: deque = field(default_factory=deque)
+
+    def add(self, t: float, done: int) -> None:
+        self.points.append((t, done))
+        while len(self.points) > 2 and t - self.points[0][0] > self.window:
+            self.points.popleft()
+
+    @property
+    def per_second(self) -> float | None:
+        if len(self.points) < 2:
+            return None
+        (t0, d0), (t1, d1) = self.points[0], self.points[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 else None
+
+    def eta(self, left: int) -> float | None:
+        r = self.per_second
+        if left <= 0:
+            return 0.0
+        return left / r if r else None
+
+
+def find_histogram(result: Any, depth: int = 3) -> tuple[str, Any] | None:
+    """The first one-dimensional histogram (hist or boost-histogram) in a result: the
+    result itself, or a value of a dict (nested up to ``depth``), with its key."""
+    if _is_hist_1d(result):
+        return "", result
+    if depth and isinstance(result, dict):
+        for key, value in result.items():
+            found = find_histogram(value, depth - 1)
+            if found is not None:
+                return (f"{key}.{found[0]}" if found[0] else str(key)), found[1]
+    return None
+
+
+def _is_hist_1d(obj: Any) -> bool:
+    axes = getattr(obj, "axes", None)
+    return axes is not None and callable(getattr(obj, "values", None)) and _ndim(axes) == 1
+
+
+def _ndim(axes: Any) -> int:
+    try:
+        return len(axes)
+    except TypeError:
+        return 0
+
+
+def draw_histogram(name: str, h: Any, width: float = 5.0, height: float = 3.0) -> bytes:
+    """A PNG of a 1-D histogram, drawn without pyplot (safe off the main thread)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    axis = h.axes[0]
+    fig = Figure(figsize=(width, height), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.stairs(h.values(), axis.edges, fill=True, alpha=0.6)
+    ax.set_xlabel(getattr(axis, "label", None) or getattr(axis, "name", None) or name)
+    ax.set_ylabel("entries")
+    ax.set_title(name or None)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def text(snap: TaskSnapshot, rate: Rate | None = None) -> str:
+    """The snapshot as a few lines of plain text: the terminal's view."""
+    done, total = snap.progress
+    unit = "events" if snap.analysis and snap.total_events else "jobs"
+    lines = [f"task {snap.id} {snap.name!r}: {snap.state}, {done:,}/{total:,} {unit}"
+             + (f" ({100 * done / total:.0f}%)" if total else "")]
+    if rate is not None and rate.per_second:
+        eta = rate.eta(total - done)
+        lines[0] += f", {rate.per_second:,.0f} {unit}/s" + (f", ETA {eta:.0f} s" if eta else "")
+    states = ", ".join(f"{s} {snap.by_state[s]}" for s in STATE_ORDER if snap.by_state.get(s))
+    lines.append(f"  jobs: {states or 'none'}")
+    for site, states_at in sorted(snap.by_site.items()):
+        lines.append(f"  {site}: " + ", ".join(f"{s} {states_at[s]}" for s in STATE_ORDER
+                                                if states_at.get(s)))
+    for g in snap.errors[:5]:
+        lines.append(f"  {g.count} x [{g.category}] {g.message}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""The live monitor widgets, against a real server and pilots (no browser: the widget
+models are checked; tests/browser shows them drawn)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness import wait_for
+
+from panda_lab.jupyter.monitor import LabMonitor, TaskMonitor
+from panda_lab.jupyter.snapshot import Rate, group_errors, take, text
+
+
+def maybe_fail(i, t=0.0):
+    time.sleep(t)
+    if i % 4 == 3:
+        raise ValueError(f"bad input {i % 2}")
+    return i
+
+
+def nap(t):
+    time.sleep(t)
+    return t
+
+
+def test_the_monitor_shows_counts_sites_and_grouped_errors(nlab):
+    task = nlab.submit(maybe_fail, [(i,) for i in range(12)], name="m-errors", retries=0)
+    nlab.wait(task, timeout=60)
+    m = TaskMonitor(nlab, task, start=False)
+    # PanDA's "finished": ended with some jobs failed for good
+    assert m.snapshot.state == "finished" and m.bar.bar_style == "warning"
+    assert (m.bar.value, m.bar.max) == (9, 12)
+    assert "9 / 12 jobs (75%)" in m.counts.value
+    for site in ("LOCAL-GRID", "LOCAL-CLOUD", "LOCAL-HPC"):
+        assert site in m.sites.value
+    assert "<th>finished</th>" in m.sites.value and "<th>failed</th>" in m.sites.value
+    # three failures, one message ("bad input 1"): one group of three, with a traceback
+    assert "<b>3</b> &times; [user] ValueError: bad input 1" in m.errors.value
+    assert "line 18, in maybe_fail" in m.errors.value          # the example traceback
+    assert m.kill_button.disabled and not m.retry_button.disabled
+    assert repr(m).startswith(f"task {task} 'm-errors': finished, 9/12 jobs (75%)")
+    assert "3 x [user] ValueError: bad input 1" in repr(m)
+
+
+def test_the_monitor_updates_in_place_until_the_task_ends(nlab):
+    task = nlab.submit(nap, [(0.3,)] * 12, name="m-live")
+    values: list[int] = []
+    m = TaskMonitor(nlab, task, interval=0.1, start=False)
+    m.bar.observe(lambda change: values.append(change["new"]), names="value")
+    m.start()
+    assert m.wait(60), "the monitor's thread did not end with the task"
+    assert values[-1] == 12 and values == sorted(values)
+    assert len(set(values)) >= 3, f"too few updates seen: {values}"
+    assert m.snapshot.state == "done" and m.bar.bar_style == "success"
+
+
+def fail_once(marker):
+    from pathlib import Path
+
+    if not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+def test_the_kill_button_aborts_the_task_on_the_server(nlab):
+    task = nlab.submit(nap, [(5.0,)] * 6, name="m-kill", retries=0)
+    m = TaskMonitor(nlab, task, start=False)
+    wait_for(lambda: m.refresh().by_state.get("running"), 30, what="jobs running")
+    m.kill_button.click()
+    wait_for(lambda: nlab.task_info(task)["state"] == "aborted", 10, what="the task aborted")
+    assert m.refresh().by_state.get("cancelled") == 6
+    assert m.kill_button.disabled and m.retry_button.disabled  # aborted stays aborted
+    assert m.message.value == ""
+
+
+def test_the_retry_button_reruns_the_failed_jobs(nlab, tmp_path):
+    task = nlab.submit(fail_once, [(str(tmp_path / f"m{i}"),) for i in range(3)],
+                       name="m-retry", retries=0)
+    nlab.wait(task, timeout=30)
+    m = TaskMonitor(nlab, task, start=False)
+    assert m.snapshot.state == "failed" and not m.retry_button.disabled
+    m.retry_button.click()
+    assert m.wait(60) and m.message.value == ""
+    assert nlab.task_info(task)["state"] == "done" and m.bar.value == 3
+    assert m.bar.bar_style == "success" and m.retry_button.disabled
+
+
+def test_a_refused_action_is_shown_in_the_widget(nlab):
+    task = nlab.submit(nap, [(0.0,)], name="m-refused")
+    nlab.wait(task, timeout=30)
+    m = TaskMonitor(nlab, task, start=False)
+    m._act(m.retry)                          # nothing failed: the server refuses
+    assert "HTTP 409" in m.message.value
+
+
+def slow_dimuon(events):
+    from panda_lab.analysis.dimuon import process
+
+    time.sleep(0.15)                       # slow enough to be watched while it fills
+    return process(events)
+
+
+def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_path):
+    from panda_lab.analysis.sample import make_sample
+
+    files = make_sample(tmp_path, files=2, events=60_000, basket_events=5_000)
+    nlab.datasets.register("m-dimuon", [str(f) for f in files], tree="Events")
+    task = nlab.analyze(slow_dimuon, "m-dimuon", events_per_job=5_000, name="m-analysis")
+    images: list[bytes] = []
+    m = TaskMonitor(nlab, task.id, interval=0.1, start=False)
+    m.image.observe(lambda change: images.append(bytes(change["new"])), names="value")
+    m.start()
+    assert m.wait(120)
+    snap = m.snapshot
+    assert snap.analysis and snap.events == snap.total_events == 120_000
+    assert "120,000 / 120,000 events (100%)" in m.counts.value
+    assert images and images[-1][:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(set(images)) >= 2, "the histogram was drawn once, not while it filled"
+    assert m.image.layout.display == ""
+
+
+def test_the_lab_monitor_lists_recent_tasks_and_sites(nlab):
+    task = nlab.submit(nap, [(0.0,)] * 3, name="m-lab")
+    nlab.wait(task, timeout=30)
+    m = LabMonitor(nlab, start=False)
+    assert "LOCAL-GRID (grid)" in m.header.value
+    label, bar, counts = m.rows[task]
+    assert "m-lab" in label.value and (bar.value, bar.max) == (3, 3) and counts.value == "3/3"
+    assert f"{task}: {task} <code>m-lab</code> done" in repr(m)
+
+
+def test_snapshot_pieces():
+    r = Rate(window=10)
+    assert r.per_second is None
+    r.add(0.0, 0)
+    r.add(2.0, 10)
+    assert r.per_second == 5.0 and r.eta(20) == 4.0 and r.eta(0) == 0.0
+    groups = group_errors([
+        {"id": 1, "error_category": "user", "error_message": "a", "error_traceback": "tb1"},
+        {"id": 2, "error_category": "user", "error_message": "b"},
+        {"id": 3, "error_category": "user", "error_message": "b"},
+    ])
+    assert [(g.message, g.count, g.example_job) for g in groups] == [("b", 2, 2), ("a", 1, 1)]
+
+
+def test_a_task_outside_a_kernel_displays_as_html_and_text(nlab):
+    task = nlab.submit(nap, [(0.0,)], name="m-repr")
+    handle = nlab.task(task)
+    handle.wait(30)
+    assert handle._repr_mimebundle_() is None          # no kernel: IPython falls back
+    assert "m-repr" in handle._repr_html_() and "done" in repr(handle)
+    assert text(take(nlab, task)).startswith(f"task {task} 'm-repr': done, 1/1 jobs")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_widgets():
+    yield
+    import ipywidgets
+
+    ipywidgets.Widget.close_all()
