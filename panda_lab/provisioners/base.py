@@ -14,6 +14,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from panda_lab.server.config import SiteConfig
 
@@ -51,6 +52,10 @@ class Provisioner(ABC):
         #: Told ``(site, state, reason)`` when the provisioner starts or stops working, so
         #: the server can mark the site offline (brokerage then avoids it) and back.
         self.on_health: Callable[[str, str, str], None] | None = None
+        #: Told of pilots seen to end here, as ``(site, [(pid, exit code), ...])``: the
+        #: server fails the jobs they held at once, not a heartbeat timeout later.
+        self.on_gone: Callable[[str, list[tuple[int, int | None]]], None] | None = None
+        self.gone: list[tuple[int, int | None]] = []
         self.healthy = True
         self.reason = ""
         #: Set when the server stops: no pilot or cluster is started after it.
@@ -77,6 +82,11 @@ class Provisioner(ABC):
         """Pilots of this site left running by an earlier server process."""
         return []
 
+    def exit_info(self, handle: Any) -> tuple[int, int | None] | None:
+        """``(pid, exit code)`` of a pilot that ended, where this provisioner can tell
+        which registered pilot the handle was (local processes); else ``None``."""
+        return None
+
     def target(self) -> int:
         """Pilots wanted now: ``site.pilots``, or for an elastic site enough for its queued
         and running jobs, between ``min_pilots`` and ``site.pilots``.  Idle pilots of an
@@ -94,6 +104,7 @@ class Provisioner(ABC):
         dead = [h for h, ok in zip(self.handles, alive, strict=True) if not ok]
         if dead:
             log.info("%s: %d pilot(s) ended", self.spec.site.name, len(dead))
+            self.gone += [e for e in map(self.exit_info, dead) if e is not None]
         self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
         missing = self.target() - len(self.handles)
         if missing > 0 and not self.closing:
@@ -113,6 +124,9 @@ class Provisioner(ABC):
             try:
                 await asyncio.to_thread(self.step)
                 self._health(True, "")
+                if self.gone and self.on_gone is not None:
+                    gone, self.gone = self.gone, []
+                    self.on_gone(self.spec.site.name, gone)
             except ProvisionerError as exc:
                 if self.healthy or str(exc) != self.reason:  # say it once, not every look
                     log.error("%s: %s", self.spec.site.name, exc)

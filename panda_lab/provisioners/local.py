@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -47,6 +48,9 @@ class LocalProvisioner(Provisioner):
             if not alive[-1] and isinstance(h, psutil.Popen):
                 h.poll()  # reap it
         return alive
+
+    def exit_info(self, handle: Any) -> tuple[int, int | None]:
+        return handle.pid, getattr(handle, "returncode", None)
 
     def cancel(self, handles: list) -> None:
         self._signal(handles, signal.SIGTERM)

@@ -34,6 +34,16 @@ class ServerError(RuntimeError):
     pass
 
 
+def _pilots_gone(server: Server, site: str, gone: list[tuple[int, int | None]]) -> None:
+    """A local provisioner saw pilot processes end: fail their jobs now (the retry rules
+    act at once) rather than after the heartbeat timeout."""
+    changes = server.store.pilots_gone(site, socket.gethostname(), gone)
+    if changes.jobs:
+        log.warning("%s: %d job(s) lost with their pilot(s) %s", site,
+                    sum(c.state == "failed" for c in changes.jobs), [p for p, _ in gone])
+    server.publish(changes)
+
+
 def _bind(host: str, port: int, fallback_port: int | None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for p in ([fallback_port] if fallback_port and not port else []) + [port]:
@@ -97,6 +107,7 @@ def run_server(config: ServerConfig) -> None:
                                     known)
             if prov is not None:
                 prov.on_health = server.store.set_site_state
+                prov.on_gone = functools.partial(_pilots_gone, server)
                 prov.demand = functools.partial(server.store.site_demand, site.name)
                 provisioners.append(prov)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import insert, select, update
 
 from panda_lab.model import JOB_FINAL
-from panda_lab.store.base import StoreBase, dumps, loads, now
+from panda_lab.store.base import Changes, StoreBase, dumps, loads, now
 from panda_lab.store.schema import jobs, pilots, sites
 
 
@@ -71,6 +71,34 @@ class PilotStore:
             if ids:
                 conn.execute(update(pilots).where(pilots.c.id.in_(ids)).values(state="lost"))
         return ids
+
+    def pilots_gone(self: StoreBase, site: str, host: str,
+                    gone: list[tuple[int, int | None]]) -> Changes:
+        """Pilots of ``site`` on ``host`` whose processes were seen to end without saying
+        goodbye: marked lost, and the jobs they held failed (and retried) at once."""
+        from panda_lab.store.jobs import ON_PILOT
+
+        codes = dict(gone)
+        with self.tx() as conn:
+            found = conn.execute(select(pilots.c.id, pilots.c.pid).where(
+                pilots.c.site == site, pilots.c.host == host, pilots.c.state == "running",
+                pilots.c.pid.in_(list(codes)))).all()
+            if found:
+                conn.execute(update(pilots).where(pilots.c.id.in_([r.id for r in found]))
+                             .values(state="lost"))
+            held = {r.id: [j[0] for j in conn.execute(select(jobs.c.id).where(
+                jobs.c.pilot_id == r.id, jobs.c.state.in_(ON_PILOT)))] for r in found}
+        changes = Changes()
+        for r in found:
+            if held[r.id]:
+                code = codes[r.pid]
+                why = f"exit code {code}" if code is not None and code >= 0 else \
+                    f"killed by signal {-code}" if code is not None else "exit unknown"
+                more = self.fail_jobs(held[r.id], "system",
+                                      f"its pilot {r.id} (pid {r.pid}) ended ({why}) "
+                                      "while holding the job")
+                changes.extend(more)
+        return changes
 
     def list_pilots(self: StoreBase, site: str | None = None,
                     state: str | None = None) -> list[dict]:

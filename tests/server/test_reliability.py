@@ -51,10 +51,39 @@ def test_pilot_killed_mid_job_is_detected_and_retried(lab):
     assert [a["attempt"] for a in attempts] == [1, 2]
     first, second = attempts
     assert first["state"] == "failed" and first["error_category"] == "system"
-    assert "lost heartbeat" in first["error_message"]
+    # its provisioner saw the process end: no waiting for the heartbeat timeout (3 s here)
+    assert "ended (killed by signal 9) while holding the job" in first["error_message"]
+    assert first["ended_at"] - first["heartbeat_at"] < 3.0
     assert second["state"] == "finished" and second["site"] != first["site"]
     assert lab.api.get(f"/api/jobs/{second['id']}")["broker_info"]["rejected"] \
         .get(first["site"], "").startswith("avoided")
+    assert next(p for p in lab.pilots() if p["id"] == pilot["id"])["state"] == "lost"
+
+
+def test_a_silent_pilot_started_by_hand_loses_its_jobs_after_the_heartbeat_timeout(home):
+    """A pilot no provisioner of this server started: only its silence tells."""
+    import subprocess
+    import sys
+
+    server = ServerProcess(home, extra=["--no-pilots"]).start()
+    try:
+        lab = server.lab()
+        task = lab.submit(slow_square, [(1, 30.0)], name="silent", retries=0,
+                          site="LOCAL-GRID")
+        env = dict(os.environ, PANDA_LAB_PILOT_TOKEN=server.info["pilot_token"])
+        p = subprocess.Popen([sys.executable, "-m", "panda_lab.pilot", "--server",
+                              server.info["url"], "--site", "LOCAL-GRID"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _running_job_pilot(lab, task), 30, what="the job running")
+        p.send_signal(signal.SIGSTOP)          # alive but silent: no heartbeat, no exit
+        info = lab.wait(task, timeout=30)
+        p.kill()
+        p.wait(10)
+        (job,) = lab.jobs(task)
+        assert info["state"] == "failed" and job["error_category"] == "system"
+        assert "lost heartbeat: no word from its pilot for over 3 s" in job["error_message"]
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
