@@ -297,9 +297,10 @@ def make_sample(
     Deterministic for a given ``seed``; file ``i`` has runs ``1000 + i``. ``basket_events`` sets
     the basket (and so the chunking cluster) size without changing the events. ``compression``
     is passed to ``uproot.recreate`` (``None`` writes uncompressed baskets: faster to write and
-    read, about twice the size); compressing takes most of the writing time.
+    read, about twice the size); compressing takes most of the writing time.  The paths
+    returned are absolute: jobs read them from other working directories.
     """
-    outdir = Path(outdir)
+    outdir = Path(outdir).resolve()
     outdir.mkdir(parents=True, exist_ok=True)
     return [
         write_file(outdir / f"dimuon_{i:03d}.root", i, events, seed, basket_events, compression)

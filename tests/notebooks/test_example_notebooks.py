@@ -1,0 +1,107 @@
+"""Every example notebook runs top to bottom on the embedded default, through nbclient and
+a real kernel, and says what it should (not only 'no error')."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from harness import ServerProcess
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "example_notebooks"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.fixture(scope="module")
+def nb_home(tmp_path_factory):
+    """The local server a notebook's ``panda_lab.connect()`` finds (PANDA_LAB_HOME)."""
+    home = tmp_path_factory.mktemp("home")
+    server = ServerProcess(home).start()
+    yield home
+    server.stop()
+
+
+def run(name: str, home: Path, workdir: Path, monkeypatch) -> tuple[nbformat.NotebookNode, float]:
+    monkeypatch.setenv("PANDA_LAB_HOME", str(home))
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    client = NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}})
+    start = time.monotonic()
+    client.execute()
+    took = time.monotonic() - start
+    print(f"{name}: {took:.1f} s")
+    return nb, took
+
+
+def texts(cell) -> str:
+    """Everything a cell printed or showed as text."""
+    out = []
+    for o in cell.get("outputs", []):
+        if o["output_type"] == "stream":
+            out.append(o["text"])
+        elif o["output_type"] in ("execute_result", "display_data"):
+            out.append(o["data"].get("text/plain", ""))
+        elif o["output_type"] == "error":
+            out.append(f"{o['ename']}: {o['evalue']}")
+    return "".join(out)
+
+
+def cell_with(nb, needle: str):
+    return next(c for c in nb.cells if c.cell_type == "code" and needle in c.source)
+
+
+def test_01_quickstart(nb_home, tmp_path, monkeypatch):
+    nb, _ = run("01-quickstart", nb_home, tmp_path, monkeypatch)
+    assert "LOCAL-GRID" in texts(nb.cells[1])
+    out = texts(cell_with(nb, "with lab.executor"))
+    assert re.search(r"pt = 5\.0 GeV, computed at LOCAL-(GRID|CLOUD|HPC)", out)
+    assert "map: [1.414, 10.0, 13.0]" in out
+    assert "sum of squares below 100: 328350" in texts(cell_with(nb, "total.compute"))
+    assert "quickstart" in texts(cell_with(nb, "lab.tasks()"))
+
+
+def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch):
+    nb, _ = run("02-dimuon-analysis", nb_home, tmp_path, monkeypatch)
+    shown = cell_with(nb, "task = lab.analyze").outputs[0]["data"]
+    assert WIDGET in shown and "dimuon-notebook" in shown["text/plain"]
+    assert "1,000,000 events" in texts(cell_with(nb, "result = task.result()"))
+    fit = texts(cell_with(nb, "curve_fit"))
+    mass = float(re.search(r"Z mass: ([\d.]+) ±", fit).group(1))
+    assert abs(mass - 91.19) < 0.3, fit
+    plot = cell_with(nb, "plt.subplots")
+    assert any("image/png" in o.get("data", {}) for o in plot.outputs)
+    assert "done" in texts(cell_with(nb, "task.report()"))
+
+
+def test_03_cells_as_jobs(nb_home, tmp_path, monkeypatch):
+    nb, _ = run("03-cells-as-jobs", nb_home, tmp_path, monkeypatch)
+    out = texts(cell_with(nb, "%%panda --name count-muons"))
+    assert "dimuon_000.root:" in out and "dimuon_001.root:" in out
+    back = texts(cell_with(nb, "back in the notebook"))
+    n_pass = int(re.search(r"back in the notebook: (\d+)", back).group(1))
+    assert n_pass > 1000
+    par = texts(cell_with(nb, "--parallel 2"))
+    assert "[0] job 0 of 2: 1 file(s)" in par and "[1] job 1 of 2: 1 file(s)" in par
+    assert "same as before: True" in texts(cell_with(nb, "same as before"))
+    oops = cell_with(nb, "no-such-file.root")
+    error = next(o for o in oops.outputs if o["output_type"] == "error")
+    assert error["ename"] == "FileNotFoundError"
+    assert "<panda cell>" in "\n".join(error["traceback"])
+    assert "slow_answer = 42" in texts(cell_with(nb, "%panda_attach slow-cell"))
+
+
+def test_04_sites_and_failures(nb_home, tmp_path, monkeypatch):
+    nb, _ = run("04-sites-and-failures", nb_home, tmp_path, monkeypatch)
+    sites = texts(nb.cells[1])
+    for kind in ("grid", "cloud", "hpc"):
+        assert kind in sites
+    assert "killed pilot" in texts(cell_with(nb, "os.kill"))
+    assert "done - 30 results, all correct: True" in texts(cell_with(nb, "task.wait"))
+    attempts = texts(cell_with(nb, "mine = attempts"))
+    assert "ended (killed by signa" in attempts                   # pandas cuts the text
+    assert "avoided" in texts(cell_with(nb, "broker_info"))
+    assert "lost" in texts(cell_with(nb, "pd.DataFrame(lab.pilots())"))
