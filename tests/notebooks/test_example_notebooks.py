@@ -68,7 +68,7 @@ def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch):
     nb, _ = run("02-dimuon-analysis", nb_home, tmp_path, monkeypatch)
     shown = cell_with(nb, "task = lab.analyze").outputs[0]["data"]
     assert WIDGET in shown and "dimuon-notebook" in shown["text/plain"]
-    assert "1,000,000 events" in texts(cell_with(nb, "result = task.result()"))
+    assert "4,000,000 events" in texts(cell_with(nb, "result = task.result()"))
     fit = texts(cell_with(nb, "curve_fit"))
     mass = float(re.search(r"Z mass: ([\d.]+) ±", fit).group(1))
     assert abs(mass - 91.19) < 0.3, fit

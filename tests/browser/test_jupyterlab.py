@@ -1,0 +1,60 @@
+"""What a person sees: the dimuon notebook run in JupyterLab, its monitor filling in."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "example_notebooks" / "02-dimuon-analysis.ipynb"
+
+
+def test_dimuon_notebook_runs_in_jupyterlab_and_its_monitor_fills_in(chromium, lab_server,
+                                                                     artifacts):
+    shutil.copy(NOTEBOOK, lab_server["work"] / NOTEBOOK.name)
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{lab_server['url']}/lab/tree/{NOTEBOOK.name}?token={lab_server['token']}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    # the notebook's kernel started and idle (the app is exposed for tests only)
+    page.wait_for_function("""() => {
+        const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        const k = w && w.sessionContext && w.sessionContext.session
+                  && w.sessionContext.session.kernel;
+        return k && k.connectionStatus === 'connected' && k.status === 'idle';
+    }""", timeout=90_000)
+    # every picture the monitor shows, caught as the browser swaps it in
+    page.evaluate("""() => {
+        window.__histograms = new Set();
+        const note = img => img.closest('.panda-task-monitor') && img.src
+                            && window.__histograms.add(img.src);
+        new MutationObserver(records => records.forEach(r => {
+            if (r.type === 'attributes') note(r.target);
+            r.addedNodes && r.addedNodes.forEach(n => n.querySelectorAll
+                && n.querySelectorAll('img').forEach(note));
+        })).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                    attributeFilter: ['src']});
+    }""")
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+    monitor = page.locator(".panda-task-monitor").first
+    try:
+        monitor.wait_for(timeout=120_000)
+    except Exception:
+        page.screenshot(path=str(artifacts / "jupyterlab-no-monitor.png"), full_page=True)
+        raise
+    monitor.locator(".panda-counts:has-text('(100%)')").wait_for(timeout=120_000)
+    seen = page.evaluate("window.__histograms.size")
+    monitor.screenshot(path=str(artifacts / "jupyterlab-dimuon-monitor.png"))
+    counts = monitor.locator(".panda-counts").inner_text()
+    assert "4,000,000 / 4,000,000 events (100%)" in counts
+    assert monitor.locator(".panda-state").inner_text() == "done"
+    bar = monitor.locator(".widget-hprogress .progress-bar")
+    assert bar.evaluate("e => e.style.width") == "100%"
+    assert "progress-bar-success" in bar.get_attribute("class")
+    assert seen >= 2, "the histogram did not change while the analysis ran"
+    # the rest of the notebook ran too: the fit and its plot
+    page.wait_for_selector("text=Z mass:", timeout=120_000)
+    fit = page.locator(".jp-OutputArea-output:has-text('Z mass:')").first.inner_text()
+    assert "(PDG: 91.19)" in fit
+    page.locator(".jp-RenderedImage img").first.wait_for()
+    page.screenshot(path=str(artifacts / "jupyterlab-dimuon-end.png"))
