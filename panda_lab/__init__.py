@@ -48,5 +48,14 @@ def load_ipython_extension(ipython: Any) -> None:
     load(ipython)
 
 
+def _jupyter_server_extension_points() -> list[dict]:
+    """The jupyter_server extension behind the JupyterLab panel (``/panda-lab/...``)."""
+    return [{"module": "panda_lab.jupyter.server_extension"}]
+
+
+def _jupyter_labextension_paths() -> list[dict]:
+    return [{"src": "labextension", "dest": "panda-lab"}]
+
+
 def __dir__() -> list[str]:
     return __all__

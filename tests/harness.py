@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -175,3 +176,63 @@ c.LocalBackend.clusters_directory = {str(self.dir / "clusters")!r}
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+class JupyterServer:
+    """A real ``jupyter lab`` (or plain ``jupyter server``) whose kernels and server
+    extension find the panda-lab server of ``panda_home``."""
+
+    def __init__(self, panda_home: Path, workdir: Path, app: str = "jupyterlab") -> None:
+        self.panda_home, self.workdir, self.app = panda_home, workdir, app
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> JupyterServer:
+        cfg = self.workdir / ".jupyter-config"
+        # no "would you like news?" popup over what the screenshots show
+        notes = cfg / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+        notes.mkdir(parents=True, exist_ok=True)
+        (notes / "notification.jupyterlab-settings").write_text(
+            '{"fetchNews": "false", "checkForUpdates": false}')
+        env = dict(os.environ, PANDA_LAB_HOME=str(self.panda_home),
+                   JUPYTER_CONFIG_DIR=str(cfg), JUPYTER_RUNTIME_DIR=str(cfg / "runtime"))
+        args = [sys.executable, "-m", self.app, "--no-browser", "--allow-root",
+                f"--ServerApp.port={self.port}", "--ServerApp.ip=127.0.0.1",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={self.workdir}"]
+        if self.app == "jupyterlab":
+            args += ["--LabApp.news_url=",
+                     "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                     "--LabApp.expose_app_in_browser=True"]
+        self.log = open(self.workdir / f"{self.app}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up() -> bool:
+            import urllib.request
+
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.app} exited: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}",
+                                            timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout, interval=0.2, what=f"{self.app} up")
+        return self
+
+    def log_tail(self, n: int = 3000) -> str:
+        return (self.workdir / f"{self.app}.log").read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.log.close()

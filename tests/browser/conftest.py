@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import ServerProcess, free_port, wait_for
+from harness import JupyterServer, ServerProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -45,36 +41,12 @@ def lab_server(tmp_path):
     panda = ServerProcess(home).start()
     work = tmp_path / "work"
     work.mkdir()
-    port, token = free_port(), secrets.token_hex(16)
-    env = dict(os.environ, PANDA_LAB_HOME=str(home), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
-    log = open(tmp_path / "jupyterlab.log", "ab")  # noqa: SIM115
-    jlab = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-         f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--LabApp.expose_app_in_browser=True"],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
+    jlab = JupyterServer(home, work).start()
     try:
-        wait_for(up, 60, interval=0.2, what="jupyter lab up")
-        yield {"url": url, "token": token, "work": work, "panda": panda}
+        yield {"url": jlab.url, "token": jlab.token, "work": work, "panda": panda,
+               "jupyter": jlab}
     finally:
-        jlab.terminate()
-        try:
-            jlab.wait(15)
-        except subprocess.TimeoutExpired:
-            jlab.kill()
-        log.close()
+        jlab.stop()
         panda.stop()
 
 

@@ -1,0 +1,220 @@
+"""The jupyter_server extension behind the JupyterLab panel: ``/panda-lab/...``.
+
+Every endpoint is an authenticated Jupyter API handler: the browser speaks only to
+Jupyter, with Jupyter's own login, and the extension speaks to the panda-lab server found
+through the connection file of ``PANDA_LAB_HOME`` (the same server a notebook's
+``panda_lab.connect()`` finds), with the user token from that file.  The panel's logic
+lives here, behind a small REST API, so the TypeScript side stays a thin view that
+survives JupyterLab upgrades.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado.iostream import StreamClosedError
+
+from panda_lab import runtime
+from panda_lab.jupyter.snapshot import group_errors
+
+PREFIX = "panda-lab"
+
+
+class ServerDown(Exception):
+    """No panda-lab server answers for this home."""
+
+
+class PandaLink:
+    """The way to the panda-lab server; the connection file is read on every call, so a
+    server started, stopped or restarted after Jupyter is found."""
+
+    def __init__(self, home: str | None = None) -> None:
+        self.home = runtime.home(home)
+
+    def connection(self) -> dict:
+        info = runtime.read_connection(self.home)
+        if not info:
+            raise ServerDown(f"no panda-lab server has run for {self.home}")
+        return info
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        info = self.connection()
+        headers = {"Authorization": f"Bearer {info['user_token']}"}
+        try:
+            async with httpx.AsyncClient(base_url=info["url"], timeout=30) as client:
+                r = await client.request(method, path, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerDown(f"the panda-lab server at {info['url']} does not answer "
+                             f"({type(exc).__name__})") from None
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise tornado.web.HTTPError(r.status_code, reason=str(detail)[:200])
+        return r.json()
+
+
+class PandaHandler(APIHandler):
+    """Base: answers JSON, and 503 with ``running: false`` when the server is down."""
+
+    @property
+    def link(self) -> PandaLink:
+        return self.settings["panda_lab_link"]
+
+    async def answer(self, make: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            body = await make()
+        except ServerDown as exc:
+            self.set_status(503)
+            body = {"running": False, "message": str(exc),
+                    "hint": "start it from the panel, or run `panda-lab server start`"}
+        self.finish(json.dumps(body))
+
+
+class StatusHandler(PandaHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        async def status() -> dict:
+            info = await self.link.request("GET", "/api/info")
+            return {"running": True, "url": self.link.connection()["url"],
+                    "home": str(self.link.home), **info}
+        await self.answer(status)
+
+
+class StartHandler(PandaHandler):
+    """Start the local server of this home (SQLite, local sites), as `server start` does."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        from panda_lab.server.main import start_detached
+
+        home = self.link.home
+        try:
+            await asyncio.to_thread(start_detached, home)  # returns at once if one runs
+        except Exception as exc:
+            raise tornado.web.HTTPError(500, reason=f"could not start: {exc}") from exc
+        info = self.link.connection()
+        self.finish(json.dumps({"running": True, "url": info["url"], "home": str(home)}))
+
+
+class TasksHandler(PandaHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        limit = int(self.get_argument("limit", "50"))
+        await self.answer(lambda: self.link.request("GET", "/api/tasks",
+                                                     params={"limit": limit}))
+
+
+class TaskHandler(PandaHandler):
+    """A task as the panel shows it: its record, jobs per site and state, and its failed
+    attempts grouped by category and message (with an example job to open)."""
+
+    @tornado.web.authenticated
+    async def get(self, task: str) -> None:
+        async def summary() -> dict:
+            info = await self.link.request("GET", f"/api/tasks/{task}")
+            errors = []
+            if info["attempts_by_state"].get("failed"):
+                failed = await self.link.request(
+                    "GET", f"/api/tasks/{task}/jobs",
+                    params={"all_attempts": "true", "state": "failed"})
+                errors = [g.__dict__ for g in group_errors(failed)]
+            return {**info, "errors": errors}
+        await self.answer(summary)
+
+
+class TaskActionHandler(PandaHandler):
+    @tornado.web.authenticated
+    async def post(self, task: str, action: str) -> None:
+        await self.answer(lambda: self.link.request("POST", f"/api/tasks/{task}/{action}"))
+
+
+class JobHandler(PandaHandler):
+    """One attempt: its brokerage decision, status history, output tails and traceback."""
+
+    @tornado.web.authenticated
+    async def get(self, job: str) -> None:
+        await self.answer(lambda: self.link.request("GET", f"/api/jobs/{job}"))
+
+
+class SitesHandler(PandaHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.answer(lambda: self.link.request("GET", "/api/sites"))
+
+
+class CountsHandler(PandaHandler):
+    """What the status bar shows: jobs running and queued now over all sites, and the
+    failed attempts of the recent tasks."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        async def counts() -> dict:
+            sites, tasks = await asyncio.gather(
+                self.link.request("GET", "/api/sites"),
+                self.link.request("GET", "/api/tasks", params={"limit": 50}))
+            return {"running": sum(s["running"] for s in sites),
+                    "queued": sum(s["queued"] for s in sites),
+                    "failed": sum(t["attempts_by_state"].get("failed", 0) for t in tasks)}
+        await self.answer(counts)
+
+
+class EventsHandler(PandaHandler):
+    """The server's event stream (Server-Sent Events), passed through as it comes."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        try:
+            info = self.link.connection()
+        except ServerDown as exc:
+            raise tornado.web.HTTPError(503, reason=str(exc)) from None
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        params = {"ping": "5"}
+        if self.get_argument("tasks", None):
+            params["tasks"] = self.get_argument("tasks")
+        headers = {"Authorization": f"Bearer {info['user_token']}"}
+        try:
+            async with httpx.AsyncClient(base_url=info["url"], timeout=None) as client, \
+                    client.stream("GET", "/api/events", params=params,
+                                  headers=headers) as r:
+                async for chunk in r.aiter_raw():
+                    self.write(chunk)
+                    await self.flush()
+        except (StreamClosedError, asyncio.CancelledError):
+            return  # the browser went away
+        except httpx.TransportError:
+            pass  # the server went away: the browser's EventSource reconnects
+        self.finish()
+
+
+#: Every route of the extension: the auth test walks this list.
+ROUTES = [
+    (r"/status", StatusHandler),
+    (r"/start", StartHandler),
+    (r"/tasks", TasksHandler),
+    (r"/tasks/(\d+)", TaskHandler),
+    (r"/tasks/(\d+)/(kill|retry)", TaskActionHandler),
+    (r"/jobs/(\d+)", JobHandler),
+    (r"/sites", SitesHandler),
+    (r"/counts", CountsHandler),
+    (r"/events", EventsHandler),
+]
+
+
+def _load_jupyter_server_extension(server_app: Any) -> None:
+    web_app = server_app.web_app
+    base = url_path_join(web_app.settings["base_url"], PREFIX)
+    web_app.settings["panda_lab_link"] = PandaLink()
+    web_app.add_handlers(".*$", [(url_path_join(base, pattern), handler)
+                                 for pattern, handler in ROUTES])
+    server_app.log.info("panda-lab: panel API at %s, server home %s", base,
+                        web_app.settings["panda_lab_link"].home)
