@@ -1,0 +1,130 @@
+"""The PanDA side panel in a real JupyterLab, against a real panda-lab server."""
+
+from __future__ import annotations
+
+import time
+
+from harness import wait_for
+
+NOTEBOOK_CODE = """\
+import time
+import panda_lab
+lab = panda_lab.connect()
+def nap(t):
+    time.sleep(t)
+    return t
+task_id = lab.submit(nap, [(0.4,)] * 12, name="from-notebook")
+print("submitted", task_id, time.time())
+"""
+
+
+def run_in_notebook(page, code: str) -> None:
+    """Put ``code`` in the active cell of the open notebook and run it."""
+    page.evaluate("""code => {
+        const nb = window.jupyterapp.shell.currentWidget.content;
+        nb.activeCell.model.sharedModel.setSource(code);
+        return window.jupyterapp.commands.execute('notebook:run-cell');
+    }""", code)
+
+
+def test_the_panel_follows_a_notebooks_task_and_kills_and_inserts(chromium, lab_server,
+                                                                   artifacts):
+    lab = lab_server["panda"].lab()
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{lab_server['url']}/lab?token={lab_server['token']}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell")
+
+    # the panel's tab is in the left sidebar; the status bar shows the counts
+    tab = page.locator(".lm-TabBar-tab[data-id='panda-lab-panel']")
+    tab.wait_for()
+    tab.click()
+    panel = page.locator(".panda-lab-panel")
+    panel.locator(".panda-header:has-text('panda-lab')").wait_for()
+    assert "LOCAL-GRID" in panel.locator(".panda-site-row").first.inner_text() or \
+        panel.locator(".panda-site-row[data-site='LOCAL-GRID']").count() == 1
+    page.locator(".panda-status-item:has-text('running')").wait_for()
+
+    # a task submitted from a notebook shows up, and its progress moves
+    page.evaluate("window.jupyterapp.commands.execute('notebook:create-new', "
+                  "{kernelName: 'python3'})")
+    page.wait_for_function("""() => {
+        const w = window.jupyterapp.shell.currentWidget;
+        const k = w && w.sessionContext && w.sessionContext.session
+                  && w.sessionContext.session.kernel;
+        return k && k.connectionStatus === 'connected' && k.status === 'idle';
+    }""", timeout=90_000)
+    run_in_notebook(page, NOTEBOOK_CODE)
+    page.locator(".jp-OutputArea-output:has-text('submitted')").wait_for()
+    printed = page.locator(".jp-OutputArea-output:has-text('submitted')").inner_text().split()
+    task_id = int(printed[1])
+    row = panel.locator(f".panda-task-row[data-task-id='{task_id}']")
+    row.wait_for(timeout=1_000)           # within 1 s of the cell's output
+    progress = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        progress.add(row.locator(".panda-progress").inner_text())
+        if row.get_attribute("data-state") == "done":
+            break
+        time.sleep(0.1)
+    progress.add(row.locator(".panda-progress").inner_text())
+    assert "12/12" in progress and len(progress) >= 3, progress
+    page.screenshot(path=str(artifacts / "panel-task-done.png"))
+
+    # open the task: jobs per site; insert its handle into the notebook
+    row.click()
+    detail = panel.locator(f".panda-task-detail[data-task-id='{task_id}']")
+    detail.wait_for()
+    assert "LOCAL-" in detail.locator(".panda-jobs-by-site").inner_text()
+    detail.locator(".panda-insert").click()
+    page.wait_for_function("""id => window.jupyterapp.shell.currentWidget.content.model
+        .cells.get(1).sharedModel.getSource() === `task = lab.task(${id})`""", arg=task_id)
+
+    # kill a long task from the panel: it stops on the server
+    long_task = lab.submit(_sleep, [(30.0,)] * 4, name="to-kill", retries=0)
+    wait_for(lambda: any(j["state"] == "running" for j in lab.jobs(long_task)), 30,
+             what="the long task running")
+    long_row = panel.locator(f".panda-task-row[data-task-id='{long_task}']")
+    long_row.click()
+    kill = panel.locator(f".panda-task-detail[data-task-id='{long_task}'] .panda-kill")
+    kill.click()
+    wait_for(lambda: lab.task_info(long_task)["state"] == "aborted", 10,
+             what="the task aborted on the server")
+    assert {j["state"] for j in lab.jobs(long_task)} == {"cancelled"}
+    page.locator(f".panda-task-row[data-task-id='{long_task}'][data-state='aborted']").wait_for()
+    page.screenshot(path=str(artifacts / "panel-killed.png"))
+
+
+def _sleep(t):
+    import time
+
+    time.sleep(t)
+    return t
+
+
+def test_with_no_server_the_panel_offers_to_start_one(chromium, tmp_path, artifacts):
+    from harness import JupyterServer
+
+    from panda_lab.cli.main import main as cli
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    jupyter = JupyterServer(home, work).start()
+    try:
+        page = chromium.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(f"{jupyter.url}/lab?token={jupyter.token}")
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell")
+        page.locator(".lm-TabBar-tab[data-id='panda-lab-panel']").click()
+        down = page.locator(".panda-lab-panel .panda-server-down")
+        down.wait_for()
+        assert "no panda-lab server" in down.inner_text()
+        page.locator(".panda-status-item:has-text('no server')").wait_for()
+        page.screenshot(path=str(artifacts / "panel-no-server.png"))
+        down.locator(".panda-start").click()
+        page.locator(".panda-lab-panel .panda-site-row[data-site='LOCAL-GRID']").wait_for(
+            timeout=90_000)
+    finally:
+        jupyter.stop()
+        cli(["--home", str(home), "server", "stop"])
