@@ -250,6 +250,21 @@ class PandaPanel extends Widget {
     };
     buttons.append(kill, retry, insert);
     box.appendChild(buttons);
+    if (t.jobs && t.jobs.length) {
+      box.appendChild(el('h4', '', 'Jobs (latest attempts; open one for its brokerage)'));
+      const list = el('div', 'panda-job-list');
+      for (const j of t.jobs) {
+        const link = el('a', `panda-open-job panda-state-${j.state}`,
+          `#${j.job_index} ${j.state}${j.site ? ' @' + j.site : ''}`);
+        link.dataset.jobId = String(j.id);
+        link.onclick = () => void this.showJob(j.id);
+        list.append(link, document.createTextNode(' '));
+      }
+      if (t.n_jobs_listed > t.jobs.length) {
+        list.appendChild(el('span', '', `… ${t.n_jobs_listed - t.jobs.length} more`));
+      }
+      box.appendChild(list);
+    }
     if (t.errors && t.errors.length) {
       box.appendChild(el('h4', '', 'Errors'));
       for (const g of t.errors) {

@@ -117,17 +117,24 @@ class TaskHandler(PandaHandler):
     """A task as the panel shows it: its record, jobs per site and state, and its failed
     attempts grouped by category and message (with an example job to open)."""
 
+    #: Jobs listed with a task (each opens to its brokerage decision and logs).
+    JOBS_SHOWN = 50
+
     @tornado.web.authenticated
     async def get(self, task: str) -> None:
         async def summary() -> dict:
-            info = await self.link.request("GET", f"/api/tasks/{task}")
+            info, jobs = await asyncio.gather(
+                self.link.request("GET", f"/api/tasks/{task}"),
+                self.link.request("GET", f"/api/tasks/{task}/jobs"))
             errors = []
             if info["attempts_by_state"].get("failed"):
                 failed = await self.link.request(
                     "GET", f"/api/tasks/{task}/jobs",
                     params={"all_attempts": "true", "state": "failed"})
                 errors = [g.__dict__ for g in group_errors(failed)]
-            return {**info, "errors": errors}
+            shown = [{k: j[k] for k in ("id", "job_index", "attempt", "state", "site")}
+                     for j in jobs[: self.JOBS_SHOWN]]
+            return {**info, "errors": errors, "jobs": shown, "n_jobs_listed": len(jobs)}
         await self.answer(summary)
 
 

@@ -76,6 +76,11 @@ def test_the_panel_follows_a_notebooks_task_and_kills_and_inserts(chromium, lab_
     detail = panel.locator(f".panda-task-detail[data-task-id='{task_id}']")
     detail.wait_for()
     assert "LOCAL-" in detail.locator(".panda-jobs-by-site").inner_text()
+    detail.locator(".panda-open-job").first.click()          # a job's brokerage decision
+    job = panel.locator(".panda-job-detail")
+    job.wait_for()
+    assert "finished at LOCAL-" in job.inner_text()
+    assert '"picked"' in job.locator(".panda-broker").inner_text()
     detail.locator(".panda-insert").click()
     page.wait_for_function("""id => window.jupyterapp.shell.currentWidget.content.model
         .cells.get(1).sharedModel.getSource() === `task = lab.task(${id})`""", arg=task_id)

@@ -81,11 +81,12 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         detail = c.get(f"/tasks/{task}").json()
         assert detail["state"] == "finished"
         assert sum(sum(s.values()) for s in detail["jobs_by_site"].values()) == 4
+        assert sorted(j["job_index"] for j in detail["jobs"]) == [0, 1, 2, 3]
         (group,) = detail["errors"]
         assert group["count"] == 1 and "two is bad" in group["message"]
         job = c.get(f"/jobs/{group['example_job']}").json()
         assert job["state"] == "failed" and "two is bad" in job["error_traceback"]
-        assert "chosen" in job["broker_info"] or job["broker_info"]
+        assert job["broker_info"]["picked"] == job["site"]
         sites = c.get("/sites").json()
         assert {s["name"] for s in sites} == {"LOCAL-GRID", "LOCAL-CLOUD", "LOCAL-HPC"}
         counts = c.get("/counts").json()
