@@ -206,6 +206,8 @@ class JupyterServer:
             args += ["--LabApp.news_url=",
                      "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                      "--LabApp.expose_app_in_browser=True"]
+        elif self.app == "notebook":  # Notebook 7
+            args += ["--JupyterNotebookApp.expose_app_in_browser=True"]
         self.log = open(self.workdir / f"{self.app}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

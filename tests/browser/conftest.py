@@ -33,15 +33,16 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture
-def lab_server(tmp_path):
-    """A panda-lab server, and a JupyterLab whose kernels find it (PANDA_LAB_HOME)."""
+@pytest.fixture(params=["jupyterlab"])
+def lab_server(request, tmp_path):
+    """A panda-lab server, and a JupyterLab (or, where a test asks, Notebook 7) whose
+    kernels find it (PANDA_LAB_HOME)."""
     home = tmp_path / "home"
     home.mkdir()
     panda = ServerProcess(home).start()
     work = tmp_path / "work"
     work.mkdir()
-    jlab = JupyterServer(home, work).start()
+    jlab = JupyterServer(home, work, app=request.param).start()
     try:
         yield {"url": jlab.url, "token": jlab.token, "work": work, "panda": panda,
                "jupyter": jlab}

@@ -1,19 +1,24 @@
-"""What a person sees: the dimuon notebook run in JupyterLab, its monitor filling in."""
+"""What a person sees: the dimuon notebook run in JupyterLab and in Notebook 7, its monitor
+filling in."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "example_notebooks" / "02-dimuon-analysis.ipynb"
 
 
-def test_dimuon_notebook_runs_in_jupyterlab_and_its_monitor_fills_in(chromium, lab_server,
-                                                                     artifacts):
+@pytest.mark.parametrize("lab_server", ["jupyterlab", "notebook"], indirect=True)
+def test_dimuon_notebook_runs_and_its_monitor_fills_in(chromium, lab_server, artifacts):
+    app = lab_server["jupyter"].app
+    route = "lab/tree" if app == "jupyterlab" else "notebooks"
     shutil.copy(NOTEBOOK, lab_server["work"] / NOTEBOOK.name)
     page = chromium.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
-    page.goto(f"{lab_server['url']}/lab/tree/{NOTEBOOK.name}?token={lab_server['token']}")
+    page.goto(f"{lab_server['url']}/{route}/{NOTEBOOK.name}?token={lab_server['token']}")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     # the notebook's kernel started and idle (the app is exposed for tests only)
     page.wait_for_function("""() => {
@@ -40,11 +45,11 @@ def test_dimuon_notebook_runs_in_jupyterlab_and_its_monitor_fills_in(chromium, l
     try:
         monitor.wait_for(timeout=120_000)
     except Exception:
-        page.screenshot(path=str(artifacts / "jupyterlab-no-monitor.png"), full_page=True)
+        page.screenshot(path=str(artifacts / f"{app}-no-monitor.png"), full_page=True)
         raise
     monitor.locator(".panda-counts:has-text('(100%)')").wait_for(timeout=120_000)
     seen = page.evaluate("window.__histograms.size")
-    monitor.screenshot(path=str(artifacts / "jupyterlab-dimuon-monitor.png"))
+    monitor.screenshot(path=str(artifacts / f"{app}-dimuon-monitor.png"))
     counts = monitor.locator(".panda-counts").inner_text()
     assert "4,000,000 / 4,000,000 events (100%)" in counts
     assert monitor.locator(".panda-state").inner_text() == "done"
@@ -57,4 +62,4 @@ def test_dimuon_notebook_runs_in_jupyterlab_and_its_monitor_fills_in(chromium, l
     fit = page.locator(".jp-OutputArea-output:has-text('Z mass:')").first.inner_text()
     assert "(PDG: 91.19)" in fit
     page.locator(".jp-RenderedImage img").first.wait_for()
-    page.screenshot(path=str(artifacts / "jupyterlab-dimuon-end.png"))
+    page.screenshot(path=str(artifacts / f"{app}-dimuon-end.png"))
