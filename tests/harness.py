@@ -238,3 +238,63 @@ class JupyterServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
             self.log.close()
+
+
+class RangeFileServer:
+    """Files over HTTP with byte ranges (what uproot's HTTP source asks for), from a
+    thread of the test process: a storage endpoint that is only reachable by URL."""
+
+    def __init__(self, directory: Path) -> None:
+        import functools
+        import http.server
+
+        self.hits = 0
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def send_head(self):
+                import re
+
+                path = self.translate_path(self.path)
+                if not os.path.isfile(path):
+                    self.send_error(404)
+                    return None
+                outer.hits += 1
+                size = os.path.getsize(path)
+                f = open(path, "rb")  # noqa: SIM115 - closed by http.server
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+                if m:
+                    start, end = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                    f.seek(start)
+                    self.left = end - start + 1
+                else:  # no range, or several: the whole file
+                    self.send_response(200)
+                    self.left = size
+                self.send_header("Content-Length", str(self.left))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                return f
+
+            def copyfile(self, source, outputfile) -> None:
+                while self.left > 0:
+                    buf = source.read(min(1 << 16, self.left))
+                    if not buf:
+                        break
+                    outputfile.write(buf)
+                    self.left -= len(buf)
+
+        import threading
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

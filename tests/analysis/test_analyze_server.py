@@ -269,3 +269,25 @@ def test_partial_results_flow_through_the_event_stream(alab, data):
     assert seen and seen[-1]["events"] == 180_000 and seen[-1]["task"] == task.id
     events = [m["events"] for m in seen]
     assert events == sorted(events)
+
+
+def test_files_read_over_http_give_the_same_result(alab, data, expected):
+    """Files registered by URL (an HTTP endpoint with byte ranges): registration reads
+    their metadata, and the pilots read the chunks over HTTP."""
+    from harness import RangeFileServer
+
+    web = RangeFileServer(data[0].parent)
+    try:
+        urls = [f"{web.url}/{p.name}" for p in data]
+        ds = alab.datasets.register("over-http", urls, replace=True, endpoint="web")
+        assert ds.n_events == 180_000
+        files = ds.files_frame()
+        assert list(files["path"]) == urls
+        hits = web.hits
+        task = alab.analyze(process, ds, name="over-http", events_per_job=30_000)
+        result = task.result(timeout=120)
+        assert (result["mass"].values() == expected.values()).all()
+        assert web.hits > hits + 6          # the jobs read from the endpoint, not from disk
+        assert set(task.report()["status"]) == {"done"}
+    finally:
+        web.stop()
