@@ -63,6 +63,14 @@ def server(home):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One real server (three local sites, three pilots) shared by the tests of a module."""
+    s = ServerProcess(tmp_path_factory.mktemp("home")).start()
+    yield s
+    s.stop()
+
+
 @pytest.fixture
 def lab(server):
     lab = server.lab()

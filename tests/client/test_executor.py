@@ -204,13 +204,13 @@ def test_options_reach_the_jobs(mlab):
     assert (full["max_attempts"], full["priority"], full["walltime_s"]) == (5, 7, 30.0)
 
 
-def test_environment_mismatch_warns(mlab, shared_server):
+def test_environment_mismatch_warns(mlab, module_server):
     """A pilot whose reported versions differ from the client's triggers one clear warning."""
     import socket
 
     from panda_lab.http import ApiClient
 
-    pilot_api = ApiClient(shared_server.info["url"], shared_server.info["pilot_token"])
+    pilot_api = ApiClient(module_server.info["url"], module_server.info["pilot_token"])
     env = panda_lab.payload.environment() | {"numpy": "0.0.1"}
     pilot_api.post("/api/pilot/register", {"site": "LOCAL-CLOUD", "host": socket.gethostname(),
                                            "pid": 1, "info": {"environment": env}})

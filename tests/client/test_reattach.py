@@ -27,10 +27,10 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def test_kill_client_mid_task_then_reattach(mlab, shared_server, tmp_path):
+def test_kill_client_mid_task_then_reattach(mlab, module_server, tmp_path):
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
-    env = dict(os.environ, PANDA_LAB_HOME=str(shared_server.home))
+    env = dict(os.environ, PANDA_LAB_HOME=str(module_server.home))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                             env=env)
     task_id = int(proc.stdout.readline())

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from harness import ServerProcess
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "example_notebooks"
@@ -17,12 +16,9 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 @pytest.fixture(scope="module")
-def nb_home(tmp_path_factory):
+def nb_home(module_server):
     """The local server a notebook's ``panda_lab.connect()`` finds (PANDA_LAB_HOME)."""
-    home = tmp_path_factory.mktemp("home")
-    server = ServerProcess(home).start()
-    yield home
-    server.stop()
+    return module_server.home
 
 
 def run(name: str, home: Path, workdir: Path, monkeypatch) -> tuple[nbformat.NotebookNode, float]:
