@@ -100,7 +100,11 @@ class TaskMonitor(w.VBox):
                           self.image, self.errors,
                           w.HBox([self.kill_button, self.retry_button, self.message])])
         self.add_class("panda-task-monitor")
-        self.refresh()
+        try:
+            self.refresh()
+        except Exception as exc:  # displaying a task must not raise: say why it is empty
+            self.title.value = f"<b>panda-lab task {task_id}</b>"
+            self.pace.value = f"<i>server unreachable ({html.escape(str(exc))})</i>"
         if start:
             self.start()
 
@@ -221,7 +225,10 @@ class LabMonitor(w.VBox):
         self._thread: threading.Thread | None = None
         super().__init__([self.header])
         self.add_class("panda-lab-monitor")
-        self.refresh()
+        try:
+            self.refresh()
+        except Exception as exc:  # the thread below keeps trying
+            self.header.value = f"<i>panda-lab unreachable ({html.escape(str(exc))})</i>"
         if start:
             self._thread = threading.Thread(target=self._follow, daemon=True,
                                             name="panda-lab-monitor")

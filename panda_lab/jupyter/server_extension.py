@@ -108,7 +108,10 @@ class StartHandler(PandaHandler):
 class TasksHandler(PandaHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        limit = int(self.get_argument("limit", "50"))
+        try:
+            limit = int(self.get_argument("limit", "50"))
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason="limit must be an integer") from None
         await self.answer(lambda: self.link.request("GET", "/api/tasks",
                                                      params={"limit": limit}))
 

@@ -160,3 +160,14 @@ def _quiet_widgets():
     import ipywidgets
 
     ipywidgets.Widget.close_all()
+
+
+def test_a_monitor_of_an_unreachable_server_says_so_instead_of_raising():
+    from panda_lab.client.session import Lab
+
+    lab = Lab("http://127.0.0.1:9", "no-token")           # nothing listens on port 9
+    m = TaskMonitor(lab, 1, start=False)
+    assert "server unreachable" in m.pace.value and m.snapshot is None
+    assert repr(m) == "<TaskMonitor 1>"
+    lm = LabMonitor(lab, start=False)
+    assert "unreachable" in lm.header.value

@@ -92,6 +92,7 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         counts = c.get("/counts").json()
         assert counts["failed"] >= 1 and counts["running"] >= 0
         assert c.get("/tasks/99999").status_code == 404
+        assert c.get("/tasks", params={"limit": "many"}).status_code == 400
 
 
 def test_kill_and_retry_go_through_to_the_server(setup):
