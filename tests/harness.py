@@ -249,6 +249,8 @@ class RangeFileServer:
         import http.server
 
         self.hits = 0
+        #: Set to answer every request with 503, as a storage endpoint in trouble.
+        self.down = False
         outer = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -259,6 +261,9 @@ class RangeFileServer:
                 import re
 
                 path = self.translate_path(self.path)
+                if outer.down:
+                    self.send_error(503)
+                    return None
                 if not os.path.isfile(path):
                     self.send_error(404)
                     return None

@@ -12,6 +12,7 @@ to another site, while an exception of the processor stays a user error, never r
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -52,8 +53,11 @@ def postprocess(processor: Any, result: Any) -> Any:
 def _open_any(
     chunk: dict, columns: list[str] | None, processor: Any, process: Callable
 ) -> tuple[Any, Chunk, float]:
-    """Read a chunk from the first replica that works."""
-    urls = [r["url"] for r in chunk.get("replicas") or []] or [chunk["path"]]
+    """Read a chunk from the first replica that works, those at the site's own storage
+    endpoint (``PANDA_LAB_ENDPOINT``, set by the pilot) first."""
+    near = os.environ.get("PANDA_LAB_ENDPOINT")
+    replicas = sorted(chunk.get("replicas") or [], key=lambda r: r["endpoint"] != near)
+    urls = [r["url"] for r in replicas] or [chunk["path"]]
     last: DataError | None = None
     for url in urls:
         c = Chunk(chunk["file_index"], url, chunk["tree"], chunk["start"], chunk["stop"])

@@ -76,17 +76,28 @@ class Datasets:
         self.lab = lab
 
     def register(self, name: str, files: str | Path | list, tree: str = "Events",
-                 replace: bool = False, endpoint: str = "local") -> Dataset:
-        """Register files (paths, globs or URLs) as a dataset; reads only their metadata."""
+                 replace: bool = False, endpoint: str = "local",
+                 replicas: dict[str, list[str]] | None = None) -> Dataset:
+        """Register files (paths, globs or URLs) as a dataset; reads only their metadata.
+
+        ``files`` are at storage ``endpoint``; ``replicas`` maps other endpoints to the
+        URLs of the same files, in the same order.  A job reads the replica at its site's
+        endpoint first (``endpoint =`` in sites.toml), then the others in turn."""
         from panda_lab.analysis.files import inspect_file
 
         paths = _expand(files)
+        for ep, urls in (replicas or {}).items():
+            if len(urls) != len(paths):
+                raise ValueError(f"replicas at {ep!r}: {len(urls)} URLs for {len(paths)} files;"
+                                 " give one per file, in the same order")
         with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
             infos = list(pool.map(lambda p: inspect_file(p, tree), paths))
         body = {"name": name, "tree": tree, "replace": replace, "files": [
             {"path": i.path, "tree": i.tree, "entries": i.entries, "size_bytes": i.size_bytes,
              "clusters": i.clusters, "branches": i.branches,
-             "replicas": [{"endpoint": endpoint, "url": i.path}]} for i in infos]}
+             "replicas": [{"endpoint": endpoint, "url": i.path}] + [
+                 {"endpoint": ep, "url": str(urls[k])} for ep, urls in (replicas or {}).items()]}
+            for k, i in enumerate(infos)]}
         self.lab.api.post("/api/datasets", body)
         return self.get(name)
 

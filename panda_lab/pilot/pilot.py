@@ -20,7 +20,7 @@ from multiprocessing.connection import wait as wait_any
 
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.payload import INLINE_LIMIT, environment
-from panda_lab.pilot.worker import Output, Worker
+from panda_lab.pilot.worker import LOCAL_ENDPOINT, Output, Worker
 
 log = logging.getLogger("panda_lab.pilot")
 
@@ -78,6 +78,10 @@ class Pilot:
             }})
         self.pilot_id = reply["pilot"]
         self.heartbeat_interval = float(reply["heartbeat_interval"])
+        if reply.get("endpoint"):
+            # An analysis job reads the replicas at this site's own endpoint first.
+            for w in self.workers:
+                w.set_env({LOCAL_ENDPOINT: reply["endpoint"]})
         self.last_contact = time.monotonic()
         log.info("pilot %d registered at site %s", self.pilot_id, self.opts.site)
 

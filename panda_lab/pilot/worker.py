@@ -8,6 +8,7 @@ never run in the pilot's own process.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import threading
 from collections import OrderedDict
@@ -17,6 +18,9 @@ from multiprocessing.connection import Connection
 from panda_lab.payload import Outcome, _Tail, run_call
 
 _CTX = mp.get_context("spawn")
+
+#: The environment variable naming the storage endpoint near the pilot's site.
+LOCAL_ENDPOINT = "PANDA_LAB_ENDPOINT"
 
 #: Seconds between two sends of a running job's output to the pilot.
 OUTPUT_INTERVAL = 0.5
@@ -99,6 +103,8 @@ def worker_main(conn: Connection) -> None:
                 ticker.watch(None)
             with lock:
                 conn.send((job_id, outcome))
+        elif kind == "env":  # what the pilot learnt at registration (its site's endpoint)
+            os.environ.update(msg[1])
         elif kind == "exit":
             return
 
@@ -113,6 +119,8 @@ class Worker:
         self.commons: set[int] = set()
         self.started_at = 0.0
         self.last_exit: int | None = None
+        #: Environment for the payloads, given to each worker process this handle starts.
+        self.env: dict[str, str] = {}
 
     def ensure(self) -> None:
         if self.proc is not None and self.proc.is_alive():
@@ -124,6 +132,14 @@ class Worker:
         child.close()
         self.conn = parent
         self.commons = set()
+        if self.env:
+            self.conn.send(("env", self.env))
+
+    def set_env(self, env: dict[str, str]) -> None:
+        """Environment for the payloads from now on (the worker may already run)."""
+        self.env.update(env)
+        if self.conn is not None and self.proc is not None and self.proc.is_alive():
+            self.conn.send(("env", env))
 
     @property
     def busy(self) -> bool:

@@ -34,8 +34,10 @@ async def register(request: Request, body: PilotRegister) -> dict:
     s = _server(request)
     pilot_id = await s.db(s.store.register_pilot, body.site, body.host, body.pid, body.slots,
                           body.info)
+    site = next((x for x in s.config.sites if x.name == body.site), None)
     return {"pilot": pilot_id, "heartbeat_interval": s.config.heartbeat_interval,
-            "heartbeat_timeout": s.config.heartbeat_timeout}
+            "heartbeat_timeout": s.config.heartbeat_timeout,
+            "endpoint": site.endpoint if site is not None else ""}
 
 
 @router.post("/acquire")

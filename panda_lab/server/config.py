@@ -51,6 +51,8 @@ COMMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "pilots": int,
     "slots": int,
     "description": str,
+    # The storage endpoint near this site: its pilots read replicas there first.
+    "endpoint": str,
 }
 
 
@@ -68,12 +70,14 @@ class SiteConfig:
     #: Payload worker processes per pilot (jobs it runs at once).
     slots: int = 1
     description: str = ""
+    #: The storage endpoint near this site (a replica's ``endpoint``), read first.
+    endpoint: str = ""
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "provisioner": self.provisioner,
                 "pilots": self.pilots, "slots": self.slots, "description": self.description,
-                **self.extra}
+                "endpoint": self.endpoint, **self.extra}
 
 
 def default_sites(cores: int | None = None) -> list[SiteConfig]:
@@ -157,7 +161,8 @@ def parse_sites(data: dict, source: str = "sites.toml") -> list[SiteConfig]:
                 raise ConfigError(f"{where} {key} = {body[key]} is too small")
         out.append(SiteConfig(
             name=name, kind=kind, provisioner=prov, pilots=pilots,
-            slots=body.get("slots", 1), description=body.get("description", ""), extra=extra))
+            slots=body.get("slots", 1), description=body.get("description", ""),
+            endpoint=body.get("endpoint", ""), extra=extra))
     return out
 
 

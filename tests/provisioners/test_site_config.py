@@ -85,3 +85,11 @@ def test_a_slurm_site_asks_for_pilots_by_its_queue_within_its_bounds(tmp_path):
     for demand, pilots in ((0, 1), (1, 1), (3, 2), (8, 4), (100, 4)):
         prov.demand = lambda d=demand: d
         assert prov.target() == pilots, demand
+
+
+def test_a_site_may_name_its_storage_endpoint():
+    (site,) = parse_sites({"sites": {"UNI": {"kind": "hpc", "provisioner": "none",
+                                             "endpoint": "UNI-SE"}}})
+    assert site.endpoint == "UNI-SE" and site.as_dict()["endpoint"] == "UNI-SE"
+    with pytest.raises(ConfigError, match="endpoint"):
+        parse_sites({"sites": {"UNI": {"kind": "hpc", "endpoint": 3}}})
