@@ -303,3 +303,64 @@ class RangeFileServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class XRootDServer:
+    """Debian's ``xrootd`` serving a directory over root://, as a grid storage element.
+
+    xrootd refuses to run as root, so as root it drops to ``nobody`` (``-R``): the
+    directory it serves and its admin directory are made world-readable for that."""
+
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+
+        binary = shutil.which("xrootd")
+        if binary is None:
+            raise FileNotFoundError("xrootd is not installed (scripts/install-system-deps)")
+        self.binary = binary
+        self.base = Path(tempfile.mkdtemp(prefix="panda-xrootd-"))
+        self.base.chmod(0o777)
+        self.export = self.base / "export"
+        self.export.mkdir()
+        self.export.chmod(0o755)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, path: Path) -> str:
+        return f"root://127.0.0.1:{self.port}/{path}"
+
+    def start(self, timeout: float = 20.0) -> XRootDServer:
+        import socket
+
+        cfg = self.base / "xrootd.cfg"
+        cfg.write_text(f"all.export {self.export}\nxrd.trace off\n")
+        args = [self.binary, "-p", str(self.port), "-c", str(cfg), "-n", "panda",
+                "-l", str(self.base / "xrootd.log"), "-a", str(self.base)]
+        if os.geteuid() == 0:
+            args[1:1] = ["-R", "nobody"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"xrootd exited {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout, interval=0.1, what="xrootd listening")
+        return self
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.base, ignore_errors=True)
