@@ -41,24 +41,29 @@ idle_timeout = 3
         assert cloud_pilots(lab) == []  # nothing queued: no workers, no pilots
         assert next(s for s in lab.sites() if s["name"] == "CLOUD")["state"] == "online"
 
-        task = lab.submit(slow_square, [(i,) for i in range(12)], name="burst", site="CLOUD")
+        # jobs long enough that the one seen running is still running when its worker dies
+        task = lab.submit(slow_square, [(i, 4.0) for i in range(6)], name="burst",
+                          site="CLOUD")
         wait_for(lambda: len(cloud_pilots(lab)) == 2, 90, what="two workers with pilots")
 
         # Pre-emption: the worker process under a running job dies without warning.
         def running_pilot():
             by_id = {p["id"]: p for p in cloud_pilots(lab)}
-            return next((by_id[j["pilot_id"]] for j in lab.jobs(task)
-                         if j["state"] == "running" and j["pilot_id"] in by_id), None)
+            return next(((j, by_id[j["pilot_id"]]) for j in lab.jobs(task)
+                         if j["state"] == "running" and j["pilot_id"] in by_id
+                         and time.time() - j["started_at"] < 2.0), None)
 
-        victim = wait_for(running_pilot, 60, what="a job running on a cloud pilot")
+        lost_job, victim = wait_for(running_pilot, 60, what="a job just started on a cloud pilot")
         worker = psutil.Process(victim["pid"]).parent()  # the worker, under its nanny
         assert "dask worker" in " ".join(worker.parent().cmdline())
         worker.send_signal(signal.SIGKILL)
 
         info = lab.wait(task, timeout=180)
-        assert info["state"] == "done" and lab.results(task) == {i: i * i for i in range(12)}
+        assert info["state"] == "done" and lab.results(task) == {i: i * i for i in range(6)}
         attempts = lab.jobs(task, all_attempts=True)
-        assert max(a["attempt"] for a in attempts) == 2  # retried, not failed
+        lost = [a for a in attempts if a["job_index"] == lost_job["job_index"]]
+        assert [a["attempt"] for a in lost] == [1, 2]     # retried, not failed
+        assert lost[0]["state"] == "failed" and lost[1]["state"] == "finished"
         assert max(len(cloud_pilots(lab)), 0) <= 2
         cloud = [p for p in lab.pilots() if p["site"] == "CLOUD"]
         assert len(cloud) >= 3  # the lost worker's pilot was replaced
