@@ -23,6 +23,7 @@ class SiteLoad:
     queued: int = 0       # assigned + activated jobs waiting there
     running: int = 0      # jobs on pilots there
     reason: str = ""
+    endpoint: str = ""    # the storage endpoint near the site, if it names one
 
 
 @dataclass
@@ -31,6 +32,16 @@ class Request:
 
     sites: tuple[str, ...] = (ANY,)
     avoid: frozenset[str] = field(default_factory=frozenset)
+    #: Storage endpoints holding the job's input: sites near one of them are preferred.
+    near: frozenset[str] = field(default_factory=frozenset)
+
+
+#: How much more a site near the job's data weighs than one that would read it remotely.
+#: PanDA sends jobs to their data; a factor rather than a filter keeps the other sites
+#: working when the near one is busy.  Weights are recomputed as a bulk submission is
+#: placed, so over equally loaded sites a near site's share grows as the square root of
+#: the factor: 9 gives it three times the jobs of each other site.
+DATA_NEAR = 9.0
 
 
 @dataclass
@@ -86,12 +97,14 @@ def choose(
         for s in ok:
             if s not in preferred:
                 rejected[s.name] = "avoided: an earlier attempt failed there"
-        weights = [_weight(s) for s in preferred]
+        near = [s.name for s in preferred if s.endpoint and s.endpoint in req.near]
+        weights = [_weight(s) * (DATA_NEAR if s.name in near else 1.0) for s in preferred]
         pick = rng.choices(preferred, weights=weights, k=1)[0]
         pick.queued += 1
-        out.append(Choice(pick.name, {
-            "picked": pick.name,
-            "weights": {s.name: round(w, 4) for s, w in zip(preferred, weights, strict=True)},
-            "rejected": rejected,
-        }))
+        info = {"picked": pick.name,
+                "weights": {s.name: round(w, 4) for s, w in zip(preferred, weights, strict=True)},
+                "rejected": rejected}
+        if req.near:
+            info["near_data"] = near
+        out.append(Choice(pick.name, info))
     return out

@@ -94,5 +94,6 @@ class SiteStore(StoreBase):
                 capacity=int(slots.get(row.name) or configured),
                 queued=c.get(J.ASSIGNED, 0) + c.get(J.ACTIVATED, 0),
                 running=sum(c.get(s, 0) for s in (J.SENT, J.STARTING, J.RUNNING, J.TRANSFERRING)),
+                endpoint=str(cfg.get("endpoint") or ""),
             ))
         return out

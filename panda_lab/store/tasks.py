@@ -110,6 +110,9 @@ class TaskStore:
                 "payload": spec["payload"],
                 "sites": _sites_of(spec.get("site")) if spec.get("site") else sites_,
                 "avoid": frozenset(),
+                # where an analysis job's input is stored: brokerage prefers sites near it
+                "near": frozenset(r["endpoint"] for c in job_chunks[i]
+                                  for r in c.get("replicas") or []) if job_chunks else frozenset(),
                 "priority": int(spec.get("priority", options.get("priority", 0))),
                 "cores": int(spec.get("cores", options.get("cores", 1))),
                 "memory_mb": int(spec.get("memory_mb", options.get("memory_mb", 0))),
@@ -128,15 +131,17 @@ class TaskStore:
         """Broker and insert new attempts, recording defined → assigned → activated."""
         loads_ = self._site_loads(conn)
         choices = self.broker.choose(
-            [Request(sites=a["sites"], avoid=a["avoid"]) for a in attempts], loads_)
+            [Request(sites=a["sites"], avoid=a["avoid"], near=a.get("near", frozenset()))
+             for a in attempts], loads_)
         t = now()
         rows = []
         for a, choice in zip(attempts, choices, strict=True):
-            row = {k: v for k, v in a.items() if k not in ("sites", "avoid")}
-            # The sites the job accepts are kept with the decision, so a retry of a job
-            # pinned by its own spec stays within them.
+            row = {k: v for k, v in a.items() if k not in ("sites", "avoid", "near")}
+            # The sites the job accepts and where its data is are kept with the decision,
+            # so a retry stays within the sites and still prefers its data.
             row.update(state=str(J.ACTIVATED), site=choice.site, created_at=t, modified_at=t,
-                       broker_info=dumps({**choice.info, "sites": list(a["sites"])}))
+                       broker_info=dumps({**choice.info, "sites": list(a["sites"]),
+                                          "near": sorted(a.get("near", ()))}))
             rows.append(row)
         ids = list(conn.execute(
             insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows).scalars())
@@ -401,10 +406,12 @@ class TaskStore:
 
     @staticmethod
     def _next_attempt(row, sites_: tuple[str, ...], avoid: frozenset[str], options: dict) -> dict:
-        sites_ = tuple(loads(row.broker_info).get("sites") or sites_)
+        info = loads(row.broker_info)
+        sites_ = tuple(info.get("sites") or sites_)
         return {
             "task_id": row.task_id, "job_index": row.job_index, "attempt": row.attempt + 1,
             "payload": row.payload, "sites": sites_, "avoid": avoid,
+            "near": frozenset(info.get("near") or ()),
             "priority": row.priority, "cores": row.cores, "memory_mb": row.memory_mb,
             "walltime_s": row.walltime_s, "max_attempts": row.max_attempts,
             "retry_of": row.id,

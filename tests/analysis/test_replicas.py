@@ -51,6 +51,10 @@ def test_a_site_reads_its_own_endpoints_replica_and_falls_back_to_another(near_s
         again = second.result(timeout=120)
         assert (again["mass"].values() == result["mass"].values()).all()
         assert near.hits > 0 and far.hits == far_hits, "the site did not read its own replica"
+        # brokerage knew where the data is, and that NEAR is near it
+        job = lab.api.get(f"/api/jobs/{lab.jobs(second.id)[0]['id']}")
+        assert job["broker_info"]["near"] == ["far", "near"]
+        assert job["broker_info"]["near_data"] == ["NEAR"]
     finally:
         far.stop()
         near.stop()
