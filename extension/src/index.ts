@@ -165,7 +165,7 @@ class PandaPanel extends Widget {
   private showTasks(tasks: Json[]): void {
     const table = el('table', 'panda-table');
     const head = el('tr');
-    for (const h of ['task', 'owner', 'state', 'progress', 'site', 'age']) {
+    for (const h of ['task', 'owner', 'state', 'progress', 'sites', 'age']) {
       head.appendChild(el('th', '', h));
     }
     table.appendChild(head);
@@ -189,7 +189,9 @@ class PandaPanel extends Widget {
       cell.appendChild(bar);
       cell.appendChild(el('span', 'panda-progress', `${t.n_done}/${t.n_jobs}`));
       row.appendChild(cell);
-      row.appendChild(el('td', '', t.site || ''));
+      // where its jobs went; before any is brokered, what the task asked for
+      row.appendChild(el('td', 'panda-task-sites',
+        (t.sites && t.sites.length ? t.sites : [t.site || '']).join(' ')));
       row.appendChild(el('td', '', age(t.created_at)));
       row.onclick = () => {
         this.selected = t.id;

@@ -272,7 +272,18 @@ class TaskStore:
             q = select(tasks).order_by(tasks.c.id.desc()).limit(limit)
             if state:
                 q = q.where(tasks.c.state == state)
-            return [self._task_dict(conn, r) for r in conn.execute(q).all()]
+            out = [self._task_dict(conn, r) for r in conn.execute(q).all()]
+            # The sites each task's jobs went to (one query for the whole list).
+            used: dict[int, set[str]] = {}
+            if out:
+                for task_id, site in conn.execute(
+                        select(jobs.c.task_id, jobs.c.site).distinct()
+                        .where(jobs.c.task_id.in_([t["id"] for t in out]),
+                               jobs.c.site.is_not(None))):
+                    used.setdefault(task_id, set()).add(site)
+            for t in out:
+                t["sites"] = sorted(used.get(t["id"], ()))
+            return out
 
     @staticmethod
     def _latest_attempts(conn: Connection, task_id: int):

@@ -69,6 +69,7 @@ def test_the_panel_follows_a_notebooks_task_and_kills_and_inserts(chromium, lab_
         time.sleep(0.1)
     progress.add(row.locator(".panda-progress").inner_text())
     assert "12/12" in progress and len(progress) >= 3, progress
+    assert "LOCAL-" in row.locator(".panda-task-sites").inner_text()   # where its jobs went
     page.screenshot(path=str(artifacts / "panel-task-done.png"))
 
     # open the task: jobs per site; insert its handle into the notebook

@@ -77,7 +77,9 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         status = c.get("/status").json()
         assert status["running"] and status["url"] == panda.info["url"]
         tasks = c.get("/tasks").json()
-        assert any(t["id"] == task and t["name"] == "ext-task" for t in tasks)
+        mine = next(t for t in tasks if t["id"] == task)
+        assert mine["name"] == "ext-task" and mine["sites"]
+        assert set(mine["sites"]) <= {"LOCAL-GRID", "LOCAL-CLOUD", "LOCAL-HPC"}
         detail = c.get(f"/tasks/{task}").json()
         assert detail["state"] == "finished"
         assert sum(sum(s.values()) for s in detail["jobs_by_site"].values()) == 4
