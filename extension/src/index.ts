@@ -51,6 +51,15 @@ function el(tag: string, cls = '', text = ''): HTMLElement {
   return node;
 }
 
+/** A table with its header row, ready for its body rows. */
+function table(cls: string, headers: string[]): HTMLElement {
+  const node = el('table', cls);
+  const head = el('tr');
+  headers.forEach(h => head.appendChild(el('th', '', h)));
+  node.appendChild(head);
+  return node;
+}
+
 function age(seconds: number): string {
   const s = Math.max(0, Date.now() / 1000 - seconds);
   if (s < 60) {
@@ -163,12 +172,7 @@ class PandaPanel extends Widget {
   }
 
   private showTasks(tasks: Json[]): void {
-    const table = el('table', 'panda-table');
-    const head = el('tr');
-    for (const h of ['task', 'owner', 'state', 'progress', 'sites', 'age']) {
-      head.appendChild(el('th', '', h));
-    }
-    table.appendChild(head);
+    const list = table('panda-table', ['task', 'owner', 'state', 'progress', 'sites', 'age']);
     for (const t of tasks) {
       const row = el('tr', 'panda-task-row');
       row.dataset.taskId = String(t.id);
@@ -198,9 +202,9 @@ class PandaPanel extends Widget {
         this.job.replaceChildren();
         void this.refresh();
       };
-      table.appendChild(row);
+      list.appendChild(row);
     }
-    this.tasks.replaceChildren(el('h3', '', 'Tasks'), table);
+    this.tasks.replaceChildren(el('h3', '', 'Tasks'), list);
   }
 
   private async showTask(id: number): Promise<void> {
@@ -215,18 +219,14 @@ class PandaPanel extends Widget {
     box.appendChild(el('h3', '', `Task ${t.id} · ${t.name} · ${t.state}`));
     const bySite: Record<string, Record<string, number>> = t.jobs_by_site || {};
     const used = STATES.filter(s => Object.values(bySite).some(c => c[s]));
-    const table = el('table', 'panda-table panda-jobs-by-site');
-    const head = el('tr');
-    head.appendChild(el('th', '', 'site'));
-    used.forEach(s => head.appendChild(el('th', '', s)));
-    table.appendChild(head);
+    const perSite = table('panda-table panda-jobs-by-site', ['site', ...used]);
     for (const site of Object.keys(bySite).sort()) {
       const row = el('tr');
       row.appendChild(el('td', '', site));
       used.forEach(s => row.appendChild(el('td', `panda-state-${s}`, String(bySite[site][s] || ''))));
-      table.appendChild(row);
+      perSite.appendChild(row);
     }
-    box.appendChild(table);
+    box.appendChild(perSite);
     const buttons = el('div', 'panda-buttons');
     const kill = el('button', 'jp-Button panda-kill', 'Kill') as HTMLButtonElement;
     kill.disabled = ['done', 'finished', 'failed', 'aborted'].includes(t.state);
@@ -302,12 +302,7 @@ class PandaPanel extends Widget {
   }
 
   private showSites(sites: Json[]): void {
-    const table = el('table', 'panda-table');
-    const head = el('tr');
-    for (const h of ['site', 'kind', 'health', 'pilots', 'running', 'queued']) {
-      head.appendChild(el('th', '', h));
-    }
-    table.appendChild(head);
+    const list = table('panda-table', ['site', 'kind', 'health', 'pilots', 'running', 'queued']);
     for (const s of sites) {
       const row = el('tr', 'panda-site-row');
       row.dataset.site = s.name;
@@ -315,9 +310,9 @@ class PandaPanel extends Widget {
         el('td', `panda-health-${s.state}`, s.state + (s.reason ? `: ${s.reason}` : '')),
         el('td', '', String(s.pilots)), el('td', '', String(s.running)),
         el('td', '', String(s.queued)));
-      table.appendChild(row);
+      list.appendChild(row);
     }
-    this.sites.replaceChildren(el('h3', '', 'Sites'), table);
+    this.sites.replaceChildren(el('h3', '', 'Sites'), list);
   }
 }
 
