@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from panda_lab import runtime
@@ -182,8 +183,10 @@ class JupyterServer:
     """A real ``jupyter lab`` (or plain ``jupyter server``) whose kernels and server
     extension find the panda-lab server of ``panda_home``."""
 
-    def __init__(self, panda_home: Path, workdir: Path, app: str = "jupyterlab") -> None:
+    def __init__(self, panda_home: Path, workdir: Path, app: str = "jupyterlab",
+                 extra_args: Sequence[str] = ()) -> None:
         self.panda_home, self.workdir, self.app = panda_home, workdir, app
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -208,6 +211,7 @@ class JupyterServer:
                      "--LabApp.expose_app_in_browser=True"]
         elif self.app == "notebook":  # Notebook 7
             args += ["--JupyterNotebookApp.expose_app_in_browser=True"]
+        args += self.extra_args
         self.log = open(self.workdir / f"{self.app}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
