@@ -15,8 +15,9 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from panda_lab import __version__
@@ -35,6 +36,17 @@ from panda_lab.store import (
 )
 
 log = logging.getLogger("panda_lab.server")
+
+
+
+class ORJSONResponse(JSONResponse):
+    """JSON written by orjson. The handlers return plain dicts and lists (no response
+    models), which FastAPI's own JSON response would encode with the slower ``json``;
+    FastAPI's class of this name is deprecated in favour of response models, hence ours."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
 
 #: Request bodies above this are refused before they are read.
 MAX_BODY = 1 << 30
