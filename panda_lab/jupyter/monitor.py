@@ -68,7 +68,35 @@ def errors_html(snap: TaskSnapshot, limit: int = 5) -> str:
     return "<div class='panda-errors'><b>errors</b>" + "".join(items) + tail + "</div>"
 
 
-class TaskMonitor(w.VBox):
+class _Watched:
+    """Mixin for monitors: poll the server only while a view of the widget is shown.
+
+    The front end counts a widget's views when ``_view_count`` starts as a number: a cell's
+    output cleared, re-run or its notebook closed removes the view and the count drops to 0.
+    Then nobody is looking, and the background thread stops asking the server until a view
+    appears again (``display(monitor)``). Before the first view, and where a front end does
+    not count views, someone is assumed to be looking.
+    """
+
+    _view_count: int | None
+    _was_shown: bool = False
+
+    def _track_views(self) -> None:
+        self._was_shown = False
+        self.observe(self._on_views, names="_view_count")
+        self._view_count = 0
+
+    def _on_views(self, change: dict) -> None:
+        if change["new"]:
+            self._was_shown = True
+
+    @property
+    def shown(self) -> bool:
+        """False once every view of this widget has gone away."""
+        return not self._was_shown or self._view_count is None or self._view_count > 0
+
+
+class TaskMonitor(_Watched, w.VBox):
     """A live view of one task: ``display(TaskMonitor(lab, task_id))``, or just display
     the task handle."""
 
@@ -100,6 +128,7 @@ class TaskMonitor(w.VBox):
                           self.image, self.errors,
                           w.HBox([self.kill_button, self.retry_button, self.message])])
         self.add_class("panda-task-monitor")
+        self._track_views()
         try:
             self.refresh()
         except Exception as exc:  # displaying a task must not raise: say why it is empty
@@ -168,6 +197,8 @@ class TaskMonitor(w.VBox):
     def _follow(self) -> None:
         failures = 0
         while not self._stop.wait(self.interval):
+            if not self.shown:
+                continue
             try:
                 snap = self.refresh()
                 failures = 0
@@ -213,18 +244,21 @@ class TaskMonitor(w.VBox):
         return text(self.snapshot, self.rate) if self.snapshot else f"<TaskMonitor {self.task_id}>"
 
 
-class LabMonitor(w.VBox):
+class LabMonitor(_Watched, w.VBox):
     """All recent tasks, one line each, updated in place: ``lab.monitor()``."""
 
     def __init__(self, lab: Lab, limit: int = 10, interval: float = 0.5,
                  start: bool = True) -> None:
         self.lab, self.limit, self.interval = lab, limit, interval
         self.rows: dict[int, tuple[w.HTML, w.IntProgress, w.HTML]] = {}
+        self.lines: dict[int, w.HBox] = {}
+        self.updates = 0
         self.header = w.HTML()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         super().__init__([self.header])
         self.add_class("panda-lab-monitor")
+        self._track_views()
         try:
             self.refresh()
         except Exception as exc:  # the thread below keeps trying
@@ -246,6 +280,7 @@ class LabMonitor(w.VBox):
                 row = (w.HTML(layout=w.Layout(width="30%")),
                        w.IntProgress(min=0, max=1, layout=w.Layout(width="40%")), w.HTML())
                 self.rows[t["id"]] = row
+                self.lines[t["id"]] = w.HBox(list(row))
             label, bar, counts = row
             label.value = f"{t['id']} <code>{html.escape(t['name'])}</code> {t['state']}"
             bar.max, bar.value = max(t["n_jobs"], 1), t["n_done"]
@@ -253,14 +288,20 @@ class LabMonitor(w.VBox):
             failed = t["attempts_by_state"].get("failed", 0)
             counts.value = f"{t['n_done']}/{t['n_jobs']}" + (f", {failed} failed attempt(s)"
                                                              if failed else "")
-        shown = [t["id"] for t in tasks]
-        for gone in set(self.rows) - set(shown):
-            del self.rows[gone]
-        self.children = [self.header] + [w.HBox(list(self.rows[i])) for i in shown]
+        listed = [t["id"] for t in tasks]
+        children = (self.header, *(self.lines[i] for i in listed))
+        if self.children != children:  # the same widgets, updated in place: no new models
+            self.children = children
+        for gone in set(self.rows) - set(listed):  # closed, so the front end drops them too
+            for part in (self.lines.pop(gone), *self.rows.pop(gone)):
+                part.close()
+        self.updates += 1
         return tasks
 
     def _follow(self) -> None:
         while not self._stop.wait(self.interval):
+            if not self.shown:
+                continue
             try:
                 self.refresh()
             except Exception as exc:  # keep the last view; say why it is stale

@@ -131,6 +131,48 @@ def test_the_lab_monitor_lists_recent_tasks_and_sites(nlab):
     assert f"{task}: {task} <code>m-lab</code> done" in repr(m)
 
 
+def test_the_lab_monitor_updates_its_rows_in_place(nlab):
+    first = nlab.submit(nap, [(0.0,)], name="m-rows-1")
+    nlab.wait(first, timeout=30)
+    m = LabMonitor(nlab, limit=2, start=False)
+    line, parts = m.lines[first], m.rows[first]
+    m.refresh()
+    assert m.lines[first] is line and m.rows[first] is parts  # no new widget per refresh
+    # two newer tasks push the first out of the list: its widgets are closed
+    for name in ("m-rows-2", "m-rows-3"):
+        nlab.wait(nlab.submit(nap, [(0.0,)], name=name), timeout=30)
+    m.refresh()
+    assert first not in m.rows and first not in m.lines
+    assert line.comm is None and all(p.comm is None for p in parts)
+    assert len(m.children) == 3
+
+
+@pytest.mark.parametrize("kind", ["task", "lab"])
+def test_a_monitor_stops_polling_while_no_view_shows_it(nlab, kind):
+    """The front end counts views (``_view_count``); a cleared output drops it to 0."""
+    task = nlab.submit(nap, [(30.0,)], name=f"m-unseen-{kind}", retries=0)
+    try:
+        m = (TaskMonitor(nlab, task, interval=0.05) if kind == "task"
+             else LabMonitor(nlab, interval=0.05))
+        assert m._view_count == 0  # counting asked of the front end
+        # not yet shown anywhere: it polls (it may be about to be displayed)
+        before = m.updates
+        wait_for(lambda: m.updates >= before + 3, 10, what="updates before any view")
+        m._view_count = 1           # what the front end sends as the view is displayed
+        before = m.updates
+        wait_for(lambda: m.updates >= before + 3, 10, what="updates while shown")
+        m._view_count = 0           # the output was cleared
+        time.sleep(0.2)
+        idle = m.updates
+        time.sleep(0.5)
+        assert m.updates == idle, "it kept polling the server with nothing shown"
+        m._view_count = 1           # displayed again
+        wait_for(lambda: m.updates >= idle + 3, 10, what="updates after a new view")
+        m.close()
+    finally:
+        nlab.kill(task)
+
+
 def test_snapshot_pieces():
     r = Rate(window=10)
     assert r.per_second is None
