@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from panda_lab import runtime
 from panda_lab.client.session import Lab
@@ -118,6 +120,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on ``127.0.0.1:port``."""
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for services a test starts)."""
     import socket
@@ -131,15 +142,23 @@ class GatewayServer:
     """A real ``dask-gateway-server`` with its local backend (clusters are processes on
     this machine), as a cloud site's tests and benchmark need it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         self.dir = workdir
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self.ports: tuple[int, int] | None = None
+        #: keep clusters in a database file and running across a restart, as a gateway
+        #: on Kubernetes keeps them in the cluster's own state
+        self.persistent = persistent
+        self.key = base64.b64encode(os.urandom(32)).decode()
 
     def start(self, timeout: float = 30.0) -> GatewayServer:
+        """Start it; a second start (after ``stop``) listens on the same ports."""
         import urllib.request
 
-        api, proxy = free_port(), free_port()
+        if self.ports is None:
+            self.ports = free_port(), free_port()
+        api, proxy = self.ports
         dask = str(Path(sys.executable).parent / "dask")
         config = self.dir / "gateway_config.py"
         config.write_text(f"""
@@ -151,6 +170,12 @@ c.ClusterConfig.worker_cmd = [{dask!r}, "worker"]
 c.ClusterConfig.worker_cores = 1
 c.ClusterConfig.worker_memory = "2 G"
 c.LocalBackend.clusters_directory = {str(self.dir / "clusters")!r}
+""")
+        if self.persistent:
+            with config.open("a") as f:
+                f.write(f"""c.DBBackendBase.db_url = "sqlite:///{self.dir / 'gateway.sqlite'}"
+c.DBBackendBase.db_encrypt_keys = [{self.key!r}]
+c.DBBackendBase.stop_clusters_on_shutdown = False
 """)
         self.log = open(self.dir / "gateway.log", "ab")  # noqa: SIM115
         server = str(Path(sys.executable).parent / "dask-gateway-server")
@@ -169,13 +194,38 @@ c.LocalBackend.clusters_directory = {str(self.dir / "clusters")!r}
         wait_for(up, timeout, what="dask-gateway-server up")
         return self
 
-    def stop(self) -> None:
+    def _api(self, method: str, path: str) -> Any:
+        """One call to the gateway's REST API, as this process's user (simple auth), who
+        owns the clusters a panda-lab server started here."""
+        import getpass
+        import json
+        import urllib.request
+
+        auth = base64.b64encode(f"{getpass.getuser()}:".encode()).decode()
+        req = urllib.request.Request(f"{self.url}/api/v1/{path}", method=method,
+                                     headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def cluster_names(self) -> list[str]:
+        """The clusters the gateway runs now (pending or running)."""
+        return sorted(self._api("GET", "clusters/"))
+
+    def stop(self, clusters: bool = True) -> None:
+        """Stop the gateway; a persistent one stops its clusters first unless told not to
+        (a gateway going away under its clusters)."""
         if self.proc is not None and self.proc.poll() is None:
+            if self.persistent and clusters:
+                for name in self.cluster_names():
+                    self._api("DELETE", f"clusters/{name}")
             self.proc.terminate()
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+            # its proxy is a process of its own, told to stop but not waited for
+            wait_for(lambda: not port_open(self.ports[1]), 20, what="the gateway proxy gone")
         self.log.close()
 
 

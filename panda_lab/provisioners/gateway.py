@@ -5,6 +5,11 @@ only asks for a number of workers: more when jobs wait, ``min_workers`` after th
 has been idle for ``idle_timeout`` seconds.  Scaling down only when idle means no worker
 is retired under a running job; a worker lost anyway (pre-emption) kills its pilot, whose
 jobs are handed back and retried elsewhere.
+
+A gateway that stops answering (a restart, a network cut) does not take its cluster along:
+the cluster keeps its workers.  So the provisioner remembers the cluster's name and, once
+the gateway is back, reattaches to it rather than starting a second one beside it; only
+a cluster that is gone is replaced.
 """
 
 from __future__ import annotations
@@ -19,6 +24,21 @@ from panda_lab.provisioners.dask import DaskProvisioner
 
 log = logging.getLogger("panda_lab.provisioners")
 
+#: Seconds a call to the gateway may take (the site's ``timeout``) before the site is
+#: called offline: a gateway that accepts connections and does not answer would otherwise
+#: hold the provisioner for the HTTP library's default five minutes.
+GATEWAY_TIMEOUT = 30.0
+
+
+def _bound_requests(gateway: Any, seconds: float) -> None:
+    """Give every HTTP request of ``gateway`` a total time limit.  dask-gateway has no
+    public setting for it; its requests take their keyword arguments from this dict."""
+    kwargs = getattr(gateway, "_request_kwargs", None)
+    if isinstance(kwargs, dict):
+        import aiohttp
+
+        kwargs["timeout"] = aiohttp.ClientTimeout(total=seconds)
+
 
 class GatewayProvisioner(DaskProvisioner):
     label = "gateway"
@@ -31,6 +51,9 @@ class GatewayProvisioner(DaskProvisioner):
         self.max_workers = spec.site.pilots
         self.idle_timeout = float(cfg.get("idle_timeout", 60.0))
         self.gateway: Any = None
+        #: the cluster this provisioner started: reattached after a lost connection,
+        #: shut down with the server
+        self.cluster_name: str | None = None
         self.requested = 0
         self.idle_since: float | None = None
 
@@ -48,16 +71,49 @@ class GatewayProvisioner(DaskProvisioner):
         try:
             if self.gateway is None:
                 self.gateway = Gateway(cfg["address"])
+                _bound_requests(self.gateway, float(cfg.get("timeout", GATEWAY_TIMEOUT)))
+            if self.cluster is None:
+                self.cluster = self._reattach()
             if self.cluster is None:
                 self.cluster = self.gateway.new_cluster(**cfg.get("cluster_options", {}))
+                self.cluster_name = self.cluster.name
                 self.requested = 0
             self.client = self.cluster.get_client(set_as_default=False)
+        except ProvisionerError:
+            self._drop()
+            raise
         except Exception as exc:
             self._drop()
             raise ProvisionerError(f"dask-gateway at {cfg['address']} unreachable: "
                                    f"{exc}") from exc
         log.info("%s: gateway cluster %s", self.spec.site.name, self.cluster.name)
         return self.client
+
+    def _reattach(self) -> Any:
+        """The cluster started before the connection was lost, if the gateway still runs
+        it; ``None`` when there was none or it is gone (then a new one is started).
+
+        Its first call is one bounded request (the clusters listed), so a gateway that
+        does not answer raises here, and the site stays offline until it does; starting
+        or connecting to a cluster would instead wait for the cluster without end."""
+        try:
+            running = {c.name for c in self.gateway.list_clusters()}
+        except Exception as exc:
+            raise ProvisionerError(f"dask-gateway at {self.spec.site.extra['address']} "
+                                   f"unreachable: {str(exc) or type(exc).__name__}") from exc
+        if self.cluster_name is None:
+            return None
+        if self.cluster_name not in running:
+            log.warning("%s: gateway cluster %s is gone; starting a new one",
+                        self.spec.site.name, self.cluster_name)
+            self.cluster_name = None
+            return None
+        cluster = self.gateway.connect(self.cluster_name, shutdown_on_close=True)
+        # ask for the workers again: the count asked before is not known to be in force
+        self.requested = -1
+        log.info("%s: reattached to gateway cluster %s", self.spec.site.name,
+                 self.cluster_name)
+        return cluster
 
     def wanted_workers(self, demand: int, now: float) -> int:
         """Workers to ask for: enough for the queue, at once; ``min_workers`` once the site
@@ -87,26 +143,36 @@ class GatewayProvisioner(DaskProvisioner):
         super().step()
 
     def _drop(self) -> None:
-        """Forget a connection that failed, so the next look starts afresh."""
-        for obj in (self.client, self.cluster, self.gateway):
+        """Forget a connection that failed, so the next look starts afresh; the cluster
+        itself is left running (its name is kept, to reattach to it).  The ``Gateway``
+        object is kept: it holds no connection of its own, and a closed one complains
+        when it is collected."""
+        for obj, kwargs in ((self.client, {}), (self.cluster, {"shutdown": False})):
             try:
                 if obj is not None:
-                    obj.close()
+                    obj.close(**kwargs)
             except Exception:
                 pass
-        self.client = self.cluster = self.gateway = None
+        self.client = self.cluster = None
         self.handles = []
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
-        if self.cluster is not None:
-            try:
+        try:
+            if self.cluster is not None:
                 self.cluster.shutdown()
-            except Exception as exc:
-                log.warning("%s: gateway cluster not shut down: %s", self.spec.site.name, exc)
-            self.cluster = None
+            elif self.cluster_name is not None:  # dropped and not reattached since
+                from dask_gateway import Gateway
+
+                with Gateway(self.spec.site.extra["address"]) as gateway:
+                    gateway.stop_cluster(self.cluster_name)
+        except Exception as exc:
+            log.warning("%s: gateway cluster %s not shut down: %s", self.spec.site.name,
+                        self.cluster_name, exc)
+        self.cluster = None
+        self.cluster_name = None
         if self.gateway is not None:
             self.gateway.close()
             self.gateway = None

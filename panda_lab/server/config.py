@@ -26,7 +26,8 @@ PROVISIONER_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     # ("distributed.LocalCluster", "dask_jobqueue.SLURMCluster") with its options.
     "dask": {"scheduler": str, "cluster": str, "cluster_options": dict, "workers": int},
     "gateway": {"address": str, "min_workers": int, "max_workers": int,
-                "cluster_options": dict, "idle_timeout": (int, float)},
+                "cluster_options": dict, "idle_timeout": (int, float),
+                "timeout": (int, float)},
 }
 
 #: For each provisioner, the key whose value is the site's number of pilots at most

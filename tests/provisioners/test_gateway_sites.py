@@ -4,10 +4,11 @@ down when idle, and a worker killed mid-job survived."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import psutil
-from harness import ServerProcess, free_port, wait_for
+from harness import GatewayServer, ServerProcess, free_port, wait_for
 
 
 def slow_square(x, t=1.0):
@@ -97,3 +98,80 @@ address = "http://127.0.0.1:{free_port()}"
         assert info["state"] == "done" and set(info["jobs_by_site"]) == {"LOCAL"}
     finally:
         server.stop()
+
+
+def test_a_gateway_that_restarts_keeps_its_one_cluster(home, tmp_path):
+    """The gateway goes away while more workers are wanted (the scale call fails), and
+    comes back: the site reattaches to the cluster it had instead of starting a second
+    one beside it (which would keep the first one's workers running, unused)."""
+    (tmp_path / "gw").mkdir()
+    gateway = GatewayServer(tmp_path / "gw", persistent=True).start()
+    sites = tmp_path / "sites.toml"
+    sites.write_text(f"""
+[sites.LOCAL]
+kind = "local"
+pilots = 0
+
+[sites.CLOUD]
+kind = "cloud"
+provisioner = "gateway"
+address = "{gateway.url}"
+min_workers = 0
+max_workers = 2
+idle_timeout = 600
+""")
+    server = ServerProcess(home, extra=["--sites", str(sites)]).start()
+    try:
+        lab = server.lab()
+        first = lab.submit(slow_square, [(1, 0.0)], name="one-worker", site="CLOUD")
+        assert lab.wait(first, timeout=120)["state"] == "done"
+        clusters = gateway.cluster_names()
+        assert len(clusters) == 1
+
+        gateway.stop(clusters=False)          # its cluster and workers run on
+        more = lab.submit(slow_square, [(i, 0.5) for i in range(6)], name="two-workers",
+                          site="CLOUD")
+        site = wait_for(lambda: next((s for s in lab.sites()
+                                      if s["name"] == "CLOUD" and s["state"] == "offline"),
+                                     None), 60, what="the cloud site offline")
+        assert "dask-gateway" in site["reason"]
+
+        gateway.start()                       # same address, same database
+        info = lab.wait(more, timeout=180)
+        assert info["state"] == "done" and lab.results(more) == {i: i * i for i in range(6)}
+        assert gateway.cluster_names() == clusters, "a second cluster was started"
+        assert next(s for s in lab.sites() if s["name"] == "CLOUD")["state"] == "online"
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def test_a_gateway_that_never_answers_puts_its_site_offline_in_time(home, tmp_path):
+    """A port that accepts connections and never answers (a hung gateway): the call gives
+    up after the site's ``timeout``, instead of holding the provisioner for minutes."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)                      # connections complete; nothing is ever read
+        sites = tmp_path / "sites.toml"
+        sites.write_text(f"""
+[sites.LOCAL]
+kind = "local"
+
+[sites.CLOUD]
+kind = "cloud"
+provisioner = "gateway"
+address = "http://127.0.0.1:{hung.getsockname()[1]}"
+timeout = 2
+""")
+        server = ServerProcess(home, extra=["--sites", str(sites)]).start()
+        try:
+            lab = server.lab()
+            task = lab.submit(slow_square, [(i, 0.0) for i in range(2)], name="hung")
+            site = wait_for(lambda: next((s for s in lab.sites()
+                                          if s["name"] == "CLOUD" and s["state"] == "offline"),
+                                         None), 30, what="the cloud site offline")
+            assert "unreachable: TimeoutError" in site["reason"]
+            info = lab.wait(task, timeout=60)
+            assert info["state"] == "done" and set(info["jobs_by_site"]) == {"LOCAL"}
+        finally:
+            server.stop()
