@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,6 +122,14 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+#: Debian's Chromium (scripts/install-system-deps installs it), never a download, and
+#: its flags for a headless run on a machine with no network and as root.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+
+
 def port_open(port: int) -> bool:
     """Whether something accepts connections on ``127.0.0.1:port``."""
     import socket
@@ -217,8 +227,11 @@ c.DBBackendBase.stop_clusters_on_shutdown = False
         (a gateway going away under its clusters)."""
         if self.proc is not None and self.proc.poll() is None:
             if self.persistent and clusters:
-                for name in self.cluster_names():
+                # stopping is asynchronous: wait for it, or the cluster outlives its gateway
+                live = "clusters/?status=PENDING,RUNNING,STOPPING"
+                for name in self._api("GET", live):
                     self._api("DELETE", f"clusters/{name}")
+                wait_for(lambda: not self._api("GET", live), 30, what="the clusters stopped")
             self.proc.terminate()
             try:
                 self.proc.wait(20)
@@ -226,7 +239,18 @@ c.DBBackendBase.stop_clusters_on_shutdown = False
                 self.proc.kill()
             # its proxy is a process of its own, told to stop but not waited for
             wait_for(lambda: not port_open(self.ports[1]), 20, what="the gateway proxy gone")
+        if clusters:  # whatever a failed test left running (the gateway may be down)
+            self._kill_cluster_processes()
         self.log.close()
+
+    def _kill_cluster_processes(self) -> None:
+        import psutil
+
+        where = str(self.dir / "clusters")
+        for proc in psutil.process_iter(["cwd"]):
+            if (proc.info.get("cwd") or "").startswith(where):
+                with contextlib.suppress(psutil.Error):  # it ended meanwhile
+                    proc.kill()
 
 
 class JupyterServer:

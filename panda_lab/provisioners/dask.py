@@ -31,6 +31,10 @@ log = logging.getLogger("panda_lab.provisioners")
 #: Seconds to connect to a scheduler before the site is called offline.
 CONNECT_TIMEOUT = 10
 
+#: States of a Dask client that will not come back: it gave up reconnecting, so the next
+#: look makes a new one.
+GONE = ("closing", "closed")
+
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: the pilot gets SIGTERM when the worker process dies, as on a pre-empted
@@ -108,7 +112,10 @@ class DaskProvisioner(Provisioner):
         """The Dask client, connecting on first use; a failure marks the site offline
         and is tried again at the next look."""
         if self.client is not None:
-            return self.client
+            if self.client.status not in GONE:
+                return self.client
+            self.client = None
+            self.handles = []  # their futures belonged to the client that is gone
         if self.closing:
             raise ProvisionerError("the server is stopping")
         from distributed import Client

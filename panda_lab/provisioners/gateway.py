@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from panda_lab.provisioners.base import PilotSpec, ProvisionerError
-from panda_lab.provisioners.dask import DaskProvisioner
+from panda_lab.provisioners.dask import GONE, DaskProvisioner
 
 log = logging.getLogger("panda_lab.provisioners")
 
@@ -59,7 +59,10 @@ class GatewayProvisioner(DaskProvisioner):
 
     def connect(self) -> Any:
         if self.client is not None:
-            return self.client
+            if self.client.status not in GONE:
+                return self.client
+            # the client gave up reconnecting (the gateway's proxy was away for long)
+            self._drop()
         if self.closing:
             raise ProvisionerError("the server is stopping")
         try:

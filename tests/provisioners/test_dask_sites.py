@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from harness import ServerProcess, free_port, pid_alive, wait_for
+
+from panda_lab.provisioners.dask import CONNECT_TIMEOUT
 
 
 def slow_square(x, t=0.2):
@@ -30,10 +33,13 @@ def scheduler(tmp_path):
     addr = f"tcp://127.0.0.1:{port}"
     env = dict(os.environ)
     log = open(tmp_path / "dask.log", "ab")  # noqa: SIM115
-    procs = [subprocess.Popen(dask_cmd("scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                       "--dashboard-address", ":0"),
-                              stdout=log, stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)]
+    procs: list[subprocess.Popen] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(
+            dask_cmd("scheduler", "--host", "127.0.0.1", "--port", str(port),
+                     "--dashboard-address", ":0"),
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
 
     def add_worker() -> subprocess.Popen:
         p = subprocess.Popen(dask_cmd("worker", addr, "--nthreads", "1", "--no-nanny",
@@ -43,8 +49,14 @@ def scheduler(tmp_path):
         procs.append(p)
         return p
 
+    def kill_all() -> None:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+    start()
     add_worker()
-    yield addr, add_worker
+    yield SimpleNamespace(addr=addr, add_worker=add_worker, start=start, kill_all=kill_all)
     for p in reversed(procs):
         if p.poll() is None:
             p.terminate()
@@ -67,7 +79,7 @@ def pilots_at(lab, site: str) -> list[dict]:
 
 
 def test_a_task_runs_on_a_local_cluster_and_on_a_separate_scheduler(home, tmp_path, scheduler):
-    addr, add_worker = scheduler
+    addr, add_worker = scheduler.addr, scheduler.add_worker
     server = start_server(home, tmp_path, f"""
 [sites.LAB-LOCALCLUSTER]
 kind = "grid"
@@ -106,6 +118,39 @@ scheduler = "{addr}"
         # The pilot process dies with its worker (it says goodbye on the way out).
         wait_for(lambda: not pid_alive(newest["pid"]), 30, what="the pilot process ended")
         task = lab.submit(slow_square, [(i, 0.0) for i in range(6)], name="after",
+                          site="LAB-DASK")
+        assert lab.wait(task, timeout=60)["state"] == "done"
+    finally:
+        server.stop()
+
+
+def test_a_dask_site_comes_back_with_its_scheduler(home, tmp_path, scheduler):
+    """Scheduler and worker gone for longer than the Dask client waits to reconnect (it
+    then closes for good): the site is offline, and online again, with a pilot, once a
+    scheduler answers at that address again."""
+    server = start_server(home, tmp_path, f"""
+[sites.LOCAL]
+kind = "local"
+pilots = 0
+
+[sites.LAB-DASK]
+kind = "grid"
+provisioner = "dask"
+scheduler = "{scheduler.addr}"
+""")
+    try:
+        lab = server.lab()
+        wait_for(lambda: pilots_at(lab, "LAB-DASK"), 60, what="a pilot on the Dask site")
+        scheduler.kill_all()
+        wait_for(lambda: next(s for s in lab.sites() if s["name"] == "LAB-DASK")["state"]
+                 == "offline", 60, what="the site offline")
+        time.sleep(CONNECT_TIMEOUT + 2)  # past the client's reconnection attempts
+        scheduler.start()
+        scheduler.add_worker()
+        wait_for(lambda: next(s for s in lab.sites() if s["name"] == "LAB-DASK")["state"]
+                 == "online" and pilots_at(lab, "LAB-DASK"), 90,
+                 what="the site online again, with a pilot")
+        task = lab.submit(slow_square, [(i, 0.0) for i in range(4)], name="back",
                           site="LAB-DASK")
         assert lab.wait(task, timeout=60)["state"] == "done"
     finally:

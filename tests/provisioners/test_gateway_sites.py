@@ -16,6 +16,19 @@ def slow_square(x, t=1.0):
     return x * x
 
 
+def square_when(x, flag, timeout=180.0):
+    """x², once the file ``flag`` exists."""
+    import os
+    import time
+
+    deadline = time.time() + timeout
+    while not os.path.exists(flag):
+        if time.time() > deadline:
+            raise TimeoutError(f"{flag} never appeared")
+        time.sleep(0.2)
+    return x * x
+
+
 def cloud_pilots(lab) -> list[dict]:
     return [p for p in lab.pilots() if p["site"] == "CLOUD" and p["state"] == "running"]
 
@@ -129,18 +142,23 @@ idle_timeout = 600
         assert len(clusters) == 1
 
         gateway.stop(clusters=False)          # its cluster and workers run on
-        more = lab.submit(slow_square, [(i, 0.5) for i in range(6)], name="two-workers",
-                          site="CLOUD")
+        # jobs that wait until the gateway is back: the queue stays long, so the site
+        # wants a second worker while the gateway is away, and asking for it fails
+        flag = tmp_path / "gateway-back"
+        more = lab.submit(square_when, [(i, str(flag)) for i in range(6)],
+                          name="two-workers", site="CLOUD")
         site = wait_for(lambda: next((s for s in lab.sites()
                                       if s["name"] == "CLOUD" and s["state"] == "offline"),
-                                     None), 60, what="the cloud site offline")
+                                     None), 90, what="the cloud site offline")
         assert "dask-gateway" in site["reason"]
 
         gateway.start()                       # same address, same database
+        flag.touch()
         info = lab.wait(more, timeout=180)
         assert info["state"] == "done" and lab.results(more) == {i: i * i for i in range(6)}
+        wait_for(lambda: next(s for s in lab.sites() if s["name"] == "CLOUD")["state"]
+                 == "online", 60, what="the cloud site online again")
         assert gateway.cluster_names() == clusters, "a second cluster was started"
-        assert next(s for s in lab.sites() if s["name"] == "CLOUD")["state"] == "online"
     finally:
         server.stop()
         gateway.stop()
