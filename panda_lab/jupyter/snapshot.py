@@ -164,7 +164,8 @@ def _ndim(axes: Any) -> int:
 
 
 def draw_histogram(name: str, h: Any, width: float = 5.0, height: float = 3.0) -> bytes:
-    """A PNG of a 1-D histogram, drawn without pyplot (safe off the main thread)."""
+    """A PNG of a 1-D histogram, drawn without pyplot (safe off the main thread).  Fixed
+    margins rather than ``tight_layout``, which took a third of the drawing's time."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -178,7 +179,7 @@ def draw_histogram(name: str, h: Any, width: float = 5.0, height: float = 3.0) -
     ax.set_xlabel(getattr(axis, "label", None) or getattr(axis, "name", None) or name)
     ax.set_ylabel("entries")
     ax.set_title(name or None)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.18, right=0.97, bottom=0.17, top=0.9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -3,6 +3,7 @@ models are checked; tests/browser shows them drawn)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -109,10 +110,15 @@ def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_pat
     nlab.datasets.register("m-dimuon", [str(f) for f in files], tree="Events")
     task = nlab.analyze(slow_dimuon, "m-dimuon", events_per_job=5_000, name="m-analysis")
     images: list[bytes] = []
+    drawn_at: list[float] = []
     m = TaskMonitor(nlab, task.id, interval=0.1, start=False)
-    m.image.observe(lambda change: images.append(bytes(change["new"])), names="value")
+    m.image.observe(lambda change: (images.append(bytes(change["new"])),
+                                    drawn_at.append(time.monotonic())), names="value")
     m.start()
     assert m.wait(120)
+    # drawn at most once a second while it ran (each look is 0.1 s apart), the last at once
+    gaps = [b - a for a, b in itertools.pairwise(drawn_at[:-1])]
+    assert all(gap >= m.redraw_every for gap in gaps), gaps
     snap = m.snapshot
     assert snap.analysis and snap.events == snap.total_events == 120_000
     assert "120,000 / 120,000 events (100%)" in m.counts.value
