@@ -148,8 +148,8 @@ class GatewayProvisioner(DaskProvisioner):
     def _drop(self) -> None:
         """Forget a connection that failed, so the next look starts afresh; the cluster
         itself is left running (its name is kept, to reattach to it).  The ``Gateway``
-        object is kept: it holds no connection of its own, and a closed one complains
-        when it is collected."""
+        object is kept for the next look: it is only an HTTP client, and a closed one
+        prints a traceback when it is collected."""
         for obj, kwargs in ((self.client, {}), (self.cluster, {"shutdown": False})):
             try:
                 if obj is not None:
