@@ -71,7 +71,12 @@ class Kernel:
                 reply.displays.append(content)
             elif kind == "status" and content["execution_state"] == "idle":
                 break
-        shell = self.kc.get_shell_msg(timeout=10)
+        # this execution's reply: a slow kernel start leaves a second kernel_info_reply
+        # (wait_for_ready asks again), which must not be taken for it
+        while True:
+            shell = self.kc.get_shell_msg(timeout=10)
+            if shell["parent_header"].get("msg_id") == msg_id:
+                break
         reply.status = shell["content"]["status"]
         return reply
 
