@@ -98,7 +98,7 @@ def browser_latency(home: Path, lab, tasks: int, jobs: int) -> list[float] | Non
     real JupyterLab in headless Chromium; ``None`` where Chromium is not installed."""
     import os
 
-    from harness import CHROMIUM, CHROMIUM_ARGS, JupyterServer
+    from harness import CHROMIUM, CHROMIUM_ARGS, JupyterServer, open_new_notebook
 
     if not os.path.exists(CHROMIUM):
         return None
@@ -114,16 +114,7 @@ def browser_latency(home: Path, lab, tasks: int, jobs: int) -> list[float] | Non
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.set_default_timeout(120_000)
         page.goto(f"{jupyter.url}/lab?token={jupyter.token}")
-        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands"
-                               ".hasCommand('notebook:create-new')")
-        page.evaluate("window.jupyterapp.commands.execute('notebook:create-new', "
-                      "{kernelName: 'python3'})")
-        page.wait_for_function("""() => {
-            const w = window.jupyterapp.shell.currentWidget;
-            const k = w && w.sessionContext && w.sessionContext.session
-                      && w.sessionContext.session.kernel;
-            return k && k.connectionStatus === 'connected' && k.status === 'idle';
-        }""")
+        open_new_notebook(page)
         page.evaluate(WATCH_COUNTS)
         for _ in range(tasks):
             page.evaluate("""code => {

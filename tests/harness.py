@@ -122,6 +122,43 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def site_in_state(lab: Lab, name: str, state: str, timeout: float = 60.0) -> dict:
+    """Wait until the site ``name`` is in ``state`` (online, offline); its row."""
+    return wait_for(lambda: next((s for s in lab.sites()
+                                  if s["name"] == name and s["state"] == state), None),
+                    timeout, what=f"site {name} {state}")
+
+
+#: In a page: every picture a panda-lab task monitor shows, caught as the browser swaps it
+#: in (``window.__histograms``, a set of image sources).
+WATCH_HISTOGRAMS = """() => {
+    window.__histograms = new Set();
+    const note = img => img.closest('.panda-task-monitor') && img.src
+                        && window.__histograms.add(img.src);
+    new MutationObserver(records => records.forEach(r => {
+        if (r.type === 'attributes') note(r.target);
+        r.addedNodes && r.addedNodes.forEach(n => n.querySelectorAll
+            && n.querySelectorAll('img').forEach(note));
+    })).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                attributeFilter: ['src']});
+}"""
+
+
+def open_new_notebook(page) -> None:
+    """In a JupyterLab page (the app exposed for tests): a new notebook, its kernel
+    connected and idle."""
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands"
+                           ".hasCommand('notebook:create-new')")
+    page.evaluate("window.jupyterapp.commands.execute('notebook:create-new', "
+                  "{kernelName: 'python3'})")
+    page.wait_for_function("""() => {
+        const w = window.jupyterapp.shell.currentWidget;
+        const k = w && w.sessionContext && w.sessionContext.session
+                  && w.sessionContext.session.kernel;
+        return k && k.connectionStatus === 'connected' && k.status === 'idle';
+    }""", timeout=90_000)
+
+
 #: Debian's Chromium (scripts/install-system-deps installs it), never a download, and
 #: its flags for a headless run on a machine with no network and as root.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

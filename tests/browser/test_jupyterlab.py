@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import wait_for
+from harness import WATCH_HISTOGRAMS, open_new_notebook, wait_for
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "example_notebooks" / "02-dimuon-analysis.ipynb"
 
@@ -29,18 +29,7 @@ def test_dimuon_notebook_runs_and_its_monitor_fills_in(chromium, lab_server, art
                   && w.sessionContext.session.kernel;
         return k && k.connectionStatus === 'connected' && k.status === 'idle';
     }""", timeout=90_000)
-    # every picture the monitor shows, caught as the browser swaps it in
-    page.evaluate("""() => {
-        window.__histograms = new Set();
-        const note = img => img.closest('.panda-task-monitor') && img.src
-                            && window.__histograms.add(img.src);
-        new MutationObserver(records => records.forEach(r => {
-            if (r.type === 'attributes') note(r.target);
-            r.addedNodes && r.addedNodes.forEach(n => n.querySelectorAll
-                && n.querySelectorAll('img').forEach(note));
-        })).observe(document.body, {subtree: true, childList: true, attributes: true,
-                                    attributeFilter: ['src']});
-    }""")
+    page.evaluate(WATCH_HISTOGRAMS)  # every picture the monitor shows, as it is swapped in
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
     monitor = page.locator(".panda-task-monitor").first
@@ -86,16 +75,7 @@ def test_a_cleared_monitor_stops_polling_and_a_shown_one_resumes(chromium, lab_s
     page = chromium.new_page(viewport={"width": 1200, "height": 900})
     page.set_default_timeout(60_000)
     page.goto(f"{lab_server['url']}/lab?token={lab_server['token']}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands"
-                           ".hasCommand('notebook:create-new')")
-    page.evaluate("window.jupyterapp.commands.execute('notebook:create-new', "
-                  "{kernelName: 'python3'})")
-    page.wait_for_function("""() => {
-        const w = window.jupyterapp.shell.currentWidget;
-        const k = w && w.sessionContext && w.sessionContext.session
-                  && w.sessionContext.session.kernel;
-        return k && k.connectionStatus === 'connected' && k.status === 'idle';
-    }""", timeout=90_000)
+    open_new_notebook(page)
 
     def run_cell(code: str) -> None:
         page.evaluate("""code => {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from harness import wait_for
+from harness import open_new_notebook, wait_for
 
 NOTEBOOK_CODE = """\
 import time
@@ -46,14 +46,7 @@ def test_the_panel_follows_a_notebooks_task_and_kills_and_inserts(chromium, lab_
     page.locator(".panda-status-item:has-text('running')").wait_for()
 
     # a task submitted from a notebook shows up, and its progress moves
-    page.evaluate("window.jupyterapp.commands.execute('notebook:create-new', "
-                  "{kernelName: 'python3'})")
-    page.wait_for_function("""() => {
-        const w = window.jupyterapp.shell.currentWidget;
-        const k = w && w.sessionContext && w.sessionContext.session
-                  && w.sessionContext.session.kernel;
-        return k && k.connectionStatus === 'connected' && k.status === 'idle';
-    }""", timeout=90_000)
+    open_new_notebook(page)
     run_in_notebook(page, NOTEBOOK_CODE)
     page.locator(".jp-OutputArea-output:has-text('submitted')").wait_for()
     printed = page.locator(".jp-OutputArea-output:has-text('submitted')").inner_text().split()

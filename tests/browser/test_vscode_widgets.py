@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import JupyterServer, ServerProcess, wait_for
+from harness import WATCH_HISTOGRAMS, JupyterServer, ServerProcess, wait_for
 
 HOST = Path(__file__).resolve().parent / "vscode_host"
 NOTEBOOK = Path(__file__).resolve().parents[2] / "example_notebooks" / "02-dimuon-analysis.ipynb"
@@ -81,18 +81,7 @@ def host_errors(page) -> list[str]:
 
 def test_dimuon_notebook_monitor_renders_and_fills_in(vscode, artifacts):
     page = vscode["page"]
-    # every picture the monitor shows, caught as the browser swaps it in
-    page.evaluate("""() => {
-        window.__histograms = new Set();
-        const note = img => img.closest('.panda-task-monitor') && img.src
-                            && window.__histograms.add(img.src);
-        new MutationObserver(records => records.forEach(r => {
-            if (r.type === 'attributes') note(r.target);
-            r.addedNodes && r.addedNodes.forEach(n => n.querySelectorAll
-                && n.querySelectorAll('img').forEach(note));
-        })).observe(document.body, {subtree: true, childList: true, attributes: true,
-                                    attributeFilter: ['src']});
-    }""")
+    page.evaluate(WATCH_HISTOGRAMS)  # every picture the monitor shows, as it is swapped in
     cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
     monitor = page.locator(".panda-task-monitor").first
     for cell in cells:

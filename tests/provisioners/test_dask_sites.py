@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from harness import ServerProcess, free_port, pid_alive, wait_for
+from harness import ServerProcess, free_port, pid_alive, site_in_state, wait_for
 
 from panda_lab.provisioners.dask import CONNECT_TIMEOUT
 
@@ -142,8 +142,7 @@ scheduler = "{scheduler.addr}"
         lab = server.lab()
         wait_for(lambda: pilots_at(lab, "LAB-DASK"), 60, what="a pilot on the Dask site")
         scheduler.kill_all()
-        wait_for(lambda: next(s for s in lab.sites() if s["name"] == "LAB-DASK")["state"]
-                 == "offline", 60, what="the site offline")
+        site_in_state(lab, "LAB-DASK", "offline", 60)
         time.sleep(CONNECT_TIMEOUT + 2)  # past the client's reconnection attempts
         scheduler.start()
         scheduler.add_worker()
@@ -169,9 +168,7 @@ scheduler = "tcp://127.0.0.1:{free_port()}"
 """)
     try:
         lab = server.lab()
-        site = wait_for(lambda: next((s for s in lab.sites()
-                                      if s["name"] == "NOWHERE" and s["state"] == "offline"),
-                                     None), 60, what="the site offline")
+        site = site_in_state(lab, "NOWHERE", "offline", 60)
         assert "unreachable" in site["reason"]
         task = lab.submit(slow_square, [(i, 0.0) for i in range(4)], name="avoid")
         info = lab.wait(task, timeout=60)

@@ -8,7 +8,7 @@ import socket
 import time
 
 import psutil
-from harness import GatewayServer, ServerProcess, free_port, wait_for
+from harness import GatewayServer, ServerProcess, free_port, site_in_state, wait_for
 
 
 def slow_square(x, t=1.0):
@@ -102,9 +102,7 @@ address = "http://127.0.0.1:{free_port()}"
     server = ServerProcess(home, extra=["--sites", str(sites)]).start()
     try:
         lab = server.lab()
-        site = wait_for(lambda: next((s for s in lab.sites()
-                                      if s["name"] == "CLOUD" and s["state"] == "offline"),
-                                     None), 60, what="the cloud site offline")
+        site = site_in_state(lab, "CLOUD", "offline", 60)
         assert "dask-gateway" in site["reason"] and "unreachable" in site["reason"]
         task = lab.submit(slow_square, [(i, 0.0) for i in range(4)], name="avoid")
         info = lab.wait(task, timeout=60)
@@ -147,17 +145,14 @@ idle_timeout = 600
         flag = tmp_path / "gateway-back"
         more = lab.submit(square_when, [(i, str(flag)) for i in range(6)],
                           name="two-workers", site="CLOUD")
-        site = wait_for(lambda: next((s for s in lab.sites()
-                                      if s["name"] == "CLOUD" and s["state"] == "offline"),
-                                     None), 90, what="the cloud site offline")
+        site = site_in_state(lab, "CLOUD", "offline", 90)
         assert "dask-gateway" in site["reason"]
 
         gateway.start()                       # same address, same database
         flag.touch()
         info = lab.wait(more, timeout=180)
         assert info["state"] == "done" and lab.results(more) == {i: i * i for i in range(6)}
-        wait_for(lambda: next(s for s in lab.sites() if s["name"] == "CLOUD")["state"]
-                 == "online", 60, what="the cloud site online again")
+        site_in_state(lab, "CLOUD", "online", 60)
         assert gateway.cluster_names() == clusters, "a second cluster was started"
     finally:
         server.stop()
@@ -185,9 +180,7 @@ timeout = 2
         try:
             lab = server.lab()
             task = lab.submit(slow_square, [(i, 0.0) for i in range(2)], name="hung")
-            site = wait_for(lambda: next((s for s in lab.sites()
-                                          if s["name"] == "CLOUD" and s["state"] == "offline"),
-                                         None), 30, what="the cloud site offline")
+            site = site_in_state(lab, "CLOUD", "offline", 30)
             assert "unreachable: TimeoutError" in site["reason"]
             info = lab.wait(task, timeout=60)
             assert info["state"] == "done" and set(info["jobs_by_site"]) == {"LOCAL"}

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pytest
-from harness import ServerProcess, wait_for
+from harness import ServerProcess, site_in_state, wait_for
 
 from panda_lab.model.states import TASK_FINAL
 
@@ -107,9 +107,7 @@ def test_a_site_whose_batch_system_refuses_goes_offline(hpc):
     lab = hpc.lab()
     # Jobs brokered to the site make it ask Slurm for a pilot, which Slurm refuses.
     task = lab.submit(slow_square, [(i, 0.0) for i in range(12)], name="refused")
-    site = wait_for(lambda: next((s for s in lab.sites()
-                                  if s["name"] == "UNI-HPC" and s["state"] == "offline"), None),
-                    30, what="the site offline")
+    site = site_in_state(lab, "UNI-HPC", "offline", 30)
     assert "sbatch" in site["reason"] and "partition" in site["reason"].lower()
     info = lab.wait(task, timeout=60)  # its jobs went back to brokerage, none was lost
     assert info["state"] == "done" and lab.results(task) == {i: i * i for i in range(12)}
