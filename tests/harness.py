@@ -223,7 +223,10 @@ c.LocalBackend.clusters_directory = {str(self.dir / "clusters")!r}
                 f.write(f"""c.DBBackendBase.db_url = "sqlite:///{self.dir / 'gateway.sqlite'}"
 c.DBBackendBase.db_encrypt_keys = [{self.key!r}]
 c.DBBackendBase.stop_clusters_on_shutdown = False
+c.DBBackendBase.cluster_heartbeat_timeout = 600
 """)
+            # (a cluster unheard of for its heartbeat timeout, 30 s by default, is culled
+            # when the gateway comes back: a test's outage must not run into it)
         self.log = open(self.dir / "gateway.log", "ab")  # noqa: SIM115
         server = str(Path(sys.executable).parent / "dask-gateway-server")
         self.proc = subprocess.Popen([server, "-f", str(config)], cwd=self.dir,
