@@ -8,6 +8,8 @@ because pilots ship failures back to the server by pickling them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class DataError(Exception):
     """A problem with an input file: ``file``, ``tree`` and the ``reason`` in words.
@@ -50,3 +52,30 @@ class DataError(Exception):
             (self.file, self.tree, self.reason, self.entry_start, self.entry_stop),
             self.__dict__,
         )
+
+
+class BadFilesError(DataError):
+    """Input files that cannot be used, each with its reason: ``bad_files`` maps file → reason.
+
+    Raised by dataset registration, which inspects every file before it gives up, so one error
+    names them all (``n_files`` is how many were given). A subclass of :class:`DataError`, so
+    code that catches a single bad file catches this too; ``file`` is the first bad file.
+    """
+
+    def __init__(self, bad_files: Mapping[str, str], tree: str | None = None,
+                 n_files: int | None = None) -> None:
+        self.bad_files = dict(bad_files)
+        self.n_files = n_files
+        n = len(self.bad_files)
+        of = f" of {n_files}" if n_files is not None else ""
+        summary = f"{n}{of} file{'s' if n != 1 else ''} cannot be used"
+        super().__init__(next(iter(self.bad_files), ""), tree, summary)
+
+    def _message(self) -> str:
+        tree = f" (tree {self.tree!r})" if self.tree is not None else ""
+        lines = "".join(f"\n  {f}: {r}" for f, r in self.bad_files.items())
+        return (f"{self.reason}{tree}; pass skip_bad_files=True to register the others "
+                f"and record these as skipped:{lines}")
+
+    def __reduce__(self):
+        return (type(self), (self.bad_files, self.tree, self.n_files), self.__dict__)

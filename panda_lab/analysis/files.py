@@ -11,7 +11,9 @@ reason a user can act on (the trees that do exist, the size the file should have
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,45 @@ def inspect_file(url_or_path: str | Path, tree: str) -> FileInfo:
         return FileInfo(path, tree, entries, int(handle.file.fEND), clusters, branches)
     finally:
         handle.close()
+
+
+def missing_columns(branches: Iterable[str], columns: Iterable[str]) -> list[str]:
+    """The ``columns`` (as ``read_chunk`` takes them) that no branch in ``branches`` can give.
+
+    A column is a branch (``"nMuon"``), a collection (``"Muon"``, its ``Muon_*`` branches) or a
+    field path (``"Muon.pt"``, the branch ``Muon_pt``). Branch names are all this looks at, so a
+    column it passes may still be refused when a file is read (a collection is formed from the
+    branches' types); one it refuses is in none of these branches. In the order given.
+    """
+    names = set(branches)
+    prefixes = {b.partition("_")[0] for b in names if "_" in b}
+    missing = []
+    for column in columns:
+        coll, dot, sub = column.partition(".")
+        found = column in names or column in prefixes or (dot and f"{coll}_{sub}" in names)
+        if not found and column not in missing:
+            missing.append(column)
+    return missing
+
+
+class UnknownColumns(ValueError):
+    """Columns asked for that no file of a dataset has: the user's mistake, not the data's."""
+
+
+def check_columns(files: list[dict], columns: Iterable[str], what: str) -> None:
+    """Raise :class:`UnknownColumns` for ``columns`` that none of ``files`` (dicts with
+    ``branches``) can give, with close branch names as hints; ``what`` names the dataset.
+    A column only some files lack is left to the jobs, which fail those files as bad input."""
+    branches = sorted({b for f in files for b in f["branches"]})
+    missing = missing_columns(branches, columns)
+    if missing:
+        named = []
+        for column in missing:
+            close = difflib.get_close_matches(column, branches, n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            named.append(f"{column!r}{hint}")
+        plural = "s" if len(missing) > 1 else ""
+        raise UnknownColumns(f"no file of {what} has the column{plural} {', '.join(named)}")
 
 
 def _clusters(offsets: list[int], entries: int) -> list[int]:
