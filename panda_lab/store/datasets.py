@@ -1,8 +1,9 @@
 """Datasets, their files and replicas; analysis chunks and merged results.
 
 A dataset is registered once (entries, sizes and cluster boundaries read from the files'
-metadata) and shared by every notebook of the server.  An analysis task keeps the input
-chunk of each job, so its report can say, for every file and entry range, what happened.
+metadata) and shared by every notebook of the server; files found bad at registration and
+skipped are kept with their reasons.  An analysis task keeps the input chunk of each job,
+so its report can say, for every file and entry range, what happened.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ import json
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from panda_lab.store.base import StoreBase, now
-from panda_lab.store.schema import accumulators, chunks, datasets, files, replicas
+from panda_lab.store.schema import (
+    accumulators,
+    bad_files,
+    chunks,
+    datasets,
+    files,
+    replicas,
+)
 
 
 class DatasetExists(ValueError):
@@ -26,9 +34,15 @@ class DatasetNotFound(LookupError):
 class DatasetStore:
     # ---- datasets -------------------------------------------------------------------
     def register_dataset(self: StoreBase, name: str, tree: str, files_: list[dict],
-                         replace: bool = False) -> int:
+                         replace: bool = False, bad_files_: list[dict] | None = None) -> int:
         """Record a dataset and its files; each file dict has path, tree, entries,
-        size_bytes, clusters, branches and optional replicas [{endpoint, url}]."""
+        size_bytes, clusters, branches and optional file_index and replicas
+        [{endpoint, url}].  ``bad_files_`` [{path, reason, optional tree and file_index}]
+        are the files given that cannot be used, kept with the reason so analyses can
+        report them as skipped.  A ``file_index`` is the file's place in the list the user
+        gave (good and bad together); without one, good files count from 0 and bad files
+        follow them."""
+        bad_ = bad_files_ or []
         with self.tx() as conn:
             old = conn.execute(select(datasets.c.id).where(datasets.c.name == name)).scalar()
             if old is not None:
@@ -38,6 +52,7 @@ class DatasetStore:
                 file_ids = select(files.c.id).where(files.c.dataset_id == old)
                 conn.execute(delete(replicas).where(replicas.c.file_id.in_(file_ids)))
                 conn.execute(delete(files).where(files.c.dataset_id == old))
+                conn.execute(delete(bad_files).where(bad_files.c.dataset_id == old))
                 conn.execute(delete(datasets).where(datasets.c.id == old))
             ds_id = conn.execute(insert(datasets).values(
                 name=name, tree=tree, n_files=len(files_),
@@ -45,15 +60,24 @@ class DatasetStore:
                 size_bytes=sum(int(f["size_bytes"]) for f in files_), created_at=now(),
             ).returning(datasets.c.id)).scalar_one()
             for i, f in enumerate(files_):
+                index = f["file_index"] if f.get("file_index") is not None else i
                 fid = conn.execute(insert(files).values(
-                    dataset_id=ds_id, file_index=i, path=f["path"], tree=f.get("tree", tree),
-                    entries=int(f["entries"]), size_bytes=int(f["size_bytes"]),
+                    dataset_id=ds_id, file_index=index, path=f["path"],
+                    tree=f.get("tree", tree), entries=int(f["entries"]),
+                    size_bytes=int(f["size_bytes"]),
                     clusters=json.dumps([int(c) for c in f["clusters"]]),
                     branches=json.dumps(f.get("branches", [])),
                 ).returning(files.c.id)).scalar_one()
                 reps = f.get("replicas") or [{"endpoint": "origin", "url": f["path"]}]
                 conn.execute(insert(replicas), [
                     {"file_id": fid, "endpoint": r["endpoint"], "url": r["url"]} for r in reps])
+            if bad_:
+                conn.execute(insert(bad_files), [
+                    {"dataset_id": ds_id, "path": b["path"], "tree": b.get("tree") or tree,
+                     "reason": b["reason"],
+                     "file_index": b["file_index"] if b.get("file_index") is not None
+                     else len(files_) + k}
+                    for k, b in enumerate(bad_)])
         return ds_id
 
     def get_dataset(self: StoreBase, name: str, with_files: bool = True) -> dict:
@@ -65,6 +89,11 @@ class DatasetStore:
             out = dict(row._mapping)
             if with_files:
                 out["files"] = self._files(conn, row.id)
+                out["bad_files"] = [
+                    {"file_index": b.file_index, "path": b.path, "tree": b.tree,
+                     "reason": b.reason}
+                    for b in conn.execute(select(bad_files).where(
+                        bad_files.c.dataset_id == row.id).order_by(bad_files.c.file_index))]
         return out
 
     def _files(self, conn: Connection, ds_id: int) -> list[dict]:
@@ -129,10 +158,21 @@ class DatasetStore:
 class ReportStore:
     def analysis_report(self: StoreBase, task_id: int) -> list[dict]:
         """Every input range of an analysis task with the fate of its job: state of the
-        latest attempt, number of attempts, sites tried, and the error if it failed."""
-        from panda_lab.store.schema import jobs
+        latest attempt, number of attempts, sites tried, and the error if it failed.
+
+        After the jobs' rows (in job order) come, in file order, the files no job reads:
+        those without entries (``start == stop == 0``, no error) and those found bad at
+        registration (``start``/``stop`` None, ``error_category`` "input", ``error`` the
+        reason); both have ``job_index`` and ``state`` None and no attempts.  Raises
+        :class:`~panda_lab.store.tasks.TaskNotFound` for an unknown task."""
+        from panda_lab.store.base import loads
+        from panda_lab.store.schema import jobs, tasks
+        from panda_lab.store.tasks import TaskNotFound
 
         with self.tx() as conn:
+            options = conn.execute(select(tasks.c.options).where(tasks.c.id == task_id)).scalar()
+            if options is None:
+                raise TaskNotFound(f"no task with id {task_id}")
             rows = conn.execute(select(chunks).where(chunks.c.task_id == task_id)
                                 .order_by(chunks.c.job_index, chunks.c.id)).all()
             attempts: dict[int, list] = {}
@@ -153,4 +193,18 @@ class ReportStore:
                 "error_category": last.error_category if last else None,
                 "error": last.error_message if last else None,
             })
+        options = loads(options)
+        without_job = [
+            {"file_index": i, "path": path, "tree": tree, "start": 0, "stop": 0,
+             "error_category": None, "error": None}
+            for i, path, tree in options.get("empty_files", [])
+        ] + [
+            {"file_index": b["file_index"], "path": b["path"], "tree": b["tree"], "start": None,
+             "stop": None, "error_category": "input",
+             "error": f"skipped at registration: {b['reason']}"}
+            for b in options.get("bad_files", [])
+        ]
+        for row in sorted(without_job, key=lambda r: r["file_index"]):
+            out.append({"job_index": None, **row, "scout": False, "state": None,
+                        "attempts": 0, "sites": []})
         return out

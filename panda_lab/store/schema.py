@@ -182,6 +182,20 @@ replicas = Table(
 )
 Index("ix_replicas_file", replicas.c.file_id)
 
+# Files given to a dataset's registration that could not be used (missing, not ROOT, no such
+# tree, ...), with the reason: registered with ``skip_bad_files``, kept to say what was skipped.
+bad_files = Table(
+    "bad_files",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("file_index", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("tree", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+Index("ix_bad_files_dataset", bad_files.c.dataset_id, bad_files.c.file_index)
+
 # ---- analysis tasks: their input chunks and the merged result -----------------------------
 
 # One row per input range of a job (a job of ``files_per_job`` has several).
