@@ -18,9 +18,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from panda_lab.analysis.files import check_columns
 from panda_lab.model import JOB_FINAL, TaskState
 from panda_lab.payload import dumps_call
-from panda_lab.server.splitter import SplitRule, remaining, scouts, size_from_scouts, split_all
+from panda_lab.server.splitter import (
+    SplitRule,
+    remaining,
+    scouts,
+    size_from_scouts,
+    split_all,
+    split_empty,
+)
 from panda_lab.store import Changes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -183,22 +191,34 @@ class AnalysisService:
 
     # ---- submit ----------------------------------------------------------------------
     def submit(self, name: str, dataset: str, common: bytes, rule: SplitRule, site: Any,
-               options: dict, skip_bad_files: bool, owner: str = "") -> tuple[int, Changes]:
-        """Runs on the store's thread."""
+               options: dict, skip_bad_files: bool, owner: str = "",
+               columns: list[str] | None = None) -> tuple[int, Changes]:
+        """Runs on the store's thread.  Raises ``DatasetNotFound`` and, for ``columns``
+        that no file of the dataset has, ``UnknownColumns``."""
         ds = self.store.get_dataset(dataset)
         files = ds["files"]
-        if not any(f["entries"] for f in files):
-            raise ValueError(f"dataset {dataset!r} has no entries")
+        if columns and files:
+            check_columns(files, columns, f"dataset {dataset!r} (tree {ds['tree']!r})")
         options = dict(options, kind="analysis", dataset=dataset, skip_bad_files=skip_bad_files,
-                       split=rule.__dict__, total_events=ds["n_events"])
-        if rule.mode == "auto":
+                       split=rule.__dict__, total_events=ds["n_events"],
+                       bad_files=ds.get("bad_files", []))
+        if not any(f["entries"] for f in files):
+            # Nothing to split: the processor still runs once, on no events of the first
+            # file, so the result has the shape it would have (empty histograms, zero
+            # counts); without a file there is no job, and no result.
+            first, state = split_empty(files), TaskState.READY
+        elif rule.mode == "auto":
             first, state = scouts(files, rule), TaskState.SCOUTING
         else:
             first, state = split_all(files, rule), TaskState.READY
+        read = {c["file_index"] for cs in first for c in cs}
+        options["empty_files"] = [[f["file_index"], f["path"], f["tree"]] for f in files
+                                  if f["entries"] == 0 and f["file_index"] not in read]
+        scouting = state == TaskState.SCOUTING
         task_id, _ids, changes = self.store.create_task(
             name, job_specs(first), owner=owner, site=site, options=options, common=common,
-            open_=rule.mode == "auto", state=state, job_chunks=first)
-        self.tasks[task_id] = {"rule": rule, "files": files}
+            open_=scouting, state=state, job_chunks=first)
+        self.tasks[task_id] = {"rule": rule, "files": files, "scouting": scouting}
         return task_id, changes
 
     # ---- every change goes through here ------------------------------------------------

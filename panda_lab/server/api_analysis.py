@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import itertools
+from collections import Counter
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import Field
 
+from panda_lab.analysis.files import UnknownColumns
 from panda_lab.server.app import Server
 from panda_lab.server.schemas import B64, Strict, TaskOptions, b64decode
 from panda_lab.server.splitter import SplitRule
@@ -26,6 +28,8 @@ class Replica(Strict):
 
 
 class FileSpec(Strict):
+    #: The file's place in the list given at registration (good and bad files together).
+    file_index: Annotated[int, Field(ge=0)] | None = None
     path: str
     tree: str
     entries: Annotated[int, Field(ge=0)]
@@ -35,10 +39,21 @@ class FileSpec(Strict):
     replicas: list[Replica] = Field(default_factory=list)
 
 
+class BadFile(Strict):
+    """A file given at registration that cannot be used, and why (kept, to be reported)."""
+
+    file_index: Annotated[int, Field(ge=0)] | None = None
+    path: str
+    tree: str | None = None
+    reason: Annotated[str, Field(min_length=1)]
+
+
 class DatasetRegister(Strict):
     name: Annotated[str, Field(min_length=1, max_length=256)]
     tree: str
-    files: list[FileSpec] = Field(min_length=1, max_length=1_000_000)
+    #: May be empty: a dataset without files (a skim that wrote none) analyses to nothing.
+    files: list[FileSpec] = Field(default_factory=list, max_length=1_000_000)
+    bad_files: list[BadFile] = Field(default_factory=list, max_length=1_000_000)
     replace: bool = False
 
 
@@ -56,6 +71,9 @@ class AnalysisSubmit(Strict):
     dataset: str
     processor: B64 = Field(description="the pickled job function (processor bound)")
     split: Split = Field(default_factory=Split)
+    #: The columns the processor reads, when the user named them: checked against the
+    #: dataset's branches before any job is made.
+    columns: list[str] | None = None
     site: str | list[str] = "ANY"
     skip_bad_files: bool = False
     options: TaskOptions = Field(default_factory=TaskOptions)
@@ -70,8 +88,17 @@ async def register_dataset(request: Request, body: DatasetRegister) -> dict:
         if not c or c[0] != 0 or c[-1] != f.entries or not rising:
             raise HTTPException(422, f"{f.path}: clusters must rise strictly from 0 to "
                                      f"entries ({f.entries})")
+    given = [f.file_index for f in [*body.files, *body.bad_files]]
+    if any(i is not None for i in given):
+        if None in given:
+            raise HTTPException(422, "file_index: give it for every file and bad file, or none")
+        twice = sorted(i for i, n in Counter(given).items() if n > 1)
+        if twice:
+            raise HTTPException(422, f"file_index: {twice} given to more than one file")
     files = [f.model_dump() for f in body.files]
-    ds_id = await s.db(s.store.register_dataset, body.name, body.tree, files, body.replace)
+    bad = [b.model_dump() for b in body.bad_files]
+    ds_id = await s.db(s.store.register_dataset, body.name, body.tree, files, body.replace,
+                       bad)
     return {"id": ds_id, "name": body.name}
 
 
@@ -99,9 +126,12 @@ async def submit_analysis(request: Request, body: AnalysisSubmit) -> dict:
     rule = SplitRule(sp.mode, sp.events_per_job, sp.files_per_job, sp.target_job_seconds,
                      sp.n_scouts)
     common = b64decode(body.processor, "processor")
-    task_id, changes = await s.db(s.analysis.submit, body.name, body.dataset, common, rule,
-                                  body.site, body.options.model_dump(), body.skip_bad_files,
-                                  body.owner)
+    try:
+        task_id, changes = await s.db(s.analysis.submit, body.name, body.dataset, common, rule,
+                                      body.site, body.options.model_dump(),
+                                      body.skip_bad_files, body.owner, body.columns)
+    except UnknownColumns as exc:
+        raise HTTPException(422, str(exc)) from exc
     s.publish(changes)
     return {"task": task_id}
 
@@ -119,5 +149,6 @@ async def partial(request: Request, task_id: int) -> dict:
 
 @router.get("/tasks/{task_id}/report")
 async def report(request: Request, task_id: int) -> list[dict]:
+    """Every input range and its job's fate, then the files no job reads (404: no task)."""
     s = _server(request)
     return await s.db(s.store.analysis_report, task_id)

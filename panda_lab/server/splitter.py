@@ -4,7 +4,9 @@ Three ways: ``events_per_job`` (cut on the files' cluster boundaries), ``files_p
 or ``auto``: a few scout jobs run first on small chunks, their measured events per
 second (and memory) fix the size of the remaining jobs so each lasts about
 ``target_job_seconds``.  Every entry of every file belongs to exactly one job.
-Pure functions over file dicts (path, tree, entries, clusters, replicas).
+A dataset without entries gives one job over no entries (``split_empty``), so even an
+empty skim has the processor's result.  Pure functions over file dicts (path, tree,
+entries, clusters, replicas).
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ def split_all(files: list[dict], rule: SplitRule, events_per_job: int | None = N
     if epj <= 0:
         raise ValueError("events_per_job must be positive")
     return [[c] for f in files if f["entries"] > 0 for c in split_range(f, 0, f["entries"], epj)]
+
+
+def split_empty(files: list[dict]) -> list[list[dict]]:
+    """For a dataset without entries: one job over no entries of the first file, so the
+    processor's own output on zero events (empty histograms, zero counts) is the result.
+    No job for a dataset without files: there is no schema to run the processor on."""
+    return [[_chunk(files[0], 0, 0)]] if files else []
 
 
 def scouts(files: list[dict], rule: SplitRule) -> list[list[dict]]:
