@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import base64
 import glob
+import numbers
 import pickle
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial as bind
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from panda_lab.analysis.errors import BadFilesError, DataError
 from panda_lab.client.tasks import FINAL, TaskHandle
 from panda_lab.payload import dumps_fn, environment
 
 if TYPE_CHECKING:  # pragma: no cover
+    from panda_lab.analysis.files import FileInfo
     from panda_lab.client.session import Lab
 
 
@@ -38,24 +41,35 @@ class IncompleteResult(RuntimeError):
 
 @dataclass
 class Dataset:
+    """A registered dataset: its usable ``files`` and, in ``bad_files``, the files given at
+    registration that could not be used (path -> reason), skipped with ``skip_bad_files``."""
+
     name: str
     tree: str
     n_files: int
     n_events: int
     size_bytes: int
     files: list[dict]
+    bad_files: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
+        bad = f", {len(self.bad_files)} bad files skipped" if self.bad_files else ""
         return (f"<Dataset {self.name!r}: {self.n_files} files, {self.n_events:,} events, "
-                f"{self.size_bytes / 1e6:.1f} MB, tree {self.tree!r}>")
+                f"{self.size_bytes / 1e6:.1f} MB, tree {self.tree!r}{bad}>")
 
     def files_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.files)[["file_index", "path", "entries", "size_bytes"]]
+        return pd.DataFrame(self.files, columns=["file_index", "path", "entries", "size_bytes"])
 
 
 def _expand(files: str | Path | list) -> list[str]:
+    """Paths, globs and URLs to the list of files, in order (each glob's matches sorted).
+
+    Raises ``FileNotFoundError`` naming every glob that matches nothing: a pattern that
+    finds no file is a mistake in the pattern, not a bad file to skip.  A plain path is kept
+    as given, so a missing one is reported with the other bad files."""
     items = files if isinstance(files, list | tuple) else [files]
     out: list[str] = []
+    empty: list[str] = []
     for item in items:
         s = str(item)
         if "://" in s and not s.startswith("file://"):
@@ -64,9 +78,33 @@ def _expand(files: str | Path | list) -> list[str]:
         s = s.removeprefix("file://")
         matches = sorted(glob.glob(s)) if glob.has_magic(s) else [s]
         if not matches:
-            raise FileNotFoundError(f"no file matches {s!r}")
+            empty.append(s)
         out.extend(str(Path(m).resolve()) for m in matches)
+    if empty:
+        raise FileNotFoundError(f"no file matches {', '.join(map(repr, empty))}")
     return out
+
+
+def _inspect_all(paths: list[str], tree: str) -> tuple[dict[int, FileInfo], dict[int, str]]:
+    """Inspect every file (a few at a time): the good ones' metadata and every bad one's
+    reason, by position in ``paths``.  Only :class:`DataError` marks a file bad."""
+    from panda_lab.analysis.files import inspect_file
+
+    def one(path: str) -> FileInfo | DataError:
+        try:
+            return inspect_file(path, tree)
+        except DataError as exc:
+            return exc
+
+    good: dict[int, FileInfo] = {}
+    bad: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(paths)))) as pool:
+        for k, got in enumerate(pool.map(one, paths)):
+            if isinstance(got, DataError):
+                bad[k] = got.reason
+            else:
+                good[k] = got
+    return good, bad
 
 
 class Datasets:
@@ -77,34 +115,45 @@ class Datasets:
 
     def register(self, name: str, files: str | Path | list, tree: str = "Events",
                  replace: bool = False, endpoint: str = "local",
-                 replicas: dict[str, list[str]] | None = None) -> Dataset:
+                 replicas: dict[str, list[str]] | None = None,
+                 skip_bad_files: bool = False) -> Dataset:
         """Register files (paths, globs or URLs) as a dataset; reads only their metadata.
 
         ``files`` are at storage ``endpoint``; ``replicas`` maps other endpoints to the
         URLs of the same files, in the same order.  A job reads the replica at its site's
-        endpoint first (``endpoint =`` in sites.toml), then the others in turn."""
-        from panda_lab.analysis.files import inspect_file
+        endpoint first (``endpoint =`` in sites.toml), then the others in turn.
 
+        Every file is inspected before anything is decided.  Files that cannot be used
+        (missing, unreadable, not ROOT, truncated, no such tree, not a tree, a URL that
+        does not answer) raise one :class:`~panda_lab.analysis.errors.BadFilesError`
+        whose ``bad_files`` maps each to its reason; with ``skip_bad_files=True`` the
+        others are registered and the bad ones are kept with their reasons
+        (``Dataset.bad_files``), and every analysis of the dataset reports them as
+        skipped.  A glob that matches nothing raises ``FileNotFoundError``.  An empty
+        list registers a dataset without files, which analyses to ``None``."""
         paths = _expand(files)
         for ep, urls in (replicas or {}).items():
             if len(urls) != len(paths):
                 raise ValueError(f"replicas at {ep!r}: {len(urls)} URLs for {len(paths)} files;"
                                  " give one per file, in the same order")
-        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
-            infos = list(pool.map(lambda p: inspect_file(p, tree), paths))
+        good, bad = _inspect_all(paths, tree)
+        if bad and not skip_bad_files:
+            raise BadFilesError({paths[k]: r for k, r in bad.items()}, tree, len(paths))
         body = {"name": name, "tree": tree, "replace": replace, "files": [
-            {"path": i.path, "tree": i.tree, "entries": i.entries, "size_bytes": i.size_bytes,
-             "clusters": i.clusters, "branches": i.branches,
+            {"file_index": k, "path": i.path, "tree": i.tree, "entries": i.entries,
+             "size_bytes": i.size_bytes, "clusters": i.clusters, "branches": i.branches,
              "replicas": [{"endpoint": endpoint, "url": i.path}] + [
                  {"endpoint": ep, "url": str(urls[k])} for ep, urls in (replicas or {}).items()]}
-            for k, i in enumerate(infos)]}
+            for k, i in good.items()],
+            "bad_files": [{"file_index": k, "path": paths[k], "tree": tree, "reason": r}
+                          for k, r in bad.items()]}
         self.lab.api.post("/api/datasets", body)
         return self.get(name)
 
     def get(self, name: str) -> Dataset:
         d = self.lab.api.get(f"/api/datasets/{name}")
         return Dataset(d["name"], d["tree"], d["n_files"], d["n_events"], d["size_bytes"],
-                       d["files"])
+                       d["files"], {b["path"]: b["reason"] for b in d.get("bad_files", [])})
 
     def list(self) -> pd.DataFrame:
         rows = self.lab.api.get("/api/datasets")
@@ -153,8 +202,14 @@ class AnalysisTask(TaskHandle):
 
     def result(self, timeout: float | None = None, allow_incomplete: bool = False) -> Any:
         """Wait for the task and return the merged result (postprocessed, if the processor
-        has ``postprocess``).  Raises :class:`IncompleteResult` when some input was not
-        processed, unless the task skips bad files or ``allow_incomplete`` is set."""
+        has ``postprocess``).
+
+        Raises :class:`IncompleteResult` when some input was not processed, unless every
+        such chunk was a bad file skipped on request (``skip_bad_files``) or
+        ``allow_incomplete`` is set; then it warns.  Files skipped at registration are
+        warned about too.  A dataset without entries gives the processor's output on no
+        events (one job reads none of the first file); one without files gives ``None``,
+        and ``postprocess`` is not called on ``None``."""
         self.wait(timeout=timeout)
         info = self.info()
         deadline = time.monotonic() + 30
@@ -163,25 +218,35 @@ class AnalysisTask(TaskHandle):
                 time.monotonic() < deadline:
             time.sleep(0.05)  # the merger is finishing the last results
             p = self.partial()
-        complete = p.events == p.total_events
-        if not complete:
+        if p.events != p.total_events or info["n_done"] < info["n_jobs"]:
             rep = self.report()
-            bad = rep[~rep["status"].isin(["done", "done after retry"])]
+            bad = rep[rep["job_index"].notna() & ~rep["status"].isin(["done", "done after retry"])]
             msg = (f"task {self.id}: {p.total_events - p.events:,} of {p.total_events:,} "
                    f"events not processed ({len(bad)} chunks: "
                    f"{', '.join(sorted(set(bad['status'])))})")
-            skip = info["options"].get("skip_bad_files")
-            if not (skip or allow_incomplete):
+            skipped_only = not bad.empty and set(bad["status"]) <= {"skipped"}
+            if not (allow_incomplete or skipped_only):
                 raise IncompleteResult(msg + "; see .report", rep)
             warnings.warn(msg, stacklevel=2)
+        skipped = info["options"].get("bad_files") or []
+        if skipped:
+            warnings.warn(f"task {self.id}: {len(skipped)} file(s) of dataset "
+                          f"{info['options'].get('dataset')!r} were skipped at registration "
+                          "as bad; see .report", stacklevel=2)
         from panda_lab.analysis.runner import postprocess
 
-        return postprocess(self.processor, p.result) if self.processor is not None else p.result
+        if self.processor is None or p.result is None:
+            return p.result
+        return postprocess(self.processor, p.result)
 
     @property
     def complete(self) -> bool:
+        """Every input was processed: the task ended, every job finished, and no file of
+        the dataset was skipped (at registration or as bad input)."""
+        info = self.info()
         p = self.partial()
-        return self.status in FINAL and p.events == p.total_events
+        return (info["state"] in FINAL and p.events == p.total_events
+                and info["n_done"] == info["n_jobs"] and not info["options"].get("bad_files"))
 
     @property
     def scouting(self) -> dict | None:
@@ -190,14 +255,22 @@ class AnalysisTask(TaskHandle):
 
     def report(self) -> pd.DataFrame:
         """Every input range and its fate: done, done after retry, skipped (bad file, with
-        ``skip_bad_files``), failed (why), or still waiting or running."""
+        ``skip_bad_files``), failed (why), or still waiting or running.
+
+        After the jobs' rows come the files no job read, with ``job_index`` <NA>: files
+        without entries (``start`` = ``stop`` = 0, "done") and files found bad at
+        registration (``start``/``stop`` <NA>, "skipped", ``error`` saying why)."""
         rows = self.lab.api.get(f"/api/tasks/{self.id}/report")
         skip = self.info()["options"].get("skip_bad_files")
         df = pd.DataFrame(rows, columns=["job_index", "file_index", "path", "tree", "start",
                                          "stop", "scout", "state", "attempts", "sites",
                                          "error_category", "error"])
+        for col in ("job_index", "start", "stop"):
+            df[col] = df[col].astype("Int64")
 
         def status(r: pd.Series) -> str:
+            if pd.isna(r["job_index"]):  # no job: nothing to read, or bad at registration
+                return "done" if r["error"] is None else "skipped"
             if r["state"] == "finished":
                 return "done" if r["attempts"] == 1 else "done after retry"
             if r["state"] in ("failed", "cancelled", "closed"):
@@ -215,21 +288,27 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
             name: str | None = None, retries: int = 2, n_scouts: int = 3) -> AnalysisTask:
     from panda_lab.analysis.runner import run_chunks
 
+    def count(x: Any) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0
+
     ds_name = dataset.name if isinstance(dataset, Dataset) else dataset
-    if files_per_job:
+    if files_per_job is not None:
+        if not count(files_per_job):
+            raise ValueError(f"files_per_job must be a positive int, not {files_per_job!r}")
         split = {"mode": "files", "files_per_job": int(files_per_job)}
-    elif events_per_job == "auto":
+    elif isinstance(events_per_job, str) and events_per_job == "auto":
         split = {"mode": "auto", "target_job_seconds": target_job_seconds, "n_scouts": n_scouts}
-    elif isinstance(events_per_job, int) and events_per_job > 0:
-        split = {"mode": "events", "events_per_job": events_per_job}
+    elif count(events_per_job):
+        split = {"mode": "events", "events_per_job": int(events_per_job)}
     else:
         raise ValueError(f"events_per_job must be a positive int or 'auto', "
                          f"not {events_per_job!r}")
-    job_fn = bind(run_chunks, process, list(columns) if columns else None)
+    cols = [columns] if isinstance(columns, str) else list(columns) if columns else None
+    job_fn = bind(run_chunks, process, cols)
     reply = lab.api.post("/api/analyses", {
         "name": name or f"analysis-{ds_name}", "dataset": ds_name,
         "processor": base64.b64encode(dumps_fn(job_fn)).decode(), "split": split,
-        "site": site, "skip_bad_files": skip_bad_files,
+        "columns": cols, "site": site, "skip_bad_files": skip_bad_files,
         "options": {"max_attempts": retries + 1, "client": environment()},
     })
     return AnalysisTask(lab, reply["task"], process)
