@@ -9,6 +9,7 @@ from __future__ import annotations
 import awkward as ak
 import hist
 import numpy as np
+import uproot
 
 # The generated dataset of the tests (conftest's ``sample_files``): 7 clusters per file, the
 # last one short.
@@ -51,3 +52,39 @@ def reference(arrays: dict) -> dict:
     h = mass_hist()
     h.fill(pair_mass(*(cols[k][opposite] for k in ("pt", "eta", "phi", "mass"))))
     return {"mass": h, "pairs": int(opposite.sum()), "events": len(two)}
+
+
+def dimuon_reference(paths, tree: str = "Events") -> hist.Hist:
+    """The dimuon mass (``panda_lab.analysis.dimuon``'s axis) of whole files, read with plain
+    uproot and computed with :func:`pair_mass`: independent of panda-lab's reading and maths."""
+    from panda_lab.analysis.dimuon import MASS_AXIS
+
+    h = hist.Hist(MASS_AXIS)
+    for path in paths:
+        with uproot.open(path) as f:
+            arrays = f[tree].arrays(["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass",
+                                     "Muon_charge"], how=dict)
+        two = np.asarray(arrays["nMuon"]) == 2
+        cols = {k: ak.to_numpy(arrays[f"Muon_{k}"][two]).reshape(-1, 2)
+                for k in ("pt", "eta", "phi", "mass", "charge")}
+        opposite = cols["charge"][:, 0] * cols["charge"][:, 1] < 0
+        h.fill(pair_mass(*(cols[k][opposite] for k in ("pt", "eta", "phi", "mass"))))
+    return h
+
+
+class _NoBranches(dict):
+    """An empty branch list that uproot's writer takes (it refuses ``len() == 0``)."""
+
+    def __len__(self) -> int:
+        return 1
+
+
+def write_branchless_tree(path, tree: str = "Events"):
+    """A TTree with no branch and no entry, as ROOT writes for a tree never filled: uproot
+    refuses to write one, so its length check is sidestepped; uproot reads it back as a TTree
+    of 0 entries and no branches."""
+    with uproot.recreate(path) as f:
+        f.mktree(tree, _NoBranches())
+    with uproot.open(path) as f:
+        assert f[tree].num_entries == 0 and f[tree].keys() == []
+    return path

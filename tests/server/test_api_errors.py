@@ -111,3 +111,65 @@ def test_payload_that_cannot_be_unpickled_on_the_pilot_fails_clearly(raw, lab):
     (job,) = lab.failures(task)
     assert job["error_category"] == "payload" and job["attempt"] == 1
     assert "cannot unpickle the payload" in job["error_message"]
+
+
+def test_analysis_endpoints_refuse_checkable_input(raw, lab, tmp_path):
+    """Each bad-but-checkable request to the data and analysis API: a 4xx naming the
+    problem, nothing created; an empty dataset is not an error at all."""
+    from panda_lab.analysis.sample import write_file
+
+    path = write_file(tmp_path / "f.root", 0, events=100, basket_events=50)
+    ds = lab.datasets.register("d", [str(path)])
+    proc = base64.b64encode(b"never unpickled: refused before").decode()
+    submit = {"name": "a", "dataset": "d", "processor": proc}
+    before = len(lab.list_tasks())
+    for split, status, words in [
+        ({"mode": "events", "events_per_job": -5}, 422, "events_per_job"),
+        ({"mode": "events", "events_per_job": 0}, 422, "events_per_job > 0"),
+        ({"mode": "events"}, 422, "events_per_job > 0"),
+        ({"mode": "files", "files_per_job": 0}, 422, "files_per_job > 0"),
+        ({"mode": "files", "files_per_job": -1}, 422, "files_per_job"),
+        ({"mode": "auto", "n_scouts": 0}, 422, "n_scouts"),
+        ({"mode": "auto", "target_job_seconds": 0}, 422, "target_job_seconds"),
+        ({"mode": "bytes"}, 422, "mode"),
+    ]:
+        r = raw.post("/api/analyses", json={**submit, "split": split})
+        assert (r.status_code, words in _detail(r)) == (status, True), (split, r.text)
+    r = raw.post("/api/analyses", json={**submit, "dataset": "nope"})
+    assert r.status_code == 404 and "no dataset named 'nope'" in _detail(r)
+    r = raw.post("/api/analyses", json={**submit, "columns": ["Jet_pt"],
+                                        "split": {"mode": "events", "events_per_job": 10}})
+    assert r.status_code == 422
+    assert _detail(r) == "no file of dataset 'd' (tree 'Events') has the column 'Jet_pt'"
+    assert len(lab.list_tasks()) == before
+
+    for path in ("/api/datasets/nope", "/api/tasks/999/report", "/api/tasks/999/partial"):
+        r = raw.get(path)
+        assert r.status_code == 404 and ("nope" in _detail(r) or "999" in _detail(r)), path
+
+    file = {k: ds.files[0][k] for k in ("path", "tree", "entries", "size_bytes", "clusters")}
+    register = {"name": "e", "tree": "Events"}
+    for body, words in [
+        ({"files": [{**file, "entries": -1}]}, "entries"),
+        ({"files": [{**file, "clusters": [0, 60, 50, 100]}]}, "clusters must rise strictly"),
+        ({"files": [{**file, "clusters": [0, 50]}]}, "clusters must rise strictly"),
+        ({"files": [{**file, "file_index": 0}, {**file, "file_index": 0}]},
+         "file_index: [0] given to more than one file"),
+        ({"files": [{**file, "file_index": 1}],
+          "bad_files": [{"path": "x.root", "reason": "file not found"}]},
+         "give it for every file and bad file, or none"),
+        ({"bad_files": [{"path": "x.root", "reason": ""}]}, "reason"),
+        ({"tree": 3}, "tree"),
+    ]:
+        r = raw.post("/api/datasets", json={**register, **body})
+        assert (r.status_code, words in _detail(r)) == (422, True), (body, r.text)
+    r = raw.post("/api/datasets", json={"name": "d", "tree": "Events", "files": [file]})
+    assert r.status_code == 409 and "replace=True" in _detail(r)
+    assert list(lab.datasets.list().index) == ["d"]
+
+    # no files, or no entries: registered, and analysed to an empty result
+    r = raw.post("/api/datasets", json={**register, "files": []})
+    assert r.status_code == 201
+    r = raw.post("/api/analyses", json={**submit, "dataset": "e"})
+    assert r.status_code == 201
+    assert lab.wait(r.json()["task"], timeout=60)["state"] == "done"
