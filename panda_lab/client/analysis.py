@@ -270,7 +270,7 @@ class AnalysisTask(TaskHandle):
 
         def status(r: pd.Series) -> str:
             if pd.isna(r["job_index"]):  # no job: nothing to read, or bad at registration
-                return "done" if r["error"] is None else "skipped"
+                return "done" if pd.isna(r["error"]) else "skipped"
             if r["state"] == "finished":
                 return "done" if r["attempts"] == 1 else "done after retry"
             if r["state"] in ("failed", "cancelled", "closed"):

@@ -19,6 +19,7 @@ is not a tree, a URL that does not answer, a URL whose server answers with an er
 * ``test_skipped_at_registration_are_reported_as_skipped_with_the_reason``;
 * ``test_all_files_bad_and_skipped_gives_an_empty_dataset``;
 * ``test_replicas_stay_with_their_files_when_some_are_skipped``;
+* ``test_skipped_and_empty_files_stay_in_the_report_after_a_server_restart``;
 * ``test_bad_files_error_pickles_and_is_a_data_error``.
 """
 
@@ -30,10 +31,11 @@ import socket
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import uproot
 from analysis_helpers import dimuon_reference
-from harness import RangeFileServer
+from harness import RangeFileServer, ServerProcess
 
 from panda_lab.analysis import files as files_module
 from panda_lab.analysis.errors import BadFilesError, DataError
@@ -226,6 +228,37 @@ def test_replicas_stay_with_their_files_when_some_are_skipped(alab, tmp_path):
     assert [[r["url"] for r in f["replicas"]] for f in ds.files] == [
         [str(paths[0]), far[0]], [str(paths[2]), far[2]]]
     assert ds.bad_files == {str(paths[1]): "file not found"}
+
+
+def test_skipped_and_empty_files_stay_in_the_report_after_a_server_restart(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    paths = [good(tmp_path / "g.root", 0), tmp_path / "gone.root", tmp_path / "e.root"]
+    write_file(paths[2], 2, events=0)
+    server = ServerProcess(home).start()
+    try:
+        lab = server.lab()
+        ds = lab.datasets.register("kept", [str(p) for p in paths], skip_bad_files=True)
+        task = lab.analyze(count, ds, events_per_job=1_000, name="kept")
+        with pytest.warns(UserWarning, match="skipped at registration"):
+            assert task.result(timeout=120) == {"n": 1_000}
+        expected = [(0, 0, "done", None), (None, 1, "skipped",
+                                           "skipped at registration: file not found"),
+                    (None, 2, "done", None)]
+
+        def summary(t):
+            rep = t.report()[["job_index", "file_index", "status", "error"]].astype(object)
+            return [tuple(None if pd.isna(v) else v for v in r)
+                    for r in rep.itertuples(index=False)]
+
+        assert summary(task) == expected
+        server.kill()
+        server.start()
+        lab = server.lab()
+        assert summary(lab.task(task.id)) == expected
+        assert lab.datasets.get("kept").bad_files == {str(paths[1]): "file not found"}
+    finally:
+        server.stop()
 
 
 def test_bad_files_error_pickles_and_is_a_data_error(tmp_path):

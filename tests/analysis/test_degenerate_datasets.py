@@ -81,9 +81,9 @@ def alab(module_server):
 
 
 def rows(task) -> list[tuple]:
-    """The report as (job_index, file_index, start, stop, status), <NA> as None."""
+    """The report as (job_index, file_index, start, stop, status), missing values as None."""
     rep = task.report()[["job_index", "file_index", "start", "stop", "status"]]
-    return [tuple(None if v is pd.NA else v for v in r)
+    return [tuple(None if pd.isna(v) else v for v in r)
             for r in rep.astype(object).itertuples(index=False)]
 
 
