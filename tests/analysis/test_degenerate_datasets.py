@@ -15,6 +15,8 @@ Members tested:
 * every file with 0 entries (split by events, by files, and ``"auto"``, which has no scouts to
   run): ``test_all_files_empty_gives_the_processors_zero_event_output``,
   ``test_auto_split_over_an_empty_dataset_runs_no_scouts``;
+* a processor that cannot take zero events fails visibly, not as an empty result:
+  ``test_a_processor_that_fails_on_no_events_is_not_an_empty_result``;
 * zero files: ``test_a_dataset_without_files_analyses_to_none``;
 * one entry: ``test_one_entry``;
 * a tree with no branches: ``test_a_tree_without_branches``;
@@ -57,6 +59,10 @@ def process(events):
 
 def count(events):
     return {"n": len(events)}
+
+
+def mean_muons(events):
+    return {"mean": int(ak.sum(events.nMuon)) / len(events)}
 
 
 def uses_jets(events):
@@ -127,6 +133,19 @@ def test_auto_split_over_an_empty_dataset_runs_no_scouts(alab, tmp_path):
     assert not rep["scout"].any() and task.scouting is None
     assert rows(task) == [(0, 0, 0, 0, "done"), (None, 1, 0, 0, "done")]
     assert task.status == "done"
+
+
+def test_a_processor_that_fails_on_no_events_is_not_an_empty_result(alab, tmp_path):
+    ds = alab.datasets.register("empty-div", empty_files(tmp_path, 1), replace=True)
+    task = alab.analyze(mean_muons, ds, events_per_job=10, skip_bad_files=True,
+                        name="empty-div")
+    with pytest.raises(IncompleteResult) as err:
+        task.result(timeout=120)
+    assert str(err.value) == (f"task {task.id}: 0 of 0 events not processed (1 chunks: "
+                              "failed); see .report")
+    (row,) = err.value.report.itertuples()
+    assert (row.start, row.stop, row.status, row.error_category) == (0, 0, "failed", "user")
+    assert "ZeroDivisionError" in row.error
 
 
 @pytest.mark.parametrize("split", [{"events_per_job": 10}, {"files_per_job": 1},
