@@ -119,5 +119,7 @@ async def partial(request: Request, task_id: int) -> dict:
 
 @router.get("/tasks/{task_id}/report")
 async def report(request: Request, task_id: int) -> list[dict]:
+    """Every input range with the fate of its job, and whether it is in the merged result."""
     s = _server(request)
-    return await s.db(s.store.analysis_report, task_id)
+    await s.db(s.store.get_task, task_id)  # 404 for an unknown task
+    return await s.db(s.analysis.report, task_id)
