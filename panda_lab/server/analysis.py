@@ -43,7 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("panda_lab.analysis")
 
-#: Seconds between two writes of a task's merged result while it runs.
+#: Seconds between two writes of a task's merged result while it runs; an idle merger
+#: saves what changed after as long, so a crash loses at most that much merging.
 PERSIST_EVERY = 1.0
 
 #: Test-only: ``PANDA_LAB_TEST_HOLD=sizing`` keeps scouted tasks from being sized and
@@ -72,7 +73,10 @@ class Acc:
     data: bytes | None = None       # the pickled value, for cheap ``partial()`` answers
     dirty: bool = False
     saved_at: float = 0.0
-    out_of_order: bool = False      # awkward arrays must be concatenated in chunk order
+    out_of_order: bool = False      # awkward arrays must be concatenated in input order
+    #: Where each job's input starts, (file index, entry): the input order of its result.
+    starts: dict[int, tuple[int, int]] = field(default_factory=dict)
+    last: tuple[int, int] | None = None   # the latest input start merged so far
     final: bool = False             # the task ended and its last merge is done
     error: dict | None = None       # a merge error (MergeError.to_dict()): nothing more merges
 
@@ -105,15 +109,21 @@ class Merger:
         self._thread = threading.Thread(target=self._run, daemon=True, name="panda-merger")
         self._thread.start()
 
-    def submit(self, task_id: int, index: int, job_id: int, site: str | None,
-               data: bytes | None, final: bool = False) -> None:
+    def submit(self, task_id: int, index: int | None, job_id: int | None, site: str | None,
+               data: bytes | None, final: bool = False, ended: bool = False) -> None:
+        """Merge job ``index``'s result (``data``, or read from the store); with ``final``,
+        then put awkward arrays in input order and save; ``ended``: the task has ended."""
         with self._done:
             self._pending[task_id] = self._pending.get(task_id, 0) + 1
-        self._q.put((task_id, index, job_id, site, data, final))
+        self._q.put((task_id, index, job_id, site, data, final, ended))
+
+    def finalize(self, task_id: int) -> None:
+        """Make the merged result final and save it (before the task is closed)."""
+        self.submit(task_id, None, None, None, None, final=True)
 
     def flush(self, task_id: int) -> None:
         """Persist now (the task ended)."""
-        self.submit(task_id, None, None, None, None, True)  # type: ignore[arg-type]
+        self.submit(task_id, None, None, None, None, final=True, ended=True)
 
     def busy(self, task_id: int) -> bool:
         """Results of the task are queued or being merged."""
@@ -175,7 +185,11 @@ class Merger:
 
     def _run(self) -> None:
         while True:
-            item = self._q.get()
+            try:
+                item = self._q.get(timeout=PERSIST_EVERY)
+            except queue.Empty:  # idle: save what changed since the last save
+                self._persist_idle()
+                continue
             task_id = item[0]
             try:
                 self._handle(*item)
@@ -189,8 +203,17 @@ class Merger:
                     self._done.notify_all()
                 self._q.task_done()
 
+    def _persist_idle(self) -> None:
+        with self._lock:
+            dirty = [(t, a) for t, a in self.accs.items() if a.dirty]
+        for task_id, acc in dirty:
+            try:
+                self._persist(task_id, acc)
+            except Exception:
+                log.exception("saving the merged result of task %s failed", task_id)
+
     def _handle(self, task_id: int, index: int | None, job_id: int | None, _site: str | None,
-                data: bytes | None, final: bool) -> None:
+                data: bytes | None, final: bool, ended: bool) -> None:
         acc = self._acc(task_id)
         if index is not None and index not in acc.merged and acc.error is None \
                 and not _held("merging"):
@@ -205,7 +228,7 @@ class Merger:
                 self._failed(task_id, None, None, acc, exc)
         if acc.dirty and (final or time.monotonic() - acc.saved_at > PERSIST_EVERY):
             self._persist(task_id, acc)
-        if final and index is None:
+        if ended:
             acc.final = True
 
     def _merge_one(self, task_id: int, index: int, data: bytes | None, acc: Acc) -> None:
@@ -218,14 +241,29 @@ class Merger:
         except Exception as exc:
             raise MergeError("result", f"cannot be unpickled on the server: "
                                        f"{type(exc).__name__}: {exc}") from exc
+        start = self._start(task_id, acc, index)
         with self._lock:
             value = merge(acc.value, cr.result)  # raises before anything changes
-            if acc.merged and index < max(acc.merged):
+            # Job indices are not input order (scouts come first): compare inputs.
+            if start is None or (acc.last is not None and start < acc.last):
                 acc.out_of_order = True
+            if start is not None:
+                acc.last = start if acc.last is None else max(acc.last, start)
             acc.value = value
             acc.merged.add(index)
             acc.events += cr.events
             acc.dirty = True
+
+    def _start(self, task_id: int, acc: Acc, index: int) -> tuple[int, int] | None:
+        """Where job ``index``'s input starts; the task's chunks are read again when a job
+        is new (after sizing), so once per batch of jobs, not per result."""
+        if index not in acc.starts:
+            starts: dict[int, tuple[int, int]] = {}
+            for c in self.store.task_chunks(task_id):
+                key = (c["file_index"], c["start"])
+                starts[c["job_index"]] = min(starts.get(c["job_index"], key), key)
+            acc.starts = starts
+        return acc.starts.get(index)
 
     def _failed(self, task_id: int, index: int | None, job_id: int | None, acc: Acc,
                 exc: MergeError) -> None:
@@ -243,16 +281,15 @@ class Merger:
         do not care, and keep their running merge."""
         from panda_lab.analysis.accumulate import merge_all
 
-        first: dict[int, tuple[int, int]] = {}
-        for c in self.store.task_chunks(task_id):
-            key = (c["file_index"], c["start"])
-            first[c["job_index"]] = min(first.get(c["job_index"], key), key)
         rows = [r for r in self.store.results(task_id) if r["index"] in acc.merged]
-        rows.sort(key=lambda r: first.get(r["index"], (r["index"], 0)))
+        starts = {r["index"]: self._start(task_id, acc, r["index"]) or (r["index"], 0)
+                  for r in rows}
+        rows.sort(key=lambda r: starts[r["index"]])
         value = merge_all(pickle.loads(r["data"]).result for r in rows)
         with self._lock:
             acc.value = value
             acc.out_of_order = False
+            acc.last = max(starts.values(), default=None)
             acc.dirty = True
 
     def _persist(self, task_id: int, acc: Acc) -> None:
@@ -452,6 +489,13 @@ class AnalysisService:
             return
         if len(self.merger.merged(task_id)) < info["n_done"]:
             return  # not merged yet (a restart merges them, then checks again)
+        # Saved in its final form (arrays in input order) before the task says "done": a
+        # crash right after leaves nothing to redo.
+        self.merger.finalize(task_id)
+        error = await self._merged(task_id)
+        if error is not None:
+            await self._fail(task_id, error)
+            return
         changes = await s.db(self.store.close_task, task_id)
         s.publish(changes)
 
