@@ -368,7 +368,7 @@ class TaskStore:
         """End a task as ``failed`` for a reason found on the server (results that cannot be
         merged): waiting and running jobs are cancelled as by ``kill``, the task takes no
         more jobs, ``options`` are added to its options.  A task already final keeps its
-        state and gets only the options and message."""
+        state and message and gets only the options."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
@@ -376,7 +376,6 @@ class TaskStore:
             conn.execute(update(tasks).where(tasks.c.id == task_id).values(
                 options=dumps(loads(task.options) | options), open=False, modified_at=t))
             if TaskState(task.state) in TASK_FINAL:
-                conn.execute(update(tasks).where(tasks.c.id == task_id).values(message=message))
                 return changes
             victims = conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.job_index, jobs.c.attempt, jobs.c.site)

@@ -27,7 +27,8 @@ one file, 20 for another, nested under ``mass/hist``) fails the task at once wit
 event stream, in ``result()``, ``report()``, ``partial()`` and the monitor's snapshot; a type
 mismatch under a key; a result that does not unpickle on the server; a processor returning a
 ``str`` (refused on the pilot, category ``merge``); a job of two files whose own chunks disagree
-(merged on the pilot); and missing keys with ``None`` chunks, which merge.
+(merged on the pilot); and missing keys with ``None`` chunks, which merge.  An analysis ends
+only once its results are merged, also after a ``retry`` (``test_a_retried_analysis_...``).
 """
 
 from __future__ import annotations
@@ -352,3 +353,28 @@ def test_missing_keys_and_none_merge_through_the_server(mlab):
     assert result == {"a": EVENTS, "b": 250, "nested": {"x": 4, "y": 2}}
     assert task.info()["state"] == "done"
     assert set(task.report()["status"]) == {"done"}
+
+
+def fails_once_on_file_1(marker, events):
+    from pathlib import Path
+
+    if _file_of(events) == 1 and not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError("a passing glitch")
+    return {"n": len(events)}
+
+
+def test_a_retried_analysis_ends_once_its_new_results_are_merged(mlab, tmp_path):
+    from functools import partial
+
+    task = mlab.analyze(partial(fails_once_on_file_1, str(tmp_path / "m")), "two",
+                        events_per_job=EVENTS, name="retry", retries=0, columns=["run"])
+    with pytest.raises(IncompleteResult, match=f"{EVENTS:,} of {2 * EVENTS:,} events not "
+                                               r"processed \(1 chunks: failed\)"):
+        task.result(timeout=60)
+    assert task.info()["state"] == "finished"
+    task.retry()
+    mlab.wait(task.id, timeout=60)
+    p = task.partial()              # "done" comes with its result merged, not after it
+    assert task.info()["state"] == "done" and p.final and p.events == 2 * EVENTS
+    assert task.result(timeout=10) == {"n": 2 * EVENTS}
