@@ -373,14 +373,15 @@ class TaskStore:
         changes = Changes()
         with self.tx() as conn:
             task = self._task_row(conn, task_id)
-            conn.execute(update(tasks).where(tasks.c.id == task_id).values(
-                options=dumps(loads(task.options) | options), open=False, modified_at=t))
-            if TaskState(task.state) in TASK_FINAL:
-                return changes
+            # jobs first, then their task: the order in which reports lock them
             victims = conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.job_index, jobs.c.attempt, jobs.c.site)
                 .where(jobs.c.task_id == task_id, jobs.c.state.not_in(FINAL))
                 .order_by(jobs.c.id).with_for_update()).all()
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(
+                options=dumps(loads(task.options) | options), open=False, modified_at=t))
+            if TaskState(task.state) in TASK_FINAL:
+                return changes
             self._cancel(conn, victims, task_id, t, f"task failed: {message}", changes)
             self._set_task_state(conn, task_id, task.state, T.FAILED, changes, message)
         return changes
