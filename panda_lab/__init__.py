@@ -27,6 +27,7 @@ _EXPORTS = {
     "TaskHandle": "panda_lab.client.tasks",
     "AnalysisTask": "panda_lab.client.analysis",
     "IncompleteResult": "panda_lab.client.analysis",
+    "MergeError": "panda_lab.analysis.accumulate",
     "PayloadError": "panda_lab.payload",
 }
 

@@ -154,7 +154,7 @@ def run_call(payload: bytes, common: Callable | None,
         # An exception may say what kind of failure it is (an unreadable input file is
         # not the user's bug); anything else is a user error.
         category = getattr(exc, "panda_category", "user")
-        if category not in ("user", "input"):
+        if category not in ("user", "input", "merge"):
             category = "user"
         return Outcome(False, None, _error(category, exc), out.tail(), err_stream.tail(),
                        started, time.time())

@@ -4,16 +4,29 @@ A processor returns, for each chunk, a value built from these, nested freely:
 
 =========================  ==================================================================
 ``None``                   the identity: a chunk with nothing to say
-``hist.Hist``, boost hist  ``a + b`` (bin by bin; the axes must match)
+``hist.Hist``, boost hist  ``a + b`` (bin by bin): same axes (type, bins, edges, flow, name,
+                           label) and same storage; growing category axes may differ in their
+                           categories
 int, float, numpy scalar   ``a + b`` (``bool`` is refused: it is a flag, not a count)
 ``numpy.ndarray``          elementwise ``a + b``; the shapes must match
-``dict`` (and subclasses)  union of keys, values merged per key; the type of ``a`` is kept
+``dict`` (and subclasses)  union of keys, values merged per key: a key missing on one side takes
+                           the other side's value (a missing key is the identity); the more
+                           derived type of the two is kept, unrelated mapping types are refused
+``set``                    union
 ``list`` / ``tuple``       elementwise, same length: ``[h_mass, h_pt, n]`` is a fixed bundle of
                            accumulators, not a sequence to extend (return an awkward array to
                            collect values across chunks)
-``awkward.Array``          concatenated, ``a`` then ``b``
+``awkward.Array``          concatenated, ``a`` then ``b``; arrays whose types would only
+                           concatenate into a union (``int64`` with ``var * int64``, records
+                           with other fields) are refused
 anything else with ``+``   ``a + b``, e.g. ``collections.Counter`` or a user's class
 =========================  ==================================================================
+
+These are coffea's rules (``coffea.processor.accumulate``: ``None`` skipped, ``+`` for what
+has it, union for sets and mappings with missing keys copied over, mapping types related by
+inheritance) with three deliberate differences: lists and tuples merge elementwise, awkward
+arrays concatenate, and what boost-histogram would merge into nonsense (axes that differ only
+in their flow bins) is refused.
 
 :func:`merge_all` takes results in chunk-index order and keeps it, so concatenated arrays come
 out in dataset order whichever job finished first. It reduces as a balanced tree (adjacent pairs
@@ -21,28 +34,101 @@ first), streaming: memory holds O(log n) partial results, concatenation costs O(
 than O(n^2), and float sums add numbers of similar size.
 
 Incompatible values raise :class:`MergeError` (a ``TypeError``) naming where in the nested
-result they met, e.g. ``result['hists'][1]: cannot merge Hist with ndarray``.
+result they met and what differed, e.g. ``result['mass']: axis 0 ('mass'): Regular(10, 0, 150,
+name='mass') vs Regular(20, 0, 150, name='mass')``; the left side is the result merged so far.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from typing import Any
 
 import numpy as np
 
+#: Longest description of one side of a difference (a variable axis' edges can be long).
+_SHOWN = 160
+
 
 class MergeError(TypeError):
-    """Two results that cannot be merged; ``path`` says where in the nested result."""
+    """Two results that cannot be merged.
 
-    def __init__(self, path: str, reason: str) -> None:
+    ``path`` says where in the nested result (Python subscripts from ``result``, e.g.
+    ``result['mass']['hist']``), ``reason`` what differed, left side (merged so far) first.
+    Raised where a job's result meets the others, it also names that input: ``task``,
+    ``job_index``, ``chunks`` (dicts with ``path``, ``start``, ``stop`` and ``file_index``: the
+    file and entry range of each chunk), and what it was merged into: ``merged_jobs`` (job
+    indices, on the server) or ``merged_chunks`` (earlier chunks of the same job, on a pilot).
+    """
+
+    #: The error category a pilot reports for it: never retried, the task fails at once.
+    panda_category = "merge"
+
+    def __init__(self, path: str, reason: str, *, task: int | None = None,
+                 job_index: int | None = None, chunks: Iterable[dict] = (),
+                 merged_jobs: Iterable[int] = (), merged_chunks: Iterable[dict] = ()) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        self.task = task
+        self.job_index = job_index
+        self.chunks = [_chunk_fields(c) for c in chunks]
+        self.merged_jobs = sorted(merged_jobs)
+        self.merged_chunks = [_chunk_fields(c) for c in merged_chunks]
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.path}: {self.reason}"
+        if self.job_index is None and not self.chunks:
+            return where
+        who = f"job {self.job_index}" if self.job_index is not None else "a chunk"
+        if self.chunks:
+            who += f" ({_ranges(self.chunks)})"
+        if self.merged_jobs:
+            jobs = ", ".join(map(str, self.merged_jobs[:8]))
+            more = f", ... ({len(self.merged_jobs)} jobs)" if len(self.merged_jobs) > 8 else ""
+            into = f"the merged result of job{'s' * (len(self.merged_jobs) > 1)} {jobs}{more}"
+        elif self.merged_chunks:
+            into = f"the job's result of {_ranges(self.merged_chunks)}"
+        else:
+            into = ""
+        task = f"task {self.task}: " if self.task is not None else ""
+        return (f"{task}the result of {who} cannot be merged"
+                f"{' into ' + into if into else ''}: {where}")
+
+    def to_dict(self) -> dict:
+        """A JSON-able form, for the server to keep and send; :meth:`from_dict` reverses it."""
+        return {"path": self.path, "reason": self.reason, "task": self.task,
+                "job_index": self.job_index, "chunks": self.chunks,
+                "merged_jobs": self.merged_jobs, "merged_chunks": self.merged_chunks,
+                "message": str(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MergeError:
+        return cls(d["path"], d["reason"], task=d.get("task"), job_index=d.get("job_index"),
+                   chunks=d.get("chunks") or (), merged_jobs=d.get("merged_jobs") or (),
+                   merged_chunks=d.get("merged_chunks") or ())
 
     def __reduce__(self):
-        return (type(self), (self.path, self.reason))
+        d = self.to_dict()
+        d.pop("message")
+        return (_rebuild, (d,))
+
+
+def _rebuild(d: dict) -> MergeError:
+    return MergeError.from_dict(d)
+
+
+def _chunk_fields(c: dict) -> dict:
+    return {k: c[k] for k in ("file_index", "path", "start", "stop") if k in c}
+
+
+def _ranges(chunks: list[dict]) -> str:
+    return "; ".join(f"{c.get('path')} entries {c.get('start')}-{c.get('stop')}" for c in chunks)
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def _is_number(x: Any) -> bool:
@@ -61,10 +147,14 @@ def _kind(x: Any) -> str:
         return "dict"
     if isinstance(x, list | tuple):
         return "sequence"
+    if isinstance(x, Set):
+        return "set"
     if _is_awkward(x):
         return "awkward"
     if _is_histogram(x):
         return "hist"
+    if not hasattr(type(x), "__add__"):
+        return "refused"
     return "other"
 
 
@@ -86,27 +176,88 @@ def _is_histogram(x: Any) -> bool:
     return isinstance(x, bh.Histogram)
 
 
+def _refusal(x: Any) -> str:
+    return (f"{type(x).__name__} is not an accumulator (return a count, an array, a "
+            "histogram, or a dict or list of them)")
+
+
+def check_accumulator(value: Any, path: str = "result") -> None:
+    """Raise :class:`MergeError` if ``value`` is not made of accumulators (the module's table):
+    a chunk's result is checked even when it is the first, so that a ``str`` or an object
+    without ``+`` is refused at once, not when a second chunk arrives."""
+    if value is None:
+        return
+    kind = _kind(value)
+    if kind == "refused":
+        raise MergeError(path, _refusal(value))
+    if kind == "dict":
+        for key, v in value.items():
+            check_accumulator(v, f"{path}[{key!r}]")
+    elif kind == "sequence":
+        for i, v in enumerate(value):
+            check_accumulator(v, f"{path}[{i}]")
+
+
+def hist_difference(a: Any, b: Any) -> str | None:
+    """What keeps two histograms from merging bin by bin, in words (``None``: nothing).
+
+    boost-histogram refuses most differences with a bare "axes not mergable", and adds
+    axes that differ only in their flow bins into garbage; this names the difference."""
+    if type(a) is not type(b):
+        return (f"a {type(a).__module__.split('.')[0]}.{type(a).__name__} vs a "
+                f"{type(b).__module__.split('.')[0]}.{type(b).__name__}")
+    if a.ndim != b.ndim:
+        return f"{a.ndim} axes vs {b.ndim} axes: {_short(list(a.axes))} vs {_short(list(b.axes))}"
+    for i, (x, y) in enumerate(zip(a.axes, b.axes, strict=True)):
+        name = getattr(x, "name", "") or ""
+        label = f"axis {i}" + (f" ({name!r})" if name else "")
+        growing = x.traits.growth and y.traits.growth and type(x) is type(y)
+        same = (x.traits == y.traits and getattr(x, "name", None) == getattr(y, "name", None)
+                and getattr(x, "label", None) == getattr(y, "label", None)) if growing else x == y
+        if not same:
+            left, right = _short(x), _short(y)
+            if left == right:
+                left, right = f"{left} {x.traits}", f"{right} {y.traits}"
+                if left == right:
+                    left, right = _short(x.metadata), _short(y.metadata)
+            return f"{label}: {left} vs {right}"
+    if a.storage_type is not b.storage_type:
+        return f"storage {a.storage_type.__name__} vs {b.storage_type.__name__}"
+    return None
+
+
+def _merge_mappings(a: dict, b: dict, path: str) -> dict:
+    if isinstance(a, type(b)):       # the more derived type of the two (coffea's rule)
+        out = copy.copy(a)
+    elif isinstance(b, type(a)):
+        out = copy.copy(b)
+        out.clear()
+        dict.update(out, a)  # plain insertion: a Counter's ``update`` would add
+    else:
+        raise MergeError(path, f"mappings of unrelated types: {type(a).__name__} vs "
+                               f"{type(b).__name__}")
+    for key, value in b.items():
+        out[key] = merge(a[key], value, f"{path}[{key!r}]") if key in a else value
+    return out
+
+
 def merge(a: Any, b: Any, path: str = "result") -> Any:
-    """Merge two results of the same shape (see the module's table); neither is modified."""
-    if a is None:
-        return b
-    if b is None:
-        return a
+    """Merge two results of the same shape (see the module's table); neither is modified.
+
+    ``a`` is the result merged so far and ``b`` the next one: a :class:`MergeError` names
+    ``a``'s side first."""
+    if a is None or b is None:
+        value = b if a is None else a
+        check_accumulator(value, path)
+        return value
     kind_a, kind_b = _kind(a), _kind(b)
     names = f"{type(a).__name__} with {type(b).__name__}"
     if "refused" in (kind_a, kind_b):
-        bad = a if kind_a == "refused" else b
-        raise MergeError(
-            path,
-            f"{type(bad).__name__} is not an accumulator (use a count, an array or a histogram)",
-        )
+        raise MergeError(path, _refusal(a if kind_a == "refused" else b))
     if kind_a != kind_b:
         raise MergeError(path, f"cannot merge {names}")
     if kind_a == "dict":
-        out = copy.copy(a)
-        for key, value in b.items():
-            out[key] = merge(a[key], value, f"{path}[{key!r}]") if key in a else value
-        return out
+        return _merge_mappings(a, b, path)
     if kind_a == "sequence":
         if len(a) != len(b):
             raise MergeError(
@@ -116,21 +267,36 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
             )
         merged = [merge(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))]
         return type(a)(merged) if isinstance(a, list) else _same_tuple(a, merged)
+    if kind_a == "set":
+        return a | b
     if kind_a == "ndarray" and a.shape != b.shape:
         raise MergeError(path, f"cannot add arrays of shapes {a.shape} and {b.shape}")
+    if kind_a == "hist":
+        diff = hist_difference(a, b)
+        if diff is not None:
+            raise MergeError(path, f"histograms differ: {diff}")
     if kind_a == "awkward":
-        import awkward as ak
-
-        try:
-            return ak.concatenate([a, b])
-        except Exception as exc:
-            raise MergeError(path, f"cannot concatenate awkward arrays: {exc}") from exc
+        return _concatenate(a, b, path)
     try:
         out = a + b
     except Exception as exc:
         raise MergeError(path, f"cannot merge {names}: {exc}") from exc
     if out is NotImplemented:
         raise MergeError(path, f"cannot merge {names}")
+    return out
+
+
+def _concatenate(a: Any, b: Any, path: str) -> Any:
+    import awkward as ak
+
+    try:
+        out = ak.concatenate([a, b])
+    except Exception as exc:
+        raise MergeError(path, f"cannot concatenate awkward arrays: {exc}") from exc
+    ta, tb = str(a.type.content), str(b.type.content)
+    if ta != tb and "union[" in str(out.type) and "union[" not in ta + tb:
+        raise MergeError(path, f"awkward arrays of types {ta} vs {tb} concatenate only into "
+                               "a union of both: each chunk must return the same type")
     return out
 
 
@@ -148,7 +314,9 @@ def merge_all(results: Iterable[Any]) -> Any:
     the same size, like carrying in a binary counter, so order is kept and depth is log n.
     """
     stack: list[tuple[int, Any]] = []  # (level, partial), levels strictly decreasing upwards
+    seen = 0
     for item in results:
+        seen += 1
         level, value = 0, item
         while stack and stack[-1][0] == level:
             _, left = stack.pop()
@@ -157,6 +325,8 @@ def merge_all(results: Iterable[Any]) -> Any:
         stack.append((level, value))
     if not stack:
         return None
+    if seen == 1:  # never met another result: check it alone
+        check_accumulator(stack[0][1])
     value = stack.pop()[1]
     while stack:
         value = merge(stack.pop()[1], value)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from panda_lab.analysis.accumulate import merge
+from panda_lab.analysis.accumulate import MergeError, merge
 from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, read_chunk
@@ -89,9 +89,13 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
     events = 0
     seconds = 0.0  # reading and processing; a first job's column discovery is not counted
     keys = []
-    for chunk in chunk_dicts:
+    for i, chunk in enumerate(chunk_dicts):
         arrays, c, t0 = _open_any(chunk, columns, processor, process)
-        out = merge(out, process(arrays))
+        try:
+            out = merge(out, process(arrays))
+        except MergeError as exc:  # say which input, as the server does for whole jobs
+            raise MergeError(exc.path, exc.reason, chunks=[chunk],
+                             merged_chunks=chunk_dicts[:i]) from None
         seconds += time.perf_counter() - t0
         events += c.entries
         keys.append(c.key)

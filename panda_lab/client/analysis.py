@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.errors import BadFilesError, DataError
 from panda_lab.client.tasks import FINAL, TaskHandle
 from panda_lab.payload import dumps_fn, environment
@@ -32,7 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class IncompleteResult(RuntimeError):
-    """Some input was not processed; ``report`` says which and why."""
+    """Some input was not processed; ``report`` says which and why.
+
+    Never raised for results that cannot be merged: that is a :class:`MergeError`."""
 
     def __init__(self, message: str, report: pd.DataFrame) -> None:
         super().__init__(message)
@@ -174,6 +177,8 @@ class Partial:
     per_file: pd.DataFrame
     #: The task ended and the merger has merged its last result: this is the result.
     final: bool = False
+    #: Why the results could not be merged (``MergeError.to_dict()``), if they could not.
+    merge_error: dict | None = None
 
     @property
     def fraction(self) -> float:
@@ -198,26 +203,31 @@ class AnalysisTask(TaskHandle):
         per_file = pd.DataFrame(snap.get("per_file", []),
                                 columns=["file_index", "path", "events_done", "entries"])
         return Partial(result, snap["events"], snap["total_events"], snap["jobs_merged"],
-                       per_file, snap.get("final", False))
+                       per_file, snap.get("final", False), snap.get("merge_error"))
 
     def result(self, timeout: float | None = None, allow_incomplete: bool = False) -> Any:
         """Wait for the task and return the merged result (postprocessed, if the processor
         has ``postprocess``).
 
-        Raises :class:`IncompleteResult` when some input was not processed, unless every
-        such chunk was a bad file skipped on request (``skip_bad_files``) or
+        Raises :class:`~panda_lab.analysis.accumulate.MergeError` as soon as the task failed
+        because results could not be merged (it names the job, its file and entry range,
+        the key path and what differed; ``.report`` is attached), and
+        :class:`IncompleteResult` when some input was not processed, unless every such
+        chunk was a bad file skipped on request (``skip_bad_files``) or
         ``allow_incomplete`` is set; then it warns.  Files skipped at registration are
         warned about too.  A dataset without entries gives the processor's output on no
         events (one job reads none of the first file); one without files gives ``None``,
         and ``postprocess`` is not called on ``None``."""
         self.wait(timeout=timeout)
         info = self.info()
+        self._raise_merge_error(info["options"].get("merge_error"))
         deadline = time.monotonic() + 30
         p = self.partial()
-        while not (p.final and p.jobs_merged >= info["n_done"]) and \
-                time.monotonic() < deadline:
+        while not (p.final and p.jobs_merged >= info["n_done"]) and p.merge_error is None \
+                and time.monotonic() < deadline:
             time.sleep(0.05)  # the merger is finishing the last results
             p = self.partial()
+        self._raise_merge_error(p.merge_error)
         if p.events != p.total_events or info["n_done"] < info["n_jobs"]:
             rep = self.report()
             bad = rep[rep["job_index"].notna() & ~rep["status"].isin(["done", "done after retry"])]
@@ -239,6 +249,18 @@ class AnalysisTask(TaskHandle):
             return p.result
         return postprocess(self.processor, p.result)
 
+    def _raise_merge_error(self, error: dict | None) -> None:
+        if error is None:
+            return
+        exc: BaseException | None = None
+        if error.get("source") == "pilot":  # the job's own exception, with all its fields
+            exc = self.errors().get(error["job_index"])
+        if not isinstance(exc, MergeError):
+            exc = MergeError.from_dict(error)
+        exc.task, exc.job_index = self.id, error["job_index"]
+        exc.report = self.report()  # type: ignore[attr-defined]
+        raise exc
+
     @property
     def complete(self) -> bool:
         """Every input was processed: the task ended, every job finished, and no file of
@@ -255,23 +277,31 @@ class AnalysisTask(TaskHandle):
 
     def report(self) -> pd.DataFrame:
         """Every input range and its fate: done, done after retry, skipped (bad file, with
-        ``skip_bad_files``), failed (why), or still waiting or running.
+        ``skip_bad_files``), failed (why), merge failed (its result could not be merged:
+        ``error`` says why), not merged (finished after a merge error, so not in the
+        result), or still waiting or running.
 
         After the jobs' rows come the files no job read, with ``job_index`` <NA>: files
         without entries (``start`` = ``stop`` = 0, "done") and files found bad at
         registration (``start``/``stop`` <NA>, "skipped", ``error`` saying why)."""
         rows = self.lab.api.get(f"/api/tasks/{self.id}/report")
-        skip = self.info()["options"].get("skip_bad_files")
+        info = self.info()
+        skip = info["options"].get("skip_bad_files")
         df = pd.DataFrame(rows, columns=["job_index", "file_index", "path", "tree", "start",
                                          "stop", "scout", "state", "attempts", "sites",
-                                         "error_category", "error"])
+                                         "error_category", "error", "merged"])
         for col in ("job_index", "start", "stop"):
             df[col] = df[col].astype("Int64")
+        merge_failed = "merge_error" in info["options"]
 
         def status(r: pd.Series) -> str:
             if pd.isna(r["job_index"]):  # no job: nothing to read, or bad at registration
                 return "done" if pd.isna(r["error"]) else "skipped"
+            if r["error_category"] == "merge":
+                return "merge failed"
             if r["state"] == "finished":
+                if merge_failed and not r["merged"]:
+                    return "not merged"
                 return "done" if r["attempts"] == 1 else "done after retry"
             if r["state"] in ("failed", "cancelled", "closed"):
                 return "skipped" if skip and r["error_category"] == "input" else "failed"

@@ -22,7 +22,7 @@ from jupyter_server.utils import url_path_join
 from tornado.iostream import StreamClosedError
 
 from panda_lab import runtime
-from panda_lab.jupyter.snapshot import group_errors
+from panda_lab.jupyter.snapshot import group_errors, merge_error_group
 
 PREFIX = "panda-lab"
 
@@ -134,7 +134,10 @@ class TaskHandler(PandaHandler):
                 failed = await self.link.request(
                     "GET", f"/api/tasks/{task}/jobs",
                     params={"all_attempts": "true", "state": "failed"})
-                errors = [g.__dict__ for g in group_errors(failed)]
+                errors = [g.__dict__ for g in group_errors(failed) if g.category != "merge"]
+            merge = merge_error_group(info)  # results that could not be merged, first
+            if merge is not None:
+                errors.insert(0, merge.__dict__)
             shown = [{k: j[k] for k in ("id", "job_index", "attempt", "state", "site")}
                      for j in jobs[: self.JOBS_SHOWN]]
             return {**info, "errors": errors, "jobs": shown, "n_jobs_listed": len(jobs)}

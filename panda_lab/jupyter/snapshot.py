@@ -85,6 +85,9 @@ def take(lab: Lab, task_id: int, errors_seen: int | None = None,
                                           all_attempts=True, state="failed"))
     else:
         errors = []
+    merge = merge_error_group(info)
+    if merge is not None:
+        errors = [merge, *(g for g in errors if g.category != "merge")]
     snap = TaskSnapshot(info["id"], info["name"], info["state"], info["n_jobs"],
                         info["n_done"], by_state, by_site, errors, time.time())
     if info["options"].get("kind") == "analysis":
@@ -97,6 +100,15 @@ def take(lab: Lab, task_id: int, errors_seen: int | None = None,
         elif part["data"]:
             snap.result = pickle.loads(base64.b64decode(part["data"]))
     return snap
+
+
+def merge_error_group(info: dict) -> ErrorGroup | None:
+    """The task's merge error (results that could not be merged) as an error group, first
+    in a monitor's or the panel's list of errors; ``info`` is the task's record."""
+    err = info.get("options", {}).get("merge_error")
+    if not err:
+        return None
+    return ErrorGroup("merge", err["message"], 1, err.get("job_id") or 0, "")
 
 
 def group_errors(attempts: list[dict]) -> list[ErrorGroup]:

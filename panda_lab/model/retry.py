@@ -20,6 +20,7 @@ class ErrorCategory(StrEnum):
     SYSTEM = "system"      # pilot lost, worker crashed, site trouble: not the user's fault
     TIMEOUT = "timeout"    # the job ran past its walltime
     KILLED = "killed"      # cancelled on request
+    MERGE = "merge"        # results that cannot be merged: the processor disagrees with itself
 
 
 class Action(StrEnum):
@@ -48,6 +49,7 @@ DEFAULT_RULES: tuple[RetryRule, ...] = (
     RetryRule(ErrorCategory.KILLED, Action.FAIL),
     RetryRule(ErrorCategory.USER, Action.FAIL),
     RetryRule(ErrorCategory.PAYLOAD, Action.FAIL),
+    RetryRule(ErrorCategory.MERGE, Action.FAIL),
     RetryRule(ErrorCategory.TIMEOUT, Action.RETRY, attempts=2, other_site=False),
     # Another site may read another replica, or through another network path.
     RetryRule(ErrorCategory.INPUT, Action.RETRY, attempts=2),

@@ -149,6 +149,8 @@ async def partial(request: Request, task_id: int) -> dict:
 
 @router.get("/tasks/{task_id}/report")
 async def report(request: Request, task_id: int) -> list[dict]:
-    """Every input range and its job's fate, then the files no job reads (404: no task)."""
+    """Every input range with the fate of its job and whether it is in the merged result,
+    then the files no job reads (404: no task)."""
     s = _server(request)
-    return await s.db(s.store.analysis_report, task_id)
+    await s.db(s.store.get_task, task_id)  # 404 for an unknown task
+    return await s.db(s.analysis.report, task_id)

@@ -98,7 +98,7 @@ class PilotAcquire(Strict):
 
 
 class JobError(Strict):
-    category: Literal["user", "input", "payload", "system", "timeout", "killed"]
+    category: Literal["user", "input", "payload", "system", "timeout", "killed", "merge"]
     message: Annotated[str, Field(max_length=100_000)] = ""
     traceback: Annotated[str, Field(max_length=1_000_000)] | None = None
     type: str | None = None

@@ -69,7 +69,12 @@ class TaskStore:
         return task_id, ids, changes
 
     def add_jobs(self: StoreBase, task_id: int, jobs_: list[dict],
-                 job_chunks: list[list[dict]] | None = None) -> tuple[list[int], Changes]:
+                 job_chunks: list[list[dict]] | None = None,
+                 advance: tuple[TaskState, TaskState] | None = None,
+                 options: dict | None = None) -> tuple[list[int], Changes]:
+        """Add jobs to an open task; in the same transaction, move the task from
+        ``advance[0]`` to ``advance[1]`` and add ``options`` to its options (the sizing
+        after scouting is one step: a crash leaves it all undone or all done)."""
         with self.tx() as conn:
             task = self._task_row(conn, task_id)
             if not task.open:
@@ -77,8 +82,13 @@ class TaskStore:
             if task.state in (T.ABORTED,):
                 raise TaskStateError(f"task {task_id} was aborted")
             changes = Changes()
+            if options:
+                conn.execute(update(tasks).where(tasks.c.id == task_id).values(
+                    options=dumps(loads(task.options) | options), modified_at=now()))
             ids = self._add_jobs(conn, task_id, jobs_, _sites_of(task.site),
                                  loads(task.options), changes, job_chunks)
+            if advance is not None:
+                self._set_task_state(conn, task_id, advance[0], advance[1], changes)
         return ids, changes
 
     def close_task(self: StoreBase, task_id: int) -> Changes:
@@ -353,6 +363,33 @@ class TaskStore:
             conn.execute(update(tasks).where(tasks.c.id == task_id).values(open=False))
             self._set_task_state(conn, task_id, task.state, T.ABORTED, changes, "killed by user")
         return changes
+
+    def fail_task(self: StoreBase, task_id: int, message: str, options: dict) -> Changes:
+        """End a task as ``failed`` for a reason found on the server (results that cannot be
+        merged): waiting and running jobs are cancelled as by ``kill``, the task takes no
+        more jobs, ``options`` are added to its options.  A task already final keeps its
+        state and message and gets only the options."""
+        t = now()
+        changes = Changes()
+        with self.tx() as conn:
+            task = self._task_row(conn, task_id)
+            # jobs first, then their task: the order in which reports lock them
+            victims = conn.execute(
+                select(jobs.c.id, jobs.c.state, jobs.c.job_index, jobs.c.attempt, jobs.c.site)
+                .where(jobs.c.task_id == task_id, jobs.c.state.not_in(FINAL))
+                .order_by(jobs.c.id).with_for_update()).all()
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(
+                options=dumps(loads(task.options) | options), open=False, modified_at=t))
+            if TaskState(task.state) in TASK_FINAL:
+                return changes
+            self._cancel(conn, victims, task_id, t, f"task failed: {message}", changes)
+            self._set_task_state(conn, task_id, task.state, T.FAILED, changes, message)
+        return changes
+
+    def reopen_task(self: StoreBase, task_id: int) -> None:
+        """Let a task take jobs again and not end by itself (see ``close_task``)."""
+        with self.tx() as conn:
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(open=True))
 
     def _cancel(self, conn: Connection, victims, task_id: int, t: float, why: str,
                 changes: Changes) -> None:

@@ -132,7 +132,8 @@ def test_incompatible_types_name_the_key_path():
 
 def test_histograms_with_other_axes_do_not_merge():
     other = hist.Hist.new.Reg(10, -3, 3, name="x").Weight()
-    with pytest.raises(MergeError, match=r"result\['h'\]: cannot merge Hist with Hist"):
+    with pytest.raises(MergeError, match=r"result\['h'\]: histograms differ: axis 0 \('x'\): "
+                       r"Regular\(50, -3, 3, name='x'\) vs Regular\(10, -3, 3, name='x'\)"):
         merge({"h": _hist()}, {"h": other})
 
 

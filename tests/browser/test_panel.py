@@ -127,3 +127,37 @@ def test_with_no_server_the_panel_offers_to_start_one(chromium, tmp_path, artifa
     finally:
         jupyter.stop()
         cli(["--home", str(home), "server", "stop"])
+
+
+def bins_by_run(events):
+    """10 bins for the first file, 20 for the second: results that cannot be merged."""
+    import hist
+    import numpy as np
+
+    bins = 10 if int(events.run[0]) == 1000 else 20
+    return {"mass": hist.Hist(hist.axis.Regular(bins, 0, 150)).fill(np.asarray(events.nMuon))}
+
+
+def test_the_panel_shows_why_results_could_not_be_merged(chromium, lab_server, tmp_path,
+                                                         artifacts):
+    from panda_lab.analysis.sample import make_sample
+
+    lab = lab_server["panda"].lab()
+    files = make_sample(tmp_path / "data", files=2, events=1_000, basket_events=500)
+    lab.datasets.register("panel-merge", [str(f) for f in files])
+    task = lab.analyze(bins_by_run, "panel-merge", events_per_job=1_000, name="panel-merge")
+    lab.wait(task.id, timeout=60)
+    message = lab.task_info(task.id)["options"]["merge_error"]["message"]
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{lab_server['url']}/lab?token={lab_server['token']}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell")
+    page.locator(".lm-TabBar-tab[data-id='panda-lab-panel']").click()
+    panel = page.locator(".panda-lab-panel")
+    panel.locator(f".panda-task-row[data-task-id='{task.id}'][data-state='failed']").click()
+    detail = panel.locator(f".panda-task-detail[data-task-id='{task.id}']")
+    detail.wait_for()
+    first = detail.locator(".panda-error-group").first.inner_text()
+    assert first.startswith(f"1 \u00d7 [merge] {message}")      # count, category, message
+    assert "histograms differ" in first and any(f"{f} entries 0-1000" in first for f in files)
+    page.screenshot(path=str(artifacts / "panel-merge-error.png"))

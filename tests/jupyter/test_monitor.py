@@ -3,6 +3,7 @@ models are checked; tests/browser shows them drawn)."""
 
 from __future__ import annotations
 
+import html
 import itertools
 import time
 
@@ -126,6 +127,31 @@ def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_pat
     assert images and images[-1][:8] == b"\x89PNG\r\n\x1a\n"
     assert len(set(images)) >= 2, "the histogram was drawn once, not while it filled"
     assert m.image.layout.display == ""
+
+
+def bins_by_run(events):
+    """10 bins for the first file, 20 for the second: results that cannot be merged."""
+    import hist
+    import numpy as np
+
+    bins = 10 if int(events.run[0]) == 1000 else 20
+    return {"mass": hist.Hist(hist.axis.Regular(bins, 0, 150)).fill(np.asarray(events.nMuon))}
+
+
+def test_the_monitor_shows_a_merge_error_first(nlab, tmp_path):
+    from panda_lab.analysis.sample import make_sample
+
+    files = make_sample(tmp_path, files=2, events=1_000, basket_events=500)
+    nlab.datasets.register("m-merge", [str(f) for f in files], tree="Events", replace=True)
+    task = nlab.analyze(bins_by_run, "m-merge", events_per_job=1_000, name="m-merge")
+    nlab.wait(task.id, timeout=60)
+    m = TaskMonitor(nlab, task.id, start=False)
+    assert m.snapshot.state == "failed" and m.bar.bar_style == "danger" and m.snapshot.final
+    message = nlab.task_info(task.id)["options"]["merge_error"]["message"]
+    assert "histograms differ" in message and "result['mass']" in message
+    first = m.errors.value.split("<details>")[1]
+    assert f"<b>1</b> &times; [merge] {html.escape(message)}" in first
+    assert f"1 x [merge] {message}" in repr(m)
 
 
 def test_the_lab_monitor_lists_recent_tasks_and_sites(nlab):

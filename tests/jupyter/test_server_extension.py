@@ -97,6 +97,36 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         assert c.get("/tasks", params={"limit": "many"}).status_code == 400
 
 
+def bins_by_run(events):
+    """10 bins for the first file, 20 for the second: results that cannot be merged."""
+    import hist
+    import numpy as np
+
+    bins = 10 if int(events.run[0]) == 1000 else 20
+    return {"mass": hist.Hist(hist.axis.Regular(bins, 0, 150)).fill(np.asarray(events.nMuon))}
+
+
+def test_the_panel_lists_a_merge_error_first(setup, tmp_path):
+    """The panel shows a task's ``errors``: results that cannot be merged come first there."""
+    from panda_lab.analysis.sample import make_sample
+
+    panda, jupyter = setup
+    lab = panda.lab()
+    files = make_sample(tmp_path, files=2, events=1_000, basket_events=500)
+    lab.datasets.register("ext-merge", [str(f) for f in files], replace=True)
+    task = lab.analyze(bins_by_run, "ext-merge", events_per_job=1_000, name="ext-merge")
+    lab.wait(task.id, timeout=60)
+    error = lab.task_info(task.id)["options"]["merge_error"]
+    with client(jupyter) as c:
+        detail = c.get(f"/tasks/{task.id}").json()
+        assert detail["state"] == "failed"
+        group = detail["errors"][0]
+        assert (group["category"], group["count"]) == ("merge", 1)
+        assert group["message"] == error["message"] and "histograms differ" in group["message"]
+        job = c.get(f"/jobs/{group['example_job']}").json()
+        assert job["job_index"] == error["job_index"] and job["state"] == "finished"
+
+
 def test_kill_and_retry_go_through_to_the_server(setup):
     panda, jupyter = setup
     lab = panda.lab()

@@ -1,0 +1,85 @@
+"""The store's steps of an analysis task, on SQLite and PostgreSQL: sizing after scouting in
+one transaction, failing a task for results that cannot be merged, opening it again."""
+
+from __future__ import annotations
+
+import pytest
+
+from panda_lab.model import TaskState
+from panda_lab.store import Store, TaskStateError
+
+SITES = [{"name": "A", "kind": "local", "provisioner": "local", "pilots": 1, "slots": 2}]
+
+
+@pytest.fixture
+def store(db_url, tmp_path):
+    s = Store(db_url, tmp_path / "results")
+    s.upsert_sites(SITES)
+    yield s
+    s.close()
+
+
+def chunk(start: int, stop: int) -> list[dict]:
+    return [{"file_index": 0, "path": "/f.root", "tree": "Events", "start": start,
+             "stop": stop}]
+
+
+def scouting_task(store: Store) -> int:
+    task_id, _, _ = store.create_task("ana", [{"payload": b"scout"}], options={"kind": "x"},
+                                      open_=True, state=TaskState.SCOUTING,
+                                      job_chunks=[chunk(0, 10)])
+    return task_id
+
+
+def test_sizing_adds_jobs_moves_the_state_and_records_options_together(store):
+    task_id = scouting_task(store)
+    ids, changes = store.add_jobs(task_id, [{"payload": b"a"}, {"payload": b"b"}],
+                                  job_chunks=[chunk(10, 20), chunk(20, 30)],
+                                  advance=(TaskState.SCOUTING, TaskState.RUNNING),
+                                  options={"scouting": {"events_per_job": 10}})
+    task = store.get_task(task_id)
+    assert len(ids) == 2 and task["n_jobs"] == 3 and task["state"] == "running"
+    assert task["options"] == {"kind": "x", "scouting": {"events_per_job": 10}}
+    assert (task_id, "running") in changes.tasks and task["open"]
+    assert [c["start"] for c in store.task_chunks(task_id)] == [0, 10, 20]
+
+
+def test_a_failed_sizing_changes_nothing(store):
+    task_id = scouting_task(store)
+    with pytest.raises(KeyError):  # a chunk without its file: the transaction is undone
+        store.add_jobs(task_id, [{"payload": b"a"}], job_chunks=[[{"start": 1}]],
+                       advance=(TaskState.SCOUTING, TaskState.RUNNING),
+                       options={"scouting": {}})
+    task = store.get_task(task_id)
+    assert (task["state"], task["n_jobs"], task["options"]) == ("scouting", 1, {"kind": "x"})
+
+
+def test_fail_task_cancels_the_rest_and_keeps_the_error(store):
+    task_id = scouting_task(store)
+    changes = store.fail_task(task_id, "results differ", {"merge_error": {"job_index": 0}})
+    task = store.get_task(task_id)
+    assert (task["state"], task["message"], task["open"]) == ("failed", "results differ", False)
+    assert task["options"]["merge_error"] == {"job_index": 0}
+    (job,) = store.list_jobs(task_id)
+    assert job["state"] == "cancelled" and job["error_message"] == "task failed: results differ"
+    assert (task_id, "failed") in changes.tasks
+    with pytest.raises(TaskStateError, match="closed"):
+        store.add_jobs(task_id, [{"payload": b"late"}])
+
+
+def test_fail_task_of_an_ended_task_only_records_the_error(store):
+    task_id = scouting_task(store)
+    store.kill_task(task_id)
+    changes = store.fail_task(task_id, "results differ", {"merge_error": {"job_index": 0}})
+    task = store.get_task(task_id)
+    assert (task["state"], task["message"]) == ("aborted", "killed by user")
+    assert task["options"]["merge_error"] == {"job_index": 0} and not changes.tasks
+
+
+def test_reopen_lets_a_closed_task_take_jobs(store):
+    task_id = scouting_task(store)
+    store.add_jobs(task_id, [], advance=(TaskState.SCOUTING, TaskState.RUNNING))
+    store.close_task(task_id)
+    store.reopen_task(task_id)
+    ids, _ = store.add_jobs(task_id, [{"payload": b"more"}], job_chunks=[chunk(10, 20)])
+    assert len(ids) == 1 and store.get_task(task_id)["open"]
