@@ -7,6 +7,10 @@ thread per executor reads the stream, with small results inline.
 
 Submissions are sent by a sender thread that takes everything queued since its last
 request: one call costs one request, 10,000 calls cost a handful.
+
+Each ``submit`` pickles its call whole, then and there: the job runs with what the
+function reads (globals, closure cells, defaults, a bound method's instance...) as it
+was at submit time, never with a copy taken at an earlier submit.
 """
 
 from __future__ import annotations
@@ -86,7 +90,6 @@ class PandaExecutor(Executor):
         self._outbox: list[tuple[PandaFuture, bytes]] = []
         # the batch being posted: in neither _outbox nor _futures until the reply comes
         self._inflight: list[PandaFuture] = []
-        self._fn_cache: dict[int, tuple[Callable, bytes]] = {}
         self._checked_sites: set[str] = set()
         self.environment_warnings: list[str] = []
         self._listener: threading.Thread | None = None
@@ -107,7 +110,10 @@ class PandaExecutor(Executor):
 
     # ---- the Executor contract ------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> PandaFuture:
-        payload = dumps_call(self._fn_bytes(fn), args, kwargs)  # PayloadError here, at once
+        # The whole call, pickled now: what it reads is captured as it is at this submit.
+        return self._enqueue(dumps_call(fn, args, kwargs))  # PayloadError here, at once
+
+    def _enqueue(self, payload: bytes) -> PandaFuture:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -119,12 +125,33 @@ class PandaExecutor(Executor):
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:
-        """Like the standard ``map``: results in order, lazily; ``chunksize`` calls per job."""
+        """Like the standard ``map``: results in order, lazily; ``chunksize`` calls per job.
+
+        The function is captured once, when ``map`` is called (every job of it gets a
+        copy of those bytes, unpickled afresh on the pilot); each job's arguments are
+        pickled with it."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        results = super().map(partial(_process_chunk, fn), _chunks(iterables, chunksize),
-                              timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        end = None if timeout is None else time.monotonic() + timeout
+        call = dumps_fn(partial(_process_chunk, fn))  # PayloadError here, at once
+        fs = [self._enqueue(dumps_call(call, (chunk,)))
+              for chunk in _chunks(iterables, chunksize)]
+
+        def results() -> Iterator:
+            try:
+                fs.reverse()
+                while fs:
+                    fut = fs.pop()
+                    try:
+                        yield fut.result(None if end is None else end - time.monotonic())
+                    except BaseException:
+                        fs.append(fut)
+                        raise
+            finally:
+                for fut in fs:
+                    fut.cancel()
+
+        return itertools.chain.from_iterable(results())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -185,16 +212,6 @@ class PandaExecutor(Executor):
         self._sender = threading.Thread(target=self._send, daemon=True,
                                         name=f"panda-send-{self.task_id}")
         self._sender.start()
-
-    def _fn_bytes(self, fn: Callable) -> bytes:
-        hit = self._fn_cache.get(id(fn))
-        if hit is not None and hit[0] is fn:
-            return hit[1]
-        data = dumps_fn(fn)
-        self._fn_cache[id(fn)] = (fn, data)
-        if len(self._fn_cache) > 64:
-            self._fn_cache.pop(next(iter(self._fn_cache)))
-        return data
 
     # ---- sender ---------------------------------------------------------------------------
     def _send(self) -> None:
