@@ -11,6 +11,12 @@ request: one call costs one request, 10,000 calls cost a handful.
 Each ``submit`` pickles its call whole, then and there: the job runs with what the
 function reads (globals, closure cells, defaults, a bound method's instance...) as it
 was at submit time, never with a copy taken at an earlier submit.
+
+The ``concurrent.futures`` contract, kept exactly: ``cancel()`` returns True only when
+the call will never run (still in the outbox, or its job cancelled by the server in one
+compare-and-set before any pilot got it); ``shutdown(wait=True)`` returns once every
+future is resolved, and a server that stays unreachable for ``server_lost_timeout``
+seconds fails the futures it owes rather than leaving them pending forever.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from concurrent.futures import wait as wait_futures
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from panda_lab.client.futures import PandaFuture, exception_from_job
-from panda_lab.http import ApiClient, ApiError
+from panda_lab.client.futures import PandaFuture, cancel_now, exception_from_job
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.payload import dumps_call, dumps_fn, environment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,11 +71,14 @@ class PandaExecutor(Executor):
     brokerage to choose), ``cores``, ``memory`` (MB), ``walltime`` (seconds, 0 for none),
     ``retries`` (extra attempts after a system error; user errors are never retried),
     ``priority`` and ``name`` (the task's name, to find it again with ``lab.task``).
+    ``server_lost_timeout`` (seconds): when the server stays unreachable that long, the
+    futures still waiting for it fail with :class:`panda_lab.http.ServerUnreachable`.
     """
 
     def __init__(self, lab: Lab, *, site: str | list[str] = "ANY", cores: int = 1,
                  memory: int = 0, walltime: float = 0.0, retries: int = 2, priority: int = 0,
-                 name: str | None = None, max_workers: int | None = None) -> None:
+                 name: str | None = None, max_workers: int | None = None,
+                 server_lost_timeout: float = 60.0) -> None:
         self._lab = lab
         self._api = ApiClient(lab.url, lab.api.token)
         self.site = site
@@ -83,6 +92,9 @@ class PandaExecutor(Executor):
         self._max_workers = max_workers or max(128, 8 * self._capacity())
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        #: Notified when a batch's request has ended (its futures are posted or failed).
+        self._posted = threading.Condition(self._lock)
+        self.server_lost_timeout = server_lost_timeout
         self._shutdown = False
         self.task_id: int | None = None
         self._futures: dict[int, PandaFuture] = {}
@@ -94,6 +106,8 @@ class PandaExecutor(Executor):
         self.environment_warnings: list[str] = []
         self._listener: threading.Thread | None = None
         self._sender: threading.Thread | None = None
+        self._closer: threading.Thread | None = None
+        self._in_shutdown = threading.local()
         self._listening = threading.Event()
         self._stream_error: BaseException | None = None
         self._closed = threading.Event()
@@ -129,7 +143,9 @@ class PandaExecutor(Executor):
 
         The function is captured once, when ``map`` is called (every job of it gets a
         copy of those bytes, unpickled afresh on the pilot); each job's arguments are
-        pickled with it."""
+        pickled with it.  As the standard one, it cancels the calls not yet run when its
+        iterator is closed or a result raises (``TimeoutError`` included), here in one
+        request for all."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else time.monotonic() + timeout
@@ -148,35 +164,50 @@ class PandaExecutor(Executor):
                         fs.append(fut)
                         raise
             finally:
-                for fut in fs:
-                    fut.cancel()
+                self._cancel_many(fs)
 
         return itertools.chain.from_iterable(results())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """``Executor.shutdown``: no new calls; with ``cancel_futures``, every call that
+        no pilot got yet is cancelled (one request); with ``wait``, return once every
+        future is resolved.  Any number of calls, from any thread: from a done-callback
+        run by this executor's own threads (which resolve the futures) it cannot wait,
+        and returns at once as with ``wait=False``."""
         with self._lock:
             self._shutdown = True
-            pending = [f for f in self._futures.values() if not f.done()]
-            pending += [f for f, _ in self._outbox] + self._inflight
             self._wake.notify_all()
-        if cancel_futures:
-            # Future.cancel, not ours: one kill request for all of them, below.
-            cancelled = [f for f in pending if Future.cancel(f)]
-            self._kill(cancelled)
-        if wait:
-            self._finish()
-        else:
-            threading.Thread(target=self._finish, daemon=True, name="panda-close").start()
+            everything = [f for f, _ in self._outbox] + self._inflight
+            everything += self._futures.values()
+            if self._closer is None:
+                self._closer = threading.Thread(target=self._finish, daemon=True,
+                                                name="panda-close")
+                self._closer.start()
+            closer = self._closer
+        # A done-callback that calls shutdown again from inside this call (cancelling
+        # runs callbacks) must not wait for futures this call has yet to cancel.
+        nested = getattr(self._in_shutdown, "active", False)
+        self._in_shutdown.active = True
+        try:
+            if cancel_futures:
+                self._cancel_many(everything)
+            own = threading.current_thread() in (self._listener, self._sender, closer)
+            if wait and not own and not nested:
+                closer.join()
+        finally:
+            self._in_shutdown.active = nested
 
     def _finish(self) -> None:
-        """Wait for every future, then close the task so it can end."""
+        """Wait for every future, then close the task so it can end (the closer thread)."""
         while True:
             with self._lock:
-                outstanding = [f for f in self._futures.values() if not f.done()]
-                outstanding += [f for f, _ in self._outbox] + self._inflight
+                outstanding = [f for f, _ in self._outbox] + self._inflight
+                outstanding += self._futures.values()
+                outstanding = [f for f in outstanding if not f.done()]
             if not outstanding:
                 break
-            wait_futures(outstanding)
+            # ``wait`` counts a cancelled future only once notified: look again now and then.
+            wait_futures(outstanding, timeout=1.0)
         if self.task_id is not None:
             try:
                 self._api.post(f"/api/tasks/{self.task_id}/close")
@@ -222,45 +253,58 @@ class PandaExecutor(Executor):
                 if not self._outbox:
                     return
                 batch, self._outbox = self._outbox[:SEND_BATCH], self._outbox[SEND_BATCH:]
-                batch = [(f, p) for f, p in batch if not f.cancelled()]
+                batch = [(f, p) for f, p in batch if f._stage == "outbox"]  # not cancelled
+                for f, _ in batch:
+                    f._stage = "posting"
                 self._inflight = [f for f, _ in batch]
             if not batch:
                 continue
             jobs = [{"payload": base64.b64encode(p).decode()} for _, p in batch]
             try:
                 reply = self._api.post(f"/api/tasks/{self.task_id}/jobs", {"jobs": jobs})
-            except Exception as exc:
+                placed = list(zip(reply["jobs"], reply["indices"], strict=True))
+                if len(placed) != len(batch):
+                    raise ApiError(500, f"{len(placed)} jobs made of {len(batch)} sent",
+                                   "POST", f"/api/tasks/{self.task_id}/jobs")
+            except Exception as exc:  # nothing of this batch will run: say so to each
                 for f, _ in batch:
-                    if f.set_running_or_notify_cancel():
-                        f.set_exception(exc)
+                    self._set_exception(f, exc)
                 with self._lock:
+                    for f, _ in batch:
+                        f._stage = "failed"
                     self._inflight = []
+                    self._posted.notify_all()
                 continue
+            early = []
             with self._lock:
-                for (f, _), job_id, index in zip(batch, reply["jobs"], reply["indices"],
-                                                 strict=True):
-                    f.job_id, f.index = job_id, index
+                for (f, _), (job_id, index) in zip(batch, placed, strict=True):
+                    f.job_id, f.index, f._stage = job_id, index, "posted"
                     self._futures[index] = f
-                    early = self._early.pop(index, None)
-                    if early is not None:
-                        self._apply(f, early)
+                    ev = self._early.pop(index, None)
+                    if ev is not None:
+                        early.append((f, ev))
                 self._inflight = []
-            # cancelled while in flight: they had no job id to kill then
-            self._kill([f for f, _ in batch if f.cancelled()])
+                self._posted.notify_all()
+            for f, ev in early:  # outside the lock: resolving runs the done-callbacks
+                self._apply(f, ev)
 
     # ---- listener -------------------------------------------------------------------------
     def _listen(self) -> None:
         delay = 0.1
         first = True
+        lost_since: float | None = None
         while True:
             try:
-                for msg in self._api.events(tasks=[self.task_id], results=True, ping=1.0):
+                # a silent stream (pings stopped: a frozen server) counts as lost, too
+                for msg in self._api.events(tasks=[self.task_id], results=True, ping=1.0,
+                                            read_timeout=30.0):
                     if self._closed.is_set():
                         return
                     if msg.get("hello"):
                         if not first:
                             self._resync()
                         first = False
+                        lost_since = None
                         self._listening.set()
                         delay = 0.1
                     elif "jobs" in msg:
@@ -271,8 +315,23 @@ class PandaExecutor(Executor):
                 self._stream_error = exc
             if self._closed.is_set():
                 return
+            lost_since = time.monotonic() if lost_since is None else lost_since
+            if time.monotonic() - lost_since >= self.server_lost_timeout:
+                self._fail_unresolved(ServerUnreachable(
+                    f"panda-lab server at {self._api.url} unreachable for "
+                    f"{self.server_lost_timeout:g} s (last error: {self._stream_error}); "
+                    "this call's outcome is unknown"))
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _fail_unresolved(self, exc: BaseException) -> None:
+        """The server is gone: fail every future that waits on it, so nothing hangs."""
+        with self._lock:
+            owed = [f for f in self._futures.values() if not f.done()]
+        if owed:
+            log.warning("failing %d future(s): %s", len(owed), exc)
+        for f in owed:
+            self._set_exception(f, exc)
 
     def _on_jobs(self, events: list[dict]) -> None:
         last: dict[int, dict] = {}
@@ -304,6 +363,11 @@ class PandaExecutor(Executor):
             else:
                 self._fetch_results([fut])
         elif state in ("failed", "cancelled", "closed"):
+            if state == "cancelled":
+                with self._lock:
+                    if fut._cancelling:  # our own cancel request's, or a kill: its reply tells
+                        fut._deferred = ev
+                        return
             try:
                 job = self._api.get(f"/api/jobs/{ev['id']}")
             except ApiError:
@@ -350,13 +414,61 @@ class PandaExecutor(Executor):
                                   "state": job["state"], "site": job["site"]})
 
     # ---- cancel, environment ---------------------------------------------------------------
-    def _kill(self, futures: list[PandaFuture]) -> None:
-        ids = [f.job_id for f in futures if f.job_id is not None]
-        if ids:
-            try:
-                self._api.post("/api/jobs/kill", {"ids": ids})
-            except ApiError as exc:
-                log.warning("could not kill jobs %s: %s", ids[:5], exc)
+    def _cancel_many(self, futures: Iterable[PandaFuture]) -> set[PandaFuture]:
+        """Cancel what can be, as ``Future.cancel`` on each; returns the futures that are
+        now cancelled, which will never run.
+
+        A call still in the outbox is dropped here; one in the request on its way is
+        waited for (except by the sender thread itself, which is making that request);
+        one on the server is cancelled by one compare-and-set request for all, which
+        fails for jobs a pilot already holds.  Running and finished futures are left."""
+        futures = list(futures)
+        me = threading.current_thread()
+        won: set[PandaFuture] = set()
+        drop: list[PandaFuture] = []
+        ask: list[PandaFuture] = []
+        with self._lock:
+            while me is not self._sender and any(f._stage == "posting" for f in futures):
+                self._posted.wait()
+            for f in futures:
+                if f.done() or f.running():
+                    if f.cancelled():
+                        won.add(f)
+                elif f._stage == "outbox":
+                    f._stage = "dropped"
+                    drop.append(f)
+                elif f._stage == "dropped":  # another thread is dropping it right now
+                    won.add(f)
+                elif f._stage == "posted" and not f._cancelling:
+                    f._cancelling = True
+                    ask.append(f)
+        if ask:  # every decision is made before any done-callback runs
+            won |= self._cancel_on_server(ask)
+        for f in drop:
+            cancel_now(f)
+            won.add(f)
+        return won
+
+    def _cancel_on_server(self, futures: list[PandaFuture]) -> set[PandaFuture]:
+        by_index = {f.index: f for f in futures}
+        try:
+            reply = self._api.post(f"/api/tasks/{self.task_id}/cancel",
+                                   {"indices": sorted(by_index)})
+            won = {by_index[i] for i in reply["cancelled"] if i in by_index}
+        except Exception as exc:  # unknown outcome: not cancelled, as far as we can tell
+            log.warning("could not cancel jobs of task %s: %s", self.task_id, exc)
+            won = set()
+        for f in won:
+            cancel_now(f)  # before the flag goes: the "cancelled" event must not fail it
+        deferred = []
+        with self._lock:
+            for f in futures:
+                if f not in won and f._deferred is not None:
+                    deferred.append((f, f._deferred))  # cancelled by someone else: a kill
+                f._cancelling, f._deferred = False, None
+        for f, ev in deferred:
+            self._apply(f, ev)
+        return won
 
     def _check_environment(self, site: str) -> None:
         if site in self._checked_sites:
