@@ -85,11 +85,13 @@ class ApiClient:
         return self.request("POST", path, json=body if body is not None else {}, **kw)
 
     def events(self, tasks: list[int] | None = None, results: bool = False,
-               timeout: float | None = None, ping: float | None = None) -> Iterator[dict]:
+               timeout: float | None = None, ping: float | None = None,
+               read_timeout: float | None = None) -> Iterator[dict]:
         """Server-Sent Events as dicts, until the stream ends or the server goes away.
 
         With ``ping``, the server sends a keep-alive that is yielded as ``{"ping": True}``
-        at least that often, so a reader can notice it was asked to stop.
+        at least that often, so a reader can notice it was asked to stop.  With
+        ``read_timeout`` (seconds), a stream silent that long raises ``httpx.ReadTimeout``.
         """
         params: dict = {"results": "true" if results else "false"}
         if ping is not None:
@@ -97,7 +99,7 @@ class ApiClient:
         if tasks:
             params["tasks"] = ",".join(str(t) for t in tasks)
         with httpx.Client(base_url=self.url, headers=self._headers,
-                          timeout=httpx.Timeout(timeout or 60.0, read=None)) as http, \
+                          timeout=httpx.Timeout(timeout or 60.0, read=read_timeout)) as http, \
                 http.stream("GET", "/api/events", params=params) as resp:
             if resp.status_code >= 400:
                 resp.read()

@@ -1,8 +1,11 @@
 """What a job carries and what it brings back: cloudpickled calls, results and errors.
 
-A job's payload is ``(fn, args, kwargs)``; ``fn`` may be ``None`` when every job of a
-task calls the same function, which then travels once as the task's *common* payload,
-or the function's own pickled bytes, which a worker unpickles once and reuses.
+A job's payload is ``(fn, args, kwargs)``, pickled whole at submit time: what the call
+reads (the function's globals, closure cells, defaults, ``__dict__``, a callable's or a
+bound method's instance, the arguments) is captured then, as ``ThreadPoolExecutor``
+would see it at that moment, and each job unpickles its own copy, so no job sees what
+an earlier job on the same worker changed.  ``fn`` may be ``None`` when every job of a
+task calls the same function, which then travels once as the task's *common* payload.
 The same Python environment is assumed on pilots (as Dask assumes); the versions of
 the packages that matter travel along so a mismatch is reported, not guessed at.
 """
@@ -33,28 +36,18 @@ class PayloadError(TypeError):
     """The call cannot be shipped: the message says what could not be pickled."""
 
 
-def dumps_call(fn: Callable | None, args: tuple = (), kwargs: dict | None = None) -> bytes:
+def dumps_call(fn: Callable | bytes | None, args: tuple = (),
+               kwargs: dict | None = None) -> bytes:
+    """A job's payload: ``(fn, args, kwargs)`` pickled now, with everything they refer to.
+    ``fn`` may be a function already pickled (``dumps_fn``), or ``None`` for the task's
+    common function.  Raises :class:`PayloadError` naming what could not be pickled."""
     try:
         return cloudpickle.dumps((fn, tuple(args), dict(kwargs or {})))
     except Exception as exc:
-        what = getattr(fn, "__qualname__", repr(fn)) if fn is not None else "the arguments"
+        what = ("the arguments" if fn is None or isinstance(fn, bytes)
+                else getattr(fn, "__qualname__", repr(fn)))
         raise PayloadError(f"cannot pickle the call to {what}: {type(exc).__name__}: {exc}") \
             from exc
-
-
-def load_fn(data: bytes) -> Callable:
-    """Unpickle a function shipped as bytes, once per worker: a ``map`` of 10,000 calls
-    sends the same function bytes 10,000 times but unpickles them once."""
-    fn = _FN_CACHE.get(data)
-    if fn is None:
-        fn = pickle.loads(data)
-        _FN_CACHE[data] = fn
-        while len(_FN_CACHE) > 64:
-            _FN_CACHE.pop(next(iter(_FN_CACHE)))
-    return fn
-
-
-_FN_CACHE: dict[bytes, Callable] = {}
 
 
 def dumps_fn(fn: Callable) -> bytes:
@@ -133,8 +126,8 @@ def run_call(payload: bytes, common: Callable | None,
     out, err_stream = streams or (_Tail(), _Tail())
     try:
         fn, args, kwargs = pickle.loads(payload)
-        if isinstance(fn, bytes):
-            fn = load_fn(fn)
+        if isinstance(fn, bytes):  # a function pickled on its own: a fresh copy all the same
+            fn = pickle.loads(fn)
     except Exception as exc:
         return Outcome(False, None, _error(
             "payload", exc, "cannot unpickle the payload on the pilot (is the same Python "

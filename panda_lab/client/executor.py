@@ -7,6 +7,16 @@ thread per executor reads the stream, with small results inline.
 
 Submissions are sent by a sender thread that takes everything queued since its last
 request: one call costs one request, 10,000 calls cost a handful.
+
+Each ``submit`` pickles its call whole, then and there: the job runs with what the
+function reads (globals, closure cells, defaults, a bound method's instance...) as it
+was at submit time, never with a copy taken at an earlier submit.
+
+The ``concurrent.futures`` contract, kept exactly: ``cancel()`` returns True only when
+the call will never run (still in the outbox, or its job cancelled by the server in one
+compare-and-set before any pilot got it); ``shutdown(wait=True)`` returns once every
+future is resolved, and a server that stays unreachable for ``server_lost_timeout``
+seconds fails the futures it owes rather than leaving them pending forever.
 """
 
 from __future__ import annotations
@@ -23,8 +33,8 @@ from concurrent.futures import wait as wait_futures
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from panda_lab.client.futures import PandaFuture, exception_from_job
-from panda_lab.http import ApiClient, ApiError
+from panda_lab.client.futures import PandaFuture, cancel_now, exception_from_job
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.payload import dumps_call, dumps_fn, environment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,11 +71,14 @@ class PandaExecutor(Executor):
     brokerage to choose), ``cores``, ``memory`` (MB), ``walltime`` (seconds, 0 for none),
     ``retries`` (extra attempts after a system error; user errors are never retried),
     ``priority`` and ``name`` (the task's name, to find it again with ``lab.task``).
+    ``server_lost_timeout`` (seconds): when the server stays unreachable that long, the
+    futures still waiting for it fail with :class:`panda_lab.http.ServerUnreachable`.
     """
 
     def __init__(self, lab: Lab, *, site: str | list[str] = "ANY", cores: int = 1,
                  memory: int = 0, walltime: float = 0.0, retries: int = 2, priority: int = 0,
-                 name: str | None = None, max_workers: int | None = None) -> None:
+                 name: str | None = None, max_workers: int | None = None,
+                 server_lost_timeout: float = 60.0) -> None:
         self._lab = lab
         self._api = ApiClient(lab.url, lab.api.token)
         self.site = site
@@ -79,6 +92,9 @@ class PandaExecutor(Executor):
         self._max_workers = max_workers or max(128, 8 * self._capacity())
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        #: Notified when a batch's request has ended (its futures are posted or failed).
+        self._posted = threading.Condition(self._lock)
+        self.server_lost_timeout = server_lost_timeout
         self._shutdown = False
         self.task_id: int | None = None
         self._futures: dict[int, PandaFuture] = {}
@@ -86,11 +102,12 @@ class PandaExecutor(Executor):
         self._outbox: list[tuple[PandaFuture, bytes]] = []
         # the batch being posted: in neither _outbox nor _futures until the reply comes
         self._inflight: list[PandaFuture] = []
-        self._fn_cache: dict[int, tuple[Callable, bytes]] = {}
         self._checked_sites: set[str] = set()
         self.environment_warnings: list[str] = []
         self._listener: threading.Thread | None = None
         self._sender: threading.Thread | None = None
+        self._closer: threading.Thread | None = None
+        self._in_shutdown = threading.local()
         self._listening = threading.Event()
         self._stream_error: BaseException | None = None
         self._closed = threading.Event()
@@ -107,7 +124,10 @@ class PandaExecutor(Executor):
 
     # ---- the Executor contract ------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> PandaFuture:
-        payload = dumps_call(self._fn_bytes(fn), args, kwargs)  # PayloadError here, at once
+        # The whole call, pickled now: what it reads is captured as it is at this submit.
+        return self._enqueue(dumps_call(fn, args, kwargs))  # PayloadError here, at once
+
+    def _enqueue(self, payload: bytes) -> PandaFuture:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -119,37 +139,75 @@ class PandaExecutor(Executor):
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:
-        """Like the standard ``map``: results in order, lazily; ``chunksize`` calls per job."""
+        """Like the standard ``map``: results in order, lazily; ``chunksize`` calls per job.
+
+        The function is captured once, when ``map`` is called (every job of it gets a
+        copy of those bytes, unpickled afresh on the pilot); each job's arguments are
+        pickled with it.  As the standard one, it cancels the calls not yet run when its
+        iterator is closed or a result raises (``TimeoutError`` included), here in one
+        request for all."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        results = super().map(partial(_process_chunk, fn), _chunks(iterables, chunksize),
-                              timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        end = None if timeout is None else time.monotonic() + timeout
+        call = dumps_fn(partial(_process_chunk, fn))  # PayloadError here, at once
+        fs = [self._enqueue(dumps_call(call, (chunk,)))
+              for chunk in _chunks(iterables, chunksize)]
+
+        def results() -> Iterator:
+            try:
+                fs.reverse()
+                while fs:
+                    fut = fs.pop()
+                    try:
+                        yield fut.result(None if end is None else end - time.monotonic())
+                    except BaseException:
+                        fs.append(fut)
+                        raise
+            finally:
+                self._cancel_many(fs)
+
+        return itertools.chain.from_iterable(results())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """``Executor.shutdown``: no new calls; with ``cancel_futures``, every call that
+        no pilot got yet is cancelled (one request); with ``wait``, return once every
+        future is resolved.  Any number of calls, from any thread: from a done-callback
+        run by this executor's own threads (which resolve the futures) it cannot wait,
+        and returns at once as with ``wait=False``."""
         with self._lock:
             self._shutdown = True
-            pending = [f for f in self._futures.values() if not f.done()]
-            pending += [f for f, _ in self._outbox] + self._inflight
             self._wake.notify_all()
-        if cancel_futures:
-            # Future.cancel, not ours: one kill request for all of them, below.
-            cancelled = [f for f in pending if Future.cancel(f)]
-            self._kill(cancelled)
-        if wait:
-            self._finish()
-        else:
-            threading.Thread(target=self._finish, daemon=True, name="panda-close").start()
+            everything = [f for f, _ in self._outbox] + self._inflight
+            everything += self._futures.values()
+            if self._closer is None:
+                self._closer = threading.Thread(target=self._finish, daemon=True,
+                                                name="panda-close")
+                self._closer.start()
+            closer = self._closer
+        # A done-callback that calls shutdown again from inside this call (cancelling
+        # runs callbacks) must not wait for futures this call has yet to cancel.
+        nested = getattr(self._in_shutdown, "active", False)
+        self._in_shutdown.active = True
+        try:
+            if cancel_futures:
+                self._cancel_many(everything)
+            own = threading.current_thread() in (self._listener, self._sender, closer)
+            if wait and not own and not nested:
+                closer.join()
+        finally:
+            self._in_shutdown.active = nested
 
     def _finish(self) -> None:
-        """Wait for every future, then close the task so it can end."""
+        """Wait for every future, then close the task so it can end (the closer thread)."""
         while True:
             with self._lock:
-                outstanding = [f for f in self._futures.values() if not f.done()]
-                outstanding += [f for f, _ in self._outbox] + self._inflight
+                outstanding = [f for f, _ in self._outbox] + self._inflight
+                outstanding += self._futures.values()
+                outstanding = [f for f in outstanding if not f.done()]
             if not outstanding:
                 break
-            wait_futures(outstanding)
+            # ``wait`` counts a cancelled future only once notified: look again now and then.
+            wait_futures(outstanding, timeout=1.0)
         if self.task_id is not None:
             try:
                 self._api.post(f"/api/tasks/{self.task_id}/close")
@@ -162,9 +220,10 @@ class PandaExecutor(Executor):
             self._wake.notify_all()
         if self._sender is not None and self._sender is not threading.current_thread():
             self._sender.join(10)
+        # Every future is resolved: the listener has nothing left to do.  It sees the flag
+        # at its next message (a ping within a second) and ends; waiting for that here
+        # only made shutdown take up to a second longer.
         self._closed.set()
-        if self._listener is not None and self._listener is not threading.current_thread():
-            self._listener.join(5)
         self._api.close()
 
     # ---- starting: a task, a listener, a sender ----------------------------------------
@@ -186,16 +245,6 @@ class PandaExecutor(Executor):
                                         name=f"panda-send-{self.task_id}")
         self._sender.start()
 
-    def _fn_bytes(self, fn: Callable) -> bytes:
-        hit = self._fn_cache.get(id(fn))
-        if hit is not None and hit[0] is fn:
-            return hit[1]
-        data = dumps_fn(fn)
-        self._fn_cache[id(fn)] = (fn, data)
-        if len(self._fn_cache) > 64:
-            self._fn_cache.pop(next(iter(self._fn_cache)))
-        return data
-
     # ---- sender ---------------------------------------------------------------------------
     def _send(self) -> None:
         while True:
@@ -205,45 +254,58 @@ class PandaExecutor(Executor):
                 if not self._outbox:
                     return
                 batch, self._outbox = self._outbox[:SEND_BATCH], self._outbox[SEND_BATCH:]
-                batch = [(f, p) for f, p in batch if not f.cancelled()]
+                batch = [(f, p) for f, p in batch if f._stage == "outbox"]  # not cancelled
+                for f, _ in batch:
+                    f._stage = "posting"
                 self._inflight = [f for f, _ in batch]
             if not batch:
                 continue
             jobs = [{"payload": base64.b64encode(p).decode()} for _, p in batch]
             try:
                 reply = self._api.post(f"/api/tasks/{self.task_id}/jobs", {"jobs": jobs})
-            except Exception as exc:
+                placed = list(zip(reply["jobs"], reply["indices"], strict=True))
+                if len(placed) != len(batch):
+                    raise ApiError(500, f"{len(placed)} jobs made of {len(batch)} sent",
+                                   "POST", f"/api/tasks/{self.task_id}/jobs")
+            except Exception as exc:  # nothing of this batch will run: say so to each
                 for f, _ in batch:
-                    if f.set_running_or_notify_cancel():
-                        f.set_exception(exc)
+                    self._set_exception(f, exc)
                 with self._lock:
+                    for f, _ in batch:
+                        f._stage = "failed"
                     self._inflight = []
+                    self._posted.notify_all()
                 continue
+            early = []
             with self._lock:
-                for (f, _), job_id, index in zip(batch, reply["jobs"], reply["indices"],
-                                                 strict=True):
-                    f.job_id, f.index = job_id, index
+                for (f, _), (job_id, index) in zip(batch, placed, strict=True):
+                    f.job_id, f.index, f._stage = job_id, index, "posted"
                     self._futures[index] = f
-                    early = self._early.pop(index, None)
-                    if early is not None:
-                        self._apply(f, early)
+                    ev = self._early.pop(index, None)
+                    if ev is not None:
+                        early.append((f, ev))
                 self._inflight = []
-            # cancelled while in flight: they had no job id to kill then
-            self._kill([f for f, _ in batch if f.cancelled()])
+                self._posted.notify_all()
+            for f, ev in early:  # outside the lock: resolving runs the done-callbacks
+                self._apply(f, ev)
 
     # ---- listener -------------------------------------------------------------------------
     def _listen(self) -> None:
         delay = 0.1
         first = True
+        lost_since: float | None = None
         while True:
             try:
-                for msg in self._api.events(tasks=[self.task_id], results=True, ping=1.0):
+                # a silent stream (pings stopped: a frozen server) counts as lost, too
+                for msg in self._api.events(tasks=[self.task_id], results=True, ping=1.0,
+                                            read_timeout=30.0):
                     if self._closed.is_set():
                         return
                     if msg.get("hello"):
                         if not first:
                             self._resync()
                         first = False
+                        lost_since = None
                         self._listening.set()
                         delay = 0.1
                     elif "jobs" in msg:
@@ -254,8 +316,23 @@ class PandaExecutor(Executor):
                 self._stream_error = exc
             if self._closed.is_set():
                 return
+            lost_since = time.monotonic() if lost_since is None else lost_since
+            if time.monotonic() - lost_since >= self.server_lost_timeout:
+                self._fail_unresolved(ServerUnreachable(
+                    f"panda-lab server at {self._api.url} unreachable for "
+                    f"{self.server_lost_timeout:g} s (last error: {self._stream_error}); "
+                    "this call's outcome is unknown"))
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _fail_unresolved(self, exc: BaseException) -> None:
+        """The server is gone: fail every future that waits on it, so nothing hangs."""
+        with self._lock:
+            owed = [f for f in self._futures.values() if not f.done()]
+        if owed:
+            log.warning("failing %d future(s): %s", len(owed), exc)
+        for f in owed:
+            self._set_exception(f, exc)
 
     def _on_jobs(self, events: list[dict]) -> None:
         last: dict[int, dict] = {}
@@ -287,6 +364,11 @@ class PandaExecutor(Executor):
             else:
                 self._fetch_results([fut])
         elif state in ("failed", "cancelled", "closed"):
+            if state == "cancelled":
+                with self._lock:
+                    if fut._cancelling:  # our own cancel request's, or a kill: its reply tells
+                        fut._deferred = ev
+                        return
             try:
                 job = self._api.get(f"/api/jobs/{ev['id']}")
             except ApiError:
@@ -333,13 +415,61 @@ class PandaExecutor(Executor):
                                   "state": job["state"], "site": job["site"]})
 
     # ---- cancel, environment ---------------------------------------------------------------
-    def _kill(self, futures: list[PandaFuture]) -> None:
-        ids = [f.job_id for f in futures if f.job_id is not None]
-        if ids:
-            try:
-                self._api.post("/api/jobs/kill", {"ids": ids})
-            except ApiError as exc:
-                log.warning("could not kill jobs %s: %s", ids[:5], exc)
+    def _cancel_many(self, futures: Iterable[PandaFuture]) -> set[PandaFuture]:
+        """Cancel what can be, as ``Future.cancel`` on each; returns the futures that are
+        now cancelled, which will never run.
+
+        A call still in the outbox is dropped here; one in the request on its way is
+        waited for (except by the sender thread itself, which is making that request);
+        one on the server is cancelled by one compare-and-set request for all, which
+        fails for jobs a pilot already holds.  Running and finished futures are left."""
+        futures = list(futures)
+        me = threading.current_thread()
+        won: set[PandaFuture] = set()
+        drop: list[PandaFuture] = []
+        ask: list[PandaFuture] = []
+        with self._lock:
+            while me is not self._sender and any(f._stage == "posting" for f in futures):
+                self._posted.wait()
+            for f in futures:
+                if f.done() or f.running():
+                    if f.cancelled():
+                        won.add(f)
+                elif f._stage == "outbox":
+                    f._stage = "dropped"
+                    drop.append(f)
+                elif f._stage == "dropped":  # another thread is dropping it right now
+                    won.add(f)
+                elif f._stage == "posted" and not f._cancelling:
+                    f._cancelling = True
+                    ask.append(f)
+        if ask:  # every decision is made before any done-callback runs
+            won |= self._cancel_on_server(ask)
+        for f in drop:
+            cancel_now(f)
+            won.add(f)
+        return won
+
+    def _cancel_on_server(self, futures: list[PandaFuture]) -> set[PandaFuture]:
+        by_index = {f.index: f for f in futures}
+        try:
+            reply = self._api.post(f"/api/tasks/{self.task_id}/cancel",
+                                   {"indices": sorted(by_index)})
+            won = {by_index[i] for i in reply["cancelled"] if i in by_index}
+        except Exception as exc:  # unknown outcome: not cancelled, as far as we can tell
+            log.warning("could not cancel jobs of task %s: %s", self.task_id, exc)
+            won = set()
+        for f in won:
+            cancel_now(f)  # before the flag goes: the "cancelled" event must not fail it
+        deferred = []
+        with self._lock:
+            for f in futures:
+                if f not in won and f._deferred is not None:
+                    deferred.append((f, f._deferred))  # cancelled by someone else: a kill
+                f._cancelling, f._deferred = False, None
+        for f, ev in deferred:
+            self._apply(f, ev)
+        return won
 
     def _check_environment(self, site: str) -> None:
         if site in self._checked_sites:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import pickle
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,9 +65,26 @@ def exception_from_job(job: dict) -> BaseException:
     return exc
 
 
+def cancel_now(fut: Future) -> bool:
+    """Cancel ``fut`` here and tell its waiters at once, as an executor does when it drops
+    a work item: ``wait`` and ``as_completed`` count a cancelled future as done only once
+    ``set_running_or_notify_cancel`` was called.  Returns whether ``fut`` is cancelled."""
+    if not Future.cancel(fut):
+        return False
+    with fut._condition:
+        if fut._state == CANCELLED:  # not notified yet (a second call must not repeat it)
+            fut.set_running_or_notify_cancel()
+    return True
+
+
 class PandaFuture(Future):
-    """A future for one job.  ``cancel()`` of a job that has not started kills it on the
-    server; a running job cannot be cancelled, exactly as with the standard executors."""
+    """A future for one job.
+
+    ``cancel()`` keeps ``concurrent.futures``' promise: it returns True only when the
+    call will never run, because it had not left this client yet, or because the
+    server cancelled its job before any pilot got it.  A job a pilot holds cannot be
+    cancelled (``ProcessPoolExecutor`` likewise cannot cancel a call already in its
+    call queue): the future then stays pending or running and gets its outcome."""
 
     def __init__(self, executor: PandaExecutor) -> None:
         super().__init__()
@@ -74,12 +92,17 @@ class PandaFuture(Future):
         self.job_id: int | None = None
         self.index: int | None = None
         self.site: str | None = None
+        #: Where the call stands, changed under the executor's lock: "outbox" (not sent),
+        #: "posting" (in the request on its way), "posted" (a job on the server),
+        #: "dropped" (cancelled before it was sent) or "failed" (the request failed).
+        self._stage = "outbox"
+        #: A cancel request for this job is on its way; a "cancelled" event that comes
+        #: meanwhile waits in ``_deferred`` for the reply to say whose it was.
+        self._cancelling = False
+        self._deferred: dict | None = None
 
     def cancel(self) -> bool:
-        if not super().cancel():
-            return False
-        self._executor._kill([self])
-        return True
+        return self in self._executor._cancel_many([self])
 
     def __repr__(self) -> str:
         base = super().__repr__()

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from panda_lab import __version__
 from panda_lab.model import TASK_FINAL, TaskState
 from panda_lab.server.app import Server
-from panda_lab.server.schemas import JobIds, JobsAdd, TaskSubmit
+from panda_lab.server.schemas import JobIds, JobIndices, JobsAdd, TaskSubmit
 
 router = APIRouter()
 
@@ -157,6 +157,17 @@ async def retry_task(request: Request, task: str) -> dict:
     ids, changes = await s.db(s.store.retry_task, task_id)
     s.publish(changes)
     return {"task": task_id, "jobs": ids}
+
+
+@router.post("/tasks/{task}/cancel")
+async def cancel_jobs(request: Request, task: str, body: JobIndices) -> dict:
+    """Cancel logical jobs that no pilot ever got (``Future.cancel``): those listed in
+    ``cancelled`` will never run; the others were already dispatched and go on."""
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    cancelled, changes = await s.db(s.store.cancel_waiting, task_id, body.indices)
+    s.publish(changes)
+    return {"task": task_id, "cancelled": cancelled}
 
 
 @router.post("/jobs/kill")

@@ -81,6 +81,11 @@ class JobIds(Strict):
     ids: list[int] = Field(min_length=1, max_length=1_000_000)
 
 
+class JobIndices(Strict):
+    indices: list[int] = Field(min_length=1, max_length=1_000_000,
+                               description="logical job indices within the task")
+
+
 class PilotRegister(Strict):
     site: str
     host: str

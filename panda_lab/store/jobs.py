@@ -1,17 +1,19 @@
 """Jobs in the store: dispatch to pilots, their reports, heartbeats, and failures.
 
-In the order a job travels: ``acquire`` (atomic ``activated → sent``), ``apply_updates``
-(the pilot's bulk reports, guarded by attempt and pilot), ``fail_jobs`` (which asks
-the retry rules what comes next), and the watchdog's ``fail_lost``.
+In the order a job travels: ``acquire`` (atomic ``activated → sent``), its counterpart
+``cancel_waiting`` (atomic ``activated → cancelled``, a client's ``Future.cancel``),
+``apply_updates`` (the pilot's bulk reports, guarded by attempt and pilot), ``fail_jobs``
+(which asks the retry rules what comes next), and the watchdog's ``fail_lost``.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, exists, func, insert, select, update
 
 from panda_lab.model import (
     JOB_FINAL,
     JOB_ON_PILOT,
+    JOB_WAITING,
     Action,
     JobState,
     TaskState,
@@ -21,10 +23,11 @@ from panda_lab.model import (
 )
 from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange, StoreBase, loads, now
 from panda_lab.store.schema import jobs, pilots, results, sites, tasks
-from panda_lab.store.tasks import _sites_of
+from panda_lab.store.tasks import CANCELLED_BY_CLIENT, _sites_of
 
 J = JobState
 ON_PILOT = [str(s) for s in JOB_ON_PILOT]
+WAITING = [str(s) for s in JOB_WAITING]
 
 _UPDATE = (
     update(jobs)
@@ -106,6 +109,46 @@ class JobStore:
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
                         "cores": r.cores, "common": bool(common.get(r.task_id))})
         return out, changes
+
+    def cancel_waiting(self: StoreBase, task_id: int,
+                       indices: list[int]) -> tuple[list[int], Changes]:
+        """Cancel the logical jobs ``indices`` of a task that never reached a pilot.
+
+        One compare-and-set, the counterpart of ``acquire``'s ``activated → sent``: the
+        waiting attempt (defined, assigned or activated) of each index becomes
+        ``cancelled``, provided that no attempt of that index was ever handed to a
+        pilot.  A job a pilot holds (sent, starting, running), or whose earlier attempt
+        ran and is being retried, is left alone, so it is never said to be cancelled
+        while it runs, or after it ran: ``concurrent.futures``' contract, where
+        ``cancel()`` fails once a call was handed to a worker.  Returns the indices
+        cancelled (shape ``[int]``, in ascending order) and the changes to publish."""
+        t = now()
+        changes = Changes()
+        if not indices:
+            return [], changes
+        other = jobs.alias("other")
+        ran = exists().where(other.c.task_id == jobs.c.task_id,
+                             other.c.job_index == jobs.c.job_index,
+                             other.c.pilot_id.is_not(None))
+        with self.tx() as conn:
+            self._task_row(conn, task_id)  # TaskNotFound for a task that is not there
+            rows = conn.execute(
+                update(jobs)
+                .where(jobs.c.task_id == task_id, jobs.c.job_index.in_(sorted(set(indices))),
+                       jobs.c.state.in_(WAITING), ~ran)
+                .values(state=str(J.CANCELLED), modified_at=t, ended_at=t,
+                        error_category="killed", error_message=CANCELLED_BY_CLIENT)
+                .returning(jobs.c.id, jobs.c.job_index, jobs.c.attempt, jobs.c.site)
+            ).all()
+            if not rows:
+                return [], changes
+            rows.sort(key=lambda r: r.job_index)
+            self._history(conn, [(r.id, (J.CANCELLED,), t, CANCELLED_BY_CLIENT) for r in rows])
+            for r in rows:
+                changes.jobs.append(JobChange(r.id, task_id, r.job_index, r.attempt, r.site,
+                                              str(J.CANCELLED), "killed", CANCELLED_BY_CLIENT))
+            self._check_tasks(conn, [task_id], changes)
+        return [r.job_index for r in rows], changes
 
     def task_common(self: StoreBase, task_id: int) -> bytes | None:
         with self.tx() as conn:

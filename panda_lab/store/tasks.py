@@ -15,6 +15,11 @@ J = JobState
 T = TaskState
 FINAL = [str(s) for s in JOB_FINAL]
 
+#: The error message of an attempt cancelled by its client before any attempt of its
+#: logical job reached a pilot (``JobStore.cancel_waiting``); pbook's ``retry`` never
+#: brings such a job back: its client was told it would never run.
+CANCELLED_BY_CLIENT = "cancelled by its client before it ran"
+
 
 class TaskNotFound(LookupError):
     pass
@@ -424,7 +429,8 @@ class TaskStore:
 
     def retry_task(self: StoreBase, task_id: int) -> tuple[list[int], Changes]:
         """pbook's retry: a new attempt for every logical job whose last attempt failed
-        or was cancelled; finished jobs are left alone."""
+        or was cancelled; finished jobs, and jobs their client cancelled before they
+        ran, are left alone."""
         changes = Changes()
         with self.tx() as conn:
             task = self._task_row(conn, task_id, lock=True)
@@ -434,7 +440,9 @@ class TaskStore:
                     "can be retried")
             latest = conn.execute(
                 select(jobs).where(jobs.c.id.in_(self._latest_attempts(conn, task_id)),
-                                   jobs.c.state.in_([str(J.FAILED), str(J.CANCELLED)]))
+                                   jobs.c.state.in_([str(J.FAILED), str(J.CANCELLED)]),
+                                   or_(jobs.c.error_message.is_(None),
+                                       jobs.c.error_message != CANCELLED_BY_CLIENT))
             ).all()
             done = {r[0] for r in conn.execute(
                 select(results.c.job_index).where(results.c.task_id == task_id))}
