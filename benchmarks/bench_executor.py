@@ -77,7 +77,7 @@ def main() -> int:
     cloudpickle.register_pickle_by_value(payloads)  # pilots cannot import benchmarks/
 
     server = ServerProcess(Path(tempfile.mkdtemp(prefix="panda-bench-ex-")),
-                           extra=["--heartbeat-timeout", "60"]).start()
+                           extra=["--heartbeat-timeout", "60", "--task-lease", "60"]).start()
     try:
         lab = server.lab()
         with lab.executor(name="warm") as ex:

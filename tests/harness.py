@@ -20,7 +20,8 @@ from panda_lab.client.session import Lab
 from panda_lab.server.main import server_alive
 
 #: Short timeouts so that failure handling shows within a test's patience.
-FAST = ["--heartbeat-timeout", "3", "--heartbeat-interval", "0.5", "--watchdog-interval", "0.3"]
+FAST = ["--heartbeat-timeout", "3", "--heartbeat-interval", "0.5", "--watchdog-interval", "0.3",
+        "--task-lease", "5"]
 
 
 class ServerProcess:

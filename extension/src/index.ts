@@ -182,7 +182,9 @@ class PandaPanel extends Widget {
       }
       row.appendChild(el('td', 'panda-task-name', `${t.id} ${t.name}`));
       row.appendChild(el('td', '', t.owner || ''));
-      row.appendChild(el('td', `panda-state panda-state-${t.state}`, t.state));
+      const state = el('td', `panda-state panda-state-${t.state}`, t.state);
+      state.title = t.message || '';
+      row.appendChild(state);
       const cell = el('td');
       const bar = el('div', 'panda-bar');
       const fill = el('div', 'panda-bar-fill');
@@ -217,6 +219,10 @@ class PandaPanel extends Widget {
     const box = el('div', 'panda-task-detail');
     box.dataset.taskId = String(id);
     box.appendChild(el('h3', '', `Task ${t.id} · ${t.name} · ${t.state}`));
+    if (t.message) {
+      // why it is where it is: how it ended, or why it was closed (its client gone)
+      box.appendChild(el('div', 'panda-task-message', t.message));
+    }
     const bySite: Record<string, Record<string, number>> = t.jobs_by_site || {};
     const used = STATES.filter(s => Object.values(bySite).some(c => c[s]));
     const perSite = table('panda-table panda-jobs-by-site', ['site', ...used]);

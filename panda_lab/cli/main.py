@@ -24,6 +24,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sites", type=Path, help="sites.toml (default: three local sites)")
     p.add_argument("--heartbeat-timeout", type=float, default=60.0,
                    help="seconds without heartbeat before a job is failed and retried")
+    p.add_argument("--task-lease", type=float, default=60.0,
+                   help="seconds an open task (an executor's) stays open without word from "
+                        "its client; then it is closed and ends when its jobs end")
     p.add_argument("--watchdog-interval", type=float, default=2.0)
     p.add_argument("--heartbeat-interval", type=float, default=5.0,
                    help="how often pilots heartbeat")

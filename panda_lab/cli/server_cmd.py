@@ -10,18 +10,22 @@ from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
 
 
 def config_from_args(args: argparse.Namespace):
-    from panda_lab.server.config import ServerConfig, default_sites, load_sites
+    from panda_lab.server.config import ConfigError, ServerConfig, default_sites, load_sites
 
+    if args.task_lease <= 0:
+        raise ConfigError(f"--task-lease {args.task_lease:g} must be more than 0 seconds")
     return ServerConfig(
         home=runtime.home(args.home), db_url=args.db, host=args.host, port=args.port,
         sites=load_sites(args.sites) if args.sites else default_sites(),
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
-        watchdog_interval=args.watchdog_interval, provision=not args.no_pilots)
+        task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
+        provision=not args.no_pilots)
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
     out = ["--host", args.host, "--port", str(args.port),
            "--heartbeat-timeout", str(args.heartbeat_timeout),
+           "--task-lease", str(args.task_lease),
            "--heartbeat-interval", str(args.heartbeat_interval),
            "--watchdog-interval", str(args.watchdog_interval)]
     if args.db:

@@ -19,6 +19,15 @@ def _age(t: float | None) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
 
 
+def _why(task: dict) -> str:
+    """What a task's state owes to: its message (how it ended, or why it was closed), or
+    for a task its client holds open, until when the client's lease runs."""
+    if task.get("open") and task.get("lease_until"):
+        until = time.strftime("%H:%M:%S", time.localtime(task["lease_until"]))
+        return f"open: client lease to {until}"
+    return task.get("message") or ""
+
+
 def run(args: argparse.Namespace) -> int:
     lab = connect(home=args.home, start=False)
     console = Console()
@@ -27,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(tasks)
             return EXIT_OK
-        table = Table("id", "name", "state", "done", "jobs", "sites", "age", title="tasks")
+        table = Table("id", "name", "state", "done", "jobs", "sites", "age", "why",
+                      title="tasks")
         for t in tasks:
             table.add_row(str(t["id"]), t["name"], t["state"], str(t["n_done"]),
-                          str(t["n_jobs"]), t["site"], _age(t["created_at"]))
+                          str(t["n_jobs"]), t["site"], _age(t["created_at"]), _why(t))
         console.print(table)
     elif args.command == "jobs":
         jobs = lab.jobs(args.task, all_attempts=args.all)

@@ -17,6 +17,12 @@ the call will never run (still in the outbox, or its job cancelled by the server
 compare-and-set before any pilot got it); ``shutdown(wait=True)`` returns once every
 future is resolved, and a server that stays unreachable for ``server_lost_timeout``
 seconds fails the futures it owes rather than leaving them pending forever.
+
+While the executor lives, a third thread renews the task's lease (model/lease.py).  If
+the process ends without ``shutdown`` (a kernel killed or restarted), the lease lapses
+and the server closes the task: the jobs already submitted still run, and the task ends
+``done`` (or ``finished``/``failed``) when they have, with "closed: client gone" in its
+message; ``lab.task(name)`` finds it and its results from any new process.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from panda_lab.client.futures import PandaFuture, cancel_now, exception_from_job
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.model.lease import renew_every
 from panda_lab.payload import dumps_call, dumps_fn, environment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,6 +118,9 @@ class PandaExecutor(Executor):
         self._listening = threading.Event()
         self._stream_error: BaseException | None = None
         self._closed = threading.Event()
+        self._lease: threading.Thread | None = None
+        #: Why the task's lease could not be renewed (it was closed meanwhile), if so.
+        self.lease_error: str | None = None
 
     def _capacity(self) -> int:
         try:
@@ -236,6 +246,7 @@ class PandaExecutor(Executor):
             "name": self.name, "site": self.site, "jobs": [], "open": True,
             "options": self._options})
         self.task_id = reply["task"]
+        self._start_lease(reply.get("lease_s"))
         self._listener = threading.Thread(target=self._listen, daemon=True,
                                           name=f"panda-events-{self.task_id}")
         self._listener.start()
@@ -413,6 +424,33 @@ class PandaExecutor(Executor):
             if fut is not None:
                 self._apply(fut, {"id": job["id"], "index": job["job_index"],
                                   "state": job["state"], "site": job["site"]})
+
+    # ---- the task's lease ---------------------------------------------------------------
+    def _start_lease(self, lease_s: float | None) -> None:
+        """Renew the task's lease in the background until the executor is closed."""
+        if not lease_s:  # a server that grants no leases
+            return
+        self._lease = threading.Thread(target=self._renew_lease, args=(float(lease_s),),
+                                       daemon=True, name=f"panda-lease-{self.task_id}")
+        self._lease.start()
+
+    def _renew_lease(self, lease_s: float) -> None:
+        """Renew every third of the lease; an unreachable server (restarting) is tried
+        again at the next turn, a closed task ends the renewals."""
+        while not self._closed.wait(renew_every(lease_s)):
+            try:
+                lease_s = float(self._api.post(f"/api/tasks/{self.task_id}/lease")["lease_s"])
+            except ApiError as exc:
+                if exc.status in (404, 409):
+                    if not self._shutdown:  # not our own close: say so once
+                        self.lease_error = str(exc.detail)
+                        log.warning("%s; new calls to this executor will fail", exc.detail)
+                    return
+                log.warning("could not renew the lease of task %s: %s", self.task_id, exc)
+            except Exception as exc:
+                if self._closed.is_set():
+                    return
+                log.debug("could not renew the lease of task %s: %s", self.task_id, exc)
 
     # ---- cancel, environment ---------------------------------------------------------------
     def _cancel_many(self, futures: Iterable[PandaFuture]) -> set[PandaFuture]:

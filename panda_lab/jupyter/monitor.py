@@ -158,7 +158,9 @@ class TaskMonitor(_Watched, w.VBox):
     def _show(self, snap: TaskSnapshot) -> None:
         done, total = snap.progress
         self.title.value = (f"<b>panda-lab task {snap.id}</b> <code>{html.escape(snap.name)}"
-                            f"</code> &middot; <b class='panda-state'>{snap.state}</b>")
+                            f"</code> &middot; <b class='panda-state'>{snap.state}</b>"
+                            + (f" &middot; <i class='panda-why'>{html.escape(snap.message)}</i>"
+                               if snap.message else ""))
         self.bar.max = max(total, 1)
         self.bar.value = done
         self.bar.bar_style = {"done": "success", "failed": "danger", "aborted": "warning",
@@ -293,7 +295,9 @@ class LabMonitor(_Watched, w.VBox):
                 self.rows[t["id"]] = row
                 self.lines[t["id"]] = w.HBox(list(row))
             label, bar, counts = row
-            label.value = f"{t['id']} <code>{html.escape(t['name'])}</code> {t['state']}"
+            label.value = f"{t['id']} <code>{html.escape(t['name'])}</code> {t['state']}" + (
+                f" <i class='panda-why'>{html.escape(t['message'])}</i>"
+                if t.get("message") else "")
             bar.max, bar.value = max(t["n_jobs"], 1), t["n_done"]
             bar.bar_style = {"done": "success", "failed": "danger"}.get(t["state"], "info")
             failed = t["attempts_by_state"].get("failed", 0)

@@ -53,6 +53,8 @@ class TaskSnapshot:
     #: The merged result so far (analysis tasks), as the processor returns it.
     result: Any = None
     partial_final: bool = False
+    #: Why the task is where it is: how it ended, or why it was closed (its client gone).
+    message: str = ""
 
     @property
     def final(self) -> bool:
@@ -89,7 +91,8 @@ def take(lab: Lab, task_id: int, errors_seen: int | None = None,
     if merge is not None:
         errors = [merge, *(g for g in errors if g.category != "merge")]
     snap = TaskSnapshot(info["id"], info["name"], info["state"], info["n_jobs"],
-                        info["n_done"], by_state, by_site, errors, time.time())
+                        info["n_done"], by_state, by_site, errors, time.time(),
+                        message=info.get("message") or "")
     if info["options"].get("kind") == "analysis":
         part = lab.api.get(f"/api/tasks/{task_id}/partial")
         snap.analysis = True
@@ -206,6 +209,8 @@ def text(snap: TaskSnapshot, rate: Rate | None = None) -> str:
     if rate is not None and rate.per_second:
         eta = rate.eta(total - done)
         lines[0] += f", {rate.per_second:,.0f} {unit}/s" + (f", ETA {eta:.0f} s" if eta else "")
+    if snap.message:
+        lines.append(f"  {snap.message}")
     states = ", ".join(f"{s} {snap.by_state[s]}" for s in STATE_ORDER if snap.by_state.get(s))
     lines.append(f"  jobs: {states or 'none'}")
     for site, states_at in sorted(snap.by_site.items()):

@@ -35,7 +35,7 @@ async def info(request: Request) -> dict:
     s = _server(request)
     return {"version": __version__, "time": time.time(), "database": s.store.engine.dialect.name,
             "sites": [c.name for c in s.config.sites],
-            "heartbeat_timeout": s.config.heartbeat_timeout}
+            "heartbeat_timeout": s.config.heartbeat_timeout, "task_lease": s.config.task_lease}
 
 
 @router.get("/sites")
@@ -52,15 +52,19 @@ async def pilots(request: Request, site: str | None = None, state: str | None = 
 
 @router.post("/tasks", status_code=201)
 async def submit(request: Request, body: TaskSubmit) -> dict:
-    """Submit a task and its jobs: each job is brokered to a site and activated at once."""
+    """Submit a task and its jobs: each job is brokered to a site and activated at once.
+
+    An ``open`` task comes with a lease of ``lease_s`` seconds: renew it (``POST
+    /tasks/{id}/lease``) every third of that, or the watchdog closes the task."""
     s = _server(request)
     jobs = [j.store_dict() for j in body.jobs]
     common = base64.b64decode(body.common) if body.common is not None else None
+    lease_s = s.config.task_lease if body.open else None
     task_id, ids, changes = await s.db(
         s.store.create_task, body.name, jobs, owner=body.owner, site=body.site,
-        options=body.options.model_dump(), common=common, open_=body.open)
+        options=body.options.model_dump(), common=common, open_=body.open, lease_s=lease_s)
     s.publish(changes)
-    return {"task": task_id, "jobs": ids}
+    return {"task": task_id, "jobs": ids, **({"lease_s": lease_s} if lease_s else {})}
 
 
 @router.post("/tasks/{task}/jobs", status_code=201)
@@ -71,6 +75,15 @@ async def add_jobs(request: Request, task: str, body: JobsAdd) -> dict:
     s.publish(changes)
     indices = {c.job_id: c.job_index for c in changes.jobs}
     return {"task": task_id, "jobs": ids, "indices": [indices[i] for i in ids]}
+
+
+@router.post("/tasks/{task}/lease")
+async def renew_lease(request: Request, task: str) -> dict:
+    """The client of an open task is alive: its lease runs ``lease_s`` seconds from now.
+    409 when the task is closed already (the detail says why)."""
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    return await s.db(s.store.renew_lease, task_id, s.config.task_lease)
 
 
 @router.post("/tasks/{task}/close")

@@ -61,6 +61,7 @@ class Server:
         self.store = Store(config.database_url, config.result_dir)
         self.store.upsert_sites([s.as_dict() for s in config.sites])
         self.store.grace_after_restart()
+        self.store.regrant_leases(config.task_lease)
         user, pilot = self.store.tokens()
         self.user_token = config.user_token or user
         self.pilot_token = config.pilot_token or pilot

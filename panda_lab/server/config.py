@@ -201,6 +201,9 @@ class ServerConfig:
     heartbeat_interval: float = 5.0
     #: A job may sit in ``sent`` (prefetched by a live pilot) at most this long.
     sent_timeout: float = 3600.0
+    #: An open task whose client has not renewed its lease for this long is closed, its
+    #: jobs left to finish (model/lease.py); clients renew every third of it.
+    task_lease: float = 60.0
     watchdog_interval: float = 2.0
     #: Start local pilots for sites whose provisioner is ``local``.
     provision: bool = True

@@ -1,4 +1,5 @@
-"""The watchdog: fails attempts whose pilot went silent and lets the retry rules act.
+"""The watchdog: fails attempts whose pilot went silent and lets the retry rules act;
+closes open tasks whose client lease lapsed (model/lease.py).
 
 It runs inside the server's event loop on a fixed period; the store does the work in
 one transaction per sweep, so a crash in between loses nothing.
@@ -38,6 +39,11 @@ async def sweep(server: Server) -> int:
         server.publish(moved)
         log.warning("re-brokered %d job(s) waiting at offline sites",
                     sum(c.state == "closed" for c in moved.jobs))
+    closed, ended = await server.db(server.store.close_expired_leases, t)
+    if closed:
+        server.publish(ended)
+        log.warning("closed task(s) %s: no lease renewal from their client for %g s",
+                    closed, cfg.task_lease)
     lost_pilots = await server.db(server.store.mark_lost_pilots, t - cfg.heartbeat_timeout)
     if lost_pilots:
         log.warning("pilots lost (no heartbeat): %s", lost_pilots)

@@ -3,12 +3,13 @@
 from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange
 from panda_lab.store.datasets import DatasetExists, DatasetNotFound, DatasetStore, ReportStore
 from panda_lab.store.jobs import JobStore
+from panda_lab.store.leases import LeaseStore
 from panda_lab.store.pilots import PilotStore, UnknownPilot, UnknownSite
 from panda_lab.store.sites import SiteStore
 from panda_lab.store.tasks import TaskNotFound, TaskStateError, TaskStore
 
 
-class Store(TaskStore, JobStore, PilotStore, SiteStore, DatasetStore, ReportStore):
+class Store(TaskStore, LeaseStore, JobStore, PilotStore, SiteStore, DatasetStore, ReportStore):
     """All of the store: tasks, jobs, pilots, sites and datasets over one engine."""
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Connection, create_engine, event, insert, select
+from sqlalchemy import Connection, create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import Engine
 
 from panda_lab.model import JobState
@@ -99,6 +99,36 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add to a database made by an older version the nullable columns it lacks.
+
+    ``create_all`` makes missing tables, not missing columns.  A new column that may be
+    NULL needs no back-filling, so adding it is the whole upgrade.  Returns the columns
+    added, as ``table.column``; raises ``RuntimeError`` for a missing column that may not
+    be NULL (that needs a real migration, not this).
+    """
+    have = inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if not have.has_table(table.name):
+                continue
+            present = {c["name"] for c in have.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in present:
+                    continue
+                if not col.nullable:
+                    raise RuntimeError(f"the database lacks column {table.name}.{col.name}, "
+                                       "which may not be NULL: it needs a migration")
+                kind = col.type.compile(dialect=engine.dialect)
+                # PostgreSQL: another server starting at the same time may add it first
+                guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {guard}'
+                                  f'"{col.name}" {kind}'))
+                added.append(f"{table.name}.{col.name}")
+    return added
+
+
 class StoreBase:
     def __init__(self, url: str, result_dir: str | Path, broker: Broker | None = None) -> None:
         self.url = url
@@ -107,6 +137,7 @@ class StoreBase:
         self.result_dir.mkdir(parents=True, exist_ok=True)
         self.broker = broker or Broker()
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         with self.tx() as conn:
             self._meta_default(conn, "schema_version", str(SCHEMA_VERSION))
 

@@ -57,6 +57,9 @@ tasks = Table(
     # The part of the payload shared by every job (e.g. the function of an ``ex.map``).
     Column("common", LargeBinary, nullable=True),
     Column("open", Boolean, nullable=False, default=False),
+    # An open task's client lease (model/lease.py): the watchdog closes the task after
+    # this time unless its client renews it.  NULL: no lease (the server holds it open).
+    Column("lease_until", Float, nullable=True),
     Column("n_jobs", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("modified_at", Float, nullable=False),

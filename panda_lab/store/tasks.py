@@ -7,6 +7,7 @@ import base64
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from panda_lab.model import JOB_FINAL, JOB_ON_PILOT, TASK_FINAL, JobState, TaskState, can_task
+from panda_lab.model.lease import CLIENT_GONE, ended_message
 from panda_lab.server.brokerage import Request
 from panda_lab.store.base import Changes, JobChange, StoreBase, dumps, loads, now
 from panda_lab.store.schema import chunks, jobs, results, tasks
@@ -51,8 +52,12 @@ class TaskStore:
         open_: bool = False,
         state: TaskState = T.READY,
         job_chunks: list[list[dict]] | None = None,
+        lease_s: float | None = None,
     ) -> tuple[int, list[int], Changes]:
-        """Create a task and its first jobs, brokered and activated in one transaction."""
+        """Create a task and its first jobs, brokered and activated in one transaction.
+
+        An open task opened by a client gets a lease of ``lease_s`` seconds, which its
+        client renews (see :mod:`panda_lab.model.lease`); ``None``: the server holds it."""
         t = now()
         sites_ = _sites_of(site)
         with self.tx() as conn:
@@ -60,6 +65,7 @@ class TaskStore:
                 insert(tasks).values(
                     name=name, owner=owner, state=str(T.DEFINED), site=",".join(sites_),
                     options=dumps(options or {}), common=common, open=open_, n_jobs=0,
+                    lease_until=t + lease_s if open_ and lease_s else None,
                     created_at=t, modified_at=t, message="",
                 ).returning(tasks.c.id)
             ).scalar_one()
@@ -83,7 +89,8 @@ class TaskStore:
         with self.tx() as conn:
             task = self._task_row(conn, task_id)
             if not task.open:
-                raise TaskStateError(f"task {task_id} is closed: it takes no new jobs")
+                why = f" ({task.message})" if task.message.startswith(CLIENT_GONE) else ""
+                raise TaskStateError(f"task {task_id} is closed{why}: it takes no new jobs")
             if task.state in (T.ABORTED,):
                 raise TaskStateError(f"task {task_id} was aborted")
             changes = Changes()
@@ -209,7 +216,8 @@ class TaskStore:
     def _check_tasks(self, conn: Connection, task_ids: list[int], changes: Changes) -> None:
         """End the tasks whose every job has a final attempt and that take no more jobs."""
         for task_id in set(task_ids):
-            task = conn.execute(select(tasks.c.state, tasks.c.open, tasks.c.n_jobs)
+            task = conn.execute(select(tasks.c.state, tasks.c.open, tasks.c.n_jobs,
+                                       tasks.c.message)
                                 .where(tasks.c.id == task_id)).first()
             if task is None or task.open or TaskState(task.state) in TASK_FINAL:
                 continue
@@ -228,7 +236,8 @@ class TaskStore:
                 new, msg = T.FAILED, f"none of {task.n_jobs} jobs finished"
             else:
                 new, msg = T.FINISHED, f"{done} of {task.n_jobs} jobs finished"
-            self._set_task_state(conn, task_id, task.state, new, changes, msg)
+            self._set_task_state(conn, task_id, task.state, new, changes,
+                                 ended_message(task.message, msg))
 
     def _task_row(self, conn: Connection, task_id: int, lock: bool = False):
         """The task's row; ``lock`` serializes commands on one task (PostgreSQL row lock),
@@ -264,6 +273,7 @@ class TaskStore:
         return {
             "id": row.id, "name": row.name, "owner": row.owner, "state": row.state,
             "site": row.site, "options": loads(row.options), "open": bool(row.open),
+            "lease_until": row.lease_until,
             "n_jobs": row.n_jobs, "n_done": n_done, "attempts_by_state": counts,
             "created_at": row.created_at, "modified_at": row.modified_at,
             "ended_at": row.ended_at, "message": row.message,

@@ -99,6 +99,29 @@ def test_pbook_verbs_against_a_running_server(server, lab):
     assert r.returncode == 2 and "999" in r.stderr
 
 
+def test_task_lease_is_a_server_option(tmp_path):
+    home = tmp_path / "h"
+    r = cli("server", "run", "--task-lease", "0", home=home)
+    assert r.returncode == 2 and "--task-lease 0 must be more than 0 seconds" in r.stderr
+    try:
+        assert cli("server", "start", "--task-lease", "7.5", "--no-pilots",
+                   home=home).returncode == 0
+        info = json.loads((home / "server.json").read_text())
+        from panda_lab.http import ApiClient, ApiError
+
+        with ApiClient(info["url"], info["user_token"]) as api:
+            assert api.get("/api/info")["task_lease"] == 7.5
+            reply = api.post("/api/tasks", {"name": "opened", "open": True})
+            assert reply["lease_s"] == 7.5
+            renewed = api.post(f"/api/tasks/{reply['task']}/lease")
+            assert renewed["lease_s"] == 7.5
+            api.post(f"/api/tasks/{reply['task']}/close")
+            with pytest.raises(ApiError, match=r"HTTP 409: task \d+ is closed"):
+                api.post(f"/api/tasks/{reply['task']}/lease")
+    finally:
+        cli("server", "stop", home=home)
+
+
 @pytest.mark.parametrize("body, word", [
     ('[sites.A]\nkind = "grod"\n', "kind"),
     ('[sites.A]\nkind = "grid"\ncolour = "red"\n', "colour"),

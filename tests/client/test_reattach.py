@@ -42,7 +42,7 @@ def test_kill_client_mid_task_then_reattach(mlab, module_server, tmp_path):
 
     again = mlab.task("survivor")  # by name, as a new kernel would
     assert again.id == task_id
-    # The executor's task stays open (its client never closed it); the jobs finish anyway.
+    # Its client never closed the task: its lease lapses and the jobs finish anyway.
     wait_for(lambda: again.info()["n_done"] == 40, 120, what="all 40 jobs done")
     assert again.results() == {i: i * i for i in range(40)}
     jobs = again.jobs()
