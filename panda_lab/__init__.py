@@ -23,6 +23,7 @@ _EXPORTS = {
     "EnvironmentMismatch": "panda_lab.client.executor",
     "JobFailed": "panda_lab.client.futures",
     "JobKilled": "panda_lab.client.futures",
+    "RemoteError": "panda_lab.client.futures",
     "RemoteTraceback": "panda_lab.client.futures",
     "TaskHandle": "panda_lab.client.tasks",
     "AnalysisTask": "panda_lab.client.analysis",

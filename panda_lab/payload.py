@@ -23,6 +23,8 @@ from typing import Any
 
 import cloudpickle
 
+from panda_lab.remote_errors import cut, dumps_exception, safe_str, type_name
+
 TAIL = 4000  # characters of stdout/stderr kept per job
 
 #: Results up to this size travel inline (in reports, the database and the event
@@ -104,14 +106,27 @@ class Outcome:
     ended_at: float
 
 
+#: Characters of a failed job's message and traceback sent to the server (its API takes
+#: up to 100,000 and 1,000,000: a longer one would have the whole report refused).
+MESSAGE_LIMIT = 10_000
+TRACEBACK_LIMIT = 200_000
+
+
 def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
-    tb = "".join(traceback.format_exception(exc))
-    err = {"category": category, "type": type(exc).__qualname__,
-           "message": f"{prefix}{type(exc).__name__}: {exc}", "traceback": tb}
+    """The report of a job's exception: its message, traceback text and the bytes that
+    rebuild it in the notebook (:mod:`panda_lab.remote_errors`).  Never raises, whatever
+    the exception's ``__str__``, ``__reduce__`` or attributes do: a failure here would
+    take the worker down and turn the user's error into a lost job."""
     try:
-        err["exception"] = cloudpickle.dumps(exc)
-        pickle.loads(err["exception"])
-    except Exception:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception as why:  # a broken __notes__, a traceback module corner
+        tb = f"{type_name(type(exc))}: {safe_str(exc)}\n(no traceback: {type(why).__name__})"
+    err = {"category": category, "type": type(exc).__qualname__,
+           "message": cut(f"{prefix}{type(exc).__name__}: {safe_str(exc)}", MESSAGE_LIMIT),
+           "traceback": cut(tb, TRACEBACK_LIMIT)}
+    try:
+        err["exception"] = dumps_exception(exc)
+    except Exception:  # the message and traceback still tell what happened
         err.pop("exception", None)
     return err
 

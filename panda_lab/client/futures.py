@@ -1,18 +1,23 @@
 """Futures of panda-lab jobs, and the exceptions a failed job turns into.
 
 A future is a real ``concurrent.futures.Future``: ``wait``, ``as_completed`` and Dask
-work with it unchanged.  A remote exception is re-raised with its own type where it
-can be unpickled here, with the remote traceback attached as its ``__cause__`` (as
-``ProcessPoolExecutor`` does), so a notebook shows where the error happened.
+work with it unchanged.  A remote exception is re-raised with its own type (see
+:mod:`panda_lab.remote_errors` for how it travels: constructor arguments, attributes,
+chain, notes and group members), with the remote traceback attached as the
+``__cause__`` of the last exception of its ``__cause__`` chain (as
+``ProcessPoolExecutor`` attaches it to the exception itself), so a notebook shows where
+the error happened.  A type that cannot be rebuilt here becomes a :class:`RemoteError`
+that names it and says why.
 """
 
 from __future__ import annotations
 
 import base64
-import pickle
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED
 from typing import TYPE_CHECKING
+
+from panda_lab.remote_errors import loads_exception
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.executor import PandaExecutor
@@ -31,7 +36,8 @@ class RemoteTraceback(Exception):
 
 class JobFailed(RuntimeError):
     """A job failed for a reason that is not an exception of the user's code
-    (lost pilot, walltime, crashed worker...), or whose exception cannot be rebuilt here."""
+    (lost pilot, walltime, crashed worker...), or whose exception cannot be rebuilt
+    here (then a :class:`RemoteError`)."""
 
     def __init__(self, message: str, category: str = "system", job_id: int | None = None,
                  traceback: str | None = None) -> None:
@@ -45,8 +51,30 @@ class JobKilled(JobFailed):
     """The job was killed (``panda-lab kill``, the panel, or another client)."""
 
 
+class RemoteError(JobFailed):
+    """An exception of the user's code on a pilot whose type cannot be rebuilt here:
+    its class is not importable in this Python (defined in a module only the pilot
+    has), cannot be pickled, or refuses to be created without its constructor.
+
+    The message names the remote type (``module.qualname``) and why; ``remote_type``
+    and ``reason`` hold them, ``remote_traceback`` the traceback on the pilot."""
+
+    def __init__(self, remote_type: str, message: str, reason: str,
+                 category: str = "user", job_id: int | None = None,
+                 traceback: str | None = None) -> None:
+        super().__init__(f"{remote_type}: {message} (raised on the pilot; not rebuilt "
+                         f"here: {reason})", category, job_id, traceback)
+        self.remote_type = remote_type
+        self.reason = reason
+
+
 def exception_from_job(job: dict) -> BaseException:
-    """Rebuild the exception of a failed or cancelled attempt from its record."""
+    """Rebuild the exception of a failed or cancelled attempt from its record.
+
+    Returns the user's exception with its own type where it can be rebuilt (a part
+    that could not travel is named in a note on it), a :class:`RemoteError` where its
+    type cannot, :class:`JobKilled` for a killed job and :class:`JobFailed` for a
+    failure that is no exception of the user's code."""
     category = job.get("error_category") or "system"
     message = job.get("error_message") or f"job ended {job.get('state')}"
     tb = job.get("error_traceback")
@@ -54,14 +82,30 @@ def exception_from_job(job: dict) -> BaseException:
         return JobKilled(message, "killed", job.get("id"))
     exc: BaseException | None = None
     if job.get("error_exception"):
+
+        def substitute(remote_type: str, text: str, reason: str) -> BaseException:
+            return RemoteError(remote_type, text, reason, category, job.get("id"), tb)
+
         try:
-            exc = pickle.loads(base64.b64decode(job["error_exception"]))
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
+            exc = loads_exception(base64.b64decode(job["error_exception"]), substitute)
+        except Exception as err:
+            exc = RemoteError("the job's exception", message,
+                              f"its record cannot be read ({type(err).__name__}: {err})",
+                              category, job.get("id"), tb)
+    if exc is None:
         exc = JobFailed(f"[{category}] {message}", category, job.get("id"), tb)
     if tb:
-        exc.__cause__ = RemoteTraceback(tb)
+        _last_cause(exc).__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _last_cause(exc: BaseException) -> BaseException:
+    """The end of ``exc``'s ``__cause__`` chain: where the remote traceback goes
+    without hiding a cause the user's code set (``raise A from B``)."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
     return exc
 
 

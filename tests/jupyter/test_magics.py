@@ -66,6 +66,25 @@ def test_a_remote_exception_shows_its_traceback_in_the_cell(kernel):
     assert kernel.run("y").status == "error"                      # nothing was bound
 
 
+def test_a_remote_exception_keeps_its_type_through_a_cell(kernel):
+    """A notebook's own exception class, with required constructor arguments, comes
+    back from a ``%%panda`` cell as itself: ``except FitError`` in the notebook works."""
+    kernel.ok("class FitError(Exception):\n"
+              "    def __init__(self, chi2, ndf):\n"
+              "        super().__init__(f'chi2/ndf = {chi2}/{ndf}')\n"
+              "        self.chi2, self.ndf = chi2, ndf\n")
+    reply = kernel.run("%%panda --name t-fit-cell\nraise FitError(12.5, 3)\n")
+    assert reply.status == "error"
+    assert reply.error["ename"] == "FitError" and reply.error["evalue"] == "chi2/ndf = 12.5/3"
+    assert '<panda cell>", line 1' in reply.traceback
+    kernel.ok("try:\n"
+              "    get_ipython().run_cell_magic('panda', '--name t-fit-cell-2',\n"
+              "                                 'raise FitError(1.5, 2)\\n')\n"
+              "except FitError as e:\n"
+              "    caught = (e.chi2, e.ndf)\n")
+    assert kernel.value("caught") == (1.5, 2)
+
+
 def test_interrupt_kills_the_job_on_the_server(kernel, nlab):
     result: dict = {}
     runner = threading.Thread(target=lambda: result.setdefault(
