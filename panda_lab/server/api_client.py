@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from panda_lab import __version__
 from panda_lab.model import TASK_FINAL, TaskState
 from panda_lab.server.app import Server
+from panda_lab.server.events import encode
 from panda_lab.server.schemas import JobIds, JobsAdd, TaskSubmit
 
 router = APIRouter()
@@ -200,7 +201,7 @@ async def events(request: Request, tasks: str | None = None, results: bool = Fal
                 except TimeoutError:
                     yield b": ping\n\n"
                     continue
-                yield b"data: " + orjson.dumps(msg) + b"\n\n"
+                yield b"data: " + encode(msg) + b"\n\n"
                 if msg.get("overflow") or "shutdown" in msg:
                     return
         finally:

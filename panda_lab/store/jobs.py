@@ -22,6 +22,7 @@ from panda_lab.model import (
 from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange, StoreBase, loads, now
 from panda_lab.store.schema import jobs, pilots, results, sites, tasks
 from panda_lab.store.tasks import _sites_of
+from panda_lab.text import clean
 
 J = JobState
 ON_PILOT = [str(s) for s in JOB_ON_PILOT]
@@ -54,6 +55,12 @@ _OUTPUT = (
         stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
     )
 )
+
+
+def _text(value):
+    """Text for a ``text`` column: PostgreSQL refuses NUL, and neither database takes a
+    lone surrogate (the rule of :mod:`panda_lab.text`; reports arrive clean already)."""
+    return clean(value) if isinstance(value, str) else value
 
 
 class JobStore:
@@ -143,20 +150,21 @@ class JobStore:
                 except TransitionError as exc:
                     ignored.append({"id": row.id, "reason": str(exc)})
                     continue
+                out, err_out = _text(u.get("stdout")), _text(u.get("stderr"))
                 if not path:
-                    if u.get("stdout") or u.get("stderr"):
+                    if out or err_out:
                         output.append({"b_id": row.id, "b_old": row.state, "b_time": t,
-                                       "b_out": u.get("stdout"), "b_err": u.get("stderr")})
+                                       "b_out": out, "b_err": err_out})
                     continue
                 new = path[-1]
-                err = u.get("error") or {}
+                err = {k: _text(v) for k, v in (u.get("error") or {}).items()}
                 started = u.get("started_at") if (J.STARTING in path or J.RUNNING in path) else None
                 params.append({
                     "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
                     "b_started": started, "b_ended": t if new in JOB_FINAL else None,
                     "b_cat": err.get("category"), "b_msg": err.get("message"),
                     "b_tb": err.get("traceback"), "b_exc": err.get("exception"),
-                    "b_out": u.get("stdout"), "b_err": u.get("stderr"),
+                    "b_out": out, "b_err": err_out,
                 })
                 history.append((row.id, path, t, ""))
                 change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
