@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from typing import Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from panda_lab import __version__
 from panda_lab.model import TASK_FINAL, TaskState
@@ -172,6 +173,16 @@ async def kill_jobs(request: Request, body: JobIds) -> dict:
 async def get_job(request: Request, job_id: int) -> dict:
     s = _server(request)
     return await s.db(s.store.get_job, job_id)
+
+
+@router.get("/jobs/{job_id}/output")
+async def job_output(request: Request, job_id: int,
+                     stream: Literal["stdout", "stderr"] = "stdout") -> PlainTextResponse:
+    """All that is kept of an attempt's stdout or stderr, as UTF-8 text: its full output
+    when the pilot kept it (the tail did not hold it all), else its tail, which then
+    holds it all (or, while the job runs, what it printed last)."""
+    s = _server(request)
+    return PlainTextResponse(await s.db(s.store.job_output, job_id, stream))
 
 
 @router.get("/events")

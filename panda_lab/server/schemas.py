@@ -55,6 +55,9 @@ class TaskOptions(Strict):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     kind: str = "jobs"
     client: dict = Field(default_factory=dict, description="client environment, for checks")
+    output_limit: Annotated[int, Field(ge=0, le=1 << 30)] | None = Field(
+        None, description="characters of each job's stdout and stderr kept in full "
+                          "(default: panda_lab.output.OUTPUT_LIMIT)")
 
 
 class TaskSubmit(Strict):
