@@ -88,7 +88,8 @@ class Capture(io.TextIOBase):
         self._pending_len = 0
         self._recent = ""  # the last TAIL + 1 characters
         self._lock = threading.Lock()
-        self._file = open(spool, "w", encoding="utf-8") if spool else None  # noqa: SIM115
+        self._spool = spool  # opened at the first output: most jobs print little or nothing
+        self._file: io.TextIOBase | None = None
         self._kept = 0
 
     encoding = "utf-8"  # what ``print`` may ask; text is written as str, never bytes
@@ -117,6 +118,11 @@ class Capture(io.TextIOBase):
         self.chars += len(s)
         self.lines += s.count("\n")
         self._recent = (self._recent + s[-(TAIL + 1):])[-(TAIL + 1):]
+        if self._spool is not None and self._file is None and s:
+            try:
+                self._file = open(self._spool, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError:  # no room for it: the tails still travel
+                self._spool = None
         if self._file is not None and self._kept < self.limit:
             part = s[:self.limit - self._kept]
             self._file.write(part)
@@ -157,11 +163,11 @@ class Capture(io.TextIOBase):
     def finish(self) -> None:
         """Close the spool file.  Output past the limit ends it with a marker line that
         names the limit, then the tail, so the kept output ends as the job's did."""
-        if self._file is None:
-            return
         with self._lock:
             self._drain()
-            f, self._file = self._file, None
+            f, self._file, self._spool = self._file, None, None
+            if f is None:
+                return
             over = self.chars - self._kept
             if over > 0:
                 _, hidden, _, text = self._tail()

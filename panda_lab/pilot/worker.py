@@ -77,10 +77,7 @@ def _captures(job_id: int, spool: tuple[str, str, int] | None) -> tuple[Capture,
     if spool is None:
         return Capture(job_id), Capture(job_id)
     out, err, limit = spool
-    try:
-        return Capture(job_id, out, limit), Capture(job_id, err, limit)
-    except OSError:  # no room for the files: the tails still travel
-        return Capture(job_id), Capture(job_id)
+    return Capture(job_id, out, limit), Capture(job_id, err, limit)
 
 
 def worker_main(conn: Connection) -> None:

@@ -7,6 +7,8 @@ the retry rules what comes next), and the watchdog's ``fail_lost``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from panda_lab.model import (
@@ -57,7 +59,7 @@ _OUTPUT = (
 )
 
 
-def _text(value):
+def _text(value: object) -> object:
     """Text for a ``text`` column: PostgreSQL refuses NUL, and neither database takes a
     lone surrogate (the rule of :mod:`panda_lab.text`; reports arrive clean already)."""
     return clean(value) if isinstance(value, str) else value
@@ -275,7 +277,7 @@ class JobStore:
             return path.read_text("utf-8", errors="replace")
         return row[1] or ""
 
-    def _output_path(self: StoreBase, task_id: int, job_id: int, stream: str):
+    def _output_path(self: StoreBase, task_id: int, job_id: int, stream: str) -> Path:
         return self.result_dir / str(task_id) / f"{job_id}.{stream}"
 
     # ---- failures and retries ------------------------------------------------------

@@ -125,6 +125,14 @@ def test_capture_counts_cleaned_text_so_marker_counts_are_exact():
         c.write(b"bytes")
 
 
+def test_capture_with_a_spool_it_cannot_open_still_gives_its_tail(tmp_path):
+    c = Capture(1, tmp_path / "no-such-dir" / "1.stdout", limit=100)
+    print(BAD, file=c)
+    c.flush()
+    c.finish()
+    assert c.tail() == BAD_SHOWN + "\n"
+
+
 # ---- through real pilots -------------------------------------------------------------------
 @pytest.fixture
 def srv(db_url, home):
