@@ -12,7 +12,6 @@ the packages that matter travel along so a mismatch is reported, not guessed at.
 
 from __future__ import annotations
 
-import io
 import pickle
 import sys
 import time
@@ -23,9 +22,8 @@ from typing import Any
 
 import cloudpickle
 
+from panda_lab.output import Capture
 from panda_lab.remote_errors import cut, dumps_exception, safe_str, type_name
-
-TAIL = 4000  # characters of stdout/stderr kept per job
 
 #: Results up to this size travel inline (in reports, the database and the event
 #: stream); larger ones go to the result store, with only a reference kept.
@@ -73,28 +71,6 @@ def environment() -> dict:
     return env
 
 
-class _Tail(io.StringIO):
-    """A stdout/stderr stand-in that keeps only the last ``TAIL`` characters.
-
-    ``writes`` counts the writes, so a watcher (the worker's output ticker) can tell
-    cheaply whether there is anything new to send while the job runs."""
-
-    writes = 0
-
-    def write(self, s: str) -> int:
-        self.writes += 1
-        n = super().write(s)
-        if self.tell() > 4 * TAIL:
-            keep = self.getvalue()[-TAIL:]
-            self.seek(0)
-            self.truncate()
-            super().write(keep)
-        return n
-
-    def tail(self) -> str:
-        return self.getvalue()[-TAIL:]
-
-
 @dataclass
 class Outcome:
     ok: bool
@@ -132,13 +108,14 @@ def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
 
 
 def run_call(payload: bytes, common: Callable | None,
-             streams: tuple[_Tail, _Tail] | None = None) -> Outcome:
+             streams: tuple[Capture, Capture] | None = None) -> Outcome:
     """Run one payload here, capturing output, and classify any failure.
 
     ``streams`` are the stdout and stderr stand-ins to capture into, when the caller
-    watches them while the job runs (to show output live)."""
+    watches them while the job runs (to show output live) or keeps them in full; the
+    outcome's ``stdout`` and ``stderr`` are their tails (see :mod:`panda_lab.output`)."""
     started = time.time()
-    out, err_stream = streams or (_Tail(), _Tail())
+    out, err_stream = streams or (Capture(), Capture())
     try:
         fn, args, kwargs = pickle.loads(payload)
         if isinstance(fn, bytes):  # a function pickled on its own: a fresh copy all the same

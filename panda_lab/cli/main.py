@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("task", help="task id or name")
     j.add_argument("--all", action="store_true", help="every attempt, not only the latest")
     j.add_argument("--json", action="store_true")
+    o = sub.add_parser("output", help="all that is kept of a job's stdout (or stderr)",
+                       description="Print one job attempt's full output as the pilot kept it "
+                                   "(up to the task's output_limit characters; its tail in "
+                                   "`jobs` starts with a marker line when it is not all).")
+    o.add_argument("job", type=int, help="job id (an attempt: see `panda-lab jobs TASK`)")
+    o.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     for verb, text in (("kill", "kill a task"), ("retry", "retry the failed jobs of a task")):
         v = sub.add_parser(verb, help=text)
         v.add_argument("task", help="task id or name")

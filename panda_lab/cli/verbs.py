@@ -1,15 +1,23 @@
-"""pbook's verbs on the command line: ``tasks``, ``jobs``, ``kill``, ``retry``, ``sites``."""
+"""pbook's verbs on the command line: ``tasks``, ``jobs``, ``output``, ``kill``, ``retry``,
+``sites``.
+
+What jobs said (error messages, output) is shown as plain text: never read as rich markup
+(a message holding ``[/]`` would fail the whole table) nor as terminal control codes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from panda_lab.cli.main import EXIT_OK, print_json
 from panda_lab.client.session import connect
+from panda_lab.text import strip_ansi
 
 
 def _age(t: float | None) -> str:
@@ -39,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         table = Table("id", "name", "state", "done", "jobs", "sites", "age", "why",
                       title="tasks")
         for t in tasks:
-            table.add_row(str(t["id"]), t["name"], t["state"], str(t["n_done"]),
-                          str(t["n_jobs"]), t["site"], _age(t["created_at"]), _why(t))
+            table.add_row(str(t["id"]), Text(t["name"]), t["state"], str(t["n_done"]),
+                          str(t["n_jobs"]), t["site"], _age(t["created_at"]), Text(_why(t)))
         console.print(table)
     elif args.command == "jobs":
         jobs = lab.jobs(args.task, all_attempts=args.all)
@@ -52,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
         for j in jobs:
             table.add_row(str(j["id"]), str(j["job_index"]), str(j["attempt"]), j["state"],
                           j["site"] or "-", str(j["pilot_id"] or "-"),
-                          (j["error_message"] or "")[:60])
+                          Text(strip_ansi(j["error_message"] or "")[:60]))
         console.print(table)
+    elif args.command == "output":
+        text = lab.job_output(args.job, "stderr" if args.stderr else "stdout")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))  # as kept, whatever the locale
+        sys.stdout.buffer.flush()
     elif args.command in ("kill", "retry"):
         reply = lab.kill(args.task) if args.command == "kill" else lab.retry(args.task)
         if args.json:

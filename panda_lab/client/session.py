@@ -57,20 +57,25 @@ class Lab:
         cores: int = 1,
         memory_mb: int = 0,
         walltime_s: float = 0.0,
+        output_limit: int | None = None,
     ) -> int:
         """Submit one job per argument tuple, all calling ``fn``; returns the task id.
 
         The function travels once, with the task; each job carries only its arguments.
+        ``output_limit``: characters of each job's stdout and stderr kept in full for
+        :meth:`job_output` (default :data:`panda_lab.output.OUTPUT_LIMIT`).
         """
         common = dumps_fn(fn)
         jobs = [{"payload": base64.b64encode(dumps_call(None, args)).decode()}
                 for args in arglist]
+        options = {"priority": priority, "cores": cores, "memory_mb": memory_mb,
+                   "walltime_s": walltime_s, "max_attempts": retries + 1,
+                   "client": environment()}
+        if output_limit is not None:
+            options["output_limit"] = output_limit
         reply = self.api.post("/api/tasks", {
             "name": name, "owner": os.environ.get("USER", ""), "site": site,
-            "jobs": jobs, "common": base64.b64encode(common).decode(),
-            "options": {"priority": priority, "cores": cores, "memory_mb": memory_mb,
-                        "walltime_s": walltime_s, "max_attempts": retries + 1,
-                        "client": environment()},
+            "jobs": jobs, "common": base64.b64encode(common).decode(), "options": options,
         })
         return reply["task"]
 
@@ -104,6 +109,21 @@ class Lab:
 
     def failures(self, task: int | str) -> list[dict]:
         return self.api.get(f"/api/tasks/{task}/failures")
+
+    def job_output(self, job_id: int, stream: str = "stdout") -> str:
+        """All that is kept of one attempt's ``stream`` (``"stdout"`` or ``"stderr"``).
+
+        A job's reports carry only the tail of its output (what ``jobs()``, ``%%panda``
+        and the panel show, behind a marker line when earlier output is not in it).  When
+        the job ends, the pilot keeps its full output on the server, up to the task's
+        ``output_limit`` characters per stream (past it, the head and the tail around a
+        marker line).  Text is valid UTF-8: bytes that were not are written ``\\xNN``
+        (see :mod:`panda_lab.text`).  Raises :class:`~panda_lab.http.ApiError` (404) for
+        an unknown job.
+        """
+        data = self.api.request("GET", f"/api/jobs/{int(job_id)}/output",
+                                params={"stream": stream}, raw=True)
+        return data.decode("utf-8", errors="replace")
 
     def kill(self, task: int | str) -> dict:
         return self.api.post(f"/api/tasks/{task}/kill")

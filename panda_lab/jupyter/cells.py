@@ -18,6 +18,8 @@ from typing import Any
 
 import cloudpickle
 
+from panda_lab.output import tail_delta
+
 #: The file name a cell's code runs under: it appears in remote tracebacks.
 CELL_FILE = "<panda cell>"
 
@@ -146,7 +148,15 @@ def run_cell(source: str, variables: dict[str, Any], names: list[str], index: in
 
 def new_output(old: str, new: str) -> str:
     """What ``new`` adds to ``old``: both are tails of one growing stream, so ``new``
-    starts somewhere inside ``old`` once the stream has grown past the tail's size."""
+    starts somewhere inside ``old`` once the stream has grown past the tail's size.
+
+    A tail that does not hold all of its stream starts with a marker line counting what
+    it leaves out (:mod:`panda_lab.output`): then the counts say exactly what is new, and
+    output that no look caught is shown as a marker that says how much it was and where
+    the full output is."""
+    delta = tail_delta(old, new)
+    if delta is not None:
+        return delta
     if new.startswith(old):
         return new[len(old):]
     head = new[:1]

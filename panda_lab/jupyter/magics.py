@@ -10,6 +10,12 @@ The rule of ``--parallel N``: the cell runs as N jobs.  Each sees ``PANDA_INDEX`
 is cut into N contiguous chunks and job i sees only chunk i under that name; every other
 variable is sent whole.  Each name the cell binds comes back as a list of N values, in
 job order, for the notebook to combine (``sum(counts)``, ``hist_a + hist_b``).
+
+Output travels as tails of 4000 characters: what a cell prints faster than it is looked
+at shows as a marker line, ``[... N lines (M characters) not shown; full output:
+`panda-lab output JOB` or lab.job_output(JOB)]``, never as a line cut without a word.
+The full output is kept up to ``--output-limit`` characters per stream (see
+:mod:`panda_lab.output`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the cell as N jobs (PANDA_INDEX tells each which it is)")
     p.add_argument("--over", default=None, metavar="NAME",
                    help="with --parallel: cut the sequence NAME into N chunks, one per job")
+    p.add_argument("--output-limit", type=int, default=None, metavar="CHARS",
+                   help="characters of each job's stdout/stderr kept in full (for "
+                        "panda-lab output JOB); the cell shows the last 4000")
     p.add_argument("--detach", action="store_true",
                    help="an interrupt leaves the task running (attach with %%panda_attach)")
     return p
@@ -67,6 +76,8 @@ def parse(line: str) -> argparse.Namespace:
         raise UsageError("%%panda: --parallel needs at least 1 job")
     if args.over and args.parallel == 1:
         raise UsageError("%%panda: --over needs --parallel N (N > 1)")
+    if args.output_limit is not None and args.output_limit < 0:
+        raise UsageError("%%panda: --output-limit needs a number of characters, 0 or more")
     return args
 
 
@@ -166,7 +177,7 @@ class PandaMagics(Magics):
         task = lab.submit(fn, [(i, args.parallel, chunks[i]) for i in range(args.parallel)],
                           name=args.name, site=args.site, cores=args.cores,
                           memory_mb=args.memory, walltime_s=args.walltime,
-                          retries=args.retries)
+                          retries=args.retries, output_limit=args.output_limit)
         jobs = "1 job" if args.parallel == 1 else f"{args.parallel} jobs"
         print(f"panda: task {task} ({args.name}), {jobs} at {args.site}", file=sys.stderr)
         self._run(lab, task, args.parallel, detach=args.detach)

@@ -25,6 +25,7 @@ from panda_lab.jupyter.snapshot import (
     take,
     text,
 )
+from panda_lab.text import strip_ansi
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.session import Lab
@@ -55,14 +56,17 @@ def sites_table(snap: TaskSnapshot) -> str:
 
 
 def errors_html(snap: TaskSnapshot, limit: int = 5) -> str:
-    """Failed attempts grouped by category and message, each with an example traceback."""
+    """Failed attempts grouped by category and message, each with an example traceback.
+
+    What jobs said is escaped, and its ANSI codes (colours of a traceback) dropped."""
     if not snap.errors:
         return ""
     items = []
     for g in snap.errors[:limit]:
-        tb = html.escape(g.traceback or "(no traceback)")
+        tb = html.escape(strip_ansi(g.traceback or "(no traceback)"))
+        message = html.escape(strip_ansi(g.message))
         items.append(f"<details><summary><b>{g.count}</b> &times; [{html.escape(g.category)}]"
-                     f" {html.escape(g.message)}</summary><pre style='font-size:11px'>"
+                     f" {message}</summary><pre style='font-size:11px'>"
                      f"job {g.example_job}:\n{tb}</pre></details>")
     more = len(snap.errors) - limit
     tail = f"<i>and {more} more kinds of error</i>" if more > 0 else ""

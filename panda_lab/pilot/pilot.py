@@ -11,16 +11,21 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
+from pathlib import Path
 
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.output import OUTPUT_LIMIT, Capture, split_tail
 from panda_lab.payload import INLINE_LIMIT, environment
 from panda_lab.pilot.worker import LOCAL_ENDPOINT, Output, Worker
+from panda_lab.text import clean_error, clean_obj
 
 log = logging.getLogger("panda_lab.pilot")
 
@@ -66,6 +71,8 @@ class Pilot:
         self.idle_since = time.monotonic()
         self.started = time.monotonic()
         self.draining = False
+        #: Where the workers spool each job's output (see :mod:`panda_lab.output`).
+        self.spool = Path(tempfile.mkdtemp(prefix="panda-lab-pilot-"))
 
     # ---- life cycle -------------------------------------------------------------------
     def register(self) -> None:
@@ -112,6 +119,7 @@ class Pilot:
         finally:
             for w in self.workers:
                 w.close()
+            shutil.rmtree(self.spool, ignore_errors=True)
 
     def _on_term(self, signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
@@ -137,7 +145,8 @@ class Pilot:
             if w.busy:
                 job = w.job
                 w.kill()
-                self._report_failed(job, "system", "pilot stopped while the job ran")
+                self._report_failed(job, "system", "pilot stopped while the job ran",
+                                    output=True)
         while self.queue:
             self._report_failed(self.queue.popleft(), "system", "pilot stopped before the job ran")
         try:
@@ -208,7 +217,7 @@ class Pilot:
                 continue
             job = self.queue.popleft()
             common = self._common(job["task"]) if job.get("common") else None
-            w.run(job, common, time.time())
+            w.run(job, common, time.time(), self._spool_files(job))
             self._set_pending(job, "running", started_at=w.started_at)
 
     def _collect(self) -> None:
@@ -239,17 +248,19 @@ class Pilot:
                 job = w.job
                 w.kill()
                 self._report_failed(job, "timeout",
-                                    f"ran past its walltime of {job['walltime_s']:g} s")
+                                    f"ran past its walltime of {job['walltime_s']:g} s",
+                                    output=True)
 
     def _finish(self, job: dict, outcome, worker: Worker) -> None:
         self.done += 1
         if outcome is None:
             self._report_failed(job, "system",
-                                f"worker process died (exit code {worker.last_exit})")
+                                f"worker process died (exit code {worker.last_exit})",
+                                output=True)
             return
         dur = max(outcome.ended_at - outcome.started_at, 1e-5)
         self.mean_duration = 0.8 * self.mean_duration + 0.2 * dur if self.done > 1 else dur
-        extra = {"stdout": outcome.stdout or None, "stderr": outcome.stderr or None}
+        extra = self._keep_output(job, {"stdout": outcome.stdout, "stderr": outcome.stderr})
         if outcome.ok:
             data = outcome.result
             if len(data) > INLINE_LIMIT:
@@ -260,13 +271,64 @@ class Pilot:
                 self._set_pending(job, "finished", result=base64.b64encode(data).decode(),
                                   **extra)
         else:
-            err = dict(outcome.error)
+            err = clean_error(outcome.error)
             if "exception" in err:
                 err["exception"] = base64.b64encode(err["exception"]).decode()
             self._set_pending(job, "failed", error=err, **extra)
 
-    def _report_failed(self, job: dict, category: str, message: str) -> None:
-        self._set_pending(job, "failed", error={"category": category, "message": message})
+    def _report_failed(self, job: dict, category: str, message: str,
+                       output: bool = False) -> None:
+        """Report ``job`` failed; with ``output``, its worker was killed under it, and
+        the output it spooled until then is reported and kept."""
+        extra = self._keep_output(job, None, retry_for=5.0) if output else {}
+        self._set_pending(job, "failed", error={"category": category, "message": message},
+                          **extra)
+
+    # ---- output ----------------------------------------------------------------------
+    def _spool_files(self, job: dict) -> tuple[str, str, int]:
+        """Where the worker keeps ``job``'s stdout and stderr, and up to how many
+        characters of each (the task's ``output_limit``)."""
+        limit = job.get("output_limit") or OUTPUT_LIMIT
+        return (str(self.spool / f"{job['id']}.stdout"), str(self.spool / f"{job['id']}.stderr"),
+                int(limit))
+
+    def _keep_output(self, job: dict, tails: dict[str, str] | None,
+                     retry_for: float | None = None) -> dict[str, str]:
+        """The tails to report for a job that ended, after its full output went to the
+        server when the tails do not hold it all.  ``tails`` is ``None`` when the worker
+        was killed: then the spooled output is all there is, and gives the tails.
+
+        A refused upload is logged and the job reported all the same: output is never
+        worth a lost result."""
+        out: dict[str, str] = {}
+        for stream in ("stdout", "stderr"):
+            path = self.spool / f"{job['id']}.{stream}"
+            try:
+                tail = (tails or {}).get(stream) or ""
+                if tails is not None and not split_tail(tail)[1]:
+                    if tail:
+                        out[stream] = tail  # the tail holds it all
+                    continue
+                try:
+                    full = path.read_text("utf-8", errors="replace")
+                except OSError:
+                    full = ""
+                if tails is None and full:
+                    capture = Capture(job["id"])
+                    capture.write(full)
+                    tail = capture.tail()
+                if full and split_tail(tail)[1]:
+                    try:
+                        self.api.request("PUT", f"/api/pilot/output/{job['task']}/{job['id']}",
+                                         params={"stream": stream}, content=full.encode(),
+                                         retry_for=retry_for)
+                    except ApiError as exc:
+                        log.warning("full %s of job %d not kept: %s", stream, job["id"], exc)
+                if tail:
+                    out[stream] = tail
+            finally:
+                path.unlink(missing_ok=True)
+        return out
 
     def _set_pending(self, job: dict, state: str, **fields) -> None:
         if not self.pending:
@@ -275,7 +337,9 @@ class Pilot:
         upd = {"id": job["id"], "attempt": job["attempt"], "state": state}
         if "started_at" in prev:
             upd["started_at"] = prev["started_at"]
-        upd.update({k: v for k, v in fields.items() if v is not None})
+        # Every text a report carries is made valid UTF-8 without NUL here: one bad
+        # character must never make a report unsendable (see panda_lab.text).
+        upd.update({k: clean_obj(v) for k, v in fields.items() if v is not None})
         self.pending[job["id"]] = upd
 
     def _held(self) -> list[int]:
@@ -327,5 +391,8 @@ class Pilot:
             if w.busy and w.job["id"] in gone:
                 log.info("killing job %d on request of the server", w.job["id"])
                 w.kill()
+        for i in gone:
+            for stream in ("stdout", "stderr"):
+                (self.spool / f"{i}.{stream}").unlink(missing_ok=True)
         for i in gone:
             self.pending.pop(i, None)

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from panda_lab.payload import Outcome, _Tail, run_call
+from panda_lab.output import Capture
+from panda_lab.payload import Outcome, run_call
 
 _CTX = mp.get_context("spawn")
 
@@ -28,7 +29,8 @@ OUTPUT_INTERVAL = 0.5
 
 @dataclass
 class Output:
-    """The output tails of a job still running: shown live, not an outcome."""
+    """The output tails of a job still running: shown live, not an outcome (each may
+    start with a marker line, see :mod:`panda_lab.output`)."""
 
     stdout: str
     stderr: str
@@ -42,11 +44,11 @@ class _OutputTicker(threading.Thread):
     def __init__(self, conn: Connection, lock: threading.Lock) -> None:
         super().__init__(daemon=True, name="panda-output")
         self.conn, self.lock = conn, lock
-        self.job: tuple[int, _Tail, _Tail] | None = None
+        self.job: tuple[int, Capture, Capture] | None = None
         self.seen = 0
 
-    def watch(self, job_id: int | None, out: _Tail | None = None,
-              err: _Tail | None = None) -> None:
+    def watch(self, job_id: int | None, out: Capture | None = None,
+              err: Capture | None = None) -> None:
         with self.lock:
             self.job = (job_id, out, err) if job_id is not None else None  # type: ignore[assignment]
             self.seen = 0
@@ -66,6 +68,16 @@ class _OutputTicker(threading.Thread):
                     self.conn.send(("out", job_id, out.tail(), err.tail()))
                 except OSError:
                     return
+                out.flush()  # the spooled output, for the pilot should this worker be killed
+                err.flush()
+
+
+def _captures(job_id: int, spool: tuple[str, str, int] | None) -> tuple[Capture, Capture]:
+    """The job's stdout and stderr stand-ins, spooling to the pilot's files if asked."""
+    if spool is None:
+        return Capture(job_id), Capture(job_id)
+    out, err, limit = spool
+    return Capture(job_id, out, limit), Capture(job_id, err, limit)
 
 
 def worker_main(conn: Connection) -> None:
@@ -88,7 +100,8 @@ def worker_main(conn: Connection) -> None:
             while len(commons) > 16:
                 commons.popitem(last=False)
         elif kind == "run":
-            _, job_id, task_id, payload = msg
+            _, job_id, task_id, payload = msg[:4]
+            spool = msg[4] if len(msg) > 4 else None  # (stdout path, stderr path, limit)
             common = commons.get(task_id)
             if isinstance(common, Exception):
                 from panda_lab.payload import _error
@@ -97,10 +110,14 @@ def worker_main(conn: Connection) -> None:
                     "payload", common, "cannot unpickle the task's function on the pilot: "),
                     "", "", 0.0, 0.0)
             else:
-                streams = (_Tail(), _Tail())
+                streams = _captures(job_id, spool)
                 ticker.watch(job_id, *streams)
-                outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
-                ticker.watch(None)
+                try:
+                    outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
+                finally:
+                    ticker.watch(None)
+                    for stream in streams:
+                        stream.finish()
             with lock:
                 conn.send((job_id, outcome))
         elif kind == "env":  # what the pilot learnt at registration (its site's endpoint)
@@ -145,13 +162,16 @@ class Worker:
     def busy(self) -> bool:
         return self.job is not None
 
-    def run(self, job: dict, common: bytes | None, now: float) -> None:
+    def run(self, job: dict, common: bytes | None, now: float,
+            spool: tuple[str, str, int] | None = None) -> None:
+        """Start ``job``; with ``spool``, ``(stdout path, stderr path, limit)``, its
+        output is also kept in those files, up to ``limit`` characters each."""
         self.ensure()
         assert self.conn is not None
         if common is not None and job["task"] not in self.commons:
             self.conn.send(("common", job["task"], common))
             self.commons.add(job["task"])
-        self.conn.send(("run", job["id"], job["task"], job["payload"]))
+        self.conn.send(("run", job["id"], job["task"], job["payload"], spool))
         self.job = job
         self.started_at = now
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from typing import Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from panda_lab import __version__
 from panda_lab.model import TASK_FINAL, TaskState
 from panda_lab.server.app import Server
+from panda_lab.server.events import encode
 from panda_lab.server.schemas import JobIds, JobIndices, JobsAdd, TaskSubmit
 
 router = APIRouter()
@@ -197,6 +199,16 @@ async def get_job(request: Request, job_id: int) -> dict:
     return await s.db(s.store.get_job, job_id)
 
 
+@router.get("/jobs/{job_id}/output")
+async def job_output(request: Request, job_id: int,
+                     stream: Literal["stdout", "stderr"] = "stdout") -> PlainTextResponse:
+    """All that is kept of an attempt's stdout or stderr, as UTF-8 text: its full output
+    when the pilot kept it (the tail did not hold it all), else its tail, which then
+    holds it all (or, while the job runs, what it printed last)."""
+    s = _server(request)
+    return PlainTextResponse(await s.db(s.store.job_output, job_id, stream))
+
+
 @router.get("/events")
 async def events(request: Request, tasks: str | None = None, results: bool = False,
                  ping: float = Query(15.0, ge=0.05, le=300)) -> StreamingResponse:
@@ -224,7 +236,7 @@ async def events(request: Request, tasks: str | None = None, results: bool = Fal
                 except TimeoutError:
                     yield b": ping\n\n"
                     continue
-                yield b"data: " + orjson.dumps(msg) + b"\n\n"
+                yield b"data: " + encode(msg) + b"\n\n"
                 if msg.get("overflow") or "shutdown" in msg:
                     return
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
@@ -99,6 +100,23 @@ async def upload_result(request: Request, task_id: int, job_id: int) -> dict:
     data = await request.body()
     ref = await s.db(s.store.write_result, task_id, job_id, data)
     return {"ref": ref, "size": len(data)}
+
+
+@router.put("/output/{task_id}/{job_id}")
+async def upload_output(request: Request, task_id: int, job_id: int,
+                        stream: Literal["stdout", "stderr"] = "stdout") -> dict:
+    """A job's full stdout or stderr, as UTF-8 text, when its tail does not hold it all;
+    clients read it from ``GET /api/jobs/{job_id}/output``.  Text that is not UTF-8 is
+    refused (422): the pilot writes it by the rule of :mod:`panda_lab.text`."""
+    s = _server(request)
+    data = await request.body()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPException(422, f"the {stream} of job {job_id} is not UTF-8 text "
+                                 f"(byte {exc.start})") from None
+    size = await s.db(s.store.write_output, task_id, job_id, stream, data)
+    return {"job": job_id, "stream": stream, "size": size}
 
 
 @router.get("/tasks/{task_id}/common")

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -34,6 +35,7 @@ from panda_lab.store import (
     UnknownPilot,
     UnknownSite,
 )
+from panda_lab.text import clean, clean_obj
 
 log = logging.getLogger("panda_lab.server")
 
@@ -42,10 +44,17 @@ log = logging.getLogger("panda_lab.server")
 class ORJSONResponse(JSONResponse):
     """JSON written by orjson. The handlers return plain dicts and lists (no response
     models), which FastAPI's own JSON response would encode with the slower ``json``;
-    FastAPI's class of this name is deprecated in favour of response models, hence ours."""
+    FastAPI's class of this name is deprecated in favour of response models, hence ours.
+
+    A text orjson refuses (a lone surrogate) is written by the rule of panda_lab.text
+    rather than failing the response."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        option = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+        try:
+            return orjson.dumps(content, option=option)
+        except TypeError:
+            return orjson.dumps(clean_obj(content), option=option, default=str)
 
 
 #: Request bodies above this are refused before they are read.
@@ -195,6 +204,10 @@ def create_app(server: Server) -> FastAPI:
                              (UnknownSite, 400), (BrokerageError, 400)):
         app.add_exception_handler(exc_type, _handler(status))
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        return ORJSONResponse({"detail": validation_details(exc.errors())}, 422)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("error serving %s %s", request.method, request.url.path)
@@ -208,6 +221,21 @@ def create_app(server: Server) -> FastAPI:
     app.include_router(api_analysis.router, prefix="/api", dependencies=[Depends(user_auth)])
     app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
     return app
+
+
+def validation_details(errors: Any) -> list[dict]:
+    """A 422's details: where and what, and the offending value only when it is short.
+    FastAPI's own answer echoes every input, which may be megabytes of a job's output,
+    or bytes and surrogates that JSON cannot carry (its answer then failed with a 500)."""
+    out = []
+    for e in errors:
+        item = {"loc": [x if isinstance(x, int) else clean(str(x)) for x in e.get("loc", ())],
+                "msg": clean(str(e.get("msg", ""))), "type": str(e.get("type", ""))}
+        value = e.get("input")
+        if isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) < 200):
+            item["input"] = clean(value) if isinstance(value, str) else value
+        out.append(item)
+    return out
 
 
 def _handler(status: int):

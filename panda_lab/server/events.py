@@ -14,7 +14,20 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
 from panda_lab.store import Changes
+from panda_lab.text import clean_obj
+
+
+def encode(msg: dict) -> bytes:
+    """One event as JSON.  A text JSON cannot carry (a lone surrogate, from wherever it
+    came) is written by the rule of :mod:`panda_lab.text`: one bad message must not end
+    every subscriber's stream."""
+    try:
+        return orjson.dumps(msg)
+    except TypeError:
+        return orjson.dumps(clean_obj(msg), default=str)
 
 
 @dataclass(eq=False)  # identity: each subscriber is one connection

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from panda_lab.model import JobState
+from panda_lab.text import clean
 
 B64 = Annotated[str, Field(description="bytes, base64-encoded")]
 
@@ -54,6 +55,9 @@ class TaskOptions(Strict):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     kind: str = "jobs"
     client: dict = Field(default_factory=dict, description="client environment, for checks")
+    output_limit: Annotated[int, Field(ge=0, le=1 << 30)] | None = Field(
+        None, description="characters of each job's stdout and stderr kept in full "
+                          "(default: panda_lab.output.OUTPUT_LIMIT)")
 
 
 class TaskSubmit(Strict):
@@ -102,12 +106,21 @@ class PilotAcquire(Strict):
     held: list[int] = Field(default_factory=list, max_length=100_000)
 
 
+def _clean_text(value: object) -> object:
+    """A report's free text made valid UTF-8 without NUL (the rule of panda_lab.text), so
+    that a pilot that did not apply the rule cannot get its whole report refused, nor
+    put into the database what PostgreSQL or the JSON of the event stream refuse."""
+    return clean(value) if isinstance(value, str) else value
+
+
 class JobError(Strict):
     category: Literal["user", "input", "payload", "system", "timeout", "killed", "merge"]
     message: Annotated[str, Field(max_length=100_000)] = ""
     traceback: Annotated[str, Field(max_length=1_000_000)] | None = None
     type: str | None = None
     exception: B64 | None = Field(None, description="the pickled exception, to re-raise it")
+
+    _texts = field_validator("message", "traceback", "type", mode="before")(_clean_text)
 
 
 class JobUpdate(Strict):
@@ -120,6 +133,8 @@ class JobUpdate(Strict):
     error: JobError | None = None
     stdout: Annotated[str, Field(max_length=100_000)] | None = None
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
+
+    _texts = field_validator("stdout", "stderr", mode="before")(_clean_text)
 
 
 class PilotUpdate(Strict):

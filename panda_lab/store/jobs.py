@@ -8,6 +8,8 @@ In the order a job travels: ``acquire`` (atomic ``activated → sent``), its cou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import Connection, bindparam, exists, func, insert, select, update
 
 from panda_lab.model import (
@@ -23,7 +25,8 @@ from panda_lab.model import (
 )
 from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange, StoreBase, loads, now
 from panda_lab.store.schema import jobs, pilots, results, sites, tasks
-from panda_lab.store.tasks import CANCELLED_BY_CLIENT, _sites_of
+from panda_lab.store.tasks import CANCELLED_BY_CLIENT, TaskNotFound, _sites_of
+from panda_lab.text import clean
 
 J = JobState
 ON_PILOT = [str(s) for s in JOB_ON_PILOT]
@@ -57,6 +60,12 @@ _OUTPUT = (
         stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
     )
 )
+
+
+def _text(value: object) -> object:
+    """Text for a ``text`` column: PostgreSQL refuses NUL, and neither database takes a
+    lone surrogate (the rule of :mod:`panda_lab.text`; reports arrive clean already)."""
+    return clean(value) if isinstance(value, str) else value
 
 
 class JobStore:
@@ -97,9 +106,12 @@ class JobStore:
             task_ids = sorted({r.task_id for r in rows})
             for task_id in task_ids:
                 self._set_task_state(conn, task_id, TaskState.READY, TaskState.RUNNING, changes)
-            common = dict(conn.execute(
-                select(tasks.c.id, tasks.c.common.is_not(None)).where(tasks.c.id.in_(task_ids))
-            ).all())
+            common, limits = {}, {}
+            for task_id, has_common, options in conn.execute(
+                    select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options)
+                    .where(tasks.c.id.in_(task_ids))):
+                common[task_id] = has_common
+                limits[task_id] = loads(options).get("output_limit")
             conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(heartbeat_at=t))
         out = []
         for r in rows:
@@ -107,7 +119,8 @@ class JobStore:
                                           str(J.SENT)))
             out.append({"id": r.id, "task": r.task_id, "index": r.job_index,
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
-                        "cores": r.cores, "common": bool(common.get(r.task_id))})
+                        "cores": r.cores, "common": bool(common.get(r.task_id)),
+                        "output_limit": limits.get(r.task_id)})
         return out, changes
 
     def cancel_waiting(self: StoreBase, task_id: int,
@@ -186,20 +199,21 @@ class JobStore:
                 except TransitionError as exc:
                     ignored.append({"id": row.id, "reason": str(exc)})
                     continue
+                out, err_out = _text(u.get("stdout")), _text(u.get("stderr"))
                 if not path:
-                    if u.get("stdout") or u.get("stderr"):
+                    if out or err_out:
                         output.append({"b_id": row.id, "b_old": row.state, "b_time": t,
-                                       "b_out": u.get("stdout"), "b_err": u.get("stderr")})
+                                       "b_out": out, "b_err": err_out})
                     continue
                 new = path[-1]
-                err = u.get("error") or {}
+                err = {k: _text(v) for k, v in (u.get("error") or {}).items()}
                 started = u.get("started_at") if (J.STARTING in path or J.RUNNING in path) else None
                 params.append({
                     "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
                     "b_started": started, "b_ended": t if new in JOB_FINAL else None,
                     "b_cat": err.get("category"), "b_msg": err.get("message"),
                     "b_tb": err.get("traceback"), "b_exc": err.get("exception"),
-                    "b_out": u.get("stdout"), "b_err": u.get("stderr"),
+                    "b_out": out, "b_err": err_out,
                 })
                 history.append((row.id, path, t, ""))
                 change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
@@ -275,6 +289,39 @@ class JobStore:
 
     def result_ref_ok(self: StoreBase, ref: str) -> bool:
         return (self.result_dir / ref).is_file()
+
+    # ---- full output -------------------------------------------------------------------
+    def write_output(self: StoreBase, task_id: int, job_id: int, stream: str,
+                     data: bytes) -> int:
+        """Keep an attempt's full ``stream`` (UTF-8 bytes) next to its results; returns its
+        size.  Raises :class:`TaskNotFound` when the job is not one of ``task_id``."""
+        with self.tx() as conn:
+            owner = conn.execute(select(jobs.c.task_id).where(jobs.c.id == job_id)).scalar()
+        if owner != task_id:
+            raise TaskNotFound(f"no job {job_id} in task {task_id}")
+        path = self._output_path(task_id, job_id, stream)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return len(data)
+
+    def job_output(self: StoreBase, job_id: int, stream: str) -> str:
+        """All that is kept of an attempt's ``stream`` (``stdout`` or ``stderr``): the
+        full output a pilot kept, else the tail in the job's row ("" when it printed
+        nothing).  Raises :class:`TaskNotFound` for an unknown job."""
+        column = jobs.c.stdout_tail if stream == "stdout" else jobs.c.stderr_tail
+        with self.tx() as conn:
+            row = conn.execute(select(jobs.c.task_id, column).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise TaskNotFound(f"no job with id {job_id}")
+        path = self._output_path(row[0], job_id, stream)
+        if path.is_file():
+            return path.read_text("utf-8", errors="replace")
+        return row[1] or ""
+
+    def _output_path(self: StoreBase, task_id: int, job_id: int, stream: str) -> Path:
+        return self.result_dir / str(task_id) / f"{job_id}.{stream}"
 
     # ---- failures and retries ------------------------------------------------------
     def _retry_or_fail(self, conn: Connection, failed: list, changes: Changes) -> None:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["server", "pilot", "tasks", "jobs", "kill", "retry", "sites", "demo",
+COMMANDS = ["server", "pilot", "tasks", "jobs", "output", "kill", "retry", "sites", "demo",
             "make-sample"]
 
 
