@@ -1,20 +1,24 @@
 """Read one chunk as an awkward array of events, NanoAOD-style (see :mod:`.schema`).
 
-Which branches are read. Two ways, and both give the same structure:
+Which branches are read. Two ways:
 
 * ``read_chunk(chunk, columns=[...])`` reads exactly those branches, eagerly, with one
-  ``tree.arrays(...)`` call. A column is a branch name, a collection name (``"Muon"``: all of
-  its branches) or a field path (``"Muon.pt"``). This is what jobs use: it always works and its
-  cost is known before the job runs.
-* ``read_chunk(chunk)`` returns a *lazy* array of every branch (:mod:`.lazy`, awkward's virtual
-  buffers): a branch is read the first time an operation needs its data, and never otherwise.
+  ``tree.arrays(...)`` call, and the array has only their fields. A column is a branch name, a
+  collection name (``"Muon"``: all of its branches) or a field path (``"Muon.pt"``). This is
+  what jobs given ``columns=`` use: its cost is known before the job runs.
+* ``read_chunk(chunk)`` returns a *lazy* array with every field of the tree (:mod:`.lazy`,
+  awkward's virtual buffers): a branch is read the first time an operation needs its data, and
+  never otherwise; ``prefetch=[...]`` (same names as ``columns``) reads some up front, in one
+  request.
 
 Column discovery (:func:`discover_columns`) runs the processor once on a lazy array of the
-first entries of a chunk and returns the branches it actually read, for the jobs' ``columns=``.
-The processor runs on real numbers, so it may fill histograms and call numpy freely, which a
-typetracer (dask-awkward's way) cannot do. The limit: a branch touched only in a code path the
-sample never takes is missed, and the job then fails with awkward's "no field" error; pass
-``columns=`` explicitly then, or let jobs read lazily.
+first entries of a chunk and returns the branches whose data it read. The processor runs on
+real numbers, so it may fill histograms and call numpy freely, which a typetracer
+(dask-awkward's way) cannot do. Jobs without ``columns=`` prefetch those branches and keep the
+rest lazy, so the processor sees the whole structure of the file, as discovery did: a field
+it uses only for its structure (``ak.num(events.Muon.pt)``, ``ak.fields``, ``ak.zeros_like``,
+``.type``), which reads no data of its own, and a branch touched only in a code path the sample
+never took are still there, the latter read when needed.
 
 Open trees are kept in a small per-process cache (checked against the file's size and mtime),
 because a pilot's worker reads many chunks of one file and parsing the metadata of a tree with a
@@ -53,19 +57,30 @@ OPEN_TREES = 4
 """Trees kept open per process: enough for a job's files, few enough to bound descriptors."""
 
 
-def read_chunk(chunk: Chunk, columns: Iterable[str] | None = None) -> ak.Array:
-    """The events of ``chunk``: only ``columns`` if given (eager), else every branch, lazily."""
+def read_chunk(
+    chunk: Chunk, columns: Iterable[str] | None = None, *, prefetch: Iterable[str] = ()
+) -> ak.Array:
+    """The events of ``chunk``: only ``columns`` if given (eager), else every branch, lazily,
+    those ``prefetch`` names read up front with one request.
+
+    Raises :class:`DataError` for a file, tree or entry range that cannot be read, and for a
+    column or prefetched name that is no branch, collection or field path of the tree."""
     opened = _open_tree(chunk)
     if columns is None:
-        return LazyReader(opened.tree, chunk).events(opened.layout)
+        reader = LazyReader(opened.tree, chunk)
+        reader.prefetch(select(opened.layout, prefetch, chunk).branch_names())
+        return reader.events(opened.layout)
     return _read_eager(opened.tree, chunk, select(opened.layout, columns, chunk))
 
 
 def discover_columns(
     process: Callable[[ak.Array], Any], chunk: Chunk, max_entries: int = 1000
 ) -> list[str]:
-    """Branches that ``process`` reads, found by running it on the first ``max_entries`` entries
-    of ``chunk`` through a lazy array; in tree order, ready for ``read_chunk(columns=...)``.
+    """Branches whose data ``process`` reads, found by running it on the first ``max_entries``
+    entries of ``chunk`` through a lazy array; in tree order, ready for
+    ``read_chunk(chunk, prefetch=...)``. A field used only for its structure is not among them
+    (``ak.num(events.Muon.pt)`` reads ``nMuon`` alone): with ``read_chunk(chunk, columns=...)``
+    the processor would not find it.
 
     An exception from ``process`` propagates (with a note saying where it ran): a processor that
     fails on a sample would fail in every job, and it is cheaper to learn it here.
@@ -76,7 +91,7 @@ def discover_columns(
     reader = LazyReader(opened.tree, sample)
     events = reader.events(opened.layout)
     try:
-        _materialize(process(events))  # lazy arrays in the result still owe their reads
+        materialize(process(events))  # lazy arrays in the result still owe their reads
     except Exception as exc:
         exc.add_note(f"while discovering columns on {sample.key}; pass columns= to skip this")
         raise
@@ -157,15 +172,17 @@ def _check_range(tree: Any, chunk: Chunk) -> None:
         )
 
 
-def _materialize(result: Any) -> None:
+def materialize(result: Any) -> None:
+    """Read now what lazy awkward arrays in a processor's ``result`` (alone, or in dicts,
+    lists and tuples) still owe, so a read error is raised here, not when it is pickled."""
     if isinstance(result, ak.Array | ak.Record):
         ak.materialize(result)
     elif isinstance(result, dict):
         for value in result.values():
-            _materialize(value)
+            materialize(value)
     elif isinstance(result, list | tuple):
         for value in result:
-            _materialize(value)
+            materialize(value)
 
 
 def _read_eager(tree: Any, chunk: Chunk, layout: Layout) -> ak.Array:

@@ -5,6 +5,11 @@ buffer of the array is a function that reads its branch for the chunk's entry ra
 cuts it into awkward buffers. Operations materialize only the buffers they touch, so a processor
 reads exactly the branches it uses; :attr:`LazyReader.touched` records them, which is how
 column discovery works.
+
+The structure (every field, its type) comes from the tree's metadata, so a field used only for
+its structure is there without being read: ``ak.num(events.Muon.pt)`` reads the counter
+``nMuon`` alone, ``ak.fields(events.Muon)`` and ``events.Muon.pt.type`` read nothing.
+:meth:`LazyReader.prefetch` reads branches known to be needed up front, in one request.
 """
 
 from __future__ import annotations
@@ -61,6 +66,22 @@ class LazyReader:
         container[f"{offsets_key}-offsets"] = lambda: self._offsets(coll)
         record = ak.forms.RecordForm(contents, list(coll.members))
         return ak.forms.ListOffsetForm("i64", record, form_key=offsets_key)
+
+    def prefetch(self, branches: list[str]) -> None:
+        """Read ``branches`` now, with one request for all of them (cheaper than one per
+        branch, on remote files above all); the array then takes them from here.
+
+        Raises :class:`DataError` (file, tree, entry range, reason) when one cannot be read."""
+        wanted = [b for b in branches if b not in self._arrays]
+        if not wanted:
+            return
+        c = self.chunk
+        try:
+            arrays = self.tree.arrays(wanted, entry_start=c.start, entry_stop=c.stop, how=dict)
+        except Exception as exc:
+            raise self._error(f"cannot read: {describe(exc)}") from exc
+        self._arrays.update(arrays)
+        self.touched.update(wanted)
 
     def _error(self, reason: str) -> DataError:
         c = self.chunk

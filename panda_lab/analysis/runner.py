@@ -1,9 +1,11 @@
 """What an analysis job runs on the pilot: read its chunks, call the processor, measure.
 
 The processor is a plain function ``process(events)`` or an object with ``process`` (and
-optionally ``postprocess``, applied once to the merged result).  The branches it reads
-are found once per worker (``discover_columns`` on a few entries) unless ``columns`` is
-given; after that every chunk is read eagerly with only those branches.
+optionally ``postprocess``, applied once to the merged result).  Given ``columns``, every
+chunk is read eagerly with only those branches.  Otherwise the branches it reads are found
+once per worker (``discover_columns`` on a few entries); every chunk then reads them up
+front and keeps the rest of the file lazy, so whatever else the processor touches (a field
+used only for its structure, a code path the first entries never took) is still there.
 
 A missing or corrupt input is a :class:`DataError`: the job tries the file's other
 replicas first, and the error's category (``input``) lets the retry rules send the job
@@ -22,7 +24,7 @@ from typing import Any
 from panda_lab.analysis.accumulate import MergeError, merge
 from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
-from panda_lab.analysis.events import discover_columns, read_chunk
+from panda_lab.analysis.events import discover_columns, materialize, read_chunk
 
 #: Columns discovered per processor: ``id -> (processor, columns)``.  Holding the
 #: processor keeps its id from being reused by another object while cached.
@@ -69,7 +71,8 @@ def _open_any(
                     hit = _COLUMNS[id(processor)] = (processor, discover_columns(process, c))
                     while len(_COLUMNS) > 16:
                         _COLUMNS.pop(next(iter(_COLUMNS)))
-                columns = hit[1]
+                t0 = time.perf_counter()
+                return read_chunk(c, prefetch=hit[1]), c, t0
             t0 = time.perf_counter()
             return read_chunk(c, columns), c, t0
         except DataError as exc:
@@ -91,8 +94,10 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
     keys = []
     for i, chunk in enumerate(chunk_dicts):
         arrays, c, t0 = _open_any(chunk, columns, processor, process)
+        part = process(arrays)
+        materialize(part)  # what it owes a lazy array is read here, in the job's time
         try:
-            out = merge(out, process(arrays))
+            out = merge(out, part)
         except MergeError as exc:  # say which input, as the server does for whole jobs
             raise MergeError(exc.path, exc.reason, chunks=[chunk],
                              merged_chunks=chunk_dicts[:i]) from None

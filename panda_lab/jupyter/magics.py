@@ -16,6 +16,13 @@ at shows as a marker line, ``[... N lines (M characters) not shown; full output:
 `panda-lab output JOB` or lab.job_output(JOB)]``, never as a line cut without a word.
 The full output is kept up to ``--output-limit`` characters per stream (see
 :mod:`panda_lab.output`).
+
+Which names travel (:mod:`panda_lab.jupyter.cells`): the notebook variables the cell
+reads go to the job, whatever they look like (``_k``, ``__x``, a rebound ``sum``), and the
+names it binds come back; a name it deletes (by every job) is deleted from the notebook.
+IPython's own names (``_``, ``__``, ``___``, ``_i``, ``_ii``, ``_iii``, ``_iN``, ``_N``,
+``_ih``, ``_oh``, ``_dh``, ``In``, ``Out``, and ``get_ipython``, ``exit``, ``quit``,
+``open`` unless rebound) go neither way.
 """
 
 from __future__ import annotations
@@ -114,8 +121,9 @@ class CellFollower:
 
 
 def bring_back(lab: Lab, task: int, info: dict, namespace: dict[str, Any]) -> list[str]:
-    """Put the names a finished cell task bound into ``namespace``; raise the remote
-    exception of a failed one.  Returns the names set."""
+    """Put the names a finished cell task bound into ``namespace`` and take out those it
+    deleted (with ``--parallel``: deleted by every job); raise the remote exception of a
+    failed one.  Returns the names set."""
     if info["state"] != "done":
         failures = lab.failures(task)
         if not failures:
@@ -137,7 +145,10 @@ def bring_back(lab: Lab, task: int, info: dict, namespace: dict[str, Any]) -> li
     else:
         names = list(dict.fromkeys(n for i in sorted(results) for n in results[i]["values"]))
         values = {n: [results[i]["values"].get(n) for i in range(count)] for n in names}
+    deleted = set.intersection(*(set(r.get("deleted", ())) for r in results.values()))
     namespace.update(values)
+    for name in deleted.difference(values):
+        namespace.pop(name, None)
     for name, why in unsent.items():
         print(f"panda: {name} stayed on the pilot (it cannot be pickled: {why})",
               file=sys.stderr)
@@ -163,7 +174,7 @@ class PandaMagics(Magics):
         ns = self.shell.user_ns
         try:
             names = bound_names(cell)
-            variables = capture(cell, ns)
+            variables = capture(cell, ns, self.shell.user_ns_hidden)
             chunks: list[dict | None] = [None] * args.parallel
             if args.over:
                 if args.over not in ns:

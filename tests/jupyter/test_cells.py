@@ -39,7 +39,9 @@ def test_bound_names_come_in_source_order():
 
 def test_capture_ships_only_what_is_read_and_names_what_cannot_travel():
     ns = {"data": 2, "k": 3, "unused": object(), "_hidden": 1, "In": [], "offset": 1}
-    assert capture("y = data * k + _hidden\nprint(In)\n", ns) == {"data": 2, "k": 3}
+    # a user's leading underscore travels; IPython's In does not
+    assert capture("y = data * k + _hidden\nprint(In)\n", ns) == {"data": 2, "k": 3,
+                                                                 "_hidden": 1}
     ns["lock"] = threading.Lock()
     with pytest.raises(CellError, match="reads 'lock'"):
         capture("with lock:\n    pass\n", ns)
