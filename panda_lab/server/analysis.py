@@ -351,9 +351,10 @@ class AnalysisService:
         scouting = state == TaskState.SCOUTING
         task_id, _ids, changes = self.store.create_task(
             name, job_specs(first), owner=owner, site=site, options=options, common=common,
-            open_=True, state=state, job_chunks=first)
+            # a dataset without files has no job and nothing to merge: it ends at once
+            open_=bool(first), state=state, job_chunks=first)
         self.tasks[task_id] = {"rule": rule, "files": files, "scouting": scouting,
-                               "ended": False}
+                               "ended": not first}
         return task_id, changes
 
     # ---- every change goes through here ------------------------------------------------
