@@ -23,7 +23,8 @@ from typing import Any
 import cloudpickle
 
 from panda_lab.output import Capture
-from panda_lab.remote_errors import cut, dumps_exception, safe_str, type_name
+from panda_lab.remote_errors import dumps_exception, safe_str, type_name
+from panda_lab.text import MESSAGE_LIMIT, TRACEBACK_LIMIT, clip
 
 #: Results up to this size travel inline (in reports, the database and the event
 #: stream); larger ones go to the result store, with only a reference kept.
@@ -82,11 +83,6 @@ class Outcome:
     ended_at: float
 
 
-#: Characters of a failed job's message and traceback sent to the server (its API takes
-#: up to 100,000 and 1,000,000: a longer one would have the whole report refused).
-MESSAGE_LIMIT = 10_000
-TRACEBACK_LIMIT = 200_000
-
 
 def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
     """The report of a job's exception: its message, traceback text and the bytes that
@@ -98,8 +94,8 @@ def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
     except Exception as why:  # a broken __notes__, a traceback module corner
         tb = f"{type_name(type(exc))}: {safe_str(exc)}\n(no traceback: {type(why).__name__})"
     err = {"category": category, "type": type(exc).__qualname__,
-           "message": cut(f"{prefix}{type(exc).__name__}: {safe_str(exc)}", MESSAGE_LIMIT),
-           "traceback": cut(tb, TRACEBACK_LIMIT)}
+           "message": clip(f"{prefix}{type(exc).__name__}: {safe_str(exc)}", MESSAGE_LIMIT),
+           "traceback": clip(tb, TRACEBACK_LIMIT)}
     try:
         err["exception"] = dumps_exception(exc)
     except Exception:  # the message and traceback still tell what happened

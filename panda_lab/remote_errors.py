@@ -36,6 +36,8 @@ from typing import Any
 
 import cloudpickle
 
+from panda_lab.text import clip
+
 #: Marks the record this module writes; anything else is a pickled exception as a
 #: pilot of an older version sent it.
 FORMAT = "panda-lab.exception/1"
@@ -58,17 +60,7 @@ def safe_str(exc: BaseException, limit: int | None = None) -> str:
         text = str(exc)
     except Exception as err:
         text = f"<str() failed: {type(err).__name__}>"
-    return cut(text, limit) if limit is not None else text
-
-
-def cut(text: str, limit: int) -> str:
-    """``text`` itself if it has at most ``limit`` characters, else its head and tail
-    around a marker that says how many characters were dropped."""
-    if len(text) <= limit:
-        return text
-    keep = max(limit - 60, 2)
-    head, tail = text[:keep // 2], text[len(text) - (keep - keep // 2):]
-    return f"{head}\n[... {len(text) - len(head) - len(tail)} characters cut ...]\n{tail}"
+    return clip(text, limit) if limit is not None else text
 
 
 def type_name(cls: type) -> str:
@@ -217,7 +209,7 @@ class _Encoder:
             rec["lost"].append(f"{what} ({kind}) was not sent back: {why}")
             return None
         try:
-            text = cut(repr(value), 200)
+            text = clip(repr(value), 200)
         except Exception:
             text = f"<{kind}>"
         rec["lost"].append(f"{what} ({kind}) came back as its repr: {why}")
