@@ -29,6 +29,7 @@ why: :func:`loads_exception`'s ``substitute``.
 
 from __future__ import annotations
 
+import io
 import pickle
 import types
 from collections.abc import Callable
@@ -75,10 +76,26 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {safe_str(err, 300)}"
 
 
+def _own_dumps(value: Any) -> bytes:
+    """``cloudpickle.dumps`` with the exceptions' own pickling, whatever reducers a library
+    registered for exception classes process-wide (``tblib.pickling_support.install``, which
+    importing ``distributed`` runs, replaces every exception's reduction; its records would
+    lose ``SystemExit.code`` and the attributes this module keeps by parts)."""
+    table = {k: v for k, v in cloudpickle.Pickler.dispatch_table.items()
+             if not (isinstance(k, type) and issubclass(k, BaseException))}
+
+    class _Pickler(cloudpickle.Pickler):
+        dispatch_table = table
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.DEFAULT_PROTOCOL).dump(value)
+    return buf.getvalue()
+
+
 def _dumps_checked(value: Any) -> tuple[bytes, Any]:
     """``value`` pickled, under :data:`VALUE_LIMIT`, and what unpickling it here gives
     (a client with the same environment gets the same); raises what went wrong."""
-    data = cloudpickle.dumps(value)
+    data = _own_dumps(value)
     if len(data) > VALUE_LIMIT:
         raise ValueError(f"too large to send back ({len(data)} bytes pickled, "
                          f"limit {VALUE_LIMIT})")
