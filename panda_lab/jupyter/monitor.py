@@ -25,6 +25,7 @@ from panda_lab.jupyter.snapshot import (
     take,
     text,
 )
+from panda_lab.model import TASK_FINAL, TASK_RETRYABLE
 from panda_lab.text import strip_ansi
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -183,10 +184,10 @@ class TaskMonitor(_Watched, w.VBox):
         self.errors.value = errors_html(snap)
         if snap.analysis:
             self._show_histogram(snap)
-        final = snap.state in ("done", "finished", "failed", "aborted")
+        final = snap.state in TASK_FINAL
         self.kill_button.disabled = final
-        # pbook's rule: an aborted task stays aborted; the others retry their failed jobs
-        self.retry_button.disabled = snap.state not in ("finished", "failed", "running") \
+        # pbook's rule, the store's: an aborted task stays aborted; the others retry
+        self.retry_button.disabled = snap.state not in TASK_RETRYABLE \
             or not snap.by_state.get("failed")
 
     def _show_histogram(self, snap: TaskSnapshot) -> None:

@@ -1,36 +1,60 @@
-"""States, transitions and retry rules: the rules of the system, kept as data."""
+"""The rules of the system, kept as data and pure functions: states and their named
+sets, transitions, retry rules and task leases.  Nothing here imports the store, the
+server or the client."""
 
 from panda_lab.model.retry import Action, ErrorCategory, RetryRule, decide
 from panda_lab.model.states import (
+    JOB_ACTIVE,
     JOB_FINAL,
     JOB_ON_PILOT,
+    JOB_ORDER,
+    JOB_QUEUED,
+    JOB_RETRYABLE,
     JOB_TRANSITIONS,
+    JOB_UNSUCCESSFUL,
     JOB_WAITING,
+    PILOT_FINAL,
+    TASK_ACTIVE,
     TASK_FINAL,
+    TASK_RETRYABLE,
     TASK_TRANSITIONS,
     JobState,
+    PilotState,
+    SiteState,
     TaskState,
     TransitionError,
     can_job,
     can_task,
     job_path,
+    vocabulary,
 )
 
 __all__ = [
+    "JOB_ACTIVE",
     "JOB_FINAL",
     "JOB_ON_PILOT",
+    "JOB_ORDER",
+    "JOB_QUEUED",
+    "JOB_RETRYABLE",
     "JOB_TRANSITIONS",
+    "JOB_UNSUCCESSFUL",
     "JOB_WAITING",
+    "PILOT_FINAL",
+    "TASK_ACTIVE",
     "TASK_FINAL",
+    "TASK_RETRYABLE",
     "TASK_TRANSITIONS",
     "Action",
     "ErrorCategory",
     "JobState",
+    "PilotState",
     "RetryRule",
+    "SiteState",
     "TaskState",
     "TransitionError",
     "can_job",
     "can_task",
     "decide",
     "job_path",
+    "vocabulary",
 ]

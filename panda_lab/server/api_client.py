@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from panda_lab import __version__
-from panda_lab.model import TASK_FINAL, TaskState
+from panda_lab.model import TASK_FINAL, TaskState, vocabulary
 from panda_lab.server.app import Server
 from panda_lab.server.events import encode
 from panda_lab.server.schemas import JobIds, JobIndices, JobsAdd, TaskSubmit
@@ -38,6 +38,14 @@ async def info(request: Request) -> dict:
     return {"version": __version__, "time": time.time(), "database": s.store.engine.dialect.name,
             "sites": [c.name for c in s.config.sites],
             "heartbeat_timeout": s.config.heartbeat_timeout, "task_lease": s.config.task_lease}
+
+
+@router.get("/states")
+async def states(request: Request) -> dict:
+    """The vocabulary of states and named sets (``panda_lab.model.states.vocabulary``), so
+    that clients in other languages (the JupyterLab panel) never retype it."""
+    _server(request)
+    return vocabulary()
 
 
 @router.get("/sites")

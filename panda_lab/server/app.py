@@ -89,6 +89,20 @@ class Server:
         for a remote database with slow round trips) changes nothing for callers."""
         return fn(*args, **kwargs)
 
+    def db_from_thread(self, fn: Callable, *args: Any, timeout: float | None = None,
+                       **kwargs: Any) -> Any:
+        """Run a store call from another thread (the merger's, a provisioner's): the call
+        is handed to the event loop, which owns the store, and this thread waits for it.
+        Returns what ``fn`` returns and raises what it raises; raises ``RuntimeError``
+        when the loop is not running (the server is stopping), ``TimeoutError`` after
+        ``timeout`` seconds.  Never call it on the loop's own thread: it would wait for
+        itself."""
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            raise RuntimeError("the server's event loop is not running")
+        return asyncio.run_coroutine_threadsafe(self.db(fn, *args, **kwargs),
+                                                loop).result(timeout)
+
     # -- wake-ups -------------------------------------------------------------------
     def site_event(self, site: str) -> asyncio.Event:
         ev = self._site_wake.get(site)

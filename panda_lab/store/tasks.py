@@ -6,7 +6,16 @@ import base64
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
-from panda_lab.model import JOB_FINAL, JOB_ON_PILOT, TASK_FINAL, JobState, TaskState, can_task
+from panda_lab.model import (
+    JOB_FINAL,
+    JOB_ON_PILOT,
+    JOB_RETRYABLE,
+    TASK_FINAL,
+    TASK_RETRYABLE,
+    JobState,
+    TaskState,
+    can_task,
+)
 from panda_lab.model.lease import CLIENT_GONE, ended_message
 from panda_lab.server.brokerage import Request
 from panda_lab.store.base import Changes, JobChange, StoreBase, dumps, loads, now
@@ -444,13 +453,13 @@ class TaskStore:
         changes = Changes()
         with self.tx() as conn:
             task = self._task_row(conn, task_id, lock=True)
-            if TaskState(task.state) not in (T.FINISHED, T.FAILED, T.RUNNING, T.READY):
+            if TaskState(task.state) not in TASK_RETRYABLE:
                 raise TaskStateError(
-                    f"task {task_id} is {task.state}: only finished, failed or running tasks "
-                    "can be retried")
+                    f"task {task_id} is {task.state}: only ready, running, finished or failed "
+                    "tasks can be retried")
             latest = conn.execute(
                 select(jobs).where(jobs.c.id.in_(self._latest_attempts(conn, task_id)),
-                                   jobs.c.state.in_([str(J.FAILED), str(J.CANCELLED)]),
+                                   jobs.c.state.in_([str(s) for s in JOB_RETRYABLE]),
                                    or_(jobs.c.error_message.is_(None),
                                        jobs.c.error_message != CANCELLED_BY_CLIENT))
             ).all()
