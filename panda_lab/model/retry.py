@@ -4,12 +4,18 @@ PanDA classifies every failure and lets rules, not code paths, decide what happe
 next.  A rule matches on the error category and an optional regular expression on
 the message; the first matching rule wins.  ``attempts`` bounds how many attempts
 a logical job may have in total under that rule.
+
+:func:`next_attempt` is the whole of what the store decides when an attempt ends
+without a result (PanDA/JEDI's retry module): whether a new attempt is made, its
+number and attempt limit, the sites it may go to and the site it should avoid.  It
+takes plain values and returns a decision; the store reads the values and writes the
+decision, in one transaction.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -83,3 +89,80 @@ def decide(
                 return Decision(Action.FAIL, False, f"attempt {attempt} of {limit}: no retry left")
             return Decision(Action.RETRY, rule.other_site, f"attempt {attempt} of {limit}: retry")
     return Decision(Action.FAIL, False, f"no retry rule for category {category!r}")
+
+
+class Cause(StrEnum):
+    """Why a logical job gets another attempt."""
+
+    FAILED = "failed"          #: its attempt failed (a pilot's report, the watchdog)
+    USER_RETRY = "user retry"  #: the user's ``retry`` of the task (pbook's verb)
+    REBROKER = "rebroker"      #: its site went offline before a pilot took it
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the next attempt is decided from: the last attempt of a logical job.
+
+    ``sites`` the sites the job accepts (kept with its brokerage decision, else the
+    task's), ``near`` the storage endpoints of its input, ``site`` where it went."""
+
+    attempt: int
+    max_attempts: int
+    site: str | None
+    sites: tuple[str, ...]
+    near: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class NextAttempt:
+    """A new attempt to broker: its number (``attempt``, 1-based), its limit, the sites it
+    accepts, the sites brokerage should avoid if it can, and why it is made."""
+
+    attempt: int
+    max_attempts: int
+    sites: tuple[str, ...]
+    avoid: frozenset[str]
+    near: frozenset[str]
+    reason: str
+
+
+def accepted_sites(kept: list[str] | tuple[str, ...] | None,
+                   task_sites: tuple[str, ...]) -> tuple[str, ...]:
+    """The sites a new attempt may go to: those kept with the job's last brokerage
+    decision (a job may name its own), else the task's."""
+    return tuple(kept or task_sites)
+
+
+def next_attempt(
+    prev: Previous,
+    cause: Cause,
+    *,
+    category: str | None = None,
+    message: str | None = None,
+    task_aborted: bool = False,
+    rules: tuple[RetryRule, ...] = DEFAULT_RULES,
+) -> NextAttempt | None:
+    """The next attempt of a logical job, or ``None`` when there is none.
+
+    - ``FAILED``: :func:`decide` on the error (``category`` None counts as ``system``);
+      a retry avoids the failed site when its rule says so; none for an aborted task.
+    - ``USER_RETRY``: always one more, anywhere it accepts; the limit grows to let it be.
+    - ``REBROKER``: always, away from the offline site; the limit grows by one, since
+      losing the site was not the job's fault.
+    """
+    number = prev.attempt + 1
+    if cause is Cause.FAILED:
+        if task_aborted:
+            return None
+        d = decide(category or ErrorCategory.SYSTEM, message or "", prev.attempt,
+                   prev.max_attempts, rules)
+        if d.action is not Action.RETRY:
+            return None
+        avoid = frozenset({prev.site}) if d.other_site and prev.site else frozenset()
+        return NextAttempt(number, prev.max_attempts, prev.sites, avoid, prev.near, d.reason)
+    if cause is Cause.USER_RETRY:
+        return NextAttempt(number, max(prev.max_attempts, number), prev.sites, frozenset(),
+                           prev.near, "retried by user")
+    avoid = frozenset({prev.site}) if prev.site else frozenset()
+    return NextAttempt(number, prev.max_attempts + 1, prev.sites, avoid, prev.near,
+                       "site offline: handed back to brokerage")

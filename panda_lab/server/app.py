@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from panda_lab import __version__
-from panda_lab.server.brokerage import BrokerageError
+from panda_lab.model.brokerage import BrokerageError
 from panda_lab.server.config import ServerConfig
 from panda_lab.server.events import EventBus
 from panda_lab.store import (

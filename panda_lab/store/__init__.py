@@ -1,25 +1,41 @@
-"""The database layer: SQLAlchemy Core on SQLite (default) or PostgreSQL."""
+"""The database layer: SQLAlchemy Core on SQLite (default) or PostgreSQL.
 
-from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange
-from panda_lab.store.datasets import DatasetExists, DatasetNotFound, DatasetStore, ReportStore
-from panda_lab.store.jobs import JobStore
-from panda_lab.store.leases import LeaseStore
-from panda_lab.store.pilots import PilotStore, UnknownPilot, UnknownSite
-from panda_lab.store.sites import SiteStore
-from panda_lab.store.tasks import TaskNotFound, TaskStateError, TaskStore
+Layers, bottom to top: :mod:`~panda_lab.store.schema` (the tables),
+:mod:`~panda_lab.store.rows` (row-level repositories: functions over a connection,
+no transaction), then the verbs, each one transaction: :mod:`~panda_lab.store.reads`,
+:mod:`~panda_lab.store.admin` and :mod:`~panda_lab.store.workflow` (a job's path).
+The policies they apply are the model's (brokerage, retry rules, states, leases).
+"""
+
+from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange, StoreThreadError
+from panda_lab.store.errors import (
+    DatasetExists,
+    DatasetNotFound,
+    TaskNotFound,
+    TaskStateError,
+    UnknownPilot,
+    UnknownSite,
+)
+from panda_lab.store.rows.jobs import CANCELLED_BY_CLIENT
+from panda_lab.store.workflow import Workflow
 
 
-class Store(TaskStore, LeaseStore, JobStore, PilotStore, SiteStore, DatasetStore, ReportStore):
-    """All of the store: tasks, jobs, pilots, sites and datasets over one engine."""
+class Store(Workflow):
+    """All of the store over one engine: ``Store(url, result_dir, broker=None)``.
+
+    Owned by one thread once bound (``bind_to_current_thread``; the server binds it on
+    its event loop): see :mod:`panda_lab.store.base` for the thread rule."""
 
 
 __all__ = [
+    "CANCELLED_BY_CLIENT",
     "INLINE_LIMIT",
     "Changes",
     "DatasetExists",
     "DatasetNotFound",
     "JobChange",
     "Store",
+    "StoreThreadError",
     "TaskNotFound",
     "TaskStateError",
     "UnknownPilot",

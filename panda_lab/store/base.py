@@ -1,38 +1,47 @@
-"""Engine set-up and the pieces every part of the store shares.
+"""The engine, the one transaction helper with its thread rule, and what every part of
+the store shares (times, JSON, the changes an operation announces).
 
-The server calls the store from one thread, so SQLite sees a single writer and
-never reports "database is locked"; on PostgreSQL the dispatch uses row locks
-(``FOR UPDATE SKIP LOCKED``) so several server processes would stay correct too.
+The thread rule.  A store bound to a thread (:meth:`Database.bind_to_current_thread`)
+opens transactions on that thread only: the server binds its store on its event loop
+at startup, so the database work is serialised (SQLite sees a single writer and never
+reports "database is locked") and another thread (the analysis merger, a provisioner)
+must hand its calls to the loop with ``Server.db_from_thread``.  A store nobody bound
+(a script, a test, one of several processes sharing a PostgreSQL database) serves the
+thread that calls it; on PostgreSQL dispatch uses row locks (``FOR UPDATE SKIP
+LOCKED``), so several server processes stay correct too.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from sqlalchemy import Connection, create_engine, event, insert, inspect, select, text
+from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 
-from panda_lab.model import JobState
+from panda_lab.model.brokerage import Choice, Request, SiteLoad, choose
 from panda_lab.payload import INLINE_LIMIT  # noqa: F401 - the store's rule too
-from panda_lab.server.brokerage import Choice, Request, SiteLoad
-from panda_lab.store.schema import SCHEMA_VERSION, job_status, meta, metadata
+from panda_lab.store.schema import SCHEMA_VERSION, metadata
 
 
 def now() -> float:
+    """Seconds since the epoch: the store's clock (its times are float columns)."""
     return time.time()
 
 
 def dumps(obj: object) -> str:
+    """Compact JSON for a text column."""
     return json.dumps(obj, separators=(",", ":"), default=str)
 
 
 def loads(text: str | None) -> dict:
+    """The dict in a JSON text column; ``{}`` for NULL or empty."""
     return json.loads(text) if text else {}
 
 
@@ -74,13 +83,22 @@ class Changes:
         self.activated_sites |= other.activated_sites
 
 
-class Broker:
-    """What the store needs from brokerage: place requests given the site loads."""
+class Broker(Protocol):
+    """What the store needs from brokerage: place requests given the site loads
+    (:func:`panda_lab.model.brokerage.choose`'s shape; a test may seed its own)."""
+
+    def choose(self, requests: list[Request], loads: list[SiteLoad]) -> list[Choice]: ...
+
+
+class DefaultBroker:
+    """The model's brokerage with a fresh random generator."""
 
     def choose(self, requests: list[Request], loads: list[SiteLoad]) -> list[Choice]:
-        from panda_lab.server.brokerage import choose
-
         return choose(requests, loads)
+
+
+class StoreThreadError(RuntimeError):
+    """A store transaction was opened on a thread that does not own the store."""
 
 
 def make_engine(url: str) -> Engine:
@@ -129,50 +147,55 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
-class StoreBase:
+class Database:
+    """The engine, the result directory, the broker, and :meth:`tx`: every transaction
+    of the store is one ``with self.tx() as conn:`` block."""
+
     def __init__(self, url: str, result_dir: str | Path, broker: Broker | None = None) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.result_dir = Path(result_dir)
         self.result_dir.mkdir(parents=True, exist_ok=True)
-        self.broker = broker or Broker()
+        self.broker: Broker = broker or DefaultBroker()
+        self._owner: threading.Thread | None = None
         metadata.create_all(self.engine)
         add_missing_columns(self.engine)
+        from panda_lab.store.rows import meta
+
         with self.tx() as conn:
-            self._meta_default(conn, "schema_version", str(SCHEMA_VERSION))
+            meta.get_or_set(conn, "schema_version", str(SCHEMA_VERSION))
+
+    # -- the thread rule -------------------------------------------------------------
+    def bind_to_current_thread(self) -> None:
+        """Make the calling thread the store's owner: from now on :meth:`tx` raises
+        :class:`StoreThreadError` on any other thread.  The server calls it on its event
+        loop at startup (``create_app``'s lifespan)."""
+        self._owner = threading.current_thread()
+
+    @property
+    def owner(self) -> threading.Thread | None:
+        """The thread that owns the store, or ``None`` when no thread was bound."""
+        return self._owner
+
+    def _check_thread(self) -> None:
+        owner = self._owner
+        if owner is None:
+            return
+        here = threading.current_thread()
+        if here is not owner:
+            raise StoreThreadError(
+                f"store transaction opened on thread {here.name!r} (id {here.ident}), but "
+                f"the store belongs to thread {owner.name!r} (id {owner.ident}), the server's "
+                "event loop: from another thread, call the store through "
+                "Server.db_from_thread(fn, *args)")
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+        Raises :class:`StoreThreadError` on a thread other than the store's owner."""
+        self._check_thread()
         with self.engine.begin() as conn:
             yield conn
 
     def close(self) -> None:
         self.engine.dispose()
-
-    # -- meta ---------------------------------------------------------------------
-    def _meta_default(self, conn: Connection, key: str, value: str) -> str:
-        row = conn.execute(select(meta.c.value).where(meta.c.key == key)).first()
-        if row is not None:
-            return row[0]
-        conn.execute(insert(meta).values(key=key, value=value))
-        return value
-
-    def tokens(self) -> tuple[str, str]:
-        """The user and pilot tokens, made once and kept with the data they protect."""
-        with self.tx() as conn:
-            user = self._meta_default(conn, "user_token", secrets.token_urlsafe(24))
-            pilot = self._meta_default(conn, "pilot_token", secrets.token_urlsafe(24))
-        return user, pilot
-
-    # -- history ------------------------------------------------------------------
-    @staticmethod
-    def _history(
-        conn: Connection, rows: Iterable[tuple[int, Iterable[JobState | str], float, str]]
-    ) -> None:
-        batch = [
-            {"job_id": jid, "state": str(st), "time": t, "info": info}
-            for jid, states, t, info in rows
-            for st in states
-        ]
-        if batch:
-            conn.execute(insert(job_status), batch)

@@ -53,9 +53,8 @@ from harness import ServerProcess, wait_for
 from sqlalchemy import select
 
 from panda_lab.http import ServerUnreachable
-from panda_lab.store import Store
+from panda_lab.store import CANCELLED_BY_CLIENT, Store
 from panda_lab.store.schema import job_status, jobs
-from panda_lab.store.tasks import CANCELLED_BY_CLIENT
 
 
 def touch(path, delay=0.0):

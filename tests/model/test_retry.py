@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from panda_lab.model import Action, ErrorCategory, RetryRule, decide
+from panda_lab.model.brokerage import choose
 from panda_lab.model.retry import DEFAULT_RULES
-from panda_lab.server.brokerage import choose
 from panda_lab.store import Store
 
 C = ErrorCategory

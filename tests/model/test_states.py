@@ -35,8 +35,8 @@ from panda_lab.model import (
     can_task,
     job_path,
 )
+from panda_lab.model.brokerage import choose
 from panda_lab.model.states import TASK_IMMUTABLE
-from panda_lab.server.brokerage import choose
 from panda_lab.store import Store, TaskStateError
 from panda_lab.store.schema import job_status, jobs, results, tasks
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy import text as text_
 
-from panda_lab.server.brokerage import BrokerageError, choose
+from panda_lab.model.brokerage import BrokerageError, choose
 from panda_lab.store import INLINE_LIMIT, Store, TaskNotFound, TaskStateError
 from panda_lab.store.schema import job_status, jobs, results
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from panda_lab.server.brokerage import DATA_NEAR, Request, SiteLoad, choose
+from panda_lab.model.brokerage import DATA_NEAR, Request, SiteLoad, choose
 
 
 def sites() -> list[SiteLoad]:

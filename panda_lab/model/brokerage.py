@@ -1,7 +1,14 @@
 """Brokerage: choose a site for each job.  Filter, then weight, then a weighted random pick.
 
-Every decision is kept on the job (``broker_info``) so a user can see why a job went
-where it went.  The module is pure: it sees site loads and requests, never the database.
+PanDA's brokerage rule: drop the sites that cannot take the job (offline, not in the
+job's list), weigh the rest by their free capacity (more where the job's input data is
+stored), pick at random by weight.  Every decision is kept on the job (``broker_info``)
+so a user can see why a job went where it went.
+
+The module is pure: it takes a snapshot (the requests, and the site loads the store
+read in the same transaction) and returns the decisions with their explanation; it
+never sees the database.  The store calls it inside the transaction that inserts the
+attempts it places; the simulator may call the same function.
 """
 
 from __future__ import annotations
@@ -9,7 +16,20 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from panda_lab.model.states import SiteState
+
+#: The site name that lets brokerage choose among every site.
 ANY = "ANY"
+
+
+def sites_of(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The sites a job or task accepts, from what a user gave: ``None``, ``""`` or an
+    empty list mean any site (``("ANY",)``); a string is a comma-separated list."""
+    if value is None or value == "":
+        return (ANY,)
+    if isinstance(value, str):
+        return tuple(s.strip() for s in value.split(",") if s.strip()) or (ANY,)
+    return tuple(value) or (ANY,)
 
 
 @dataclass
@@ -18,7 +38,7 @@ class SiteLoad:
 
     name: str
     kind: str
-    state: str            # "online" or "offline"
+    state: str            # a SiteState: "online" or "offline"
     capacity: int         # slots of live pilots, or the slots the site is configured for
     queued: int = 0       # assigned + activated jobs waiting there
     running: int = 0      # jobs on pilots there
@@ -46,6 +66,10 @@ DATA_NEAR = 9.0
 
 @dataclass
 class Choice:
+    """Where one request goes (``site``; never None from :func:`choose`) and why:
+    ``info`` is ``{"picked", "weights": {site: weight}, "rejected": {site: reason},
+    optional "near_data": [site], optional "note"}``, kept on the job as ``broker_info``."""
+
     site: str | None
     info: dict
 
@@ -66,8 +90,12 @@ def choose(
     loads: list[SiteLoad],
     rng: random.Random | None = None,
 ) -> list[Choice]:
-    """Place each request.  Loads are updated as jobs are placed, so a bulk submission
-    spreads over the sites instead of piling onto the one that looked emptiest."""
+    """Place each request: one :class:`Choice` per request, in order.
+
+    ``loads`` are updated as jobs are placed (``queued`` grows), so a bulk submission
+    spreads over the sites instead of piling onto the one that looked emptiest.  Raises
+    :class:`BrokerageError` for a request naming an unknown site, or when there is no
+    site at all."""
     rng = rng or random.Random()
     by_name = {s.name: s for s in loads}
     out: list[Choice] = []
@@ -82,8 +110,9 @@ def choose(
                 )
             if by_name[name] not in wanted:
                 wanted.append(by_name[name])
-        rejected = {s.name: f"offline: {s.reason}" for s in wanted if s.state != "online"}
-        ok = [s for s in wanted if s.state == "online"]
+        rejected = {s.name: f"offline: {s.reason}" for s in wanted
+                    if s.state != SiteState.ONLINE}
+        ok = [s for s in wanted if s.state == SiteState.ONLINE]
         if not ok:
             # Keep the job: it waits for a site of its list to come back.
             fallback = wanted[0].name if wanted else None

@@ -1,0 +1,29 @@
+"""What the store raises for a request it cannot serve; the server maps each to an
+HTTP status (``create_app``: 404, 409 or 400)."""
+
+from __future__ import annotations
+
+
+class TaskNotFound(LookupError):
+    """No task (or job) with that id or name."""
+
+
+class TaskStateError(ValueError):
+    """The task's state does not allow the command (kill a done task, add jobs to a
+    closed one, retry an aborted one, renew a lapsed lease)."""
+
+
+class UnknownPilot(LookupError):
+    """No pilot with that id."""
+
+
+class UnknownSite(LookupError):
+    """No site with that name."""
+
+
+class DatasetExists(ValueError):
+    """A dataset of that name is registered and ``replace`` was not given."""
+
+
+class DatasetNotFound(LookupError):
+    """No dataset of that name."""

@@ -1,0 +1,264 @@
+"""The store's reads: what the API, the monitor and the analysis service show.  Each is
+one transaction over the row repositories; none changes a row."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from panda_lab.model import JOB_ON_PILOT, JobState
+from panda_lab.store.base import Database, loads
+from panda_lab.store.errors import TaskNotFound
+from panda_lab.store.rows import datasets as dataset_rows
+from panda_lab.store.rows import jobs as job_rows
+from panda_lab.store.rows import pilots as pilot_rows
+from panda_lab.store.rows import results as result_rows
+from panda_lab.store.rows import sites as site_rows
+from panda_lab.store.rows import tasks as task_rows
+from panda_lab.store.schema import job_status, jobs
+
+J = JobState
+
+
+class Reads(Database):
+    """Read-only queries of the store."""
+
+    # ---- tasks ------------------------------------------------------------------------
+    def resolve_task(self, id_or_name: int | str) -> int:
+        """A task id from an id or a name (the newest task of that name).  Raises
+        ``TaskNotFound``."""
+        with self.tx() as conn:
+            if isinstance(id_or_name, int) or str(id_or_name).isdigit():
+                task_rows.task_row(conn, int(id_or_name))
+                return int(id_or_name)
+            return task_rows.task_by_name(conn, str(id_or_name))
+
+    def get_task(self, task_id: int) -> dict:
+        """A task: ``{"id", "name", "owner", "state", "site", "options", "open",
+        "lease_until", "n_jobs", "n_done", "attempts_by_state": {state: n}, "created_at",
+        "modified_at", "ended_at", "message", "jobs_by_site": {site: {state: n}}}``, the
+        last counting the newest attempt of each logical job.  Raises ``TaskNotFound``."""
+        with self.tx() as conn:
+            out = task_rows.task_dict(conn, task_rows.task_row(conn, task_id))
+            per_site: dict[str, dict[str, int]] = {}
+            for r in conn.execute(select(jobs.c.site, jobs.c.state)
+                                  .where(jobs.c.id.in_(job_rows.latest(task_id)))):
+                site = per_site.setdefault(r.site or "-", {})
+                site[r.state] = site.get(r.state, 0) + 1
+            out["jobs_by_site"] = per_site
+            return out
+
+    def list_tasks(self, limit: int = 100, state: str | None = None) -> list[dict]:
+        """The newest ``limit`` tasks (of ``state``), each as ``get_task`` shows it without
+        ``jobs_by_site`` but with ``"sites"``: the sites its jobs went to, sorted."""
+        with self.tx() as conn:
+            out = [task_rows.task_dict(conn, r) for r in task_rows.list_rows(conn, limit, state)]
+            used: dict[int, set[str]] = {}
+            if out:  # the sites each task's jobs went to, in one query for the whole list
+                for task_id, site in conn.execute(
+                        select(jobs.c.task_id, jobs.c.site).distinct()
+                        .where(jobs.c.task_id.in_([t["id"] for t in out]),
+                               jobs.c.site.is_not(None))):
+                    used.setdefault(task_id, set()).add(site)
+            for t in out:
+                t["sites"] = sorted(used.get(t["id"], ()))
+            return out
+
+    def tasks_of_kind(self, kind: str) -> list[dict]:
+        """``[{"id", "state", "options"}]`` of the tasks whose options say ``kind``."""
+        with self.tx() as conn:
+            return task_rows.of_kind(conn, kind)
+
+    def task_common(self, task_id: int) -> bytes | None:
+        """The payload part shared by a task's jobs, or None."""
+        with self.tx() as conn:
+            return task_rows.common(conn, task_id)
+
+    # ---- jobs -----------------------------------------------------------------------------
+    def list_jobs(self, task_id: int, all_attempts: bool = False,
+                  state: str | None = None) -> list[dict]:
+        """A task's jobs (the newest attempt of each, or every attempt), by index then
+        attempt, as ``get_job`` shows them without history.  Raises ``TaskNotFound``."""
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            q = select(*job_rows.NO_PAYLOAD).where(jobs.c.task_id == task_id)
+            if not all_attempts:
+                q = q.where(jobs.c.id.in_(job_rows.latest(task_id)))
+            if state:
+                q = q.where(jobs.c.state == state)
+            q = q.order_by(jobs.c.job_index, jobs.c.attempt)
+            return [job_rows.job_dict(r) for r in conn.execute(q)]
+
+    def get_job(self, job_id: int) -> dict:
+        """One attempt (its columns but the payload; ``error_exception`` base64,
+        ``broker_info`` a dict) with its status ``history`` ``[{"state", "time",
+        "info"}]`` and the ids of every ``attempts`` of its logical job.  Raises
+        ``TaskNotFound`` for an unknown job."""
+        with self.tx() as conn:
+            row = conn.execute(select(*job_rows.NO_PAYLOAD).where(jobs.c.id == job_id)).first()
+            if row is None:
+                raise TaskNotFound(f"no job with id {job_id}")
+            out = job_rows.job_dict(row)
+            out["history"] = [
+                {"state": h.state, "time": h.time, "info": h.info}
+                for h in conn.execute(select(job_status).where(job_status.c.job_id == job_id)
+                                      .order_by(job_status.c.id))]
+            out["attempts"] = [r[0] for r in conn.execute(
+                select(jobs.c.id).where(jobs.c.task_id == row.task_id,
+                                        jobs.c.job_index == row.job_index)
+                .order_by(jobs.c.attempt))]
+        return out
+
+    def failures(self, task_id: int) -> list[dict]:
+        """The final failed or cancelled attempt of each logical job that has none after
+        it, by index.  Raises ``TaskNotFound``."""
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            q = select(*job_rows.NO_PAYLOAD).where(
+                jobs.c.id.in_(job_rows.latest(task_id)),
+                jobs.c.state.in_([str(J.FAILED), str(J.CANCELLED)]))
+            return [job_rows.job_dict(r) for r in conn.execute(q.order_by(jobs.c.job_index))]
+
+    def on_pilot_jobs(self, task_id: int) -> list[int]:
+        """Ids of a task's attempts on pilots now."""
+        with self.tx() as conn:
+            return [r[0] for r in conn.execute(select(jobs.c.id).where(
+                jobs.c.task_id == task_id, jobs.c.state.in_([str(s) for s in JOB_ON_PILOT])))]
+
+    def lost_jobs(self, heartbeat_before: float, sent_before: float) -> list[dict]:
+        """Attempts on pilots whose heartbeat stopped, or stuck in ``sent`` too long:
+        ``[{"id", "pilot", "why"}]``."""
+        with self.tx() as conn:
+            return job_rows.lost(conn, heartbeat_before, sent_before)
+
+    def job_output(self, job_id: int, stream: str) -> str:
+        """All that is kept of an attempt's ``stream`` (``stdout`` or ``stderr``): the
+        full output a pilot kept, else the tail in the job's row ("" when it printed
+        nothing).  Raises :class:`TaskNotFound` for an unknown job."""
+        column = jobs.c.stdout_tail if stream == "stdout" else jobs.c.stderr_tail
+        with self.tx() as conn:
+            row = conn.execute(select(jobs.c.task_id, column).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise TaskNotFound(f"no job with id {job_id}")
+        path = result_rows.output_path(self.result_dir, row[0], job_id, stream)
+        if path.is_file():
+            return path.read_text("utf-8", errors="replace")
+        return row[1] or ""
+
+    # ---- results ----------------------------------------------------------------------------
+    def results(self, task_id: int, indices: list[int] | None = None) -> list[dict]:
+        """Results by logical job: ``[{"index", "job_id", "data"}]`` with the pickled
+        bytes, by index.  Raises ``TaskNotFound``."""
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            rows = result_rows.rows_of(conn, task_id, indices)
+        return [{"index": r.job_index, "job_id": r.job_id,
+                 "data": r.inline if r.inline is not None
+                 else (self.result_dir / r.ref).read_bytes()} for r in rows]
+
+    def result_ref_ok(self, ref: str) -> bool:
+        """Whether a result a pilot wrote to the result store is there."""
+        return (self.result_dir / ref).is_file()
+
+    def load_accumulator(self, task_id: int) -> tuple[bytes | None, set[int], int]:
+        """An analysis task's merged result: ``(data, merged job indices, events)``;
+        ``(None, set(), 0)`` before any merge."""
+        with self.tx() as conn:
+            return result_rows.load_accumulator(conn, task_id)
+
+    def analysis_tasks_to_merge(self) -> list[int]:
+        """Analysis tasks with results not yet in their merged state (after a restart)."""
+        with self.tx() as conn:
+            return result_rows.tasks_to_merge(conn)
+
+    # ---- pilots and sites ---------------------------------------------------------------------
+    def pilot(self, pilot_id: int) -> dict:
+        """A pilot's row (``info`` a dict).  Raises ``UnknownPilot``."""
+        with self.tx() as conn:
+            return pilot_rows.get(conn, pilot_id)
+
+    def list_pilots(self, site: str | None = None, state: str | None = None) -> list[dict]:
+        """Pilots (of ``site``, in ``state``) by id, as ``pilot`` shows them."""
+        with self.tx() as conn:
+            return pilot_rows.list_dicts(conn, site, state)
+
+    def site_names(self) -> list[str]:
+        with self.tx() as conn:
+            return site_rows.names(conn)
+
+    def list_sites(self) -> list[dict]:
+        """Sites with their pilots, queued and running jobs: what ``panda-lab sites``
+        shows, ``[{"name", "kind", "provisioner", "state", "reason", "pilots", "queued",
+        "running", "description"}]`` by name."""
+        with self.tx() as conn:
+            return site_rows.listing(conn)
+
+    def site_demand(self, name: str) -> int:
+        """Jobs queued (assigned, activated) or held by pilots at a site: what an elastic
+        provisioner sizes its pilots by."""
+        with self.tx() as conn:
+            return site_rows.demand(conn, name)
+
+    # ---- datasets and analysis -------------------------------------------------------------------
+    def get_dataset(self, name: str, with_files: bool = True) -> dict:
+        """A dataset's row as a dict, with ``files`` (each with ``replicas``) and
+        ``bad_files`` when ``with_files``.  Raises ``DatasetNotFound``."""
+        with self.tx() as conn:
+            return dataset_rows.get(conn, name, with_files)
+
+    def list_datasets(self) -> list[dict]:
+        with self.tx() as conn:
+            return dataset_rows.listing(conn)
+
+    def task_chunks(self, task_id: int) -> list[dict]:
+        """An analysis task's input chunks by job index: ``[{"id", "task_id", "job_index",
+        "file_index", "path", "tree", "start", "stop", "scout"}]``."""
+        with self.tx() as conn:
+            return [dict(r._mapping) for r in dataset_rows.chunks_of(conn, task_id)]
+
+    def analysis_report(self, task_id: int) -> list[dict]:
+        """Every input range of an analysis task with the fate of its job: state of the
+        latest attempt, number of attempts, sites tried, and the error if it failed.
+
+        After the jobs' rows (in job order) come, in file order, the files no job reads:
+        those without entries (``start == stop == 0``, no error) and those found bad at
+        registration (``start``/``stop`` None, ``error_category`` "input", ``error`` the
+        reason); both have ``job_index`` and ``state`` None and no attempts.  Raises
+        :class:`TaskNotFound` for an unknown task."""
+        with self.tx() as conn:
+            options = task_rows.options_text(conn, task_id)
+            if options is None:
+                raise TaskNotFound(f"no task with id {task_id}")
+            rows = dataset_rows.chunks_of(conn, task_id)
+            attempts: dict[int, list] = {}
+            for j in conn.execute(
+                    select(jobs.c.job_index, jobs.c.attempt, jobs.c.state, jobs.c.site,
+                           jobs.c.error_category, jobs.c.error_message)
+                    .where(jobs.c.task_id == task_id).order_by(jobs.c.job_index, jobs.c.attempt)):
+                attempts.setdefault(j.job_index, []).append(j)
+        out = []
+        for r in rows:
+            tries = attempts.get(r.job_index, [])
+            last = tries[-1] if tries else None
+            out.append({
+                "job_index": r.job_index, "file_index": r.file_index, "path": r.path,
+                "tree": r.tree, "start": r.start, "stop": r.stop, "scout": bool(r.scout),
+                "state": last.state if last else str(J.DEFINED), "attempts": len(tries),
+                "sites": [t.site for t in tries],
+                "error_category": last.error_category if last else None,
+                "error": last.error_message if last else None,
+            })
+        opts = loads(options)
+        without_job = [
+            {"file_index": i, "path": path, "tree": tree, "start": 0, "stop": 0,
+             "error_category": None, "error": None}
+            for i, path, tree in opts.get("empty_files", [])
+        ] + [
+            {"file_index": b["file_index"], "path": b["path"], "tree": b["tree"], "start": None,
+             "stop": None, "error_category": "input",
+             "error": f"skipped at registration: {b['reason']}"}
+            for b in opts.get("bad_files", [])
+        ]
+        for row in sorted(without_job, key=lambda r: r["file_index"]):
+            out.append({"job_index": None, **row, "scout": False, "state": None,
+                        "attempts": 0, "sites": []})
+        return out

@@ -1,0 +1,1 @@
+"""Row-level repositories: functions that take a connection and open no transaction."""

@@ -1,0 +1,113 @@
+"""Dataset rows: datasets, their files and replicas, files found bad; analysis chunks.
+
+A dataset is registered once (entries, sizes and cluster boundaries read from the files'
+metadata) and shared by every notebook of the server.  An analysis task keeps the input
+chunk of each job, so its report can say, for every file and entry range, what happened.
+Functions take a ``Connection`` and open no transaction; the workflow verbs do.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.engine import Row
+
+from panda_lab.store.base import now
+from panda_lab.store.errors import DatasetNotFound
+from panda_lab.store.schema import bad_files, chunks, datasets, files, replicas
+
+
+def find(conn: Connection, name: str) -> int | None:
+    return conn.execute(select(datasets.c.id).where(datasets.c.name == name)).scalar()
+
+
+def delete_dataset(conn: Connection, ds_id: int) -> None:
+    """A dataset with its files, replicas and bad files."""
+    file_ids = select(files.c.id).where(files.c.dataset_id == ds_id)
+    conn.execute(delete(replicas).where(replicas.c.file_id.in_(file_ids)))
+    conn.execute(delete(files).where(files.c.dataset_id == ds_id))
+    conn.execute(delete(bad_files).where(bad_files.c.dataset_id == ds_id))
+    conn.execute(delete(datasets).where(datasets.c.id == ds_id))
+
+
+def insert_dataset(conn: Connection, name: str, tree: str, files_: list[dict],
+                   bad_: list[dict]) -> int:
+    """A dataset, its files (with replicas; an origin replica when none is given) and
+    its bad files; returns its id.  File dicts as ``Store.register_dataset`` takes them."""
+    ds_id = conn.execute(insert(datasets).values(
+        name=name, tree=tree, n_files=len(files_),
+        n_events=sum(int(f["entries"]) for f in files_),
+        size_bytes=sum(int(f["size_bytes"]) for f in files_), created_at=now(),
+    ).returning(datasets.c.id)).scalar_one()
+    for i, f in enumerate(files_):
+        index = f["file_index"] if f.get("file_index") is not None else i
+        fid = conn.execute(insert(files).values(
+            dataset_id=ds_id, file_index=index, path=f["path"], tree=f.get("tree", tree),
+            entries=int(f["entries"]), size_bytes=int(f["size_bytes"]),
+            clusters=json.dumps([int(c) for c in f["clusters"]]),
+            branches=json.dumps(f.get("branches", [])),
+        ).returning(files.c.id)).scalar_one()
+        reps = f.get("replicas") or [{"endpoint": "origin", "url": f["path"]}]
+        conn.execute(insert(replicas), [
+            {"file_id": fid, "endpoint": r["endpoint"], "url": r["url"]} for r in reps])
+    if bad_:
+        conn.execute(insert(bad_files), [
+            {"dataset_id": ds_id, "path": b["path"], "tree": b.get("tree") or tree,
+             "reason": b["reason"],
+             "file_index": b["file_index"] if b.get("file_index") is not None
+             else len(files_) + k}
+            for k, b in enumerate(bad_)])
+    return ds_id
+
+
+def get(conn: Connection, name: str, with_files: bool) -> dict:
+    """A dataset's row as a dict, with ``files`` and ``bad_files`` when asked; raises
+    :class:`DatasetNotFound` (naming up to 20 known datasets)."""
+    row = conn.execute(select(datasets).where(datasets.c.name == name)).first()
+    if row is None:
+        known = [r[0] for r in conn.execute(select(datasets.c.name).limit(20))]
+        raise DatasetNotFound(f"no dataset named {name!r}; known: {known}")
+    out = dict(row._mapping)
+    if with_files:
+        out["files"] = files_of(conn, row.id)
+        out["bad_files"] = [
+            {"file_index": b.file_index, "path": b.path, "tree": b.tree, "reason": b.reason}
+            for b in conn.execute(select(bad_files).where(bad_files.c.dataset_id == row.id)
+                                  .order_by(bad_files.c.file_index))]
+    return out
+
+
+def files_of(conn: Connection, ds_id: int) -> list[dict]:
+    """A dataset's files in order, each with its replicas ``[{endpoint, url}]``."""
+    rows = conn.execute(select(files).where(files.c.dataset_id == ds_id)
+                        .order_by(files.c.file_index)).all()
+    reps: dict[int, list[dict]] = {}
+    for r in conn.execute(select(replicas).where(
+            replicas.c.file_id.in_([f.id for f in rows])).order_by(replicas.c.id)):
+        reps.setdefault(r.file_id, []).append({"endpoint": r.endpoint, "url": r.url})
+    return [{"file_index": f.file_index, "path": f.path, "tree": f.tree,
+             "entries": f.entries, "size_bytes": f.size_bytes,
+             "clusters": json.loads(f.clusters), "branches": json.loads(f.branches),
+             "replicas": reps.get(f.id, [])} for f in rows]
+
+
+def listing(conn: Connection) -> list[dict]:
+    return [dict(r._mapping) for r in conn.execute(select(datasets).order_by(datasets.c.name))]
+
+
+# ---- analysis chunks: the input range of each job ------------------------------------------
+def insert_chunks(conn: Connection, task_id: int, start: int, job_chunks: list[list[dict]],
+                  scout: bool) -> None:
+    """The input ranges of jobs ``start, start + 1, ...`` of a task."""
+    conn.execute(insert(chunks), [
+        {"task_id": task_id, "job_index": start + i, "file_index": c["file_index"],
+         "path": c["path"], "tree": c["tree"], "start": c["start"], "stop": c["stop"],
+         "scout": scout}
+        for i, cs in enumerate(job_chunks) for c in cs])
+
+
+def chunks_of(conn: Connection, task_id: int) -> list[Row]:
+    """A task's chunks by job index (then insertion order)."""
+    return conn.execute(select(chunks).where(chunks.c.task_id == task_id)
+                        .order_by(chunks.c.job_index, chunks.c.id)).all()

@@ -1,0 +1,294 @@
+"""Job rows (one row per attempt) and their status history.
+
+Every statement here touches many jobs at once (``IN`` lists, ``executemany`` with bound
+parameters): the per-job cost of the control plane is what limits throughput.  Functions
+take a ``Connection`` and open no transaction; the workflow verbs do.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy.engine import Row
+
+from panda_lab.model import (
+    JOB_FINAL,
+    JOB_ON_PILOT,
+    JOB_RETRYABLE,
+    JOB_WAITING,
+    ErrorCategory,
+    JobState,
+)
+from panda_lab.store.base import Changes, JobChange, loads
+from panda_lab.store.schema import job_status, jobs
+from panda_lab.text import clean
+
+J = JobState
+FINAL = [str(s) for s in JOB_FINAL]
+ON_PILOT = [str(s) for s in JOB_ON_PILOT]
+WAITING = [str(s) for s in JOB_WAITING]
+RETRYABLE = [str(s) for s in JOB_RETRYABLE]
+#: Every column but the payload: what reads and reports need.
+NO_PAYLOAD = [c for c in jobs.c if c.name != "payload"]
+
+#: The error message of an attempt cancelled by its client before any attempt of its
+#: logical job reached a pilot (``cancel_waiting``); pbook's ``retry`` never brings such
+#: a job back: its client was told it would never run.
+CANCELLED_BY_CLIENT = "cancelled by its client before it ran"
+
+#: A state change of one attempt, guarded by the state it was read in (compare-and-set).
+UPDATE = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.state == bindparam("b_old"))
+    .values(
+        state=bindparam("b_state"),
+        modified_at=bindparam("b_time"),
+        heartbeat_at=bindparam("b_time"),
+        started_at=func.coalesce(jobs.c.started_at, bindparam("b_started")),
+        ended_at=bindparam("b_ended"),
+        error_category=bindparam("b_cat"),
+        error_message=bindparam("b_msg"),
+        error_traceback=bindparam("b_tb"),
+        error_pickle=bindparam("b_exc"),
+        stdout_tail=func.coalesce(bindparam("b_out"), jobs.c.stdout_tail),
+        stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
+    )
+)
+
+#: A running job's output so far (the pilot sends it while the job runs): no state change.
+OUTPUT = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.state == bindparam("b_old"))
+    .values(
+        heartbeat_at=bindparam("b_time"),
+        stdout_tail=func.coalesce(bindparam("b_out"), jobs.c.stdout_tail),
+        stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
+    )
+)
+
+
+def text(value: object) -> object:
+    """Text for a ``text`` column: PostgreSQL refuses NUL, and neither database takes a
+    lone surrogate (the rule of :mod:`panda_lab.text`; reports arrive clean already)."""
+    return clean(value) if isinstance(value, str) else value
+
+
+def history(conn: Connection,
+            rows: Iterable[tuple[int, Iterable[JobState | str], float, str]]) -> None:
+    """Append to the status history: ``(job id, states in order, time, info)``."""
+    batch = [{"job_id": jid, "state": str(st), "time": t, "info": info}
+             for jid, states, t, info in rows for st in states]
+    if batch:
+        conn.execute(insert(job_status), batch)
+
+
+def insert_attempts(conn: Connection, rows: list[dict], t: float, changes: Changes) -> list[int]:
+    """Insert brokered attempts (complete job rows, state ``activated``) in one statement,
+    with their history ``defined → assigned → activated``; returns their ids in order."""
+    ids = list(conn.execute(
+        insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows).scalars())
+    history(conn, [(i, (J.DEFINED, J.ASSIGNED, J.ACTIVATED), t, "") for i in ids])
+    for jid, row in zip(ids, rows, strict=True):
+        changes.jobs.append(JobChange(jid, row["task_id"], row["job_index"], row["attempt"],
+                                      row["site"], str(J.ACTIVATED)))
+        changes.activated_sites.add(row["site"])
+    return ids
+
+
+def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> list[Row]:
+    """Atomically move up to ``n`` activated jobs of ``site`` to ``sent`` for a pilot, by
+    priority then age; returns (id, task_id, job_index, attempt, payload, walltime_s,
+    cores, priority) rows in that order."""
+    pick = (select(jobs.c.id)
+            .where(jobs.c.site == site, jobs.c.state == str(J.ACTIVATED))
+            .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n)
+            .with_for_update(skip_locked=True))
+    if conn.dialect.name == "postgresql":
+        # PostgreSQL may plan ``IN (... LIMIT n)`` as a nested-loop semi-join that re-runs
+        # the subquery for every outer row; each run skips the rows already updated and
+        # picks more, so a pilot got more than ``n`` jobs.  Lock the ids first (held until
+        # commit), then update exactly those.
+        target = jobs.c.id.in_(list(conn.execute(pick).scalars()))
+    else:
+        target = jobs.c.id.in_(pick.scalar_subquery())
+    rows = conn.execute(
+        update(jobs)
+        .where(target, jobs.c.state == str(J.ACTIVATED))
+        .values(state=str(J.SENT), pilot_id=pilot_id, modified_at=t, heartbeat_at=t)
+        .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
+                   jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority)
+    ).all()
+    rows.sort(key=lambda r: (-r.priority, r.id))
+    return rows
+
+
+def cancel_never_ran(conn: Connection, task_id: int, indices: list[int], t: float) -> list[Row]:
+    """``waiting → cancelled`` for the logical jobs ``indices`` of which no attempt was
+    ever handed to a pilot, in one compare-and-set; returns (id, job_index, attempt,
+    site) rows by index."""
+    other = jobs.alias("other")
+    ran = exists().where(other.c.task_id == jobs.c.task_id,
+                         other.c.job_index == jobs.c.job_index,
+                         other.c.pilot_id.is_not(None))
+    rows = conn.execute(
+        update(jobs)
+        .where(jobs.c.task_id == task_id, jobs.c.job_index.in_(sorted(set(indices))),
+               jobs.c.state.in_(WAITING), ~ran)
+        .values(state=str(J.CANCELLED), modified_at=t, ended_at=t,
+                error_category=str(ErrorCategory.KILLED), error_message=CANCELLED_BY_CLIENT)
+        .returning(jobs.c.id, jobs.c.job_index, jobs.c.attempt, jobs.c.site)
+    ).all()
+    rows.sort(key=lambda r: r.job_index)
+    return rows
+
+
+def lock_for_report(conn: Connection, ids: list[int]) -> dict[int, Row]:
+    """The rows (no payload) of the jobs a report names, locked, by id."""
+    return {r.id: r for r in conn.execute(
+        select(*NO_PAYLOAD).where(jobs.c.id.in_(ids)).with_for_update())}
+
+
+def unfinished(conn: Connection, *, task_id: int | None = None,
+               ids: list[int] | None = None) -> list[Row]:
+    """The attempts not final of a task, or among ``ids``, locked (a report in flight
+    finishes first, and is then seen), by id: (id, state, task_id, job_index, attempt,
+    site) rows."""
+    q = select(jobs.c.id, jobs.c.state, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
+               jobs.c.site).where(jobs.c.state.not_in(FINAL))
+    q = q.where(jobs.c.task_id == task_id) if task_id is not None else \
+        q.where(jobs.c.id.in_(ids or []))
+    return conn.execute(q.order_by(jobs.c.id).with_for_update()).all()
+
+
+def cancel(conn: Connection, victims: list[Row], t: float, why: str, changes: Changes) -> None:
+    """Cancel attempts (rows with id, task_id, job_index, attempt, site) not final."""
+    if not victims:
+        return
+    conn.execute(update(jobs).where(jobs.c.id.in_([v.id for v in victims]),
+                                    jobs.c.state.not_in(FINAL)).values(
+        state=str(J.CANCELLED), modified_at=t, ended_at=t,
+        error_category=str(ErrorCategory.KILLED), error_message=why))
+    history(conn, [(v.id, (J.CANCELLED,), t, why) for v in victims])
+    for v in victims:
+        changes.jobs.append(JobChange(v.id, v.task_id, v.job_index, v.attempt, v.site,
+                                      str(J.CANCELLED), str(ErrorCategory.KILLED), why))
+
+
+def on_pilot(conn: Connection, ids: list[int]) -> list[Row]:
+    """The attempts among ``ids`` still on a pilot, locked (rows without payload)."""
+    return conn.execute(select(*NO_PAYLOAD).where(jobs.c.id.in_(ids),
+                                                  jobs.c.state.in_(ON_PILOT))
+                        .with_for_update()).all()
+
+
+def held_by(conn: Connection, pilot_ids: list[int]) -> dict[int, list[int]]:
+    """The attempts each pilot holds (on a pilot), by pilot id, in one query."""
+    out: dict[int, list[int]] = {p: [] for p in pilot_ids}
+    if pilot_ids:
+        for jid, pid in conn.execute(select(jobs.c.id, jobs.c.pilot_id).where(
+                jobs.c.pilot_id.in_(pilot_ids), jobs.c.state.in_(ON_PILOT))
+                .order_by(jobs.c.id)):
+            out[pid].append(jid)
+    return out
+
+
+def fail(conn: Connection, rows: list[Row], category: str, message: str, t: float,
+         changes: Changes) -> None:
+    """``→ failed`` for attempts on pilots (rows as read by :func:`on_pilot`)."""
+    conn.execute(UPDATE, [{
+        "b_id": r.id, "b_old": r.state, "b_state": str(J.FAILED), "b_time": t,
+        "b_started": None, "b_ended": t, "b_cat": category, "b_msg": message,
+        "b_tb": None, "b_exc": None, "b_out": None, "b_err": None} for r in rows])
+    history(conn, [(r.id, (J.FAILED,), t, message) for r in rows])
+    for r in rows:
+        changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, r.site,
+                                      str(J.FAILED), category, message))
+
+
+def full_rows(conn: Connection, ids: list[int]) -> list[Row]:
+    """Complete rows (payload included) of attempts, to make their next attempts from."""
+    return conn.execute(select(jobs).where(jobs.c.id.in_(ids))).all()
+
+
+def activated_at(conn: Connection, site_names: list[str]) -> list[Row]:
+    """Complete rows of the activated attempts at these sites, locked."""
+    return conn.execute(select(jobs).where(jobs.c.site.in_(site_names),
+                                           jobs.c.state == str(J.ACTIVATED))
+                        .with_for_update()).all()
+
+
+def close(conn: Connection, rows: list[Row], t: float, category: str, why: str,
+          changes: Changes) -> None:
+    """``activated → closed``: the system ends attempts that never ran."""
+    conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]),
+                                    jobs.c.state == str(J.ACTIVATED))
+                 .values(state=str(J.CLOSED), modified_at=t, ended_at=t,
+                         error_category=category, error_message=why))
+    history(conn, [(r.id, (J.CLOSED,), t, why) for r in rows])
+    for r in rows:
+        changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, r.site,
+                                      str(J.CLOSED), category, why))
+
+
+def latest(task_id: int):
+    """The newest attempt of each logical job of a task, as a subquery of ids."""
+    return (select(func.max(jobs.c.id)).where(jobs.c.task_id == task_id)
+            .group_by(jobs.c.job_index))
+
+
+def retryable_latest(conn: Connection, task_id: int) -> list[Row]:
+    """The newest attempts of a task that failed or were cancelled, except those its
+    client cancelled before they ran (complete rows)."""
+    return conn.execute(
+        select(jobs).where(jobs.c.id.in_(latest(task_id)), jobs.c.state.in_(RETRYABLE),
+                           or_(jobs.c.error_message.is_(None),
+                               jobs.c.error_message != CANCELLED_BY_CLIENT))).all()
+
+
+def heartbeat(conn: Connection, pilot_id: int, held: list[int], t: float) -> None:
+    """The jobs a pilot says it holds live (only those, and only if it holds them)."""
+    conn.execute(update(jobs).where(jobs.c.id.in_(held), jobs.c.pilot_id == pilot_id,
+                                    jobs.c.state.in_(ON_PILOT))
+                 .values(heartbeat_at=t))
+
+
+def to_drop(conn: Connection, pilot_id: int, held: list[int]) -> list[int]:
+    """The held jobs a pilot must kill or drop: final, another pilot's, or unknown."""
+    rows = conn.execute(select(jobs.c.id, jobs.c.state, jobs.c.pilot_id)
+                        .where(jobs.c.id.in_(held))).all()
+    known = {r.id for r in rows}
+    drop = [r.id for r in rows if r.state in FINAL or r.pilot_id != pilot_id]
+    return sorted(drop + [i for i in held if i not in known])
+
+
+def refresh_on_pilot(conn: Connection, t: float) -> int:
+    """Every job on a pilot heartbeats now; returns how many."""
+    return conn.execute(update(jobs).where(jobs.c.state.in_(ON_PILOT))
+                        .values(heartbeat_at=t)).rowcount
+
+
+def lost(conn: Connection, heartbeat_before: float, sent_before: float) -> list[dict]:
+    """Attempts on pilots whose heartbeat stopped, or stuck in ``sent`` too long:
+    ``[{"id", "pilot", "why"}]``."""
+    q = select(jobs.c.id, jobs.c.state, jobs.c.pilot_id, jobs.c.heartbeat_at,
+               jobs.c.modified_at).where(jobs.c.state.in_(ON_PILOT))
+    out = [{"id": r.id, "pilot": r.pilot_id, "why": "lost heartbeat"}
+           for r in conn.execute(q.where(jobs.c.heartbeat_at < heartbeat_before))]
+    out += [{"id": r.id, "pilot": r.pilot_id, "why": "stuck in sent"}
+            for r in conn.execute(q.where(jobs.c.state == str(J.SENT),
+                                          jobs.c.modified_at < sent_before,
+                                          jobs.c.heartbeat_at >= heartbeat_before))]
+    return out
+
+
+def job_dict(r: Row) -> dict:
+    """An attempt as the API shows it: no payload, the exception base64, the brokerage
+    decision as a dict."""
+    d = dict(r._mapping)
+    d.pop("payload", None)
+    exc = d.pop("error_pickle", None)
+    d["error_exception"] = base64.b64encode(exc).decode() if exc else None
+    d["broker_info"] = loads(d.get("broker_info"))
+    return d

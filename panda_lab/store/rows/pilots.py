@@ -1,0 +1,89 @@
+"""Pilot rows: register, heartbeat, end, mark lost.
+
+Functions take a ``Connection`` and open no transaction; the workflow verbs do.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.engine import Row
+
+from panda_lab.model import PilotState
+from panda_lab.store.base import dumps, loads
+from panda_lab.store.errors import UnknownPilot
+from panda_lab.store.schema import pilots
+
+RUNNING = str(PilotState.RUNNING)
+
+
+def insert_pilot(conn: Connection, site: str, host: str, pid: int, slots: int, info: dict,
+                 t: float) -> int:
+    """A new running pilot; returns its id."""
+    return conn.execute(insert(pilots).values(
+        site=site, host=host, pid=pid, state=RUNNING, slots=slots, started_at=t,
+        heartbeat_at=t, jobs_done=0, info=dumps(info)).returning(pilots.c.id)).scalar_one()
+
+
+def pilot_dict(row: Row) -> dict:
+    d = dict(row._mapping)
+    d["info"] = loads(d["info"])
+    return d
+
+
+def get(conn: Connection, pilot_id: int) -> dict:
+    """A pilot's row as a dict (``info`` decoded); raises :class:`UnknownPilot`."""
+    row = conn.execute(select(pilots).where(pilots.c.id == pilot_id)).first()
+    if row is None:
+        raise UnknownPilot(f"no pilot with id {pilot_id}")
+    return pilot_dict(row)
+
+
+def state(conn: Connection, pilot_id: int) -> str:
+    """A pilot's state; raises :class:`UnknownPilot`."""
+    st = conn.execute(select(pilots.c.state).where(pilots.c.id == pilot_id)).scalar()
+    if st is None:
+        raise UnknownPilot(f"no pilot with id {pilot_id}")
+    return st
+
+
+def touch(conn: Connection, pilot_id: int, t: float) -> None:
+    """The pilot lives at ``t``."""
+    conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(heartbeat_at=t))
+
+
+def count_done(conn: Connection, pilot_id: int, n: int) -> None:
+    conn.execute(update(pilots).where(pilots.c.id == pilot_id)
+                 .values(jobs_done=pilots.c.jobs_done + n))
+
+
+def set_state(conn: Connection, pilot_ids: list[int], new: str, t: float | None = None) -> None:
+    values: dict = {"state": str(new)}
+    if t is not None:
+        values["heartbeat_at"] = t
+    conn.execute(update(pilots).where(pilots.c.id.in_(pilot_ids)).values(**values))
+
+
+def silent(conn: Connection, heartbeat_before: float) -> list[int]:
+    """Running pilots whose last heartbeat is older than ``heartbeat_before``."""
+    return [r[0] for r in conn.execute(select(pilots.c.id).where(
+        pilots.c.state == RUNNING, pilots.c.heartbeat_at < heartbeat_before))]
+
+
+def running_with_pids(conn: Connection, site: str, host: str, pids: list[int]) -> list[Row]:
+    """(id, pid) of the running pilots of ``site`` on ``host`` with these process ids."""
+    return conn.execute(select(pilots.c.id, pilots.c.pid).where(
+        pilots.c.site == site, pilots.c.host == host, pilots.c.state == RUNNING,
+        pilots.c.pid.in_(pids))).all()
+
+
+def refresh_running(conn: Connection, t: float) -> None:
+    conn.execute(update(pilots).where(pilots.c.state == RUNNING).values(heartbeat_at=t))
+
+
+def list_dicts(conn: Connection, site: str | None, state_: str | None) -> list[dict]:
+    q = select(pilots).order_by(pilots.c.id)
+    if site:
+        q = q.where(pilots.c.site == site)
+    if state_:
+        q = q.where(pilots.c.state == state_)
+    return [pilot_dict(r) for r in conn.execute(q)]

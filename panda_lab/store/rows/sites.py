@@ -1,0 +1,108 @@
+"""Site rows, and the loads brokerage weighs them by.
+
+Functions take a ``Connection`` and open no transaction; the workflow verbs do.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from panda_lab.model import JOB_ON_PILOT, JobState, PilotState, SiteState
+from panda_lab.model.brokerage import SiteLoad
+from panda_lab.store.base import dumps, loads, now
+from panda_lab.store.errors import UnknownSite
+from panda_lab.store.schema import jobs, pilots, sites
+
+J = JobState
+#: Jobs brokered to a site and waiting for a pilot there.
+QUEUED = (J.ASSIGNED, J.ACTIVATED)
+#: Jobs a site has: queued there, or on its pilots.
+AT_SITE = [str(s) for s in (*QUEUED, *sorted(JOB_ON_PILOT, key=list(J).index))]
+
+
+def upsert(conn: Connection, configs: list[dict]) -> None:
+    """Record the configured sites (name, kind, provisioner, config); others are kept."""
+    rows = [{"name": c["name"], "kind": c["kind"], "provisioner": c["provisioner"],
+             "config": dumps(c), "state": str(SiteState.ONLINE), "reason": "",
+             "updated_at": now()} for c in configs]
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(sites).values(rows)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[sites.c.name],
+        set_={"kind": stmt.excluded.kind, "provisioner": stmt.excluded.provisioner,
+              "config": stmt.excluded.config, "updated_at": stmt.excluded.updated_at}))
+
+
+def set_state(conn: Connection, name: str, state: str, reason: str) -> None:
+    conn.execute(update(sites).where(sites.c.name == name)
+                 .values(state=str(state), reason=reason, updated_at=now()))
+
+
+def names(conn: Connection) -> list[str]:
+    return [r[0] for r in conn.execute(select(sites.c.name).order_by(sites.c.name))]
+
+
+def require(conn: Connection, name: str) -> None:
+    """Raises :class:`UnknownSite` (naming the known sites) unless ``name`` is a site."""
+    if conn.execute(select(sites.c.name).where(sites.c.name == name)).first() is None:
+        raise UnknownSite(f"unknown site {name!r}; known sites: "
+                          f"{', '.join(names(conn)) or 'none'}")
+
+
+def states(conn: Connection) -> dict[str, str]:
+    """Each site's state, by name."""
+    return dict(conn.execute(select(sites.c.name, sites.c.state)).all())
+
+
+def demand(conn: Connection, name: str) -> int:
+    """Jobs queued or held by pilots at a site."""
+    return conn.execute(select(func.count()).select_from(jobs)
+                        .where(jobs.c.site == name, jobs.c.state.in_(AT_SITE))).scalar_one()
+
+
+def loads_(conn: Connection) -> list[SiteLoad]:
+    """The snapshot brokerage decides on: each site's state, capacity (slots of its
+    running pilots, else the slots it is configured for), queued and running jobs."""
+    counts: dict[str, dict[str, int]] = {}
+    for site, state, n in conn.execute(select(jobs.c.site, jobs.c.state, func.count())
+                                       .where(jobs.c.state.in_(AT_SITE))
+                                       .group_by(jobs.c.site, jobs.c.state)):
+        counts.setdefault(site, {})[state] = n
+    slots = dict(conn.execute(select(pilots.c.site, func.sum(pilots.c.slots))
+                              .where(pilots.c.state == str(PilotState.RUNNING))
+                              .group_by(pilots.c.site)).all())
+    out = []
+    for row in conn.execute(select(sites).order_by(sites.c.name)):
+        cfg = loads(row.config)
+        c = counts.get(row.name, {})
+        configured = int(cfg.get("pilots", 1)) * int(cfg.get("slots", 1))
+        out.append(SiteLoad(
+            name=row.name, kind=row.kind, state=row.state, reason=row.reason,
+            capacity=int(slots.get(row.name) or configured),
+            queued=sum(c.get(s, 0) for s in QUEUED),
+            running=sum(c.get(s, 0) for s in JOB_ON_PILOT),
+            endpoint=str(cfg.get("endpoint") or "")))
+    return out
+
+
+def listing(conn: Connection) -> list[dict]:
+    """Sites with their running pilots, queued and running jobs:
+    ``[{"name", "kind", "provisioner", "state", "reason", "pilots", "queued", "running",
+    "description"}]`` by name."""
+    by_name = {s.name: s for s in loads_(conn)}
+    n_pilots = dict(conn.execute(select(pilots.c.site, func.count())
+                                 .where(pilots.c.state == str(PilotState.RUNNING))
+                                 .group_by(pilots.c.site)).all())
+    out = []
+    for row in conn.execute(select(sites).order_by(sites.c.name)):
+        ld = by_name[row.name]
+        out.append({
+            "name": row.name, "kind": row.kind, "provisioner": row.provisioner,
+            "state": row.state, "reason": row.reason, "pilots": n_pilots.get(row.name, 0),
+            "queued": ld.queued, "running": ld.running,
+            "description": loads(row.config).get("description", ""),
+        })
+    return out

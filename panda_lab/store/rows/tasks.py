@@ -1,0 +1,197 @@
+"""Task rows: insert, read, lock, change state by compare-and-set, end when complete.
+
+Functions take a ``Connection`` and open no transaction; the workflow verbs do.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.engine import Row
+
+from panda_lab.model import JOB_FINAL, TASK_FINAL, TaskState, can_task
+from panda_lab.model.lease import ended_message
+from panda_lab.store.base import Changes, dumps, loads, now
+from panda_lab.store.errors import TaskNotFound
+from panda_lab.store.schema import jobs, results, tasks
+
+T = TaskState
+FINAL_JOBS = [str(s) for s in JOB_FINAL]
+
+
+def insert_task(conn: Connection, *, name: str, owner: str, sites: tuple[str, ...],
+                options: dict, common: bytes | None, open_: bool,
+                lease_until: float | None, t: float) -> int:
+    """A new task row in state ``defined``; returns its id."""
+    return conn.execute(
+        insert(tasks).values(
+            name=name, owner=owner, state=str(T.DEFINED), site=",".join(sites),
+            options=dumps(options), common=common, open=open_, n_jobs=0,
+            lease_until=lease_until, created_at=t, modified_at=t, message="",
+        ).returning(tasks.c.id)
+    ).scalar_one()
+
+
+def task_row(conn: Connection, task_id: int, lock: bool = False) -> Row:
+    """The task's row; raises :class:`TaskNotFound`.  ``lock`` serializes commands on one
+    task (PostgreSQL row lock), so a concurrent retry then sees what this one did.  Take
+    it only where no job row is locked afterwards: reports lock jobs first, then tasks."""
+    q = select(tasks).where(tasks.c.id == task_id)
+    row = conn.execute(q.with_for_update(key_share=True) if lock else q).first()
+    if row is None:
+        raise TaskNotFound(f"no task with id {task_id}")
+    return row
+
+
+def task_by_name(conn: Connection, name: str) -> int:
+    """The id of the newest task called ``name``; raises :class:`TaskNotFound`."""
+    row = conn.execute(select(tasks.c.id).where(tasks.c.name == name)
+                       .order_by(tasks.c.id.desc()).limit(1)).first()
+    if row is None:
+        raise TaskNotFound(f"no task named {name!r}")
+    return row[0]
+
+
+def reserve_indices(conn: Connection, task_id: int, n: int) -> int:
+    """Reserve ``n`` job indices of a task; returns the first."""
+    start = conn.execute(select(tasks.c.n_jobs).where(tasks.c.id == task_id)).scalar_one()
+    conn.execute(update(tasks).where(tasks.c.id == task_id)
+                 .values(n_jobs=start + n, modified_at=now()))
+    return start
+
+
+def add_options(conn: Connection, task_id: int, old: str, values: dict,
+                **columns: object) -> None:
+    """Add ``values`` to the task's options (``old``: its options' JSON text as read);
+    ``columns`` are set in the same statement (``open=False``)."""
+    conn.execute(update(tasks).where(tasks.c.id == task_id).values(
+        options=dumps(loads(old) | values), modified_at=now(), **columns))
+
+
+def set_open(conn: Connection, task_id: int, open_: bool, touch: bool = True) -> None:
+    """Open or close a task to new jobs."""
+    values: dict = {"open": open_}
+    if touch:
+        values["modified_at"] = now()
+    conn.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
+
+
+def set_state(conn: Connection, task_id: int, old: str, new: str, changes: Changes,
+              message: str | None = None) -> bool:
+    """Move a task ``old → new`` if the model allows it and the task is still ``old``
+    (compare-and-set); records the change in ``changes``.  Returns whether it moved."""
+    if not can_task(old, new):
+        return False
+    values: dict = {"state": str(new), "modified_at": now()}
+    values["ended_at"] = now() if TaskState(new) in TASK_FINAL else None
+    if message is not None:
+        values["message"] = message
+    res = conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.state == str(old))
+                       .values(**values))
+    if res.rowcount:
+        changes.tasks.append((task_id, str(new)))
+    return bool(res.rowcount)
+
+
+def end_if_complete(conn: Connection, task_ids: list[int], changes: Changes) -> None:
+    """End the tasks whose every job has a final attempt and that take no more jobs:
+    ``done`` when each logical job has a result, ``failed`` when none has, else
+    ``finished`` (PanDA's partial success)."""
+    for task_id in set(task_ids):
+        task = conn.execute(select(tasks.c.state, tasks.c.open, tasks.c.n_jobs, tasks.c.message)
+                            .where(tasks.c.id == task_id)).first()
+        if task is None or task.open or TaskState(task.state) in TASK_FINAL:
+            continue
+        pending = conn.execute(select(func.count()).select_from(jobs).where(
+            jobs.c.task_id == task_id, jobs.c.state.not_in(FINAL_JOBS))).scalar_one()
+        if pending:
+            continue
+        done = conn.execute(select(func.count()).select_from(results)
+                            .where(results.c.task_id == task_id)).scalar_one()
+        if done == task.n_jobs:
+            new, msg = T.DONE, f"all {done} jobs finished"
+        elif done == 0:
+            new, msg = T.FAILED, f"none of {task.n_jobs} jobs finished"
+        else:
+            new, msg = T.FINISHED, f"{done} of {task.n_jobs} jobs finished"
+        set_state(conn, task_id, task.state, new, changes, ended_message(task.message, msg))
+
+
+def task_sites(conn: Connection, task_ids: set[int]) -> dict[int, Row]:
+    """Id, site list, state and options of tasks, by id."""
+    return {r.id: r for r in conn.execute(
+        select(tasks.c.id, tasks.c.site, tasks.c.state, tasks.c.options)
+        .where(tasks.c.id.in_(task_ids)))}
+
+
+def common_and_limits(conn: Connection, task_ids: list[int]) -> dict[int, tuple[bool, object]]:
+    """Whether each task has a common payload part, and its ``output_limit`` option."""
+    return {task_id: (bool(has_common), loads(options).get("output_limit"))
+            for task_id, has_common, options in conn.execute(
+                select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options)
+                .where(tasks.c.id.in_(task_ids)))}
+
+
+def common(conn: Connection, task_id: int) -> bytes | None:
+    return conn.execute(select(tasks.c.common).where(tasks.c.id == task_id)).scalar()
+
+
+def task_dict(conn: Connection, row: Row) -> dict:
+    """A task as the API shows it, with its attempts counted by state and ``n_done``."""
+    counts = dict(conn.execute(select(jobs.c.state, func.count())
+                               .where(jobs.c.task_id == row.id).group_by(jobs.c.state)).all())
+    n_done = conn.execute(select(func.count()).select_from(results)
+                          .where(results.c.task_id == row.id)).scalar_one()
+    return {
+        "id": row.id, "name": row.name, "owner": row.owner, "state": row.state,
+        "site": row.site, "options": loads(row.options), "open": bool(row.open),
+        "lease_until": row.lease_until,
+        "n_jobs": row.n_jobs, "n_done": n_done, "attempts_by_state": counts,
+        "created_at": row.created_at, "modified_at": row.modified_at,
+        "ended_at": row.ended_at, "message": row.message,
+    }
+
+
+def list_rows(conn: Connection, limit: int, state: str | None) -> list[Row]:
+    q = select(tasks).order_by(tasks.c.id.desc()).limit(limit)
+    if state:
+        q = q.where(tasks.c.state == state)
+    return conn.execute(q).all()
+
+
+def of_kind(conn: Connection, kind: str) -> list[dict]:
+    """Id, state and options of the tasks whose options say ``kind``."""
+    rows = conn.execute(select(tasks.c.id, tasks.c.state, tasks.c.options).where(
+        tasks.c.options.like(f'%"kind":"{kind}"%'))).all()
+    return [{"id": r.id, "state": r.state, "options": loads(r.options)} for r in rows]
+
+
+def options_text(conn: Connection, task_id: int) -> str | None:
+    """A task's options as stored (JSON text), or None for no such task."""
+    return conn.execute(select(tasks.c.options).where(tasks.c.id == task_id)).scalar()
+
+
+# ---- client leases (the rule is panda_lab.model.lease) ---------------------------------
+def renew_lease(conn: Connection, task_id: int, until: float) -> bool:
+    """Set an open task's lease; False when it was closed meanwhile."""
+    return bool(conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.open.is_(True))
+                             .values(lease_until=until)).rowcount)
+
+
+def open_leases(conn: Connection, before: float | None = None) -> list[Row]:
+    """Id and lease end of the open tasks with a client lease (lapsed before ``before``)."""
+    q = select(tasks.c.id, tasks.c.lease_until).where(tasks.c.open.is_(True))
+    q = q.where(tasks.c.lease_until.is_not(None)) if before is None else \
+        q.where(tasks.c.lease_until < before)
+    return conn.execute(q).all()
+
+
+def set_lease(conn: Connection, task_id: int, until: float) -> None:
+    conn.execute(update(tasks).where(tasks.c.id == task_id).values(lease_until=until))
+
+
+def close_lapsed(conn: Connection, task_id: int, before: float, message: str) -> bool:
+    """Close a task whose lease lapsed before ``before`` (checked again here: a renewal
+    may have come in between); returns whether it closed."""
+    return bool(conn.execute(update(tasks).where(
+        tasks.c.id == task_id, tasks.c.open.is_(True), tasks.c.lease_until < before,
+    ).values(open=False, modified_at=now(), message=message)).rowcount)

@@ -1,0 +1,531 @@
+"""The store's workflow verbs: each is ONE transaction (``with self.tx() as conn:``) over
+the row repositories (:mod:`panda_lab.store.rows`) and the pure policies of the model
+(:mod:`panda_lab.model.brokerage`, :mod:`panda_lab.model.retry`, the states).
+
+The path of a job, in the order of this module:
+
+1. submit: :meth:`Workflow.create_task` (and :meth:`Workflow.add_jobs` for an open task)
+   makes the task and its job rows from the specs the splitter made
+   (``panda_lab.server.splitter``, or the analysis service's chunking);
+2. broker: :meth:`Workflow._place` asks :func:`panda_lab.model.brokerage.choose` for a
+   site per attempt, on the site loads read in the same transaction, and inserts the
+   attempts ``activated``;
+3. dispatch: :meth:`Workflow.acquire` hands activated jobs to a pilot
+   (``activated → sent``, atomic);
+4. run and report: :meth:`Workflow.apply_updates` applies a pilot's bulk report
+   (``sent → starting → running → finished | failed``), keeps results, and makes the
+   next attempt of a failed job by :func:`panda_lab.model.retry.next_attempt`;
+5. merge: the analysis service's merger folds finished results into the task's
+   accumulator (``save_accumulator``);
+6. notify: every verb returns the :class:`~panda_lab.store.base.Changes` it made, which
+   the server announces with ``Server.publish`` (server/app.py).
+
+Then the verbs that end or move jobs by other roads: the watchdog's
+(:meth:`Workflow.fail_jobs`, :meth:`Workflow.pilots_gone`, :meth:`Workflow.rebroker_offline`,
+:meth:`Workflow.close_expired_leases`) and the user's (:meth:`Workflow.cancel_waiting`,
+:meth:`Workflow.kill_task`, :meth:`Workflow.kill_jobs`, :meth:`Workflow.retry_task`).
+Reads are in :mod:`panda_lab.store.reads`; small writes that move no job
+(pilots, sites, datasets, leases, settings) in :mod:`panda_lab.store.admin`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Row
+
+from panda_lab.model import JOB_FINAL, ErrorCategory, JobState, PilotState, SiteState, TaskState
+from panda_lab.model.brokerage import ANY, Request, sites_of
+from panda_lab.model.lease import CLIENT_GONE
+from panda_lab.model.retry import Cause, NextAttempt, Previous, accepted_sites, next_attempt
+from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, job_path
+from panda_lab.store.admin import Admin
+from panda_lab.store.base import Changes, JobChange, dumps, loads, now
+from panda_lab.store.errors import TaskNotFound, TaskStateError
+from panda_lab.store.rows import datasets as dataset_rows
+from panda_lab.store.rows import jobs as job_rows
+from panda_lab.store.rows import pilots as pilot_rows
+from panda_lab.store.rows import results as result_rows
+from panda_lab.store.rows import sites as site_rows
+from panda_lab.store.rows import tasks as task_rows
+
+J = JobState
+T = TaskState
+
+
+class Workflow(Admin):
+    """The store: the verbs that move tasks and jobs, each one transaction."""
+
+    # ---- 1. submit -------------------------------------------------------------------
+    def create_task(
+        self,
+        name: str,
+        jobs_: list[dict],
+        *,
+        owner: str = "",
+        site: str | list[str] | None = None,
+        options: dict | None = None,
+        common: bytes | None = None,
+        open_: bool = False,
+        state: TaskState = T.READY,
+        job_chunks: list[list[dict]] | None = None,
+        lease_s: float | None = None,
+    ) -> tuple[int, list[int], Changes]:
+        """Create a task and its first jobs, brokered and activated in one transaction.
+
+        ``jobs_`` are job specs ``{"payload": bytes, optional "site", "priority", "cores",
+        "memory_mb", "walltime_s", "max_attempts"}`` (defaults from ``options``);
+        ``job_chunks`` the input ranges of each job of an analysis task.  An open task
+        opened by a client gets a lease of ``lease_s`` seconds, which its client renews
+        (see :mod:`panda_lab.model.lease`); ``None``: the server holds it.  Returns
+        ``(task id, job ids in spec order, changes)``.  Raises ``BrokerageError`` for an
+        unknown site (and then creates nothing)."""
+        t = now()
+        sites_ = sites_of(site)
+        changes = Changes()
+        with self.tx() as conn:
+            task_id = task_rows.insert_task(
+                conn, name=name, owner=owner, sites=sites_, options=options or {},
+                common=common, open_=open_,
+                lease_until=t + lease_s if open_ and lease_s else None, t=t)
+            task_rows.set_state(conn, task_id, T.DEFINED, T.READY, changes)
+            if state != T.READY:
+                task_rows.set_state(conn, task_id, T.READY, state, changes)
+            ids = self._split(conn, task_id, jobs_, sites_, options or {}, changes,
+                              job_chunks, scout=state == T.SCOUTING)
+            if not open_ and not jobs_:
+                task_rows.end_if_complete(conn, [task_id], changes)
+        return task_id, ids, changes
+
+    def add_jobs(self, task_id: int, jobs_: list[dict],
+                 job_chunks: list[list[dict]] | None = None,
+                 advance: tuple[TaskState, TaskState] | None = None,
+                 options: dict | None = None) -> tuple[list[int], Changes]:
+        """Add jobs (specs as for :meth:`create_task`) to an open task; in the same
+        transaction, move the task from ``advance[0]`` to ``advance[1]`` and add
+        ``options`` to its options (the sizing after scouting is one step: a crash leaves
+        it all undone or all done).  Returns ``(job ids, changes)``.  Raises
+        ``TaskNotFound``, and ``TaskStateError`` for a closed or aborted task."""
+        changes = Changes()
+        with self.tx() as conn:
+            task = task_rows.task_row(conn, task_id)
+            if not task.open:
+                why = f" ({task.message})" if task.message.startswith(CLIENT_GONE) else ""
+                raise TaskStateError(f"task {task_id} is closed{why}: it takes no new jobs")
+            if task.state == T.ABORTED:
+                raise TaskStateError(f"task {task_id} was aborted")
+            if options:
+                task_rows.add_options(conn, task_id, task.options, options)
+            ids = self._split(conn, task_id, jobs_, sites_of(task.site), loads(task.options),
+                              changes, job_chunks)
+            if advance is not None:
+                task_rows.set_state(conn, task_id, advance[0], advance[1], changes)
+        return ids, changes
+
+    def close_task(self, task_id: int) -> Changes:
+        """No more jobs will come: the task may now end when its jobs end (at once if
+        they all have).  Returns the changes; raises ``TaskNotFound``."""
+        changes = Changes()
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            task_rows.set_open(conn, task_id, False)
+            task_rows.end_if_complete(conn, [task_id], changes)
+        return changes
+
+    def _split(self, conn: Connection, task_id: int, specs: list[dict],
+               sites_: tuple[str, ...], options: dict, changes: Changes,
+               job_chunks: list[list[dict]] | None = None, scout: bool = False) -> list[int]:
+        """The job rows of specs: indices reserved, chunks kept, first attempts placed."""
+        if not specs:
+            return []
+        start = task_rows.reserve_indices(conn, task_id, len(specs))
+        if job_chunks is not None:
+            # The input ranges of an analysis job, in the transaction that makes the job.
+            dataset_rows.insert_chunks(conn, task_id, start, job_chunks, scout)
+
+        def near(i: int) -> frozenset[str]:
+            # where an analysis job's input is stored: brokerage prefers sites near it
+            return frozenset(r["endpoint"] for c in job_chunks[i]
+                             for r in c.get("replicas") or []) if job_chunks else frozenset()
+
+        first = []
+        for i, spec in enumerate(specs):
+            first.append(({
+                "task_id": task_id, "job_index": start + i, "attempt": 1,
+                "payload": spec["payload"],
+                "priority": int(spec.get("priority", options.get("priority", 0))),
+                "cores": int(spec.get("cores", options.get("cores", 1))),
+                "memory_mb": int(spec.get("memory_mb", options.get("memory_mb", 0))),
+                "walltime_s": float(spec.get("walltime_s", options.get("walltime_s", 0.0))),
+                "max_attempts": int(spec.get("max_attempts", options.get("max_attempts", 3))),
+                "retry_of": None,
+            }, Request(sites=sites_of(spec["site"]) if spec.get("site") else sites_,
+                       near=near(i))))
+        return self._place(conn, first, changes)
+
+    # ---- 2. broker ---------------------------------------------------------------------
+    def _place(self, conn: Connection, attempts: list[tuple[dict, Request]],
+               changes: Changes) -> list[int]:
+        """Broker attempts (job row values without site, with their request) on the site
+        loads of this transaction, and insert them ``activated``; returns their ids."""
+        if not attempts:
+            return []
+        choices = self.broker.choose([r for _, r in attempts], site_rows.loads_(conn))
+        t = now()
+        rows = []
+        for (values, req), choice in zip(attempts, choices, strict=True):
+            # The sites the job accepts and where its data is are kept with the decision,
+            # so a retry stays within the sites and still prefers its data.
+            rows.append({**values, "state": str(J.ACTIVATED), "site": choice.site,
+                         "created_at": t, "modified_at": t,
+                         "broker_info": dumps({**choice.info, "sites": list(req.sites),
+                                               "near": sorted(req.near)})})
+        return job_rows.insert_attempts(conn, rows, t, changes)
+
+    @staticmethod
+    def _again(row: Row, nxt: NextAttempt) -> tuple[dict, Request]:
+        """The next attempt of a job (its last attempt's ``row``), to place."""
+        return ({"task_id": row.task_id, "job_index": row.job_index, "attempt": nxt.attempt,
+                 "payload": row.payload, "priority": row.priority, "cores": row.cores,
+                 "memory_mb": row.memory_mb, "walltime_s": row.walltime_s,
+                 "max_attempts": nxt.max_attempts, "retry_of": row.id},
+                Request(sites=nxt.sites, avoid=nxt.avoid, near=nxt.near))
+
+    @staticmethod
+    def _previous(row: Row, task_site: str) -> Previous:
+        info = loads(row.broker_info)
+        return Previous(attempt=row.attempt, max_attempts=row.max_attempts, site=row.site,
+                        sites=accepted_sites(info.get("sites"), sites_of(task_site)),
+                        near=frozenset(info.get("near") or ()))
+
+    # ---- 3. dispatch -----------------------------------------------------------------------
+    def acquire(self, pilot_id: int, site: str, n: int,
+                held: list[int] | None = None) -> tuple[list[dict], Changes]:
+        """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically; the jobs it
+        already ``held`` are heartbeated on the way.  Returns ``(jobs, changes)``, jobs
+        ``[{"id", "task", "index", "attempt", "payload", "walltime_s", "cores", "common",
+        "output_limit"}]`` by priority, then age."""
+        t = now()
+        changes = Changes()
+        with self.tx() as conn:
+            self._touch(conn, pilot_id, t, held)
+            rows = job_rows.dispatch(conn, pilot_id, site, n, t)
+            if not rows:
+                pilot_rows.touch(conn, pilot_id, t)
+                return [], changes
+            job_rows.history(conn, [(r.id, (J.SENT,), t, f"pilot {pilot_id}") for r in rows])
+            task_ids = sorted({r.task_id for r in rows})
+            for task_id in task_ids:
+                task_rows.set_state(conn, task_id, T.READY, T.RUNNING, changes)
+            per_task = task_rows.common_and_limits(conn, task_ids)
+            pilot_rows.touch(conn, pilot_id, t)
+        out = []
+        for r in rows:
+            changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
+                                          str(J.SENT)))
+            has_common, limit = per_task.get(r.task_id, (False, None))
+            out.append({"id": r.id, "task": r.task_id, "index": r.job_index,
+                        "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
+                        "cores": r.cores, "common": has_common, "output_limit": limit})
+        return out, changes
+
+    @staticmethod
+    def _touch(conn: Connection, pilot_id: int, t: float, held: list[int] | None) -> None:
+        """The pilot lives, and so do the jobs it says it holds: only those.  A job the
+        pilot lost track of must go stale, so the watchdog can retry it."""
+        pilot_rows.touch(conn, pilot_id, t)
+        if held:
+            job_rows.heartbeat(conn, pilot_id, held, t)
+
+    # ---- 4. run and report ---------------------------------------------------------------------
+    def apply_updates(self, pilot_id: int, updates: list[dict],
+                      held: list[int] | None = None) -> tuple[Changes, list[dict]]:
+        """Apply a pilot's bulk report: updates ``{"id", "attempt", "state", optional
+        "started_at", "result" (bytes), "result_ref", "error": {category, message,
+        traceback, exception}, "stdout", "stderr"}``.  Returns ``(changes, ignored)``,
+        ignored ``[{"id", "reason"}]`` (stale attempt, not this pilot's job, already
+        final, a transition the model forbids, ...)."""
+        t = now()
+        changes = Changes()
+        ignored: list[dict] = []
+        with self.tx() as conn:
+            current = job_rows.lock_for_report(conn, [u["id"] for u in updates])
+            params, history, failed, finished, output = [], [], [], [], []
+            seen: set[int] = set()
+            for u in updates:
+                row = current.get(u["id"])
+                why = _stale(row, u, pilot_id, seen)
+                if why:
+                    ignored.append({"id": u["id"], "reason": why})
+                    continue
+                seen.add(row.id)
+                if (u["state"] == J.FINISHED and u.get("result") is None
+                        and not u.get("result_ref")):
+                    # Nothing to count: the work is lost, so let the retry rules act.
+                    u = {**u, "state": str(J.FAILED), "error": {
+                        "category": str(ErrorCategory.SYSTEM),
+                        "message": "reported finished without a result"}}
+                try:
+                    path = job_path(row.state, u["state"])
+                except TransitionError as exc:
+                    ignored.append({"id": row.id, "reason": str(exc)})
+                    continue
+                out, err_out = job_rows.text(u.get("stdout")), job_rows.text(u.get("stderr"))
+                if not path:
+                    if out or err_out:
+                        output.append({"b_id": row.id, "b_old": row.state, "b_time": t,
+                                       "b_out": out, "b_err": err_out})
+                    continue
+                new = path[-1]
+                err = {k: job_rows.text(v) for k, v in (u.get("error") or {}).items()}
+                started = u.get("started_at") if (J.STARTING in path or J.RUNNING in path) else None
+                params.append({
+                    "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
+                    "b_started": started, "b_ended": t if new in JOB_FINAL else None,
+                    "b_cat": err.get("category"), "b_msg": err.get("message"),
+                    "b_tb": err.get("traceback"), "b_exc": err.get("exception"),
+                    "b_out": out, "b_err": err_out,
+                })
+                history.append((row.id, path, t, ""))
+                change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
+                                   str(new), err.get("category"), err.get("message"))
+                changes.jobs.append(change)
+                if new == J.FINISHED:
+                    finished.append((row, u, change))
+                elif new == J.FAILED:
+                    failed.append((row, err))
+            if output:
+                conn.execute(job_rows.OUTPUT, output)
+            if params:
+                conn.execute(job_rows.UPDATE, params)
+                job_rows.history(conn, history)
+            result_rows.store(conn, self.result_dir, finished)
+            if finished:
+                pilot_rows.count_done(conn, pilot_id, len(finished))
+            self._retry(conn, failed, changes)
+            self._touch(conn, pilot_id, t, held)
+            task_rows.end_if_complete(conn, [c.task_id for c in changes.jobs
+                                             if JobState(c.state) in JOB_FINAL], changes)
+        return changes, ignored
+
+    def _retry(self, conn: Connection, failed: list[tuple[Row, dict]],
+               changes: Changes) -> None:
+        """Ask the retry rules about each failed attempt ``(row, error)``; place the new
+        attempts they allow."""
+        if not failed:
+            return
+        task = task_rows.task_sites(conn, {r.task_id for r, _ in failed})
+        wanted: dict[int, NextAttempt] = {}
+        for row, err in failed:
+            nxt = next_attempt(self._previous(row, task[row.task_id].site), Cause.FAILED,
+                               category=err.get("category"), message=err.get("message"),
+                               task_aborted=task[row.task_id].state == T.ABORTED)
+            if nxt is not None:
+                wanted[row.id] = nxt
+        if wanted:
+            full = job_rows.full_rows(conn, list(wanted))  # the payloads, for those only
+            self._place(conn, [self._again(r, wanted[r.id]) for r in full], changes)
+
+    # ---- the watchdog's roads -------------------------------------------------------------------
+    def fail_jobs(self, job_ids: list[int], category: str, message: str) -> Changes:
+        """Fail attempts that are still on pilots (the watchdog's hammer), then retry them
+        as the rules allow; tasks whose last job this was end.  Returns the changes."""
+        changes = Changes()
+        with self.tx() as conn:
+            self._fail(conn, job_ids, category, message, changes)
+        return changes
+
+    def _fail(self, conn: Connection, job_ids: list[int], category: str, message: str,
+              changes: Changes) -> None:
+        rows = job_rows.on_pilot(conn, job_ids)
+        if not rows:
+            return
+        job_rows.fail(conn, rows, category, message, now(), changes)
+        self._retry(conn, [(r, {"category": category, "message": message}) for r in rows],
+                    changes)
+        task_rows.end_if_complete(conn, [r.task_id for r in rows], changes)
+
+    def pilots_gone(self, site: str, host: str,
+                    gone: list[tuple[int, int | None]]) -> Changes:
+        """Pilots of ``site`` on ``host`` whose processes were seen to end without saying
+        goodbye (``gone``: ``(pid, exit code or None)``; a negative code is a signal):
+        marked lost, and the jobs they held failed (and retried), in one transaction.
+        Returns the changes."""
+        codes = dict(gone)
+        changes = Changes()
+        with self.tx() as conn:
+            found = pilot_rows.running_with_pids(conn, site, host, list(codes))
+            if not found:
+                return changes
+            pilot_rows.set_state(conn, [r.id for r in found], PilotState.LOST)
+            held = job_rows.held_by(conn, [r.id for r in found])
+            for r in found:
+                if held[r.id]:
+                    code = codes[r.pid]
+                    why = f"exit code {code}" if code is not None and code >= 0 else \
+                        f"killed by signal {-code}" if code is not None else "exit unknown"
+                    self._fail(conn, held[r.id], str(ErrorCategory.SYSTEM),
+                               f"its pilot {r.id} (pid {r.pid}) ended ({why}) "
+                               "while holding the job", changes)
+        return changes
+
+    def rebroker_offline(self) -> Changes:
+        """Jobs waiting at an offline site go back to brokerage: the waiting attempt is
+        closed (``activated → closed``) and a new one placed on an online site it
+        accepts.  A job that accepts only offline sites keeps waiting.  Returns the
+        changes."""
+        t = now()
+        changes = Changes()
+        with self.tx() as conn:
+            states = site_rows.states(conn)
+            online = {n for n, s in states.items() if s == SiteState.ONLINE}
+            offline = [n for n, s in states.items() if s != SiteState.ONLINE]
+            if not offline or not online:
+                return changes
+            movable = [r for r in job_rows.activated_at(conn, offline)
+                       if ANY in (allowed := set(loads(r.broker_info).get("sites") or [ANY]))
+                       or allowed & online]
+            if not movable:
+                return changes
+            why = "site offline: handed back to brokerage"
+            job_rows.close(conn, movable, t, str(ErrorCategory.SYSTEM), why, changes)
+            task = task_rows.task_sites(conn, {r.task_id for r in movable})
+            self._place(conn, [
+                self._again(r, next_attempt(self._previous(r, task[r.task_id].site),
+                                            Cause.REBROKER))
+                for r in movable], changes)
+        return changes
+
+    def close_expired_leases(self, t: float) -> tuple[list[int], Changes]:
+        """Close every open task whose lease lapsed before ``t`` (the watchdog's rule).
+
+        Its jobs already submitted run on; the task ends when they do (at once if they
+        all ended already).  Returns ``(task ids closed, changes)``."""
+        from panda_lab.model import lease
+
+        changes = Changes()
+        with self.tx() as conn:
+            closed = [r.id for r in task_rows.open_leases(conn, before=t)
+                      if task_rows.close_lapsed(conn, r.id, t,
+                                                lease.client_gone_message(r.lease_until))]
+            task_rows.end_if_complete(conn, closed, changes)
+        return closed, changes
+
+    # ---- the user's roads ---------------------------------------------------------------------
+    def cancel_waiting(self, task_id: int, indices: list[int]) -> tuple[list[int], Changes]:
+        """Cancel the logical jobs ``indices`` of a task that never reached a pilot.
+
+        One compare-and-set, the counterpart of ``acquire``'s ``activated → sent``: the
+        waiting attempt (defined, assigned or activated) of each index becomes
+        ``cancelled``, provided that no attempt of that index was ever handed to a
+        pilot.  A job a pilot holds (sent, starting, running), or whose earlier attempt
+        ran and is being retried, is left alone, so it is never said to be cancelled
+        while it runs, or after it ran: ``concurrent.futures``' contract, where
+        ``cancel()`` fails once a call was handed to a worker.  Returns the indices
+        cancelled (shape ``[int]``, in ascending order) and the changes to publish.
+        Raises ``TaskNotFound``."""
+        t = now()
+        changes = Changes()
+        if not indices:
+            return [], changes
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            rows = job_rows.cancel_never_ran(conn, task_id, indices, t)
+            if not rows:
+                return [], changes
+            why = job_rows.CANCELLED_BY_CLIENT
+            job_rows.history(conn, [(r.id, (J.CANCELLED,), t, why) for r in rows])
+            for r in rows:
+                changes.jobs.append(JobChange(r.id, task_id, r.job_index, r.attempt, r.site,
+                                              str(J.CANCELLED), str(ErrorCategory.KILLED), why))
+            task_rows.end_if_complete(conn, [task_id], changes)
+        return [r.job_index for r in rows], changes
+
+    def kill_task(self, task_id: int) -> Changes:
+        """Abort a task: waiting jobs are cancelled at once; jobs on pilots are marked
+        cancelled and their pilots are told to kill them at their next heartbeat.
+        Returns the changes.  Raises ``TaskNotFound``, and ``TaskStateError`` for a task
+        done or aborted already."""
+        t = now()
+        changes = Changes()
+        with self.tx() as conn:
+            task = task_rows.task_row(conn, task_id)
+            if TaskState(task.state) in (T.DONE, T.ABORTED):
+                raise TaskStateError(f"task {task_id} is {task.state}: nothing to kill")
+            # wait for a report in flight, then see its outcome
+            victims = job_rows.unfinished(conn, task_id=task_id)
+            job_rows.cancel(conn, victims, t, "killed by user", changes)
+            task_rows.set_open(conn, task_id, False, touch=False)
+            task_rows.set_state(conn, task_id, task.state, T.ABORTED, changes, "killed by user")
+        return changes
+
+    def kill_jobs(self, job_ids: list[int]) -> Changes:
+        """Cancel single attempts (an executor's ``Future.cancel``); attempts final already
+        are left alone.  Returns the changes."""
+        changes = Changes()
+        with self.tx() as conn:
+            victims = job_rows.unfinished(conn, ids=job_ids)
+            job_rows.cancel(conn, victims, now(), "killed by user", changes)
+            task_rows.end_if_complete(conn, [v.task_id for v in victims], changes)
+        return changes
+
+    def fail_task(self, task_id: int, message: str, options: dict) -> Changes:
+        """End a task as ``failed`` for a reason found on the server (results that cannot be
+        merged): waiting and running jobs are cancelled as by ``kill``, the task takes no
+        more jobs, ``options`` are added to its options.  A task already final keeps its
+        state and message and gets only the options.  Returns the changes; raises
+        ``TaskNotFound``."""
+        changes = Changes()
+        with self.tx() as conn:
+            task = task_rows.task_row(conn, task_id)
+            # jobs first, then their task: the order in which reports lock them
+            victims = job_rows.unfinished(conn, task_id=task_id)
+            task_rows.add_options(conn, task_id, task.options, options, open=False)
+            if TaskState(task.state) in TASK_FINAL:
+                return changes
+            job_rows.cancel(conn, victims, now(), f"task failed: {message}", changes)
+            task_rows.set_state(conn, task_id, task.state, T.FAILED, changes, message)
+        return changes
+
+    def retry_task(self, task_id: int) -> tuple[list[int], Changes]:
+        """pbook's retry: a new attempt for every logical job whose last attempt failed
+        or was cancelled; finished jobs, and jobs their client cancelled before they
+        ran, are left alone.  Returns ``(new job ids, changes)`` (``[]`` when nothing
+        was to retry).  Raises ``TaskNotFound``, and ``TaskStateError`` for a task not
+        in ``TASK_RETRYABLE``."""
+        changes = Changes()
+        with self.tx() as conn:
+            task = task_rows.task_row(conn, task_id, lock=True)
+            if TaskState(task.state) not in TASK_RETRYABLE:
+                raise TaskStateError(
+                    f"task {task_id} is {task.state}: only ready, running, finished or failed "
+                    "tasks can be retried")
+            done = result_rows.indices_done(conn, task_id)
+            latest = [r for r in job_rows.retryable_latest(conn, task_id)
+                      if r.job_index not in done]
+            if not latest:
+                return [], changes
+            if TaskState(task.state) in TASK_FINAL:
+                task_rows.set_state(conn, task_id, task.state, T.RUNNING, changes,
+                                    "retried by user")
+            ids = self._place(conn, [
+                self._again(r, next_attempt(self._previous(r, task.site), Cause.USER_RETRY))
+                for r in latest], changes)
+        return ids, changes
+
+
+def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | None:
+    """Why an update of a report is ignored, or None to apply it."""
+    if row is None:
+        return "unknown job"
+    if row.id in seen:
+        return "duplicate update in one report"
+    if int(u.get("attempt", -1)) != row.attempt:
+        return f"stale attempt {u.get('attempt')} (current {row.attempt})"
+    if row.pilot_id != pilot_id:
+        return f"job is held by pilot {row.pilot_id}, not {pilot_id}"
+    if JobState(row.state) in JOB_FINAL:
+        return f"job is already {row.state}"
+    return None
+
+
+__all__ = ["TaskNotFound", "Workflow"]
