@@ -4,6 +4,10 @@ Store calls run on the event loop itself, one at a time: the database work is
 serialised (SQLite's one writer) and a request pays no thread hand-offs, which measured
 3 ms of a 10 ms round trip.  The price: a very large request (a 100,000-job submission)
 holds the loop for its duration; pilots and streams resume right after.
+
+The store enforces it: it is bound to the thread that made the server, then to the
+event loop's thread at startup, and refuses a transaction from any other thread (which
+calls it through ``Server.db_from_thread``).
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class Server:
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database_url, config.result_dir)
+        # owned by this thread until the event loop takes it over (create_app's lifespan)
+        self.store.bind_to_current_thread()
         self.store.upsert_sites([s.as_dict() for s in config.sites])
         self.store.grace_after_restart()
         self.store.regrant_leases(config.task_lease)
@@ -192,6 +198,7 @@ def create_app(server: Server) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         server.loop = asyncio.get_running_loop()
+        server.store.bind_to_current_thread()  # from now on, the loop owns the store
         tasks = [asyncio.create_task(watchdog_loop(server), name="watchdog")]
         server.analysis.resume()
         tasks += [asyncio.create_task(fn(server), name=getattr(fn, "__name__", "bg"))
