@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from panda_lab import __version__
-from panda_lab.model import TASK_FINAL, TaskState, vocabulary
+from panda_lab.model import TASK_FINAL, JobState, TaskState, vocabulary
 from panda_lab.server.app import Server
 from panda_lab.server.events import encode
 from panda_lab.server.schemas import JobIds, JobIndices, JobsAdd, TaskSubmit
@@ -198,7 +198,7 @@ async def kill_jobs(request: Request, body: JobIds) -> dict:
     s = _server(request)
     changes = await s.db(s.store.kill_jobs, body.ids)
     s.publish(changes)
-    return {"cancelled": [c.job_id for c in changes.jobs if c.state == "cancelled"]}
+    return {"cancelled": [c.job_id for c in changes.jobs if c.state == JobState.CANCELLED]}
 
 
 @router.get("/jobs/{job_id}")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from panda_lab.model import ErrorCategory, JobState
 from panda_lab.server.app import Server
 
 log = logging.getLogger("panda_lab.watchdog")
@@ -30,7 +31,8 @@ async def sweep(server: Server) -> int:
             msg = f"lost heartbeat: no word from its pilot for over {cfg.heartbeat_timeout:g} s"
         else:
             msg = f"stuck in sent for over {cfg.sent_timeout:g} s"
-        changes = await server.db(server.store.fail_jobs, [j["id"] for j in group], "system", msg)
+        changes = await server.db(server.store.fail_jobs, [j["id"] for j in group],
+                                  str(ErrorCategory.SYSTEM), msg)
         server.publish(changes)
         failed += len(group)
         log.warning("%s: failed %d attempt(s)", why, len(group))
@@ -38,7 +40,7 @@ async def sweep(server: Server) -> int:
     if moved.jobs:
         server.publish(moved)
         log.warning("re-brokered %d job(s) waiting at offline sites",
-                    sum(c.state == "closed" for c in moved.jobs))
+                    sum(c.state == JobState.CLOSED for c in moved.jobs))
     closed, ended = await server.db(server.store.close_expired_leases, t)
     if closed:
         server.publish(ended)

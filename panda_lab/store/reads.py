@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from panda_lab.model import JOB_ON_PILOT, JobState
+from panda_lab.model import JOB_ON_PILOT, ErrorCategory, JobState
 from panda_lab.store.base import Database, loads
 from panda_lab.store.errors import TaskNotFound
 from panda_lab.store.rows import datasets as dataset_rows
@@ -254,7 +254,7 @@ class Reads(Database):
             for i, path, tree in opts.get("empty_files", [])
         ] + [
             {"file_index": b["file_index"], "path": b["path"], "tree": b["tree"], "start": None,
-             "stop": None, "error_category": "input",
+             "stop": None, "error_category": str(ErrorCategory.INPUT),
              "error": f"skipped at registration: {b['reason']}"}
             for b in opts.get("bad_files", [])
         ]

@@ -22,6 +22,8 @@ from sqlalchemy import (
     Text,
 )
 
+from panda_lab.model.states import SiteState
+
 SCHEMA_VERSION = 1
 
 metadata = MetaData()
@@ -40,7 +42,7 @@ sites = Table(
     Column("kind", String(16), nullable=False),
     Column("provisioner", String(32), nullable=False),
     Column("config", Text, nullable=False, default="{}"),
-    Column("state", String(16), nullable=False, default="online"),
+    Column("state", String(16), nullable=False, default=str(SiteState.ONLINE)),
     Column("reason", Text, nullable=False, default=""),
     Column("updated_at", Float, nullable=False),
 )
