@@ -4,9 +4,9 @@ the row repositories (:mod:`panda_lab.store.rows`) and the pure policies of the 
 
 The path of a job, in the order of this module:
 
-1. submit: :meth:`Workflow.create_task` (and :meth:`Workflow.add_jobs` for an open task)
-   makes the task and its job rows from the specs the splitter made
-   (``panda_lab.server.splitter``, or the analysis service's chunking);
+1. submit and split: :meth:`Workflow.create_task` (and :meth:`Workflow.add_jobs` for an
+   open task) makes the task, and :meth:`Workflow._split` its job rows, from the job specs
+   the splitter made (the server's JEDI splitter for an analysis);
 2. broker: :meth:`Workflow._place` asks :func:`panda_lab.model.brokerage.choose` for a
    site per attempt, on the site loads read in the same transaction, and inserts the
    attempts ``activated``;
@@ -22,8 +22,9 @@ The path of a job, in the order of this module:
 
 Then the verbs that end or move jobs by other roads: the watchdog's
 (:meth:`Workflow.fail_jobs`, :meth:`Workflow.pilots_gone`, :meth:`Workflow.rebroker_offline`,
-:meth:`Workflow.close_expired_leases`) and the user's (:meth:`Workflow.cancel_waiting`,
-:meth:`Workflow.kill_task`, :meth:`Workflow.kill_jobs`, :meth:`Workflow.retry_task`).
+:meth:`Workflow.close_expired_leases`) and the client's or user's
+(:meth:`Workflow.close_task`, :meth:`Workflow.cancel_waiting`, :meth:`Workflow.kill_task`,
+:meth:`Workflow.kill_jobs`, :meth:`Workflow.fail_task`, :meth:`Workflow.retry_task`).
 Reads are in :mod:`panda_lab.store.reads`; small writes that move no job
 (pilots, sites, datasets, leases, settings) in :mod:`panda_lab.store.admin`.
 """
@@ -55,7 +56,7 @@ T = TaskState
 class Workflow(Admin):
     """The store: the verbs that move tasks and jobs, each one transaction."""
 
-    # ---- 1. submit -------------------------------------------------------------------
+    # ---- 1. submit and split ---------------------------------------------------------
     def create_task(
         self,
         name: str,
@@ -120,16 +121,6 @@ class Workflow(Admin):
             if advance is not None:
                 task_rows.set_state(conn, task_id, advance[0], advance[1], changes)
         return ids, changes
-
-    def close_task(self, task_id: int) -> Changes:
-        """No more jobs will come: the task may now end when its jobs end (at once if
-        they all have).  Returns the changes; raises ``TaskNotFound``."""
-        changes = Changes()
-        with self.tx() as conn:
-            task_rows.task_row(conn, task_id)
-            task_rows.set_open(conn, task_id, False)
-            task_rows.end_if_complete(conn, [task_id], changes)
-        return changes
 
     def _split(self, conn: Connection, task_id: int, specs: list[dict],
                sites_: tuple[str, ...], options: dict, changes: Changes,
@@ -310,20 +301,29 @@ class Workflow(Admin):
     def _retry(self, conn: Connection, failed: list[tuple[Row, dict]],
                changes: Changes) -> None:
         """Ask the retry rules about each failed attempt ``(row, error)``; place the new
-        attempts they allow."""
-        if not failed:
+        attempts they allow.  The tasks are read only when the rules allow one (a batch
+        of user errors costs no query)."""
+        def ask(row: Row, err: dict, task_site: str = ANY, aborted: bool = False):
+            return next_attempt(self._previous(row, task_site), Cause.FAILED,
+                                category=err.get("category"), message=err.get("message"),
+                                task_aborted=aborted)
+
+        candidates = [(row, err) for row, err in failed if ask(row, err) is not None]
+        if not candidates:
             return
-        task = task_rows.task_sites(conn, {r.task_id for r, _ in failed})
+        task = task_rows.task_sites(conn, {r.task_id for r, _ in candidates})
         wanted: dict[int, NextAttempt] = {}
-        for row, err in failed:
-            nxt = next_attempt(self._previous(row, task[row.task_id].site), Cause.FAILED,
-                               category=err.get("category"), message=err.get("message"),
-                               task_aborted=task[row.task_id].state == T.ABORTED)
+        for row, err in candidates:
+            t = task[row.task_id]
+            nxt = ask(row, err, t.site, t.state == T.ABORTED)
             if nxt is not None:
                 wanted[row.id] = nxt
         if wanted:
             full = job_rows.full_rows(conn, list(wanted))  # the payloads, for those only
             self._place(conn, [self._again(r, wanted[r.id]) for r in full], changes)
+
+    # ---- 5. merge (the analysis service's merger) and 6. notify (Server.publish) happen
+    # outside the store, on the Changes each verb returns.
 
     # ---- the watchdog's roads -------------------------------------------------------------------
     def fail_jobs(self, job_ids: list[int], category: str, message: str) -> Changes:
@@ -410,7 +410,17 @@ class Workflow(Admin):
             task_rows.end_if_complete(conn, closed, changes)
         return closed, changes
 
-    # ---- the user's roads ---------------------------------------------------------------------
+    # ---- the client's and the user's roads ---------------------------------------------------
+    def close_task(self, task_id: int) -> Changes:
+        """No more jobs will come: the task may now end when its jobs end (at once if
+        they all have).  Returns the changes; raises ``TaskNotFound``."""
+        changes = Changes()
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            task_rows.set_open(conn, task_id, False)
+            task_rows.end_if_complete(conn, [task_id], changes)
+        return changes
+
     def cancel_waiting(self, task_id: int, indices: list[int]) -> tuple[list[int], Changes]:
         """Cancel the logical jobs ``indices`` of a task that never reached a pilot.
 
