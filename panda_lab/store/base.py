@@ -102,6 +102,8 @@ class StoreThreadError(RuntimeError):
 
 
 def make_engine(url: str) -> Engine:
+    """An engine for ``url``: SQLite in WAL mode with foreign keys on, or PostgreSQL
+    with connections checked before use."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -198,4 +200,5 @@ class Database:
             yield conn
 
     def close(self) -> None:
+        """Close the database connections (no transaction; any thread may call it)."""
         self.engine.dispose()

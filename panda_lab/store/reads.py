@@ -182,6 +182,7 @@ class Reads(Database):
             return pilot_rows.list_dicts(conn, site, state)
 
     def site_names(self) -> list[str]:
+        """The names of the sites, sorted."""
         with self.tx() as conn:
             return site_rows.names(conn)
 
@@ -206,6 +207,8 @@ class Reads(Database):
             return dataset_rows.get(conn, name, with_files)
 
     def list_datasets(self) -> list[dict]:
+        """Every dataset's row as a dict (id, name, tree, n_files, n_events, size_bytes,
+        created_at), by name, without files."""
         with self.tx() as conn:
             return dataset_rows.listing(conn)
 

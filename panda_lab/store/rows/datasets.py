@@ -19,6 +19,7 @@ from panda_lab.store.schema import bad_files, chunks, datasets, files, replicas
 
 
 def find(conn: Connection, name: str) -> int | None:
+    """The id of the dataset called ``name``, or None."""
     return conn.execute(select(datasets.c.id).where(datasets.c.name == name)).scalar()
 
 
@@ -93,6 +94,7 @@ def files_of(conn: Connection, ds_id: int) -> list[dict]:
 
 
 def listing(conn: Connection) -> list[dict]:
+    """Every dataset's row as a dict, by name."""
     return [dict(r._mapping) for r in conn.execute(select(datasets).order_by(datasets.c.name))]
 
 

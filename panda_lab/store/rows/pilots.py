@@ -25,6 +25,7 @@ def insert_pilot(conn: Connection, site: str, host: str, pid: int, slots: int, i
 
 
 def pilot_dict(row: Row) -> dict:
+    """A pilot row as a dict, its ``info`` decoded."""
     d = dict(row._mapping)
     d["info"] = loads(d["info"])
     return d
@@ -52,11 +53,13 @@ def touch(conn: Connection, pilot_id: int, t: float) -> None:
 
 
 def count_done(conn: Connection, pilot_id: int, n: int) -> None:
+    """The pilot finished ``n`` more jobs."""
     conn.execute(update(pilots).where(pilots.c.id == pilot_id)
                  .values(jobs_done=pilots.c.jobs_done + n))
 
 
 def set_state(conn: Connection, pilot_ids: list[int], new: str, t: float | None = None) -> None:
+    """Pilots move to ``new`` (a PilotState), heartbeating at ``t`` when given."""
     values: dict = {"state": str(new)}
     if t is not None:
         values["heartbeat_at"] = t
@@ -77,10 +80,12 @@ def running_with_pids(conn: Connection, site: str, host: str, pids: list[int]) -
 
 
 def refresh_running(conn: Connection, t: float) -> None:
+    """Every running pilot heartbeats at ``t`` (a server's restart)."""
     conn.execute(update(pilots).where(pilots.c.state == RUNNING).values(heartbeat_at=t))
 
 
 def list_dicts(conn: Connection, site: str | None, state_: str | None) -> list[dict]:
+    """Pilots (of ``site``, in ``state_``) by id, as :func:`pilot_dict` makes them."""
     q = select(pilots).order_by(pilots.c.id)
     if site:
         q = q.where(pilots.c.site == site)

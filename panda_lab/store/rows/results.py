@@ -77,6 +77,7 @@ def indices_done(conn: Connection, task_id: int) -> set[int]:
 
 
 def rows_of(conn: Connection, task_id: int, indices: list[int] | None) -> list[Row]:
+    """A task's result rows (of the job ``indices``, when given), by index."""
     q = select(results).where(results.c.task_id == task_id)
     if indices is not None:
         q = q.where(results.c.job_index.in_(indices))
@@ -94,6 +95,7 @@ def load_accumulator(conn: Connection, task_id: int) -> tuple[bytes | None, set[
 
 def save_accumulator(conn: Connection, task_id: int, data: bytes | None, merged: set[int],
                      events: int) -> None:
+    """The merged result and exactly the job indices it holds, in one row."""
     values = {"data": data, "merged": json.dumps(sorted(merged)), "events": events,
               "updated_at": now()}
     done = conn.execute(update(accumulators).where(accumulators.c.task_id == task_id)

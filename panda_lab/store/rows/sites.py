@@ -37,11 +37,13 @@ def upsert(conn: Connection, configs: list[dict]) -> None:
 
 
 def set_state(conn: Connection, name: str, state: str, reason: str) -> None:
+    """A site's state (a SiteState) and the reason."""
     conn.execute(update(sites).where(sites.c.name == name)
                  .values(state=str(state), reason=reason, updated_at=now()))
 
 
 def names(conn: Connection) -> list[str]:
+    """The site names, sorted."""
     return [r[0] for r in conn.execute(select(sites.c.name).order_by(sites.c.name))]
 
 

@@ -132,6 +132,7 @@ def common_and_limits(conn: Connection, task_ids: list[int]) -> dict[int, tuple[
 
 
 def common(conn: Connection, task_id: int) -> bytes | None:
+    """The payload part shared by a task's jobs, or None."""
     return conn.execute(select(tasks.c.common).where(tasks.c.id == task_id)).scalar()
 
 
@@ -152,6 +153,7 @@ def task_dict(conn: Connection, row: Row) -> dict:
 
 
 def list_rows(conn: Connection, limit: int, state: str | None) -> list[Row]:
+    """The newest ``limit`` task rows (in ``state``), newest first."""
     q = select(tasks).order_by(tasks.c.id.desc()).limit(limit)
     if state:
         q = q.where(tasks.c.state == state)
@@ -186,6 +188,7 @@ def open_leases(conn: Connection, before: float | None = None) -> list[Row]:
 
 
 def set_lease(conn: Connection, task_id: int, until: float) -> None:
+    """A task's client lease ends at ``until``."""
     conn.execute(update(tasks).where(tasks.c.id == task_id).values(lease_until=until))
 
 
