@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any
 from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.files import check_columns
 from panda_lab.model import JOB_FINAL, TASK_FINAL, TaskState
-from panda_lab.payload import dumps_call
-from panda_lab.server.splitter import (
+from panda_lab.model.splitter import (
     SplitRule,
     remaining,
     scouts,
@@ -44,6 +43,7 @@ from panda_lab.server.splitter import (
     split_all,
     split_empty,
 )
+from panda_lab.payload import dumps_call
 from panda_lab.store import Changes, TaskStateError
 
 if TYPE_CHECKING:  # pragma: no cover
