@@ -11,6 +11,7 @@ from pydantic import Field
 
 from panda_lab.analysis.files import UnknownColumns
 from panda_lab.model.splitter import SplitRule, check_clusters
+from panda_lab.server import analysis_report
 from panda_lab.server.app import Server
 from panda_lab.server.schemas import B64, Strict, TaskOptions, b64decode
 
@@ -139,7 +140,8 @@ async def partial(request: Request, task_id: int) -> dict:
     """The merged result so far, cheap: the merger's latest state, no job result is read."""
     s = _server(request)
     await s.db(s.store.get_task, task_id)  # 404 for an unknown task
-    snap = await s.db(s.analysis.partial, task_id)
+    snap = await s.db(analysis_report.partial, s.store, s.analysis.merger,
+                      s.analysis.files_of(task_id), task_id)
     data = snap.pop("data")
     snap["data"] = base64.b64encode(data).decode() if data is not None else None
     return snap
@@ -151,4 +153,4 @@ async def report(request: Request, task_id: int) -> list[dict]:
     then the files no job reads (404: no task)."""
     s = _server(request)
     await s.db(s.store.get_task, task_id)  # 404 for an unknown task
-    return await s.db(s.analysis.report, task_id)
+    return await s.db(analysis_report.report, s.store, s.analysis.merger, task_id)
