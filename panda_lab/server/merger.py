@@ -130,22 +130,28 @@ class Merger:
         self._pending: dict[int, int] = {}          # task -> items queued, not yet done
         self._waiters: dict[int, list[asyncio.Future]] = {}
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, daemon=True, name="panda-merger")
+        self._thread: threading.Thread | None = None
 
     # ---- life ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start merging (once the event loop runs: the thread's store calls hop to it)."""
-        if self._thread.ident is None and not self._stopping:
+        """Start merging (once the event loop runs: the thread's store calls hop to it).
+        Again after :meth:`close`, for a server whose app is started again."""
+        self._stopping = False
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="panda-merger")
             self._thread.start()
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Stop after the item being merged (what is queued is merged again after a
-        restart, from the stored results); waits up to ``timeout`` seconds, on the loop,
-        which serves the thread's last store calls meanwhile."""
+        """Stop after the item being merged (what is still queued waits for the next
+        :meth:`start`, or is merged again after a restart, from the stored results); waits
+        up to ``timeout`` seconds, on the loop, which serves the thread's last store calls
+        meanwhile."""
         self._stopping = True
-        self._q.put(None)
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, timeout)
+        self._q.put(None)  # wakes the thread
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, timeout)
 
     # ---- what the loop hands over ---------------------------------------------------------
     def submit(self, task_id: int, index: int | None, job_id: int | None,
@@ -256,8 +262,8 @@ class Merger:
             except queue.Empty:  # idle: save what changed since the last save
                 self._persist_idle()
                 continue
-            if item is None or self._stopping:
-                return
+            if item is None:  # close() woke the thread
+                continue
             task_id = item[0]
             try:
                 self._handle(*item)

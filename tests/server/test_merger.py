@@ -15,7 +15,7 @@ import pytest
 
 from panda_lab.analysis.runner import ChunkResult
 from panda_lab.server.app import Server
-from panda_lab.server.merger import Merger
+from panda_lab.server.merger import PERSIST_EVERY, Merger
 
 
 class OwnedStore:
@@ -160,3 +160,30 @@ def test_without_a_running_loop_the_merger_does_not_reach_the_store():
     with pytest.raises(RuntimeError, match="not running"):
         server.db_from_thread(store.task_chunks, 1)
     assert store.calls == []
+
+
+def test_a_closed_merger_starts_again_with_what_was_queued():
+    """The app of one server may be started again (its lifespan): what was queued while
+    the merger was stopped is merged once it runs again."""
+    store = OwnedStore(CHUNKS, {})
+    server = LoopServer(store)
+    merger = Merger(server)  # type: ignore[arg-type]
+
+    async def first():
+        merger.start()
+        merger.submit(1, 0, 100, result({"n": 1}, 10))
+        await asyncio.wait_for(merger.settled(1), 10)
+        await merger.close()
+        merger.submit(1, 1, 101, result({"n": 2}, 10))
+        await asyncio.sleep(PERSIST_EVERY / 2)
+        assert merger.busy(1) and merger.merged(1) == {0}
+
+    async def second():
+        merger.start()
+        await asyncio.wait_for(merger.settled(1), 10)
+        await merger.close()
+
+    asyncio.run(on_the_loop(server, first))
+    asyncio.run(on_the_loop(server, second))
+    assert merger.merged(1) == {0, 1} and not merger.busy(1)
+    assert "panda-merger" not in {t for _, t in store.calls}
