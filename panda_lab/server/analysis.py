@@ -67,7 +67,8 @@ class AnalysisTask:
     :meth:`AnalysisService.load_known_tasks` when the server starts:
 
     * ``rule``: the task's options (``split``);
-    * ``files``: the files of the dataset the task's options name (the datasets tables);
+    * ``files``: the files of the dataset the task's options name (the datasets tables;
+      a dataset registered again with ``replace`` since the submit is read as it is now);
     * ``scouting``: the task's state is ``scouting`` (its remaining jobs are not made yet);
     * ``ended``: the task's state is final (a retry makes it running and open again).
 
@@ -98,8 +99,10 @@ class AnalysisService:
     def submit(self, name: str, dataset: str, common: bytes, rule: SplitRule, site: Any,
                options: dict, skip_bad_files: bool, owner: str = "",
                columns: list[str] | None = None) -> tuple[int, Changes]:
-        """Runs on the store's thread.  The task is made open: it ends when its results
-        are merged, not when its jobs end (see the module's docstring).  Raises
+        """Split the dataset by ``rule`` (or make its scouts) and create the task with
+        those jobs; runs on the store's owner thread.  The task is made open: it ends when
+        its results are merged, not when its jobs end (see the module's docstring).
+        Returns (task id, the store's changes, to be published).  Raises
         ``DatasetNotFound`` and, for ``columns`` that no file of the dataset has,
         ``UnknownColumns``."""
         ds = self.store.get_dataset(dataset)
