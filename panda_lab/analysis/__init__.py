@@ -11,7 +11,7 @@ The path of a dataset analysis, in the order it runs:
 * :mod:`.accumulate`: ``merge`` / ``merge_all`` combine the per-chunk results;
 * :mod:`.sample`: ``make_sample`` writes a synthetic dimuon dataset for demos and tests.
 
-Names are imported on first use, so the server can split from stored ``FileInfo`` without
+Names are imported on first use, so the server can use ``FileInfo`` without
 paying for importing uproot and awkward.
 """
 
