@@ -4,14 +4,14 @@ The path of a dataset analysis, in the order it runs:
 
 * :mod:`.files`: ``inspect_file`` reads a file's metadata into a ``FileInfo`` (entries, size,
   cluster boundaries);
-* :mod:`.chunking`: ``split_by_events`` / ``split_by_bytes`` / ``split_by_files`` cut the
-  dataset into ``Chunk`` s on cluster boundaries (the splitter);
+* the splitter (:mod:`panda_lab.model.splitter`, run by the server) cuts the dataset into
+  chunks on those cluster boundaries, one job's input each (a ``Chunk``);
 * :mod:`.events`: ``read_chunk`` gives a chunk's events as an awkward array, NanoAOD-style, and
   ``discover_columns`` finds which branches a processor needs (the pilot's side);
 * :mod:`.accumulate`: ``merge`` / ``merge_all`` combine the per-chunk results;
 * :mod:`.sample`: ``make_sample`` writes a synthetic dimuon dataset for demos and tests.
 
-Names are imported on first use, so the server can split from stored ``FileInfo`` without
+Names are imported on first use, so the server can use ``FileInfo`` without
 paying for importing uproot and awkward.
 """
 
@@ -24,10 +24,6 @@ _EXPORTS = {
     "DataError": "errors",
     "FileInfo": "files",
     "inspect_file": "files",
-    "Chunk": "chunking",
-    "split_by_events": "chunking",
-    "split_by_bytes": "chunking",
-    "split_by_files": "chunking",
     "read_chunk": "events",
     "discover_columns": "events",
     "MergeError": "accumulate",

@@ -40,7 +40,6 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.files import describe, get_tree, is_url, open_file
 from panda_lab.analysis.lazy import LazyReader
@@ -52,6 +51,7 @@ from panda_lab.analysis.schema import (
     select,
     tree_layout,
 )
+from panda_lab.model.splitter import Chunk
 
 OPEN_TREES = 4
 """Trees kept open per process: enough for a job's files, few enough to bound descriptors."""

@@ -20,10 +20,10 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.files import describe
 from panda_lab.analysis.schema import Collection, Layout, offsets_from_counts, packed_lists
+from panda_lab.model.splitter import Chunk
 
 
 class LazyReader:

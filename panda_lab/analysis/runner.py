@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from panda_lab.analysis.accumulate import MergeError, merge
-from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, materialize, read_chunk
+from panda_lab.model.splitter import Chunk
 
 #: Columns discovered per processor: ``id -> (processor, columns)``.  Holding the
 #: processor keeps its id from being reused by another object while cached.

@@ -21,9 +21,9 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.files import describe
+from panda_lab.model.splitter import Chunk
 
 
 @dataclass

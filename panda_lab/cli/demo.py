@@ -93,10 +93,10 @@ def _analysis(lab, events: int, home, console: Console) -> int:
     """Part two: a dimuon analysis over a generated dataset, watched as it fills."""
     import uproot
 
-    from panda_lab.analysis.chunking import Chunk
     from panda_lab.analysis.dimuon import peak, process
     from panda_lab.analysis.events import read_chunk
     from panda_lab.analysis.sample import make_sample
+    from panda_lab.model.splitter import Chunk
 
     outdir = home / "demo-data"
     console.print(f"\n[bold]dimuon analysis[/] over 4 generated files of {events:,} events")
@@ -125,8 +125,8 @@ def _analysis(lab, events: int, home, console: Console) -> int:
     expected = None
     for path in paths:
         with uproot.open(path) as f:
-            from panda_lab.analysis.chunking import Chunk
             from panda_lab.analysis.events import read_chunk
+            from panda_lab.model.splitter import Chunk
 
             n = f["Events"].num_entries
             r = process(read_chunk(Chunk(0, str(path), "Events", 0, n),

@@ -1,42 +1,41 @@
-"""Dataset analyses on the server: scouting, generating jobs, merging results as they come.
+"""Dataset analyses on the server: the orchestration of a task from submit to close.
 
-The way an analysis travels: ``submit`` splits the dataset (or sends scouts first);
-``on_changes`` sees every job change, hands finished results to the merger and, once
-the scouts are done, sizes and generates the remaining jobs; the merger keeps one merged
-result per task, persisted together with the job indices it holds, so a restart merges
-exactly the results not yet in it: each chunk counts once.
+The way an analysis travels: ``submit`` splits the dataset (or sends scouts first, see
+:mod:`panda_lab.model.splitter`); ``on_changes`` sees every job change, hands finished
+results to the merger (:mod:`panda_lab.server.merger`) and, once the scouts are done,
+sizes and generates the remaining jobs; once every job has a final attempt and every
+result is merged, the task is closed.  What clients read of it is in
+:mod:`panda_lab.server.analysis_report`.
 
 An analysis task stays *open* until its results are merged: its jobs ending do not end it;
 the service closes it once the merger holds every result (PanDA's JEDI likewise ends a
 task only after its merge step).  So ``done`` means the merged result is there, and a
-result that cannot be merged can still fail the task.
+result that cannot be merged can still fail the task (see :meth:`AnalysisService.merge_failed`).
 
 Everything the orchestration decides from is in the database, so a server killed at any
-step goes on exactly where it was: the scouts' measurements are read back from their
-stored results, the merge progress from the accumulator row, a merge error from the
-task's options.
+step goes on exactly where it was (:class:`AnalysisTask` says what is kept where): the
+scouts' measurements are read back from their stored results, the merge progress from the
+accumulator row, a merge error from the task's options.
 
-A result that cannot be merged (see :func:`AnalysisService.merge_failed`) fails the task.
+Threads: everything here runs on the store's owner thread, the event loop's once the
+server runs (``submit``, ``scout_measures`` and ``_generate`` through ``Server.db``), and
+the building thread before (``load_known_tasks``).  The merger's thread reaches this
+module only through ``_on_merge_error``, which hands the error to the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import pickle
-import queue
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.files import check_columns
-from panda_lab.model import JOB_FINAL, TASK_FINAL, TaskState
-from panda_lab.payload import dumps_call
-from panda_lab.server.splitter import (
+from panda_lab.model import JOB_FINAL, TASK_FINAL, JobState, TaskState
+from panda_lab.model.retry import ErrorCategory
+from panda_lab.model.splitter import (
+    SplitFile,
     SplitRule,
     remaining,
     scouts,
@@ -44,6 +43,8 @@ from panda_lab.server.splitter import (
     split_all,
     split_empty,
 )
+from panda_lab.payload import dumps_call
+from panda_lab.server.merger import HOLD_ENV, Merger, held, load_result
 from panda_lab.store import Changes, TaskStateError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,272 +52,45 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("panda_lab.analysis")
 
-#: Seconds between two writes of a task's merged result while it runs; an idle merger
-#: saves what changed after as long, so a crash loses at most that much merging.
-PERSIST_EVERY = 1.0
-
-#: Test-only: ``PANDA_LAB_TEST_HOLD=sizing`` keeps scouted tasks from being sized and
-#: ``=merging`` keeps the merger from merging, so that a test can SIGKILL the server at
-#: exactly that step of a task (tests/server/test_restart_steps.py).  Never set otherwise.
-HOLD_ENV = "PANDA_LAB_TEST_HOLD"
-
-_FINAL_JOB = frozenset(str(s) for s in JOB_FINAL)
-_FINAL_TASK = frozenset(str(s) for s in TASK_FINAL)
-
-
-def _held(step: str) -> bool:
-    return os.environ.get(HOLD_ENV) == step
-
 
 def job_specs(job_chunks: list[list[dict]]) -> list[dict]:
-    """One job per chunk list; the processor travels once, as the task's common payload."""
+    """One job spec (``{"payload": bytes}``) per chunk list; the processor travels once,
+    as the task's common payload."""
     return [{"payload": dumps_call(None, (cs,))} for cs in job_chunks]
 
 
 @dataclass
-class Acc:
-    value: Any = None
-    merged: set[int] = field(default_factory=set)
-    events: int = 0
-    data: bytes | None = None       # the pickled value, for cheap ``partial()`` answers
-    dirty: bool = False
-    saved_at: float = 0.0
-    out_of_order: bool = False      # awkward arrays must be concatenated in input order
-    #: Where each job's input starts, (file index, entry): the input order of its result.
-    starts: dict[int, tuple[int, int]] = field(default_factory=dict)
-    last: tuple[int, int] | None = None   # the latest input start merged so far
-    final: bool = False             # the task ended and its last merge is done
-    error: dict | None = None       # a merge error (MergeError.to_dict()): nothing more merges
+class AnalysisTask:
+    """What the orchestration keeps in memory about one analysis task.
 
+    Every field is a copy of something durable, read back by
+    :meth:`AnalysisService.load_known_tasks` when the server starts:
 
-def _has_awkward(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_has_awkward(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_awkward(v) for v in value)
-    return type(value).__module__.startswith("awkward")
+    * ``rule``: the task's options (``split``);
+    * ``files``: the files of the dataset the task's options name (the datasets tables;
+      a dataset registered again with ``replace`` since the submit is read as it is now);
+    * ``scouting``: the task's state is ``scouting`` (its remaining jobs are not made yet);
+    * ``ended``: the task's state is final (a retry makes it running and open again).
 
+    Memory only, and rebuilt by :meth:`AnalysisService.resume`: the checks in flight
+    (``AnalysisService._generating``, ``_closing``), which a restart simply runs again.
+    The merged result's own state is the merger's (:class:`~panda_lab.server.merger.MergeState`).
+    """
 
-class Merger:
-    """Merges each finished chunk's result into its task's result, on its own thread.
-
-    ``on_error(task_id, error)`` is called on that thread when a result cannot be merged
-    (a :class:`MergeError` naming the job, its input and what differed); the task's result
-    then takes no more results."""
-
-    def __init__(self, server: Server,
-                 on_error: Callable[[int, MergeError], None] | None = None) -> None:
-        self.server = server
-        self.store = server.store
-        self.on_error = on_error or (lambda _task, _err: None)
-        self.accs: dict[int, Acc] = {}
-        self._q: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
-        self._pending: dict[int, int] = {}          # task -> items queued, not yet done
-        self._done = threading.Condition()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="panda-merger")
-        self._thread.start()
-
-    def submit(self, task_id: int, index: int | None, job_id: int | None, site: str | None,
-               data: bytes | None, final: bool = False, ended: bool = False) -> None:
-        """Merge job ``index``'s result (``data``, or read from the store); with ``final``,
-        then put awkward arrays in input order and save; ``ended``: the task has ended."""
-        with self._done:
-            self._pending[task_id] = self._pending.get(task_id, 0) + 1
-        self._q.put((task_id, index, job_id, site, data, final, ended))
-
-    def finalize(self, task_id: int) -> None:
-        """Make the merged result final and save it (before the task is closed)."""
-        self.submit(task_id, None, None, None, None, final=True)
-
-    def flush(self, task_id: int) -> None:
-        """Persist now (the task ended)."""
-        self.submit(task_id, None, None, None, None, final=True, ended=True)
-
-    def busy(self, task_id: int) -> bool:
-        """Results of the task are queued or being merged."""
-        with self._done:
-            return bool(self._pending.get(task_id))
-
-    def wait_task(self, task_id: int, timeout: float | None = None) -> bool:
-        """Block until every result submitted for the task so far is merged."""
-        with self._done:
-            return self._done.wait_for(lambda: not self._pending.get(task_id), timeout)
-
-    def error(self, task_id: int) -> dict | None:
-        """The task's merge error, if one happened (``MergeError.to_dict()``)."""
-        return self._acc(task_id).error
-
-    def stop(self, task_id: int, error: dict) -> None:
-        """Merge no more results of the task: ``error`` (a job's merge failed on a pilot)."""
-        acc = self._acc(task_id)
-        with self._lock:
-            acc.error = acc.error or error
-
-    def catch_up(self) -> None:
-        """After a restart: merge the results of analysis tasks not in their saved state."""
-        for task_id in self.store.analysis_tasks_to_merge():
-            acc = self._acc(task_id)
-            if acc.error is not None:
-                continue  # it failed on a merge error: nothing more is merged
-            for r in self.store.results(task_id):
-                if r["index"] not in acc.merged:
-                    self.submit(task_id, r["index"], r["job_id"], None, r["data"])
-            self.flush(task_id)
-
-    def _acc(self, task_id: int) -> Acc:
-        with self._lock:
-            acc = self.accs.get(task_id)
-        if acc is not None:
-            return acc
-        data, merged, events = self.store.load_accumulator(task_id)
-        error = self.store.get_task(task_id)["options"].get("merge_error")
-        value = pickle.loads(data) if data else None
-        # The saved value does not say in which order its arrays were concatenated:
-        # redo the merge in input order at the end, as a merge out of order would.
-        acc = Acc(value, merged, events, data, saved_at=time.monotonic(), error=error,
-                  out_of_order=bool(merged) and _has_awkward(value))
-        with self._lock:
-            return self.accs.setdefault(task_id, acc)
-
-    def snapshot(self, task_id: int) -> tuple[bytes | None, int, int, bool, dict | None]:
-        acc = self._acc(task_id)
-        with self._lock:
-            if acc.dirty or (acc.data is None and acc.value is not None):
-                acc.data = pickle.dumps(acc.value)
-            return acc.data, len(acc.merged), acc.events, acc.final, acc.error
-
-    def merged(self, task_id: int) -> set[int]:
-        acc = self._acc(task_id)
-        with self._lock:
-            return set(acc.merged)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                item = self._q.get(timeout=PERSIST_EVERY)
-            except queue.Empty:  # idle: save what changed since the last save
-                self._persist_idle()
-                continue
-            task_id = item[0]
-            try:
-                self._handle(*item)
-            except Exception:
-                log.exception("merging a result of task %s failed", task_id)
-            finally:
-                with self._done:
-                    self._pending[task_id] -= 1
-                    if not self._pending[task_id]:
-                        del self._pending[task_id]
-                    self._done.notify_all()
-                self._q.task_done()
-
-    def _persist_idle(self) -> None:
-        with self._lock:
-            dirty = [(t, a) for t, a in self.accs.items() if a.dirty]
-        for task_id, acc in dirty:
-            try:
-                self._persist(task_id, acc)
-            except Exception:
-                log.exception("saving the merged result of task %s failed", task_id)
-
-    def _handle(self, task_id: int, index: int | None, job_id: int | None, _site: str | None,
-                data: bytes | None, final: bool, ended: bool) -> None:
-        acc = self._acc(task_id)
-        if index is not None and index not in acc.merged and acc.error is None \
-                and not _held("merging"):
-            try:
-                self._merge_one(task_id, index, data, acc)
-            except MergeError as exc:
-                self._failed(task_id, index, job_id, acc, exc)
-        if final and acc.out_of_order and acc.error is None and _has_awkward(acc.value):
-            try:
-                self._remerge_in_order(task_id, acc)
-            except MergeError as exc:
-                self._failed(task_id, None, None, acc, exc)
-        if acc.dirty and (final or time.monotonic() - acc.saved_at > PERSIST_EVERY):
-            self._persist(task_id, acc)
-        if ended:
-            acc.final = True
-
-    def _merge_one(self, task_id: int, index: int, data: bytes | None, acc: Acc) -> None:
-        from panda_lab.analysis.accumulate import merge
-
-        if data is None:
-            data = self.store.results(task_id, [index])[0]["data"]
-        try:
-            cr = pickle.loads(data)
-        except Exception as exc:
-            raise MergeError("result", f"cannot be unpickled on the server: "
-                                       f"{type(exc).__name__}: {exc}") from exc
-        start = self._start(task_id, acc, index)
-        with self._lock:
-            value = merge(acc.value, cr.result)  # raises before anything changes
-            # Job indices are not input order (scouts come first): compare inputs.
-            if start is None or (acc.last is not None and start < acc.last):
-                acc.out_of_order = True
-            if start is not None:
-                acc.last = start if acc.last is None else max(acc.last, start)
-            acc.value = value
-            acc.merged.add(index)
-            acc.events += cr.events
-            acc.dirty = True
-
-    def _start(self, task_id: int, acc: Acc, index: int) -> tuple[int, int] | None:
-        """Where job ``index``'s input starts; the task's chunks are read again when a job
-        is new (after sizing), so once per batch of jobs, not per result."""
-        if index not in acc.starts:
-            starts: dict[int, tuple[int, int]] = {}
-            for c in self.store.task_chunks(task_id):
-                key = (c["file_index"], c["start"])
-                starts[c["job_index"]] = min(starts.get(c["job_index"], key), key)
-            acc.starts = starts
-        return acc.starts.get(index)
-
-    def _failed(self, task_id: int, index: int | None, job_id: int | None, acc: Acc,
-                exc: MergeError) -> None:
-        chunks = [c for c in self.store.task_chunks(task_id) if c["job_index"] == index]
-        err = MergeError(exc.path, exc.reason, task=task_id, job_index=index, chunks=chunks,
-                         merged_jobs=self.merged(task_id))
-        with self._lock:
-            acc.error = {**err.to_dict(), "job_id": job_id}
-        log.error("%s", err)
-        self.on_error(task_id, err)
-
-    def _remerge_in_order(self, task_id: int, acc: Acc) -> None:
-        """Awkward arrays are concatenated, so their order matters: redo the merge in
-        input order (file, then entry) once the task is over.  Histograms and numbers
-        do not care, and keep their running merge."""
-        from panda_lab.analysis.accumulate import merge_all
-
-        rows = [r for r in self.store.results(task_id) if r["index"] in acc.merged]
-        starts = {r["index"]: self._start(task_id, acc, r["index"]) or (r["index"], 0)
-                  for r in rows}
-        rows.sort(key=lambda r: starts[r["index"]])
-        value = merge_all(pickle.loads(r["data"]).result for r in rows)
-        with self._lock:
-            acc.value = value
-            acc.out_of_order = False
-            acc.last = max(starts.values(), default=None)
-            acc.dirty = True
-
-    def _persist(self, task_id: int, acc: Acc) -> None:
-        with self._lock:
-            acc.data = pickle.dumps(acc.value)
-            merged, events, data = set(acc.merged), acc.events, acc.data
-            acc.dirty = False
-            acc.saved_at = time.monotonic()
-        self.store.save_accumulator(task_id, data, merged, events)
-        self.server.announce("partial", {"task": task_id, "events": events,
-                                         "jobs_merged": len(merged)})
+    rule: SplitRule
+    files: list[SplitFile]
+    scouting: bool
+    ended: bool
 
 
 class AnalysisService:
+    """Submits, scouts, sizes and closes dataset analyses (JEDI's task handling)."""
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.store = server.store
         self.merger = Merger(server, on_error=self._on_merge_error)
-        self.tasks: dict[int, dict] = {}   # analysis task id -> its split rule and files
+        self.tasks: dict[int, AnalysisTask] = {}   # every analysis task this server knows
         self._generating: set[int] = set()
         self._closing: dict[int, bool] = {}  # task -> checked again once this check ends
         self._background: set[asyncio.Task] = set()
@@ -325,8 +99,10 @@ class AnalysisService:
     def submit(self, name: str, dataset: str, common: bytes, rule: SplitRule, site: Any,
                options: dict, skip_bad_files: bool, owner: str = "",
                columns: list[str] | None = None) -> tuple[int, Changes]:
-        """Runs on the store's thread.  The task is made open: it ends when its results
-        are merged, not when its jobs end (see the module's docstring).  Raises
+        """Split the dataset by ``rule`` (or make its scouts) and create the task with
+        those jobs; runs on the store's owner thread.  The task is made open: it ends when
+        its results are merged, not when its jobs end (see the module's docstring).
+        Returns (task id, the store's changes, to be published).  Raises
         ``DatasetNotFound`` and, for ``columns`` that no file of the dataset has,
         ``UnknownColumns``."""
         ds = self.store.get_dataset(dataset)
@@ -353,8 +129,7 @@ class AnalysisService:
             name, job_specs(first), owner=owner, site=site, options=options, common=common,
             # a dataset without files has no job and nothing to merge: it ends at once
             open_=bool(first), state=state, job_chunks=first)
-        self.tasks[task_id] = {"rule": rule, "files": files, "scouting": scouting,
-                               "ended": not first}
+        self.tasks[task_id] = AnalysisTask(rule, files, scouting, ended=not first)
         return task_id, changes
 
     # ---- every change goes through here ------------------------------------------------
@@ -365,26 +140,26 @@ class AnalysisService:
         for c in changes.jobs:
             if not self._is_analysis(c.task_id):
                 continue
-            if c.state == "finished":
-                self.merger.submit(c.task_id, c.job_index, c.job_id, c.site, c.result)
-            if c.state == "failed" and c.error_category == "merge":
+            if c.state == JobState.FINISHED:
+                self.merger.submit(c.task_id, c.job_index, c.job_id, c.result)
+            if c.state == JobState.FAILED and c.error_category == ErrorCategory.MERGE:
                 self._pilot_merge_error(c.task_id, c.job_index, c.job_id, c.error_message)
-            if c.state in _FINAL_JOB:
+            if c.state in JOB_FINAL:
                 touched.add(c.task_id)
         for task_id, state in changes.tasks:
             if not self._is_analysis(task_id):
                 continue
             t = self.tasks[task_id]
-            if state in _FINAL_TASK:
-                t["ended"] = True
+            if state in TASK_FINAL:
+                t.ended = True
                 self.merger.flush(task_id)
-            elif state == TaskState.RUNNING and t.get("ended"):
+            elif state == TaskState.RUNNING and t.ended:
                 # retried: open again, so that it ends only once the new results merged
-                t["ended"] = False
+                t.ended = False
                 self.store.reopen_task(task_id)
         for task_id in touched:
             t = self.tasks[task_id]
-            if t.get("scouting") and t["rule"].mode == "auto":
+            if t.scouting and t.rule.mode == "auto":
                 if task_id not in self._generating:
                     self._spawn(self._maybe_generate(task_id))
             else:
@@ -394,12 +169,13 @@ class AnalysisService:
         return task_id in self.tasks
 
     def resume(self) -> None:
-        """Started with the server: finish the scouting or the closing that a restart
-        interrupted."""
+        """Started with the server, on the running loop: start merging, and finish the
+        scouting or the closing that a restart interrupted."""
+        self.merger.start()
         for task_id, t in self.tasks.items():
-            if t.get("scouting") and t["rule"].mode == "auto":
+            if t.scouting and t.rule.mode == "auto":
                 self._spawn(self._maybe_generate(task_id))
-            elif not t.get("ended"):
+            elif not t.ended:
                 self._spawn(self._maybe_close(task_id))
 
     def _spawn(self, coro) -> None:
@@ -407,9 +183,13 @@ class AnalysisService:
         self._background.add(task)  # keep a reference until it is done
         task.add_done_callback(self._background.discard)
 
+    async def close(self) -> None:
+        """Stopped with the server, on the loop while it still runs: stop merging."""
+        await self.merger.close()
+
     async def _merged(self, task_id: int) -> dict | None:
         """Wait until the merger holds what was submitted for the task; its merge error."""
-        await asyncio.get_running_loop().run_in_executor(None, self.merger.wait_task, task_id)
+        await self.merger.settled(task_id)
         return self.merger.error(task_id)
 
     # ---- scouting ------------------------------------------------------------------------
@@ -420,30 +200,30 @@ class AnalysisService:
             s = self.server
             info = await s.db(self.store.get_task, task_id)
             if info["state"] != TaskState.SCOUTING:
-                self.tasks[task_id]["scouting"] = False
-                if info["state"] not in _FINAL_TASK:
+                self.tasks[task_id].scouting = False
+                if info["state"] not in TASK_FINAL:
                     self._spawn(self._maybe_close(task_id))
                 return
             jobs = await s.db(self.store.list_jobs, task_id)
-            if any(j["state"] not in _FINAL_JOB for j in jobs):
+            if any(j["state"] not in JOB_FINAL for j in jobs):
                 return
             error = await self._merged(task_id)
             if error is not None:
                 await self._fail(task_id, error)
                 return
-            if _held("sizing"):
+            if held("sizing"):
                 log.warning("task %s: not sized (%s=sizing)", task_id, HOLD_ENV)
                 return
             measures = await s.db(self.scout_measures, task_id)
-            rule: SplitRule = self.tasks[task_id]["rule"]
-            user_failed = [j for j in jobs if j["state"] == "failed"
-                           and j["error_category"] == "user"]
+            rule = self.tasks[task_id].rule
+            user_failed = [j for j in jobs if j["state"] == JobState.FAILED
+                           and j["error_category"] == ErrorCategory.USER]
             try:
                 changes = await s.db(self._generate, task_id, measures, rule, bool(user_failed))
             except TaskStateError as exc:  # killed or failed meanwhile
                 log.info("task %s: not sized: %s", task_id, exc)
                 return
-            self.tasks[task_id]["scouting"] = False
+            self.tasks[task_id].scouting = False
             s.publish(changes)
             self._spawn(self._maybe_close(task_id))
         finally:
@@ -458,8 +238,8 @@ class AnalysisService:
         out = []
         for r in self.store.results(task_id, scouts_):
             try:
-                cr = pickle.loads(r["data"])
-            except Exception:  # the merger reports it as a merge error
+                cr = load_result(r["data"])
+            except MergeError:  # the merger reports it too, and fails the task
                 continue
             out.append({"index": r["index"], "events": cr.events, "seconds": cr.seconds,
                         "rss_mb": cr.rss_mb, "site": sites.get(r["index"])})
@@ -468,7 +248,7 @@ class AnalysisService:
     def _generate(self, task_id: int, measures: list[dict], rule: SplitRule,
                   user_failed: bool) -> Changes:
         """Size the rest from the scouts and add its jobs, in one transaction."""
-        files = self.tasks[task_id]["files"]
+        files = self.tasks[task_id].files
         done = self.store.task_chunks(task_id)
         scouting = size_from_scouts(measures, rule.target_job_seconds)
         # A processor that fails on real data (a user error) would fail the rest the same way.
@@ -500,10 +280,10 @@ class AnalysisService:
     async def _close_if_merged(self, task_id: int) -> None:
         s = self.server
         info = await s.db(self.store.get_task, task_id)
-        if not info["open"] or info["state"] in _FINAL_TASK or \
+        if not info["open"] or info["state"] in TASK_FINAL or \
                 info["state"] == TaskState.SCOUTING:
             return
-        if any(n for st, n in info["attempts_by_state"].items() if st not in _FINAL_JOB):
+        if any(n for st, n in info["attempts_by_state"].items() if st not in JOB_FINAL):
             return
         error = await self._merged(task_id)
         if error is not None:
@@ -536,13 +316,12 @@ class AnalysisService:
         result merged before the error stays readable (``partial()``) for inspection."""
         self._spawn(self._fail(task_id, error))
 
-    def _on_merge_error(self, task_id: int, err: MergeError) -> None:
+    def _on_merge_error(self, task_id: int, error: dict) -> None:
         """On the merger's thread: hand the error to the event loop."""
         loop = self.server.loop
-        error = self.merger.error(task_id) or err.to_dict()
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.merge_failed, task_id, error)
-        # else: the server is starting; ``resume`` finds the error when it checks the task
+        # else: the server is stopping; a restart finds the error when it merges again
 
     def _pilot_merge_error(self, task_id: int, job_index: int, job_id: int,
                            message: str | None) -> None:
@@ -560,49 +339,24 @@ class AnalysisService:
         s = self.server
         info = await s.db(self.store.get_task, task_id)
         first = not info["options"].get("merge_error")
-        if first or info["state"] not in _FINAL_TASK:
+        if first or info["state"] not in TASK_FINAL:
             changes = await s.db(self.store.fail_task, task_id, error["message"],
                                  {"merge_error": error})
             s.publish(changes)
         if first:
             s.bus.publish("merge_error", {**error, "task": task_id})
 
-    # ---- what clients read -------------------------------------------------------------
-    def partial(self, task_id: int) -> dict:
-        """Runs on the store's thread: the merged state and the coverage per file."""
-        data, n_merged, events, final, error = self.merger.snapshot(task_id)
-        if not final and not self.merger.busy(task_id):
-            # A task that ended before this server started: final once all is merged.
-            info = self.store.get_task(task_id)
-            final = info["state"] in _FINAL_TASK and \
-                (n_merged >= info["n_done"] or error is not None)
-        merged = self.merger.merged(task_id)
-        per_file: dict[int, dict] = {}
-        for f in self.tasks.get(task_id, {}).get("files", []):
-            per_file[f["file_index"]] = {"file_index": f["file_index"], "path": f["path"],
-                                         "events_done": 0, "entries": f["entries"]}
-        for c in self.store.task_chunks(task_id):
-            if c["job_index"] in merged and c["file_index"] in per_file:
-                per_file[c["file_index"]]["events_done"] += c["stop"] - c["start"]
-        total = sum(f["entries"] for f in per_file.values())
-        return {"data": data, "jobs_merged": n_merged, "events": events, "final": final,
-                "total_events": total, "per_file": list(per_file.values()),
-                "merge_error": error}
-
-    def report(self, task_id: int) -> list[dict]:
-        """Runs on the store's thread: the store's report, with whether each range is in
-        the merged result (``merged``) and the merge error on the job it names."""
-        rows = self.store.analysis_report(task_id)
-        merged = self.merger.merged(task_id)
-        error = self.merger.error(task_id)
-        for r in rows:
-            r["merged"] = r["job_index"] in merged
-            if error is not None and r["job_index"] == error.get("job_index"):
-                r["error_category"], r["error"] = "merge", error["message"]
-        return rows
+    # ---- what clients read ---------------------------------------------------------------
+    def files_of(self, task_id: int) -> list[SplitFile]:
+        """The input files of an analysis task this server knows; ``[]`` for another task."""
+        t = self.tasks.get(task_id)
+        return t.files if t is not None else []
 
     def load_known_tasks(self) -> None:
-        """After a restart: which tasks are analyses, and whose scouting is unfinished."""
+        """When the server is built (after a restart), on the building thread before the
+        loop runs: which tasks are analyses, whose scouting is unfinished, which have
+        ended (all read from the tasks and datasets tables), and queue for merging the
+        stored results that are not in their task's saved merged result."""
         for t in self.store.tasks_of_kind("analysis"):
             ds = t["options"].get("dataset")
             try:
@@ -610,7 +364,7 @@ class AnalysisService:
             except LookupError:
                 files = []
             rule = SplitRule(**t["options"].get("split", {}))
-            self.tasks[t["id"]] = {"rule": rule, "files": files,
-                                   "scouting": t["state"] == TaskState.SCOUTING,
-                                   "ended": t["state"] in _FINAL_TASK}
+            self.tasks[t["id"]] = AnalysisTask(rule, files,
+                                               scouting=t["state"] == TaskState.SCOUTING,
+                                               ended=t["state"] in TASK_FINAL)
         self.merger.catch_up()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import itertools
 from collections import Counter
 from typing import Annotated, Literal
 
@@ -11,9 +10,10 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import Field
 
 from panda_lab.analysis.files import UnknownColumns
+from panda_lab.model.splitter import SplitRule, check_clusters
+from panda_lab.server import analysis_report
 from panda_lab.server.app import Server
 from panda_lab.server.schemas import B64, Strict, TaskOptions, b64decode
-from panda_lab.server.splitter import SplitRule
 
 router = APIRouter()
 
@@ -83,11 +83,10 @@ class AnalysisSubmit(Strict):
 async def register_dataset(request: Request, body: DatasetRegister) -> dict:
     s = _server(request)
     for f in body.files:
-        c = f.clusters
-        rising = all(a < b for a, b in itertools.pairwise(c))
-        if not c or c[0] != 0 or c[-1] != f.entries or not rising:
-            raise HTTPException(422, f"{f.path}: clusters must rise strictly from 0 to "
-                                     f"entries ({f.entries})")
+        try:
+            check_clusters(f.path, f.entries, f.clusters)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
     given = [f.file_index for f in [*body.files, *body.bad_files]]
     if any(i is not None for i in given):
         if None in given:
@@ -141,7 +140,8 @@ async def partial(request: Request, task_id: int) -> dict:
     """The merged result so far, cheap: the merger's latest state, no job result is read."""
     s = _server(request)
     await s.db(s.store.get_task, task_id)  # 404 for an unknown task
-    snap = await s.db(s.analysis.partial, task_id)
+    snap = await s.db(analysis_report.partial, s.store, s.analysis.merger,
+                      s.analysis.files_of(task_id), task_id)
     data = snap.pop("data")
     snap["data"] = base64.b64encode(data).decode() if data is not None else None
     return snap
@@ -153,4 +153,4 @@ async def report(request: Request, task_id: int) -> list[dict]:
     then the files no job reads (404: no task)."""
     s = _server(request)
     await s.db(s.store.get_task, task_id)  # 404 for an unknown task
-    return await s.db(s.analysis.report, task_id)
+    return await s.db(analysis_report.report, s.store, s.analysis.merger, task_id)

@@ -209,6 +209,7 @@ def create_app(server: Server) -> FastAPI:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await server.analysis.close()  # the merger's last store calls need the loop
             server.bus.publish("shutdown", {})
 
     app = FastAPI(

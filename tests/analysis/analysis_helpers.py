@@ -11,11 +11,26 @@ import hist
 import numpy as np
 import uproot
 
+from panda_lab.analysis.files import FileInfo
+from panda_lab.model.splitter import Chunk, SplitRule, split_all
+
 # The generated dataset of the tests (conftest's ``sample_files``): 7 clusters per file, the
 # last one short.
 SAMPLE_FILES = 2
 SAMPLE_EVENTS = 20_000
 SAMPLE_BASKET = 3_000
+
+
+def split(infos: list[FileInfo], rule: SplitRule) -> list[list[Chunk]]:
+    """The server's splitter over inspected files (``file_index`` their place in the list):
+    every job's chunks, as :class:`Chunk` s."""
+    files = [{**info.to_dict(), "file_index": k} for k, info in enumerate(infos)]
+    return [[Chunk.from_dict(c) for c in job] for job in split_all(files, rule)]
+
+
+def split_events(infos: list[FileInfo], events_per_job: int) -> list[Chunk]:
+    """The chunks of mode ``events`` (one per job), in input order."""
+    return [c for job in split(infos, SplitRule("events", events_per_job)) for c in job]
 
 
 def mass_hist() -> hist.Hist:

@@ -34,12 +34,12 @@ import numpy as np
 import pytest
 import uproot
 
-from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import _open_tree, discover_columns, read_chunk
 from panda_lab.analysis.lazy import LazyReader
 from panda_lab.analysis.runner import run_chunks
 from panda_lab.analysis.sample import make_sample
+from panda_lab.model.splitter import Chunk
 
 NANOAOD = "nanoAOD_2015_CMS_Open_Data_ttbar.root"
 

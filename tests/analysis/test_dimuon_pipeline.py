@@ -6,12 +6,12 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from analysis_helpers import SAMPLE_EVENTS, SAMPLE_FILES, process, reference
+from analysis_helpers import SAMPLE_EVENTS, SAMPLE_FILES, process, reference, split, split_events
 
 from panda_lab.analysis.accumulate import merge_all
-from panda_lab.analysis.chunking import split_by_events, split_by_files
 from panda_lab.analysis.events import discover_columns, read_chunk
 from panda_lab.analysis.files import inspect_file
+from panda_lab.model.splitter import SplitRule
 
 BRANCHES = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge"]
 
@@ -35,15 +35,15 @@ def assert_same(result: dict, expected: dict) -> None:
 @pytest.mark.parametrize("events_per_job", [3_000, 7_000, 10**6])
 def test_chunked_mass_equals_single_pass(sample_files, direct, events_per_job):
     files = [inspect_file(p, "Events") for p in sample_files]
-    chunks = split_by_events(files, events_per_job)
+    chunks = split_events(files, events_per_job)
     columns = discover_columns(process, chunks[0])
     assert columns == BRANCHES
     assert_same(merge_all(process(read_chunk(c, columns)) for c in chunks), direct)
 
 
-def test_lazy_reading_and_split_by_files_agree(sample_files, direct):
+def test_lazy_reading_and_split_by_whole_files_agree(sample_files, direct):
     files = [inspect_file(p, "Events") for p in sample_files]
-    jobs = split_by_files(files, 1)
+    jobs = split(files, SplitRule("files", files_per_job=1))
     assert len(jobs) == 2
     assert_same(merge_all(process(read_chunk(c)) for job in jobs for c in job), direct)
 

@@ -9,16 +9,16 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from analysis_helpers import SAMPLE_BASKET, process
+from analysis_helpers import SAMPLE_BASKET, process, split_events
 
 from panda_lab.analysis import events as events_module
-from panda_lab.analysis.chunking import Chunk, split_by_events
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, read_chunk
 from panda_lab.analysis.files import inspect_file
 from panda_lab.analysis.lazy import keyed_form
 from panda_lab.analysis.sample import make_sample
 from panda_lab.analysis.schema import select, tree_layout
+from panda_lab.model.splitter import Chunk
 
 MUON_FIELDS = ["pt", "eta", "phi", "mass", "charge"]
 DIMUON_BRANCHES = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge"]
@@ -27,7 +27,7 @@ DIMUON_BRANCHES = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muo
 @pytest.fixture(scope="module")
 def chunk(sample_files) -> Chunk:
     """The second chunk of the first file: entries 3000-6000, so offsets matter."""
-    return split_by_events([inspect_file(sample_files[0], "Events")], SAMPLE_BASKET)[1]
+    return split_events([inspect_file(sample_files[0], "Events")], SAMPLE_BASKET)[1]
 
 
 def test_collections_become_records_and_flat_branches_stay(chunk):

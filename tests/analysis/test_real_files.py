@@ -11,11 +11,12 @@ import awkward as ak
 import hist
 import numpy as np
 import uproot
+from analysis_helpers import split_events
 
 from panda_lab.analysis.accumulate import merge_all
-from panda_lab.analysis.chunking import Chunk, split_by_events
 from panda_lab.analysis.events import discover_columns, read_chunk
 from panda_lab.analysis.files import inspect_file
+from panda_lab.model.splitter import Chunk
 
 ZMUMU = "uproot-Zmumu.root"
 NANOAOD = "nanoAOD_2015_CMS_Open_Data_ttbar.root"
@@ -42,7 +43,7 @@ def test_zmumu_flat_branches(shared_data):
     assert info.entries == 2304 and "M" in info.branches and "pt1" in info.branches
     with uproot.open(path) as f:
         expected = m_hist(f["events"].arrays(["M"]))
-    chunks = split_by_events([info], 500)
+    chunks = split_events([info], 500)
     assert discover_columns(m_hist, chunks[0]) == ["M"]
     for parts in (chunks, sub_chunks(info, 500)):
         merged = merge_all(m_hist(read_chunk(c, ["M"])) for c in parts)
@@ -59,7 +60,7 @@ def test_nanoaod_muon_collection(shared_data):
         pt = f["Events"]["Muon_pt"].array()
     expected = hist.Hist.new.Reg(50, 0, 200, name="pt").Double().fill(ak.to_numpy(ak.flatten(pt)))
     assert expected.sum() > 0
-    chunks = split_by_events([info], 50)  # one cluster (one basket per branch): one chunk
+    chunks = split_events([info], 50)  # one cluster (one basket per branch): one chunk
     assert [(c.start, c.stop) for c in chunks] == [(0, 200)]
     columns = discover_columns(muon_pt_hist, chunks[0])
     assert columns == ["nMuon", "Muon_pt"]

@@ -8,10 +8,10 @@ import uproot
 from harness import ServerProcess
 
 from panda_lab.analysis.accumulate import merge_all
-from panda_lab.analysis.chunking import Chunk
 from panda_lab.analysis.dimuon import MASS_AXIS, dimuon_mass
 from panda_lab.analysis.events import read_chunk
 from panda_lab.analysis.sample import make_sample
+from panda_lab.model.splitter import Chunk
 
 
 def process(events):

@@ -42,7 +42,7 @@ from harness import ServerProcess, wait_for
 
 from panda_lab.analysis.dimuon import MASS_AXIS, dimuon_mass
 from panda_lab.analysis.sample import make_sample
-from panda_lab.server.analysis import HOLD_ENV
+from panda_lab.server.merger import HOLD_ENV
 from panda_lab.store import Store
 
 SITE = "LOCAL-GRID"

@@ -1,0 +1,391 @@
+"""The merge step of a dataset analysis: one merged result per task, built as results come.
+
+PanDA's JEDI ends a task only after its merge step; here the merge runs continuously, on
+one thread of its own (:class:`Merger`), so that a client can read the result so far at any
+time and the event loop never spends its time unpickling and adding histograms.
+
+The merger's thread never opens a store transaction itself: the store belongs to the event
+loop's thread (the *owner*), so every store call the merger makes goes through
+:meth:`Server.db_from_thread <panda_lab.server.app.Server.db_from_thread>`, a hop to the
+loop.  Those calls are few and batched: a result arrives with its bytes (no read), the
+task's chunks are read once per batch of new jobs, and the merged result is written at most
+once per :data:`PERSIST_EVERY` per task.  The thread starts only once the loop runs
+(:meth:`Merger.start`); until then (the server being built) results are queued, and the
+store calls that queue them (:meth:`Merger.catch_up`, :meth:`Merger.submit`) run on the
+building thread, the owner then.  Nothing on the loop blocks on the merger: the loop
+awaits :meth:`Merger.settled`, a future the merger's thread resolves.
+
+What is kept where (:class:`MergeState`): the merged value, its job indices and events are
+saved together in the task's accumulator row, so a restart merges exactly the results not
+in it (each chunk counts once); a merge error is kept in the task's options
+(``merge_error``) by the service that fails the task.  The rest (the pickled copy for
+``partial``, whether it changed since the last save, the input order seen so far) is
+memory only and rebuilt from those rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from panda_lab.analysis.accumulate import MergeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from panda_lab.server.app import Server
+
+log = logging.getLogger("panda_lab.analysis")
+
+#: Seconds between two writes of a task's merged result while it runs; an idle merger
+#: saves what changed after as long, so a crash loses at most that much merging.
+PERSIST_EVERY = 1.0
+
+#: Test-only: ``PANDA_LAB_TEST_HOLD=sizing`` keeps scouted tasks from being sized and
+#: ``=merging`` keeps the merger from merging, so that a test can SIGKILL the server at
+#: exactly that step of a task (tests/server/test_restart_steps.py).  Never set otherwise.
+HOLD_ENV = "PANDA_LAB_TEST_HOLD"
+
+
+def held(step: str) -> bool:
+    """Whether the test-only hold (:data:`HOLD_ENV`) keeps the server at ``step``."""
+    return os.environ.get(HOLD_ENV) == step
+
+
+def load_result(data: bytes) -> Any:
+    """A job's pickled result (a ``ChunkResult``: ``result``, ``events``, ``seconds``,
+    ``rss_mb``).  Raises :class:`MergeError` (path ``result``) when it cannot be unpickled
+    here."""
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise MergeError("result", f"cannot be unpickled on the server: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+def has_awkward(value: Any) -> bool:
+    """Whether an accumulator holds awkward arrays (they concatenate: order matters)."""
+    if isinstance(value, dict):
+        return any(has_awkward(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_awkward(v) for v in value)
+    return type(value).__module__.startswith("awkward")
+
+
+@dataclass
+class MergeState:
+    """One task's merged result and what the merger knows about it.
+
+    Durable (read back by :meth:`Merger.load`): ``value``, ``merged``, ``events`` (the
+    accumulator row, written together) and ``error`` (the task's ``merge_error`` option).
+    Memory only: the rest, rebuilt after a restart."""
+
+    value: Any = None
+    #: Job indices whose results are in ``value``.
+    merged: set[int] = field(default_factory=set)
+    events: int = 0
+    data: bytes | None = None       # the pickled value, for cheap ``partial()`` answers
+    dirty: bool = False             # changed since it was last saved
+    saved_at: float = 0.0           # time.monotonic() of the last save
+    out_of_order: bool = False      # awkward arrays must be concatenated in input order
+    #: Where each job's input starts, (file index, entry): the input order of its result.
+    starts: dict[int, tuple[int, int]] = field(default_factory=dict)
+    last: tuple[int, int] | None = None   # the latest input start merged so far
+    final: bool = False             # the task ended and its last merge is done
+    error: dict | None = None       # a merge error (MergeError.to_dict()): nothing more merges
+
+
+#: One queued piece of work: (task, job index or None, job id, result bytes or None,
+#: final, ended); see :meth:`Merger.submit`.
+_Item = tuple[int, int | None, int | None, bytes | None, bool, bool]
+
+
+class Merger:
+    """Merges each finished chunk's result into its task's result, on its own thread.
+
+    ``on_error(task_id, error)`` is called on that thread when a result cannot be merged
+    (``error``: a :meth:`MergeError.to_dict` naming the job, its input and what differed,
+    plus ``job_id``); the task's result then takes no more results.
+
+    Thread rule: :meth:`submit`, :meth:`finalize`, :meth:`flush`, :meth:`catch_up`,
+    :meth:`stop` and the readers (:meth:`error`, :meth:`merged`, :meth:`snapshot`) run on
+    the store's owner thread (the loop's, or the building thread before the loop runs),
+    since they may read a task's saved state from the store directly."""
+
+    def __init__(self, server: Server,
+                 on_error: Callable[[int, dict], None] | None = None) -> None:
+        self.server = server
+        self.store = server.store
+        self.on_error = on_error or (lambda _task, _err: None)
+        self.accs: dict[int, MergeState] = {}
+        self._q: queue.Queue[_Item | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._done = threading.Lock()                # guards _pending and _waiters
+        self._pending: dict[int, int] = {}          # task -> items queued, not yet done
+        self._waiters: dict[int, list[asyncio.Future]] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ---- life ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start merging (once the event loop runs: the thread's store calls hop to it).
+        Again after :meth:`close`, for a server whose app is started again."""
+        self._stopping = False
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="panda-merger")
+            self._thread.start()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop after the item being merged (what is still queued waits for the next
+        :meth:`start`, or is merged again after a restart, from the stored results); waits
+        up to ``timeout`` seconds, on the loop, which serves the thread's last store calls
+        meanwhile."""
+        self._stopping = True
+        self._q.put(None)  # wakes the thread
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, timeout)
+
+    # ---- what the loop hands over ---------------------------------------------------------
+    def submit(self, task_id: int, index: int | None, job_id: int | None,
+               data: bytes | None, final: bool = False, ended: bool = False) -> None:
+        """Queue job ``index``'s result (``data``, or read from the store when None) for
+        merging; with ``final``, then put awkward arrays in input order and save;
+        ``ended``: the task has ended.  Returns at once."""
+        self._acc(task_id)  # loaded here, on the owner thread, before the merger needs it
+        with self._done:
+            self._pending[task_id] = self._pending.get(task_id, 0) + 1
+        self._q.put((task_id, index, job_id, data, final, ended))
+
+    def finalize(self, task_id: int) -> None:
+        """Make the merged result final and save it (before the task is closed)."""
+        self.submit(task_id, None, None, None, final=True)
+
+    def flush(self, task_id: int) -> None:
+        """Persist now (the task ended)."""
+        self.submit(task_id, None, None, None, final=True, ended=True)
+
+    def stop(self, task_id: int, error: dict) -> None:
+        """Merge no more results of the task: ``error`` (a job's merge failed on a pilot)."""
+        acc = self._acc(task_id)
+        with self._lock:
+            acc.error = acc.error or error
+
+    def catch_up(self) -> None:
+        """After a restart, on the building thread: queue the stored results of analysis
+        tasks that are not in their saved merged state (merged once the thread starts)."""
+        for task_id in self.store.analysis_tasks_to_merge():
+            acc = self._acc(task_id)
+            if acc.error is not None:
+                continue  # it failed on a merge error: nothing more is merged
+            for r in self.store.results(task_id):
+                if r["index"] not in acc.merged:
+                    self.submit(task_id, r["index"], r["job_id"], r["data"])
+            self.flush(task_id)
+
+    # ---- waiting and reading ----------------------------------------------------------------
+    def busy(self, task_id: int) -> bool:
+        """Results of the task are queued or being merged."""
+        with self._done:
+            return bool(self._pending.get(task_id))
+
+    async def settled(self, task_id: int) -> None:
+        """Wait, on the loop and without a thread, until everything submitted for the task
+        so far is merged (or saved)."""
+        with self._done:
+            if not self._pending.get(task_id):
+                return
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(task_id, []).append(fut)
+        await fut
+
+    def error(self, task_id: int) -> dict | None:
+        """The task's merge error, if one happened (``MergeError.to_dict()``), else None."""
+        return self._acc(task_id).error
+
+    def merged(self, task_id: int) -> set[int]:
+        """The job indices in the task's merged result (a copy)."""
+        acc = self._acc(task_id)
+        with self._lock:
+            return set(acc.merged)
+
+    def snapshot(self, task_id: int) -> tuple[bytes | None, int, int, bool, dict | None]:
+        """The merged result now: (pickled value or None, jobs merged, events, final,
+        merge error)."""
+        acc = self._acc(task_id)
+        with self._lock:
+            if acc.dirty or (acc.data is None and acc.value is not None):
+                acc.data = pickle.dumps(acc.value)
+            return acc.data, len(acc.merged), acc.events, acc.final, acc.error
+
+    def _acc(self, task_id: int) -> MergeState:
+        """The task's state, read from the store the first time (on the owner thread)."""
+        with self._lock:
+            acc = self.accs.get(task_id)
+        if acc is not None:
+            return acc
+        acc = self.load(task_id)
+        with self._lock:
+            return self.accs.setdefault(task_id, acc)
+
+    def load(self, task_id: int) -> MergeState:
+        """A task's merge state as saved: the accumulator row and the merge error.  Runs on
+        the owner thread."""
+        data, merged, events = self.store.load_accumulator(task_id)
+        error = self.store.get_task(task_id)["options"].get("merge_error")
+        value = pickle.loads(data) if data else None
+        # The saved value does not say in which order its arrays were concatenated:
+        # redo the merge in input order at the end, as a merge out of order would.
+        return MergeState(value, merged, events, data, saved_at=time.monotonic(), error=error,
+                          out_of_order=bool(merged) and has_awkward(value))
+
+    # ---- the merger's thread ---------------------------------------------------------------
+    def _db(self, fn: Callable, *args: Any) -> Any:
+        """A store call from the merger's thread: handed to the loop, which owns the store."""
+        return self.server.db_from_thread(fn, *args)
+
+    def _state(self, task_id: int) -> MergeState:
+        with self._lock:
+            return self.accs[task_id]  # loaded by submit(), on the owner thread
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                item = self._q.get(timeout=PERSIST_EVERY)
+            except queue.Empty:  # idle: save what changed since the last save
+                self._persist_idle()
+                continue
+            if item is None:  # close() woke the thread
+                continue
+            task_id = item[0]
+            try:
+                self._handle(*item)
+            except Exception:
+                log.exception("merging a result of task %s failed", task_id)
+            finally:
+                self._one_done(task_id)
+
+    def _one_done(self, task_id: int) -> None:
+        with self._done:
+            self._pending[task_id] -= 1
+            if self._pending[task_id]:
+                return
+            del self._pending[task_id]
+            waiters = self._waiters.pop(task_id, [])
+        for fut in waiters:
+            try:
+                fut.get_loop().call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _persist_idle(self) -> None:
+        with self._lock:
+            dirty = [(t, a) for t, a in self.accs.items() if a.dirty]
+        for task_id, acc in dirty:
+            try:
+                self._persist(task_id, acc)
+            except Exception:
+                log.exception("saving the merged result of task %s failed", task_id)
+
+    def _handle(self, task_id: int, index: int | None, job_id: int | None,
+                data: bytes | None, final: bool, ended: bool) -> None:
+        acc = self._state(task_id)
+        if index is not None and index not in acc.merged and acc.error is None \
+                and not held("merging"):
+            try:
+                self._merge_one(task_id, index, data, acc)
+            except MergeError as exc:
+                self._failed(task_id, index, job_id, acc, exc)
+        if final and acc.out_of_order and acc.error is None and has_awkward(acc.value):
+            try:
+                self._remerge_in_order(task_id, acc)
+            except MergeError as exc:
+                self._failed(task_id, None, None, acc, exc)
+        if acc.dirty and (final or time.monotonic() - acc.saved_at > PERSIST_EVERY):
+            self._persist(task_id, acc)
+        if ended:
+            acc.final = True
+
+    def _merge_one(self, task_id: int, index: int, data: bytes | None,
+                   acc: MergeState) -> None:
+        from panda_lab.analysis.accumulate import merge
+
+        if data is None:  # a large result, kept in the result store
+            data = self._db(self.store.results, task_id, [index])[0]["data"]
+        cr = load_result(data)
+        start = self._start(task_id, acc, index)
+        with self._lock:
+            value = merge(acc.value, cr.result)  # raises before anything changes
+            # Job indices are not input order (scouts come first): compare inputs.
+            if start is None or (acc.last is not None and start < acc.last):
+                acc.out_of_order = True
+            if start is not None:
+                acc.last = start if acc.last is None else max(acc.last, start)
+            acc.value = value
+            acc.merged.add(index)
+            acc.events += cr.events
+            acc.dirty = True
+
+    def _start(self, task_id: int, acc: MergeState, index: int) -> tuple[int, int] | None:
+        """Where job ``index``'s input starts; the task's chunks are read again when a job
+        is new (after sizing), so once per batch of jobs, not per result."""
+        if index not in acc.starts:
+            starts: dict[int, tuple[int, int]] = {}
+            for c in self._db(self.store.task_chunks, task_id):
+                key = (c["file_index"], c["start"])
+                starts[c["job_index"]] = min(starts.get(c["job_index"], key), key)
+            acc.starts = starts
+        return acc.starts.get(index)
+
+    def _failed(self, task_id: int, index: int | None, job_id: int | None, acc: MergeState,
+                exc: MergeError) -> None:
+        chunks = [c for c in self._db(self.store.task_chunks, task_id)
+                  if c["job_index"] == index]
+        with self._lock:
+            merged_jobs = set(acc.merged)
+        err = MergeError(exc.path, exc.reason, task=task_id, job_index=index, chunks=chunks,
+                         merged_jobs=merged_jobs)
+        with self._lock:
+            acc.error = {**err.to_dict(), "job_id": job_id}
+            error = acc.error
+        log.error("%s", err)
+        self.on_error(task_id, error)
+
+    def _remerge_in_order(self, task_id: int, acc: MergeState) -> None:
+        """Awkward arrays are concatenated, so their order matters: redo the merge in
+        input order (file, then entry) once the task is over.  Histograms and numbers
+        do not care, and keep their running merge."""
+        from panda_lab.analysis.accumulate import merge_all
+
+        rows = [r for r in self._db(self.store.results, task_id) if r["index"] in acc.merged]
+        starts = {r["index"]: self._start(task_id, acc, r["index"]) or (r["index"], 0)
+                  for r in rows}
+        rows.sort(key=lambda r: starts[r["index"]])
+        value = merge_all(pickle.loads(r["data"]).result for r in rows)
+        with self._lock:
+            acc.value = value
+            acc.out_of_order = False
+            acc.last = max(starts.values(), default=None)
+            acc.dirty = True
+
+    def _persist(self, task_id: int, acc: MergeState) -> None:
+        with self._lock:
+            acc.data = pickle.dumps(acc.value)
+            merged, events, data = set(acc.merged), acc.events, acc.data
+            acc.dirty = False
+            acc.saved_at = time.monotonic()
+        self._db(self.store.save_accumulator, task_id, data, merged, events)
+        self.server.announce("partial", {"task": task_id, "events": events,
+                                         "jobs_merged": len(merged)})
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
