@@ -293,8 +293,14 @@ def _explain(exc: ValidationError, model: type[SiteSettings], prov: str) -> str:
         return str(err["msg"])
     # a type error; inside a list (``extra_directives = [1]``) the input is the item
     where = "".join(f"[{x}]" for x in err["loc"][1:])
-    return (f"{key}{where} = {value!r} must be of type "
-            f"{_type_name(model.model_fields[key].annotation)}")
+    wanted = (_ITEM_TYPES.get(kind, kind) if where
+              else _type_name(model.model_fields[key].annotation))
+    return f"{key}{where} = {value!r} must be of type {wanted}"
+
+
+#: pydantic's type errors, in the words of the README's table.
+_ITEM_TYPES = {"string_type": "str", "int_type": "int", "float_type": "int or float",
+               "list_type": "list", "dict_type": "table", "bool_type": "bool"}
 
 
 def _type_name(annotation: Any) -> str:
