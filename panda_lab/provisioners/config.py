@@ -159,12 +159,13 @@ def _bounds(model: BaseModel, low: str, high: str) -> None:
 
 @dataclass(frozen=True)
 class Kind:
-    """A provisioner as the configuration sees it: its keys, and the class that runs it
-    (``None``: pilots are started by hand).  ``make(spec, home, known_pilots)``."""
+    """A provisioner as the configuration sees it: its name, the model of its keys, and
+    the ``Provisioner`` class that runs it (``None``: pilots are started by hand), built
+    with ``make.for_site(spec, home, known_pilots)``."""
 
     name: str
     settings: type[SiteSettings]
-    make: Callable[..., Any] | None
+    make: type | None
 
 
 #: Provisioner name → its keys and class.  Filled by :func:`provisioner` as
@@ -181,12 +182,14 @@ def provisioner(name: str, settings: type[SiteSettings]) -> Callable[[type], typ
     return register
 
 
-REGISTRY_NONE = Kind("none", ManualSite, None)
+#: ``provisioner = "none"``: the site's pilots are started by hand.
+MANUAL = Kind("none", ManualSite, None)
 
 
 def kinds() -> dict[str, Kind]:
-    """Every provisioner name a site may give, by name, with ``none`` last."""
-    return {**dict(sorted(REGISTRY.items())), "none": REGISTRY_NONE}
+    """Every provisioner name a site may give, mapped to its :class:`Kind`: the
+    registered ones by name, then ``none``."""
+    return {**dict(sorted(REGISTRY.items())), "none": MANUAL}
 
 
 # ---- sites ----------------------------------------------------------------------------------
