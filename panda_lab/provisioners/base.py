@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from panda_lab.server.config import SiteConfig
+from panda_lab.model.scaling import Decision, Mode, ScalingPolicy, Snapshot
+from panda_lab.model.states import SiteState
+from panda_lab.provisioners.config import SiteConfig
 
 log = logging.getLogger("panda_lab.provisioners")
 
@@ -34,17 +36,20 @@ class PilotSpec:
     site: SiteConfig
 
     def command(self) -> list[str]:
+        """The pilot's command line (this Python, ``-m panda_lab.pilot``, its arguments)."""
         return [sys.executable, "-m", "panda_lab.pilot", "--server", self.server_url,
                 "--site", self.site.name, "--slots", str(self.site.slots)]
 
 
 class Provisioner(ABC):
+    """Keeps a site's pilots alive.  Its blocking calls (``submit``, ``status``, ``step``,
+    ``adopt``...) run on a worker thread; the server's callbacks (``on_health``,
+    ``on_gone``, ``demand``) are only ever called on the event loop's thread, so they may
+    use the store, which belongs to the loop."""
+
     label: str = "base"
     #: Seconds between two looks at the pilots.
     polling_interval: float = 1.0
-    #: Whether the number of pilots follows the site's queue (batch sites, where an
-    #: idle allocation costs) or stays at ``site.pilots`` (local processes).
-    elastic: bool = False
 
     def __init__(self, spec: PilotSpec) -> None:
         self.spec = spec
@@ -60,26 +65,38 @@ class Provisioner(ABC):
         self.reason = ""
         #: Set when the server stops: no pilot or cluster is started after it.
         self.closing = False
-        #: Jobs queued and running at the site now, told by the server; an elastic
-        #: provisioner sizes its pilots by it.
+        #: Jobs queued and running at the site now, told by the server; read on the loop
+        #: before each look (:meth:`refresh_demand`) into ``queued``.
         self.demand: Callable[[], int] | None = None
-        #: Pilots an elastic site keeps even when its queue is empty (warm slots).
-        self.min_pilots = 0
+        self.queued: int | None = None
+        #: How many pilots the site wants: kept at ``site.pilots`` unless a provisioner
+        #: says otherwise.
+        self.policy = ScalingPolicy(Mode.FIXED, 0, spec.site.pilots)
+
+    @classmethod
+    def for_site(cls, spec: PilotSpec, home: Path, known_pilots: list[dict]) -> Provisioner:
+        """The provisioner of a site: ``home`` is the server's runtime directory,
+        ``known_pilots`` the pilots the store holds as running (to adopt)."""
+        return cls(spec)
 
     @abstractmethod
     def submit(self, n: int) -> list:
-        """Start ``n`` pilots; return a handle for each."""
+        """Start ``n`` pilots; return a handle for each (at most ``n``).  Raises
+        :class:`ProvisionerError` when the resource refuses."""
 
     @abstractmethod
     def status(self, handles: list) -> list[bool]:
-        """Whether each pilot still lives."""
+        """Whether each pilot still lives, one bool per handle, in order.  Raises
+        :class:`ProvisionerError` when the resource cannot tell."""
 
     @abstractmethod
     def cancel(self, handles: list) -> None:
-        """Stop these pilots (they hand back their jobs on the way out)."""
+        """Stop these pilots (they hand back their jobs on the way out); returns
+        nothing, raises nothing for pilots already gone."""
 
     def adopt(self) -> list:
-        """Pilots of this site left running by an earlier server process."""
+        """Handles of this site's pilots left running by an earlier server process (none
+        by default).  May raise :class:`ProvisionerError`; the site then starts afresh."""
         return []
 
     def exit_info(self, handle: Any) -> tuple[int, int | None] | None:
@@ -87,26 +104,39 @@ class Provisioner(ABC):
         which registered pilot the handle was (local processes); else ``None``."""
         return None
 
+    def refresh_demand(self) -> int | None:
+        """Read the site's demand (jobs queued and running) into ``queued``; called on the
+        event loop, never on a worker thread.  Returns it, ``None`` when not told."""
+        self.queued = self.demand() if self.demand is not None else None
+        return self.queued
+
+    def snapshot(self) -> Snapshot:
+        """What the scaling policy looks at now: the demand last read, the pilots held."""
+        return Snapshot(demand=self.queued, current=len(self.handles),
+                        slots=self.spec.site.slots)
+
+    def decide(self) -> Decision:
+        """The scaling policy's decision for the site as it is now."""
+        return self.policy.decide(self.snapshot())
+
     def target(self) -> int:
-        """Pilots wanted now: ``site.pilots``, or for an elastic site enough for its queued
-        and running jobs, between ``min_pilots`` and ``site.pilots``.  Idle pilots of an
-        elastic site are not cancelled: they leave by themselves (``idle_exit``), so a
-        site that just emptied stays warm for the next task."""
-        site = self.spec.site
-        if not self.elastic or self.demand is None:
-            return site.pilots
-        need = math.ceil(self.demand() / max(site.slots, 1))
-        return min(site.pilots, max(self.min_pilots, need))
+        """Pilots wanted now (see :mod:`panda_lab.model.scaling`): ``site.pilots``, or
+        for a site that follows its queue enough for its queued and running jobs, within
+        its bounds.  Idle pilots are not cancelled: they leave by themselves
+        (``idle_exit``), so a site that just emptied stays warm for the next task."""
+        return self.decide().target
 
     def step(self) -> None:
-        """One look at the site: sweep up pilots that ended, start the ones missing."""
+        """One look at the site: sweep up pilots that ended, start the ones missing.
+        Runs on a worker thread; raises :class:`ProvisionerError` when the resource
+        refuses."""
         alive = self.status(self.handles)
         dead = [h for h, ok in zip(self.handles, alive, strict=True) if not ok]
         if dead:
             log.info("%s: %d pilot(s) ended", self.spec.site.name, len(dead))
             self.gone += [e for e in map(self.exit_info, dead) if e is not None]
         self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
-        missing = self.target() - len(self.handles)
+        missing = self.decide().start
         if missing > 0 and not self.closing:
             self.handles += self.submit(missing)
 
@@ -122,6 +152,7 @@ class Provisioner(ABC):
             log.info("%s: adopted %d running pilot(s)", self.spec.site.name, len(self.handles))
         while not self.closing:
             try:
+                self.refresh_demand()  # on the loop: the store is the loop's
                 await asyncio.to_thread(self.step)
                 self._health(True, "")
                 if self.gone and self.on_gone is not None:
@@ -138,7 +169,8 @@ class Provisioner(ABC):
             return
         self.healthy, self.reason = ok, reason
         if self.on_health is not None:
-            self.on_health(self.spec.site.name, "online" if ok else "offline", reason)
+            self.on_health(self.spec.site.name,
+                           SiteState.ONLINE if ok else SiteState.OFFLINE, reason)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask the pilots to stop (they hand back their jobs), kill what lingers, then

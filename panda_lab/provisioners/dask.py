@@ -24,7 +24,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from panda_lab.model.scaling import Mode, ScalingPolicy, Snapshot
 from panda_lab.provisioners.base import PilotSpec, Provisioner, ProvisionerError
+from panda_lab.provisioners.config import DaskSite, provisioner
 
 log = logging.getLogger("panda_lab.provisioners")
 
@@ -89,21 +91,26 @@ def load_class(path: str) -> type:
         raise ProvisionerError(f"cannot load cluster class {path!r}: {exc}") from exc
 
 
+@provisioner("dask", DaskSite)
 class DaskProvisioner(Provisioner):
+    """A pilot on each worker of a Dask cluster (a running scheduler or a cluster class)."""
+
     label = "dask"
     polling_interval = 1.0
 
     def __init__(self, spec: PilotSpec) -> None:
         super().__init__(spec)
+        self.policy = ScalingPolicy(Mode.PER_WORKER, 0, spec.site.pilots)
         self.client: Any = None
         self.cluster: Any = None  # a cluster this provisioner started, closed with it
         self._workers: list[str] = []
         # Imported now, in the main thread: dask_jobqueue sets a signal handler on import,
         # which Python allows only there.
         self.cluster_class: type | ProvisionerError | None = None
-        if "cluster" in spec.site.extra:
+        cfg = spec.site.settings
+        if isinstance(cfg, DaskSite) and cfg.cluster:
             try:
-                self.cluster_class = load_class(spec.site.extra["cluster"])
+                self.cluster_class = load_class(cfg.cluster)
             except ProvisionerError as exc:
                 self.cluster_class = exc  # the site goes offline with this reason
 
@@ -120,20 +127,21 @@ class DaskProvisioner(Provisioner):
             raise ProvisionerError("the server is stopping")
         from distributed import Client
 
-        cfg = self.spec.site.extra
+        cfg = self.spec.site.settings
+        assert isinstance(cfg, DaskSite)
         try:
-            if "cluster" in cfg:
+            if cfg.cluster:
                 if isinstance(self.cluster_class, ProvisionerError):
                     raise self.cluster_class
                 if self.cluster is None:
                     assert self.cluster_class is not None
-                    self.cluster = self.cluster_class(**cfg.get("cluster_options", {}))
-                    if "workers" in cfg:
-                        self.cluster.scale(int(cfg["workers"]))
+                    self.cluster = self.cluster_class(**cfg.cluster_options)
+                    if "workers" in cfg.model_fields_set:
+                        self.cluster.scale(cfg.workers)
                 self.client = Client(self.cluster, timeout=CONNECT_TIMEOUT,
                                      set_as_default=False)
             else:
-                self.client = Client(cfg["scheduler"], timeout=CONNECT_TIMEOUT,
+                self.client = Client(cfg.scheduler, timeout=CONNECT_TIMEOUT,
                                      set_as_default=False)
         except ProvisionerError:
             raise
@@ -152,12 +160,14 @@ class DaskProvisioner(Provisioner):
         return sorted(info.get("workers", {}))
 
     # ---- the provisioner interface ---------------------------------------------------
-    def target(self) -> int:
+    def snapshot(self) -> Snapshot:
         """One pilot on every worker: the cluster's owner (or its adaptive scaling)
-        decides how many workers there are."""
-        return len(self._workers)
+        decides how many workers there are (``workers`` of the last look)."""
+        return Snapshot(demand=self.queued, current=len(self.handles),
+                        slots=self.spec.site.slots, workers=len(self._workers))
 
     def step(self) -> None:
+        """Look at the cluster's workers, then keep a pilot on each (see the base)."""
         self._workers = self.workers()
         super().step()
 

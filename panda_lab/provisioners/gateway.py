@@ -15,19 +15,15 @@ a cluster that is gone is replaced.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
+from panda_lab.model.scaling import Mode, ScalingPolicy, Snapshot
 from panda_lab.provisioners.base import PilotSpec, ProvisionerError
+from panda_lab.provisioners.config import GatewaySite, provisioner
 from panda_lab.provisioners.dask import GONE, DaskProvisioner
 
 log = logging.getLogger("panda_lab.provisioners")
-
-#: Seconds a call to the gateway may take (the site's ``timeout``) before the site is
-#: called offline: a gateway that accepts connections and does not answer would otherwise
-#: hold the provisioner for the HTTP library's default five minutes.
-GATEWAY_TIMEOUT = 30.0
 
 
 def _bound_requests(gateway: Any, seconds: float) -> None:
@@ -40,16 +36,25 @@ def _bound_requests(gateway: Any, seconds: float) -> None:
         kwargs["timeout"] = aiohttp.ClientTimeout(total=seconds)
 
 
+@provisioner("gateway", GatewaySite)
 class GatewayProvisioner(DaskProvisioner):
+    """Workers of a dask-gateway cluster asked for by the site's queue, a pilot on each.
+
+    Two policies: ``workers_policy`` sizes the cluster (the queue, scaled down after
+    ``idle_timeout``); the inherited one keeps one pilot per worker."""
+
     label = "gateway"
-    elastic = True
 
     def __init__(self, spec: PilotSpec) -> None:
         super().__init__(spec)
-        cfg = spec.site.extra
-        self.min_workers = int(cfg.get("min_workers", 0))
-        self.max_workers = spec.site.pilots
-        self.idle_timeout = float(cfg.get("idle_timeout", 60.0))
+        cfg = spec.site.settings
+        assert isinstance(cfg, GatewaySite)
+        self.cfg = cfg
+        #: How many workers to ask the gateway for (a gateway call may take at most
+        #: ``cfg.timeout`` seconds: a gateway that accepts connections and does not
+        #: answer would otherwise hold the provisioner for five minutes).
+        self.workers_policy = ScalingPolicy(Mode.QUEUE, cfg.min_workers, spec.site.pilots,
+                                            idle_timeout=cfg.idle_timeout)
         self.gateway: Any = None
         #: the cluster this provisioner started: reattached after a lost connection,
         #: shut down with the server
@@ -70,15 +75,15 @@ class GatewayProvisioner(DaskProvisioner):
         except ImportError as exc:
             raise ProvisionerError("the gateway provisioner needs the dask-gateway package "
                                    "(pip install 'panda-lab[gateway]')") from exc
-        cfg = self.spec.site.extra
+        cfg = self.cfg
         try:
             if self.gateway is None:
-                self.gateway = Gateway(cfg["address"])
-                _bound_requests(self.gateway, float(cfg.get("timeout", GATEWAY_TIMEOUT)))
+                self.gateway = Gateway(cfg.address)
+                _bound_requests(self.gateway, cfg.timeout)
             if self.cluster is None:
                 self.cluster = self._reattach()
             if self.cluster is None:
-                self.cluster = self.gateway.new_cluster(**cfg.get("cluster_options", {}))
+                self.cluster = self.gateway.new_cluster(**cfg.cluster_options)
                 self.cluster_name = self.cluster.name
                 self.requested = 0
             self.client = self.cluster.get_client(set_as_default=False)
@@ -87,7 +92,7 @@ class GatewayProvisioner(DaskProvisioner):
             raise
         except Exception as exc:
             self._drop()
-            raise ProvisionerError(f"dask-gateway at {cfg['address']} unreachable: "
+            raise ProvisionerError(f"dask-gateway at {cfg.address} unreachable: "
                                    f"{exc}") from exc
         log.info("%s: gateway cluster %s", self.spec.site.name, self.cluster.name)
         return self.client
@@ -102,7 +107,7 @@ class GatewayProvisioner(DaskProvisioner):
         try:
             running = {c.name for c in self.gateway.list_clusters()}
         except Exception as exc:
-            raise ProvisionerError(f"dask-gateway at {self.spec.site.extra['address']} "
+            raise ProvisionerError(f"dask-gateway at {self.cfg.address} "
                                    f"unreachable: {str(exc) or type(exc).__name__}") from exc
         if self.cluster_name is None:
             return None
@@ -119,21 +124,20 @@ class GatewayProvisioner(DaskProvisioner):
         return cluster
 
     def wanted_workers(self, demand: int, now: float) -> int:
-        """Workers to ask for: enough for the queue, at once; ``min_workers`` once the site
-        has had nothing queued or running for ``idle_timeout``; otherwise what was asked."""
-        need = min(self.max_workers, math.ceil(demand / max(self.spec.site.slots, 1)))
-        if demand > 0:
-            self.idle_since = None
-            return max(self.requested, need, self.min_workers)
-        if self.idle_since is None:
-            self.idle_since = now
-        if now - self.idle_since >= self.idle_timeout:
-            return self.min_workers
-        return max(self.requested, self.min_workers)
+        """Workers to ask for (the policy's ``QUEUE`` rule with an idle timeout): enough
+        for the queue, at once; ``min_workers`` once the site has had nothing queued or
+        running for ``idle_timeout`` seconds; otherwise what was asked.  ``now`` in
+        seconds of the monotonic clock; updates ``idle_since``."""
+        decision = self.workers_policy.decide(Snapshot(
+            demand=demand, current=self.requested, slots=self.spec.site.slots, now=now,
+            idle_since=self.idle_since))
+        self.idle_since = decision.idle_since
+        return decision.target
 
     def step(self) -> None:
+        """Ask the gateway for the workers the queue wants, then keep a pilot on each."""
         self.connect()
-        demand = self.demand() if self.demand is not None else 0
+        demand = self.queued or 0
         wanted = self.wanted_workers(demand, time.monotonic())
         if wanted != self.requested:
             try:
@@ -169,7 +173,7 @@ class GatewayProvisioner(DaskProvisioner):
             elif self.cluster_name is not None:  # dropped and not reattached since
                 from dask_gateway import Gateway
 
-                with Gateway(self.spec.site.extra["address"]) as gateway:
+                with Gateway(self.cfg.address) as gateway:
                     gateway.stop_cluster(self.cluster_name)
         except Exception as exc:
             log.warning("%s: gateway cluster %s not shut down: %s", self.spec.site.name,

@@ -11,10 +11,15 @@ from typing import Any
 
 import psutil
 
+from panda_lab.model.states import PilotState
 from panda_lab.provisioners.base import PilotSpec, Provisioner
+from panda_lab.provisioners.config import LocalSite, provisioner
 
 
+@provisioner("local", LocalSite)
 class LocalProvisioner(Provisioner):
+    """``site.pilots`` pilot processes on this machine, each in its own session."""
+
     label = "local"
 
     def __init__(self, spec: PilotSpec, log_dir: Path, known_pilots: list[dict] | None = None):
@@ -23,6 +28,10 @@ class LocalProvisioner(Provisioner):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.known_pilots = known_pilots or []
         self._n = 0
+
+    @classmethod
+    def for_site(cls, spec: PilotSpec, home: Path, known_pilots: list[dict]) -> LocalProvisioner:
+        return cls(spec, home / "logs", known_pilots)
 
     def submit(self, n: int) -> list:
         env = dict(os.environ, PANDA_LAB_PILOT_TOKEN=self.spec.pilot_token)
@@ -67,10 +76,14 @@ class LocalProvisioner(Provisioner):
                 pass
 
     def adopt(self) -> list:
+        """Processes of this site's pilots that an earlier server left running here,
+        found from ``known_pilots`` (the store's running pilots, read before the loop
+        started) and checked by their command line; at most ``site.pilots``."""
         host = socket.gethostname()
         out = []
         for p in self.known_pilots:
-            if p["site"] != self.spec.site.name or p["host"] != host or p["state"] != "running":
+            if (p["site"] != self.spec.site.name or p["host"] != host
+                    or p["state"] != PilotState.RUNNING):
                 continue
             try:
                 proc = psutil.Process(p["pid"])

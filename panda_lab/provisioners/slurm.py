@@ -14,17 +14,20 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from panda_lab.model.scaling import Mode, ScalingPolicy
 from panda_lab.provisioners.base import PilotSpec, Provisioner, ProvisionerError
-from panda_lab.server.config import walltime_seconds
+from panda_lab.provisioners.config import SlurmSite, provisioner, walltime_seconds
 
 
+@provisioner("slurm", SlurmSite)
 class SlurmProvisioner(Provisioner):
+    """Pilot batch jobs, as many as the site's queue needs within ``[min_jobs, max_jobs]``."""
+
     label = "slurm"
     submit_command = "sbatch"
     cancel_command = "scancel"
     status_command = "squeue"
     polling_interval = 2.0
-    elastic = True
     #: States in which a batch job still is, or will be, a pilot.
     alive_states = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"})
 
@@ -37,30 +40,38 @@ class SlurmProvisioner(Provisioner):
         with os.fdopen(fd, "w") as f:
             f.write(spec.pilot_token)
         self.job_name = f"panda-{spec.site.name}"
-        self.min_pilots = int(spec.site.extra.get("min_jobs", 0))
+        self.cfg: SlurmSite = spec.site.settings  # type: ignore[assignment]
+        self.policy = ScalingPolicy(Mode.QUEUE, self.cfg.min_jobs, spec.site.pilots)
+
+    @classmethod
+    def for_site(cls, spec: PilotSpec, home: Path, known_pilots: list[dict]) -> SlurmProvisioner:
+        return cls(spec, home)
 
     # ---- the script ------------------------------------------------------------------
     def header(self) -> list[str]:
-        cfg = self.spec.site.extra
+        """The ``#SBATCH`` lines of the pilot script, from the site's keys."""
+        cfg = self.cfg
         lines = [f"--job-name={self.job_name}", f"--output={self.dir}/pilot-%j.log",
                  f"--cpus-per-task={self.spec.site.slots}", "--ntasks=1"]
-        for key, opt in (("partition", "--partition"), ("account", "--account"),
-                         ("walltime", "--time")):
-            if cfg.get(key):
-                lines.append(f"{opt}={cfg[key]}")
-        if cfg.get("memory"):
-            lines.append(f"--mem={int(cfg['memory'])}M")
-        lines += list(cfg.get("extra_directives", []))
+        for value, opt in ((cfg.partition, "--partition"), (cfg.account, "--account"),
+                           (cfg.walltime, "--time")):
+            if value:
+                lines.append(f"{opt}={value}")
+        if cfg.memory:
+            lines.append(f"--mem={cfg.memory}M")
+        lines += cfg.extra_directives
         return [f"#SBATCH {line}" for line in lines]
 
     def job_script(self) -> str:
-        cfg = self.spec.site.extra
+        """The whole batch script: the header over one ``exec`` of the pilot."""
+        cfg = self.cfg
+        idle_exit = int(cfg.idle_exit) if cfg.idle_exit.is_integer() else cfg.idle_exit
         cmd = [*self.spec.command(), "--token-file", str(self.token_file),
-               "--idle-exit", str(cfg.get("idle_exit", 60))]
-        if cfg.get("jobs_per_pilot"):
-            cmd += ["--max-jobs", str(cfg["jobs_per_pilot"])]
-        if cfg.get("walltime"):
-            cmd += ["--walltime", str(walltime_seconds(cfg["walltime"]))]
+               "--idle-exit", str(idle_exit)]
+        if cfg.jobs_per_pilot:
+            cmd += ["--max-jobs", str(cfg.jobs_per_pilot)]
+        if cfg.walltime:
+            cmd += ["--walltime", str(walltime_seconds(cfg.walltime))]
         env = "unset MALLOC_TRIM_THRESHOLD_"
         return "\n".join(["#!/bin/bash", *self.header(), "", env, "exec " + shlex.join(cmd),
                           ""])

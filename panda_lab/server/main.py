@@ -23,6 +23,7 @@ import uvicorn
 
 from panda_lab import runtime
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.model.states import JobState, PilotState
 from panda_lab.provisioners import PilotSpec, Provisioner, make_provisioner
 from panda_lab.server.app import Server, create_app
 from panda_lab.server.config import ServerConfig
@@ -36,11 +37,12 @@ class ServerError(RuntimeError):
 
 def _pilots_gone(server: Server, site: str, gone: list[tuple[int, int | None]]) -> None:
     """A local provisioner saw pilot processes end: fail their jobs now (the retry rules
-    act at once) rather than after the heartbeat timeout."""
+    act at once) rather than after the heartbeat timeout.  Called on the event loop (the
+    store's thread), as are the provisioners' other callbacks."""
     changes = server.store.pilots_gone(site, socket.gethostname(), gone)
     if changes.jobs:
         log.warning("%s: %d job(s) lost with their pilot(s) %s", site,
-                    sum(c.state == "failed" for c in changes.jobs), [p for p, _ in gone])
+                    sum(c.state == JobState.FAILED for c in changes.jobs), [p for p, _ in gone])
     server.publish(changes)
 
 
@@ -101,7 +103,9 @@ def run_server(config: ServerConfig) -> None:
 
     provisioners: list[Provisioner] = []
     if config.provision:
-        known = server.store.list_pilots(state="running")
+        # Read here, before the loop runs, on the thread that owns the store; the
+        # provisioners' callbacks below are called on the loop, never on their threads.
+        known = server.store.list_pilots(state=PilotState.RUNNING)
         for site in config.sites:
             prov = make_provisioner(PilotSpec(url, server.pilot_token, site), config.home,
                                     known)

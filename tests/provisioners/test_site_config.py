@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from panda_lab.provisioners.base import PilotSpec
+from panda_lab.provisioners.config import ConfigError, parse_sites
 from panda_lab.provisioners.gateway import GatewayProvisioner
 from panda_lab.provisioners.slurm import SlurmProvisioner
-from panda_lab.server.config import ConfigError, parse_sites
 
 
 def one(body: dict) -> object:
@@ -84,6 +84,7 @@ def test_a_slurm_site_asks_for_pilots_by_its_queue_within_its_bounds(tmp_path):
     prov = SlurmProvisioner(PilotSpec("http://server", "token", site), tmp_path)
     for demand, pilots in ((0, 1), (1, 1), (3, 2), (8, 4), (100, 4)):
         prov.demand = lambda d=demand: d
+        prov.refresh_demand()  # what keep_alive does on the loop before each look
         assert prov.target() == pilots, demand
 
 
