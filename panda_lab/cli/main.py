@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from panda_lab.http import ApiError
-    from panda_lab.server.config import ConfigError
+    from panda_lab.provisioners.config import ConfigError
     from panda_lab.server.main import ServerError
 
     try:

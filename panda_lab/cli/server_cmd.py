@@ -10,7 +10,8 @@ from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
 
 
 def config_from_args(args: argparse.Namespace):
-    from panda_lab.server.config import ConfigError, ServerConfig, default_sites, load_sites
+    from panda_lab.provisioners.config import ConfigError, default_sites, load_sites
+    from panda_lab.server.config import ServerConfig
 
     if args.task_lease <= 0:
         raise ConfigError(f"--task-lease {args.task_lease:g} must be more than 0 seconds")

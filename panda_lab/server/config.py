@@ -11,16 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Sites are the provisioners' configuration: read through their registry.
-from panda_lab.provisioners.config import (  # noqa: F401 - the server's names for them
-    SITE_KINDS,
-    ConfigError,
-    SiteConfig,
-    default_sites,
-    kinds,
-    load_sites,
-    parse_sites,
-    walltime_seconds,
-)
+from panda_lab.provisioners.config import SiteConfig, default_sites
 
 
 @dataclass
