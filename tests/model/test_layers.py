@@ -63,8 +63,8 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "client": {"server", "analysis", "model", "payload", "remote_errors", "output", "text",
                "http", "runtime"},
     "jupyter": {"client", "server", "model", "output", "text", "http", "runtime"},
-    "cli": {"client", "pilot", "server", "provisioners", "analysis", "model", "payload", "output", "text",
-            "http", "runtime"},
+    "cli": {"client", "pilot", "server", "provisioners", "analysis", "model", "payload",
+            "output", "text", "http", "runtime"},
     ROOT: {"client", "jupyter", "analysis", "payload"},
 }.items()}
 
