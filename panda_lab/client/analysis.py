@@ -24,7 +24,8 @@ import pandas as pd
 
 from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.errors import BadFilesError, DataError
-from panda_lab.client.tasks import FINAL, TaskHandle
+from panda_lab.client.tasks import TaskHandle
+from panda_lab.model import JOB_UNSUCCESSFUL, TASK_FINAL, JobState
 from panda_lab.payload import dumps_fn, environment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -267,7 +268,7 @@ class AnalysisTask(TaskHandle):
         the dataset was skipped (at registration or as bad input)."""
         info = self.info()
         p = self.partial()
-        return (info["state"] in FINAL and p.events == p.total_events
+        return (info["state"] in TASK_FINAL and p.events == p.total_events
                 and info["n_done"] == info["n_jobs"] and not info["options"].get("bad_files"))
 
     @property
@@ -299,11 +300,11 @@ class AnalysisTask(TaskHandle):
                 return "done" if pd.isna(r["error"]) else "skipped"
             if r["error_category"] == "merge":
                 return "merge failed"
-            if r["state"] == "finished":
+            if r["state"] == JobState.FINISHED:
                 if merge_failed and not r["merged"]:
                     return "not merged"
                 return "done" if r["attempts"] == 1 else "done after retry"
-            if r["state"] in ("failed", "cancelled", "closed"):
+            if r["state"] in JOB_UNSUCCESSFUL:
                 return "skipped" if skip and r["error_category"] == "input" else "failed"
             return r["state"]
 

@@ -20,9 +20,8 @@ from panda_lab.client.analysis import AnalysisTask, Dataset, Datasets, analyze
 from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
 from panda_lab.http import ApiClient, ApiError
+from panda_lab.model import TASK_FINAL
 from panda_lab.payload import dumps_call, dumps_fn, environment
-
-FINAL_TASK_STATES = frozenset({"done", "finished", "failed", "aborted"})
 
 
 class Lab:
@@ -95,7 +94,7 @@ class Lab:
         while True:
             left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
             info = self.api.get(f"/api/tasks/{task}/wait", timeout=left)
-            if info["state"] in FINAL_TASK_STATES:
+            if info["state"] in TASK_FINAL:
                 return info
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {task} is still {info['state']} after {timeout} s")

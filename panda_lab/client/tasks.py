@@ -19,7 +19,6 @@ from panda_lab.client.futures import exception_from_job
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.session import Lab
 
-FINAL = frozenset({"done", "finished", "failed", "aborted"})
 
 JOB_COLUMNS = ["id", "job_index", "attempt", "state", "site", "pilot_id", "created_at",
                "started_at", "ended_at", "error_category", "error_message"]
