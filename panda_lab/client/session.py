@@ -89,7 +89,12 @@ class Lab:
                             all_attempts="true" if all_attempts else "false")
 
     def wait(self, task: int | str, timeout: float | None = None) -> dict:
-        """Block until the task is final (or ``timeout``); returns its info."""
+        """Block until the task is in a final state (``TASK_FINAL``); return its info dict.
+
+        ``timeout`` is in seconds (``None``: wait for ever).  Raises :class:`TimeoutError`
+        (message: the task and its current state) when the task is not final by then, and
+        :class:`panda_lab.http.ApiError` when the server does not know the task.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
@@ -218,6 +223,10 @@ def connect(url: str | None = None, token: str | None = None,
       ``PANDA_LAB_TOKEN`` environment variable, else ``PANDA_LAB_TOKEN_FILE``.
     - nothing given: the local server of ``PANDA_LAB_HOME`` (or the user's data dir),
       started detached if none runs and ``start`` is true.
+
+    Returns a :class:`Lab`.  Raises :class:`ValueError` when ``url`` is given without a
+    token from any of the three sources, and :class:`ConnectionError` when no local server
+    runs and ``start`` is false (or the local server refuses the connection).
     """
     if url is not None:
         token = token or os.environ.get("PANDA_LAB_TOKEN")
