@@ -141,6 +141,12 @@ class PandaExecutor(Executor):
 
     # ---- the Executor contract ------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> PandaFuture:
+        """Schedule ``fn(*args, **kwargs)`` as one job; return its :class:`PandaFuture`.
+
+        As ``concurrent.futures.Executor.submit``: raises :class:`RuntimeError` after
+        :meth:`shutdown`.  Raises :class:`panda_lab.payload.PayloadError` (a
+        ``TypeError``) at once when the call cannot be pickled; its message names what.
+        """
         # The whole call, pickled now: what it reads is captured as it is at this submit.
         return self._enqueue(dumps_call(fn, args, kwargs))  # PayloadError here, at once
 
@@ -162,7 +168,12 @@ class PandaExecutor(Executor):
         copy of those bytes, unpickled afresh on the pilot); each job's arguments are
         pickled with it.  As the standard one, it cancels the calls not yet run when its
         iterator is closed or a result raises (``TimeoutError`` included), here in one
-        request for all."""
+        request for all.
+
+        ``timeout`` is in seconds from this call.  Raises :class:`ValueError` when
+        ``chunksize`` < 1, :class:`panda_lab.payload.PayloadError` when ``fn`` cannot be
+        pickled, :class:`RuntimeError` after :meth:`shutdown`; the iterator raises
+        :class:`TimeoutError` and each call's own exception as the standard one does."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else time.monotonic() + timeout

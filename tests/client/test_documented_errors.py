@@ -19,3 +19,14 @@ def test_connect_local_without_server_and_no_start_raises_connection_error(tmp_p
     with pytest.raises(ConnectionError, match="no panda-lab server runs") as info:
         connect(home=tmp_path, start=False)
     assert str(tmp_path) in str(info.value)
+
+
+def test_executor_map_with_chunksize_below_one_raises_value_error():
+    from types import SimpleNamespace
+
+    from panda_lab.client.executor import PandaExecutor
+
+    lab = SimpleNamespace(url="http://127.0.0.1:9", api=SimpleNamespace(token="t"))
+    ex = PandaExecutor(lab)
+    with pytest.raises(ValueError, match="chunksize"):
+        ex.map(abs, [1], chunksize=0)
