@@ -317,6 +317,17 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
             target_job_seconds: float = 60.0, columns: list[str] | None = None,
             skip_bad_files: bool = False, site: str | list[str] = "ANY",
             name: str | None = None, retries: int = 2, n_scouts: int = 3) -> AnalysisTask:
+    """Submit ``process`` over ``dataset`` as one analysis task; return its
+    :class:`AnalysisTask` at once (the jobs run on pilots).
+
+    The split is by events (``events_per_job``, an int), by whole files
+    (``files_per_job``), or ``"auto"``: scout jobs measure the rate and the rest are cut
+    to about ``target_job_seconds`` seconds each (JEDI's scouts).  Raises
+    :class:`ValueError` when ``files_per_job`` or ``events_per_job`` is not a positive
+    int (or ``"auto"``), and :class:`panda_lab.payload.PayloadError` when ``process``
+    cannot be pickled; the server's refusal (unknown dataset) is a
+    :class:`panda_lab.http.ApiError`.
+    """
     from panda_lab.analysis.runner import run_chunks
 
     def count(x: Any) -> bool:

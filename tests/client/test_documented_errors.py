@@ -30,3 +30,26 @@ def test_executor_map_with_chunksize_below_one_raises_value_error():
     ex = PandaExecutor(lab)
     with pytest.raises(ValueError, match="chunksize"):
         ex.map(abs, [1], chunksize=0)
+
+
+@pytest.mark.parametrize("split, names", [({"files_per_job": 0}, "files_per_job"),
+                                          ({"events_per_job": -5}, "events_per_job"),
+                                          ({"events_per_job": True}, "events_per_job")])
+def test_analyze_with_a_bad_split_raises_value_error_naming_it(split, names):
+    from panda_lab.client.analysis import analyze
+
+    with pytest.raises(ValueError, match=names):
+        analyze(None, object(), "ds", **split)
+
+
+@pytest.mark.parametrize("line, names", [("--parallel 0", "--parallel"),
+                                         ("--over xs", "--over"),
+                                         ("--output-limit -1", "--output-limit"),
+                                         ("--bogus", "unknown option")])
+def test_panda_magic_bad_options_raise_usage_error(line, names):
+    from IPython.core.error import UsageError
+
+    from panda_lab.jupyter.magics import parse
+
+    with pytest.raises(UsageError, match=names):
+        parse(line)
