@@ -53,3 +53,19 @@ def test_panda_magic_bad_options_raise_usage_error(line, names):
 
     with pytest.raises(UsageError, match=names):
         parse(line)
+
+
+def test_cli_pilot_without_token_exits_with_usage_code(monkeypatch, capsys):
+    from panda_lab.cli.main import EXIT_USAGE, main
+
+    monkeypatch.delenv("PANDA_LAB_PILOT_TOKEN", raising=False)
+    assert main(["pilot", "--server", "http://127.0.0.1:9", "--site", "LOCAL"]) == EXIT_USAGE
+    assert "no token" in capsys.readouterr().err
+
+
+def test_cli_make_sample_with_no_events_exits_with_usage_code(tmp_path, capsys):
+    from panda_lab.cli.main import EXIT_USAGE, main
+
+    assert main(["make-sample", str(tmp_path), "--events", "0"]) == EXIT_USAGE
+    assert "must be positive" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
