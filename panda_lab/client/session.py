@@ -130,9 +130,14 @@ class Lab:
         return data.decode("utf-8", errors="replace")
 
     def kill(self, task: int | str) -> dict:
+        """pbook's ``kill`` of a task by id or name; see :meth:`TaskHandle.kill`.
+        Raises :class:`~panda_lab.http.ApiError`: 404 unknown task, 409 done or aborted."""
         return self.api.post(f"/api/tasks/{task}/kill")
 
     def retry(self, task: int | str) -> dict:
+        """pbook's ``retry`` of a task by id or name; see :meth:`TaskHandle.retry`.
+        Raises :class:`~panda_lab.http.ApiError`: 404 unknown task, 409 a task not in
+        ``TASK_RETRYABLE``."""
         return self.api.post(f"/api/tasks/{task}/retry")
 
     def sites(self) -> list[dict]:
@@ -144,7 +149,9 @@ class Lab:
         return PandaExecutor(self, site=site, **options)
 
     def task(self, id_or_name: int | str) -> TaskHandle:
-        """Re-attach to a task by id, or by name (the newest task of that name)."""
+        """Re-attach to a task by id, or by name (the newest task of that name): an
+        :class:`AnalysisTask` for an analysis, else a :class:`TaskHandle`.  Raises
+        :class:`~panda_lab.http.ApiError` (404) when no task has that id or name."""
         info = self.api.get(f"/api/tasks/{id_or_name}")
         if info["options"].get("kind") == "analysis":
             return AnalysisTask(self, info["id"])
