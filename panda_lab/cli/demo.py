@@ -18,6 +18,7 @@ from rich.table import Table
 from panda_lab import runtime
 from panda_lab.cli.main import EXIT_FAIL, EXIT_OK
 from panda_lab.client.session import connect
+from panda_lab.model import TASK_FINAL, TaskState
 
 POINTS = 200_000
 
@@ -65,7 +66,7 @@ def _demo(lab, n_jobs: int, console: Console) -> int:
             counts = info["attempts_by_state"]
             states = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
             progress.update(bar, completed=info["n_done"], states=states)
-            if info["state"] in ("done", "finished", "failed", "aborted"):
+            if info["state"] in TASK_FINAL:
                 break
             time.sleep(0.2)
     wall = time.monotonic() - t0
@@ -81,7 +82,8 @@ def _demo(lab, n_jobs: int, console: Console) -> int:
     pi = 4.0 * inside / (len(results) * POINTS) if results else float("nan")
     sample = random.Random(0).sample(range(n_jobs), min(5, n_jobs))
     exact = all(results.get(i) == count_inside(i) for i in sample)
-    ok = info["state"] == "done" and len(results) == n_jobs and exact and abs(pi - np.pi) < 0.01
+    ok = (info["state"] == TaskState.DONE and len(results) == n_jobs and exact
+          and abs(pi - np.pi) < 0.01)
     console.print(f"wall time {wall:.2f} s, {n_jobs / wall:.0f} jobs/s; "
                   f"pi = {pi:.5f} from {len(results)} results; "
                   f"{len(sample)} results recomputed here: {'identical' if exact else 'DIFFERENT'}")
@@ -115,7 +117,7 @@ def _analysis(lab, events: int, home, console: Console) -> int:
             p = task.partial()
             label = f"peak {peak(p.result['mass']):.1f} GeV" if p.result else ""
             progress.update(bar, completed=p.events, peak=label)
-            if task.status in ("done", "finished", "failed", "aborted") and \
+            if task.status in TASK_FINAL and \
                     p.events >= ds.n_events:
                 break
             time.sleep(0.2)

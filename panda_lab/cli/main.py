@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line (``argv``, default ``sys.argv[1:]``); return its exit code.
+
+    Errors a user can cause are not raised but printed on stderr as one line, with the
+    exit codes of the module docstring: a bad configuration, a client error (HTTP 4xx)
+    or bad options give 2, no server (``ConnectionError``) 3, a server error 1, an
+    interrupt 130.  argparse's own usage errors exit with 2 (``SystemExit``).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("server", "pilot")
                         else logging.WARNING,

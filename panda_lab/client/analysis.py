@@ -24,7 +24,8 @@ import pandas as pd
 
 from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.errors import BadFilesError, DataError
-from panda_lab.client.tasks import FINAL, TaskHandle
+from panda_lab.client.tasks import TaskHandle
+from panda_lab.model import JOB_UNSUCCESSFUL, TASK_FINAL, JobState
 from panda_lab.payload import dumps_fn, environment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -267,7 +268,7 @@ class AnalysisTask(TaskHandle):
         the dataset was skipped (at registration or as bad input)."""
         info = self.info()
         p = self.partial()
-        return (info["state"] in FINAL and p.events == p.total_events
+        return (info["state"] in TASK_FINAL and p.events == p.total_events
                 and info["n_done"] == info["n_jobs"] and not info["options"].get("bad_files"))
 
     @property
@@ -299,11 +300,11 @@ class AnalysisTask(TaskHandle):
                 return "done" if pd.isna(r["error"]) else "skipped"
             if r["error_category"] == "merge":
                 return "merge failed"
-            if r["state"] == "finished":
+            if r["state"] == JobState.FINISHED:
                 if merge_failed and not r["merged"]:
                     return "not merged"
                 return "done" if r["attempts"] == 1 else "done after retry"
-            if r["state"] in ("failed", "cancelled", "closed"):
+            if r["state"] in JOB_UNSUCCESSFUL:
                 return "skipped" if skip and r["error_category"] == "input" else "failed"
             return r["state"]
 
@@ -316,6 +317,17 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
             target_job_seconds: float = 60.0, columns: list[str] | None = None,
             skip_bad_files: bool = False, site: str | list[str] = "ANY",
             name: str | None = None, retries: int = 2, n_scouts: int = 3) -> AnalysisTask:
+    """Submit ``process`` over ``dataset`` as one analysis task; return its
+    :class:`AnalysisTask` at once (the jobs run on pilots).
+
+    The split is by events (``events_per_job``, an int), by whole files
+    (``files_per_job``), or ``"auto"``: scout jobs measure the rate and the rest are cut
+    to about ``target_job_seconds`` seconds each (JEDI's scouts).  Raises
+    :class:`ValueError` when ``files_per_job`` or ``events_per_job`` is not a positive
+    int (or ``"auto"``), and :class:`panda_lab.payload.PayloadError` when ``process``
+    cannot be pickled; the server's refusal (unknown dataset) is a
+    :class:`panda_lab.http.ApiError`.
+    """
     from panda_lab.analysis.runner import run_chunks
 
     def count(x: Any) -> bool:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from panda_lab.client.futures import PandaFuture, cancel_now, exception_from_job
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.model import JOB_ACTIVE, JOB_UNSUCCESSFUL, JobState, PilotState
 from panda_lab.model.lease import renew_every
 from panda_lab.payload import dumps_call, dumps_fn, environment
 
@@ -51,6 +52,12 @@ log = logging.getLogger("panda_lab.executor")
 
 #: Jobs sent in one request at most.
 SEND_BATCH = 5000
+#: Job states in which a pilot has taken the job but not yet sent its output back: the
+#: site's pilots' environment is compared with the client's (once per site) then.
+_ENV_CHECKED = JOB_ACTIVE - {JobState.TRANSFERRING}
+#: Job states in which the job's code has started: its future becomes running
+#: (``concurrent.futures``: ``set_running_or_notify_cancel``).
+_STARTED = JOB_ACTIVE - {JobState.SENT}
 
 
 def _process_chunk(fn: Callable, chunk: list[tuple]) -> list:
@@ -124,7 +131,7 @@ class PandaExecutor(Executor):
 
     def _capacity(self) -> int:
         try:
-            return sum(p["slots"] for p in self._lab.pilots() if p["state"] == "running")
+            return sum(p["slots"] for p in self._lab.pilots() if p["state"] == PilotState.RUNNING)
         except Exception:
             return 1
 
@@ -134,6 +141,12 @@ class PandaExecutor(Executor):
 
     # ---- the Executor contract ------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> PandaFuture:
+        """Schedule ``fn(*args, **kwargs)`` as one job; return its :class:`PandaFuture`.
+
+        As ``concurrent.futures.Executor.submit``: raises :class:`RuntimeError` after
+        :meth:`shutdown`.  Raises :class:`panda_lab.payload.PayloadError` (a
+        ``TypeError``) at once when the call cannot be pickled; its message names what.
+        """
         # The whole call, pickled now: what it reads is captured as it is at this submit.
         return self._enqueue(dumps_call(fn, args, kwargs))  # PayloadError here, at once
 
@@ -155,7 +168,12 @@ class PandaExecutor(Executor):
         copy of those bytes, unpickled afresh on the pilot); each job's arguments are
         pickled with it.  As the standard one, it cancels the calls not yet run when its
         iterator is closed or a result raises (``TimeoutError`` included), here in one
-        request for all."""
+        request for all.
+
+        ``timeout`` is in seconds from this call.  Raises :class:`ValueError` when
+        ``chunksize`` < 1, :class:`panda_lab.payload.PayloadError` when ``fn`` cannot be
+        pickled, :class:`RuntimeError` after :meth:`shutdown`; the iterator raises
+        :class:`TimeoutError` and each call's own exception as the standard one does."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else time.monotonic() + timeout
@@ -365,17 +383,17 @@ class PandaExecutor(Executor):
         fut.site = ev.get("site") or fut.site
         if fut.done():
             return
-        if state in ("sent", "starting", "running") and fut.site:
+        if state in _ENV_CHECKED and fut.site:
             self._check_environment(fut.site)
-        if state in ("starting", "running", "transferring") and _pending(fut):
+        if state in _STARTED and _pending(fut):
             fut.set_running_or_notify_cancel()
-        elif state == "finished":
+        elif state == JobState.FINISHED:
             if "result" in ev:
                 self._set_result(fut, base64.b64decode(ev["result"]))
             else:
                 self._fetch_results([fut])
-        elif state in ("failed", "cancelled", "closed"):
-            if state == "cancelled":
+        elif state in JOB_UNSUCCESSFUL:
+            if state == JobState.CANCELLED:
                 with self._lock:
                     if fut._cancelling:  # our own cancel request's, or a kill: its reply tells
                         fut._deferred = ev
@@ -515,7 +533,7 @@ class PandaExecutor(Executor):
         self._checked_sites.add(site)
         mine = self._options["client"]
         try:
-            pilots = self._api.get("/api/pilots", site=site, state="running")
+            pilots = self._api.get("/api/pilots", site=site, state=PilotState.RUNNING)
         except ApiError:
             return
         for p in pilots:

@@ -20,9 +20,8 @@ from panda_lab.client.analysis import AnalysisTask, Dataset, Datasets, analyze
 from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
 from panda_lab.http import ApiClient, ApiError
+from panda_lab.model import TASK_FINAL
 from panda_lab.payload import dumps_call, dumps_fn, environment
-
-FINAL_TASK_STATES = frozenset({"done", "finished", "failed", "aborted"})
 
 
 class Lab:
@@ -90,12 +89,17 @@ class Lab:
                             all_attempts="true" if all_attempts else "false")
 
     def wait(self, task: int | str, timeout: float | None = None) -> dict:
-        """Block until the task is final (or ``timeout``); returns its info."""
+        """Block until the task is in a final state (``TASK_FINAL``); return its info dict.
+
+        ``timeout`` is in seconds (``None``: wait for ever).  Raises :class:`TimeoutError`
+        (message: the task and its current state) when the task is not final by then, and
+        :class:`panda_lab.http.ApiError` when the server does not know the task.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
             info = self.api.get(f"/api/tasks/{task}/wait", timeout=left)
-            if info["state"] in FINAL_TASK_STATES:
+            if info["state"] in TASK_FINAL:
                 return info
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {task} is still {info['state']} after {timeout} s")
@@ -126,9 +130,14 @@ class Lab:
         return data.decode("utf-8", errors="replace")
 
     def kill(self, task: int | str) -> dict:
+        """pbook's ``kill`` of a task by id or name; see :meth:`TaskHandle.kill`.
+        Raises :class:`~panda_lab.http.ApiError`: 404 unknown task, 409 done or aborted."""
         return self.api.post(f"/api/tasks/{task}/kill")
 
     def retry(self, task: int | str) -> dict:
+        """pbook's ``retry`` of a task by id or name; see :meth:`TaskHandle.retry`.
+        Raises :class:`~panda_lab.http.ApiError`: 404 unknown task, 409 a task not in
+        ``TASK_RETRYABLE``."""
         return self.api.post(f"/api/tasks/{task}/retry")
 
     def sites(self) -> list[dict]:
@@ -140,7 +149,9 @@ class Lab:
         return PandaExecutor(self, site=site, **options)
 
     def task(self, id_or_name: int | str) -> TaskHandle:
-        """Re-attach to a task by id, or by name (the newest task of that name)."""
+        """Re-attach to a task by id, or by name (the newest task of that name): an
+        :class:`AnalysisTask` for an analysis, else a :class:`TaskHandle`.  Raises
+        :class:`~panda_lab.http.ApiError` (404) when no task has that id or name."""
         info = self.api.get(f"/api/tasks/{id_or_name}")
         if info["options"].get("kind") == "analysis":
             return AnalysisTask(self, info["id"])
@@ -219,6 +230,10 @@ def connect(url: str | None = None, token: str | None = None,
       ``PANDA_LAB_TOKEN`` environment variable, else ``PANDA_LAB_TOKEN_FILE``.
     - nothing given: the local server of ``PANDA_LAB_HOME`` (or the user's data dir),
       started detached if none runs and ``start`` is true.
+
+    Returns a :class:`Lab`.  Raises :class:`ValueError` when ``url`` is given without a
+    token from any of the three sources, and :class:`ConnectionError` when no local server
+    runs and ``start`` is false (or the local server refuses the connection).
     """
     if url is not None:
         token = token or os.environ.get("PANDA_LAB_TOKEN")

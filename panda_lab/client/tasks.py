@@ -19,7 +19,6 @@ from panda_lab.client.futures import exception_from_job
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.session import Lab
 
-FINAL = frozenset({"done", "finished", "failed", "aborted"})
 
 JOB_COLUMNS = ["id", "job_index", "attempt", "state", "site", "pilot_id", "created_at",
                "started_at", "ended_at", "error_category", "error_message"]
@@ -31,10 +30,13 @@ class TaskHandle:
         self.id = task_id
 
     def info(self) -> dict:
+        """The server's view of the task (state, counts by job state...); raises
+        :class:`panda_lab.http.ApiError` (404) when the server does not know it."""
         return self.lab.api.get(f"/api/tasks/{self.id}")
 
     @property
     def status(self) -> str:
+        """The task's state, one of :class:`panda_lab.model.TaskState`'s values."""
         return self.info()["state"]
 
     @property
@@ -52,7 +54,9 @@ class TaskHandle:
             else df[JOB_COLUMNS].set_index("id")
 
     def wait(self, timeout: float | None = None) -> TaskHandle:
-        """Block until the task is final; raises ``TimeoutError`` after ``timeout`` s."""
+        """Block until the task is final (``TASK_FINAL``); return this handle.
+
+        Raises :class:`TimeoutError` when it is not final after ``timeout`` seconds."""
         self.lab.wait(self.id, timeout=timeout)
         return self
 
@@ -68,9 +72,16 @@ class TaskHandle:
         return {j["job_index"]: exception_from_job(j) for j in self.lab.failures(self.id)}
 
     def kill(self) -> dict:
+        """pbook's ``kill``: abort the task and cancel its jobs not yet final; return the
+        server's reply (``{"task": id, "cancelled": [job ids]}``).  A ``done`` or
+        ``aborted`` task is refused with an :class:`panda_lab.http.ApiError` (409)."""
         return self.lab.kill(self.id)
 
     def retry(self) -> dict:
+        """pbook's ``retry``: new attempts of the jobs whose last attempt failed or was
+        cancelled (``JOB_RETRYABLE``; not those the client cancelled before they ran) of a
+        task in ``TASK_RETRYABLE``; return ``{"task": id, "jobs": [new job ids]}``.
+        Any other task is refused with an :class:`panda_lab.http.ApiError` (409)."""
         return self.lab.retry(self.id)
 
     def __repr__(self) -> str:

@@ -38,11 +38,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from panda_lab.client.futures import exception_from_job
 from panda_lab.jupyter.cells import CellError, bound_names, capture, new_output, run_cell, split
+from panda_lab.model import TASK_FINAL, TaskState
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.session import Lab
 
-FINAL = frozenset({"done", "finished", "failed", "aborted"})
 
 #: Seconds between two looks at a running cell's state and output.
 POLL = 0.5
@@ -116,7 +116,7 @@ class CellFollower:
         while True:
             info = self.lab.api.get(f"/api/tasks/{self.task}/wait", timeout=POLL)
             self.show()
-            if info["state"] in FINAL:
+            if info["state"] in TASK_FINAL:
                 return info
 
 
@@ -124,7 +124,7 @@ def bring_back(lab: Lab, task: int, info: dict, namespace: dict[str, Any]) -> li
     """Put the names a finished cell task bound into ``namespace`` and take out those it
     deleted (with ``--parallel``: deleted by every job); raise the remote exception of a
     failed one.  Returns the names set."""
-    if info["state"] != "done":
+    if info["state"] != TaskState.DONE:
         failures = lab.failures(task)
         if not failures:
             raise RuntimeError(f"task {task} ended {info['state']} without a failed job")

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from panda_lab.jupyter.snapshot import (
-    STATE_ORDER,
     Rate,
     TaskSnapshot,
     draw_histogram,
@@ -25,7 +24,7 @@ from panda_lab.jupyter.snapshot import (
     take,
     text,
 )
-from panda_lab.model import TASK_FINAL, TASK_RETRYABLE
+from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE
 from panda_lab.text import strip_ansi
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +45,7 @@ def _state_cells(states: dict[str, int], columns: list[str]) -> str:
 
 def sites_table(snap: TaskSnapshot) -> str:
     """Jobs per site by state, as an HTML table (only the states that occur)."""
-    columns = [s for s in STATE_ORDER if snap.by_state.get(s)]
+    columns = [s for s in JOB_ORDER if snap.by_state.get(s)]
     if not columns:
         return "<i>no jobs yet</i>"
     head = "".join(f"<th>{s}</th>" for s in columns)

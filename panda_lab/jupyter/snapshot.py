@@ -13,13 +13,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from panda_lab.model import JOB_ORDER, TASK_FINAL
+
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.session import Lab
 
-FINAL = frozenset({"done", "finished", "failed", "aborted"})
-#: Job states in the order a monitor lists them: waiting, on a pilot, ended.
-STATE_ORDER = ("defined", "assigned", "activated", "sent", "starting", "running",
-               "transferring", "finished", "failed", "cancelled", "closed")
 
 
 @dataclass
@@ -59,7 +57,7 @@ class TaskSnapshot:
     @property
     def final(self) -> bool:
         """Nothing will change any more (for an analysis: its last result merged)."""
-        return self.state in FINAL and (not self.analysis or self.partial_final)
+        return self.state in TASK_FINAL and (not self.analysis or self.partial_final)
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -211,10 +209,10 @@ def text(snap: TaskSnapshot, rate: Rate | None = None) -> str:
         lines[0] += f", {rate.per_second:,.0f} {unit}/s" + (f", ETA {eta:.0f} s" if eta else "")
     if snap.message:
         lines.append(f"  {snap.message}")
-    states = ", ".join(f"{s} {snap.by_state[s]}" for s in STATE_ORDER if snap.by_state.get(s))
+    states = ", ".join(f"{s} {snap.by_state[s]}" for s in JOB_ORDER if snap.by_state.get(s))
     lines.append(f"  jobs: {states or 'none'}")
     for site, states_at in sorted(snap.by_site.items()):
-        lines.append(f"  {site}: " + ", ".join(f"{s} {states_at[s]}" for s in STATE_ORDER
+        lines.append(f"  {site}: " + ", ".join(f"{s} {states_at[s]}" for s in JOB_ORDER
                                                 if states_at.get(s)))
     for g in snap.errors[:5]:
         lines.append(f"  {g.count} x [{g.category}] {g.message}")

@@ -22,6 +22,7 @@ from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.model import JobState
 from panda_lab.output import OUTPUT_LIMIT, Capture, split_tail
 from panda_lab.payload import INLINE_LIMIT, environment
 from panda_lab.pilot.worker import LOCAL_ENDPOINT, Output, Worker
@@ -218,7 +219,7 @@ class Pilot:
             job = self.queue.popleft()
             common = self._common(job["task"]) if job.get("common") else None
             w.run(job, common, time.time(), self._spool_files(job))
-            self._set_pending(job, "running", started_at=w.started_at)
+            self._set_pending(job, JobState.RUNNING, started_at=w.started_at)
 
     def _collect(self) -> None:
         busy = [w for w in self.workers if w.busy]
@@ -240,7 +241,7 @@ class Pilot:
             if w.conn in ready:
                 job, outcome = w.receive()
                 if isinstance(outcome, Output):  # still running: its output so far
-                    self._set_pending(job, "running", stdout=outcome.stdout or None,
+                    self._set_pending(job, JobState.RUNNING, stdout=outcome.stdout or None,
                                       stderr=outcome.stderr or None)
                 else:
                     self._finish(job, outcome, w)
@@ -266,22 +267,22 @@ class Pilot:
             if len(data) > INLINE_LIMIT:
                 ref = self.api.request("PUT", f"/api/pilot/results/{job['task']}/{job['id']}",
                                        content=data)["ref"]
-                self._set_pending(job, "finished", result_ref=ref, **extra)
+                self._set_pending(job, JobState.FINISHED, result_ref=ref, **extra)
             else:
-                self._set_pending(job, "finished", result=base64.b64encode(data).decode(),
+                self._set_pending(job, JobState.FINISHED, result=base64.b64encode(data).decode(),
                                   **extra)
         else:
             err = clean_error(outcome.error)
             if "exception" in err:
                 err["exception"] = base64.b64encode(err["exception"]).decode()
-            self._set_pending(job, "failed", error=err, **extra)
+            self._set_pending(job, JobState.FAILED, error=err, **extra)
 
     def _report_failed(self, job: dict, category: str, message: str,
                        output: bool = False) -> None:
         """Report ``job`` failed; with ``output``, its worker was killed under it, and
         the output it spooled until then is reported and kept."""
         extra = self._keep_output(job, None, retry_for=5.0) if output else {}
-        self._set_pending(job, "failed", error={"category": category, "message": message},
+        self._set_pending(job, JobState.FAILED, error={"category": category, "message": message},
                           **extra)
 
     # ---- output ----------------------------------------------------------------------
@@ -330,7 +331,7 @@ class Pilot:
                 path.unlink(missing_ok=True)
         return out
 
-    def _set_pending(self, job: dict, state: str, **fields) -> None:
+    def _set_pending(self, job: dict, state: JobState, **fields) -> None:
         if not self.pending:
             self.pending_since = time.monotonic()
         prev = self.pending.get(job["id"], {})
