@@ -32,7 +32,7 @@ from harness import ServerProcess  # noqa: E402
 
 from panda_lab.analysis.dimuon import process  # noqa: E402
 from panda_lab.analysis.sample import make_sample  # noqa: E402
-from panda_lab.jupyter.monitor import TaskMonitor  # noqa: E402
+from panda_lab.widgets.monitor import TaskMonitor  # noqa: E402
 
 
 def pct(ts: list[float], q: float) -> float:

@@ -214,7 +214,7 @@ class Lab:
 
     def monitor(self, limit: int = 10, interval: float = 0.5) -> Any:
         """A live widget of the recent tasks and the sites (needs the notebook extra)."""
-        from panda_lab.jupyter.monitor import LabMonitor
+        from panda_lab.widgets.monitor import LabMonitor
 
         return LabMonitor(self, limit=limit, interval=interval)
 

@@ -91,14 +91,14 @@ class TaskHandle:
 
     def monitor(self, interval: float = 0.25) -> Any:
         """A live widget of this task (progress, sites, errors, histogram, kill/retry)."""
-        from panda_lab.jupyter.monitor import TaskMonitor
+        from panda_lab.widgets.monitor import TaskMonitor
 
         return TaskMonitor(self.lab, self.id, interval=interval)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict | None:
         """In a kernel, a task displays as its live monitor; elsewhere as HTML or text."""
         try:
-            from panda_lab.jupyter.monitor import task_mimebundle
+            from panda_lab.widgets.monitor import task_mimebundle
         except ImportError:  # no ipywidgets: the notebook extra is not installed
             return None
         return task_mimebundle(self.lab, self.id, include=include, exclude=exclude)

@@ -22,7 +22,7 @@ from jupyter_server.utils import url_path_join
 from tornado.iostream import StreamClosedError
 
 from panda_lab import runtime
-from panda_lab.jupyter.snapshot import group_errors, merge_error_group
+from panda_lab.widgets.snapshot import group_errors, merge_error_group
 
 PREFIX = "panda-lab"
 

@@ -47,7 +47,7 @@ from harness import ServerProcess
 from panda_lab.analysis.accumulate import MergeError, merge, merge_all
 from panda_lab.analysis.sample import make_sample
 from panda_lab.client.analysis import IncompleteResult
-from panda_lab.jupyter.snapshot import take
+from panda_lab.widgets.snapshot import take
 
 R = hist.axis.Regular
 

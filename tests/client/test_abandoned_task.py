@@ -42,7 +42,7 @@ import time
 import pytest
 from harness import ServerProcess, wait_for
 
-from panda_lab.jupyter.snapshot import take, text
+from panda_lab.widgets.snapshot import take, text
 
 #: The lease of the test servers (tests/harness.py FAST).
 LEASE = 5.0
@@ -98,7 +98,7 @@ def test_client_killed_after_a_result_ends_its_task_done(mlab, module_server):
     assert GONE in table and "all 1 jobs finished" in table
     assert f"\n  {info['message']}\n" in text(take(mlab, task.id))
 
-    from panda_lab.jupyter.monitor import LabMonitor, TaskMonitor
+    from panda_lab.widgets.monitor import LabMonitor, TaskMonitor
 
     m = TaskMonitor(mlab, task.id, start=False)
     lm = LabMonitor(mlab, start=False)

@@ -10,8 +10,8 @@ import time
 import pytest
 from harness import wait_for
 
-from panda_lab.jupyter.monitor import LabMonitor, TaskMonitor
-from panda_lab.jupyter.snapshot import Rate, group_errors, take, text
+from panda_lab.widgets.monitor import LabMonitor, TaskMonitor
+from panda_lab.widgets.snapshot import Rate, group_errors, take, text
 
 
 def maybe_fail(i, t=0.0):

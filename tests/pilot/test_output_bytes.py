@@ -400,8 +400,8 @@ def test_cli_shows_any_message_and_prints_a_jobs_full_output(server):
 
 
 def test_monitor_errors_escape_html_and_drop_ansi():
-    from panda_lab.jupyter.monitor import errors_html
-    from panda_lab.jupyter.snapshot import ErrorGroup, TaskSnapshot
+    from panda_lab.widgets.monitor import errors_html
+    from panda_lab.widgets.snapshot import ErrorGroup, TaskSnapshot
 
     group = ErrorGroup("user", "<b>x</b> \x1b[31mred\x1b[0m a\\xdf", 2, 7,
                        "Traceback\n\x1b[1mValueError\x1b[0m: <b>")

@@ -1,6 +1,6 @@
 """Live monitoring widgets: a task's progress, sites, errors and merged histogram.
 
-A background thread takes a :mod:`snapshot <panda_lab.jupyter.snapshot>` at most
+A background thread takes a :mod:`snapshot <panda_lab.widgets.snapshot>` at most
 ``interval`` seconds apart and updates the widgets in place, so the kernel stays free
 for the next cell; it stops when the task can no longer change, or the widget is closed.
 In a terminal the same view is a few lines of text (the widget's ``text/plain``).
@@ -12,11 +12,14 @@ import html
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as w
 
-from panda_lab.jupyter.snapshot import (
+from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE
+from panda_lab.text import strip_ansi
+from panda_lab.widgets.snapshot import (
+    LabView,
     Rate,
     TaskSnapshot,
     draw_histogram,
@@ -24,11 +27,6 @@ from panda_lab.jupyter.snapshot import (
     take,
     text,
 )
-from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE
-from panda_lab.text import strip_ansi
-
-if TYPE_CHECKING:  # pragma: no cover
-    from panda_lab.client.session import Lab
 
 log = logging.getLogger("panda_lab.monitor")
 
@@ -111,7 +109,7 @@ class TaskMonitor(_Watched, w.VBox):
     #: as soon as it is merged.
     redraw_every = 1.0
 
-    def __init__(self, lab: Lab, task_id: int, interval: float = 0.25,
+    def __init__(self, lab: LabView, task_id: int, interval: float = 0.25,
                  start: bool = True) -> None:
         self.lab, self.task_id, self.interval = lab, task_id, interval
         self._drawn_at = float("-inf")
@@ -264,7 +262,7 @@ class TaskMonitor(_Watched, w.VBox):
 class LabMonitor(_Watched, w.VBox):
     """All recent tasks, one line each, updated in place: ``lab.monitor()``."""
 
-    def __init__(self, lab: Lab, limit: int = 10, interval: float = 0.5,
+    def __init__(self, lab: LabView, limit: int = 10, interval: float = 0.5,
                  start: bool = True) -> None:
         self.lab, self.limit, self.interval = lab, limit, interval
         self.rows: dict[int, tuple[w.HTML, w.IntProgress, w.HTML]] = {}
@@ -345,7 +343,7 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def task_mimebundle(lab: Lab, task_id: int, **display_kwargs: Any) -> dict | None:
+def task_mimebundle(lab: LabView, task_id: int, **display_kwargs: Any) -> dict | None:
     """A live widget's bundle for a task shown in a kernel, else ``None`` (the caller
     falls back to HTML and text)."""
     if not in_kernel():

@@ -11,12 +11,29 @@ import pickle
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from panda_lab.model import JOB_ORDER, TASK_FINAL
 
-if TYPE_CHECKING:  # pragma: no cover
-    from panda_lab.client.session import Lab
+
+class Api(Protocol):
+    def get(self, path: str, **params: Any) -> Any: ...
+
+
+class LabView(Protocol):
+    """What the monitors need of a connection to a server; ``panda_lab.client.Lab`` has
+    this shape.  Declared here so that the widgets never import the client (which
+    imports them for ``lab.monitor()``)."""
+
+    api: Api
+
+    def kill(self, task: int | str) -> Any: ...
+
+    def retry(self, task: int | str) -> Any: ...
+
+    def list_tasks(self, limit: int = 50) -> list[dict]: ...
+
+    def sites(self) -> list[dict]: ...
 
 
 
@@ -67,7 +84,7 @@ class TaskSnapshot:
         return self.n_done, self.n_jobs
 
 
-def take(lab: Lab, task_id: int, errors_seen: int | None = None,
+def take(lab: LabView, task_id: int, errors_seen: int | None = None,
          previous: TaskSnapshot | None = None) -> TaskSnapshot:
     """One look at a task.  Failed attempts are fetched only when their count changed
     since ``previous`` (a task of 10,000 jobs costs one request per look, not 10,000)."""
