@@ -76,3 +76,15 @@ def lab(server):
     lab = server.lab()
     yield lab
     lab.close()
+
+
+@pytest.fixture
+def store(db_url, tmp_path, request):
+    """A Store on each backend (SQLite, then PostgreSQL) with the sites of the test's
+    module (its ``SITES``, a list of site rows as ``Store.upsert_sites`` takes them)."""
+    from panda_lab.store import Store
+
+    s = Store(db_url, tmp_path / "results")
+    s.upsert_sites(request.module.SITES)
+    yield s
+    s.close()

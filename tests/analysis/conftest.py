@@ -10,7 +10,10 @@ from analysis_helpers import SAMPLE_BASKET, SAMPLE_EVENTS, SAMPLE_FILES
 
 from panda_lab.analysis.sample import make_sample
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+#: the real ROOT files: ``$PANDA_LAB_SHARED_DATA``, by default ``../shared/data``
+#: beside the repository
+SHARED_DATA = Path(os.environ.get("PANDA_LAB_SHARED_DATA")
+                   or Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +29,8 @@ def sample_files(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the repository: skipped where absent, but never in CI."""
+    """``$PANDA_LAB_SHARED_DATA`` or ``../shared/data`` beside the repository: skipped
+    where absent, but never in CI."""
     if not SHARED_DATA.is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the real-file tests, and {SHARED_DATA} is missing")

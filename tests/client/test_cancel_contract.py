@@ -248,13 +248,6 @@ SITES = [{"name": n, "kind": "local", "provisioner": "local", "pilots": 1, "slot
          for n in ("A", "B")]
 
 
-@pytest.fixture
-def store(db_url, tmp_path):
-    s = Store(db_url, tmp_path / "results")
-    s.upsert_sites(SITES)
-    yield s
-    s.close()
-
 
 def payloads(n: int) -> list[dict]:
     return [{"payload": b"job %d" % i} for i in range(n)]

@@ -11,13 +11,6 @@ from panda_lab.store import Store, TaskStateError
 SITES = [{"name": "A", "kind": "local", "provisioner": "local", "pilots": 1, "slots": 2}]
 
 
-@pytest.fixture
-def store(db_url, tmp_path):
-    s = Store(db_url, tmp_path / "results")
-    s.upsert_sites(SITES)
-    yield s
-    s.close()
-
 
 def chunk(start: int, stop: int) -> list[dict]:
     return [{"file_index": 0, "path": "/f.root", "tree": "Events", "start": start,

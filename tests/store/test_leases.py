@@ -14,13 +14,6 @@ SITES = [{"name": "A", "kind": "local", "provisioner": "local", "pilots": 1, "sl
 LEASE = 30.0
 
 
-@pytest.fixture
-def store(db_url, tmp_path):
-    s = Store(db_url, tmp_path / "results")
-    s.upsert_sites(SITES)
-    yield s
-    s.close()
-
 
 def jobs_(n: int) -> list[dict]:
     return [{"payload": b"job %d" % i} for i in range(n)]
