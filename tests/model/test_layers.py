@@ -38,6 +38,8 @@ LAYER: dict[str, int] = {
     "store": 1,
     # 2. the server and the provisioners it drives
     "provisioners": 2, "server": 2,
+    #    and the notebook's monitor widgets, which the client shows (``lab.monitor()``)
+    "widgets": 2,
     # 3. programs and the user side
     "pilot": 3, "client": 3, "jupyter": 3, "cli": 3,
     # 4. the facade: what ``import panda_lab`` offers, entry points for IPython and Jupyter
@@ -60,9 +62,10 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
                "runtime"},
     "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model"},
-    "client": {"server", "analysis", "model", "payload", "remote_errors", "output", "text",
-               "http", "runtime"},
-    "jupyter": {"client", "server", "model", "output", "text", "http", "runtime"},
+    "widgets": {"model", "text"},
+    "client": {"server", "widgets", "analysis", "model", "payload", "remote_errors", "output",
+               "text", "http", "runtime"},
+    "jupyter": {"client", "widgets", "server", "model", "output", "text", "http", "runtime"},
     "cli": {"client", "pilot", "server", "provisioners", "analysis", "model", "payload",
             "output", "text", "http", "runtime"},
     ROOT: {"client", "jupyter", "analysis", "payload"},
