@@ -316,6 +316,17 @@ class JupyterServer:
             '{"fetchNews": "false", "checkForUpdates": false}')
         env = dict(os.environ, PANDA_LAB_HOME=str(self.panda_home),
                    JUPYTER_CONFIG_DIR=str(cfg), JUPYTER_RUNTIME_DIR=str(cfg / "runtime"))
+        # the panel as built in the checkout under test (extension/ -> panda_lab/labextension),
+        # ahead of the copy an editable install left in the environment's share/jupyter
+        built = Path(runtime.__file__).parent / "labextension"
+        if (built / "package.json").exists():
+            data = cfg / "data"
+            (data / "labextensions").mkdir(parents=True, exist_ok=True)
+            link = data / "labextensions" / "panda-lab"
+            if not link.exists():
+                link.symlink_to(built.resolve(), target_is_directory=True)
+            env["JUPYTER_PATH"] = os.pathsep.join(
+                p for p in (str(data), os.environ.get("JUPYTER_PATH", "")) if p)
         args = [sys.executable, "-m", self.app, "--no-browser", "--allow-root",
                 f"--ServerApp.port={self.port}", "--ServerApp.ip=127.0.0.1",
                 f"--IdentityProvider.token={self.token}",

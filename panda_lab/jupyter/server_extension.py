@@ -105,6 +105,16 @@ class StartHandler(PandaHandler):
         self.finish(json.dumps({"running": True, "url": info["url"], "home": str(home)}))
 
 
+class StatesHandler(PandaHandler):
+    """The vocabulary of states and their named sets (the server's ``GET /api/states``),
+    from which the panel reads which tasks may be killed or retried and the order of
+    job states, instead of retyping them."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.answer(lambda: self.link.request("GET", "/api/states"))
+
+
 class TasksHandler(PandaHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -213,6 +223,7 @@ class EventsHandler(PandaHandler):
 ROUTES = [
     (r"/status", StatusHandler),
     (r"/start", StartHandler),
+    (r"/states", StatesHandler),
     (r"/tasks", TasksHandler),
     (r"/tasks/(\d+)", TaskHandler),
     (r"/tasks/(\d+)/(kill|retry)", TaskActionHandler),

@@ -11,6 +11,7 @@ import pytest
 from harness import JupyterServer, ServerProcess, wait_for
 
 from panda_lab.jupyter.server_extension import ROUTES
+from panda_lab.model import vocabulary
 
 
 def flaky(i):
@@ -91,6 +92,7 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         assert job["broker_info"]["picked"] == job["site"]
         sites = c.get("/sites").json()
         assert {s["name"] for s in sites} == {"LOCAL-GRID", "LOCAL-CLOUD", "LOCAL-HPC"}
+        assert c.get("/states").json() == vocabulary()  # the panel's state sets
         counts = c.get("/counts").json()
         assert counts["failed"] >= 1 and counts["running"] >= 0
         assert c.get("/tasks/99999").status_code == 404
