@@ -90,7 +90,8 @@ export class Coalescer<P> {
     private readonly delay = COALESCE_MS
   ) {}
 
-  /** Ask for these parts to be fetched within `delay` ms (or right after a run). */
+  /** Ask for these parts to be fetched within `delay` ms of the first pending request;
+   * while a run goes on, `delay` ms after it ends. */
   add(parts: Iterable<P>): void {
     for (const p of parts) {
       this.pending.add(p);
