@@ -67,7 +67,7 @@ export function affected(event: PandaEvent, open: Selection): Set<Part> {
       continue;
     }
     const task = (body as { task?: unknown }).task;
-    if (task !== undefined && task === open.task) {
+    if (typeof task === 'number' && task === open.task) {
       parts.add('task');
     }
   }

@@ -82,6 +82,8 @@ describe('what an event makes stale', () => {
       ['task']);
     assert.deepEqual(sorted(affected(changes({ partial: { task: 8, events: 10 } }), OPEN)), []);
     assert.deepEqual(sorted(affected(partial, NOTHING_OPEN)), []);
+    // an event naming no task never matches a panel with nothing open (null is not an id)
+    assert.deepEqual(sorted(affected(changes({ partial: { task: null } }), NOTHING_OPEN)), []);
   });
 
   test('an event with no changes, or empty batches: nothing', () => {
