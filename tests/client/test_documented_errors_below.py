@@ -126,3 +126,12 @@ def test_read_connection_is_none_for_a_missing_or_torn_file(tmp_path):
     assert runtime.read_connection(tmp_path) is None
     runtime.remove_connection(tmp_path, pid=1)  # unreadable: left alone, no error
     assert runtime.connection_path(tmp_path).exists()
+
+
+def test_package_docstring_names_every_export_and_unknown_names_raise_attribute_error():
+    import panda_lab
+
+    for name in panda_lab.__all__:
+        assert f"``{name}``" in panda_lab.__doc__, f"{name} is exported but not described"
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        panda_lab.Nope  # noqa: B018
