@@ -91,8 +91,9 @@ class Pilot:
         """Register with the server (site, host, pid, slots, the environment's versions
         and the batch allocation's ``SLURM_JOB_ID``); keeps the pilot id and heartbeat
         interval (seconds) the server gives, and the site's storage endpoint for the
-        workers.  Raises :class:`~panda_lab.http.ApiError` when the server refuses (401
-        for a wrong token, 403 for a token that is not a pilot's) and
+        workers.  Raises :class:`~panda_lab.http.ApiError` when the server refuses (400
+        for a site the server does not have, 401 for a wrong token, 403 for a token
+        that is not a pilot's) and
         :class:`~panda_lab.http.ServerUnreachable` after ``server_lost_timeout``."""
         reply = self.api.post("/api/pilot/register", {
             "site": self.opts.site, "host": socket.gethostname(), "pid": os.getpid(),
@@ -116,8 +117,8 @@ class Pilot:
         Stops on SIGTERM or SIGINT (drain: the jobs it holds are finished and reported),
         after ``max_jobs`` jobs, after ``idle_exit`` seconds without work, or when its
         ``walltime`` leaves no room for another job.  Returns 0 after a clean stop, 2
-        when the server refused a request (:class:`~panda_lab.http.ApiError`: a wrong
-        token...), 3 when the server stayed unreachable for
+        when the server refused a request (:class:`~panda_lab.http.ApiError`: an
+        unknown site, a wrong token...), 3 when the server stayed unreachable for
         ``server_lost_timeout`` seconds; the ``panda-lab`` CLI's ``EXIT_USAGE`` and
         ``EXIT_NO_SERVER``.  Installs SIGTERM/SIGINT handlers, so it runs in the main
         thread; the workers and the spool directory are gone when it returns."""
