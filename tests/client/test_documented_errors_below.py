@@ -135,3 +135,85 @@ def test_package_docstring_names_every_export_and_unknown_names_raise_attribute_
         assert f"``{name}``" in panda_lab.__doc__, f"{name} is exported but not described"
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         panda_lab.Nope  # noqa: B018
+
+
+def test_split_into_no_jobs_raises_cell_error():
+    from panda_lab.jupyter.cells import CellError, split
+
+    with pytest.raises(CellError, match="--parallel needs at least 1 job"):
+        split([1, 2], 0)
+
+
+def test_panel_link_without_a_server_raises_server_down_naming_why(tmp_path):
+    import asyncio
+
+    from panda_lab import runtime
+    from panda_lab.jupyter.server_extension import PandaLink, ServerDown
+
+    link = PandaLink(str(tmp_path))
+    with pytest.raises(ServerDown, match="no panda-lab server has run for") as info:
+        link.connection()
+    assert str(tmp_path.resolve()) in str(info.value)
+    runtime.write_connection(tmp_path, {"url": "http://127.0.0.1:9", "user_token": "t"})
+    with pytest.raises(ServerDown, match=r"server at http://127\.0\.0\.1:9 does not answer"):
+        asyncio.run(link.request("GET", "/api/info"))
+
+
+class _CellLab:
+    """Just what bring_back asks of a lab, with canned answers."""
+
+    def __init__(self, results=None, failures=()):
+        self._results, self._failures = results or {}, list(failures)
+
+    def results(self, task):
+        return self._results
+
+    def failures(self, task):
+        return self._failures
+
+
+def test_bring_back_of_a_task_that_is_no_cell_raises_usage_error():
+    from IPython.core.error import UsageError
+
+    from panda_lab.jupyter.magics import bring_back
+
+    info = {"state": "done", "n_jobs": 1}
+    with pytest.raises(UsageError, match="task 7 is not a %%panda cell"):
+        bring_back(_CellLab({0: 42}), 7, info, {})
+
+
+def test_bring_back_of_a_failed_task_without_failed_jobs_raises_runtime_error():
+    from panda_lab.jupyter.magics import bring_back
+
+    info = {"state": "aborted", "n_jobs": 2}
+    with pytest.raises(RuntimeError, match="task 7 ended aborted without a failed job"):
+        bring_back(_CellLab(), 7, info, {})
+
+
+def test_bring_back_raises_the_first_failed_jobs_job_failed():
+    from panda_lab.client.futures import JobFailed
+    from panda_lab.jupyter.magics import bring_back
+
+    failed = {"id": 3, "job_index": 0, "state": "failed", "error_category": "system",
+              "error_message": "lost heartbeat"}
+    with pytest.raises(JobFailed, match="lost heartbeat"):
+        bring_back(_CellLab(failures=[failed]), 7, {"state": "failed", "n_jobs": 1}, {})
+
+
+def test_pilot_run_exit_codes_for_an_unreachable_and_a_refusing_server():
+    import signal
+
+    from panda_lab.pilot import Pilot, PilotOptions
+
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        gone = Pilot(PilotOptions("http://127.0.0.1:9", "LOCAL", "t", server_lost_timeout=0))
+        assert gone.run() == 3
+        assert not gone.spool.exists()
+        refused = Pilot(PilotOptions("http://lab.invalid", "LOCAL", "t"))
+        refused.api._http = httpx.Client(base_url="http://lab.invalid", transport=(
+            httpx.MockTransport(lambda r: httpx.Response(401, json={"detail": "wrong token"}))))
+        assert refused.run() == 2
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
