@@ -27,9 +27,8 @@ What is exported (``__all__``):
 
 Any other name raises ``AttributeError``.  The errors a server's answer brings,
 :class:`panda_lab.http.ApiError` and :class:`panda_lab.http.ServerUnreachable` (a
-``ConnectionError``), and bad input files,
-:class:`panda_lab.analysis.errors.DataError` and its ``BadFilesError``, are imported
-from their modules.
+``ConnectionError``), and bad input files, ``panda_lab.analysis.DataError`` and its
+:class:`panda_lab.analysis.errors.BadFilesError`, are imported from their modules.
 """
 
 from __future__ import annotations
