@@ -3,6 +3,32 @@
 What users import lives here; everything else is internal and may change.  Names are
 imported on first use: a pilot or the server imports ``panda_lab`` too, and must not
 pay (in start-up time and memory) for the notebook client's pandas and friends.
+
+What is exported (``__all__``):
+
+=======================  ===========================================================
+``connect``, ``Lab``     a connection to a server (starts a local one if asked)
+``PandaExecutor``        ``concurrent.futures.Executor`` whose calls run as jobs
+``TaskHandle``           one task: state, jobs, results, kill/retry
+``AnalysisTask``         a dataset analysis (``lab.analyze``): partial/result/report
+``JobFailed``            a job failed, not by an exception of the user's code (lost
+                         pilot, walltime...); its subclasses ``JobKilled`` (killed)
+                         and ``RemoteError`` (the user's exception, whose type cannot
+                         be rebuilt here); ``RemoteTraceback`` a pilot's traceback
+                         as text
+``EnvironmentMismatch``  a warning (``UserWarning``): a site's pilots run other
+                         versions of Python or key packages than the client
+``PayloadError``         a call that cannot be pickled (a ``TypeError``)
+``MergeError``           results that cannot be merged (a ``TypeError``)
+``IncompleteResult``     an analysis result with input not processed
+``__version__``          the installed distribution's version ("0.0.0" from a
+                         source tree)
+=======================  ===========================================================
+
+Any other name raises ``AttributeError``.  The errors a server's answer brings,
+:class:`panda_lab.http.ApiError` and :class:`panda_lab.http.ServerUnreachable` (a
+``ConnectionError``), and bad input files, ``panda_lab.analysis.DataError`` and its
+:class:`panda_lab.analysis.errors.BadFilesError`, are imported from their modules.
 """
 
 from __future__ import annotations
@@ -44,7 +70,8 @@ def __getattr__(name: str) -> Any:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext panda_lab``: the ``%%panda`` and ``%panda_attach`` magics."""
+    """``%load_ext panda_lab``: the ``%%panda`` and ``%panda_attach`` magics, registered
+    on ``ipython`` (IPython's extension protocol); returns nothing."""
     from panda_lab.jupyter.magics import load_ipython_extension as load
 
     load(ipython)

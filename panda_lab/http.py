@@ -24,10 +24,17 @@ class ApiError(Exception):
 
 
 class ServerUnreachable(ConnectionError):
-    pass
+    """No answer from the server (connection refused, DNS, timeout: any
+    ``httpx.TransportError``) for as long as the request was to be retried."""
 
 
 class ApiClient:
+    """A bearer-token client for one server.
+
+    ``url`` is the server's base URL; ``timeout`` (seconds) bounds each request;
+    ``retry_for`` (seconds, 0: no retry) is how long a request keeps trying, with backoff
+    from 0.05 s doubling up to 2 s, while the server is unreachable."""
+
     def __init__(self, url: str, token: str, timeout: float = 60.0,
                  retry_for: float = 0.0) -> None:
         self.url = url.rstrip("/")
@@ -37,6 +44,7 @@ class ApiClient:
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
 
     def close(self) -> None:
+        """Close the connection pool; the client is not to be used afterwards."""
         self._http.close()
 
     def __enter__(self) -> ApiClient:
@@ -48,6 +56,15 @@ class ApiClient:
     def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
                 params: dict | None = None, timeout: float | None = None,
                 retry_for: float | None = None, raw: bool = False) -> Any:
+        """Send one request and return the decoded JSON body (``None`` for an empty body),
+        or the body's bytes with ``raw``.
+
+        ``json`` is sent as an orjson-encoded body, else ``content`` as is; ``timeout``
+        and ``retry_for`` (seconds) override the client's for this call.  Only transport
+        failures are retried (an error status is an answer).  Raises
+        :class:`ServerUnreachable` when no answer came within ``retry_for``, and
+        :class:`ApiError` for a status of 400 or more, with the server's ``detail`` (the
+        body's text when it is not JSON)."""
         retry_for = self.retry_for if retry_for is None else retry_for
         deadline = time.monotonic() + retry_for
         delay = 0.05
@@ -79,9 +96,13 @@ class ApiClient:
         return orjson.loads(resp.content) if resp.content else None
 
     def get(self, path: str, **params: Any) -> Any:
+        """``GET path`` with ``params`` as the query (``None`` values left out); returns
+        and raises as :meth:`request`."""
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        """``POST path`` with ``body`` as JSON (``{}`` when ``None``); ``kw`` as
+        :meth:`request` takes them, and returns and raises as it."""
         return self.request("POST", path, json=body if body is not None else {}, **kw)
 
     def events(self, tasks: list[int] | None = None, results: bool = False,
@@ -92,7 +113,12 @@ class ApiClient:
         With ``ping``, the server sends a keep-alive that is yielded as ``{"ping": True}``
         at least that often, so a reader can notice it was asked to stop.  With
         ``read_timeout`` (seconds), a stream silent that long raises ``httpx.ReadTimeout``.
-        """
+        ``tasks`` limits the stream to those task ids; ``results`` asks for job results in
+        the events; ``timeout`` (seconds, default 60) bounds connecting and writing.
+
+        Raises :class:`ApiError` when the server refuses the stream (status 400 or more);
+        a transport failure is raised as httpx's own ``httpx.TransportError`` (this stream
+        is not retried: a reader reconnects itself)."""
         params: dict = {"results": "true" if results else "false"}
         if ping is not None:
             params["ping"] = ping

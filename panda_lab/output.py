@@ -42,7 +42,10 @@ _MARKER = re.compile(r"\[\.\.\. ([\d,]+) lines? \(([\d,]+) characters?\) not sho
 
 
 def where(job_id: int | None) -> str:
-    """How a user gets a job's full output: the words the markers end with."""
+    """How a user gets a job's full output: the words the markers end with.
+
+    Returns e.g. ``"full output: `panda-lab output 7` or lab.job_output(7)"``, or that it
+    is not kept when ``job_id`` is ``None`` (a run outside a job)."""
     if job_id is None:
         return "full output: not kept for this run"
     return f"full output: `panda-lab output {job_id}` or lab.job_output({job_id})"
@@ -50,7 +53,10 @@ def where(job_id: int | None) -> str:
 
 def marker(lines: int, chars: int, midline: bool, job_id: int | None) -> str:
     """The line that starts a tail when ``lines`` newlines and ``chars`` characters of
-    earlier output are not in it; ``midline`` when the tail starts inside a line."""
+    earlier output are not in it; ``midline`` when the tail starts inside a line.
+
+    Returns ``"[... 1,234 lines (56,789 characters) not shown; full output: ...]\n"``
+    (newline included); :func:`split_tail` reads the counts back."""
     cut = ", and the next line starts mid-line" if midline else ""
     return (f"[... {lines:,} line{'s' if lines != 1 else ''} ({chars:,} characters) "
             f"not shown{cut}; {where(job_id)}]\n")
@@ -58,7 +64,10 @@ def marker(lines: int, chars: int, midline: bool, job_id: int | None) -> str:
 
 def split_tail(text: str) -> tuple[int, int, str, str]:
     """A tail taken apart: ``(lines, chars, marker line, body)``, where ``lines`` and
-    ``chars`` count the output before ``body`` (0 and 0 when the tail holds all)."""
+    ``chars`` count the output before ``body`` (0 and 0 when the tail holds all).
+
+    A text that does not start with a :func:`marker` line is all body: ``(0, 0, "",
+    text)``; never raises."""
     m = _MARKER.match(text)
     if m is None:
         return 0, 0, "", text
@@ -95,9 +104,14 @@ class Capture(io.TextIOBase):
     encoding = "utf-8"  # what ``print`` may ask; text is written as str, never bytes
 
     def writable(self) -> bool:
+        """Always ``True`` (``io.TextIOBase``'s protocol)."""
         return True
 
     def write(self, s: str) -> int:
+        """Take ``s`` (cheap: cleaned, counted and spooled in batches of 64 KiB) and
+        return ``len(s)``, characters, as ``io.TextIOBase.write`` does.
+
+        Raises ``TypeError`` for anything but ``str``, as ``sys.stdout`` does for bytes."""
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         with self._lock:
@@ -130,7 +144,9 @@ class Capture(io.TextIOBase):
 
     def flush(self) -> None:
         """Write the spooled output to disk (the worker's ticker calls this every half
-        second while a job prints, so a killed worker loses at most that much)."""
+        second while a job prints, so a killed worker loses at most that much).
+        Without a spool file it only cleans and counts the pending writes.  A spool file
+        that cannot be opened (``OSError``) is given up silently: the tails still travel."""
         with self._lock:
             self._drain()
             if self._file is not None:
@@ -138,7 +154,8 @@ class Capture(io.TextIOBase):
 
     def tail(self) -> str:
         """The last :data:`TAIL` characters at most, cut at a line start, behind a
-        :func:`marker` line when output before them is not shown."""
+        :func:`marker` line when output before them is not shown.  Returns ``""`` before
+        any output; safe to call from another thread while the job writes."""
         with self._lock:
             self._drain()
             hidden_lines, hidden, midline, text = self._tail()
@@ -162,7 +179,8 @@ class Capture(io.TextIOBase):
 
     def finish(self) -> None:
         """Close the spool file.  Output past the limit ends it with a marker line that
-        names the limit, then the tail, so the kept output ends as the job's did."""
+        names the limit, then the tail, so the kept output ends as the job's did.
+        Returns nothing; a no-op without a spool file, and when called again."""
         with self._lock:
             self._drain()
             f, self._file, self._spool = self._file, None, None
@@ -185,7 +203,8 @@ def tail_delta(old: str, new: str) -> str | None:
     """What tail ``new`` adds to tail ``old`` of the same growing stream, found from their
     markers' counts: exact, and a gap between them (more printed between two looks than
     a tail holds) comes out as a marker line that says what it skipped.  ``None`` when
-    neither tail has a marker: then only their texts can tell."""
+    neither tail has a marker: then only their texts can tell.  Otherwise the
+    text ``new`` adds, ``""`` when it adds nothing."""
     lines_old, chars_old, _, body_old = split_tail(old)
     lines_new, chars_new, mark, body_new = split_tail(new)
     if not mark and not chars_old:

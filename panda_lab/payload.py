@@ -34,14 +34,20 @@ KEY_PACKAGES = ("cloudpickle", "numpy", "awkward", "uproot", "dask")
 
 
 class PayloadError(TypeError):
-    """The call cannot be shipped: the message says what could not be pickled."""
+    """The call cannot be shipped: the message says what could not be pickled.
+
+    A ``TypeError``, as ``pickle`` raises for an object it cannot pickle, so code written
+    against ``concurrent.futures``' process pools catches it the same way."""
 
 
 def dumps_call(fn: Callable | bytes | None, args: tuple = (),
                kwargs: dict | None = None) -> bytes:
     """A job's payload: ``(fn, args, kwargs)`` pickled now, with everything they refer to.
     ``fn`` may be a function already pickled (``dumps_fn``), or ``None`` for the task's
-    common function.  Raises :class:`PayloadError` naming what could not be pickled."""
+    common function.  Returns the cloudpickle bytes of ``(fn, tuple(args), dict(kwargs))``.
+
+    Raises :class:`PayloadError` naming the function (or "the arguments" when ``fn`` is
+    bytes or ``None``) and the pickling error, whatever cloudpickle raised."""
     try:
         return cloudpickle.dumps((fn, tuple(args), dict(kwargs or {})))
     except Exception as exc:
@@ -52,6 +58,9 @@ def dumps_call(fn: Callable | bytes | None, args: tuple = (),
 
 
 def dumps_fn(fn: Callable) -> bytes:
+    """``fn`` pickled on its own (cloudpickle), to travel once as a task's common payload
+    or inside :func:`dumps_call`.  Raises :class:`PayloadError` naming ``fn`` and the
+    pickling error when it cannot be pickled."""
     try:
         return cloudpickle.dumps(fn)
     except Exception as exc:
@@ -60,7 +69,10 @@ def dumps_fn(fn: Callable) -> bytes:
 
 
 def environment() -> dict:
-    """Python and key package versions, for the environment check between client and pilot."""
+    """Python and key package versions, for the environment check between client and pilot.
+
+    Returns ``{"python": "3.12.1", "cloudpickle": "3.1.0", ...}``: one key per name in
+    :data:`KEY_PACKAGES`, ``None`` for a package that is not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     env = {"python": ".".join(map(str, sys.version_info[:3]))}
@@ -74,6 +86,13 @@ def environment() -> dict:
 
 @dataclass
 class Outcome:
+    """What running one payload gave: ``ok`` and the cloudpickled ``result``, or the
+    ``error`` record (``category``: "payload", "user", "input" or "merge", the
+    ``ErrorCategory`` the retry rules of :mod:`panda_lab.model.retry` act on, as PanDA
+    classifies failures; ``type``, ``message``, ``traceback``, ``exception``); the
+    tails of ``stdout``/``stderr``; ``started_at``/``ended_at`` in seconds since the
+    epoch."""
+
     ok: bool
     result: bytes | None
     error: dict | None
@@ -109,7 +128,16 @@ def run_call(payload: bytes, common: Callable | None,
 
     ``streams`` are the stdout and stderr stand-ins to capture into, when the caller
     watches them while the job runs (to show output live) or keeps them in full; the
-    outcome's ``stdout`` and ``stderr`` are their tails (see :mod:`panda_lab.output`)."""
+    outcome's ``stdout`` and ``stderr`` are their tails (see :mod:`panda_lab.output`).
+    ``common`` is the task's common function, called when the payload names none.
+
+    Returns an :class:`Outcome`; never raises for what the job does (any
+    ``BaseException`` of the call, ``SystemExit`` too, becomes the error record): category
+    "payload" when the payload cannot be unpickled here or names no function, the
+    exception's ``panda_category`` when it is "input" or "merge"
+    (:class:`~panda_lab.analysis.errors.DataError`,
+    :class:`~panda_lab.analysis.accumulate.MergeError`), else "user", also for a result
+    that cannot be pickled."""
     started = time.time()
     out, err_stream = streams or (Capture(), Capture())
     try:

@@ -56,7 +56,8 @@ MESSAGE_LIMIT = 2000
 
 def safe_str(exc: BaseException, limit: int | None = None) -> str:
     """``str(exc)``, or a placeholder when the exception's ``__str__`` raises; cut to
-    ``limit`` characters (the middle is dropped and says how much)."""
+    ``limit`` characters (the middle is dropped and says how much).  Never raises for
+    what ``__str__`` raises (any ``Exception``)."""
     try:
         text = str(exc)
     except Exception as err:
@@ -66,7 +67,8 @@ def safe_str(exc: BaseException, limit: int | None = None) -> str:
 
 def type_name(cls: type) -> str:
     """``module.qualname`` of a class, as an error message names it (``builtins`` left
-    out)."""
+    out): ``"ValueError"``, ``"mymod.FitError"``; ``repr(cls)`` stands in for a missing
+    ``__qualname__``.  Never raises."""
     module = getattr(cls, "__module__", None)
     qualname = getattr(cls, "__qualname__", repr(cls))
     return qualname if module in (None, "builtins") else f"{module}.{qualname}"
@@ -236,7 +238,12 @@ class _Encoder:
 def dumps_exception(exc: BaseException) -> bytes:
     """The bytes that rebuild ``exc`` (with its chain, notes and group members) on a
     client: :func:`loads_exception`.  Pilot side; never raises for anything the user's
-    exception does (its ``__str__``, ``__reduce__`` or attributes)."""
+    exception does (its ``__str__``, ``__reduce__`` or attributes).
+
+    Returns a pickled dict ``{"format": FORMAT, "exceptions": [record, ...]}``, the first
+    record ``exc`` itself, at most :data:`MAX_EXCEPTIONS` records, each part at most
+    :data:`VALUE_LIMIT` bytes (a larger or unpicklable part stays behind, or comes back
+    as its repr, and the rebuilt exception has a note saying so)."""
     enc = _Encoder()
     enc.add(exc)
     return pickle.dumps({"format": FORMAT, "exceptions": enc.records})
@@ -315,7 +322,12 @@ def loads_exception(data: bytes,
     ``substitute(remote_type, message, reason)`` in its place: ``remote_type`` is
     ``module.qualname``, ``reason`` says why (the class is not importable here...).
     Bytes of an older pilot (one pickled exception) are unpickled as they are.
-    Raises what ``pickle.loads`` raises when ``data`` is not a record at all."""
+
+    Returns the rebuilt exception (or its stand-in), with ``__cause__``, ``__context__``,
+    ``__suppress_context__`` and notes as on the pilot; parts that did not come back are
+    named in notes starting ``"panda-lab: "``.  Raises what ``pickle.loads`` raises when
+    ``data`` is not a pickle at all, and ``ValueError`` ("not a job's exception") when it
+    unpickles to something that is neither an exception nor a record of this module."""
     obj = pickle.loads(data)
     if isinstance(obj, BaseException):
         return obj

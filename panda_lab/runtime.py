@@ -16,7 +16,9 @@ CONNECTION_FILE = "server.json"
 
 
 def home(path: str | os.PathLike | None = None) -> Path:
-    """``PANDA_LAB_HOME``, or the user's data directory: where the server keeps its state."""
+    """``path``, else ``PANDA_LAB_HOME``, else the user's data directory (platformdirs):
+    where the server keeps its state.  Returns it absolute, created (mode 0700) if
+    missing; ``OSError`` when it cannot be created."""
     if path is None:
         path = os.environ.get("PANDA_LAB_HOME") or platformdirs.user_data_dir("panda-lab")
     p = Path(path).expanduser().resolve()
@@ -25,10 +27,14 @@ def home(path: str | os.PathLike | None = None) -> Path:
 
 
 def connection_path(home_: Path) -> Path:
+    """Where the connection file of the server at ``home_`` is (it may not exist)."""
     return home_ / CONNECTION_FILE
 
 
 def write_connection(home_: Path, info: dict) -> Path:
+    """Write ``info`` (JSON-able: URL, tokens, pid) as the connection file, mode 0600,
+    replacing any old one atomically; returns its path.  ``OSError`` when it cannot be
+    written, ``TypeError`` when ``info`` is not JSON-able."""
     path = connection_path(home_)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -40,6 +46,8 @@ def write_connection(home_: Path, info: dict) -> Path:
 
 
 def read_connection(home_: Path) -> dict | None:
+    """The connection file's contents, or ``None`` when there is none or it is not JSON
+    (a torn write cannot be seen: the file is replaced atomically)."""
     try:
         return json.loads(connection_path(home_).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -47,7 +55,9 @@ def read_connection(home_: Path) -> dict | None:
 
 
 def remove_connection(home_: Path, pid: int | None = None) -> None:
-    """Remove the file, but only if it is still ours (``pid`` matches) when given."""
+    """Remove the file, but only if it is still ours (``pid`` matches) when given; a
+    missing or unreadable file is left alone.  Returns nothing, raises nothing for a file
+    that is already gone."""
     info = read_connection(home_)
     if info is None or (pid is not None and info.get("pid") != pid):
         return

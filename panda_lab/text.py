@@ -41,7 +41,8 @@ def _escape(match: re.Match) -> str:
 def clean(text: str) -> str:
     """``text`` made valid UTF-8 without NUL, by the rule of this module.
 
-    Cheap for the common case: an ASCII text without NUL is returned as it is."""
+    Cheap for the common case: an ASCII text without NUL is returned as it is.  Returns a
+    ``str`` that encodes to UTF-8 (``text.encode()`` cannot fail); never raises."""
     if text.isascii() and "\x00" not in text:
         return text
     return _BAD.sub(_escape, text)
@@ -49,7 +50,8 @@ def clean(text: str) -> str:
 
 def clean_obj(obj: Any) -> Any:
     """:func:`clean` applied to every string in nested dicts, lists and tuples (keys too);
-    other values are returned unchanged."""
+    other values are returned unchanged.  Returns new containers: dicts stay dicts, lists
+    and tuples both come back as lists (the JSON shape they are sent in)."""
     if isinstance(obj, str):
         return clean(obj)
     if isinstance(obj, dict):
@@ -61,7 +63,10 @@ def clean_obj(obj: Any) -> Any:
 
 def clip(text: str, limit: int) -> str:
     """``text`` if it has at most ``limit`` characters, else its head and its tail, about
-    ``limit`` characters in all, around a line ``[... N characters dropped ...]``."""
+    ``limit`` characters in all, around a line ``[... N characters dropped ...]``.
+
+    ``limit`` counts characters (``str`` length), not bytes; the head and the tail are
+    ``limit // 2`` each (at least 1), plus the marker line."""
     if len(text) <= limit:
         return text
     half = max(limit // 2, 1)
@@ -78,7 +83,8 @@ def strip_ansi(text: str) -> str:
 def clean_error(error: dict) -> dict:
     """A job's error record ready to report: its texts cleaned, the message and the
     traceback clipped to :data:`MESSAGE_LIMIT` and :data:`TRACEBACK_LIMIT`; bytes (the
-    pickled exception) are left alone."""
+    pickled exception) are left alone.  Returns a new dict with the same keys; never
+    raises."""
     out = {}
     for key, value in error.items():
         if isinstance(value, str):

@@ -12,7 +12,9 @@ The path of a dataset analysis, in the order it runs:
 * :mod:`.sample`: ``make_sample`` writes a synthetic dimuon dataset for demos and tests.
 
 Names are imported on first use, so the server can use ``FileInfo`` without
-paying for importing uproot and awkward.
+paying for importing uproot and awkward.  Exported (``__all__``): ``DataError``,
+``FileInfo``, ``inspect_file``, ``read_chunk``, ``discover_columns``, ``MergeError``,
+``merge``, ``merge_all`` and ``make_sample``; any other name raises ``AttributeError``.
 """
 
 from __future__ import annotations

@@ -96,7 +96,10 @@ class MergeError(TypeError):
                 f"{' into ' + into if into else ''}: {where}")
 
     def to_dict(self) -> dict:
-        """A JSON-able form, for the server to keep and send; :meth:`from_dict` reverses it."""
+        """A JSON-able form, for the server to keep and send; :meth:`from_dict` reverses it.
+
+        Keys: ``path``, ``reason``, ``task``, ``job_index``, ``chunks``, ``merged_jobs``,
+        ``merged_chunks`` and ``message`` (``str(self)``)."""
         return {"path": self.path, "reason": self.reason, "task": self.task,
                 "job_index": self.job_index, "chunks": self.chunks,
                 "merged_jobs": self.merged_jobs, "merged_chunks": self.merged_chunks,
@@ -104,6 +107,8 @@ class MergeError(TypeError):
 
     @classmethod
     def from_dict(cls, d: dict) -> MergeError:
+        """The error :meth:`to_dict` recorded (``message`` is recomputed, not read).
+        ``KeyError`` when ``path`` or ``reason`` is missing."""
         return cls(d["path"], d["reason"], task=d.get("task"), job_index=d.get("job_index"),
                    chunks=d.get("chunks") or (), merged_jobs=d.get("merged_jobs") or (),
                    merged_chunks=d.get("merged_chunks") or ())
@@ -184,7 +189,10 @@ def _refusal(x: Any) -> str:
 def check_accumulator(value: Any, path: str = "result") -> None:
     """Raise :class:`MergeError` if ``value`` is not made of accumulators (the module's table):
     a chunk's result is checked even when it is the first, so that a ``str`` or an object
-    without ``+`` is refused at once, not when a second chunk arrives."""
+    without ``+`` is refused at once, not when a second chunk arrives.
+
+    ``path`` is how the error names ``value`` (``result['mass']``); nested dicts, lists and
+    tuples are checked member by member.  Returns ``None`` when ``value`` is fine."""
     if value is None:
         return
     kind = _kind(value)
@@ -202,7 +210,12 @@ def hist_difference(a: Any, b: Any) -> str | None:
     """What keeps two histograms from merging bin by bin, in words (``None``: nothing).
 
     boost-histogram refuses most differences with a bare "axes not mergable", and adds
-    axes that differ only in their flow bins into garbage; this names the difference."""
+    axes that differ only in their flow bins into garbage; this names the difference.
+
+    Returns the first difference found, in this order: histogram types, number of axes,
+    each axis (``"axis 0 ('mass'): Regular(...) vs Regular(...)"``; growing category axes
+    may differ in their categories), storage type.  For ``hist`` and boost-histogram
+    objects only."""
     if type(a) is not type(b):
         return (f"a {type(a).__module__.split('.')[0]}.{type(a).__name__} vs a "
                 f"{type(b).__module__.split('.')[0]}.{type(b).__name__}")
@@ -245,7 +258,15 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
     """Merge two results of the same shape (see the module's table); neither is modified.
 
     ``a`` is the result merged so far and ``b`` the next one: a :class:`MergeError` names
-    ``a``'s side first."""
+    ``a``'s side first.  ``path`` is how errors name the top level (``"result"``).
+
+    Returns the merged value, of ``a``'s type (for mappings the more derived of the two);
+    ``None`` only when both are ``None``.  Raises :class:`MergeError` (a ``TypeError``) at
+    the first pair of values the table refuses: different kinds, a ``bool``, ``str`` or
+    object without ``+``, sequences of other lengths, arrays of other shapes, histograms
+    that differ (:func:`hist_difference`), unrelated mapping types, awkward arrays that
+    concatenate only into a union, or a ``+`` that raises; one side alone that is no
+    accumulator is refused too (:func:`check_accumulator`)."""
     if a is None or b is None:
         value = b if a is None else a
         check_accumulator(value, path)
@@ -312,6 +333,8 @@ def merge_all(results: Iterable[Any]) -> Any:
 
     Streaming balanced tree: a partial result of 2**k chunks is merged only with its neighbour of
     the same size, like carrying in a binary counter, so order is kept and depth is log n.
+    ``results`` is consumed once (a generator is fine).  Raises :class:`MergeError` as
+    :func:`merge` does; a single result is checked with :func:`check_accumulator`.
     """
     stack: list[tuple[int, Any]] = []  # (level, partial), levels strictly decreasing upwards
     seen = 0

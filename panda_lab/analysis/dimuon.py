@@ -14,7 +14,11 @@ MASS_AXIS = hist.axis.Regular(120, 60.0, 120.0, name="mass", label=r"$m_{\mu\mu}
 
 
 def dimuon_mass(events: ak.Array) -> np.ndarray:
-    """Invariant masses of the opposite-charge pairs of events with exactly two muons."""
+    """Invariant masses of the opposite-charge pairs of events with exactly two muons.
+
+    ``events`` needs ``nMuon`` and the ``Muon`` collection (``pt``, ``eta``, ``phi``,
+    ``mass``, ``charge``).  Returns a float numpy array, one mass in GeV per selected
+    event (the units of ``Muon.pt`` and ``Muon.mass``)."""
     mu = events.Muon[events.nMuon == 2]
     mu = mu[ak.sum(mu.charge, axis=1) == 0]
     pt, eta, phi, m = mu.pt, mu.eta, mu.phi, mu.mass
@@ -30,11 +34,14 @@ def dimuon_mass(events: ak.Array) -> np.ndarray:
 
 
 def process(events: ak.Array) -> dict:
-    """The processor: a mass histogram and the number of events seen."""
+    """The processor: a mass histogram and the number of events seen.
+
+    Returns ``{"mass": hist.Hist (120 bins, 60-120 GeV), "events": int}``."""
     h = hist.Hist(MASS_AXIS, storage=hist.storage.Double()).fill(dimuon_mass(events))
     return {"mass": h, "events": len(events)}
 
 
 def peak(h: hist.Hist) -> float:
-    """The centre of the most populated bin: where the Z is."""
+    """The centre of the most populated bin of ``h``'s first axis (GeV for ``mass``): where
+    the Z is.  The first such bin on a tie; ``h`` must be one-dimensional."""
     return float(h.axes[0].centers[int(np.argmax(h.values()))])

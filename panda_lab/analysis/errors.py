@@ -17,7 +17,9 @@ class DataError(Exception):
     ``entry_start``/``entry_stop`` are set when the problem was met reading a range of entries.
     """
 
-    #: The error category a pilot reports for it: an input problem, retried elsewhere.
+    #: The error category a pilot reports for it: an input problem, retried elsewhere
+    #: (``ErrorCategory.INPUT`` of :mod:`panda_lab.model.retry`, PanDA/JEDI's rule that
+    #: a retry avoids the site where it failed).
     panda_category = "input"
 
     def __init__(
@@ -60,6 +62,8 @@ class BadFilesError(DataError):
     Raised by dataset registration, which inspects every file before it gives up, so one error
     names them all (``n_files`` is how many were given). A subclass of :class:`DataError`, so
     code that catches a single bad file catches this too; ``file`` is the first bad file.
+    The message lists every bad file with its reason and says that ``skip_bad_files=True``
+    registers the others.
     """
 
     def __init__(self, bad_files: Mapping[str, str], tree: str | None = None,

@@ -63,8 +63,15 @@ def read_chunk(
     """The events of ``chunk``: only ``columns`` if given (eager), else every branch, lazily,
     those ``prefetch`` names read up front with one request.
 
+    Returns an awkward Array of ``chunk.entries`` records (one per event), one field per
+    branch or collection (``events.Muon.pt``), in branch order.  Lazily, each branch is read
+    on first touch (uproot), at most once.
+
     Raises :class:`DataError` for a file, tree or entry range that cannot be read, and for a
-    column or prefetched name that is no branch, collection or field path of the tree."""
+    column or prefetched name that is no branch, collection or field path of the tree (the
+    message offers close names) or one uproot cannot interpret.  On a lazy array a branch
+    that turns out unreadable raises :class:`DataError` when first touched, inside the
+    processor."""
     opened = _open_tree(chunk)
     if columns is None:
         reader = LazyReader(opened.tree, chunk)
@@ -83,7 +90,9 @@ def discover_columns(
     the processor would not find it.
 
     An exception from ``process`` propagates (with a note saying where it ran): a processor that
-    fails on a sample would fail in every job, and it is cheaper to learn it here.
+    fails on a sample would fail in every job, and it is cheaper to learn it here.  A file,
+    tree or entry range that cannot be read raises :class:`DataError`, as in
+    :func:`read_chunk`.
     """
     stop = min(chunk.stop, chunk.start + max_entries)
     sample = Chunk(chunk.file_index, chunk.path, chunk.tree, chunk.start, stop)
@@ -174,7 +183,10 @@ def _check_range(tree: Any, chunk: Chunk) -> None:
 
 def materialize(result: Any) -> None:
     """Read now what lazy awkward arrays in a processor's ``result`` (alone, or in dicts,
-    lists and tuples) still owe, so a read error is raised here, not when it is pickled."""
+    lists and tuples) still owe, so a read error is raised here, not when it is pickled.
+
+    Returns nothing (the arrays are filled in place); a branch that cannot be read raises
+    :class:`DataError`.  Other values (histograms, numbers) are left alone."""
     if isinstance(result, ak.Array | ak.Record):
         ak.materialize(result)
     elif isinstance(result, dict):

@@ -40,12 +40,14 @@ class FileInfo:
     branches: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form, for shipping to the server or storing with a task."""
+        """Plain JSON-able form, for shipping to the server or storing with a task: the
+        fields by name (``dataclasses.asdict``)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileInfo:
-        """From stored file metadata; other keys there (``replicas``, ...) are ignored."""
+        """From stored file metadata; other keys there (``replicas``, ...) are ignored.
+        ``KeyError`` when one of the fields is missing."""
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
@@ -58,7 +60,12 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
     """Open a ROOT file with uproot, turning every failure into a :class:`DataError`.
 
     Local paths go to uproot as ``Path`` objects so a colon in a file name is never read as
-    uproot's ``file.root:object`` syntax.
+    uproot's ``file.root:object`` syntax.  ``tree`` only names the tree in the error.
+
+    Returns uproot's open ``ReadOnlyDirectory`` (the caller closes it).  Raises
+    :class:`DataError` whose ``reason`` is "file not found", "permission denied", "not a
+    ROOT file or corrupt: ..." (local) or "cannot open: ..." (URL), or "truncated: ..." when
+    a local file is shorter than its header's ``fEND`` says (a copy cut short).
     """
     import uproot  # here, not at the top: the splitter imports FileInfo without reading files
 
@@ -86,7 +93,12 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
 
 
 def get_tree(handle: Any, path: str, tree: str) -> Any:
-    """The TTree ``tree`` of an open file; a :class:`DataError` names the trees that exist."""
+    """The TTree ``tree`` (an uproot ``TTree``) of an open file; ``path`` names the file in
+    errors.
+
+    Raises :class:`DataError`: "tree not found; trees in this file: ..." naming the trees
+    that exist, "'Events' is a TH1D, not a TTree" for another kind of object, or "cannot read
+    the tree: ..." for anything else uproot raises."""
     import uproot
 
     try:
@@ -104,7 +116,8 @@ def get_tree(handle: Any, path: str, tree: str) -> Any:
 
 
 def list_trees(handle: Any) -> list[str]:
-    """Names (with directories, without cycles) of the TTrees in an open file."""
+    """Names (with directories, without cycles) of the TTrees in an open file, in the
+    file's key order, each once; ``[]`` when there are none."""
     names: list[str] = []
     for key, classname in handle.classnames(recursive=True).items():
         name = key.rsplit(";", 1)[0]
@@ -114,7 +127,13 @@ def list_trees(handle: Any) -> list[str]:
 
 
 def inspect_file(url_or_path: str | Path, tree: str) -> FileInfo:
-    """Entries, size, cluster boundaries and branch names of ``tree`` in one file."""
+    """Entries, size, cluster boundaries and branch names of ``tree`` in one file, read
+    from the file's metadata only (no basket is read).
+
+    Returns a :class:`FileInfo`: ``entries`` in events, ``size_bytes`` in bytes (the
+    header's ``fEND``), ``clusters`` as entry numbers from 0 to ``entries`` (uproot's
+    common entry offsets), ``branches`` with nested ones.  Raises :class:`DataError` as
+    :func:`open_file` and :func:`get_tree` do, or "corrupt tree metadata: ..."."""
     path = str(url_or_path)
     handle = open_file(url_or_path, tree)
     try:
@@ -138,7 +157,8 @@ def missing_columns(branches: Iterable[str], columns: Iterable[str]) -> list[str
     A column is a branch (``"nMuon"``), a collection (``"Muon"``, its ``Muon_*`` branches) or a
     field path (``"Muon.pt"``, the branch ``Muon_pt``). Branch names are all this looks at, so a
     column it passes may still be refused when a file is read (a collection is formed from the
-    branches' types); one it refuses is in none of these branches. In the order given.
+    branches' types); one it refuses is in none of these branches. In the order given,
+    each once; ``[]`` when every column can be given.
     """
     names = set(branches)
     prefixes = {b.partition("_")[0] for b in names if "_" in b}
@@ -158,7 +178,11 @@ class UnknownColumns(ValueError):
 def check_columns(files: list[dict], columns: Iterable[str], what: str) -> None:
     """Raise :class:`UnknownColumns` for ``columns`` that none of ``files`` (dicts with
     ``branches``) can give, with close branch names as hints; ``what`` names the dataset.
-    A column only some files lack is left to the jobs, which fail those files as bad input."""
+    A column only some files lack is left to the jobs, which fail those files as bad input.
+
+    Returns ``None`` when every column is found.  :class:`UnknownColumns` is a
+    ``ValueError`` whose message names each missing column and up to three close branch
+    names (difflib)."""
     branches = sorted({b for f in files for b in f["branches"]})
     missing = missing_columns(branches, columns)
     if missing:
@@ -178,6 +202,9 @@ def _clusters(offsets: list[int], entries: int) -> list[int]:
 
 
 def describe(exc: BaseException, limit: int = 400) -> str:
-    """An exception as one line: uproot's messages span lines and end with the file name."""
+    """An exception as one line: uproot's messages span lines and end with the file name.
+
+    Whitespace runs become one space; the type's name stands in for an empty message; text
+    past ``limit`` characters is cut and ends in "..."."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -42,6 +42,11 @@ class LazyReader:
         self._offsets_of: dict[str, np.ndarray] = {}
 
     def events(self, layout: Layout) -> ak.Array:
+        """The chunk's events as a lazy awkward Array of ``chunk.entries`` records, the
+        fields of ``layout``; nothing is read until a field's buffers are touched.
+
+        A branch that cannot be read, whose members disagree on their counts, or that does
+        not hold its declared type raises :class:`DataError` when touched, not here."""
         forms: list[ak.forms.Form] = []
         container: dict[str, Callable[[], np.ndarray]] = {}
         for f in layout.fields:
@@ -144,6 +149,9 @@ def keyed_form(branch: str, form: ak.forms.Form) -> tuple[ak.forms.Form, list[st
     The keys are those ``ak.to_buffers(..., form_key=f"{branch}#{{id}}")`` gives, which is how
     the loaders cut a branch into buffers. The two shapes of nearly every NanoAOD branch are
     keyed directly; anything else goes through a zero-length array, which is slower.
+
+    Returns ``(keyed form, container keys)``, e.g. ``["Muon_pt#0-offsets",
+    "Muon_pt#1-data"]`` for a jagged float branch.
     """
     numpy_form = ak.forms.NumpyForm
     if isinstance(form, numpy_form) and not form.inner_shape:

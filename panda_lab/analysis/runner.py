@@ -34,7 +34,11 @@ _COLUMNS: dict[int, tuple[Any, list[str]]] = {}
 @dataclass
 class ChunkResult:
     """A job's result: the processor's output and what it cost, for the merger and the
-    splitter's scouting."""
+    splitter's scouting.
+
+    ``result`` is the chunks' outputs merged; ``events`` the entries read; ``seconds`` the
+    wall time reading and processing (not column discovery); ``rss_mb`` the process's peak
+    resident memory in MB (``ru_maxrss``); ``keys`` each chunk's ``Chunk.key``, in order."""
 
     result: Any
     events: int
@@ -44,10 +48,14 @@ class ChunkResult:
 
 
 def process_of(processor: Any) -> Callable[[Any], Any]:
+    """The callable a job calls on each chunk's events: ``processor.process`` when it has
+    one (coffea's ``ProcessorABC`` shape), else ``processor`` itself."""
     return processor.process if hasattr(processor, "process") else processor
 
 
 def postprocess(processor: Any, result: Any) -> Any:
+    """``processor.postprocess(result)`` when it has one (coffea's ``ProcessorABC``), else
+    ``result`` unchanged; whatever ``postprocess`` raises propagates."""
     fn = getattr(processor, "postprocess", None)
     return fn(result) if fn is not None else result
 
@@ -86,7 +94,16 @@ def _open_any(
 
 
 def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict]) -> ChunkResult:
-    """The job function of an analysis task (its common payload binds the processor)."""
+    """The job function of an analysis task (its common payload binds the processor).
+
+    ``chunk_dicts`` are the job's chunks (``file_index``, ``path``, ``tree``, ``start``,
+    ``stop``, optional ``replicas``); ``columns`` as in :func:`read_chunk`.  Returns one
+    :class:`ChunkResult` for all of them, their outputs merged in order.
+
+    Raises :class:`DataError` (with the chunk's entry range) when a chunk cannot be read
+    from any of its replicas, the last replica's error with a note listing those tried;
+    :class:`MergeError` naming the chunk and the earlier chunks when outputs cannot be
+    merged (or one output is no accumulator); and whatever the processor raises, as is."""
     process = process_of(processor)
     out: Any = None
     events = 0

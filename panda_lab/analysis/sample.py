@@ -252,7 +252,12 @@ def write_file(
     basket_events: int = 100_000,
     compression: uproot.compression.Compression | None = DEFAULT_COMPRESSION,
 ) -> Path:
-    """Write one file of the dataset (see :func:`make_sample`); returns its path."""
+    """Write one file of the dataset (see :func:`make_sample`); returns its path as given
+    (a ``Path``, not resolved).  ``events`` is the number of entries, ``basket_events`` the
+    entries per basket; file ``file_index`` has run ``1000 + file_index``.
+
+    Raises ``ValueError`` when ``events`` < 0 or ``basket_events`` < 1 (before anything is
+    written), and ``OSError`` when the file cannot be written."""
     if events < 0 or basket_events < 1:
         raise ValueError("events must be >= 0 and basket_events >= 1")
     path = Path(path)
@@ -299,6 +304,10 @@ def make_sample(
     is passed to ``uproot.recreate`` (``None`` writes uncompressed baskets: faster to write and
     read, about twice the size); compressing takes most of the writing time.  The paths
     returned are absolute: jobs read them from other working directories.
+
+    Returns the ``files`` paths in file order (``[]`` for ``files=0``); ``outdir`` is
+    created if missing.  Raises ``ValueError`` as :func:`write_file` does (``events`` < 0,
+    ``basket_events`` < 1), and ``OSError`` when ``outdir`` or a file cannot be written.
     """
     outdir = Path(outdir).resolve()
     outdir.mkdir(parents=True, exist_ok=True)

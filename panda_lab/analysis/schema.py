@@ -49,20 +49,28 @@ class Layout:
     unreadable: dict[str, str] = field(default_factory=dict)
 
     def branch_names(self) -> list[str]:
+        """Every branch the layout reads, in field order (a collection's members in turn)."""
         names: list[str] = []
         for f in self.fields:
             names.extend(f.members.values() if isinstance(f, Collection) else [f])
         return names
 
     def field_names(self) -> list[str]:
+        """The events' top-level field names: branch names and collection names."""
         return [f.name if isinstance(f, Collection) else f for f in self.fields]
 
     def collections(self) -> dict[str, Collection]:
+        """The collections by name (``"Muon"`` -> its :class:`Collection`)."""
         return {f.name: f for f in self.fields if isinstance(f, Collection)}
 
 
 def tree_layout(tree: Any) -> Layout:
-    """The grouping of all of a tree's branches, from their types."""
+    """The grouping of all of a tree's branches, from their types (NanoAOD's naming rule:
+    jagged branches ``Muon_pt``, ``Muon_eta`` sharing the counter ``nMuon`` make the
+    collection ``Muon``, as coffea's NanoEvents groups them).
+
+    Returns a :class:`Layout`; a branch uproot cannot interpret goes to
+    ``Layout.unreadable`` with the reason instead of raising, so only asking for it fails."""
     forms: dict[str, ak.forms.Form] = {}
     unreadable: dict[str, str] = {}
     for branch in tree.branches:
@@ -99,7 +107,12 @@ def tree_layout(tree: Any) -> Layout:
 def select(layout: Layout, columns: Iterable[str], where: Chunk) -> Layout:
     """The part of ``layout`` that ``columns`` name: branches, collections (all their
     branches) or field paths ``"Muon.pt"``. Reading a counter alone keeps its collection, as
-    records without fields, so ``ak.num(events.Jet)`` works as it did on the lazy array."""
+    records without fields, so ``ak.num(events.Jet)`` works as it did on the lazy array.
+
+    Returns a new :class:`Layout` in the tree's field order (without ``unreadable``).
+    Raises :class:`DataError` for ``where`` (file, tree, entry range) naming a column that
+    uproot cannot read, with uproot's reason, or that is no branch, collection or field path
+    (with up to three close names, difflib)."""
     wanted: set[str] = set()
     groups = layout.collections()
     for column in columns:
@@ -128,7 +141,8 @@ def select(layout: Layout, columns: Iterable[str], where: Chunk) -> Layout:
 
 
 def packed_lists(array: ak.Array) -> ak.contents.ListOffsetArray:
-    """A jagged branch as offsets (from 0) and exactly the content they cover."""
+    """A jagged branch as offsets (from 0) and exactly the content they cover: an awkward
+    ``ListOffsetArray`` (``ak.to_packed``, then converted when it is another list type)."""
     layout = ak.to_packed(array, highlevel=False)
     if not isinstance(layout, ak.contents.ListOffsetArray):
         layout = layout.to_ListOffsetArray64(True)
@@ -136,7 +150,9 @@ def packed_lists(array: ak.Array) -> ak.contents.ListOffsetArray:
 
 
 def offsets_from_counts(counts: Any) -> np.ndarray:
-    """Offsets of a collection from its counter branch, the cheapest branch to read."""
+    """Offsets of a collection from its counter branch, the cheapest branch to read.
+
+    Returns an int64 array of ``len(counts) + 1`` values, from 0 (a cumulative sum)."""
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(np.asarray(counts, dtype=np.int64), out=offsets[1:])
     return offsets

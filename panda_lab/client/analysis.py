@@ -62,6 +62,9 @@ class Dataset:
                 f"{self.size_bytes / 1e6:.1f} MB, tree {self.tree!r}{bad}>")
 
     def files_frame(self) -> pd.DataFrame:
+        """The usable files as a table, one row a file: columns ``file_index`` (position
+        in the list given at registration), ``path``, ``entries`` (events) and
+        ``size_bytes`` (bytes on storage)."""
         return pd.DataFrame(self.files, columns=["file_index", "path", "entries", "size_bytes"])
 
 
@@ -134,7 +137,14 @@ class Datasets:
         others are registered and the bad ones are kept with their reasons
         (``Dataset.bad_files``), and every analysis of the dataset reports them as
         skipped.  A glob that matches nothing raises ``FileNotFoundError``.  An empty
-        list registers a dataset without files, which analyses to ``None``."""
+        list registers a dataset without files, which analyses to ``None``.
+
+        Returns the :class:`Dataset` as the server now keeps it (:meth:`get`).
+
+        Raises ``ValueError`` when a ``replicas`` list does not give one URL per file;
+        :class:`~panda_lab.http.ApiError` with status 409 when ``name`` is taken and
+        ``replace`` is false, and 422 when a file's cluster boundaries do not cover its
+        entries; :class:`~panda_lab.http.ServerUnreachable` when the server is down."""
         paths = _expand(files)
         for ep, urls in (replicas or {}).items():
             if len(urls) != len(paths):
@@ -155,11 +165,18 @@ class Datasets:
         return self.get(name)
 
     def get(self, name: str) -> Dataset:
+        """The dataset registered as ``name`` (also ``lab.datasets[name]``).
+
+        Raises :class:`~panda_lab.http.ApiError` with status 404 when there is none."""
         d = self.lab.api.get(f"/api/datasets/{name}")
         return Dataset(d["name"], d["tree"], d["n_files"], d["n_events"], d["size_bytes"],
                        d["files"], {b["path"]: b["reason"] for b in d.get("bad_files", [])})
 
     def list(self) -> pd.DataFrame:
+        """Every registered dataset, one row each, indexed by ``name``: ``tree``,
+        ``n_files``, ``n_events`` (events in the usable files), ``size_bytes`` and
+        ``created_at`` (as the server stores it).  Empty, with those columns, when there
+        are none."""
         rows = self.lab.api.get("/api/datasets")
         return pd.DataFrame(rows, columns=["name", "tree", "n_files", "n_events", "size_bytes",
                                            "created_at"]).set_index("name")
@@ -183,6 +200,7 @@ class Partial:
 
     @property
     def fraction(self) -> float:
+        """``events / total_events``, from 0.0 to 1.0; 1.0 for a dataset without events."""
         return self.events / self.total_events if self.total_events else 1.0
 
     def __repr__(self) -> str:
@@ -198,7 +216,13 @@ class AnalysisTask(TaskHandle):
         self.processor = processor
 
     def partial(self) -> Partial:
-        """Cheap: the server's merged state, without reading any job's result."""
+        """Cheap: the server's merged state, without reading any job's result.
+
+        Returns a :class:`Partial`: the merged result so far (unpickled here; ``None``
+        before the first merge), events merged of the dataset's total, jobs merged, and
+        ``per_file`` (columns ``file_index``, ``path``, ``events_done``, ``entries``).
+        Raises :class:`~panda_lab.http.ApiError` (404) for a task the server does not
+        know."""
         snap = self.lab.api.get(f"/api/tasks/{self.id}/partial")
         result = pickle.loads(base64.b64decode(snap["data"])) if snap["data"] else None
         per_file = pd.DataFrame(snap.get("per_file", []),
@@ -218,7 +242,10 @@ class AnalysisTask(TaskHandle):
         ``allow_incomplete`` is set; then it warns.  Files skipped at registration are
         warned about too.  A dataset without entries gives the processor's output on no
         events (one job reads none of the first file); one without files gives ``None``,
-        and ``postprocess`` is not called on ``None``."""
+        and ``postprocess`` is not called on ``None``.
+
+        ``timeout`` is in seconds (``None``: wait for ever); past it, :class:`TimeoutError`
+        (from :meth:`wait`)."""
         self.wait(timeout=timeout)
         info = self.info()
         self._raise_merge_error(info["options"].get("merge_error"))
@@ -273,7 +300,11 @@ class AnalysisTask(TaskHandle):
 
     @property
     def scouting(self) -> dict | None:
-        """What the scout jobs measured (``events_per_job="auto"``)."""
+        """What the scout jobs measured (``events_per_job="auto"``, JEDI's scouts), as the
+        server keeps it in the task's options: ``events_per_second`` (median over the
+        scouts), ``rss_mb`` (largest resident memory, MB), ``per_site`` (events/s by
+        site), ``events_per_job`` (the size it gave the other jobs) and ``note``; ``None``
+        before the scouts finish or without scouts."""
         return self.info()["options"].get("scouting")
 
     def report(self) -> pd.DataFrame:
@@ -284,7 +315,13 @@ class AnalysisTask(TaskHandle):
 
         After the jobs' rows come the files no job read, with ``job_index`` <NA>: files
         without entries (``start`` = ``stop`` = 0, "done") and files found bad at
-        registration (``start``/``stop`` <NA>, "skipped", ``error`` saying why)."""
+        registration (``start``/``stop`` <NA>, "skipped", ``error`` saying why).
+
+        Returns a DataFrame, one row per range: ``job_index``, ``file_index``, ``path``,
+        ``tree``, ``start``/``stop`` (entry numbers, stop exclusive), ``scout``, ``state``,
+        ``attempts``, ``sites``, ``error_category``, ``error``, ``merged`` and ``status``
+        (the fate above).  Raises :class:`~panda_lab.http.ApiError` (404) for an unknown
+        task."""
         rows = self.lab.api.get(f"/api/tasks/{self.id}/report")
         info = self.info()
         skip = info["options"].get("skip_bad_files")

@@ -146,6 +146,10 @@ class PandaFuture(Future):
         self._deferred: dict | None = None
 
     def cancel(self) -> bool:
+        """``concurrent.futures.Future.cancel``: ``True`` when the call will never run
+        (it was still waiting: dropped before it was sent, or cancelled on the server
+        before a pilot took it), ``False`` once it runs or is done.  A failed cancel
+        request counts as not cancelled (logged, not raised)."""
         return self in self._executor._cancel_many([self])
 
     def __repr__(self) -> str:

@@ -41,6 +41,7 @@ class Lab:
         return f"<panda_lab.Lab {self.url} sites: {summary}>"
 
     def close(self) -> None:
+        """Close the HTTP connections; the server and its tasks are left running."""
         self.api.close()
 
     # ---- tasks ---------------------------------------------------------------------
@@ -79,12 +80,20 @@ class Lab:
         return reply["task"]
 
     def task_info(self, task: int | str) -> dict:
+        """The server's record of a task (by id or name): ``id``, ``name``, ``state``,
+        ``n_jobs``, ``n_done``, ``attempts_by_state``, ``options``...  Raises
+        :class:`~panda_lab.http.ApiError` (404) for an unknown task."""
         return self.api.get(f"/api/tasks/{task}")
 
     def list_tasks(self, limit: int = 100, state: str | None = None) -> list[dict]:
+        """The ``limit`` most recent tasks' records, newest first, only those in
+        ``state`` when given."""
         return self.api.get("/api/tasks", limit=limit, state=state)
 
     def jobs(self, task: int | str, all_attempts: bool = False) -> list[dict]:
+        """The task's jobs as records (the latest attempt of each, or every attempt with
+        ``all_attempts``), by job index then attempt, without payloads.  Raises
+        :class:`~panda_lab.http.ApiError` (404) for an unknown task."""
         return self.api.get(f"/api/tasks/{task}/jobs",
                             all_attempts="true" if all_attempts else "false")
 
@@ -112,6 +121,10 @@ class Lab:
         return {r["index"]: pickle.loads(base64.b64decode(r["data"])) for r in rows}
 
     def failures(self, task: int | str) -> list[dict]:
+        """The last failed or cancelled attempt of each job that has none after it (a
+        job retried to success is not here), by job index; records with
+        ``error_category``, ``error_message``, ``error_traceback``.  Raises
+        :class:`~panda_lab.http.ApiError` (404) for an unknown task."""
         return self.api.get(f"/api/tasks/{task}/failures")
 
     def job_output(self, job_id: int, stream: str = "stdout") -> str:
@@ -141,6 +154,8 @@ class Lab:
         return self.api.post(f"/api/tasks/{task}/retry")
 
     def sites(self) -> list[dict]:
+        """The server's sites: ``name``, ``kind``, ``pilots``, ``running`` and ``queued``
+        job counts, and the rest of their configuration."""
         return self.api.get("/api/sites")
 
     # ---- the notebook's API: executors, task handles, Dask --------------------------------
@@ -219,6 +234,9 @@ class Lab:
         return LabMonitor(self, limit=limit, interval=interval)
 
     def pilots(self, site: str | None = None) -> list[dict]:
+        """The pilots the server knows (of ``site`` when given), by id: ``id``, ``site``,
+        ``host``, ``pid``, ``state``, ``slots``, ``started_at`` and ``heartbeat_at``
+        (seconds since the epoch), ``jobs_done`` and ``info`` (environment, batch id)."""
         return self.api.get("/api/pilots", site=site)
 
 

@@ -41,6 +41,7 @@ class TaskHandle:
 
     @property
     def name(self) -> str:
+        """The task's name, as given at submission (one request to the server)."""
         return self.info()["name"]
 
     def jobs(self, all_attempts: bool = False) -> pd.DataFrame:
@@ -113,6 +114,9 @@ class TaskHandle:
 
 
 def tasks_frame(rows: list[dict]) -> pd.DataFrame:
+    """Task records as a table indexed by ``id``: ``name``, ``state``, ``n_jobs``,
+    ``n_done``, ``site``, ``owner``, and ``created_at``/``ended_at`` as UTC timestamps
+    (from seconds since the epoch; ``NaT`` while not ended)."""
     cols = ["id", "name", "state", "n_jobs", "n_done", "site", "owner", "created_at",
             "ended_at"]
     df = pd.DataFrame(rows, columns=cols)

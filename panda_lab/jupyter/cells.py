@@ -67,7 +67,8 @@ def kernel_name(name: str) -> bool:
     """Whether ``name`` is one IPython keeps in a notebook for itself (:data:`KERNEL_NAMES`,
     :data:`HISTORY_NAME`): such a name is never sent to a job nor brought back from one,
     so a cell's throwaway ``for _ in ...`` does not stop IPython updating ``_``.  Any
-    other name is the user's, underscores or not (``_k``, ``__x``, ``_i_max``, ``_1a``)."""
+    other name is the user's, underscores or not (``_k``, ``__x``, ``_i_max``, ``_1a``).
+    Never raises."""
     return name in KERNEL_NAMES or HISTORY_NAME.fullmatch(name) is not None
 
 
@@ -78,7 +79,8 @@ def read_names(source: str) -> set[str]:
     (symtable counts both as bindings only).  Builtins are among the names; they are not
     in a notebook's namespace unless the user rebound one, and then the user's is meant.
 
-    Raises :class:`CellError` when the cell is not plain Python."""
+    Returns the set of names.  Raises :class:`CellError` (a ``ValueError``) naming the
+    line when the cell is not plain Python (a ``SyntaxError``, ``%magic`` or ``!cmd``)."""
     top = _table(source)
     names: set[str] = set()
     global_somewhere: set[str] = set()
@@ -109,7 +111,8 @@ def bound_names(source: str) -> list[str]:
     ``del``) or through ``global`` in its functions, in source order, less IPython's own
     (:func:`kernel_name`): these come back into the notebook.
 
-    Raises :class:`CellError` when the cell is not plain Python."""
+    Returns the names, in order of first appearance in the source.  Raises
+    :class:`CellError` naming the line when the cell is not plain Python."""
     table = _table(source)
     order = {name: i for i, name in enumerate(_first_seen(source))}
     names = {s.get_name() for s in table.get_symbols()
@@ -145,7 +148,12 @@ def capture(source: str, namespace: Mapping[str, Any],
     IPython's own names stay behind (:func:`kernel_name`), and so do ``get_ipython``,
     ``exit``, ``quit`` and ``open`` while they hold what ``shell_objects`` (the shell's
     ``user_ns_hidden``) holds; without it, by name.  Raises :class:`CellError` naming a
-    variable that cannot be pickled, or when the cell is not plain Python."""
+    variable that cannot be pickled (with cloudpickle's error), or when the cell is not
+    plain Python.
+
+    Returns ``{name: value}`` of the names read that ``namespace`` holds, in name
+    order; names the cell reads but the notebook lacks (builtins, names the cell binds
+    first) are left out."""
     missing = object()
     shipped: dict[str, Any] = {}
     for name in sorted(read_names(source)):
@@ -167,7 +175,11 @@ def capture(source: str, namespace: Mapping[str, Any],
 
 def split(values: Sequence, count: int) -> list[Sequence]:
     """``values`` cut into ``count`` contiguous chunks whose sizes differ by one at most
-    (the first ones larger); chunks may be empty when there are fewer values than jobs."""
+    (the first ones larger); chunks may be empty when there are fewer values than jobs.
+
+    Returns ``count`` slices of ``values`` (of its own type: list, tuple, array...).
+    Raises :class:`CellError` when ``count`` < 1 ("--parallel needs at least 1 job") or
+    ``values`` has no length ("--over needs a sequence ...")."""
     if count < 1:
         raise CellError("--parallel needs at least 1 job")
     try:
@@ -192,7 +204,11 @@ def run_cell(source: str, variables: dict[str, Any], names: list[str], index: in
     ``PANDA_INDEX`` and ``PANDA_COUNT`` tell a cell run with ``--parallel`` which of
     the jobs it is; ``chunk`` holds this job's share of the ``--over`` variables.
     Bound values that cannot be pickled stay behind, named in ``unsent``; ``deleted``
-    names those of ``names`` the cell had and deleted (``del x``)."""
+    names those of ``names`` the cell had and deleted (``del x``).
+
+    ``variables`` are the notebook values :func:`capture` shipped; ``names`` those of
+    :func:`bound_names`.  Whatever the cell raises propagates (the job fails with it,
+    its traceback pointing into the cell's lines)."""
     lines = source.splitlines(keepends=True)
     linecache.cache[CELL_FILE] = (len(source), None, lines, CELL_FILE)
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
@@ -225,7 +241,11 @@ def new_output(old: str, new: str) -> str:
     A tail that does not hold all of its stream starts with a marker line counting what
     it leaves out (:mod:`panda_lab.output`): then the counts say exactly what is new, and
     output that no look caught is shown as a marker that says how much it was and where
-    the full output is."""
+    the full output is.
+
+    Returns the new text (``""`` when nothing is new); without markers, the longest end
+    of ``old`` that ``new`` starts with is skipped, and when none is found all of
+    ``new`` comes behind a ``"[...]"`` line.  Never raises."""
     delta = tail_delta(old, new)
     if delta is not None:
         return delta

@@ -70,7 +70,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse(line: str) -> argparse.Namespace:
-    """Parse the magic's line; bad options are a ``UsageError`` (IPython shows it short)."""
+    """Parse the magic's line; bad options are a ``UsageError`` (IPython shows it short).
+
+    Returns the options as an ``argparse.Namespace`` (``site``, ``cores``, ``name``,
+    ``parallel``, ``over``, ``output_limit``, ``detach``...).  Raises
+    ``IPython.core.error.UsageError`` naming the option for an unknown option, a value
+    of the wrong type, unbalanced quotes, ``--parallel`` < 1, ``--over`` without
+    ``--parallel N`` > 1, or a negative ``--output-limit``; the message ends with the
+    usage line."""
     parser = _parser()
     try:
         args, rest = parser.parse_known_args(shlex.split(line))
@@ -96,6 +103,9 @@ class CellFollower:
         self.seen: dict[tuple[int, int, str], str] = {}
 
     def show(self) -> None:
+        """Write what each job's stdout/stderr tail adds since the last look to this
+        process's stdout/stderr (each line tagged ``[job_index]`` with several jobs).
+        Raises what ``lab.jobs`` raises (``ApiError``, ``ServerUnreachable``)."""
         for job in sorted(self.lab.jobs(self.task), key=lambda j: j["job_index"]):
             for stream, key in ((sys.stdout, "stdout_tail"), (sys.stderr, "stderr_tail")):
                 text = job.get(key) or ""
@@ -112,7 +122,10 @@ class CellFollower:
                 stream.flush()
 
     def follow(self) -> dict:
-        """Show output until the task is final; returns its record."""
+        """Show output until the task is final; returns its record (the server's task
+        dict, ``state`` in ``TASK_FINAL``).  Asks the server to wait up to
+        :data:`POLL` seconds per look.  Raises what the client raises (``ApiError``,
+        ``ServerUnreachable``); ``KeyboardInterrupt`` propagates."""
         while True:
             info = self.lab.api.get(f"/api/tasks/{self.task}/wait", timeout=POLL)
             self.show()
@@ -123,7 +136,14 @@ class CellFollower:
 def bring_back(lab: Lab, task: int, info: dict, namespace: dict[str, Any]) -> list[str]:
     """Put the names a finished cell task bound into ``namespace`` and take out those it
     deleted (with ``--parallel``: deleted by every job); raise the remote exception of a
-    failed one.  Returns the names set."""
+    failed one.  Returns the names set, in the order the jobs bound them; with several
+    jobs each name is set to the list of the jobs' values, in job order (``None`` for a
+    job that did not bind it).
+
+    Raises, for a task that did not end ``done``, its first failed job's exception as
+    :func:`~panda_lab.client.futures.exception_from_job` rebuilds it (the user's own
+    type, or ``RemoteError``/``JobKilled``/``JobFailed``), ``RuntimeError`` when it has
+    no failed job, and ``UsageError`` for a task that is not a ``%%panda`` cell's."""
     if info["state"] != TaskState.DONE:
         failures = lab.failures(task)
         if not failures:
@@ -169,7 +189,14 @@ class PandaMagics(Magics):
     @cell_magic
     def panda(self, line: str, cell: str) -> None:
         """Run the cell as a job: ``%%panda [--site S] [--cores N] [--name NAME]
-        [--parallel N [--over VAR]] [--detach]``."""
+        [--parallel N [--over VAR]] [--detach]``.
+
+        Waits for the task, showing its output, then sets the names the cell bound in
+        the notebook (:func:`bring_back`).  Raises ``UsageError`` for bad options
+        (:func:`parse`), a cell that is not plain Python, a variable it reads that cannot
+        be pickled, or an ``--over`` name that is missing or not a sequence; the failed
+        job's exception as :func:`bring_back` raises it; ``KeyboardInterrupt`` kills the
+        task (with ``--detach`` leaves it running and returns)."""
         args = parse(line)
         ns = self.shell.user_ns
         try:
@@ -196,7 +223,11 @@ class PandaMagics(Magics):
     @line_magic
     def panda_attach(self, line: str) -> None:
         """Bring a cell task's names back (waiting for it if it still runs), even from a
-        new kernel: ``%panda_attach TASK`` (an id or a name)."""
+        new kernel: ``%panda_attach TASK`` (an id or a name).
+
+        An interrupt leaves the task running.  Raises ``UsageError`` without a task,
+        :class:`~panda_lab.http.ApiError` (404) for an unknown one, and what
+        :func:`bring_back` raises."""
         ref = line.strip()
         if not ref:
             raise UsageError("%panda_attach TASK: give a task id or name")
@@ -220,4 +251,5 @@ class PandaMagics(Magics):
 
 
 def load_ipython_extension(ipython: Any) -> None:
+    """Register :class:`PandaMagics` on ``ipython`` (IPython's extension protocol)."""
     ipython.register_magics(PandaMagics)

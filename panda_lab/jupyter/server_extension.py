@@ -28,23 +28,35 @@ PREFIX = "panda-lab"
 
 
 class ServerDown(Exception):
-    """No panda-lab server answers for this home."""
+    """No panda-lab server answers for this home: no connection file, or its server does
+    not answer.  The handlers turn it into a 503 with ``running: false``."""
 
 
 class PandaLink:
     """The way to the panda-lab server; the connection file is read on every call, so a
-    server started, stopped or restarted after Jupyter is found."""
+    server started, stopped or restarted after Jupyter is found.  ``home`` as
+    :func:`panda_lab.runtime.home` takes it (``None``: ``PANDA_LAB_HOME`` or the user's
+    data directory)."""
 
     def __init__(self, home: str | None = None) -> None:
         self.home = runtime.home(home)
 
     def connection(self) -> dict:
+        """The connection file's contents (``url``, ``user_token``, ...).  Raises
+        :class:`ServerDown` naming the home when there is no readable file."""
         info = runtime.read_connection(self.home)
         if not info:
             raise ServerDown(f"no panda-lab server has run for {self.home}")
         return info
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request to the server with the user token (``kwargs`` as httpx takes
+        them; 30 s timeout); returns the decoded JSON body.
+
+        Raises :class:`ServerDown` without a connection file or when the server does not
+        answer (any ``httpx.TransportError``), and ``tornado.web.HTTPError`` with the
+        server's status and its ``detail`` (first 200 characters) as the reason for an
+        error status, so the panel sees the server's own refusal (404, 409...)."""
         info = self.connection()
         headers = {"Authorization": f"Bearer {info['user_token']}"}
         try:
@@ -67,9 +79,13 @@ class PandaHandler(APIHandler):
 
     @property
     def link(self) -> PandaLink:
+        """The extension's one :class:`PandaLink` (in the web app's settings)."""
         return self.settings["panda_lab_link"]
 
     async def answer(self, make: Callable[[], Awaitable[Any]]) -> None:
+        """Finish the request with ``await make()`` as JSON, or a 503 whose body is
+        ``{"running": false, "message": ..., "hint": ...}`` when it raises
+        :class:`ServerDown`; a ``tornado.web.HTTPError`` passes through as its status."""
         try:
             body = await make()
         except ServerDown as exc:
@@ -80,6 +96,9 @@ class PandaHandler(APIHandler):
 
 
 class StatusHandler(PandaHandler):
+    """``GET /panda-lab/status``: ``{"running": true, "url", "home"}`` and the server's
+    ``/api/info``; 503 with ``running: false`` when no server answers."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
         async def status() -> dict:
@@ -94,6 +113,9 @@ class StartHandler(PandaHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
+        """``POST /panda-lab/start``: answers ``{"running": true, "url", "home"}`` once
+        the server runs (at once when one already did); a 500 says why it could not
+        start."""
         from panda_lab.server.main import start_detached
 
         home = self.link.home
@@ -116,6 +138,9 @@ class StatesHandler(PandaHandler):
 
 
 class TasksHandler(PandaHandler):
+    """``GET /panda-lab/tasks?limit=N`` (default 50): the server's recent tasks; a 400
+    when ``limit`` is not an integer."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
         try:
@@ -135,6 +160,10 @@ class TaskHandler(PandaHandler):
 
     @tornado.web.authenticated
     async def get(self, task: str) -> None:
+        """The task's record plus ``errors`` (groups as dicts, a merge error first),
+        ``jobs`` (the first :attr:`JOBS_SHOWN`: ``id``, ``job_index``, ``attempt``,
+        ``state``, ``site``) and ``n_jobs_listed``; the server's 404 for an unknown
+        task."""
         async def summary() -> dict:
             info, jobs = await asyncio.gather(
                 self.link.request("GET", f"/api/tasks/{task}"),
@@ -155,6 +184,9 @@ class TaskHandler(PandaHandler):
 
 
 class TaskActionHandler(PandaHandler):
+    """``POST /panda-lab/tasks/ID/kill`` or ``.../retry``: the server's answer, or its
+    refusal's status (409 for a task the action does not apply to)."""
+
     @tornado.web.authenticated
     async def post(self, task: str, action: str) -> None:
         await self.answer(lambda: self.link.request("POST", f"/api/tasks/{task}/{action}"))
@@ -169,6 +201,8 @@ class JobHandler(PandaHandler):
 
 
 class SitesHandler(PandaHandler):
+    """``GET /panda-lab/sites``: the server's sites with their pilots and job counts."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
         await self.answer(lambda: self.link.request("GET", "/api/sites"))
@@ -176,7 +210,8 @@ class SitesHandler(PandaHandler):
 
 class CountsHandler(PandaHandler):
     """What the status bar shows: jobs running and queued now over all sites, and the
-    failed attempts of the recent tasks."""
+    failed attempts of the recent tasks (the last 50): ``{"running", "queued",
+    "failed"}``, counts of jobs."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -191,7 +226,10 @@ class CountsHandler(PandaHandler):
 
 
 class EventsHandler(PandaHandler):
-    """The server's event stream (Server-Sent Events), passed through as it comes."""
+    """The server's event stream (Server-Sent Events), passed through as it comes, with a
+    keep-alive every 5 s; ``?tasks=1,2`` limits it to those tasks.  A 503 when there is
+    no connection file; the stream just ends when the server goes away (the browser's
+    ``EventSource`` reconnects)."""
 
     @tornado.web.authenticated
     async def get(self) -> None:

@@ -33,6 +33,9 @@ log = logging.getLogger("panda_lab.pilot")
 
 @dataclass
 class PilotOptions:
+    """How a pilot runs: the ``server`` URL, the ``site`` it serves, its pilot ``token``,
+    and ``slots`` jobs at a time (one worker process each).  Durations are seconds."""
+
     server: str
     site: str
     token: str
@@ -48,13 +51,21 @@ class PilotOptions:
     server_lost_timeout: float = 300.0
     #: Seconds of work to fetch per acquisition, from the measured job duration.
     fill_seconds: float = 0.5
+    #: Most jobs per acquisition, and most job updates per report.
     max_batch: int = 200
     #: Longest wait before finished jobs are reported while others still run.
     flush_interval: float = 0.25
+    #: Seconds an idle pilot's acquisition waits at the server for work (capped by the
+    #: heartbeat interval, so the wait also keeps the pilot alive).
     long_poll: float = 5.0
 
 
 class Pilot:
+    """A pilot in PanDA's sense: it registers with the server for one site, then pulls
+    jobs (late binding: a job is bound to a pilot only when the pilot asks), runs each
+    in a worker process, heartbeats, and reports the jobs' updates in bulk.  Requests
+    are retried for ``server_lost_timeout`` seconds while the server is unreachable."""
+
     def __init__(self, opts: PilotOptions) -> None:
         self.opts = opts
         self.api = ApiClient(opts.server, opts.token, retry_for=opts.server_lost_timeout)
@@ -77,6 +88,13 @@ class Pilot:
 
     # ---- life cycle -------------------------------------------------------------------
     def register(self) -> None:
+        """Register with the server (site, host, pid, slots, the environment's versions
+        and the batch allocation's ``SLURM_JOB_ID``); keeps the pilot id and heartbeat
+        interval (seconds) the server gives, and the site's storage endpoint for the
+        workers.  Raises :class:`~panda_lab.http.ApiError` when the server refuses (400
+        for a site the server does not have, 401 for a wrong token, 403 for a token
+        that is not a pilot's) and
+        :class:`~panda_lab.http.ServerUnreachable` after ``server_lost_timeout``."""
         reply = self.api.post("/api/pilot/register", {
             "site": self.opts.site, "host": socket.gethostname(), "pid": os.getpid(),
             "slots": self.opts.slots, "info": {
@@ -94,7 +112,16 @@ class Pilot:
         log.info("pilot %d registered at site %s", self.pilot_id, self.opts.site)
 
     def run(self) -> int:
-        """Run until stopped; returns the process exit code."""
+        """Run until stopped; returns the process exit code.
+
+        Stops on SIGTERM or SIGINT (drain: the jobs it holds are finished and reported),
+        after ``max_jobs`` jobs, after ``idle_exit`` seconds without work, or when its
+        ``walltime`` leaves no room for another job.  Returns 0 after a clean stop, 2
+        when the server refused a request (:class:`~panda_lab.http.ApiError`: an
+        unknown site, a wrong token...), 3 when the server stayed unreachable for
+        ``server_lost_timeout`` seconds; the ``panda-lab`` CLI's ``EXIT_USAGE`` and
+        ``EXIT_NO_SERVER``.  Installs SIGTERM/SIGINT handlers, so it runs in the main
+        thread; the workers and the spool directory are gone when it returns."""
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         for w in self.workers:

@@ -81,6 +81,11 @@ def _captures(job_id: int, spool: tuple[str, str, int] | None) -> tuple[Capture,
 
 
 def worker_main(conn: Connection) -> None:
+    """The worker process's loop: serve the pilot's messages on ``conn`` until "exit" or
+    the pipe closes.  "common" keeps a task's common function (16 tasks at most),
+    "run" runs a job and sends back ``(job_id, Outcome)``, with ``("out", job_id,
+    stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
+    Returns nothing; what a job raises is in its outcome, never raised here."""
     commons: OrderedDict[int, object] = OrderedDict()
     lock = threading.Lock()
     ticker = _OutputTicker(conn, lock)
@@ -140,6 +145,8 @@ class Worker:
         self.env: dict[str, str] = {}
 
     def ensure(self) -> None:
+        """Start the worker process (spawned, so it shares nothing with the pilot) if it
+        is not running, and give it :attr:`env`; a no-op while it runs."""
         if self.proc is not None and self.proc.is_alive():
             return
         parent, child = _CTX.Pipe()
@@ -160,12 +167,19 @@ class Worker:
 
     @property
     def busy(self) -> bool:
+        """A job was started and its outcome not yet received."""
         return self.job is not None
 
     def run(self, job: dict, common: bytes | None, now: float,
             spool: tuple[str, str, int] | None = None) -> None:
         """Start ``job``; with ``spool``, ``(stdout path, stderr path, limit)``, its
-        output is also kept in those files, up to ``limit`` characters each."""
+        output is also kept in those files, up to ``limit`` characters each.
+
+        ``job`` is the server's job dict (``id``, ``task``, ``payload`` as bytes);
+        ``common`` the task's common function, pickled, sent once per worker process;
+        ``now`` the start time (``time.monotonic()`` seconds).  Starts the worker first
+        if needed; returns at once.  An ``OSError`` from a pipe to a worker that just
+        died propagates."""
         self.ensure()
         assert self.conn is not None
         if common is not None and job["task"] not in self.commons:
@@ -177,7 +191,10 @@ class Worker:
 
     def receive(self) -> tuple[dict, Outcome | Output | None]:
         """The job and what the worker said of it: its outcome when it ended (``None``
-        when the worker died under it), or its :class:`Output` so far while it runs."""
+        when the worker died under it: the worker is then killed and reaped, its exit
+        code in :attr:`last_exit`), or its :class:`Output` so far while it runs.
+        Blocks until the worker sends something: call it when the connection is
+        ready (``multiprocessing.connection.wait``)."""
         assert self.conn is not None and self.job is not None
         job = self.job
         try:
@@ -191,6 +208,9 @@ class Worker:
         return job, msg[1]
 
     def kill(self) -> int | None:
+        """Kill the worker process now (SIGKILL), wait up to 5 s for it, and forget the
+        job it ran.  Returns its exit code (negative: the signal), ``None`` when there
+        was no process or it had not exited yet; the next :meth:`run` starts a new one."""
         code = None
         if self.proc is not None:
             self.proc.kill()
@@ -204,6 +224,7 @@ class Worker:
         return code
 
     def close(self) -> None:
+        """Ask the worker to exit (waiting up to 2 s), then :meth:`kill` what is left."""
         if self.proc is not None and self.proc.is_alive() and self.conn is not None:
             try:
                 self.conn.send(("exit",))

@@ -42,7 +42,9 @@ def _state_cells(states: dict[str, int], columns: list[str]) -> str:
 
 
 def sites_table(snap: TaskSnapshot) -> str:
-    """Jobs per site by state, as an HTML table (only the states that occur)."""
+    """Jobs per site by state, as an HTML table (only the states that occur, in
+    :data:`~panda_lab.model.JOB_ORDER`, and a last row ``all``); ``"<i>no jobs yet</i>"``
+    before the task has jobs.  Site names are HTML-escaped."""
     columns = [s for s in JOB_ORDER if snap.by_state.get(s)]
     if not columns:
         return "<i>no jobs yet</i>"
@@ -56,7 +58,9 @@ def sites_table(snap: TaskSnapshot) -> str:
 def errors_html(snap: TaskSnapshot, limit: int = 5) -> str:
     """Failed attempts grouped by category and message, each with an example traceback.
 
-    What jobs said is escaped, and its ANSI codes (colours of a traceback) dropped."""
+    What jobs said is escaped, and its ANSI codes (colours of a traceback) dropped.
+    Returns an HTML ``<div>`` with the ``limit`` largest groups as ``<details>`` (and how
+    many more kinds there are), or ``""`` without errors."""
     if not snap.errors:
         return ""
     items = []
@@ -101,7 +105,12 @@ class _Watched:
 
 class TaskMonitor(_Watched, w.VBox):
     """A live view of one task: ``display(TaskMonitor(lab, task_id))``, or just display
-    the task handle."""
+    the task handle.
+
+    ``interval`` is the seconds between two looks; ``start=False`` takes one snapshot and
+    leaves following to :meth:`start`.  Constructing never raises for the server: when
+    the first look fails, the widget says the server is unreachable and keeps trying.
+    Kill and Retry refusals (``ApiError``) are shown beside the buttons."""
 
     #: Seconds between two drawings of the merged histogram while the task runs: drawing
     #: one costs about 0.1 s of CPU, taken from the pilots on a small machine, and the
@@ -149,7 +158,10 @@ class TaskMonitor(_Watched, w.VBox):
 
     # ---- updating ---------------------------------------------------------------------
     def refresh(self) -> TaskSnapshot:
-        """Take a snapshot now and show it."""
+        """Take a snapshot now and show it; returns it.  Raises what
+        :func:`~panda_lab.widgets.snapshot.take` raises (``ApiError``,
+        ``ServerUnreachable``); the background thread catches those and retries, giving
+        up after about 120 failed looks in a row."""
         snap = take(self.lab, self.task_id, previous=self.snapshot)
         self.rate.add(snap.taken_at, snap.progress[0])
         self._show(snap)
@@ -201,7 +213,9 @@ class TaskMonitor(_Watched, w.VBox):
         self._drawn_merged = snap.jobs_merged
 
     def start(self) -> None:
-        """Follow the task in the background until it cannot change any more."""
+        """Follow the task in the background (a daemon thread, one look every
+        ``interval`` seconds while a view is shown) until it cannot change any more or
+        the widget is closed; a no-op while it already follows.  Returns at once."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
@@ -227,13 +241,17 @@ class TaskMonitor(_Watched, w.VBox):
                 return
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the background updates ended (the task is final); for scripts."""
+        """Block until the background updates ended (the task is final); for scripts.
+
+        ``timeout`` in seconds (``None``: for ever).  Returns ``True`` when they ended
+        (also when they never started), ``False`` when the timeout passed first."""
         if self._thread is None:
             return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def close(self) -> None:
+        """Stop following (the thread ends at its next look) and close the widget."""
         self._stop.set()
         super().close()
 
@@ -247,10 +265,14 @@ class TaskMonitor(_Watched, w.VBox):
             self.message.value = f"<span style='color:#c62828'>{html.escape(str(exc))}</span>"
 
     def kill(self) -> None:
+        """Kill the task (``lab.kill``) and show the result; raises what it raises
+        (``ApiError`` 409 for a task already final)."""
         self.lab.kill(self.task_id)
         self.refresh()
 
     def retry(self) -> None:
+        """Retry the task's failed jobs (``lab.retry``, pbook's ``retry``), show the
+        result and follow the task again; raises what ``lab.retry`` raises."""
         self.lab.retry(self.task_id)
         self.refresh()
         self.start()
@@ -260,7 +282,10 @@ class TaskMonitor(_Watched, w.VBox):
 
 
 class LabMonitor(_Watched, w.VBox):
-    """All recent tasks, one line each, updated in place: ``lab.monitor()``."""
+    """All recent tasks, one line each, updated in place: ``lab.monitor()``.
+
+    ``limit`` tasks at most (newest first, as ``lab.list_tasks``), one look every
+    ``interval`` seconds while a view is shown; a failed look keeps the last view."""
 
     def __init__(self, lab: LabView, limit: int = 10, interval: float = 0.5,
                  start: bool = True) -> None:
@@ -284,6 +309,10 @@ class LabMonitor(_Watched, w.VBox):
             self._thread.start()
 
     def refresh(self) -> list[dict]:
+        """Look once: the sites in the header, one line per listed task; rows of tasks
+        no longer listed are closed.  Returns the task records listed.  Raises what
+        ``lab.list_tasks`` and ``lab.sites`` raise (``ApiError``,
+        ``ServerUnreachable``)."""
         tasks = self.lab.list_tasks(limit=self.limit)
         sites = self.lab.sites()
         self.header.value = ("<b>panda-lab</b> &middot; " + " &middot; ".join(
@@ -325,6 +354,7 @@ class LabMonitor(_Watched, w.VBox):
                 log.debug("monitor refresh failed: %s", exc)
 
     def close(self) -> None:
+        """Stop following and close the widget."""
         self._stop.set()
         super().close()
 
@@ -334,7 +364,8 @@ class LabMonitor(_Watched, w.VBox):
 
 
 def in_kernel() -> bool:
-    """True inside a Jupyter kernel, where widgets can render."""
+    """True inside a Jupyter kernel, where widgets can render; False in a terminal
+    IPython, a plain interpreter, or without IPython."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -345,7 +376,8 @@ def in_kernel() -> bool:
 
 def task_mimebundle(lab: LabView, task_id: int, **display_kwargs: Any) -> dict | None:
     """A live widget's bundle for a task shown in a kernel, else ``None`` (the caller
-    falls back to HTML and text)."""
+    falls back to HTML and text).  The bundle is ipywidgets' (``application/vnd.jupyter.
+    widget-view+json`` and ``text/plain``); the widget follows the task from then on."""
     if not in_kernel():
         return None
     return TaskMonitor(lab, task_id)._repr_mimebundle_(**display_kwargs)

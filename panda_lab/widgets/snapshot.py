@@ -17,6 +17,9 @@ from panda_lab.model import JOB_ORDER, TASK_FINAL
 
 
 class Api(Protocol):
+    """The one call the monitors make: ``get(path, **query)`` returning decoded JSON
+    (``panda_lab.http.ApiClient.get``)."""
+
     def get(self, path: str, **params: Any) -> Any: ...
 
 
@@ -50,6 +53,10 @@ class ErrorGroup:
 
 @dataclass
 class TaskSnapshot:
+    """A task at ``taken_at`` (seconds since the epoch): its jobs' latest attempts counted
+    by state and by site, its failed attempts grouped (largest first, a merge error on
+    top), and for an analysis the events merged of the total and the merged result."""
+
     id: int
     name: str
     state: str
@@ -87,7 +94,13 @@ class TaskSnapshot:
 def take(lab: LabView, task_id: int, errors_seen: int | None = None,
          previous: TaskSnapshot | None = None) -> TaskSnapshot:
     """One look at a task.  Failed attempts are fetched only when their count changed
-    since ``previous`` (a task of 10,000 jobs costs one request per look, not 10,000)."""
+    since ``previous`` (a task of 10,000 jobs costs one request per look, not 10,000).
+    ``errors_seen`` is not used.
+
+    Returns a :class:`TaskSnapshot`; for an analysis task the merged result is unpickled
+    only when more jobs were merged than in ``previous``.  Raises what ``lab.api.get``
+    raises: :class:`~panda_lab.http.ApiError` (404 for an unknown task),
+    :class:`~panda_lab.http.ServerUnreachable`."""
     info = lab.api.get(f"/api/tasks/{task_id}")
     by_site = info.get("jobs_by_site", {})
     by_state: dict[str, int] = {}
@@ -122,7 +135,10 @@ def take(lab: LabView, task_id: int, errors_seen: int | None = None,
 
 def merge_error_group(info: dict) -> ErrorGroup | None:
     """The task's merge error (results that could not be merged) as an error group, first
-    in a monitor's or the panel's list of errors; ``info`` is the task's record."""
+    in a monitor's or the panel's list of errors; ``info`` is the task's record.
+
+    Returns ``None`` when the task has no merge error; the group's ``example_job`` is 0
+    when the error names no job."""
     err = info.get("options", {}).get("merge_error")
     if not err:
         return None
@@ -130,7 +146,12 @@ def merge_error_group(info: dict) -> ErrorGroup | None:
 
 
 def group_errors(attempts: list[dict]) -> list[ErrorGroup]:
-    """Failed attempts grouped by (category, message), the largest group first."""
+    """Failed attempts grouped by (category, message), the largest group first.
+
+    ``attempts`` are the server's job records (``id``, ``error_category``,
+    ``error_message``, ``error_traceback``); a missing category counts as "system".
+    Each group's example is its first attempt.  Ties are ordered by category, then
+    message; ``[]`` for no attempts."""
     groups: dict[tuple[str, str], ErrorGroup] = {}
     for a in attempts:
         key = (a.get("error_category") or "system", a.get("error_message") or "")
@@ -150,18 +171,24 @@ class Rate:
     points: deque = field(default_factory=deque)
 
     def add(self, t: float, done: int) -> None:
+        """Record ``done`` units at time ``t`` (seconds); points older than ``window``
+        are dropped, two always kept."""
         self.points.append((t, done))
         while len(self.points) > 2 and t - self.points[0][0] > self.window:
             self.points.popleft()
 
     @property
     def per_second(self) -> float | None:
+        """Units per second between the oldest and newest point kept; ``None`` with fewer
+        than two points or no time between them."""
         if len(self.points) < 2:
             return None
         (t0, d0), (t1, d1) = self.points[0], self.points[-1]
         return (d1 - d0) / (t1 - t0) if t1 > t0 else None
 
     def eta(self, left: int) -> float | None:
+        """Seconds to do ``left`` more units at :attr:`per_second`: 0.0 when none are
+        left, ``None`` when the pace is unknown or zero."""
         r = self.per_second
         if left <= 0:
             return 0.0
@@ -170,7 +197,10 @@ class Rate:
 
 def find_histogram(result: Any, depth: int = 3) -> tuple[str, Any] | None:
     """The first one-dimensional histogram (hist or boost-histogram) in a result: the
-    result itself, or a value of a dict (nested up to ``depth``), with its key."""
+    result itself, or a value of a dict (nested up to ``depth``), with its key.
+
+    Returns ``(key path, histogram)``, the path dotted (``"mass"``, ``"muons.pt"``, ``""``
+    for the result itself), or ``None`` when there is none."""
     if _is_hist_1d(result):
         return "", result
     if depth and isinstance(result, dict):
@@ -195,7 +225,10 @@ def _ndim(axes: Any) -> int:
 
 def draw_histogram(name: str, h: Any, width: float = 5.0, height: float = 3.0) -> bytes:
     """A PNG of a 1-D histogram, drawn without pyplot (safe off the main thread).  Fixed
-    margins rather than ``tight_layout``, which took a third of the drawing's time."""
+    margins rather than ``tight_layout``, which took a third of the drawing's time.
+
+    ``width``/``height`` are inches (at 90 dpi).  Returns the PNG's bytes; ``h`` needs
+    ``axes[0].edges`` and ``values()`` (hist, boost-histogram)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -216,7 +249,11 @@ def draw_histogram(name: str, h: Any, width: float = 5.0, height: float = 3.0) -
 
 
 def text(snap: TaskSnapshot, rate: Rate | None = None) -> str:
-    """The snapshot as a few lines of plain text: the terminal's view."""
+    """The snapshot as a few lines of plain text: the terminal's view.
+
+    The first line is progress (events or jobs, percent, rate per second and ETA in
+    seconds when ``rate`` knows them); then the task's message, jobs per state (in
+    :data:`~panda_lab.model.JOB_ORDER`), per site, and the five largest error groups."""
     done, total = snap.progress
     unit = "events" if snap.analysis and snap.total_events else "jobs"
     lines = [f"task {snap.id} {snap.name!r}: {snap.state}, {done:,}/{total:,} {unit}"
