@@ -11,9 +11,13 @@ from harness import CHROMIUM, CHROMIUM_ARGS, JupyterServer, ServerProcess
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's Chromium (scripts/install-system-deps installs it), never a download."""
+    """Debian's Chromium (scripts/install-system-deps installs it), never a download.
+
+    One per module, not per session: Playwright's sync API keeps an event loop running
+    on the main thread while it is open, and tests after the browser's (``asyncio.run``
+    in tests/server/test_merger.py) would find it there."""
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed, and CI must run the browser tests: "
