@@ -104,10 +104,18 @@ class Provisioner(ABC):
         which registered pilot the handle was (local processes); else ``None``."""
         return None
 
+    @property
+    def reads_demand(self) -> bool:
+        """Whether this site's scaling looks at its queue: only then is the demand read
+        (a query of the store each ``polling_interval``; a fixed site needs none)."""
+        return self.policy.mode is Mode.QUEUE
+
     def refresh_demand(self) -> int | None:
         """Read the site's demand (jobs queued and running) into ``queued``; called on the
-        event loop, never on a worker thread.  Returns it, ``None`` when not told."""
-        self.queued = self.demand() if self.demand is not None else None
+        event loop, never on a worker thread.  Returns it; ``None`` when not told, or when
+        the site's scaling does not look at its queue (:attr:`reads_demand`)."""
+        wanted = self.demand is not None and self.reads_demand
+        self.queued = self.demand() if wanted else None
         return self.queued
 
     def snapshot(self) -> Snapshot:

@@ -43,6 +43,9 @@ class GatewayProvisioner(DaskProvisioner):
     Two policies: ``workers_policy`` sizes the cluster (the queue, scaled down after
     ``idle_timeout``); the inherited one keeps one pilot per worker."""
 
+    #: The workers follow the queue (``workers_policy``), so the demand is read.
+    reads_demand = True
+
     label = "gateway"
 
     def __init__(self, spec: PilotSpec) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from panda_lab.model.scaling import Mode, ScalingPolicy
 from panda_lab.provisioners import (
     DaskProvisioner,
     GatewayProvisioner,
@@ -163,6 +164,7 @@ class _Recorder(Provisioner):
 
     def __init__(self, spec: PilotSpec) -> None:
         super().__init__(spec)
+        self.policy = ScalingPolicy(Mode.QUEUE, 0, spec.site.pilots)  # reads its queue
         self.threads: dict[str, set[int]] = {}
         self.fail = True
 
@@ -192,7 +194,7 @@ def test_the_servers_callbacks_run_on_the_event_loop_and_the_pilots_on_threads()
     health: list[tuple[str, str, int]] = []
     prov.on_health = lambda name, state, _reason: health.append(
         (name, str(state), threading.get_ident()))
-    prov.demand = lambda: prov._note("demand") or 0
+    prov.demand = lambda: prov._note("demand") or 2  # two jobs queued: two pilots
 
     async def run() -> int:
         task = asyncio.create_task(prov.keep_alive())
@@ -207,3 +209,17 @@ def test_the_servers_callbacks_run_on_the_event_loop_and_the_pilots_on_threads()
     assert {t for _, _, t in health} == {loop_thread}
     assert prov.threads["demand"] == {loop_thread}
     assert loop_thread not in prov.threads["submit"] | prov.threads["status"]
+
+
+def test_only_a_site_that_follows_its_queue_reads_its_demand():
+    """The demand is a store query each look: a fixed site (local pilots) never pays it,
+    a site scaled by its queue reads it at every look."""
+    spec = PilotSpec("http://server", "token", site({"pilots": 2}))
+    fixed, queued = _Recorder(spec), _Recorder(spec)
+    fixed.policy = ScalingPolicy(Mode.FIXED, 0, 2)
+    reads: list[str] = []
+    fixed.demand = lambda: reads.append("fixed") or 5
+    queued.demand = lambda: reads.append("queued") or 5
+    assert fixed.refresh_demand() is None and fixed.snapshot().demand is None
+    assert queued.refresh_demand() == 5 and queued.snapshot().demand == 5
+    assert reads == ["queued"]
