@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED
 from typing import TYPE_CHECKING
 
+from panda_lab.model import ErrorCategory, JobState
 from panda_lab.remote_errors import loads_exception
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,7 +79,7 @@ def exception_from_job(job: dict) -> BaseException:
     category = job.get("error_category") or "system"
     message = job.get("error_message") or f"job ended {job.get('state')}"
     tb = job.get("error_traceback")
-    if job.get("state") == "cancelled" or category == "killed":
+    if job.get("state") == JobState.CANCELLED or category == ErrorCategory.KILLED:
         return JobKilled(message, "killed", job.get("id"))
     exc: BaseException | None = None
     if job.get("error_exception"):

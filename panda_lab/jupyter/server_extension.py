@@ -22,6 +22,7 @@ from jupyter_server.utils import url_path_join
 from tornado.iostream import StreamClosedError
 
 from panda_lab import runtime
+from panda_lab.model import JobState
 from panda_lab.widgets.snapshot import group_errors, merge_error_group
 
 PREFIX = "panda-lab"
@@ -169,10 +170,10 @@ class TaskHandler(PandaHandler):
                 self.link.request("GET", f"/api/tasks/{task}"),
                 self.link.request("GET", f"/api/tasks/{task}/jobs"))
             errors = []
-            if info["attempts_by_state"].get("failed"):
+            if info["attempts_by_state"].get(JobState.FAILED):
                 failed = await self.link.request(
                     "GET", f"/api/tasks/{task}/jobs",
-                    params={"all_attempts": "true", "state": "failed"})
+                    params={"all_attempts": "true", "state": str(JobState.FAILED)})
                 errors = [g.__dict__ for g in group_errors(failed) if g.category != "merge"]
             merge = merge_error_group(info)  # results that could not be merged, first
             if merge is not None:
@@ -221,7 +222,7 @@ class CountsHandler(PandaHandler):
                 self.link.request("GET", "/api/tasks", params={"limit": 50}))
             return {"running": sum(s["running"] for s in sites),
                     "queued": sum(s["queued"] for s in sites),
-                    "failed": sum(t["attempts_by_state"].get("failed", 0) for t in tasks)}
+                    "failed": sum(t["attempts_by_state"].get(JobState.FAILED, 0) for t in tasks)}
         await self.answer(counts)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE
+from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE, JobState
 from panda_lab.text import strip_ansi
 from panda_lab.widgets.snapshot import (
     LabView,
@@ -31,9 +31,11 @@ from panda_lab.widgets.snapshot import (
 log = logging.getLogger("panda_lab.monitor")
 
 #: State colours, shared by the progress bar and the tables.
-COLOURS = {"finished": "#2e7d32", "failed": "#c62828", "cancelled": "#757575",
-           "running": "#1565c0", "starting": "#1565c0", "sent": "#6a1b9a",
-           "activated": "#ef6c00", "assigned": "#ef6c00", "defined": "#9e9e9e"}
+J = JobState
+COLOURS: dict[str, str] = {
+    J.FINISHED: "#2e7d32", J.FAILED: "#c62828", J.CANCELLED: "#757575",
+    J.RUNNING: "#1565c0", J.STARTING: "#1565c0", J.SENT: "#6a1b9a",
+    J.ACTIVATED: "#ef6c00", J.ASSIGNED: "#ef6c00", J.DEFINED: "#9e9e9e"}
 
 
 def _state_cells(states: dict[str, int], columns: list[str]) -> str:
