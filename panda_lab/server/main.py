@@ -32,7 +32,8 @@ log = logging.getLogger("panda_lab.server")
 
 
 class ServerError(RuntimeError):
-    pass
+    """A server process could not be started: no port to bind, it exited at once (the
+    message carries its log's tail), or it did not answer in time."""
 
 
 def _pilots_gone(server: Server, site: str, gone: list[tuple[int, int | None]]) -> None:
