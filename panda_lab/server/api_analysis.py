@@ -13,7 +13,20 @@ from panda_lab.analysis.files import UnknownColumns
 from panda_lab.model.splitter import SplitRule, check_clusters
 from panda_lab.server import analysis_report
 from panda_lab.server.app import Server
-from panda_lab.server.schemas import B64, Strict, TaskOptions, b64decode
+from panda_lab.server.schemas import (
+    B64,
+    INT32_MAX,
+    Count,
+    IdPath,
+    Name,
+    NamePath,
+    Owner,
+    Seconds,
+    Sites,
+    Strict,
+    TaskOptions,
+    b64decode,
+)
 
 router = APIRouter()
 
@@ -22,35 +35,39 @@ def _server(request: Request) -> Server:
     return request.app.state.server
 
 
+Tree = Annotated[str, Field(min_length=1, max_length=256)]
+Text = Annotated[str, Field(max_length=100_000)]
+
+
 class Replica(Strict):
-    endpoint: str
-    url: str
+    endpoint: Annotated[str, Field(min_length=1, max_length=256)]
+    url: Text
 
 
 class FileSpec(Strict):
     #: The file's place in the list given at registration (good and bad files together).
-    file_index: Annotated[int, Field(ge=0)] | None = None
-    path: str
-    tree: str
-    entries: Annotated[int, Field(ge=0)]
-    size_bytes: Annotated[int, Field(ge=0)]
-    clusters: list[int]
-    branches: list[str] = Field(default_factory=list)
+    file_index: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    path: Text
+    tree: Tree
+    entries: Count
+    size_bytes: Count
+    clusters: list[Count]
+    branches: list[Text] = Field(default_factory=list)
     replicas: list[Replica] = Field(default_factory=list)
 
 
 class BadFile(Strict):
     """A file given at registration that cannot be used, and why (kept, to be reported)."""
 
-    file_index: Annotated[int, Field(ge=0)] | None = None
-    path: str
-    tree: str | None = None
-    reason: Annotated[str, Field(min_length=1)]
+    file_index: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    path: Text
+    tree: Tree | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=100_000)]
 
 
 class DatasetRegister(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=256)]
-    tree: str
+    name: Name
+    tree: Tree
     #: May be empty: a dataset without files (a skim that wrote none) analyses to nothing.
     files: list[FileSpec] = Field(default_factory=list, max_length=1_000_000)
     bad_files: list[BadFile] = Field(default_factory=list, max_length=1_000_000)
@@ -59,22 +76,22 @@ class DatasetRegister(Strict):
 
 class Split(Strict):
     mode: Literal["auto", "events", "files"] = "auto"
-    events_per_job: Annotated[int, Field(ge=0)] = 0
-    files_per_job: Annotated[int, Field(ge=0)] = 0
-    target_job_seconds: Annotated[float, Field(gt=0)] = 60.0
+    events_per_job: Count = 0
+    files_per_job: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
+    target_job_seconds: Annotated[Seconds, Field(gt=0)] = 60.0
     n_scouts: Annotated[int, Field(ge=1, le=100)] = 3
 
 
 class AnalysisSubmit(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=256)]
-    owner: str = ""
-    dataset: str
+    name: Name
+    owner: Owner = ""
+    dataset: Name
     processor: B64 = Field(description="the pickled job function (processor bound)")
     split: Split = Field(default_factory=Split)
     #: The columns the processor reads, when the user named them: checked against the
     #: dataset's branches before any job is made.
-    columns: list[str] | None = None
-    site: str | list[str] = "ANY"
+    columns: list[Text] | None = None
+    site: Sites = "ANY"
     skip_bad_files: bool = False
     options: TaskOptions = Field(default_factory=TaskOptions)
 
@@ -108,7 +125,7 @@ async def list_datasets(request: Request) -> list[dict]:
 
 
 @router.get("/datasets/{name}")
-async def get_dataset(request: Request, name: str, files: bool = True) -> dict:
+async def get_dataset(request: Request, name: NamePath, files: bool = True) -> dict:
     s = _server(request)
     return await s.db(s.store.get_dataset, name, files)
 
@@ -136,7 +153,7 @@ async def submit_analysis(request: Request, body: AnalysisSubmit) -> dict:
 
 
 @router.get("/tasks/{task_id}/partial")
-async def partial(request: Request, task_id: int) -> dict:
+async def partial(request: Request, task_id: IdPath) -> dict:
     """The merged result so far, cheap: the merger's latest state, no job result is read."""
     s = _server(request)
     await s.db(s.store.get_task, task_id)  # 404 for an unknown task
@@ -148,7 +165,7 @@ async def partial(request: Request, task_id: int) -> dict:
 
 
 @router.get("/tasks/{task_id}/report")
-async def report(request: Request, task_id: int) -> list[dict]:
+async def report(request: Request, task_id: IdPath) -> list[dict]:
     """Every input range with the fate of its job and whether it is in the merged result,
     then the files no job reads (404: no task)."""
     s = _server(request)

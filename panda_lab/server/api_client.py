@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from panda_lab import __version__
-from panda_lab.model import TASK_FINAL, JobState, TaskState, vocabulary
+from panda_lab.model import TASK_FINAL, JobState, PilotState, TaskState, vocabulary
 from panda_lab.server.app import Server
 from panda_lab.server.events import encode
-from panda_lab.server.schemas import JobIds, JobIndices, JobsAdd, TaskSubmit
+from panda_lab.server.schemas import (
+    IdPath,
+    IntList,
+    JobIds,
+    JobIndices,
+    JobsAdd,
+    TaskRef,
+    TaskSubmit,
+    int_list,
+    task_ref,
+)
 
 router = APIRouter()
 
@@ -26,10 +36,12 @@ def _server(request: Request) -> Server:
 
 async def _task_id(server: Server, task: str) -> int:
     """A task id from an id or a name.  An id needs no lookup here: every store call
-    checks the task exists (404 otherwise), and this saves a database round trip."""
-    if task.isdigit():
-        return int(task)
-    return await server.db(server.store.resolve_task, task)
+    checks the task exists (404 otherwise), and this saves a database round trip.
+    Digits out of an id's range get a 422 naming ``task``."""
+    ref = task_ref(task)
+    if isinstance(ref, int):
+        return ref
+    return await server.db(server.store.resolve_task, ref)
 
 
 @router.get("/info")
@@ -55,7 +67,9 @@ async def sites(request: Request) -> list[dict]:
 
 
 @router.get("/pilots")
-async def pilots(request: Request, site: str | None = None, state: str | None = None) -> list:
+async def pilots(request: Request,
+                 site: Annotated[str | None, Query(max_length=128)] = None,
+                 state: PilotState | None = None) -> list:
     s = _server(request)
     return await s.db(s.store.list_pilots, site, state)
 
@@ -78,7 +92,7 @@ async def submit(request: Request, body: TaskSubmit) -> dict:
 
 
 @router.post("/tasks/{task}/jobs", status_code=201)
-async def add_jobs(request: Request, task: str, body: JobsAdd) -> dict:
+async def add_jobs(request: Request, task: TaskRef, body: JobsAdd) -> dict:
     s = _server(request)
     task_id = await _task_id(s, task)
     ids, changes = await s.db(s.store.add_jobs, task_id, [j.store_dict() for j in body.jobs])
@@ -88,7 +102,7 @@ async def add_jobs(request: Request, task: str, body: JobsAdd) -> dict:
 
 
 @router.post("/tasks/{task}/lease")
-async def renew_lease(request: Request, task: str) -> dict:
+async def renew_lease(request: Request, task: TaskRef) -> dict:
     """The client of an open task is alive: its lease runs ``lease_s`` seconds from now.
     409 when the task is closed already (the detail says why)."""
     s = _server(request)
@@ -97,7 +111,7 @@ async def renew_lease(request: Request, task: str) -> dict:
 
 
 @router.post("/tasks/{task}/close")
-async def close(request: Request, task: str) -> dict:
+async def close(request: Request, task: TaskRef) -> dict:
     s = _server(request)
     task_id = await _task_id(s, task)
     s.publish(await s.db(s.store.close_task, task_id))
@@ -112,41 +126,36 @@ async def list_tasks(request: Request, limit: int = Query(100, ge=1, le=10_000),
 
 
 @router.get("/tasks/{task}")
-async def get_task(request: Request, task: str) -> dict:
+async def get_task(request: Request, task: TaskRef) -> dict:
     s = _server(request)
     return await s.db(s.store.get_task, await _task_id(s, task))
 
 
 @router.get("/tasks/{task}/jobs")
-async def task_jobs(request: Request, task: str, all_attempts: bool = False,
-                    state: str | None = None) -> list[dict]:
+async def task_jobs(request: Request, task: TaskRef, all_attempts: bool = False,
+                    state: JobState | None = None) -> list[dict]:
     s = _server(request)
     return await s.db(s.store.list_jobs, await _task_id(s, task), all_attempts, state)
 
 
 @router.get("/tasks/{task}/results")
-async def task_results(request: Request, task: str,
-                       indices: str | None = Query(None, description="comma-separated")) -> list:
+async def task_results(request: Request, task: TaskRef, indices: IntList = None) -> list:
+    """The results of a task's logical jobs (of ``indices``, logical job indices)."""
     s = _server(request)
-    wanted = None
-    if indices:
-        try:
-            wanted = [int(i) for i in indices.split(",") if i.strip()]
-        except ValueError:
-            raise HTTPException(422, "indices must be comma-separated integers") from None
+    wanted = int_list(indices, "indices", 0)
     rows = await s.db(s.store.results, await _task_id(s, task), wanted)
     return [{"index": r["index"], "job_id": r["job_id"],
              "data": base64.b64encode(r["data"]).decode()} for r in rows]
 
 
 @router.get("/tasks/{task}/failures")
-async def task_failures(request: Request, task: str) -> list[dict]:
+async def task_failures(request: Request, task: TaskRef) -> list[dict]:
     s = _server(request)
     return await s.db(s.store.failures, await _task_id(s, task))
 
 
 @router.get("/tasks/{task}/wait")
-async def wait_task(request: Request, task: str,
+async def wait_task(request: Request, task: TaskRef,
                     timeout: float = Query(30.0, ge=0, le=300)) -> dict:
     """Long poll: answer when the task reaches a final state or ``timeout`` passes."""
     s = _server(request)
@@ -165,7 +174,7 @@ async def wait_task(request: Request, task: str,
 
 
 @router.post("/tasks/{task}/kill")
-async def kill_task(request: Request, task: str) -> dict:
+async def kill_task(request: Request, task: TaskRef) -> dict:
     s = _server(request)
     task_id = await _task_id(s, task)
     changes = await s.db(s.store.kill_task, task_id)
@@ -174,7 +183,7 @@ async def kill_task(request: Request, task: str) -> dict:
 
 
 @router.post("/tasks/{task}/retry")
-async def retry_task(request: Request, task: str) -> dict:
+async def retry_task(request: Request, task: TaskRef) -> dict:
     s = _server(request)
     task_id = await _task_id(s, task)
     ids, changes = await s.db(s.store.retry_task, task_id)
@@ -183,7 +192,7 @@ async def retry_task(request: Request, task: str) -> dict:
 
 
 @router.post("/tasks/{task}/cancel")
-async def cancel_jobs(request: Request, task: str, body: JobIndices) -> dict:
+async def cancel_jobs(request: Request, task: TaskRef, body: JobIndices) -> dict:
     """Cancel logical jobs that no pilot ever got (``Future.cancel``): those listed in
     ``cancelled`` will never run; the others were already dispatched and go on."""
     s = _server(request)
@@ -202,13 +211,13 @@ async def kill_jobs(request: Request, body: JobIds) -> dict:
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(request: Request, job_id: int) -> dict:
+async def get_job(request: Request, job_id: IdPath) -> dict:
     s = _server(request)
     return await s.db(s.store.get_job, job_id)
 
 
 @router.get("/jobs/{job_id}/output")
-async def job_output(request: Request, job_id: int,
+async def job_output(request: Request, job_id: IdPath,
                      stream: Literal["stdout", "stderr"] = "stdout") -> PlainTextResponse:
     """All that is kept of an attempt's stdout or stderr, as UTF-8 text: its full output
     when the pilot kept it (the tail did not hold it all), else its tail, which then
@@ -218,7 +227,7 @@ async def job_output(request: Request, job_id: int,
 
 
 @router.get("/events")
-async def events(request: Request, tasks: str | None = None, results: bool = False,
+async def events(request: Request, tasks: IntList = None, results: bool = False,
                  ping: float = Query(15.0, ge=0.05, le=300)) -> StreamingResponse:
     """Server-Sent Events: one ``data:`` line of JSON per batch of changes.
 
@@ -226,12 +235,8 @@ async def events(request: Request, tasks: str | None = None, results: bool = Fal
     results inline so a client needs no extra request per finished job.
     """
     s = _server(request)
-    wanted = None
-    if tasks:
-        try:
-            wanted = frozenset(int(t) for t in tasks.split(",") if t.strip())
-        except ValueError:
-            raise HTTPException(422, "tasks must be comma-separated integers") from None
+    ids = int_list(tasks, "tasks", 1)
+    wanted = frozenset(ids) if ids is not None else None
     sub = s.bus.subscribe(wanted, results)
 
     async def stream():

@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from panda_lab.server.app import Server
 from panda_lab.server.schemas import (
+    IdPath,
     PilotAcquire,
     PilotEnd,
     PilotHeartbeat,
@@ -93,7 +94,7 @@ async def heartbeat(request: Request, body: PilotHeartbeat) -> dict:
 
 
 @router.put("/results/{task_id}/{job_id}")
-async def upload_result(request: Request, task_id: int, job_id: int) -> dict:
+async def upload_result(request: Request, task_id: IdPath, job_id: IdPath) -> dict:
     """A result too large for a report goes to the result store first; the report then
     names it with ``result_ref``."""
     s = _server(request)
@@ -103,7 +104,7 @@ async def upload_result(request: Request, task_id: int, job_id: int) -> dict:
 
 
 @router.put("/output/{task_id}/{job_id}")
-async def upload_output(request: Request, task_id: int, job_id: int,
+async def upload_output(request: Request, task_id: IdPath, job_id: IdPath,
                         stream: Literal["stdout", "stderr"] = "stdout") -> dict:
     """A job's full stdout or stderr, as UTF-8 text, when its tail does not hold it all;
     clients read it from ``GET /api/jobs/{job_id}/output``.  Text that is not UTF-8 is
@@ -120,7 +121,7 @@ async def upload_output(request: Request, task_id: int, job_id: int,
 
 
 @router.get("/tasks/{task_id}/common")
-async def common(request: Request, task_id: int) -> Response:
+async def common(request: Request, task_id: IdPath) -> Response:
     s = _server(request)
     data = await s.db(s.store.task_common, task_id)
     if data is None:

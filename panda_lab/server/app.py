@@ -248,12 +248,15 @@ def create_app(server: Server) -> FastAPI:
 def validation_details(errors: Any) -> list[dict]:
     """A 422's details: where and what, and the offending value only when it is short.
     FastAPI's own answer echoes every input, which may be megabytes of a job's output,
-    or bytes and surrogates that JSON cannot carry (its answer then failed with a 500)."""
+    or bytes and surrogates that JSON cannot carry (its answer then failed with a 500).
+    An integer beyond 64 bits, which JSON writers refuse, is given as its digits."""
     out = []
     for e in errors:
         item = {"loc": [x if isinstance(x, int) else clean(str(x)) for x in e.get("loc", ())],
                 "msg": clean(str(e.get("msg", ""))), "type": str(e.get("type", ""))}
         value = e.get("input")
+        if isinstance(value, int) and not -(2**63) <= value < 2**64:
+            value = str(value)
         if isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) < 200):
             item["input"] = clean(value) if isinstance(value, str) else value
         out.append(item)

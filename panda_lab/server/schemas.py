@@ -1,5 +1,14 @@
 """Request bodies of the REST API, as pydantic models: they give the OpenAPI schema and
-turn bad input into a 422 that names the field, before anything touches the store."""
+turn bad input into a 422 that names the field, before anything touches the store.
+
+The rule: every field a request carries (path, query, body) is bounded in the schema by
+what the store can hold, so nothing reaches the database or the code unchecked.  Ids and
+indices are INTEGER columns, 32-bit on PostgreSQL (SQLite's are 64-bit): ``Id`` and
+``Index`` keep to the smaller range, ids from 1.  Counts and sizes (events, bytes) are
+64-bit (``Count``); seconds are finite (``Seconds``); names are as long as their column
+(``Name``, ``SiteName``); states are the model's enums.  Without it an id beyond SQLite's
+range (``GET /api/jobs/-15740692419485192192``) reached the driver and got a 500.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,29 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import HTTPException, Query
+from fastapi import Path as FastPath
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from panda_lab.model import JobState
 from panda_lab.text import clean
 
-B64 = Annotated[str, Field(description="bytes, base64-encoded")]
+#: The largest value of an INTEGER column on PostgreSQL (SQLite's are 64-bit).
+INT32_MAX = 2**31 - 1
+#: The largest value SQLite (and PostgreSQL's BIGINT) stores.
+INT64_MAX = 2**63 - 1
+
+Id = Annotated[int, Field(ge=1, le=INT32_MAX, description="an id (a task's, job's, pilot's)")]
+Index = Annotated[int, Field(ge=0, le=INT32_MAX, description="a logical job's index in its task")]
+Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds, finite")]
+Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False,
+                                   description="seconds since the epoch")]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+SiteName = Annotated[str, Field(min_length=1, max_length=128)]
+Sites = SiteName | Annotated[list[SiteName], Field(min_length=1, max_length=1000)]
+Owner = Annotated[str, Field(max_length=128)]
 
 
 def b64decode(value: str, what: str) -> bytes:
@@ -22,24 +48,28 @@ def b64decode(value: str, what: str) -> bytes:
         raise ValueError(f"{what} is not valid base64") from None
 
 
+def _is_b64(value: str) -> str:
+    b64decode(value, "the value")
+    return value
+
+
+#: Bytes in JSON: checked to be base64 where the field is read, so a bad one is a 422
+#: naming it, never an error where the bytes are used.
+B64 = Annotated[str, Field(description="bytes, base64-encoded"), AfterValidator(_is_b64)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class JobSpec(Strict):
     payload: B64
-    site: str | list[str] | None = None
-    priority: int | None = None
+    site: Sites | None = None
+    priority: Int32 | None = None
     cores: Annotated[int, Field(ge=1, le=1024)] | None = None
-    memory_mb: Annotated[int, Field(ge=0)] | None = None
-    walltime_s: Annotated[float, Field(ge=0)] | None = None
+    memory_mb: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    walltime_s: Seconds | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
-
-    @field_validator("payload")
-    @classmethod
-    def _payload(cls, v: str) -> str:
-        b64decode(v, "payload")
-        return v
 
     def store_dict(self) -> dict:
         d = {k: v for k, v in self.model_dump().items() if v is not None}
@@ -48,12 +78,12 @@ class JobSpec(Strict):
 
 
 class TaskOptions(Strict):
-    priority: int = 0
+    priority: Int32 = 0
     cores: Annotated[int, Field(ge=1, le=1024)] = 1
-    memory_mb: Annotated[int, Field(ge=0)] = 0
-    walltime_s: Annotated[float, Field(ge=0)] = 0.0
+    memory_mb: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
+    walltime_s: Seconds = 0.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
-    kind: str = "jobs"
+    kind: Annotated[str, Field(max_length=32)] = "jobs"
     client: dict = Field(default_factory=dict, description="client environment, for checks")
     output_limit: Annotated[int, Field(ge=0, le=1 << 30)] | None = Field(
         None, description="characters of each job's stdout and stderr kept in full "
@@ -61,20 +91,13 @@ class TaskOptions(Strict):
 
 
 class TaskSubmit(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=256)]
-    owner: str = ""
-    site: str | list[str] = "ANY"
+    name: Name
+    owner: Owner = ""
+    site: Sites = "ANY"
     jobs: list[JobSpec] = Field(default_factory=list, max_length=1_000_000)
     common: B64 | None = None
     open: bool = False
     options: TaskOptions = Field(default_factory=TaskOptions)
-
-    @field_validator("common")
-    @classmethod
-    def _common(cls, v: str | None) -> str | None:
-        if v is not None:
-            b64decode(v, "common")
-        return v
 
 
 class JobsAdd(Strict):
@@ -82,28 +105,28 @@ class JobsAdd(Strict):
 
 
 class JobIds(Strict):
-    ids: list[int] = Field(min_length=1, max_length=1_000_000)
+    ids: list[Id] = Field(min_length=1, max_length=1_000_000)
 
 
 class JobIndices(Strict):
-    indices: list[int] = Field(min_length=1, max_length=1_000_000,
+    indices: list[Index] = Field(min_length=1, max_length=1_000_000,
                                description="logical job indices within the task")
 
 
 class PilotRegister(Strict):
-    site: str
-    host: str
-    pid: int
+    site: SiteName
+    host: Annotated[str, Field(max_length=256)]
+    pid: Annotated[int, Field(ge=0, le=INT32_MAX)]
     slots: Annotated[int, Field(ge=1, le=1024)] = 1
     info: dict = Field(default_factory=dict)
 
 
 class PilotAcquire(Strict):
-    pilot: int
-    site: str
+    pilot: Id
+    site: SiteName
     n: Annotated[int, Field(ge=1, le=1000)] = 1
-    wait: Annotated[float, Field(ge=0, le=60)] = 0.0
-    held: list[int] = Field(default_factory=list, max_length=100_000)
+    wait: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.0
+    held: list[Id] = Field(default_factory=list, max_length=100_000)
 
 
 def _clean_text(value: object) -> object:
@@ -117,19 +140,19 @@ class JobError(Strict):
     category: Literal["user", "input", "payload", "system", "timeout", "killed", "merge"]
     message: Annotated[str, Field(max_length=100_000)] = ""
     traceback: Annotated[str, Field(max_length=1_000_000)] | None = None
-    type: str | None = None
+    type: Annotated[str, Field(max_length=1000)] | None = None
     exception: B64 | None = Field(None, description="the pickled exception, to re-raise it")
 
     _texts = field_validator("message", "traceback", "type", mode="before")(_clean_text)
 
 
 class JobUpdate(Strict):
-    id: int
-    attempt: int
+    id: Id
+    attempt: Id
     state: JobState
-    started_at: float | None = None
+    started_at: Timestamp | None = None
     result: B64 | None = None
-    result_ref: str | None = None
+    result_ref: Annotated[str, Field(max_length=4096)] | None = None
     error: JobError | None = None
     stdout: Annotated[str, Field(max_length=100_000)] | None = None
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
@@ -138,16 +161,67 @@ class JobUpdate(Strict):
 
 
 class PilotUpdate(Strict):
-    pilot: int
+    pilot: Id
     updates: list[JobUpdate] = Field(default_factory=list, max_length=100_000)
-    held: list[int] = Field(default_factory=list, max_length=100_000)
+    held: list[Id] = Field(default_factory=list, max_length=100_000)
 
 
 class PilotHeartbeat(Strict):
-    pilot: int
-    held: list[int] = Field(default_factory=list, max_length=100_000)
+    pilot: Id
+    held: list[Id] = Field(default_factory=list, max_length=100_000)
 
 
 class PilotEnd(Strict):
-    pilot: int
+    pilot: Id
     state: Literal["finished", "failed"] = "finished"
+
+
+# ---- path and query parameters, by the same rule --------------------------------------------
+
+IdPath = Annotated[int, FastPath(ge=1, le=INT32_MAX, description="an id, from 1")]
+
+
+def _task_ref_in_range(task: str) -> str:
+    if task.isascii() and task.isdigit() and not 1 <= int(task) <= INT32_MAX:
+        raise ValueError(f"task id {task} is out of range (1 to {INT32_MAX})")
+    return task
+
+
+TaskRef = Annotated[str, FastPath(min_length=1, max_length=256,
+                                  description="a task id (ASCII digits, in an id's range), "
+                                              "or a task's name (its newest task)"),
+                    AfterValidator(_task_ref_in_range)]
+NamePath = Annotated[str, FastPath(min_length=1, max_length=256)]
+#: A comma-separated list of integers in a query (``1,2,5``): checked by :func:`int_list`.
+IntList = Annotated[str | None, Query(max_length=100_000, pattern=r"^[0-9, ]*$",
+                                      description="comma-separated integers")]
+
+
+def invalid(where: str, field: str, msg: str, value: object = None) -> HTTPException:
+    """A 422 shaped as the schema's own ones: ``detail`` is ``[{"loc": [where, field],
+    "msg", "type", "input"}]``, for a check the schema cannot express."""
+    item: dict = {"loc": [where, field], "msg": msg, "type": "value_error"}
+    if isinstance(value, str) and len(value) < 200:
+        item["input"] = value
+    return HTTPException(422, [item])
+
+
+def int_list(value: str | None, field: str, lo: int, hi: int = INT32_MAX) -> list[int] | None:
+    """The integers of a comma-separated query parameter ``field`` (None when absent or
+    empty), each in ``[lo, hi]``.  Raises a 422 naming ``field`` otherwise."""
+    if not value:
+        return None
+    try:
+        out = [int(i) for i in value.split(",") if i.strip()]
+    except ValueError:
+        raise invalid("query", field, "must be comma-separated integers", value) from None
+    bad = next((i for i in out if not lo <= i <= hi), None)
+    if bad is not None:
+        raise invalid("query", field, f"{bad} is out of range ({lo} to {hi})", value)
+    return out
+
+
+def task_ref(task: str) -> int | str:
+    """A task given in a path (``TaskRef``, checked already): an id (ASCII digits; not
+    ``str.isdigit``, which "²" passes) or a name."""
+    return int(task) if task.isascii() and task.isdigit() else task

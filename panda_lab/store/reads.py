@@ -27,7 +27,8 @@ class Reads(Database):
         """A task id from an id or a name (the newest task of that name).  Raises
         ``TaskNotFound``."""
         with self.tx() as conn:
-            if isinstance(id_or_name, int) or str(id_or_name).isdigit():
+            if isinstance(id_or_name, int) or (str(id_or_name).isascii()
+                                               and str(id_or_name).isdigit()):
                 task_rows.task_row(conn, int(id_or_name))
                 return int(id_or_name)
             return task_rows.task_by_name(conn, str(id_or_name))
