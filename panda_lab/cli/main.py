@@ -32,6 +32,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                    help="how often pilots heartbeat")
     p.add_argument("--no-pilots", action="store_true",
                    help="start no local pilots (run `panda-lab pilot` yourself)")
+    p.add_argument("--scrape-token-file", type=Path,
+                   help="a file holding the token Prometheus sends to /metrics (default: "
+                        "$PANDA_LAB_SCRAPE_TOKEN; without either, the user token only)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from panda_lab import runtime
@@ -20,7 +21,24 @@ def config_from_args(args: argparse.Namespace):
         sites=load_sites(args.sites) if args.sites else default_sites(),
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
-        provision=not args.no_pilots)
+        provision=not args.no_pilots, scrape_token=_scrape_token(args))
+
+
+def _scrape_token(args: argparse.Namespace) -> str | None:
+    """The scrape token from ``--scrape-token-file`` or ``$PANDA_LAB_SCRAPE_TOKEN``
+    (never a command-line value: those show in ``ps``)."""
+    from panda_lab.provisioners.config import ConfigError
+
+    path = getattr(args, "scrape_token_file", None)
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--scrape-token-file {path}: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"--scrape-token-file {path} is empty")
+        return token
+    return os.environ.get("PANDA_LAB_SCRAPE_TOKEN") or None
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
@@ -35,6 +53,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
         out += ["--sites", str(args.sites.resolve())]
     if args.no_pilots:
         out.append("--no-pilots")
+    if getattr(args, "scrape_token_file", None) is not None:
+        out += ["--scrape-token-file", str(args.scrape_token_file.resolve())]
     return out
 
 

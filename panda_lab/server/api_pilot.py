@@ -61,6 +61,7 @@ async def acquire(request: Request, body: PilotAcquire) -> dict:
             await asyncio.wait_for(ev.wait(), min(left, 5.0))
         except TimeoutError:
             pass
+    s.metrics.on_dispatch(body.site, len(jobs))
     for j in jobs:
         j["payload"] = base64.b64encode(j["payload"]).decode()
     return {"jobs": jobs}
@@ -83,6 +84,7 @@ async def update(request: Request, body: PilotUpdate) -> dict:
         updates.append(d)
     changes, ignored = await s.db(s.store.apply_updates, body.pilot, updates, body.held)
     s.publish(changes)
+    s.metrics.on_reports([u["state"] for u in updates], len(ignored))
     drop = await s.db(s.store.heartbeat, body.pilot, body.held) if body.held else []
     return {"ignored": ignored, "drop": drop}
 

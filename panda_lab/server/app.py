@@ -22,13 +22,15 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from panda_lab import __version__
 from panda_lab.model.brokerage import BrokerageError
 from panda_lab.server.config import ServerConfig
 from panda_lab.server.events import EventBus
+from panda_lab.server.metrics import ServerMetrics
 from panda_lab.store import (
     Changes,
     DatasetExists,
@@ -80,6 +82,8 @@ class Server:
         user, pilot = self.store.tokens()
         self.user_token = config.user_token or user
         self.pilot_token = config.pilot_token or pilot
+        #: Accepted at ``/metrics`` only (with the user token), as Prometheus sends it.
+        self.scrape_token = config.scrape_token
         self.bus = EventBus()
         self._site_wake: dict[str, asyncio.Event] = {}
         self._task_wake: dict[int, asyncio.Event] = {}
@@ -89,6 +93,7 @@ class Server:
 
         self.analysis = AnalysisService(self)
         self.analysis.load_known_tasks()
+        self.metrics = ServerMetrics(self)
 
     async def db(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Run a store call.  Awaitable, so that moving the store off the loop again (e.g.
@@ -149,16 +154,24 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def _check(request: Request, creds: HTTPAuthorizationCredentials | None, role: str) -> None:
+    """Let the request through when its bearer token is one of ``role``'s ("user",
+    "pilot" or "scrape", the last taking the user token too); 403 for a token of
+    another role, 401 for none or an unknown one."""
     server: Server = request.app.state.server
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     token = creds.credentials
-    mine, other = ((server.user_token, server.pilot_token) if role == "user"
-                   else (server.pilot_token, server.user_token))
-    if secrets.compare_digest(token, mine):
+    tokens = {"user": server.user_token, "pilot": server.pilot_token,
+              "scrape": server.scrape_token}
+    allowed = {"user": ("user",), "pilot": ("pilot",), "scrape": ("scrape", "user")}[role]
+    # every comparison made, in constant time each, whichever token matches
+    matches = {name: t is not None and secrets.compare_digest(token, t)
+               for name, t in tokens.items()}
+    if any(matches[name] for name in allowed):
         return
-    if secrets.compare_digest(token, other):
-        raise HTTPException(403, f"this token is not allowed on the {role} API")
+    if any(matches.values()):
+        what = "metrics" if role == "scrape" else f"{role} API"
+        raise HTTPException(403, f"this token is not allowed on the {what}")
     raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -171,6 +184,11 @@ async def user_auth(request: Request,
 async def pilot_auth(request: Request,
                      creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     _check(request, creds, "pilot")
+
+
+async def scrape_auth(request: Request,
+                      creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    _check(request, creds, "scrape")
 
 
 class BodyLimit:
@@ -242,6 +260,13 @@ def create_app(server: Server) -> FastAPI:
     app.include_router(api_client.router, prefix="/api", dependencies=[Depends(user_auth)])
     app.include_router(api_analysis.router, prefix="/api", dependencies=[Depends(user_auth)])
     app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
+
+    @app.get("/metrics", dependencies=[Depends(scrape_auth)], include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus' text format (:mod:`panda_lab.server.metrics`), with the scrape
+        token or the user token.  Served on the loop: the collector reads the store."""
+        return Response(generate_latest(server.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
     return app
 
 

@@ -37,6 +37,9 @@ class ServerConfig:
     provision: bool = True
     user_token: str | None = None
     pilot_token: str | None = None
+    #: A token accepted at ``/metrics`` only (Prometheus' ``authorization``), so that a
+    #: monitoring system holds no token that acts on work; None: the user token only.
+    scrape_token: str | None = None
 
     @property
     def database_url(self) -> str:

@@ -10,10 +10,12 @@ from panda_lab.store.base import Database, loads
 from panda_lab.store.errors import TaskNotFound
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
+from panda_lab.store.rows import metrics as metric_rows
 from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
 from panda_lab.store.rows import tasks as task_rows
+from panda_lab.store.rows.metrics import MetricCounts
 from panda_lab.store.schema import job_status, jobs
 
 J = JobState
@@ -199,6 +201,13 @@ class Reads(Database):
         provisioner sizes its pilots by."""
         with self.tx() as conn:
             return site_rows.demand(conn, name)
+
+    def metric_counts(self) -> MetricCounts:
+        """Jobs by state and site, tasks by state, pilots by site and state, each site's
+        oldest running pilot heartbeat: what ``/metrics`` shows
+        (:class:`~panda_lab.store.rows.metrics.MetricCounts`)."""
+        with self.tx() as conn:
+            return metric_rows.counts(conn)
 
     # ---- datasets and analysis -------------------------------------------------------------------
     def get_dataset(self, name: str, with_files: bool = True) -> dict:

@@ -14,11 +14,14 @@ from fastapi.testclient import TestClient
 from panda_lab.server.app import Server, create_app
 from panda_lab.server.config import ServerConfig
 
+#: The token Prometheus sends: ``/metrics`` only.
+SCRAPE = "scrape-token-of-the-test"
+
 
 @pytest.fixture(scope="module")
 def app_and_tokens(tmp_path_factory):
     home = tmp_path_factory.mktemp("auth-home")
-    server = Server(ServerConfig(home=home, provision=False))
+    server = Server(ServerConfig(home=home, provision=False, scrape_token=SCRAPE))
     app = create_app(server)
     yield app, server.user_token, server.pilot_token
     server.close()
@@ -46,7 +49,7 @@ def test_there_are_routes_to_check(app_and_tokens):
     app, _, _ = app_and_tokens
     paths = {p for _, _, p in _routes(app)}
     assert "/api/tasks" in paths and "/api/pilot/acquire" in paths
-    assert "/api/openapi.json" in paths and len(paths) > 20
+    assert "/api/openapi.json" in paths and "/metrics" in paths and len(paths) > 20
 
 
 def test_every_route_refuses_a_missing_or_wrong_token_and_the_wrong_kind(app_and_tokens):
@@ -66,6 +69,22 @@ def test_every_route_refuses_a_missing_or_wrong_token_and_the_wrong_kind(app_and
             r = client.request(method, path, headers={"Authorization": f"Bearer {wrong}"})
             assert r.status_code == 403, (method, template, "other kind of token")
             assert "not allowed" in r.json()["detail"]
+            checked += 1
+        assert checked > 20
+
+
+def test_the_scrape_token_opens_metrics_and_nothing_else(app_and_tokens):
+    app, user, _ = app_and_tokens
+    with TestClient(app) as client:
+        checked = 0
+        for method, path, template in _routes(app):
+            r = client.request(method, path, headers={"Authorization": f"Bearer {SCRAPE}"})
+            if template == "/metrics":
+                assert r.status_code == 200 and "panda_lab_jobs" in r.text
+                assert client.get(path, headers={
+                    "Authorization": f"Bearer {user}"}).status_code == 200
+            else:
+                assert r.status_code == 403, (method, template, r.status_code)
             checked += 1
         assert checked > 20
 
