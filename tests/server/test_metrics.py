@@ -178,3 +178,116 @@ def test_heartbeat_age_is_of_the_oldest_running_pilot(app):
     assert 119 < got[("panda_lab_pilot_heartbeat_age_seconds", (("site", site),))] < 180
     assert got[("panda_lab_pilots", (("site", site), ("state", "running")))] == 2
     assert got[("panda_lab_pilots", (("site", site), ("state", "finished")))] == 1
+
+
+# ---- a real Prometheus scraping a real server ------------------------------------------------
+
+def double(x):
+    return 2 * x
+
+
+def refuse(x):
+    raise ValueError(f"no {x}")
+
+
+PROMETHEUS_YML = """\
+global:
+  scrape_interval: 500ms
+  scrape_timeout: 400ms
+scrape_configs:
+  - job_name: panda-lab
+    metrics_path: /metrics
+    authorization:
+      type: Bearer
+      credentials_file: {token}
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"""
+
+
+def _prometheus_binary() -> str:
+    import os
+    import shutil
+
+    path = shutil.which("prometheus") or ("/usr/bin/prometheus"
+                                          if os.path.exists("/usr/bin/prometheus") else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("Prometheus is not installed, and CI must test it: apt-get install "
+                        "prometheus")
+        pytest.skip("Prometheus is not installed here (Debian: apt-get install prometheus)")
+    return path
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_the_job_counts_the_server_holds(tmp_path):
+    import subprocess
+
+    import httpx
+    from harness import ServerProcess, free_port, wait_for
+
+    binary = _prometheus_binary()
+    token = tmp_path / "scrape-token"
+    token.write_text("prometheus-may-read\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    server = ServerProcess(home, extra=["--scrape-token-file", str(token)]).start()
+    prom = None
+    try:
+        lab = server.lab()
+        good = lab.submit(double, [(i,) for i in range(6)], name="good")
+        bad = lab.submit(refuse, [(1,), (2,)], name="bad")
+        assert lab.wait(good, timeout=60)["state"] == "done"
+        assert lab.wait(bad, timeout=60)["state"] == "failed"
+        url, user = server.info["url"], server.info["user_token"]
+        expected: dict[tuple[str, str], float] = {}
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {user}"}) as api:
+            for task in (good, bad):
+                for j in api.get(f"/api/tasks/{task}/jobs",
+                                 params={"all_attempts": True}).json():
+                    key = (j["state"], j["site"] or "")
+                    expected[key] = expected.get(key, 0) + 1
+        assert sum(expected.values()) >= 8 and len({s for _, s in expected}) >= 1
+
+        port = free_port()
+        (tmp_path / "prometheus.yml").write_text(PROMETHEUS_YML.format(
+            token=token, port=server.info["port"]))
+        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+        prom = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def query(q: str) -> list[dict]:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": q},
+                              timeout=2)
+            except httpx.TransportError:
+                return []
+            return r.json()["data"]["result"] if r.status_code == 200 else []
+
+        def jobs_seen():
+            got = {(r["metric"]["state"], r["metric"]["site"]): float(r["value"][1])
+                   for r in query("panda_lab_jobs > 0")}
+            return got if got == expected else None
+
+        up = wait_for(lambda: query('up{job="panda-lab"} == 1'), 20, 0.2,
+                      what=f"a scrape ({(tmp_path / 'prometheus.log').read_bytes()[-500:]!r})")
+        assert up[0]["metric"]["instance"] == f"127.0.0.1:{server.info['port']}"
+        try:
+            wait_for(jobs_seen, 10, 0.2, what="Prometheus to hold the server's job counts")
+        except AssertionError:
+            got = {(r["metric"]["state"], r["metric"]["site"]): float(r["value"][1])
+                   for r in query("panda_lab_jobs > 0")}
+            assert got == expected
+        done = query('panda_lab_tasks{state="done"}')
+        assert [float(r["value"][1]) for r in done] == [1.0]
+        dispatched = query("sum(panda_lab_jobs_dispatched_total)")
+        assert float(dispatched[0]["value"][1]) >= sum(expected.values())
+    finally:
+        if prom is not None:
+            prom.terminate()
+            prom.wait(10)
+            log.close()
+        server.stop()
