@@ -291,3 +291,25 @@ def test_a_real_prometheus_scrapes_the_job_counts_the_server_holds(tmp_path):
             prom.wait(10)
             log.close()
         server.stop()
+
+
+def test_the_scrape_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from panda_lab.cli.main import build_parser
+    from panda_lab.cli.server_cmd import config_from_args
+    from panda_lab.provisioners.config import ConfigError
+
+    def config(*extra):
+        return config_from_args(build_parser().parse_args(
+            ["--home", str(tmp_path), "server", "run", *extra]))
+
+    monkeypatch.delenv("PANDA_LAB_SCRAPE_TOKEN", raising=False)
+    assert config().scrape_token is None
+    monkeypatch.setenv("PANDA_LAB_SCRAPE_TOKEN", "from-env")
+    assert config().scrape_token == "from-env"
+    (tmp_path / "t").write_text("from-file\n")
+    assert config("--scrape-token-file", str(tmp_path / "t")).scrape_token == "from-file"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        config("--scrape-token-file", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="--scrape-token-file .*nope"):
+        config("--scrape-token-file", str(tmp_path / "nope"))
