@@ -26,6 +26,7 @@ from panda_lab.server.schemas import (
     Strict,
     TaskOptions,
     b64decode,
+    text,
 )
 
 router = APIRouter()
@@ -35,12 +36,12 @@ def _server(request: Request) -> Server:
     return request.app.state.server
 
 
-Tree = Annotated[str, Field(min_length=1, max_length=256)]
-Text = Annotated[str, Field(max_length=100_000)]
+Tree = Annotated[str, text(256, 1)]
+Text = Annotated[str, text(100_000)]
 
 
 class Replica(Strict):
-    endpoint: Annotated[str, Field(min_length=1, max_length=256)]
+    endpoint: Annotated[str, text(256, 1)]
     url: Text
 
 
@@ -62,7 +63,7 @@ class BadFile(Strict):
     file_index: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     path: Text
     tree: Tree | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=100_000)]
+    reason: Annotated[str, text(100_000, 1)]
 
 
 class DatasetRegister(Strict):

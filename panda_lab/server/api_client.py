@@ -16,6 +16,7 @@ from panda_lab.model import TASK_FINAL, JobState, PilotState, TaskState, vocabul
 from panda_lab.server.app import Server
 from panda_lab.server.events import encode
 from panda_lab.server.schemas import (
+    NO_NUL,
     IdPath,
     IntList,
     JobIds,
@@ -68,7 +69,7 @@ async def sites(request: Request) -> list[dict]:
 
 @router.get("/pilots")
 async def pilots(request: Request,
-                 site: Annotated[str | None, Query(max_length=128)] = None,
+                 site: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
                  state: PilotState | None = None) -> list:
     s = _server(request)
     return await s.db(s.store.list_pilots, site, state)

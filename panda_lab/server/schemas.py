@@ -6,8 +6,10 @@ what the store can hold, so nothing reaches the database or the code unchecked. 
 indices are INTEGER columns, 32-bit on PostgreSQL (SQLite's are 64-bit): ``Id`` and
 ``Index`` keep to the smaller range, ids from 1.  Counts and sizes (events, bytes) are
 64-bit (``Count``); seconds are finite (``Seconds``); names are as long as their column
-(``Name``, ``SiteName``); states are the model's enums.  Without it an id beyond SQLite's
-range (``GET /api/jobs/-15740692419485192192``) reached the driver and got a 500.
+(``Name``, ``SiteName``) and hold no NUL (PostgreSQL's text refuses it); states are
+the model's enums; a result reference is one the server gave (``ResultRef``).  Without
+it an id beyond SQLite's range (``GET /api/jobs/-15740692419485192192``) reached the
+driver and got a 500.
 """
 
 from __future__ import annotations
@@ -35,10 +37,21 @@ Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds, finite")]
 Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False,
                                    description="seconds since the epoch")]
-Name = Annotated[str, Field(min_length=1, max_length=256)]
-SiteName = Annotated[str, Field(min_length=1, max_length=128)]
+#: Text a database column keeps: no NUL character (PostgreSQL's text types refuse it).
+NO_NUL = r"^[^\x00]*$"
+
+
+def text(max_length: int, min_length: int = 0) -> object:
+    """A ``Field`` for text kept in a column of ``max_length`` characters, without NUL."""
+    return Field(min_length=min_length, max_length=max_length, pattern=NO_NUL)
+
+
+Name = Annotated[str, text(256, 1)]
+SiteName = Annotated[str, text(128, 1)]
 Sites = SiteName | Annotated[list[SiteName], Field(min_length=1, max_length=1000)]
-Owner = Annotated[str, Field(max_length=128)]
+Owner = Annotated[str, text(128)]
+#: A large result's place in the result store, as ``PUT /api/pilot/results`` named it.
+ResultRef = Annotated[str, Field(max_length=32, pattern=r"^[0-9]{1,10}/[0-9]{1,10}\.pkl$")]
 
 
 def b64decode(value: str, what: str) -> bytes:
@@ -83,7 +96,7 @@ class TaskOptions(Strict):
     memory_mb: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
     walltime_s: Seconds = 0.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
-    kind: Annotated[str, Field(max_length=32)] = "jobs"
+    kind: Annotated[str, text(32)] = "jobs"
     client: dict = Field(default_factory=dict, description="client environment, for checks")
     output_limit: Annotated[int, Field(ge=0, le=1 << 30)] | None = Field(
         None, description="characters of each job's stdout and stderr kept in full "
@@ -115,7 +128,7 @@ class JobIndices(Strict):
 
 class PilotRegister(Strict):
     site: SiteName
-    host: Annotated[str, Field(max_length=256)]
+    host: Annotated[str, text(256)]
     pid: Annotated[int, Field(ge=0, le=INT32_MAX)]
     slots: Annotated[int, Field(ge=1, le=1024)] = 1
     info: dict = Field(default_factory=dict)
@@ -140,7 +153,7 @@ class JobError(Strict):
     category: Literal["user", "input", "payload", "system", "timeout", "killed", "merge"]
     message: Annotated[str, Field(max_length=100_000)] = ""
     traceback: Annotated[str, Field(max_length=1_000_000)] | None = None
-    type: Annotated[str, Field(max_length=1000)] | None = None
+    type: Annotated[str, text(1000)] | None = None
     exception: B64 | None = Field(None, description="the pickled exception, to re-raise it")
 
     _texts = field_validator("message", "traceback", "type", mode="before")(_clean_text)
@@ -152,7 +165,7 @@ class JobUpdate(Strict):
     state: JobState
     started_at: Timestamp | None = None
     result: B64 | None = None
-    result_ref: Annotated[str, Field(max_length=4096)] | None = None
+    result_ref: ResultRef | None = None
     error: JobError | None = None
     stdout: Annotated[str, Field(max_length=100_000)] | None = None
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
@@ -187,11 +200,11 @@ def _task_ref_in_range(task: str) -> str:
     return task
 
 
-TaskRef = Annotated[str, FastPath(min_length=1, max_length=256,
+TaskRef = Annotated[str, FastPath(min_length=1, max_length=256, pattern=NO_NUL,
                                   description="a task id (ASCII digits, in an id's range), "
                                               "or a task's name (its newest task)"),
                     AfterValidator(_task_ref_in_range)]
-NamePath = Annotated[str, FastPath(min_length=1, max_length=256)]
+NamePath = Annotated[str, FastPath(min_length=1, max_length=256, pattern=NO_NUL)]
 #: A comma-separated list of integers in a query (``1,2,5``): checked by :func:`int_list`.
 IntList = Annotated[str | None, Query(max_length=100_000, pattern=r"^[0-9, ]*$",
                                       description="comma-separated integers")]

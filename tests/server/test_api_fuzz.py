@@ -180,6 +180,9 @@ def _job(**kw) -> dict:
     ("/api/pilot/update", {"pilot": 1, "updates": [
         {"id": 1, "attempt": 1, "state": "running", "started_at": -1}]}, "started_at"),
     ("/api/pilot/end", {"pilot": 2**31}, "pilot"),
+    ("/api/pilot/update", {"pilot": 1, "updates": [
+        {"id": 1, "attempt": 1, "state": "finished", "result_ref": "../../etc/passwd"}]},
+     "result_ref"),
 ])
 def test_every_body_field_out_of_range_gets_a_422_naming_it(api, path, body, field):
     client, _, _, _ = api
@@ -211,6 +214,47 @@ def test_a_task_reference_that_is_not_ascii_digits_is_a_name(api):
     for ref, shown in (("%C2%B2", "²"), ("-15740692419485192192", "-15740692419485192192")):
         r = client.get(f"/api/tasks/{ref}", headers=user)
         assert r.status_code == 404 and shown in r.json()["detail"], r.text
+
+
+def test_the_bounds_fit_postgresql_columns(postgres, tmp_path):
+    """At the bounds' edges a PostgreSQL store answers, as SQLite does, without a 5xx:
+    the largest id is a 404, the largest priority, memory, name, owner and host are
+    kept, and a NUL (which PostgreSQL's text refuses) is a 422 naming the field."""
+    from panda_lab.server.schemas import INT32_MAX
+
+    server = Server(ServerConfig(home=tmp_path, db_url=postgres.new_database(),
+                                 provision=False))
+    api = None
+    with TestClient(create_app(server), raise_server_exceptions=False) as client:
+        api = (client, server, {"Authorization": f"Bearer {server.user_token}"},
+               {"Authorization": f"Bearer {server.pilot_token}"})
+        _, _, user, pilot = api
+        for method, template, _route in _routes(client.app):
+            path = re.sub(r"\{[^}]+\}", str(INT32_MAX), template)
+            if template in (("/api/events", "/metrics")):
+                continue
+            r = client.request(method, path, headers=_headers(api, template),
+                               json=BODIES.get((method, template)))
+            assert r.status_code < 500, (method, template, r.text)
+        site = server.config.sites[0].name
+        r = client.post("/api/tasks", headers=user, json={
+            "name": "n" * 256, "owner": "o" * 128, "site": [site],
+            "jobs": [_job(priority=INT32_MAX, memory_mb=INT32_MAX),
+                     _job(priority=-INT32_MAX - 1)]})
+        assert r.status_code == 201, r.text
+        r = client.post("/api/pilot/register", headers=pilot, json={
+            "site": site, "host": "h" * 256, "pid": INT32_MAX})
+        assert r.status_code == 200, r.text
+        for path, body, field in [
+                ("/api/tasks", {"name": "a\x00b"}, "name"),
+                ("/api/tasks", {"name": "a", "owner": "\x00"}, "owner"),
+                ("/api/pilot/register", {"site": site, "host": "h\x00", "pid": 1}, "host"),
+                ("/api/datasets", {"name": "d", "tree": "t\x00"}, "tree")]:
+            r = client.post(path, json=body, headers=_headers(api, path))
+            assert r.status_code == 422 and field in _names(r), r.text
+        r = client.get("/api/tasks/a%00b", headers=user)
+        assert r.status_code == 422 and "task" in _names(r), r.text
+    server.close()
 
 
 # ---- the fuzzer ---------------------------------------------------------------------------

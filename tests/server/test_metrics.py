@@ -311,5 +311,5 @@ def test_the_scrape_token_comes_from_a_file_or_the_environment(tmp_path, monkeyp
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="empty"):
         config("--scrape-token-file", str(tmp_path / "empty"))
-    with pytest.raises(ConfigError, match="--scrape-token-file .*nope"):
+    with pytest.raises(ConfigError, match=r"--scrape-token-file .*nope"):
         config("--scrape-token-file", str(tmp_path / "nope"))
