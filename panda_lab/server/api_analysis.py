@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from panda_lab.analysis.files import UnknownColumns
 from panda_lab.model.splitter import SplitRule, check_clusters
@@ -26,6 +26,7 @@ from panda_lab.server.schemas import (
     Strict,
     TaskOptions,
     b64decode,
+    clean_text,
     text,
 )
 
@@ -37,7 +38,8 @@ def _server(request: Request) -> Server:
 
 
 Tree = Annotated[str, text(256, 1)]
-Text = Annotated[str, text(100_000)]
+#: A path, URL or branch name: as long as a path may be (Linux's PATH_MAX).
+Text = Annotated[str, text(4096)]
 
 
 class Replica(Strict):
@@ -63,7 +65,10 @@ class BadFile(Strict):
     file_index: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     path: Text
     tree: Tree | None = None
-    reason: Annotated[str, text(100_000, 1)]
+    #: free text: made valid UTF-8 without NUL (panda_lab.text), not refused
+    reason: Annotated[str, Field(min_length=1, max_length=100_000)]
+
+    _texts = field_validator("reason", mode="before")(clean_text)
 
 
 class DatasetRegister(Strict):

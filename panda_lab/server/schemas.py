@@ -142,7 +142,7 @@ class PilotAcquire(Strict):
     held: list[Id] = Field(default_factory=list, max_length=100_000)
 
 
-def _clean_text(value: object) -> object:
+def clean_text(value: object) -> object:
     """A report's free text made valid UTF-8 without NUL (the rule of panda_lab.text), so
     that a pilot that did not apply the rule cannot get its whole report refused, nor
     put into the database what PostgreSQL or the JSON of the event stream refuse."""
@@ -156,7 +156,7 @@ class JobError(Strict):
     type: Annotated[str, text(1000)] | None = None
     exception: B64 | None = Field(None, description="the pickled exception, to re-raise it")
 
-    _texts = field_validator("message", "traceback", "type", mode="before")(_clean_text)
+    _texts = field_validator("message", "traceback", "type", mode="before")(clean_text)
 
 
 class JobUpdate(Strict):
@@ -170,7 +170,7 @@ class JobUpdate(Strict):
     stdout: Annotated[str, Field(max_length=100_000)] | None = None
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
 
-    _texts = field_validator("stdout", "stderr", mode="before")(_clean_text)
+    _texts = field_validator("stdout", "stderr", mode="before")(clean_text)
 
 
 class PilotUpdate(Strict):
