@@ -11,7 +11,11 @@ Its members, each tested below by name and not only through the fuzzer:
   pilots), comma-separated id lists (``indices``, ``tasks``) with values out of range,
   long-poll times out of their bounds;
 - body fields: ids and attempts, priorities, counts and sizes out of range, seconds not
-  finite, names and sites longer than their columns, lists of out-of-range ids.
+  finite (``NaN``, ``Infinity``), names and sites longer than their columns, lists of
+  out-of-range ids, bytes that are not base64 (a processor, a result), a result
+  reference that is not one the server gave (a path out of the result store);
+- text with a NUL, which PostgreSQL refuses: checked on a real PostgreSQL, with the
+  bounds' largest values, which its 32-bit INTEGER columns must take.
 
 Then schemathesis (fixed seed, a bounded number of examples per operation, schema-valid
 and schema-breaking inputs) runs every operation against a real app (TestClient) with a
