@@ -48,7 +48,10 @@ def text(max_length: int, min_length: int = 0) -> object:
 
 Name = Annotated[str, text(256, 1)]
 SiteName = Annotated[str, text(128, 1)]
-Sites = SiteName | Annotated[list[SiteName], Field(min_length=1, max_length=1000)]
+#: Where a job may run: a site, a comma-separated list of them, or a list (empty, ""
+#: and "ANY": any site).
+Sites = (Annotated[str, text(10_000)]
+         | Annotated[list[Annotated[str, text(128)]], Field(max_length=1000)])
 Owner = Annotated[str, text(128)]
 #: A large result's place in the result store, as ``PUT /api/pilot/results`` named it.
 ResultRef = Annotated[str, Field(max_length=32, pattern=r"^[0-9]{1,10}/[0-9]{1,10}\.pkl$")]

@@ -147,7 +147,8 @@ def _job(**kw) -> dict:
 @pytest.mark.parametrize("path,body,field", [
     ("/api/tasks", {"name": "x", "jobs": [_job(priority=2**31)]}, "priority"),
     ("/api/tasks", {"name": "x", "jobs": [_job(memory_mb=2**40)]}, "memory_mb"),
-    ("/api/tasks", {"name": "x", "jobs": [_job(site="s" * 129)]}, "site"),
+    ("/api/tasks", {"name": "x", "jobs": [_job(site=["s" * 129])]}, "site"),
+    ("/api/tasks", {"name": "x", "site": "s" * 10_001}, "site"),
     ("/api/tasks", {"name": "x", "owner": "o" * 129}, "owner"),
     ("/api/tasks", {"name": "n" * 257}, "name"),
     ("/api/tasks", {"name": "x", "options": {"priority": -2**31 - 1}}, "priority"),
