@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import Connection, create_engine, event, inspect, text
+from sqlalchemy import BigInteger, Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 
 from panda_lab.model.brokerage import Choice, Request, SiteLoad, choose
@@ -149,6 +149,34 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
+def widen_integer_columns(engine: Engine) -> list[str]:
+    """Make 64-bit the count columns an older PostgreSQL database made 32-bit.
+
+    Counts of events and bytes became ``BigInteger`` in the schema: PostgreSQL's INTEGER
+    holds at most 2**31 - 1, so one 3 GB file could not be registered.  SQLite's INTEGER
+    is already 64-bit, so there it does nothing.  Widening keeps every value, so it is
+    safe to run at each start.  Returns the columns changed, as ``table.column``.
+    """
+    if engine.dialect.name != "postgresql":
+        return []
+    have = inspect(engine)
+    changed = []
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if not have.has_table(table.name):
+                continue
+            kinds = {c["name"]: c["type"] for c in have.get_columns(table.name)}
+            for col in table.columns:
+                if not isinstance(col.type, BigInteger) or col.name not in kinds:
+                    continue
+                if isinstance(kinds[col.name], BigInteger):
+                    continue
+                conn.execute(text(f'ALTER TABLE {table.name} ALTER COLUMN "{col.name}" '
+                                  "TYPE BIGINT"))
+                changed.append(f"{table.name}.{col.name}")
+    return changed
+
+
 class Database:
     """The engine, the result directory, the broker, and :meth:`tx`: every transaction
     of the store is one ``with self.tx() as conn:`` block."""
@@ -162,6 +190,7 @@ class Database:
         self._owner: threading.Thread | None = None
         metadata.create_all(self.engine)
         add_missing_columns(self.engine)
+        widen_integer_columns(self.engine)
         from panda_lab.store.rows import meta
 
         with self.tx() as conn:

@@ -1,7 +1,8 @@
 """The database schema, in SQLAlchemy Core, portable between SQLite and PostgreSQL.
 
 Times are float seconds since the epoch (portable, cheap to compare); structured
-fields are JSON text.  Each job row is one *attempt*: a retry inserts a new row with
+fields are JSON text.  Counts of events and bytes are ``BigInteger``: PostgreSQL's INTEGER
+is 32-bit, and one real file has more than 2**31 bytes (a dataset, more than 2**31 events).  Each job row is one *attempt*: a retry inserts a new row with
 the same ``(task_id, job_index)`` and ``attempt + 1``, so finished or failed attempts
 are never rewritten.
 """
@@ -9,6 +10,7 @@ are never rewritten.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -128,7 +130,7 @@ results = Table(
     Column("job_id", Integer, nullable=False),
     Column("inline", LargeBinary, nullable=True),
     Column("ref", Text, nullable=True),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
 )
 
 pilots = Table(
@@ -156,8 +158,8 @@ datasets = Table(
     Column("name", String(256), nullable=False, unique=True),
     Column("tree", String(256), nullable=False),
     Column("n_files", Integer, nullable=False),
-    Column("n_events", Integer, nullable=False),
-    Column("size_bytes", Integer, nullable=False),
+    Column("n_events", BigInteger, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 
@@ -169,8 +171,8 @@ files = Table(
     Column("file_index", Integer, nullable=False),
     Column("path", Text, nullable=False),
     Column("tree", String(256), nullable=False),
-    Column("entries", Integer, nullable=False),
-    Column("size_bytes", Integer, nullable=False),
+    Column("entries", BigInteger, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
     # Entry numbers where every branch starts a basket: the only places a job may cut.
     Column("clusters", Text, nullable=False),
     Column("branches", Text, nullable=False, default="[]"),
@@ -213,8 +215,8 @@ chunks = Table(
     Column("file_index", Integer, nullable=False),
     Column("path", Text, nullable=False),
     Column("tree", String(256), nullable=False),
-    Column("start", Integer, nullable=False),
-    Column("stop", Integer, nullable=False),
+    Column("start", BigInteger, nullable=False),
+    Column("stop", BigInteger, nullable=False),
     Column("scout", Boolean, nullable=False, default=False),
 )
 Index("ix_chunks_task", chunks.c.task_id, chunks.c.job_index)
@@ -227,6 +229,6 @@ accumulators = Table(
     Column("task_id", Integer, primary_key=True),
     Column("data", LargeBinary, nullable=True),
     Column("merged", Text, nullable=False, default="[]"),
-    Column("events", Integer, nullable=False, default=0),
+    Column("events", BigInteger, nullable=False, default=0),
     Column("updated_at", Float, nullable=False),
 )
