@@ -19,6 +19,11 @@ int, float, numpy scalar   ``a + b`` (``bool`` is refused: it is a flag, not a c
 ``awkward.Array``          concatenated, ``a`` then ``b``; arrays whose types would only
                            concatenate into a union (``int64`` with ``var * int64``, records
                            with other fields) are refused
+coffea's accumulators      their own ``a + b`` (``coffea.processor.AccumulatorABC``:
+                           ``dict_accumulator``, ``defaultdict_accumulator``,
+                           ``list_accumulator`` extends, ``set_accumulator``,
+                           ``value_accumulator``, ``column_accumulator`` concatenates), as in
+                           coffea, whatever builtin type they also derive from
 anything else with ``+``   ``a + b``, e.g. ``collections.Counter`` or a user's class
 =========================  ==================================================================
 
@@ -144,6 +149,8 @@ def _kind(x: Any) -> str:
     """The merge rule a value follows; two values merge only if their kinds are equal."""
     if _is_number(x):
         return "number"
+    if _is_coffea_accumulator(x):  # before dict/list/set: coffea's own ``+`` decides
+        return "other"
     if isinstance(x, bool | np.bool_ | str | bytes):
         return "refused"
     if isinstance(x, np.ndarray):
@@ -161,6 +168,14 @@ def _kind(x: Any) -> str:
     if not hasattr(type(x), "__add__"):
         return "refused"
     return "other"
+
+
+def _is_coffea_accumulator(x: Any) -> bool:
+    if not any(c.__module__.startswith("coffea.") for c in type(x).__mro__):
+        return False  # a user's subclass of coffea's accumulators counts too
+    from coffea.processor.accumulator import AccumulatorABC
+
+    return isinstance(x, AccumulatorABC)
 
 
 def _is_awkward(x: Any) -> bool:
