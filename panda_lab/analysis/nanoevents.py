@@ -139,16 +139,17 @@ def read_events(chunk: Chunk, spec: NanoEventsSpec, processor: Any = None,
     handle = open_file(chunk.path, chunk.tree)
     try:
         tree = get_tree(handle, chunk.path, chunk.tree)
-        entries = int(tree.num_entries)
+        obj = getattr(tree, "obj", tree)  # uproot's TTree or RNTuple
+        entries = int(obj.num_entries)
         if not 0 <= chunk.start <= chunk.stop <= entries:
             raise _error(chunk, f"entry range outside the tree, which has {entries} entries")
         wanted = set(preload)
         hit = _TOUCHED.get(id(processor))
         if processor is not None and hit is not None and hit[0] is processor:
             wanted |= hit[1]
-        wanted &= set(tree.keys())
-        if not hasattr(tree, "branches"):  # an RNTuple: coffea preloads TTree branches only
+        if not hasattr(obj, "branches"):  # an RNTuple: coffea preloads TTree branches only
             wanted = set()
+        wanted &= set(obj.keys())
         meta = spec.metadata(chunk, chunk.file_index, str(handle.file.uuid))
         log: list = []
         try:
