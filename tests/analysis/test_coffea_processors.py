@@ -2,8 +2,9 @@
 
 The kind of fault these tests guard against: *a processor written for coffea's Runner that
 panda-lab runs differently*.  Its members, each tested here against coffea's
-``processor.Runner`` with its ``IterativeExecutor`` on the same real NanoAOD file
-(``../shared/data``, CMS Open Data):
+``processor.Runner`` with its ``IterativeExecutor`` on the same real NanoAOD files
+(``../shared/data``, CMS Open Data: a TTree, and the same NanoAOD as an RNTuple written by
+ROOT's RNTupleImporter):
 
 * the events: NanoEvents with coffea's behaviours (``mu1 + mu2`` is a Lorentz vector,
   ``events.Jet.matched_muons`` a cross-reference), the accumulators equal bin for bin;
@@ -38,6 +39,9 @@ from panda_lab.analysis.nanoevents import CoffeaMissing, NanoEventsSpec
 from panda_lab.analysis.runner import postprocess, run_chunks
 
 NANOAOD = "nanoAOD_2015_CMS_Open_Data_ttbar.root"
+RNTUPLE = "cmsopendata2015_ttbar_NANOAOD_rntuple.root"  # ROOT's RNTupleImporter, 10 events
+#: events per dataset of :func:`fileset`
+EVENTS = {"TTbar": 200, "TTbarCopy": 200, "TTbarRNTuple": 10}
 
 processor = pytest.importorskip("coffea.processor")
 nanoevents = pytest.importorskip("coffea.nanoevents")
@@ -86,18 +90,20 @@ class DimuonProcessor(processor.ProcessorABC):
 
 @pytest.fixture(scope="module")
 def nanoaod(shared_data, tmp_path_factory):
-    """The real NanoAOD, and a copy of it as a second dataset's file."""
+    """The real NanoAOD (a TTree), a copy of it as a second dataset's file, and the same
+    NanoAOD as an RNTuple."""
     src = shared_data / NANOAOD
     copy = tmp_path_factory.mktemp("copy") / "ttbar_copy.root"
     shutil.copy(src, copy)
-    return src.resolve(), copy.resolve()
+    return src.resolve(), copy.resolve(), (shared_data / RNTUPLE).resolve()
 
 
 @pytest.fixture(scope="module")
 def fileset(nanoaod):
-    a, b = nanoaod
+    a, b, rntuple = nanoaod
     return {"TTbar": {"files": {str(a): "Events"}, "metadata": {"xsec": 831.76}},
-            "TTbarCopy": {"files": {str(b): "Events"}, "metadata": {"xsec": 1.0}}}
+            "TTbarCopy": {"files": {str(b): "Events"}, "metadata": {"xsec": 1.0}},
+            "TTbarRNTuple": {"files": {str(rntuple): "Events"}, "metadata": {"xsec": 2.0}}}
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +127,12 @@ def srv(tmp_path_factory):
 def assert_same(ours: dict, theirs: dict) -> None:
     """Every accumulator equal, bin for bin; row orders (chunks) compared as sets."""
     assert set(ours) == set(theirs)
-    for ds in ("TTbar", "TTbarCopy"):
+    for ds in EVENTS:
         assert np.array_equal(ours["mass"][{"dataset": ds}].values(flow=True),
                               theirs["mass"][{"dataset": ds}].values(flow=True))
     for key in ("pt", "n_matched"):
         assert np.array_equal(ours[key].values(flow=True), theirs[key].values(flow=True))
-    assert ours["counts"]["events"] == theirs["counts"]["events"] == {"TTbar": 200,
-                                                                     "TTbarCopy": 200}
+    assert ours["counts"]["events"] == theirs["counts"]["events"] == EVENTS
     assert ours["counts"]["muons"].value == theirs["counts"]["muons"].value
     assert ours["n_mu"] == theirs["n_mu"] and ours["files"] == theirs["files"]
     assert ours["sum_pt"] == pytest.approx(theirs["sum_pt"], rel=1e-12)
@@ -153,15 +158,14 @@ def test_analyze_equals_coffea_runner(srv, fileset, coffea_out, nanoaod):
     assert proc.postprocessed == [ours["n_mu"]]  # once, on the merged result, in the client
     assert set(report["status"]) == {"done"}
     # events.metadata: each dataset's file and metadata, each job's own entry range
-    assert ours["files"] == {("TTbar", str(nanoaod[0]), "Events", 831.76, ours_uuid(nanoaod[0])),
-                             ("TTbarCopy", str(nanoaod[1]), "Events", 1.0,
-                              ours_uuid(nanoaod[1]))}
+    assert ours["files"] == {(ds, str(path), "Events", entry["metadata"]["xsec"], uuid_of(path))
+                             for path, (ds, entry) in zip(nanoaod, fileset.items(), strict=True)}
     ranges = {(r.file_index, r.start, r.stop) for r in report.itertuples()}
-    names = {0: "TTbar", 1: "TTbarCopy"}
-    assert set(ours["ranges"]) == {(names[i], a, b) for i, a, b in ranges}
+    assert set(ours["ranges"]) == {(list(EVENTS)[i], a, b) for i, a, b in ranges}
+    assert {r.stop for r in report.itertuples()} == {200, 10}
 
 
-def ours_uuid(path) -> str:
+def uuid_of(path) -> str:
     with uproot.open(path) as f:
         return str(f.file.uuid)
 
