@@ -127,8 +127,9 @@ def read_events(chunk: Chunk, spec: NanoEventsSpec, processor: Any = None,
     """The events of ``chunk`` as coffea NanoEvents (virtual mode), and the access log that
     lists what they read (coffea's ``Accessed(branch, buffer_key)`` entries).
 
-    ``preload`` names branches to read up front, in one request (``columns=``); so are the
-    branches ``processor`` read in this worker's earlier chunks (TTrees only).  Nothing else is
+    ``preload`` names columns to read up front, in one request (``columns=``, see
+    :func:`branches_of`); so are the branches ``processor`` read in this worker's earlier
+    chunks (TTrees only).  Nothing else is
     read until the processor touches it.
 
     Raises :class:`CoffeaMissing` without coffea; :class:`DataError` for a file, tree or entry
@@ -149,7 +150,7 @@ def read_events(chunk: Chunk, spec: NanoEventsSpec, processor: Any = None,
             wanted |= hit[1]
         if not hasattr(obj, "branches"):  # an RNTuple: coffea preloads TTree branches only
             wanted = set()
-        wanted &= set(obj.keys())
+        wanted = branches_of(wanted, obj.keys())
         meta = spec.metadata(chunk, chunk.file_index, str(handle.file.uuid))
         log: list = []
         try:
@@ -166,6 +167,23 @@ def read_events(chunk: Chunk, spec: NanoEventsSpec, processor: Any = None,
         handle.close()
         raise
     return events, log
+
+
+def branches_of(columns: Iterable[str], branches: Iterable[str]) -> set[str]:
+    """The branches ``columns`` name, as ``columns=`` names them elsewhere: a branch
+    (``"nMuon"``), a field path (``"Muon.pt"``: ``Muon_pt``) or a collection (``"Muon"``: its
+    ``Muon_*`` branches and its counter ``nMuon``); a name that is none of these is dropped
+    (the server refuses columns no file has before any job runs)."""
+    names = set(branches)
+    out: set[str] = set()
+    for column in columns:
+        if column in names:
+            out.add(column)
+        elif column.replace(".", "_", 1) in names:
+            out.add(column.replace(".", "_", 1))
+        else:
+            out.update(b for b in names if b.startswith(f"{column}_") or b == f"n{column}")
+    return out
 
 
 def remember_reads(processor: Any, log: list) -> None:

@@ -223,6 +223,36 @@ def test_reads_only_the_branches_touched(monkeypatch, fileset, nanoaod):
                [chunk(nanoaod[0], 0, 200)], nanoevents=spec)
     assert set(read) == {"nMuon"}  # counting muons reads their counter alone
 
+    read.clear()  # columns= are read up front, whatever the processor touches
+    run_chunks(met, ["Electron.pt", "nJet"], [chunk(nanoaod[0], 0, 200)], nanoevents=spec)
+    assert set(read) == {"MET_pt", "Electron_pt", "nJet"}
+
+
+def test_a_branch_failing_mid_process_is_bad_input(monkeypatch, fileset, nanoaod):
+    """A read that fails inside the processor (a stand-in: uproot's basket reader made to
+    fail for one branch) is a DataError naming the chunk; the processor's own bug is not."""
+    from uproot.behaviors import TBranch
+
+    from panda_lab.analysis.errors import DataError
+
+    real = TBranch._ranges_or_baskets_to_arrays
+
+    def failing(hasbranches, ranges_or_baskets, *args, **kwargs):
+        if any(branch.name == "Muon_eta" for branch, _, _ in ranges_or_baskets):
+            raise OSError("basket checksum mismatch")
+        return real(hasbranches, ranges_or_baskets, *args, **kwargs)
+
+    monkeypatch.setattr(TBranch, "_ranges_or_baskets_to_arrays", failing)
+    spec = spec_for(fileset)
+    with pytest.raises(DataError, match="basket checksum mismatch") as err:
+        run_chunks(lambda ev: {"eta": float(ak.sum(ev.Muon.eta))}, None,
+                   [chunk(nanoaod[0], 0, 200)], nanoevents=spec)
+    assert (err.value.file, err.value.entry_start, err.value.entry_stop) == \
+        (str(nanoaod[0]), 0, 200)
+    with pytest.raises(ZeroDivisionError):
+        run_chunks(lambda ev: {"pt": float(ak.sum(ev.Muon.pt)) / 0}, None,
+                   [chunk(nanoaod[0], 0, 200)], nanoevents=spec)
+
 
 def test_coffea_accumulators_merge_by_coffeas_rules():
     """Each of coffea's types merged here as ``coffea.processor.accumulate`` merges it, not
