@@ -393,6 +393,7 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
             raise ValueError("a coffea fileset needs a coffea schema: schema=NanoAODSchema")
         ds_name, spec.per_file = register_fileset(lab, dataset, treename=treename,
                                                   skip_bad_files=skip_bad_files)
+        name = name or f"analysis-{'+'.join(map(str, dataset))}"[:200]
     else:
         ds_name = dataset.name if isinstance(dataset, Dataset) else dataset
         if spec is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import awkward as ak
 import hist
@@ -327,3 +328,31 @@ def test_without_coffea_the_error_says_how_to_install(monkeypatch, nanoaod):
     assert len(events) == 10 and events.Muon.pt.ndim == 2
     out = run_chunks(lambda ev: {"n": len(ev)}, ["nMuon"], [chunk(nanoaod[0], 0, 10)])
     assert out.result["n"] == 10
+
+
+def test_fileset_forms_as_coffea_reads_them(tmp_path):
+    """Every form coffea's Runner accepts, and its refusals, named by dataset and key."""
+    from panda_lab.client.fileset import normalize_fileset
+
+    a, b = str(tmp_path / "a.root"), "root://eos.example//b.root"
+    forms = normalize_fileset({
+        "Plain": [a], "Named": {"files": [a], "treename": "Other"},
+        "PerFile": {"files": {a: "T1", b: "T2"}, "metadata": {"xsec": 3.0}},
+    }, treename="Events")
+    assert [(f.dataset, f.path, f.tree, f.metadata) for f in forms] == [
+        ("Plain", a, "Events", {}), ("Named", a, "Other", {}),
+        ("PerFile", a, "T1", {"xsec": 3.0}), ("PerFile", b, "T2", {"xsec": 3.0})]
+    assert normalize_fileset({"Rel": {"files": {"x.root": "Events"}}})[0].path == \
+        str(Path("x.root").resolve())  # local paths made absolute, for the pilots
+    refusals = [
+        ({"DY": [a]}, "fileset\\['DY'\\]: no tree for"),
+        ({"DY": {"files": {a: "Events"}, "metadata": {"dataset": "x"}}},
+         "fileset\\['DY'\\]\\['metadata'\\]: 'dataset' is set by coffea"),
+        ({"DY": {"files": {}}}, "fileset\\['DY'\\]: no files"),
+        ({"DY": {"paths": [a]}}, "fileset\\['DY'\\]: no 'files' key"),
+        ({"DY": "a.root"}, "fileset\\['DY'\\]: files must be a list or a mapping"),
+        ({}, "fileset: no datasets"),
+    ]
+    for fileset, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            normalize_fileset(fileset)
