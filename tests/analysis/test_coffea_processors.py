@@ -219,14 +219,10 @@ def test_reads_only_the_branches_touched(monkeypatch, fileset, nanoaod):
     with uproot.open(nanoaod[0]) as f:
         assert len(f["Events"].keys()) == 947  # of which one was read
 
-    read.clear()
-    run_chunks(lambda ev: {"n": int(ak.sum(ak.num(ev.Muon)))}, None,
-               [chunk(nanoaod[0], 0, 200)], nanoevents=spec)
-    assert set(read) == {"nMuon"}  # counting muons reads their counter alone
-
     read.clear()  # columns= are read up front, whatever the processor touches
-    run_chunks(met, ["Electron.pt", "nJet"], [chunk(nanoaod[0], 0, 200)], nanoevents=spec)
-    assert set(read) == {"MET_pt", "Electron_pt", "nJet"}
+    run_chunks(lambda ev: {"n": int(ak.sum(ak.num(ev.Muon)))}, ["Electron.pt", "nJet"],
+               [chunk(nanoaod[0], 0, 200)], nanoevents=spec)
+    assert set(read) == {"nMuon", "Electron_pt", "nJet"}  # counting muons reads the counter
 
 
 def test_a_branch_failing_mid_process_is_bad_input(monkeypatch, fileset, nanoaod):
