@@ -21,7 +21,8 @@ int, float, numpy scalar   ``a + b`` (``bool`` is refused: it is a flag, not a c
                            with other fields) are refused
 coffea's accumulators      their own ``a + b`` (``coffea.processor.AccumulatorABC``:
                            ``dict_accumulator``, ``defaultdict_accumulator``,
-                           ``list_accumulator`` extends, ``set_accumulator``,
+                           ``list_accumulator`` extends and stays one,
+                           ``set_accumulator``,
                            ``value_accumulator``, ``column_accumulator`` concatenates), as in
                            coffea, whatever builtin type they also derive from
 anything else with ``+``   ``a + b``, e.g. ``collections.Counter`` or a user's class
@@ -313,6 +314,10 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
             raise MergeError(path, f"histograms differ: {diff}")
     if kind_a == "awkward":
         return _concatenate(a, b, path)
+    if isinstance(a, list) and isinstance(b, list) and _is_coffea_accumulator(a):
+        # coffea's list_accumulator: ``list.__add__`` comes first in its MRO and returns a
+        # plain list, which the next merge would take for a bundle; extend, keep the type.
+        return type(a)([*a, *b])
     try:
         out = a + b
     except Exception as exc:
