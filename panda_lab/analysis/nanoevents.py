@@ -105,10 +105,12 @@ class NanoEventsSpec:
     dataset: str | None = None
     per_file: dict[int, dict] = field(default_factory=dict)
 
-    def metadata(self, chunk: Chunk, file_index: int, fileuuid: str) -> dict:
+    def metadata(self, chunk: Chunk, fileuuid: str) -> dict:
         """``events.metadata`` for ``chunk``, in coffea's ``Runner`` order: its keys
-        (:data:`COFFEA_KEYS`), then the fileset metadata of the file's dataset."""
-        extra = dict(self.per_file.get(file_index, {}))
+        (:data:`COFFEA_KEYS`; ``filename`` is the path or URL the job read, a replica's when it
+        read one; ``fileuuid`` the file's UUID as text), then the fileset metadata of the
+        file's dataset."""
+        extra = dict(self.per_file.get(chunk.file_index, {}))
         meta = {"dataset": extra.pop("dataset", self.dataset), "filename": chunk.path,
                 "treename": chunk.tree, "entrystart": chunk.start, "entrystop": chunk.stop,
                 "fileuuid": fileuuid}
@@ -129,8 +131,7 @@ def read_events(chunk: Chunk, spec: NanoEventsSpec, processor: Any = None,
 
     ``preload`` names columns to read up front, in one request (``columns=``, see
     :func:`branches_of`); so are the branches ``processor`` read in this worker's earlier
-    chunks (TTrees only).  Nothing else is
-    read until the processor touches it.
+    chunks (TTrees only).  Nothing else is read until the processor touches it.
 
     Raises :class:`CoffeaMissing` without coffea; :class:`DataError` for a file, tree or entry
     range that cannot be read, as :func:`~panda_lab.analysis.files.open_file` and
@@ -151,7 +152,7 @@ def read_events(chunk: Chunk, spec: NanoEventsSpec, processor: Any = None,
         if not hasattr(obj, "branches"):  # an RNTuple: coffea preloads TTree branches only
             wanted = set()
         wanted = branches_of(wanted, obj.keys())
-        meta = spec.metadata(chunk, chunk.file_index, str(handle.file.uuid))
+        meta = spec.metadata(chunk, str(handle.file.uuid))
         log: list = []
         try:
             factory = factory_cls.from_root(
