@@ -356,3 +356,20 @@ def test_fileset_forms_as_coffea_reads_them(tmp_path):
     for fileset, message in refusals:
         with pytest.raises(ValueError, match=message):
             normalize_fileset(fileset)
+
+
+def test_schema_names_and_refusals(fileset):
+    from panda_lab.analysis.nanoevents import resolve_schema, schema_ref
+    from panda_lab.client.analysis import analyze
+
+    nano = nanoevents.NanoAODSchema
+    assert resolve_schema("NanoAOD") is resolve_schema("NanoAODSchema") is nano
+    assert resolve_schema(schema_ref(nano)) is nano  # what a job carries: a name
+    assert resolve_schema("coffea.nanoevents.PFNanoAODSchema") is nanoevents.PFNanoAODSchema
+    with pytest.raises(ValueError, match=r"'NanoAODv99' is no coffea schema; coffea has .*"
+                                         r"NanoAODSchema"):
+        resolve_schema("NanoAODv99")
+    with pytest.raises(TypeError, match="schema must be a coffea schema class"):
+        resolve_schema(dict)
+    with pytest.raises(ValueError, match="a coffea fileset needs a coffea schema"):
+        analyze(None, DimuonProcessor(), fileset)  # refused before any call to the server
