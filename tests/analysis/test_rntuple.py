@@ -17,7 +17,9 @@ each tested here on RNTuples and compared with reading the same files with uproo
   ``test_rntuples_written_by_root_analysed_on_the_pilots``);
 * HTTP and a replica taken when the first fails (``test_rntuples_over_http_and_from_a_replica``);
 * XRootD (``test_rntuples_over_xrootd``);
-* the Dask way (``uproot.dask``): ``test_dask_way.py``, which runs in its own environment.
+* the Dask way (``uproot.dask``): its graphs carry open RNTuples, which must travel in a
+  payload (``test_an_open_rntuple_travels_in_a_job_payload``); the graph computed through
+  panda-lab is in ``test_dask_way.py``, which runs in its own environment.
 
 The files: RNTuples written by uproot's default writer (``f["Events"] = {...}``, the sample's
 ``format="rntuple"``: a ``Muon`` collection of records, several clusters), and the RNTuples
@@ -52,6 +54,7 @@ from panda_lab.analysis.files import inspect_file
 from panda_lab.analysis.lazy import LazyReader
 from panda_lab.analysis.sample import make_sample
 from panda_lab.model.splitter import Chunk
+from panda_lab.payload import dumps_call
 
 MUONS = "Run2012BC_DoubleMuParked_Muons_1000evts_rntuple.root"
 NANOAOD = "cmsopendata2015_ttbar_NANOAOD_rntuple.root"
@@ -318,3 +321,17 @@ def test_rntuples_over_xrootd(alab, xrootd_server):
     assert same(task.result(timeout=120), uproot_reference(files))
     assert set(task.report()["status"]) == {"done"}
     assert all(p.startswith("root://") for p in ds.files_frame()["path"])
+
+
+def test_an_open_rntuple_travels_in_a_job_payload(shared_data):
+    """uproot.dask's graphs hold the open RNTuples, cluster summaries and all (uproot's
+    ``MetaData`` records, which pickle but do not unpickle by themselves)."""
+    import pickle
+
+    with uproot.open(shared_data / MUONS) as f:
+        ntuple = f["Events"]
+        expected = ntuple.arrays(["nMuon"], how=dict)["nMuon"]
+        _, args, _ = pickle.loads(dumps_call(len, (ntuple, ntuple.cluster_summaries)))
+    travelled, summaries = args
+    assert [(c.num_first_entry, c.num_entries) for c in summaries] == [(0, 1000)]
+    assert ak.array_equal(travelled.arrays(["nMuon"], how=dict)["nMuon"], expected)
