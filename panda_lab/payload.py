@@ -12,6 +12,8 @@ the packages that matter travel along so a mismatch is reported, not guessed at.
 
 from __future__ import annotations
 
+import copyreg
+import functools
 import pickle
 import sys
 import time
@@ -48,6 +50,7 @@ def dumps_call(fn: Callable | bytes | None, args: tuple = (),
 
     Raises :class:`PayloadError` naming the function (or "the arguments" when ``fn`` is
     bytes or ``None``) and the pickling error, whatever cloudpickle raised."""
+    _unpicklable_uproot_records()
     try:
         return cloudpickle.dumps((fn, tuple(args), dict(kwargs or {})))
     except Exception as exc:
@@ -61,6 +64,7 @@ def dumps_fn(fn: Callable) -> bytes:
     """``fn`` pickled on its own (cloudpickle), to travel once as a task's common payload
     or inside :func:`dumps_call`.  Raises :class:`PayloadError` naming ``fn`` and the
     pickling error when it cannot be pickled."""
+    _unpicklable_uproot_records()
     try:
         return cloudpickle.dumps(fn)
     except Exception as exc:
@@ -175,3 +179,19 @@ def run_call(payload: bytes, common: Callable | None,
         return Outcome(False, None, _error("user", exc, "the result cannot be pickled: "),
                        out.tail(), err_stream.tail(), started, time.time())
     return Outcome(True, data, None, out.tail(), err_stream.tail(), started, time.time())
+
+
+def _unpicklable_uproot_records() -> None:
+    """Let uproot's RNTuple metadata records travel: ``uproot.models.RNTuple.MetaData`` (the
+    cluster summaries, ...) pickles but does not unpickle in uproot 5.7 (its ``__getattr__``
+    raises ``KeyError`` for ``__setstate__``), and an ``uproot.dask`` graph over RNTuples
+    carries the open RNTuples, with them.  Registered with ``copyreg`` to pickle by their
+    constructor, once uproot's RNTuple module is loaded: a payload holding one comes after."""
+    module = sys.modules.get("uproot.models.RNTuple")
+    cls = getattr(module, "MetaData", None)
+    if cls is not None and cls not in copyreg.dispatch_table:
+        copyreg.pickle(cls, _reduce_uproot_record)
+
+
+def _reduce_uproot_record(record: Any) -> tuple:
+    return functools.partial(type(record), record.name, **record.__dict__["_fields"]), ()

@@ -8,6 +8,8 @@ The path of a dataset analysis, in the order it runs:
   chunks on those cluster boundaries, one job's input each (a ``Chunk``);
 * :mod:`.events`: ``read_chunk`` gives a chunk's events as an awkward array, NanoAOD-style, and
   ``discover_columns`` finds which branches a processor needs (the pilot's side);
+* :mod:`.nanoevents`: with a coffea schema, ``read_events`` gives a chunk as coffea's
+  NanoEvents instead, with coffea's ``events.metadata`` (coffea is an optional extra);
 * :mod:`.accumulate`: ``merge`` / ``merge_all`` combine the per-chunk results;
 * :mod:`.sample`: ``make_sample`` writes a synthetic dimuon dataset for demos and tests.
 

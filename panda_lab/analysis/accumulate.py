@@ -19,6 +19,12 @@ int, float, numpy scalar   ``a + b`` (``bool`` is refused: it is a flag, not a c
 ``awkward.Array``          concatenated, ``a`` then ``b``; arrays whose types would only
                            concatenate into a union (``int64`` with ``var * int64``, records
                            with other fields) are refused
+coffea's accumulators      their own ``a + b`` (``coffea.processor.AccumulatorABC``:
+                           ``dict_accumulator``, ``defaultdict_accumulator``,
+                           ``list_accumulator`` extends and stays one,
+                           ``set_accumulator``,
+                           ``value_accumulator``, ``column_accumulator`` concatenates), as in
+                           coffea, whatever builtin type they also derive from
 anything else with ``+``   ``a + b``, e.g. ``collections.Counter`` or a user's class
 =========================  ==================================================================
 
@@ -144,6 +150,8 @@ def _kind(x: Any) -> str:
     """The merge rule a value follows; two values merge only if their kinds are equal."""
     if _is_number(x):
         return "number"
+    if _is_coffea_accumulator(x):  # before dict/list/set: coffea's own ``+`` decides
+        return "other"
     if isinstance(x, bool | np.bool_ | str | bytes):
         return "refused"
     if isinstance(x, np.ndarray):
@@ -161,6 +169,14 @@ def _kind(x: Any) -> str:
     if not hasattr(type(x), "__add__"):
         return "refused"
     return "other"
+
+
+def _is_coffea_accumulator(x: Any) -> bool:
+    if not any(c.__module__.startswith("coffea.") for c in type(x).__mro__):
+        return False  # a user's subclass of coffea's accumulators counts too
+    from coffea.processor.accumulator import AccumulatorABC
+
+    return isinstance(x, AccumulatorABC)
 
 
 def _is_awkward(x: Any) -> bool:
@@ -298,6 +314,10 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
             raise MergeError(path, f"histograms differ: {diff}")
     if kind_a == "awkward":
         return _concatenate(a, b, path)
+    if isinstance(a, list) and isinstance(b, list) and _is_coffea_accumulator(a):
+        # coffea's list_accumulator: ``list.__add__`` comes first in its MRO and returns a
+        # plain list, which the next merge would take for a bundle; extend, keep the type.
+        return type(a)([*a, *b])
     try:
         out = a + b
     except Exception as exc:

@@ -1,5 +1,7 @@
 """Read one chunk as an awkward array of events, NanoAOD-style (see :mod:`.schema`).
 
+The tree is a TTree or an RNTuple (:mod:`.trees`); both are read the same way, below.
+
 Which branches are read. Two ways:
 
 * ``read_chunk(chunk, columns=[...])`` reads exactly those branches, eagerly, with one
@@ -51,6 +53,7 @@ from panda_lab.analysis.schema import (
     select,
     tree_layout,
 )
+from panda_lab.analysis.trees import Tree
 from panda_lab.model.splitter import Chunk
 
 OPEN_TREES = 4
@@ -110,7 +113,7 @@ def discover_columns(
 @dataclass
 class _Opened:
     stamp: tuple[int, int] | None
-    tree: Any
+    tree: Tree
     layout: Layout
 
 
@@ -169,8 +172,8 @@ def _stamp(path: str) -> tuple[int, int] | None:
     return (st.st_mtime_ns, st.st_size)
 
 
-def _check_range(tree: Any, chunk: Chunk) -> None:
-    entries = int(tree.num_entries)
+def _check_range(tree: Tree, chunk: Chunk) -> None:
+    entries = tree.num_entries
     if not 0 <= chunk.start <= chunk.stop <= entries:
         raise DataError(
             chunk.path,
@@ -197,11 +200,9 @@ def materialize(result: Any) -> None:
             materialize(value)
 
 
-def _read_eager(tree: Any, chunk: Chunk, layout: Layout) -> ak.Array:
+def _read_eager(tree: Tree, chunk: Chunk, layout: Layout) -> ak.Array:
     try:
-        arrays = tree.arrays(
-            layout.branch_names(), entry_start=chunk.start, entry_stop=chunk.stop, how=dict
-        )
+        arrays = tree.read(layout.branch_names(), chunk.start, chunk.stop)
     except Exception as exc:
         raise DataError(
             chunk.path, chunk.tree, f"cannot read: {describe(exc)}", chunk.start, chunk.stop

@@ -1,9 +1,10 @@
 """What the splitter needs to know about one input file, read from its metadata only.
 
-:func:`inspect_file` opens a file, finds the tree and returns a :class:`FileInfo`: entries, size
-and the *cluster boundaries*, the entries at which every branch starts a new basket. A job that
-starts and stops on those boundaries decompresses each basket once, so the splitter only cuts
-there. No basket is read, so inspecting a remote file costs a few small requests.
+:func:`inspect_file` opens a file, finds the tree (a TTree or an RNTuple, see :mod:`.trees`) and
+returns a :class:`FileInfo`: entries, size and the *cluster boundaries*, the entries at which
+every branch starts a new basket (a TTree) or a new cluster starts (an RNTuple). A job that
+starts and stops on those boundaries decompresses each basket or page once, so the splitter only
+cuts there. No basket is read, so inspecting a remote file costs a few small requests.
 
 Problems become :class:`~panda_lab.analysis.errors.DataError` with the file, the tree and a
 reason a user can act on (the trees that do exist, the size the file should have, ...).
@@ -16,16 +17,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from panda_lab.analysis.errors import DataError
 
-TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
+if TYPE_CHECKING:  # pragma: no cover
+    from panda_lab.analysis.trees import Tree
 
 
 @dataclass
 class FileInfo:
-    """One input file as the splitter sees it.
+    """One input file as the splitter sees it; ``tree`` names a TTree or an RNTuple, and
+    ``branches`` are its column names (an RNTuple's fields, ``Muon.pt`` for a subfield).
 
     ``clusters`` starts at 0, ends at ``entries`` and is strictly increasing (just ``[0]`` for an
     empty tree); any two neighbours bound a range that can be read without touching a basket
@@ -92,14 +95,16 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
     return handle
 
 
-def get_tree(handle: Any, path: str, tree: str) -> Any:
-    """The TTree ``tree`` (an uproot ``TTree``) of an open file; ``path`` names the file in
-    errors.
+def get_tree(handle: Any, path: str, tree: str) -> Tree:
+    """The TTree or RNTuple ``tree`` of an open file, as a :class:`~.trees.Tree`; ``path``
+    names the file in errors.
 
     Raises :class:`DataError`: "tree not found; trees in this file: ..." naming the trees
-    that exist, "'Events' is a TH1D, not a TTree" for another kind of object, or "cannot read
-    the tree: ..." for anything else uproot raises."""
+    (and RNTuples) that exist, "'Events' is a TH1D, not a TTree or an RNTuple" for another
+    kind of object, or "cannot read the tree: ..." for anything else uproot raises."""
     import uproot
+
+    from panda_lab.analysis.trees import tree_view
 
     try:
         obj = handle[tree]
@@ -109,39 +114,43 @@ def get_tree(handle: Any, path: str, tree: str) -> Any:
         raise DataError(path, tree, f"tree not found; trees in this file: {listed}") from exc
     except Exception as exc:
         raise DataError(path, tree, f"cannot read the tree: {describe(exc)}") from exc
-    if not isinstance(obj, uproot.behaviors.TTree.TTree):
+    view = tree_view(obj)
+    if view is None:
         classname = getattr(obj, "classname", type(obj).__name__)
-        raise DataError(path, tree, f"{tree!r} is a {classname}, not a TTree")
-    return obj
+        raise DataError(path, tree, f"{tree!r} is a {classname}, not a TTree or an RNTuple")
+    return view
 
 
 def list_trees(handle: Any) -> list[str]:
-    """Names (with directories, without cycles) of the TTrees in an open file, in the
-    file's key order, each once; ``[]`` when there are none."""
+    """Names (with directories, without cycles) of the TTrees and RNTuples in an open file,
+    in the file's key order, each once; ``[]`` when there are none."""
+    from panda_lab.analysis.trees import TREE_LIKE_CLASSES
+
     names: list[str] = []
     for key, classname in handle.classnames(recursive=True).items():
         name = key.rsplit(";", 1)[0]
-        if classname in TREE_CLASSES and name not in names:
+        if classname in TREE_LIKE_CLASSES and name not in names:
             names.append(name)
     return names
 
 
 def inspect_file(url_or_path: str | Path, tree: str) -> FileInfo:
-    """Entries, size, cluster boundaries and branch names of ``tree`` in one file, read
-    from the file's metadata only (no basket is read).
+    """Entries, size, cluster boundaries and branch names of ``tree`` (a TTree or an
+    RNTuple) in one file, read from the file's metadata only (no basket or page is read).
 
     Returns a :class:`FileInfo`: ``entries`` in events, ``size_bytes`` in bytes (the
-    header's ``fEND``), ``clusters`` as entry numbers from 0 to ``entries`` (uproot's
-    common entry offsets), ``branches`` with nested ones.  Raises :class:`DataError` as
-    :func:`open_file` and :func:`get_tree` do, or "corrupt tree metadata: ..."."""
+    header's ``fEND``), ``clusters`` as entry numbers from 0 to ``entries`` (a TTree's
+    common entry offsets, an RNTuple's cluster starts), ``branches`` with nested ones.
+    Raises :class:`DataError` as :func:`open_file` and :func:`get_tree` do, or "corrupt
+    tree metadata: ..."."""
     path = str(url_or_path)
     handle = open_file(url_or_path, tree)
     try:
         ttree = get_tree(handle, path, tree)
         try:
-            entries = int(ttree.num_entries)
-            clusters = _clusters(ttree.common_entry_offsets(), entries)
-            branches = list(ttree.keys(recursive=True))
+            entries = ttree.num_entries
+            clusters = _clusters(ttree.cluster_starts(), entries)
+            branches = ttree.column_names()
         except DataError:
             raise
         except Exception as exc:
@@ -196,7 +205,7 @@ def check_columns(files: list[dict], columns: Iterable[str], what: str) -> None:
 
 
 def _clusters(offsets: list[int], entries: int) -> list[int]:
-    """Sanitise uproot's common offsets: from 0 to ``entries``, strictly increasing."""
+    """Sanitise the cluster starts uproot gives: from 0 to ``entries``, strictly increasing."""
     inner = sorted({int(o) for o in offsets if 0 < int(o) < entries})
     return [0, *inner, entries] if entries > 0 else [0]
 

@@ -15,7 +15,6 @@ its structure is there without being read: ``ak.num(events.Muon.pt)`` reads the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -23,17 +22,19 @@ import numpy as np
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.files import describe
 from panda_lab.analysis.schema import Collection, Layout, offsets_from_counts, packed_lists
+from panda_lab.analysis.trees import Tree
 from panda_lab.model.splitter import Chunk
 
 
 class LazyReader:
-    """Virtual buffers over one open tree for one chunk; each branch is read at most once.
+    """Virtual buffers over one open tree (a :class:`~.trees.Tree`: a TTree or an RNTuple)
+    for one chunk; each branch is read at most once.
 
     The reader holds the tree (so the file stays open while the array lives) and the branches
     read so far; it is dropped, and the file can close, when the array is.
     """
 
-    def __init__(self, tree: Any, chunk: Chunk) -> None:
+    def __init__(self, tree: Tree, chunk: Chunk) -> None:
         self.tree = tree
         self.chunk = chunk
         self.touched: set[str] = set()
@@ -82,7 +83,7 @@ class LazyReader:
             return
         c = self.chunk
         try:
-            arrays = self.tree.arrays(wanted, entry_start=c.start, entry_stop=c.stop, how=dict)
+            arrays = self.tree.read(wanted, c.start, c.stop)
         except Exception as exc:
             raise self._error(f"cannot read: {describe(exc)}") from exc
         self._arrays.update(arrays)
@@ -96,9 +97,7 @@ class LazyReader:
         if branch not in self._arrays:
             c = self.chunk
             try:
-                self._arrays[branch] = self.tree[branch].array(
-                    entry_start=c.start, entry_stop=c.stop, library="ak"
-                )
+                self._arrays[branch] = self.tree.read_one(branch, c.start, c.stop)
             except Exception as exc:
                 raise self._error(f"cannot read {branch!r}: {describe(exc)}") from exc
             self.touched.add(branch)

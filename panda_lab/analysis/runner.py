@@ -7,6 +7,11 @@ once per worker (``discover_columns`` on a few entries); every chunk then reads 
 front and keeps the rest of the file lazy, so whatever else the processor touches (a field
 used only for its structure, a code path the first entries never took) is still there.
 
+With a coffea schema (``NanoEventsSpec``, :mod:`.nanoevents`), every chunk is coffea's
+NanoEvents instead, built as coffea's ``Runner`` builds them for a work item (virtual mode:
+a branch is read when the processor first touches it; ``columns`` are preloaded), with the
+chunk's dataset and fileset metadata in ``events.metadata``.
+
 A missing or corrupt input is a :class:`DataError`: the job tries the file's other
 replicas first, and the error's category (``input``) lets the retry rules send the job
 to another site, while an exception of the processor stays a user error, never retried.
@@ -24,6 +29,12 @@ from typing import Any
 from panda_lab.analysis.accumulate import MergeError, merge
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, materialize, read_chunk
+from panda_lab.analysis.nanoevents import (
+    NanoEventsSpec,
+    read_events,
+    read_failure,
+    remember_reads,
+)
 from panda_lab.model.splitter import Chunk
 
 #: Columns discovered per processor: ``id -> (processor, columns)``.  Holding the
@@ -55,16 +66,25 @@ def process_of(processor: Any) -> Callable[[Any], Any]:
 
 def postprocess(processor: Any, result: Any) -> Any:
     """``processor.postprocess(result)`` when it has one (coffea's ``ProcessorABC``), else
-    ``result`` unchanged; whatever ``postprocess`` raises propagates."""
+    ``result`` unchanged; whatever ``postprocess`` raises propagates.
+
+    As coffea's ``Runner`` does, a ``postprocess`` that returns ``None`` (``ProcessorABC``'s
+    own, or one that edits the result in place) leaves ``result``, as it edited it."""
     fn = getattr(processor, "postprocess", None)
-    return fn(result) if fn is not None else result
+    if fn is None or not callable(fn):
+        return result
+    out = fn(result)
+    return result if out is None else out
 
 
 def _open_any(
-    chunk: dict, columns: list[str] | None, processor: Any, process: Callable
+    chunk: dict, columns: list[str] | None, processor: Any, process: Callable,
+    nanoevents: NanoEventsSpec | None = None,
 ) -> tuple[Any, Chunk, float]:
     """Read a chunk from the first replica that works, those at the site's own storage
-    endpoint (``PANDA_LAB_ENDPOINT``, set by the pilot) first."""
+    endpoint (``PANDA_LAB_ENDPOINT``, set by the pilot) first.  With ``nanoevents``, the
+    events are coffea's and the read branches go to the worker's preload memory once the
+    chunk is processed."""
     near = os.environ.get("PANDA_LAB_ENDPOINT")
     replicas = sorted(chunk.get("replicas") or [], key=lambda r: r["endpoint"] != near)
     urls = [r["url"] for r in replicas] or [chunk["path"]]
@@ -72,6 +92,9 @@ def _open_any(
     for url in urls:
         c = Chunk(chunk["file_index"], url, chunk["tree"], chunk["start"], chunk["stop"])
         try:
+            if nanoevents is not None:
+                t0 = time.perf_counter()
+                return read_events(c, nanoevents, processor, columns or ()), c, t0
             if columns is None:
                 # Keyed by the processor: a bound ``process`` method is new at each access.
                 hit = _COLUMNS.get(id(processor))
@@ -93,12 +116,15 @@ def _open_any(
     raise last
 
 
-def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict]) -> ChunkResult:
+def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict],
+               nanoevents: NanoEventsSpec | None = None) -> ChunkResult:
     """The job function of an analysis task (its common payload binds the processor).
 
     ``chunk_dicts`` are the job's chunks (``file_index``, ``path``, ``tree``, ``start``,
-    ``stop``, optional ``replicas``); ``columns`` as in :func:`read_chunk`.  Returns one
-    :class:`ChunkResult` for all of them, their outputs merged in order.
+    ``stop``, optional ``replicas``); ``columns`` as in :func:`read_chunk`, or with
+    ``nanoevents`` the branches coffea preloads.  ``nanoevents`` makes each chunk coffea's
+    NanoEvents (:mod:`.nanoevents`).  Returns one :class:`ChunkResult` for all of them,
+    their outputs merged in order.
 
     Raises :class:`DataError` (with the chunk's entry range) when a chunk cannot be read
     from any of its replicas, the last replica's error with a note listing those tried;
@@ -110,9 +136,14 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
     seconds = 0.0  # reading and processing; a first job's column discovery is not counted
     keys = []
     for i, chunk in enumerate(chunk_dicts):
-        arrays, c, t0 = _open_any(chunk, columns, processor, process)
-        part = process(arrays)
-        materialize(part)  # what it owes a lazy array is read here, in the job's time
+        arrays, c, t0 = _open_any(chunk, columns, processor, process, nanoevents)
+        if nanoevents is None:
+            part = process(arrays)
+            materialize(part)  # what it owes a lazy array is read here, in the job's time
+        else:
+            arrays, log = arrays
+            part = _process_nanoevents(process, arrays, c)
+            remember_reads(processor, log)
         try:
             out = merge(out, part)
         except MergeError as exc:  # say which input, as the server does for whole jobs
@@ -123,3 +154,19 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
         keys.append(c.key)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return ChunkResult(out, events, seconds, rss, keys)
+
+
+def _process_nanoevents(process: Callable, events: Any, chunk: Chunk) -> Any:
+    """``process(events)`` with what it owes lazy arrays read; a branch that fails to read
+    while it runs is a :class:`DataError` (bad input), anything else the processor's own."""
+    try:
+        part = process(events)
+        materialize(part)
+    except DataError:
+        raise
+    except Exception as exc:
+        error = read_failure(exc, chunk)
+        if error is None:
+            raise
+        raise error from exc
+    return part

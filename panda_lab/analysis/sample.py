@@ -18,6 +18,10 @@ What a caller may rely on:
 * Every ``basket_events`` entries is one ``TTree.extend`` call, hence one basket per branch, so the
   common basket boundaries (the chunking clusters) are exactly the multiples of ``basket_events``.
 * Memory stays bounded by a block, whatever ``events`` is; no per-event Python loops.
+* ``format="rntuple"`` writes the same events as an RNTuple ``Events`` instead (what uproot's
+  ``f["Events"] = {...}`` writes): the fields ``run``, ``luminosityBlock``, ``event``, ``nMuon``
+  and the collection ``Muon`` of records ``{pt, eta, phi, mass, charge}``, one cluster per
+  ``basket_events`` entries (one ``extend`` call each), so the cluster boundaries are the same.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ DEFAULT_COMPRESSION = uproot.ZLIB(1)
 real file costs."""
 
 MUON_FIELDS = ("pt", "eta", "phi", "mass", "charge")
+
+FORMATS = ("ttree", "rntuple")
+"""What :func:`write_file` can write: a TTree, or an RNTuple (uproot 5.7's default)."""
 
 
 @dataclass
@@ -251,16 +258,22 @@ def write_file(
     seed: int = 2024,
     basket_events: int = 100_000,
     compression: uproot.compression.Compression | None = DEFAULT_COMPRESSION,
+    format: str = "ttree",
 ) -> Path:
     """Write one file of the dataset (see :func:`make_sample`); returns its path as given
     (a ``Path``, not resolved).  ``events`` is the number of entries, ``basket_events`` the
-    entries per basket; file ``file_index`` has run ``1000 + file_index``.
+    entries per basket (an RNTuple: per cluster); file ``file_index`` has run
+    ``1000 + file_index``; ``format`` is ``"ttree"`` or ``"rntuple"``.
 
-    Raises ``ValueError`` when ``events`` < 0 or ``basket_events`` < 1 (before anything is
-    written), and ``OSError`` when the file cannot be written."""
+    Raises ``ValueError`` when ``events`` < 0, ``basket_events`` < 1 or ``format`` is
+    unknown (before anything is written), and ``OSError`` when the file cannot be written."""
     if events < 0 or basket_events < 1:
         raise ValueError("events must be >= 0 and basket_events >= 1")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {format!r}")
     path = Path(path)
+    if format == "rntuple":
+        return _write_rntuple(path, file_index, events, seed, basket_events, compression)
     muon_type = ak.types.from_datashape(
         "var * {pt: float32, eta: float32, phi: float32, mass: float32, charge: int32}",
         highlevel=False,
@@ -289,6 +302,27 @@ def write_file(
     return path
 
 
+def _write_rntuple(path: Path, file_index: int, events: int, seed: int, basket_events: int,
+                   compression: uproot.compression.Compression | None) -> Path:
+    """The RNTuple form of :func:`write_file`: the first block by assignment (which is what
+    makes an RNTuple), each further one an ``extend`` (a cluster)."""
+    empty = _Block(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint64),
+                   np.zeros(0, np.int32),
+                   {k: np.zeros(0, np.int32 if k == "charge" else np.float32)
+                    for k in MUON_FIELDS})
+    with uproot.recreate(path, compression=compression) as out:
+        ntuple = None
+        for block in _blocks(seed, file_index, events, basket_events) if events else [empty]:
+            data = {"run": block.run, "luminosityBlock": block.lumi, "event": block.event,
+                    "nMuon": block.counts, "Muon": _muon_records(block)}
+            if ntuple is None:
+                out[TREE_NAME] = data
+                ntuple = out[TREE_NAME]
+            else:
+                ntuple.extend(data)
+    return path
+
+
 def make_sample(
     outdir: str | Path,
     files: int = 4,
@@ -296,13 +330,15 @@ def make_sample(
     seed: int = 2024,
     basket_events: int = 100_000,
     compression: uproot.compression.Compression | None = DEFAULT_COMPRESSION,
+    format: str = "ttree",
 ) -> list[Path]:
     """Write ``files`` files ``dimuon_000.root``, ... of ``events`` entries each into ``outdir``.
 
     Deterministic for a given ``seed``; file ``i`` has runs ``1000 + i``. ``basket_events`` sets
     the basket (and so the chunking cluster) size without changing the events. ``compression``
     is passed to ``uproot.recreate`` (``None`` writes uncompressed baskets: faster to write and
-    read, about twice the size); compressing takes most of the writing time.  The paths
+    read, about twice the size); compressing takes most of the writing time.  ``format``
+    ``"rntuple"`` writes RNTuples instead of TTrees (see the module's docstring).  The paths
     returned are absolute: jobs read them from other working directories.
 
     Returns the ``files`` paths in file order (``[]`` for ``files=0``); ``outdir`` is
@@ -312,6 +348,7 @@ def make_sample(
     outdir = Path(outdir).resolve()
     outdir.mkdir(parents=True, exist_ok=True)
     return [
-        write_file(outdir / f"dimuon_{i:03d}.root", i, events, seed, basket_events, compression)
+        write_file(outdir / f"dimuon_{i:03d}.root", i, events, seed, basket_events, compression,
+                   format)
         for i in range(files)
     ]

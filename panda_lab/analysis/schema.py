@@ -6,6 +6,10 @@ keeps its name as a field (``nMuon``, ``run``, ``MET_pt``, all branches of flat 
 ``M`` or ``pt1``). A prefix is not grouped when a branch already has that name, or when its
 branches have different counters; strings are never members.
 
+An RNTuple (:mod:`.trees`) is read the same way: its fields are the branches, and a collection it
+stores as records (``Muon``, a list of ``{pt, eta, ...}``, as uproot writes ``{"Muon": muons}``)
+is a field of jagged records already, ``events.Muon.pt`` with ``Muon.pt`` as the column name.
+
 The grouping is decided once per tree from branch types alone (no basket is read) and the
 columns a job asks for only select from it, so a processor sees the same structure whichever
 branches are read, eagerly or lazily.
@@ -22,7 +26,7 @@ import awkward as ak
 import numpy as np
 
 from panda_lab.analysis.errors import DataError
-from panda_lab.analysis.files import describe
+from panda_lab.analysis.trees import Tree
 from panda_lab.model.splitter import Chunk
 
 
@@ -64,39 +68,42 @@ class Layout:
         return {f.name: f for f in self.fields if isinstance(f, Collection)}
 
 
-def tree_layout(tree: Any) -> Layout:
-    """The grouping of all of a tree's branches, from their types (NanoAOD's naming rule:
+def tree_layout(tree: Tree) -> Layout:
+    """The grouping of all of a tree's columns, from their types (NanoAOD's naming rule:
     jagged branches ``Muon_pt``, ``Muon_eta`` sharing the counter ``nMuon`` make the
-    collection ``Muon``, as coffea's NanoEvents groups them).
+    collection ``Muon``, as coffea's NanoEvents groups them).  A collection the format
+    stores as records (an RNTuple's ``Muon`` field of ``{pt, eta, ...}``) is one already,
+    its members the columns ``Muon.pt``, ...; its counter, as a grouped one's, is the
+    column the tree names (an RNTuple: ``nMuon`` when there is one).
 
-    Returns a :class:`Layout`; a branch uproot cannot interpret goes to
-    ``Layout.unreadable`` with the reason instead of raising, so only asking for it fails."""
-    forms: dict[str, ak.forms.Form] = {}
-    unreadable: dict[str, str] = {}
-    for branch in tree.branches:
-        try:
-            forms[branch.name] = branch.interpretation.awkward_form(tree.file)
-        except Exception as exc:
-            unreadable[branch.name] = describe(exc)
+    ``tree`` is a :class:`~panda_lab.analysis.trees.Tree` (a TTree or an RNTuple).  Returns
+    a :class:`Layout`; a column uproot cannot interpret goes to ``Layout.unreadable`` with
+    the reason instead of raising, so only asking for it fails."""
+    forms, unreadable = tree.forms()
+    stored = {
+        name: Collection(name, tree.counter(next(iter(members.values())), forms), members)
+        for name, members in tree.collections(forms).items()
+    }
+    member_of = {c: coll for coll in stored.values() for c in coll.members.values()}
     candidates: dict[str, list[str]] = {}
     counters: dict[str, str | None] = {}
     for name, form in forms.items():
         prefix, _, rest = name.partition("_")
         jagged = isinstance(form, ak.forms.ListOffsetForm) and "__array__" not in form.parameters
-        if jagged and prefix and rest:
+        if jagged and prefix and rest and name not in member_of:
             candidates.setdefault(prefix, []).append(name)
-            count = tree[name].count_branch  # slow-ish in uproot: only for candidates
-            counters[name] = count.name if count is not None else None
+            counters[name] = tree.counter(name, forms)  # slow-ish on a TTree: only these
     groups: dict[str, Collection] = {}
     for prefix, names in candidates.items():
-        if prefix in forms or prefix in unreadable or len({counters[n] for n in names}) != 1:
+        taken = prefix in forms or prefix in unreadable or prefix in stored
+        if taken or len({counters[n] for n in names}) != 1:
             continue
         groups[prefix] = Collection(
             prefix, counters[names[0]], {n.partition("_")[2]: n for n in names}
         )
     fields: list[str | Collection] = []
     for name in forms:
-        group = groups.get(name.partition("_")[0])
+        group = member_of.get(name) or groups.get(name.partition("_")[0])
         if group is None or name not in group.members.values():
             fields.append(name)
         elif group not in fields:

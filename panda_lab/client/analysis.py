@@ -24,6 +24,7 @@ import pandas as pd
 
 from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.errors import BadFilesError, DataError
+from panda_lab.client.fileset import is_fileset, register_fileset
 from panda_lab.client.tasks import TaskHandle
 from panda_lab.model import JOB_UNSUCCESSFUL, TASK_FINAL, JobState
 from panda_lab.payload import dumps_fn, environment
@@ -349,28 +350,54 @@ class AnalysisTask(TaskHandle):
         return df
 
 
-def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
+def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
             events_per_job: int | str = "auto", files_per_job: int | None = None,
             target_job_seconds: float = 60.0, columns: list[str] | None = None,
             skip_bad_files: bool = False, site: str | list[str] = "ANY",
-            name: str | None = None, retries: int = 2, n_scouts: int = 3) -> AnalysisTask:
+            name: str | None = None, retries: int = 2, n_scouts: int = 3,
+            schema: Any = None, treename: str | None = None) -> AnalysisTask:
     """Submit ``process`` over ``dataset`` as one analysis task; return its
     :class:`AnalysisTask` at once (the jobs run on pilots).
+
+    ``dataset`` is a registered dataset (its name or :class:`Dataset`) or a coffea-style
+    fileset, ``{"DYJets": {"files": {path: "Events"}, "metadata": {...}}, ...}``
+    (:mod:`panda_lab.client.fileset`; ``treename`` for lists of files without trees),
+    registered here first, its datasets' results merged into one as in coffea.
+
+    ``schema``: ``None`` gives panda-lab's own events (:mod:`panda_lab.analysis.events`); a
+    coffea schema (``coffea.nanoevents.NanoAODSchema``, or its name ``"NanoAOD"``) gives
+    each chunk as coffea's NanoEvents, lazily read, with ``events.metadata`` as coffea's
+    ``Runner`` gives it (the fileset's dataset and metadata; a registered dataset's name).
 
     The split is by events (``events_per_job``, an int), by whole files
     (``files_per_job``), or ``"auto"``: scout jobs measure the rate and the rest are cut
     to about ``target_job_seconds`` seconds each (JEDI's scouts).  Raises
     :class:`ValueError` when ``files_per_job`` or ``events_per_job`` is not a positive
-    int (or ``"auto"``), and :class:`panda_lab.payload.PayloadError` when ``process``
-    cannot be pickled; the server's refusal (unknown dataset) is a
-    :class:`panda_lab.http.ApiError`.
+    int (or ``"auto"``) or a fileset is malformed, :class:`ImportError` saying
+    ``pip install 'panda-lab[coffea]'`` for a coffea schema where coffea is not installed,
+    and :class:`panda_lab.payload.PayloadError` when ``process`` cannot be pickled; the
+    server's refusal (unknown dataset) is a :class:`panda_lab.http.ApiError`.
     """
     from panda_lab.analysis.runner import run_chunks
 
     def count(x: Any) -> bool:
         return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0
 
-    ds_name = dataset.name if isinstance(dataset, Dataset) else dataset
+    spec = None
+    if schema is not None:
+        from panda_lab.analysis.nanoevents import NanoEventsSpec, resolve_schema, schema_ref
+
+        spec = NanoEventsSpec(schema_ref(resolve_schema(schema)))
+    if is_fileset(dataset):
+        if spec is None:
+            raise ValueError("a coffea fileset needs a coffea schema: schema=NanoAODSchema")
+        ds_name, spec.per_file = register_fileset(lab, dataset, treename=treename,
+                                                  skip_bad_files=skip_bad_files)
+        name = name or f"analysis-{'+'.join(map(str, dataset))}"[:200]
+    else:
+        ds_name = dataset.name if isinstance(dataset, Dataset) else dataset
+        if spec is not None:
+            spec.dataset = ds_name
     if files_per_job is not None:
         if not count(files_per_job):
             raise ValueError(f"files_per_job must be a positive int, not {files_per_job!r}")
@@ -383,7 +410,8 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
         raise ValueError(f"events_per_job must be a positive int or 'auto', "
                          f"not {events_per_job!r}")
     cols = [columns] if isinstance(columns, str) else list(columns) if columns else None
-    job_fn = bind(run_chunks, process, cols)
+    job_fn = bind(run_chunks, process, cols, nanoevents=spec) if spec else \
+        bind(run_chunks, process, cols)
     reply = lab.api.post("/api/analyses", {
         "name": name or f"analysis-{ds_name}", "dataset": ds_name,
         "processor": base64.b64encode(dumps_fn(job_fn)).decode(), "split": split,

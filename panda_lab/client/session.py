@@ -177,13 +177,17 @@ class Lab:
         """The server's datasets: ``lab.datasets.register(name, "data/*.root", tree=...)``."""
         return Datasets(self)
 
-    def analyze(self, process: Any, dataset: str | Dataset, **options: Any) -> AnalysisTask:
+    def analyze(self, process: Any, dataset: str | Dataset | dict,
+                **options: Any) -> AnalysisTask:
         """Run ``process(events)`` over every event of a dataset, as jobs over the sites.
 
-        ``events_per_job``: an int, or ``"auto"`` (scout jobs measure the speed first,
-        then jobs are sized to ``target_job_seconds``); or ``files_per_job``.  Also
+        ``dataset``: a registered dataset, or a coffea fileset (``{"DYJets": {"files":
+        {path: "Events"}, "metadata": {...}}}``) with ``schema=``.  ``schema``: a coffea
+        schema (``NanoAODSchema``) makes each chunk coffea's NanoEvents, for coffea
+        processors.  ``events_per_job``: an int, or ``"auto"`` (scout jobs measure the speed
+        first, then jobs are sized to ``target_job_seconds``); or ``files_per_job``.  Also
         ``columns`` (else found on a sample), ``skip_bad_files``, ``site``, ``name``,
-        ``retries``.  See :class:`panda_lab.client.analysis.AnalysisTask`.
+        ``retries``.  See :func:`panda_lab.client.analysis.analyze`.
         """
         return analyze(self, process, dataset, **options)
 

@@ -131,7 +131,7 @@ def every_kind_of_bad(tmp_path, monkeypatch):
 
     with uproot.recreate(tmp_path / "histogram.root") as f:
         f["Events"] = np.histogram(np.arange(10.0), bins=5)
-    bad[str(tmp_path / "histogram.root")] = "'Events' is a TH1D, not a TTree"
+    bad[str(tmp_path / "histogram.root")] = "'Events' is a TH1D, not a TTree or an RNTuple"
 
     with socket.socket() as s:                       # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ Members tested:
   user error, not retried and not skipped as a bad file):
   ``test_named_columns_missing_from_every_file_are_refused_before_any_job``,
   ``test_discovered_column_missing_is_a_user_error_even_with_skip_bad_files``;
-* RNTuple files with 0 entries: ``test_an_rntuple_with_no_entries_is_refused_clearly``;
+* RNTuple files with 0 entries: ``test_an_rntuple_with_no_entries_is_an_empty_dataset``;
 * bad-but-checkable requests to the analysis endpoints, in the client
   (``test_split_arguments_are_checked_in_the_client``) and the server
   (``tests/server/test_api_errors.py::test_analysis_endpoints_refuse_checkable_input``).
@@ -46,7 +46,6 @@ import uproot
 from analysis_helpers import dimuon_reference, write_branchless_tree
 
 from panda_lab.analysis.dimuon import MASS_AXIS, dimuon_mass
-from panda_lab.analysis.errors import BadFilesError
 from panda_lab.analysis.files import missing_columns
 from panda_lab.analysis.sample import write_file
 from panda_lab.client.analysis import IncompleteResult
@@ -274,19 +273,15 @@ def test_discovered_column_missing_is_a_user_error_even_with_skip_bad_files(alab
     assert all("no field named 'Jet'" in e for e in rep["error"])
 
 
-def test_an_rntuple_with_no_entries_is_refused_clearly(alab, tmp_path):
+def test_an_rntuple_with_no_entries_is_an_empty_dataset(alab, tmp_path):
     path = tmp_path / "empty_rntuple.root"
     with uproot.recreate(path) as f:
         f["Events"] = {"x": np.zeros(0, np.float64)}     # plain assignment: an RNTuple
     with uproot.open(path) as f:
         assert f.classnames() == {"Events;1": "ROOT::RNTuple"}
-    try:
-        ds = alab.datasets.register("rntuple", [str(path)], replace=True)
-    except BadFilesError as err:                         # refused: a clear reason, no 500
-        assert err.bad_files == {str(path): "'Events' is a ROOT::RNTuple, not a TTree"}
-    else:                                                # read: then like any empty dataset
-        assert ds.n_events == 0
-        assert alab.analyze(count, ds, events_per_job=10).result(timeout=120) == {"n": 0}
+    ds = alab.datasets.register("rntuple", [str(path)], replace=True)
+    assert ds.n_events == 0                              # read: like any empty dataset
+    assert alab.analyze(count, ds, events_per_job=10).result(timeout=120) == {"n": 0}
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -83,7 +83,7 @@ def test_trees_in_directories_and_objects_that_are_not_trees(tmp_path):
     assert inspect_file(path, "dir/inner").entries == 5
     with pytest.raises(DataError, match="trees in this file: 'dir/inner'"):
         inspect_file(path, "Events")
-    with pytest.raises(DataError, match="'hist' is a TH1D, not a TTree"):
+    with pytest.raises(DataError, match="'hist' is a TH1D, not a TTree or an RNTuple"):
         inspect_file(path, "hist")
 
 

@@ -18,6 +18,7 @@ from panda_lab.analysis.files import inspect_file
 from panda_lab.analysis.lazy import keyed_form
 from panda_lab.analysis.sample import make_sample
 from panda_lab.analysis.schema import select, tree_layout
+from panda_lab.analysis.trees import TTreeView
 from panda_lab.model.splitter import Chunk
 
 MUON_FIELDS = ["pt", "eta", "phi", "mass", "charge"]
@@ -224,7 +225,7 @@ class _Branch:
 
 def test_a_branch_uproot_cannot_interpret_only_fails_when_asked_for(chunk):
     branches = [_Branch("x", ak.forms.NumpyForm("float64")), _Branch("obj")]
-    layout = tree_layout(SimpleNamespace(branches=branches, file=None))
+    layout = tree_layout(TTreeView(SimpleNamespace(branches=branches, file=None)))
     assert layout.field_names() == ["x"]
     assert select(layout, ["x"], chunk).field_names() == ["x"]
     with pytest.raises(DataError, match="uproot cannot read 'obj': unknown class MyObject"):
