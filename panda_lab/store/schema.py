@@ -2,7 +2,8 @@
 
 Times are float seconds since the epoch (portable, cheap to compare); structured
 fields are JSON text.  Counts of events and bytes are ``BigInteger``: PostgreSQL's INTEGER
-is 32-bit, and one real file has more than 2**31 bytes (a dataset, more than 2**31 events).  Each job row is one *attempt*: a retry inserts a new row with
+is 32-bit, and one real file has more than 2**31 bytes (a dataset, more than 2**31 events).
+Each job row is one *attempt*: a retry inserts a new row with
 the same ``(task_id, job_index)`` and ``attempt + 1``, so finished or failed attempts
 are never rewritten.
 """
