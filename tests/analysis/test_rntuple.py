@@ -146,6 +146,8 @@ def muon_pt(events) -> hist.Hist:
 def test_inspection_gives_uproots_entries_size_and_cluster_boundaries(
         rntuples, sample_files, shared_data, direct):
     for path, d in direct.items():
+        if path.name == NANOAOD:
+            continue    # as the muons file, but seconds to parse: read below, not inspected
         info = inspect_file(path, "Events")
         assert info.entries == d["entries"]
         assert info.size_bytes == d["size"] == os.path.getsize(path)
