@@ -3,7 +3,7 @@
 The path of a dataset analysis, in the order it runs:
 
 * :mod:`.files`: ``inspect_file`` reads a file's metadata into a ``FileInfo`` (entries, size,
-  cluster boundaries);
+  cluster boundaries) of a TTree or an RNTuple, both seen through :mod:`.trees`;
 * the splitter (:mod:`panda_lab.model.splitter`, run by the server) cuts the dataset into
   chunks on those cluster boundaries, one job's input each (a ``Chunk``);
 * :mod:`.events`: ``read_chunk`` gives a chunk's events as an awkward array, NanoAOD-style, and

@@ -34,8 +34,7 @@ TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD")
 """ROOT classes read as a TTree."""
 
 RNTUPLE_CLASSES = ("ROOT::RNTuple",)
-"""ROOT classes read as an RNTuple (``ROOT::Experimental::RNTuple`` files before 6.34 are not
-readable by uproot)."""
+"""ROOT classes read as an RNTuple (format 1.0, ROOT 6.34 on; uproot 5.7 reads these)."""
 
 TREE_LIKE_CLASSES = TREE_CLASSES + RNTUPLE_CLASSES
 
@@ -53,11 +52,6 @@ class Tree(ABC):
     def num_entries(self) -> int:
         """Entries (events) in the tree."""
         return int(self.obj.num_entries)
-
-    @property
-    def file(self) -> Any:
-        """uproot's ``ReadOnlyFile`` the tree is in (its header: ``fEND``, the size)."""
-        return self.obj.file
 
     @abstractmethod
     def cluster_starts(self) -> list[int]:
@@ -138,8 +132,10 @@ class TTreeView(Tree):
 class RNTupleView(Tree):
     """An RNTuple: fields, clusters, collections of records.
 
-    The forms come from one ``to_akform()`` of the whole RNTuple (uproot parses the field
-    tree once; a NanoAOD of a thousand fields takes about a second), cached with the view."""
+    The forms come from one ``to_akform()`` of the whole RNTuple, cached with the view:
+    uproot parses the field tree then, which for a NanoAOD of a thousand fields takes
+    seconds (uproot's own reading pays it too), and a file's tree is kept open per process
+    (:mod:`.events`)."""
 
     kind = "RNTuple"
 

@@ -126,6 +126,7 @@ class Datasets:
                  replicas: dict[str, list[str]] | None = None,
                  skip_bad_files: bool = False) -> Dataset:
         """Register files (paths, globs or URLs) as a dataset; reads only their metadata.
+        ``tree`` names a TTree or an RNTuple (uproot's ``f["Events"] = {...}`` writes one).
 
         ``files`` are at storage ``endpoint``; ``replicas`` maps other endpoints to the
         URLs of the same files, in the same order.  A job reads the replica at its site's

@@ -33,7 +33,8 @@ def dimuon_mass_graph(files):
     return events, h, dak.num(two, axis=0)
 
 
-def test_a_dask_awkward_graph_computes_through_panda_lab_as_through_dask(lab, sample_files):
+def test_a_dask_awkward_graph_computes_through_panda_lab_as_through_dask(lab, sample_files,
+                                                                         tmp_path, request):
     import dask
 
     events, h, n_two = dimuon_mass_graph(sample_files)
@@ -54,6 +55,7 @@ def test_a_dask_awkward_graph_computes_through_panda_lab_as_through_dask(lab, sa
     # the sites did the work: several of them, every job finished
     sites = {j["site"] for j in lab.jobs("dask-way-ex")}
     assert len(sites) >= 2 and {j["state"] for j in lab.jobs("dask-way-ex")} == {"finished"}
+    rntuples_compute_through_panda_lab_as_through_dask(lab, tmp_path, request)
 
 
 def rntuple_graph(files):
@@ -73,8 +75,9 @@ def rntuple_graph(files):
     return events, h, dak.num(mu, axis=0)
 
 
-def test_an_rntuple_graph_computes_through_panda_lab_as_through_dask(lab, tmp_path,
-                                                                     shared_data):
+def rntuples_compute_through_panda_lab_as_through_dask(lab, tmp_path, request):
+    """The same over RNTuples (on the same server: a server costs seconds): uproot's
+    writer's, and ROOT's (``../shared/data``, see ``test_rntuple.py``)."""
     import dask
     import dask_awkward as dak
     import uproot
@@ -97,6 +100,7 @@ def test_an_rntuple_graph_computes_through_panda_lab_as_through_dask(lab, tmp_pa
     assert {j["state"] for j in lab.jobs("rntuple-dask-ex")} == {"finished"}
 
     # ROOT's RNTuple (CMS Open Data muons): NanoAOD's flat names
+    shared_data = request.getfixturevalue("shared_data")    # skipped only where absent
     path = shared_data / "Run2012BC_DoubleMuParked_Muons_1000evts_rntuple.root"
     real = uproot.dask({str(path): "Events"})
     hard = dak.sum(dak.sum(real.Muon_pt > 20, axis=1))
