@@ -24,10 +24,10 @@ The rules, and where they come from:
     queued on a link;
   - ``locality``: :data:`DATA_NEAR` for a site near the job's data, where the network
     term is not used (policy ``locality``/``passive``, or input sizes unknown);
-  - ``reliability``: (1 - f)^2 for a site failing a fraction f of its recent attempts
-    (PanDA's site classes), by the same rule as the other factors: only (1 - f) of its
-    slot time yields results (its useful capacity), and a job there needs 1/(1 - f)
-    attempts on average (its expected time).
+  - ``reliability``: 1 - f for a site failing a fraction f of its recent attempts
+    (PanDA's site classes): only (1 - f) of its slot time yields results, so its share
+    follows its useful capacity.  (Squaring it, to count the expected 1/(1 - f) attempts
+    as well, under-used such a site in the simulator: bulks finished a job length later.)
 
   ``speed x network`` is (prior job time) / (job time here), so with free capacity
   alike the weight falls as the estimated job time grows; ``free`` carries the queue.
@@ -275,7 +275,7 @@ def _network(st: _Static, s: SiteLoad, cap: int) -> tuple[float, float]:
 
 def _weight(st: _Static, s: SiteLoad) -> float:
     cap = s.capacity if s.capacity > 1 else 1
-    fr = (1.0 - s.failure_rate) ** 2
+    fr = 1.0 - s.failure_rate
     w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
         fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
     if st.use_net and st.link is not None:
@@ -296,7 +296,7 @@ def _cost(st: _Static, s: SiteLoad, policy: Policy) -> _Cost:
     c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None
                                else st.work + read_s) if ahead > 0 else 0.0
     c.free = cap / (1.0 + busy)
-    fr = (1.0 - s.failure_rate) ** 2
+    fr = 1.0 - s.failure_rate
     c.reliability = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
     c.weight = _weight(st, s)
     return c
@@ -456,7 +456,7 @@ class _Call:
                         records.append(None)
                     if weigh:  # _weight, inlined: this loop is the cost of brokerage
                         cap = s.capacity if s.capacity > 1 else 1
-                        fr = (1.0 - s.failure_rate) ** 2
+                        fr = 1.0 - s.failure_rate
                         w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
                             fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
                         if st.use_net and st.link is not None:

@@ -151,7 +151,7 @@ def test_a_failing_site_weighs_less_and_a_cached_file_counts_as_local():
     a, b = sites(2)
     b.failure_rate = 0.2
     w = choose([Request()], [a, b], random.Random(0))[0].info["weights"]
-    assert w["S1"] == pytest.approx(0.8 ** 2 * w["S0"])
+    assert w["S1"] == pytest.approx(0.8 * w["S0"])
     a, b = sites(2)
     b.cached = frozenset({"f"})
     info = choose([data_job()], [a, b], random.Random(0))[0].info

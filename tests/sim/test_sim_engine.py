@@ -54,7 +54,7 @@ def test_a_failing_site_is_measured_and_weighed_down_but_the_tail_decides():
     """Every policy keeps every slot busy, so FLAKY wastes a fifth of its slots under all
     of them; what differs is whether one of the last jobs fails there, which adds a job
     length (51 s) to the makespan by the luck of the draw.  So: network within one job
-    length of round-robin, FLAKY's failure rate learned, its weight cut by (1-f)^2."""
+    length of round-robin, FLAKY's failure rate learned (its weight falls by 1 - f)."""
     sc = load(SHIPPED / "failing-site.toml")
     sim = Simulation(sc, "network")
     net = sim.run()
