@@ -247,6 +247,12 @@ def test_the_explanation_names_every_candidate():
         assert "DOWN offline: maintenance" in text
         if choice.site == "LOCAL-HPC":
             assert "less loaded than LOCAL-CLOUD" in text
+    lost = {"picked": "B", "policy": "network", "candidates": [
+        {"site": "A", "passed": True, "weight": 2.0, "picked": False,
+         "factors": {"free": 1.0, "speed": 1.0}},
+        {"site": "B", "passed": True, "weight": 1.0, "picked": True,
+         "factors": {"free": 1.0, "speed": 1.0}}]}
+    assert explain(lost) == "sent to B: A weighed more (2 against 1) but lost the draw"
     two = choose([Request(avoid=frozenset({"LOCAL-GRID"}))], loads[:2], random.Random(0))[0]
     assert explain(two.info) == ("sent to LOCAL-HPC: LOCAL-GRID avoided, an earlier attempt "
                                  "failed there; LOCAL-HPC the only candidate left")
