@@ -164,8 +164,7 @@ class Choice:
     passed, "rejected": {site: reason} (offline, avoided, link), optional "near_data":
     [site], optional "note", "candidates": [{"site", "passed", "filter", "reason",
     "factors": {"free", "speed", "locality", "network", "reliability"}, "est": {"queue_s",
-    "read_s",
-    "compute_s", "total_s"}, "access": "local"|"remote", optional "link": {"endpoint",
+    "read_s", "compute_s", "total_s"}, "access": "local"|"remote", optional "link": {"endpoint",
     "mbps", "source", "observations"}, "weight", "picked"}]}``; a candidate that failed a
     filter has ``factors`` and ``est`` None and weight 0."""
 
