@@ -268,7 +268,7 @@ def detect(root: str | os.PathLike | None = None,
 
 # ---- the embedded default's sites ----------------------------------------------------------
 
-#: Resident memory measured here (2026-12, Python 3.13, numpy/awkward/uproot imported):
+#: Resident memory measured here (2026-12, Python 3.11, numpy/awkward/uproot imported):
 #: the server 88 MB, a pilot with its multiprocessing resource tracker 82 MB, an idle
 #: payload worker 117 MB.  Rounded up.
 SERVER_MB, PILOT_MB, WORKER_MB = 100, 90, 150
