@@ -259,9 +259,9 @@ def _notebooks(folder: Path) -> Callable[[], str]:
 
 def _on_server(checks: Checks, deadline: float) -> None:
     """A server in a temporary home, sized as the room's: pilots, jobs, an analysis."""
-    import panda_lab
     from panda_lab.analysis.dimuon import process
     from panda_lab.analysis.sample import make_sample
+    from panda_lab.client.session import connect
     from panda_lab.server.main import stop_detached
 
     tmp = Path(tempfile.mkdtemp(prefix="panda-lab-check-"))
@@ -269,7 +269,7 @@ def _on_server(checks: Checks, deadline: float) -> None:
     try:
         def server() -> str:
             nonlocal lab
-            lab = panda_lab.connect(home=tmp)
+            lab = connect(home=tmp)
             while True:
                 sites = {s["name"] for s in lab.sites()}
                 running = {p["site"] for p in lab.pilots() if p["state"] == "running"}
