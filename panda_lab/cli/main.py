@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="events per file of the generated dimuon dataset (4 files)")
     d.add_argument("--keep-server", action="store_true",
                    help="leave a server the demo started running")
+    from panda_lab.cli import teach
+
+    teach.add_parser(sub)
     return parser
 
 
@@ -143,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             from panda_lab.cli import demo
 
             return demo.run(args)
+        if args.command == "teach":
+            from panda_lab.cli import teach
+
+            return teach.run(args)
         from panda_lab.cli import verbs
 
         return verbs.run(args)

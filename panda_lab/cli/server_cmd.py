@@ -11,14 +11,18 @@ from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
 
 
 def config_from_args(args: argparse.Namespace):
-    from panda_lab.provisioners.config import ConfigError, default_sites, load_sites
+    from panda_lab.provisioners.config import ConfigError, default_sites, load_sites, local_plan
     from panda_lab.server.config import ServerConfig
 
     if args.task_lease <= 0:
         raise ConfigError(f"--task-lease {args.task_lease:g} must be more than 0 seconds")
+    # The embedded default is sized to the container (panda_lab/resources.py); a site
+    # file says its own sizes.
+    plan = None if args.sites else local_plan()
     return ServerConfig(
         home=runtime.home(args.home), db_url=args.db, host=args.host, port=args.port,
-        sites=load_sites(args.sites) if args.sites else default_sites(),
+        sites=load_sites(args.sites) if args.sites else default_sites(plan=plan),
+        max_events_per_job=plan.max_events_per_job if plan else None,
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
         provision=not args.no_pilots, scrape_token=_scrape_token(args))

@@ -35,6 +35,9 @@ class ServerConfig:
     watchdog_interval: float = 2.0
     #: Start local pilots for sites whose provisioner is ``local``.
     provision: bool = True
+    #: The most events one job of an ``auto``-split analysis reads (None: no cap): the
+    #: embedded default sets it from the memory each payload worker has.
+    max_events_per_job: int | None = None
     user_token: str | None = None
     pilot_token: str | None = None
     #: A token accepted at ``/metrics`` only (Prometheus' ``authorization``), so that a

@@ -33,6 +33,7 @@ LAYER: dict[str, int] = {
     # 0. plain libraries: text rules, payloads, the model's states and policies, and the
     #    physics side of an analysis (chunking, accumulators, file checks); no control plane
     "text": 0, "output": 0, "remote_errors": 0, "payload": 0, "runtime": 0, "http": 0,
+    "resources": 0,
     "model": 0, "analysis": 0,
     #    the brokerage simulator: the model's policies run in virtual time
     "sim": 0,
@@ -55,13 +56,14 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "remote_errors": {"text"},
     "payload": {"text", "output", "remote_errors"},
     "runtime": set(),
+    "resources": set(),
     "http": set(),
     "model": {"text"},
     "analysis": {"model", "text"},
     "sim": {"model"},
     "store": {"model", "payload", "text"},
     # provisioners start pilots; they know sites by their own config, never the server
-    "provisioners": {"model", "text", "http", "runtime"},
+    "provisioners": {"model", "text", "http", "runtime", "resources"},
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
                "runtime"},
     "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model"},
@@ -70,7 +72,7 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
                "text", "http", "runtime"},
     "jupyter": {"client", "widgets", "server", "model", "output", "text", "http", "runtime"},
     "cli": {"client", "pilot", "server", "provisioners", "analysis", "model", "payload",
-            "output", "text", "http", "runtime", "sim"},
+            "output", "text", "http", "runtime", "sim", "resources"},
     ROOT: {"client", "jupyter", "analysis", "payload"},
 }.items()}
 
