@@ -128,14 +128,21 @@ export class PandaModel implements IDisposable {
     void this.fetch(new Set<Part>(['task']));
   }
 
+  /** The attempt opened (null: none). */
+  get openJobId(): number | null {
+    return this.jobId;
+  }
+
   /** Open one attempt (its brokerage and logs). */
   openJob(job: number): void {
     this.jobId = job;
+    this.emit();
     void this.fetch(new Set<Part>(['job']));
   }
 
-  /** Kill or retry a task; a refusal is kept in `actionError` for the panel to show. */
-  async command(task: number, verb: 'kill' | 'retry'): Promise<void> {
+  /** Kill or retry a task, or acknowledge its failures; a refusal is kept in
+   * `actionError` for the view to show. */
+  async command(task: number, verb: 'kill' | 'retry' | 'acknowledge'): Promise<void> {
     try {
       await requestAPI<unknown>(`tasks/${task}/${verb}`, { method: 'POST' });
       this.state.actionError = null;
