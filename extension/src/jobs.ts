@@ -98,7 +98,7 @@ export function jobRows(t: TaskDetail, vocabulary: Vocabulary | null, view: JobV
       return true;
     }
     const hay = [`#${r.job.job_index}`, r.job.state, r.job.site ?? '', r.input?.path ?? '',
-      r.job.error_message ?? ''].join(' ').toLowerCase();
+      inputText(r.input), r.job.error_message ?? ''].join(' ').toLowerCase();
     return hay.includes(needle);
   });
   const key = (r: JobRow): number | string => {

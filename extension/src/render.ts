@@ -161,19 +161,26 @@ export function renderTaskError(message: string): VirtualElement {
   return h.div({ className: 'panda-error' }, message || 'gone');
 }
 
-/** The sites: health (with the reason when not online), pilots, jobs running and
- * queued; the kind in the tooltip, so that it fits the sidebar. */
+/** The sites: each name in its health's colour (and, when not online, its state and
+ * why below it), pilots, jobs on pilots and queued; the kind in the tooltip.  Four
+ * narrow columns, so that it fits the default sidebar. */
 export function renderSites(sites: Site[]): VirtualElement {
   const rows = sites.map(s => h.tr({
-    key: s.name, className: 'panda-site-row', dataset: { site: s.name },
-    title: `${s.name}: ${s.kind} site (${s.provisioner})` +
-      (s.description ? `; ${s.description}` : '')
+    key: s.name, className: 'panda-site-row', dataset: { site: s.name, health: s.state },
+    title: `${s.name}: ${s.kind} site (${s.provisioner}), ${s.state}` +
+      (s.reason ? ` (${s.reason})` : '') + (s.description ? `; ${s.description}` : '')
   },
-  h.td(s.name),
-  h.td({ className: `panda-health-${s.state}` }, s.state + (s.reason ? `: ${s.reason}` : '')),
+  h.td({ className: `panda-site-name panda-health-${s.state}` }, s.name,
+    s.state !== 'online' ? h.div({ className: 'panda-site-health' },
+      s.state + (s.reason ? `: ${s.reason}` : '')) : null),
   h.td(String(s.pilots)), h.td(String(s.running)), h.td(String(s.queued))));
+  const heads: [string, string][] = [['site', 'the site, in the colour of its health'],
+    ['pilots', 'pilots running there'],
+    ['run', 'jobs on its pilots (started or prefetched)'],
+    ['queue', 'jobs brokered there, waiting for a pilot']];
   return h.div({ className: 'panda-sites' }, h.h3('Sites'),
-    table('panda-table', ['site', 'health', 'pilots', 'running', 'queued'], rows));
+    h.table({ className: 'panda-table panda-site-table' },
+      h.tr(...heads.map(([t, title]) => h.th({ title }, t))), ...rows));
 }
 
 /** The status bar's text: jobs running, prefetched and waiting now, and the failed jobs

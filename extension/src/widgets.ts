@@ -112,7 +112,6 @@ export class PandaTaskView extends Widget {
   constructor(private readonly model: PandaModel, insert: (code: string) => boolean) {
     super();
     this.id = 'panda-lab-task';
-    this.addClass('panda-lab-panel');
     this.addClass('panda-task-view');
     this.title.icon = pandaIcon;
     this.title.label = 'PanDA task';
@@ -180,7 +179,16 @@ export class PandaTaskView extends Widget {
     VirtualDOM.render(h.div({ className: 'panda-master-detail' },
       h.div({ className: 'panda-detail' }, detail),
       h.div({ className: 'panda-job' }, job)), this.node);
+    const shown = state.job?.id ?? null;
+    if (shown !== null && shown !== this.jobShown && shown === this.model.openJobId) {
+      // a job just opened: bring it into sight (below the task when the view is narrow)
+      this.node.querySelector('.panda-job-detail')?.scrollIntoView({ block: 'nearest' });
+    }
+    this.jobShown = shown;
   }
+
+  /** The job whose detail the last render drew. */
+  private jobShown: number | null = null;
 }
 
 /** The status bar item: jobs running, prefetched and waiting, and failures that still

@@ -170,6 +170,7 @@ describe('the job table', () => {
     assert.deepEqual(indices(view({ text: 'GRID' })), [0]);
     assert.deepEqual(indices(view({ text: 'bad muon' })), [2, 3]);
     assert.deepEqual(indices(view({ text: '#1' })), [1]);
+    assert.deepEqual(indices(view({ text: '1000–' })), [3, 1]);   // the range shown
   });
 
   test('rows: index, state, input range, site, tries, time; headers sort, rows open', () => {

@@ -265,10 +265,12 @@ describe('the sites and the header', () => {
         reason: 'sbatch failed', pilots: 0, queued: 1, running: 0, description: '' }];
     const box = renderSites(sites);
     const rows = byClass(box, 'panda-site-row');
-    assert.deepEqual(rows.map(r => r.attrs.dataset), [{ site: 'LOCAL-GRID' }, { site: 'SLURM' }]);
-    assert.deepEqual(rows[0].children.map(text), ['LOCAL-GRID', 'online', '2', '3', '4']);
-    assert.equal(rows[1].attrs.title, 'SLURM: hpc site (slurm)');
-    assert.equal(text(one(rows[1], 'panda-health-offline')), 'offline: sbatch failed');
+    assert.deepEqual(rows.map(r => r.attrs.dataset), [{ site: 'LOCAL-GRID', health: 'online' },
+      { site: 'SLURM', health: 'offline' }]);
+    assert.deepEqual(rows[0].children.map(text), ['LOCAL-GRID', '2', '3', '4']);
+    assert.equal(rows[1].attrs.title, 'SLURM: hpc site (slurm), offline (sbatch failed)');
+    assert.equal(text(one(rows[1], 'panda-health-offline')), 'SLURMoffline: sbatch failed');
+    assert.equal(byClass(rows[0], 'panda-site-health').length, 0);   // online: nothing more
   });
 
   test('with no server: why, and a button that starts one (disabled while starting)', () => {

@@ -28,7 +28,7 @@ USER = {"category": "user", "message": "ValueError: bad", "traceback": "Tracebac
 
 
 def test_running_prefetched_and_waiting_apart(store):
-    _, ids, _ = store.create_task("t", [{"payload": b"x"} for _ in range(5)])
+    store.create_task("t", [{"payload": b"x"} for _ in range(5)])
     p = pilot(store)
     got, _ = store.acquire(p, "A", 3)             # a pilot pulls 3 jobs ...
     held = [j["id"] for j in got]
@@ -73,7 +73,7 @@ def test_failed_counts_only_what_still_needs_attention(store):
     assert (store.job_counts()["failed"], store.job_counts()["failed_tasks"]) == (1, 1)
 
     # a task its owner killed: its failures were the owner's decision
-    killed, (k1, k2), _ = store.create_task("killed", [{"payload": b"x"}] * 2)
+    killed, (k1, _k2), _ = store.create_task("killed", [{"payload": b"x"}] * 2)
     store.acquire(p, "A", 10)
     report(store, p, k1, "failed", error=USER)
     assert store.job_counts()["failed"] == 2
