@@ -7,8 +7,12 @@
  * running)), ×`DATA_NEAR` where the job's input data is stored, and pick at random by
  * weight.  The job keeps the decision as `broker_info`: `{"picked", "weights": {site:
  * weight}, "rejected": {site: reason}, "near_data"?: [site], "note"?}`, and, where the
- * server records them, `"candidates"` (one row per site weighed) and `"explain"` (the
- * server's own sentence), which are shown first when present.  Pure: no DOM.
+ * brokerage records them, `"policy"` and `"candidates"`: one row per site, `{"site",
+ * "passed", "filter", "reason", "factors": {free, speed, locality, network,
+ * reliability}, "est": {queue_s, read_s, compute_s, total_s}, "access", "weight",
+ * "picked"}`.  When the server gives its own sentence for the decision (the model's
+ * `explain(info)`, served as the job's `explanation`), that sentence is shown instead of
+ * the one made here.  Pure: no DOM.
  */
 import { h, VirtualElement } from '@lumino/virtualdom';
 
@@ -19,6 +23,13 @@ export const DATA_NEAR = 9;
 export const WEIGHT_MEANING =
   'weight = free capacity of the site: its slots / (1 + jobs queued + jobs running), ' +
   `×${DATA_NEAR} where the job's input data is stored; ` +
+  "a site's chance is its weight over the sum of the weights";
+
+/** What a candidate row says, in one line. */
+export const CANDIDATE_MEANING =
+  "each site the brokerage considered: left out by a filter (and why), or passed with a " +
+  'weight from its cost model (free slots, speed, data locality, network, reliability; ' +
+  'the tooltip gives the factors and estimated queue, read and compute times); ' +
   "a site's chance is its weight over the sum of the weights";
 
 /** One site weighed, as the weights table shows it. */
@@ -65,8 +76,8 @@ function clause(site: string, why: string): string {
  *   failed there; LOCAL-HPC the least loaded (weight 2 of 3, 67 % chance)."), the
  *   weights with each site's chance, the rejected sites and any `candidates` rows.
  */
-export function explainBrokerage(info: Record<string, unknown>, site: string | null):
-  Explanation {
+export function explainBrokerage(info: Record<string, unknown>, site: string | null,
+  serverSentence: string | null = null): Explanation {
   const picked = typeof info.picked === 'string' ? info.picked : site;
   const weightsIn = record(info.weights);
   const near = Array.isArray(info.near_data) ? info.near_data.map(String) : [];
@@ -79,8 +90,8 @@ export function explainBrokerage(info: Record<string, unknown>, site: string | n
     ([s, why]) => [s, String(why)] as [string, string]).sort();
   const candidates = Array.isArray(info.candidates) ?
     info.candidates.map(record) : [];
-  if (typeof info.explain === 'string' && info.explain) {
-    return { sentence: info.explain, weights, rejected, candidates };
+  if (serverSentence) {
+    return { sentence: serverSentence, weights, rejected, candidates };
   }
   if (!picked) {
     return { sentence: 'Not brokered yet: no site chosen.', weights, rejected, candidates };
@@ -122,18 +133,48 @@ function cell(value: unknown): string {
     typeof value === 'string' ? value : JSON.stringify(value);
 }
 
-/** The decision drawn: the sentence, the weights table with their meaning, and the
- * server's candidate rows when it records them. */
-export function renderBrokerage(info: Record<string, unknown>, site: string | null):
-  VirtualElement {
-  const e = explainBrokerage(info, site);
+/** One candidate row in words: what became of it, its weight and chance, the time the
+ * brokerage estimated, how it would read its input; its factors in the tooltip. */
+export function candidateCells(c: Record<string, unknown>, total: number): string[] {
+  const weight = Number(c.weight ?? 0);
+  const est = record(c.est);
+  const filter = String(c.filter ?? 'left out');
+  const reason = String(c.reason ?? '');
+  const fate = c.picked ? 'picked' : c.passed !== false ? 'passed' :
+    reason.startsWith(filter) ? reason : reason ? `${filter}: ${reason}` : filter;
+  return [String(c.site ?? ''), fate, c.passed === false ? '' : round(weight),
+    c.passed === false || total <= 0 ? '' : percent(weight / total),
+    typeof est.total_s === 'number' ? `${round(est.total_s)} s` : '',
+    typeof c.access === 'string' ? c.access : ''];
+}
+
+function factorsTitle(c: Record<string, unknown>): string {
+  const parts = [record(c.factors), record(c.est)].flatMap(
+    o => Object.entries(o).map(([k, v]) => `${k} ${cell(v)}`));
+  return parts.join(', ');
+}
+
+/** The decision drawn: the sentence, the candidates (or weights) table with what the
+ * weights mean.
+ * @param serverSentence - the server's own sentence for it, when it gives one. */
+export function renderBrokerage(info: Record<string, unknown>, site: string | null,
+  serverSentence: string | null = null): VirtualElement {
+  const e = explainBrokerage(info, site, serverSentence);
   const parts: (VirtualElement | null)[] = [
     h.p({ className: 'panda-broker-sentence' }, e.sentence)];
+  if (typeof info.policy === 'string') {
+    parts.push(h.div({ className: 'panda-broker-policy' }, `policy: ${info.policy}`));
+  }
   if (e.candidates.length) {
-    const keys = [...new Set(e.candidates.flatMap(c => Object.keys(c)))];
-    parts.push(h.table({ className: 'panda-table panda-broker-candidates' },
-      h.tr(...keys.map(k => h.th(k))),
-      ...e.candidates.map(c => h.tr(...keys.map(k => h.td(cell(c[k])))))));
+    const total = e.candidates.reduce<number>(
+      (a, c) => a + (c.passed === false ? 0 : Number(c.weight ?? 0)), 0);
+    parts.push(h.div({ className: 'panda-scroll-x' },
+      h.table({ className: 'panda-table panda-broker-candidates' },
+        h.tr(...['site', 'decision', 'weight', 'chance', 'estimate', 'input']
+          .map(k => h.th(k))),
+        ...e.candidates.map(c => h.tr({
+          className: c.picked ? 'panda-picked' : '', title: factorsTitle(c)
+        }, ...candidateCells(c, total).map(v => h.td(v)))))));
   } else if (e.weights.length) {
     parts.push(h.table({ className: 'panda-table panda-broker-weights' },
       h.tr(h.th('site'), h.th('weight'), h.th('chance'), h.th('')),
@@ -143,7 +184,8 @@ export function renderBrokerage(info: Record<string, unknown>, site: string | nu
           .filter(Boolean).join(', '))))));
   }
   if (e.weights.length || e.candidates.length) {
-    parts.push(h.div({ className: 'panda-broker-meaning' }, WEIGHT_MEANING));
+    parts.push(h.div({ className: 'panda-broker-meaning' },
+      e.candidates.length ? CANDIDATE_MEANING : WEIGHT_MEANING));
   }
   return h.div({ className: 'panda-broker' }, ...parts);
 }

@@ -213,7 +213,7 @@ export function renderJob(j: Job, now: number, actions: Pick<DetailActions, 'ope
     others,
     h.div({ className: 'panda-job-ran' }, ran),
     h.div({ className: 'panda-fact-label' }, 'Brokerage'),
-    renderBrokerage(j.broker_info ?? {}, j.site),
+    renderBrokerage(j.broker_info ?? {}, j.site, j.explanation ?? null),
     j.error_message ?
       h.div({ className: 'panda-error' }, `[${j.error_category}] ${j.error_message}`) : null,
     ...logs);

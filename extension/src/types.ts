@@ -193,6 +193,8 @@ export interface Job {
   history: { state: string; time: number; info: string }[];
   /** Ids of every attempt of this logical job, oldest first. */
   attempts: number[];
+  /** The brokerage's own sentence for the decision, where the server gives one. */
+  explanation?: string | null;
 }
 
 /** One site as GET sites lists it. */

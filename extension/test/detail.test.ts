@@ -19,7 +19,8 @@ import {
 import { DEFAULT_VIEW, JobView, inputText, jobRows, renderJobTable, stateRank } from '../src/jobs';
 import { layout } from '../src/timeline';
 import type { Attempt, ReportRow, TaskDetail, TaskSummary, Vocabulary } from '../src/types';
-import { byClass, click, elements, one, text } from './vdom';
+import { byClass, click, one, text } from './vdom';
+import type { VirtualElement } from '@lumino/virtualdom';
 
 const VOCABULARY: Vocabulary = JSON.parse(
   readFileSync(join(__dirname, '..', '..', 'test', 'fixtures', 'vocabulary.json'), 'utf8'));
@@ -249,16 +250,32 @@ describe('the brokerage in words', () => {
     assert.deepEqual([percent(0.004), percent(0), percent(1)], ['<1 %', '0 %', '100 %']);
   });
 
-  test("the server's own sentence and candidate rows come first when it records them", () => {
-    const info = { picked: 'A', weights: { A: 1 }, explain: 'sent to A: the only site',
-      candidates: [{ site: 'A', weight: 1, free: 4 }, { site: 'B', rejected: 'offline' }] };
-    const box = renderBrokerage(info, 'A');
-    assert.equal(text(one(box, 'panda-broker-sentence')), 'sent to A: the only site');
-    const table = one(box, 'panda-broker-candidates');
-    assert.deepEqual(elements(table).filter(e => e.tag === 'th').map(text),
-      ['site', 'weight', 'free', 'rejected']);
+  test("the server's own sentence, and the candidates the brokerage records", () => {
+    const info = { picked: 'A', policy: 'network', weights: { A: 3, B: 1 },
+      candidates: [
+        { site: 'A', passed: true, filter: null, reason: 'weighted random pick', weight: 3,
+          factors: { free: 1, network: 2 }, est: { queue_s: 0, read_s: 4, compute_s: 6,
+            total_s: 10 }, access: 'local', picked: true },
+        { site: 'B', passed: true, filter: null, reason: 'passed', weight: 1,
+          factors: { free: 1, network: 0.5 }, est: { total_s: 30 }, access: 'remote',
+          picked: false },
+        { site: 'C', passed: false, filter: 'offline', reason: 'offline: sbatch failed',
+          factors: null, est: null, access: null, weight: 0, picked: false }] };
+    const box = renderBrokerage(info, 'A', 'sent to A: A better connected to the data than B');
+    assert.equal(text(one(box, 'panda-broker-sentence')),
+      'sent to A: A better connected to the data than B');
+    assert.equal(text(one(box, 'panda-broker-policy')), 'policy: network');
+    const rows = one(box, 'panda-broker-candidates').children.slice(1) as VirtualElement[];
+    assert.deepEqual(rows.map(r => r.children.map(text)), [
+      ['A', 'picked', '3', '75 %', '10 s', 'local'],
+      ['B', 'passed', '1', '25 %', '30 s', 'remote'],
+      ['C', 'offline: sbatch failed', '', '', '', '']]);
+    assert.equal(rows[0].attrs.title,
+      'free 1, network 2, queue_s 0, read_s 4, compute_s 6, total_s 10');
     assert.equal(byClass(box, 'panda-broker-weights').length, 0);
-    assert.match(text(one(box, 'panda-broker-meaning')), /^weight = free capacity/);
+    assert.match(text(one(box, 'panda-broker-meaning')), /^each site the brokerage considered/);
+    // without the server's sentence, the one made here
+    assert.match(explainBrokerage(info, 'A').sentence, /^Sent to A: /);
   });
 
   test('the weights table says which was picked and which is near the data', () => {

@@ -25,6 +25,11 @@ from panda_lab import runtime
 from panda_lab.model import JobState
 from panda_lab.widgets.snapshot import group_errors, merge_error_group
 
+try:  # the brokerage's own sentence for a decision, where the model words it
+    from panda_lab.model.explain import explain as explain_brokerage
+except ImportError:  # a model without it: the panel words the decision itself
+    explain_brokerage = None
+
 PREFIX = "panda-lab"
 
 
@@ -214,11 +219,18 @@ class TaskActionHandler(PandaHandler):
 
 
 class JobHandler(PandaHandler):
-    """One attempt: its brokerage decision, status history, output tails and traceback."""
+    """One attempt: its brokerage decision, status history, output tails and traceback,
+    and ``explanation``: the model's sentence for the decision (None where the model has
+    no ``explain``; the panel then words it from ``broker_info``)."""
 
     @tornado.web.authenticated
     async def get(self, job: str) -> None:
-        await self.answer(lambda: self.link.request("GET", f"/api/jobs/{job}"))
+        async def one() -> dict:
+            out = await self.link.request("GET", f"/api/jobs/{job}")
+            out["explanation"] = (explain_brokerage(out.get("broker_info") or {})
+                                  if explain_brokerage is not None else None)
+            return out
+        await self.answer(one)
 
 
 class SitesHandler(PandaHandler):

@@ -95,6 +95,11 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         job = c.get(f"/jobs/{group['example_job']}").json()
         assert job["state"] == "failed" and "two is bad" in job["error_traceback"]
         assert job["broker_info"]["picked"] == job["site"]
+        # the model's sentence for the decision, where it words one
+        from panda_lab.jupyter.server_extension import explain_brokerage
+
+        assert job["explanation"] == (explain_brokerage(job["broker_info"])
+                                      if explain_brokerage is not None else None)
         sites = c.get("/sites").json()
         assert {s["name"] for s in sites} == {"LOCAL-GRID", "LOCAL-CLOUD", "LOCAL-HPC"}
         assert c.get("/states").json() == vocabulary()  # the panel's state sets
