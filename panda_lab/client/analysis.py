@@ -211,6 +211,9 @@ class Partial:
 class AnalysisTask(TaskHandle):
     """A dataset analysis: a task whose jobs each process a chunk of the dataset."""
 
+    #: Where a notebook user looks for what an analysis lost: each chunk's fate first.
+    _look = "task.report(), task.errors()"
+
     def __init__(self, lab: Lab, task_id: int, processor: Any = None) -> None:
         super().__init__(lab, task_id)
         self.processor = processor

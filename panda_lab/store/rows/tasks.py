@@ -162,7 +162,7 @@ def outcome(conn: Connection, row: Row, n_done: int) -> dict:
         events_lost = sum(int(n) for i, n in sizes.items() if i in lost)
     return task_outcome(row.state, row.n_jobs, n_done, newest, events_done=events_done,
                         events_lost=events_lost, created_at=row.created_at,
-                        ended_at=row.ended_at, now=now()).as_dict()
+                        ended_at=row.ended_at, now=now(), message=row.message).as_dict()
 
 
 def task_dict(conn: Connection, row: Row) -> dict:
