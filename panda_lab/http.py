@@ -14,13 +14,28 @@ import httpx
 import orjson
 
 
+def readable(detail: Any) -> str:
+    """A server's error ``detail`` as one line: a FastAPI validation list (``[{"loc":
+    ["query", "state"], "msg": "Input should be ...", ...}]``) becomes ``"state: Input
+    should be ..."`` per entry, joined by ``"; "``; anything else its ``str``."""
+    if isinstance(detail, list) and all(isinstance(d, dict) and "msg" in d for d in detail):
+        parts = []
+        for d in detail:
+            loc = [str(x) for x in d.get("loc", ()) if x not in ("query", "body", "path")]
+            parts.append(f"{'.'.join(loc)}: {d['msg']}" if loc else str(d["msg"]))
+        return "; ".join(parts)
+    return str(detail)
+
+
 class ApiError(Exception):
-    """The server answered with an error status; ``detail`` is its explanation."""
+    """The server answered with an error status; ``detail`` is its explanation (as the
+    server sent it) and ``text`` the same in one readable line."""
 
     def __init__(self, status: int, detail: Any, method: str = "", path: str = "") -> None:
         self.status = status
         self.detail = detail
-        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+        self.text = readable(detail)
+        super().__init__(f"{method} {path}: HTTP {status}: {self.text}")
 
 
 class ServerUnreachable(ConnectionError):
