@@ -12,7 +12,9 @@ the packages that matter travel along so a mismatch is reported, not guessed at.
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
 import sys
 import time
 import traceback
@@ -82,6 +84,40 @@ def environment() -> dict:
         except PackageNotFoundError:
             env[name] = None
     return env
+
+
+def workdir() -> dict:
+    """Where this client works: ``{"host": hostname, "path": working directory}``.  Sent
+    with each task; a pilot on the same host runs the task's jobs in that directory, so a
+    relative path means what it means in the notebook (see :func:`job_directory`)."""
+    return {"host": socket.gethostname(), "path": os.getcwd()}
+
+
+def job_directory(workdir_: dict | None) -> str | None:
+    """The directory a job of a task with ``workdir_`` (:func:`workdir`) runs in here: the
+    client's working directory when this is the client's host and the directory exists,
+    else ``None`` (the pilot's own directory: a remote site cannot see the client's)."""
+    if not workdir_ or workdir_.get("host") != socket.gethostname():
+        return None
+    path = workdir_.get("path")
+    return path if path and os.path.isdir(path) else None
+
+
+def _where_note(exc: BaseException) -> None:
+    """A note on an ``OSError`` about a relative path (``FileNotFoundError: 'data.csv'``)
+    that says where the job ran: relative paths resolve there, not in the notebook's
+    directory unless the pilot runs on the notebook's machine."""
+    name = getattr(exc, "filename", None)
+    if not isinstance(exc, OSError) or not isinstance(name, str | bytes) \
+            or os.path.isabs(os.fsdecode(name)):
+        return
+    try:
+        exc.add_note(f"panda-lab: this job ran in {os.getcwd()} on {socket.gethostname()}; "
+                     "a relative path resolves there (jobs on the submitting machine run in "
+                     "the client's working directory, elsewhere in the pilot's): use an "
+                     "absolute path, or a dataset")
+    except Exception:  # a note is a help, never a second failure
+        pass
 
 
 @dataclass
@@ -165,6 +201,7 @@ def run_call(payload: bytes, common: Callable | None,
         category = getattr(exc, "panda_category", "user")
         if category not in ("user", "input", "merge"):
             category = "user"
+        _where_note(exc)
         return Outcome(False, None, _error(category, exc), out.tail(), err_stream.tail(),
                        started, time.time())
     finally:

@@ -26,7 +26,7 @@ from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.errors import BadFilesError, DataError
 from panda_lab.client.tasks import TaskHandle
 from panda_lab.model import JOB_UNSUCCESSFUL, TASK_FINAL, JobState
-from panda_lab.payload import dumps_fn, environment
+from panda_lab.payload import dumps_fn, environment, workdir
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.analysis.files import FileInfo
@@ -391,6 +391,7 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
         "name": name or f"analysis-{ds_name}", "dataset": ds_name,
         "processor": base64.b64encode(dumps_fn(job_fn)).decode(), "split": split,
         "columns": cols, "site": site, "skip_bad_files": skip_bad_files,
-        "options": {"max_attempts": retries + 1, "client": environment()},
+        "options": {"max_attempts": retries + 1, "client": environment(),
+                    "workdir": workdir()},
     })
     return AnalysisTask(lab, reply["task"], process)

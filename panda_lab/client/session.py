@@ -21,16 +21,31 @@ from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
 from panda_lab.http import ApiClient, ApiError
 from panda_lab.model import TASK_FINAL
-from panda_lab.payload import dumps_call, dumps_fn, environment
+from panda_lab.payload import dumps_call, dumps_fn, environment, workdir
 
 
 class Lab:
-    """A connection to a panda-lab server and the verbs a user needs."""
+    """A connection to a panda-lab server and the verbs a user needs.
+
+    With ``home`` (a local server's runtime directory) the connection follows the server
+    when it restarts: a request the old address does not answer re-reads the connection
+    file and goes on at the new one, so a notebook's ``lab`` and its monitors carry on.
+    When no server answers, the error says so in a few lines, and the call that fixes it.
+    """
 
     def __init__(self, url: str, token: str, home: Path | None = None) -> None:
-        self.url = url
         self.home = home
-        self.api = ApiClient(url, token)
+        if home is not None:
+            fix = ("`lab = panda_lab.connect()` starts it again (or `panda-lab server "
+                   "start` in a terminal); this lab then finds it by itself.")
+        else:
+            fix = f"start the server at {url}, or `lab = panda_lab.connect(url=...)` another."
+        self.api = ApiClient(url, token, find=runtime.finder(home) if home else None, fix=fix)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL now (it changes when a local server restarts)."""
+        return self.api.url
 
     def __repr__(self) -> str:
         try:
@@ -70,7 +85,7 @@ class Lab:
                 for args in arglist]
         options = {"priority": priority, "cores": cores, "memory_mb": memory_mb,
                    "walltime_s": walltime_s, "max_attempts": retries + 1,
-                   "client": environment()}
+                   "client": environment(), "workdir": workdir()}
         if output_limit is not None:
             options["output_limit"] = output_limit
         reply = self.api.post("/api/tasks", {

@@ -125,9 +125,12 @@ def task_sites(conn: Connection, task_ids: set[int]) -> dict[int, Row]:
         .where(tasks.c.id.in_(task_ids)))}
 
 
-def common_and_limits(conn: Connection, task_ids: list[int]) -> dict[int, tuple[bool, object]]:
-    """Whether each task has a common payload part, and its ``output_limit`` option."""
-    return {task_id: (bool(has_common), loads(options).get("output_limit"))
+def common_and_limits(conn: Connection,
+                      task_ids: list[int]) -> dict[int, tuple[bool, object, object]]:
+    """Whether each task has a common payload part, its ``output_limit`` option and its
+    ``workdir`` option (the client's host and directory, or None)."""
+    return {task_id: (bool(has_common), (o := loads(options)).get("output_limit"),
+                      o.get("workdir"))
             for task_id, has_common, options in conn.execute(
                 select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options)
                 .where(tasks.c.id.in_(task_ids)))}
