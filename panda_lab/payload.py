@@ -12,12 +12,15 @@ the packages that matter travel along so a mismatch is reported, not guessed at.
 
 from __future__ import annotations
 
+import functools
+import linecache
 import os
 import pickle
 import socket
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import cloudpickle
 
 from panda_lab.output import Capture
-from panda_lab.remote_errors import dumps_exception, safe_str, type_name
+from panda_lab.remote_errors import dumps_exception, fold_frames, safe_str, type_name
 from panda_lab.text import MESSAGE_LIMIT, TRACEBACK_LIMIT, clip
 
 #: Results up to this size travel inline (in reports, the database and the event
@@ -42,6 +45,114 @@ class PayloadError(TypeError):
     against ``concurrent.futures``' process pools catches it the same way."""
 
 
+#: Characters of source lines of notebook cells sent with one function, at most.
+SOURCES_LIMIT = 1 << 20
+
+
+def _functions(fn: Any, depth: int = 3) -> list[types.FunctionType]:
+    """``fn`` and the functions it reaches by global name (``depth`` levels down):
+    through partials, bound methods and classes (their methods).  Never raises."""
+    found: list[types.FunctionType] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, level: int) -> None:
+        if id(obj) in seen or level < 0:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, functools.partial):
+            return visit(obj.func, level)
+        if isinstance(obj, types.MethodType):
+            return visit(obj.__func__, level)
+        if isinstance(obj, type):
+            for member in vars(obj).values():
+                if isinstance(member, types.FunctionType | classmethod | staticmethod):
+                    visit(getattr(member, "__func__", member), level)
+            return
+        if not isinstance(obj, types.FunctionType):
+            return
+        found.append(obj)
+        names = set(obj.__code__.co_names)
+        for const in obj.__code__.co_consts:  # nested functions and comprehensions
+            if isinstance(const, types.CodeType):
+                names |= set(const.co_names)
+        for n in names:
+            if n in obj.__globals__:
+                visit(obj.__globals__[n], level - 1)
+
+    try:
+        visit(fn, depth)
+    except Exception:  # a help for tracebacks; never a reason to fail
+        pass
+    return found
+
+
+def _code_key(code: types.CodeType) -> str:
+    return f"{code.co_qualname}:{code.co_firstlineno}"
+
+
+def cell_sources(fn: Any) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """What a traceback on a pilot needs to show the lines of a function pickled by value
+    (cloudpickle names every such function's file ``<dynamic-code>``): the file name of
+    each function ``fn`` reaches (``{"qualname:first line": file}``), and the source
+    lines of the notebook cells among those files (``{file: lines}``: files that exist
+    only in this process's ``linecache``, where IPython keeps each cell), at most
+    :data:`SOURCES_LIMIT` characters."""
+    sources: dict[str, list[str]] = {}
+    files: dict[str, str] = {}
+    size = 0
+    for f in _functions(fn):
+        name = f.__code__.co_filename
+        files[_code_key(f.__code__)] = name
+        entry = linecache.cache.get(name)
+        if name not in sources and entry is not None and len(entry) == 4 \
+                and not os.path.exists(name):
+            size += sum(map(len, entry[2]))
+            if size <= SOURCES_LIMIT:
+                sources[name] = list(entry[2])
+    return sources, files
+
+
+def _renamed(code: types.CodeType, name: str) -> types.CodeType:
+    consts = tuple(_renamed(c, name) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=name, co_consts=consts)
+
+
+def _with_sources(sources: dict[str, list[str]], files: dict[str, str], fn: Any) -> Any:
+    """Unpickling a function sent with :func:`cell_sources`: its functions get back their
+    file names, the cells' lines go where tracebacks read them (``linecache``), and the
+    function is given back."""
+    for name, lines in sources.items():
+        linecache.cache[name] = (sum(map(len, lines)), None, lines, name)
+    for f in _functions(fn):
+        name = files.get(_code_key(f.__code__))
+        if name and f.__code__.co_filename != name:
+            try:
+                f.__code__ = _renamed(f.__code__, name)
+            except (TypeError, ValueError):  # a closure whose code cannot change: keep it
+                pass
+    return fn
+
+
+class _Sourced:
+    """``fn`` pickled with its file names and cells' sources (:func:`cell_sources`): on
+    a pilot, a traceback through a function defined in a notebook cell shows the cell's
+    lines, as it would in the notebook."""
+
+    def __init__(self, fn: Any, sources: dict[str, list[str]], files: dict[str, str]) -> None:
+        self.fn, self.sources, self.files = fn, sources, files
+
+    def __reduce__(self) -> tuple:
+        return _with_sources, (self.sources, self.files, self.fn)
+
+
+def _sourced(fn: Any) -> Any:
+    if fn is None or isinstance(fn, bytes):
+        return fn
+    sources, files = cell_sources(fn)
+    return _Sourced(fn, sources, files) if files else fn
+
+
 def dumps_call(fn: Callable | bytes | None, args: tuple = (),
                kwargs: dict | None = None) -> bytes:
     """A job's payload: ``(fn, args, kwargs)`` pickled now, with everything they refer to.
@@ -51,7 +162,7 @@ def dumps_call(fn: Callable | bytes | None, args: tuple = (),
     Raises :class:`PayloadError` naming the function (or "the arguments" when ``fn`` is
     bytes or ``None``) and the pickling error, whatever cloudpickle raised."""
     try:
-        return cloudpickle.dumps((fn, tuple(args), dict(kwargs or {})))
+        return cloudpickle.dumps((_sourced(fn), tuple(args), dict(kwargs or {})))
     except Exception as exc:
         what = ("the arguments" if fn is None or isinstance(fn, bytes)
                 else getattr(fn, "__qualname__", repr(fn)))
@@ -64,7 +175,7 @@ def dumps_fn(fn: Callable) -> bytes:
     or inside :func:`dumps_call`.  Raises :class:`PayloadError` naming ``fn`` and the
     pickling error when it cannot be pickled."""
     try:
-        return cloudpickle.dumps(fn)
+        return cloudpickle.dumps(_sourced(fn))
     except Exception as exc:
         raise PayloadError(f"cannot pickle {getattr(fn, '__qualname__', fn)!r}: "
                            f"{type(exc).__name__}: {exc}") from exc
@@ -145,7 +256,7 @@ def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
     the exception's ``__str__``, ``__reduce__`` or attributes do: a failure here would
     take the worker down and turn the user's error into a lost job."""
     try:
-        tb = "".join(traceback.format_exception(exc))
+        tb = fold_frames("".join(traceback.format_exception(exc)))
     except Exception as why:  # a broken __notes__, a traceback module corner
         tb = f"{type_name(type(exc))}: {safe_str(exc)}\n(no traceback: {type(why).__name__})"
     err = {"category": category, "type": type(exc).__qualname__,
