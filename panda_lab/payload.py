@@ -51,7 +51,8 @@ SOURCES_LIMIT = 1 << 20
 
 def _functions(fn: Any, depth: int = 3) -> list[types.FunctionType]:
     """``fn`` and the functions it reaches by global name (``depth`` levels down):
-    through partials, bound methods and classes (their methods).  Never raises."""
+    through partials (and the functions they bind), bound methods and classes (their
+    methods, also of an instance's class).  Never raises."""
     found: list[types.FunctionType] = []
     seen: set[int] = set()
 
@@ -59,8 +60,10 @@ def _functions(fn: Any, depth: int = 3) -> list[types.FunctionType]:
         if id(obj) in seen or level < 0:
             return
         seen.add(id(obj))
-        if isinstance(obj, functools.partial):
-            return visit(obj.func, level)
+        if isinstance(obj, functools.partial):  # its function and what it binds
+            for part in (obj.func, *obj.args, *obj.keywords.values()):
+                visit(part, level)
+            return
         if isinstance(obj, types.MethodType):
             return visit(obj.__func__, level)
         if isinstance(obj, type):
@@ -69,6 +72,9 @@ def _functions(fn: Any, depth: int = 3) -> list[types.FunctionType]:
                     visit(getattr(member, "__func__", member), level)
             return
         if not isinstance(obj, types.FunctionType):
+            if not isinstance(obj, types.BuiltinFunctionType | types.ModuleType) and \
+                    (callable(obj) or hasattr(obj, "process")):
+                visit(type(obj), level)  # a processor object: its class's methods
             return
         found.append(obj)
         names = set(obj.__code__.co_names)
@@ -257,6 +263,11 @@ def _error(category: str, exc: BaseException, prefix: str = "") -> dict:
     take the worker down and turn the user's error into a lost job."""
     try:
         tb = fold_frames("".join(traceback.format_exception(exc)))
+        # the input an analysis job failed on, first (analysis.runner.name_chunk's note)
+        chunk = [n for n in getattr(exc, "__notes__", None) or ()
+                 if isinstance(n, str) and n.startswith("panda-lab: failed on ")]
+        if chunk:
+            tb = f"{chunk[0]}\n{tb}"
     except Exception as why:  # a broken __notes__, a traceback module corner
         tb = f"{type_name(type(exc))}: {safe_str(exc)}\n(no traceback: {type(why).__name__})"
     err = {"category": category, "type": type(exc).__qualname__,

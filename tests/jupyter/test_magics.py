@@ -171,7 +171,8 @@ def test_a_task_displays_as_a_live_widget_in_a_kernel(kernel, nlab):
     reply = kernel.ok(f"import panda_lab\nlab = panda_lab.connect()\nlab.task({task})")
     (bundle,) = [d["data"] for d in reply.displays]
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert bundle["text/plain"].startswith(f"task {task} 't-widget': done: all 2 jobs finished · 2/2 jobs")
+    assert bundle["text/plain"].startswith(
+        f"task {task} 't-widget': done: all 2 jobs finished · 2/2 jobs")
     reply = kernel.ok("lab.monitor()")
     (bundle,) = [d["data"] for d in reply.displays]
     assert "application/vnd.jupyter.widget-view+json" in bundle
