@@ -370,6 +370,9 @@ class LabMonitor(_Watched, w.VBox):
                 self.refresh()
             except Exception as exc:  # keep the last view; say why it is stale
                 log.debug("monitor refresh failed: %s", exc)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.header.value = (f"<b>panda-lab</b> &middot; <i class='panda-stale'>not "
+                                     f"updated: {html.escape(first)}</i>")
 
     def close(self) -> None:
         """Stop following and close the widget."""

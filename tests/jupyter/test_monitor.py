@@ -253,3 +253,7 @@ def test_a_monitor_of_an_unreachable_server_says_so_instead_of_raising():
     assert repr(m) == "<TaskMonitor 1>"
     lm = LabMonitor(lab, start=False)
     assert "unreachable" in lm.header.value
+    lm = LabMonitor(lab, interval=0.05)  # a later look that fails says the view is stale
+    wait_for(lambda: "not updated: the panda-lab server at" in lm.header.value, 10,
+             what="a stale note")
+    lm.close()
