@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 
 from panda_lab.model.states import JOB_UNSUCCESSFUL, TASK_FINAL, TONES, JobState, TaskState
 
-__all__ = ["TONES", "Outcome", "task_outcome"]
+__all__ = ["TONES", "TONE_COLOURS", "Outcome", "duration", "final_line", "summary_of",
+           "task_outcome"]
 
 T = TaskState
 J = JobState
@@ -71,7 +72,7 @@ def task_outcome(state: TaskState | str, n_jobs: int, n_done: int,
                  latest: Mapping[str, int] | None = None, *,
                  events_done: int | None = None, events_lost: int | None = None,
                  created_at: float | None = None, ended_at: float | None = None,
-                 now: float | None = None) -> Outcome:
+                 now: float | None = None, message: str = "") -> Outcome:
     """The outcome of a task.
 
     ``state``: the task's state; ``n_jobs``: its logical jobs; ``n_done``: those with a
@@ -79,7 +80,8 @@ def task_outcome(state: TaskState | str, n_jobs: int, n_done: int,
     (``{"failed": 3, "running": 2, ...}``); ``events_done`` / ``events_lost``: input
     events of the jobs with a result / of the lost jobs (None: the task has no input
     dataset); ``created_at``, ``ended_at``, ``now``: epoch seconds (``now`` gives the
-    wall time of an active task).
+    wall time of an active task); ``message``: the task's own message, which names why
+    a task ``failed`` although all its jobs finished (results that could not be merged).
 
     A final task lost ``n_jobs - n_done`` jobs (failed, cancelled, or closed before they
     ran); an active one has lost the jobs whose newest attempt ended unsuccessfully
@@ -108,8 +110,12 @@ def task_outcome(state: TaskState | str, n_jobs: int, n_done: int,
             label += f", {lost} {what}{events_note}"
     elif n_jobs == 0:
         tone, label = "neutral", f"{state}: no jobs"
+    elif lost == 0 and state == T.FAILED:  # every job finished, the task did not
+        tone = "danger"
+        why = message.splitlines()[0][:80] if message else "after all its jobs finished"
+        label = f"{state}: {why}"
     elif lost == 0:
-        tone = "success"
+        tone = "neutral" if state == T.ABORTED else "success"
         label = f"{state}: all {n_jobs} jobs finished"
     elif n_done == 0:
         tone = "danger"
@@ -119,3 +125,53 @@ def task_outcome(state: TaskState | str, n_jobs: int, n_done: int,
         label = f"{state}: {lost} of {n_jobs} jobs {what}{events_note}"
     return Outcome(label, tone, lost, events_lost if events_lost is not None else
                    (None if events_done is None else 0), wall, rate)
+
+
+#: The colour of each tone, for HTML (the widgets, the text reprs): the panel's palette.
+TONE_COLOURS: dict[str, str] = {"success": "#2e7d32", "warning": "#ef6c00",
+                                "danger": "#c62828", "active": "#1565c0",
+                                "neutral": "#757575"}
+
+
+def duration(seconds: float) -> str:
+    """Seconds in words: ``"0.4 s"``, ``"12 s"``, ``"4 min 05 s"``, ``"2 h 03 min"``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def final_line(summary: dict, look: str = "task.errors()") -> str:
+    """What a final task's view shows instead of a rate and an ETA: wall time, mean rate
+    (events per second over the wall time), what was lost and, when something was,
+    where to look (``look``: ``"task.errors()"`` in a notebook, a command in the CLI).
+
+    ``summary``: a task record's ``summary`` (:meth:`Outcome.as_dict`).  Returns one
+    line, e.g. ``"wall time 12 s · mean 327,266 events/s · 10 jobs lost (1,234,000
+    events): see task.errors()"``."""
+    parts = []
+    if summary.get("wall_s") is not None:
+        parts.append(f"wall time {duration(summary['wall_s'])}")
+    if summary.get("rate"):
+        parts.append(f"mean {summary['rate']:,.0f} events/s")
+    lost = summary.get("jobs_lost") or 0
+    if lost:
+        events = summary.get("events_lost")
+        parts.append(f"{lost} job{'s' if lost != 1 else ''} lost"
+                     + (f" ({events:,} events)" if events else "") + f": see {look}")
+    else:
+        parts.append("nothing lost")
+    return " · ".join(parts)
+
+
+def summary_of(record: dict) -> dict:
+    """A task record's ``summary``; for a record without one (a server from before
+    summaries), the outcome from its state and counts alone (no events, no times)."""
+    if record.get("summary"):
+        return record["summary"]
+    return task_outcome(record["state"], record.get("n_jobs", 0),
+                        record.get("n_done", 0)).as_dict()

@@ -195,7 +195,7 @@ class Workflow(Admin):
         """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically; the jobs it
         already ``held`` are heartbeated on the way.  Returns ``(jobs, changes)``, jobs
         ``[{"id", "task", "index", "attempt", "payload", "walltime_s", "cores", "common",
-        "output_limit"}]`` by priority, then age."""
+        "output_limit", "workdir"}]`` by priority, then age."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
@@ -214,10 +214,11 @@ class Workflow(Admin):
         for r in rows:
             changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
                                           str(J.SENT)))
-            has_common, limit = per_task.get(r.task_id, (False, None))
+            has_common, limit, workdir = per_task.get(r.task_id, (False, None, None))
             out.append({"id": r.id, "task": r.task_id, "index": r.job_index,
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
-                        "cores": r.cores, "common": has_common, "output_limit": limit})
+                        "cores": r.cores, "common": has_common, "output_limit": limit,
+                        "workdir": workdir})
         return out, changes
 
     @staticmethod

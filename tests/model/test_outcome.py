@@ -18,11 +18,16 @@ ACTIVE = [s for s in TaskState if s not in TASK_FINAL]
 
 
 @pytest.mark.parametrize("state", sorted(TASK_FINAL))
-def test_a_final_task_with_nothing_lost_is_a_success(state):
+def test_a_final_task_with_nothing_lost_is_a_success_unless_it_failed(state):
     o = task_outcome(state, 40, 40, {"finished": 40}, events_done=4000, events_lost=0,
-                     created_at=100.0, ended_at=110.0)
-    assert (o.tone, o.jobs_lost, o.events_lost) == ("success", 0, 0)
-    assert o.label == f"{state}: all 40 jobs finished"
+                     created_at=100.0, ended_at=110.0, message="results differ\nin key x")
+    tone = {T.FAILED: "danger", T.ABORTED: "neutral"}.get(state, "success")
+    assert (o.tone, o.jobs_lost, o.events_lost) == (tone, 0, 0)
+    if state == T.FAILED:  # results that could not be merged: the message says why
+        assert o.label == "failed: results differ"
+        assert task_outcome(state, 2, 2).label == "failed: after all its jobs finished"
+    else:
+        assert o.label == f"{state}: all 40 jobs finished"
     assert o.wall_s == 10.0 and o.rate == 400.0
 
 

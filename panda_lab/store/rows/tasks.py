@@ -125,9 +125,12 @@ def task_sites(conn: Connection, task_ids: set[int]) -> dict[int, Row]:
         .where(tasks.c.id.in_(task_ids)))}
 
 
-def common_and_limits(conn: Connection, task_ids: list[int]) -> dict[int, tuple[bool, object]]:
-    """Whether each task has a common payload part, and its ``output_limit`` option."""
-    return {task_id: (bool(has_common), loads(options).get("output_limit"))
+def common_and_limits(conn: Connection,
+                      task_ids: list[int]) -> dict[int, tuple[bool, object, object]]:
+    """Whether each task has a common payload part, its ``output_limit`` option and its
+    ``workdir`` option (the client's host and directory, or None)."""
+    return {task_id: (bool(has_common), (o := loads(options)).get("output_limit"),
+                      o.get("workdir"))
             for task_id, has_common, options in conn.execute(
                 select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options)
                 .where(tasks.c.id.in_(task_ids)))}
@@ -162,7 +165,7 @@ def outcome(conn: Connection, row: Row, n_done: int) -> dict:
         events_lost = sum(int(n) for i, n in sizes.items() if i in lost)
     return task_outcome(row.state, row.n_jobs, n_done, newest, events_done=events_done,
                         events_lost=events_lost, created_at=row.created_at,
-                        ended_at=row.ended_at, now=now()).as_dict()
+                        ended_at=row.ended_at, now=now(), message=row.message).as_dict()
 
 
 def task_dict(conn: Connection, row: Row) -> dict:
