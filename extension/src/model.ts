@@ -216,13 +216,17 @@ export class PandaModel implements IDisposable {
           this.state.vocabulary = await requestAPI<Vocabulary>('states');
         }
       }
+      // each part is shown as soon as it is in: a slow one never holds the others back
+      const shown = (): void => this.emit();
       await Promise.all([
-        parts.has('tasks') && requestAPI<Task[]>('tasks').then(t => { this.state.tasks = t; }),
-        parts.has('sites') && requestAPI<Site[]>('sites').then(s => { this.state.sites = s; }),
+        parts.has('tasks') &&
+          requestAPI<Task[]>('tasks').then(t => { this.state.tasks = t; }).then(shown),
+        parts.has('sites') &&
+          requestAPI<Site[]>('sites').then(s => { this.state.sites = s; }).then(shown),
         parts.has('counts') &&
-          requestAPI<Counts>('counts').then(c => { this.state.counts = c; }),
-        parts.has('task') && this.fetchTask(),
-        parts.has('job') && this.fetchJob()
+          requestAPI<Counts>('counts').then(c => { this.state.counts = c; }).then(shown),
+        parts.has('task') && this.fetchTask().then(shown),
+        parts.has('job') && this.fetchJob().then(shown)
       ]);
       if (this.state.server?.running === false) {
         this.state.server = null; // it answers again; its status when a view shows it
