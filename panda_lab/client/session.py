@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -19,18 +20,34 @@ from panda_lab import runtime
 from panda_lab.client.analysis import AnalysisTask, Dataset, Datasets, analyze
 from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
-from panda_lab.http import ApiClient, ApiError
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.model import TASK_FINAL
-from panda_lab.payload import dumps_call, dumps_fn, environment
+from panda_lab.payload import dumps_call, dumps_fn, environment, workdir
 
 
 class Lab:
-    """A connection to a panda-lab server and the verbs a user needs."""
+    """A connection to a panda-lab server and the verbs a user needs.
+
+    With ``home`` (a local server's runtime directory) the connection follows the server
+    when it restarts: a request the old address does not answer re-reads the connection
+    file and goes on at the new one, so a notebook's ``lab`` and its monitors carry on.
+    When no server answers, the error says so in a few lines, and the call that fixes it.
+    """
 
     def __init__(self, url: str, token: str, home: Path | None = None) -> None:
-        self.url = url
         self.home = home
-        self.api = ApiClient(url, token)
+        if home is not None:
+            fix = ("`lab = panda_lab.connect()` starts it again (or `panda-lab server "
+                   "start` in a terminal); this lab then finds it by itself.")
+        else:
+            fix = f"start the server at {url}, or `lab = panda_lab.connect(url=...)` another."
+        self.api = ApiClient(url, token, find=runtime.finder(home) if home else None, fix=fix)
+        _short_errors_in_ipython()
+
+    @property
+    def url(self) -> str:
+        """The server's base URL now (it changes when a local server restarts)."""
+        return self.api.url
 
     def __repr__(self) -> str:
         try:
@@ -70,7 +87,7 @@ class Lab:
                 for args in arglist]
         options = {"priority": priority, "cores": cores, "memory_mb": memory_mb,
                    "walltime_s": walltime_s, "max_attempts": retries + 1,
-                   "client": environment()}
+                   "client": environment(), "workdir": workdir()}
         if output_limit is not None:
             options["output_limit"] = output_limit
         reply = self.api.post("/api/tasks", {
@@ -242,6 +259,33 @@ class Lab:
         ``host``, ``pid``, ``state``, ``slots``, ``started_at`` and ``heartbeat_at``
         (seconds since the epoch), ``jobs_done`` and ``info`` (environment, batch id)."""
         return self.api.get("/api/pilots", site=site)
+
+
+def _short_unreachable(shell: Any, etype: type, value: BaseException, tb: Any,
+                       tb_offset: int | None = None) -> list[str]:
+    """IPython's display of :class:`~panda_lab.http.ServerUnreachable`: its message
+    (what happened, what fixes it) without the frames of the HTTP client under it.
+    IPython leaves the showing to a custom handler (the kernel's ``_showtraceback``
+    sends the error to the front end); returns the lines shown."""
+    lines = [f"{etype.__name__}: {value}"]
+    show = getattr(shell, "_showtraceback", None)
+    if show is not None:
+        show(etype, value, lines)
+    else:  # pragma: no cover - an IPython without it
+        print(lines[0], file=sys.stderr)
+    return lines
+
+
+def _short_errors_in_ipython() -> None:
+    """In IPython, show a server that does not answer as its few lines of message; left
+    alone when something else already set IPython's custom exception handler."""
+    shell = None
+    ipython = sys.modules.get("IPython")  # only where IPython runs already
+    if ipython is not None:
+        shell = ipython.get_ipython()
+    if shell is None or shell.custom_exceptions not in ((), (ServerUnreachable,)):
+        return
+    shell.set_custom_exc((ServerUnreachable,), _short_unreachable)
 
 
 def connect(url: str | None = None, token: str | None = None,

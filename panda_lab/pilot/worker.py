@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from panda_lab.output import Capture
-from panda_lab.payload import Outcome, run_call
+from panda_lab.payload import Outcome, job_directory, run_call
 
 _CTX = mp.get_context("spawn")
 
@@ -87,6 +87,7 @@ def worker_main(conn: Connection) -> None:
     stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
     Returns nothing; what a job raises is in its outcome, never raised here."""
     commons: OrderedDict[int, object] = OrderedDict()
+    own_dir = os.getcwd()  # where a job without a client directory here runs
     lock = threading.Lock()
     ticker = _OutputTicker(conn, lock)
     ticker.start()
@@ -107,6 +108,8 @@ def worker_main(conn: Connection) -> None:
         elif kind == "run":
             _, job_id, task_id, payload = msg[:4]
             spool = msg[4] if len(msg) > 4 else None  # (stdout path, stderr path, limit)
+            # the submitting client's directory, on its own machine (local sites)
+            os.chdir(job_directory(msg[5] if len(msg) > 5 else None) or own_dir)
             common = commons.get(task_id)
             if isinstance(common, Exception):
                 from panda_lab.payload import _error
@@ -185,7 +188,8 @@ class Worker:
         if common is not None and job["task"] not in self.commons:
             self.conn.send(("common", job["task"], common))
             self.commons.add(job["task"])
-        self.conn.send(("run", job["id"], job["task"], job["payload"], spool))
+        self.conn.send(("run", job["id"], job["task"], job["payload"], spool,
+                        job.get("workdir")))
         self.job = job
         self.started_at = now
 

@@ -192,6 +192,25 @@ async def retry_task(request: Request, task: TaskRef) -> dict:
     return {"task": task_id, "jobs": ids}
 
 
+@router.post("/tasks/{task}/acknowledge")
+async def acknowledge_task(request: Request, task: str) -> dict:
+    """A person saw the task's failed jobs: they no longer count in ``GET /api/counts``
+    until an attempt fails again."""
+    s = _server(request)
+    task_id = await _task_id(s, task)
+    t = await s.db(s.store.acknowledge_task, task_id)
+    return {"task": task_id, "time": t}
+
+
+@router.get("/counts")
+async def counts(request: Request) -> dict:
+    """Jobs over all tasks and sites, as the status bar shows them: ``{"running",
+    "prefetched", "waiting", "failed", "failed_tasks"}`` (panda_lab/store/rows/counts.py
+    says what each counts)."""
+    s = _server(request)
+    return await s.db(s.store.job_counts)
+
+
 @router.post("/tasks/{task}/cancel")
 async def cancel_jobs(request: Request, task: TaskRef, body: JobIndices) -> dict:
     """Cancel logical jobs that no pilot ever got (``Future.cancel``): those listed in

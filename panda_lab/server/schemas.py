@@ -104,6 +104,9 @@ class TaskOptions(Strict):
     output_limit: Annotated[int, Field(ge=0, le=1 << 30)] | None = Field(
         None, description="characters of each job's stdout and stderr kept in full "
                           "(default: panda_lab.output.OUTPUT_LIMIT)")
+    workdir: dict[str, str] | None = Field(
+        None, description="the submitting client's {host, path}: a pilot on that host runs "
+                          "the task's jobs in that directory (panda_lab.payload.workdir)")
 
 
 class TaskSubmit(Strict):

@@ -233,3 +233,12 @@ accumulators = Table(
     Column("events", BigInteger, nullable=False, default=0),
     Column("updated_at", Float, nullable=False),
 )
+
+# The status bar's "failed": a person acknowledged a task's failed jobs at ``time``; jobs
+# that fail after it (a retry's new attempts) need attention again.
+task_acks = Table(
+    "task_acks",
+    metadata,
+    Column("task_id", Integer, primary_key=True),
+    Column("time", Float, nullable=False),
+)

@@ -42,6 +42,7 @@ from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, 
 from panda_lab.store.admin import Admin
 from panda_lab.store.base import Changes, JobChange, dumps, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
+from panda_lab.store.rows import counts as count_rows
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
 from panda_lab.store.rows import pilots as pilot_rows
@@ -194,7 +195,7 @@ class Workflow(Admin):
         """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically; the jobs it
         already ``held`` are heartbeated on the way.  Returns ``(jobs, changes)``, jobs
         ``[{"id", "task", "index", "attempt", "payload", "walltime_s", "cores", "common",
-        "output_limit"}]`` by priority, then age."""
+        "output_limit", "workdir"}]`` by priority, then age."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
@@ -213,10 +214,11 @@ class Workflow(Admin):
         for r in rows:
             changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
                                           str(J.SENT)))
-            has_common, limit = per_task.get(r.task_id, (False, None))
+            has_common, limit, workdir = per_task.get(r.task_id, (False, None, None))
             out.append({"id": r.id, "task": r.task_id, "index": r.job_index,
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
-                        "cores": r.cores, "common": has_common, "output_limit": limit})
+                        "cores": r.cores, "common": has_common, "output_limit": limit,
+                        "workdir": workdir})
         return out, changes
 
     @staticmethod
@@ -268,7 +270,9 @@ class Workflow(Admin):
                     continue
                 new = path[-1]
                 err = {k: job_rows.text(v) for k, v in (u.get("error") or {}).items()}
-                started = u.get("started_at") if (J.STARTING in path or J.RUNNING in path) else None
+                # a pilot sends started_at only for a job it started: also when its first
+                # report is the end (sent -> failed passes no running state)
+                started = u.get("started_at")
                 params.append({
                     "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
                     "b_started": started, "b_ended": t if new in JOB_FINAL else None,
@@ -521,6 +525,16 @@ class Workflow(Admin):
                 self._again(r, next_attempt(self._previous(r, task.site), Cause.USER_RETRY))
                 for r in latest], changes)
         return ids, changes
+
+    def acknowledge_task(self, task_id: int) -> float:
+        """A person saw the task's failed jobs: they leave the status bar's ``failed``
+        until an attempt fails again (after a retry).  Returns the time recorded (Unix
+        seconds).  Raises ``TaskNotFound``."""
+        t = now()
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            count_rows.acknowledge(conn, task_id, t)
+        return t
 
 
 def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | None:

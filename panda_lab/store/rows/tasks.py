@@ -8,11 +8,13 @@ from __future__ import annotations
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.engine import Row
 
-from panda_lab.model import JOB_FINAL, TASK_FINAL, TaskState, can_task
+from panda_lab.model import JOB_FINAL, JOB_UNSUCCESSFUL, TASK_FINAL, TaskState, can_task
 from panda_lab.model.lease import ended_message
+from panda_lab.model.outcome import task_outcome
 from panda_lab.store.base import Changes, dumps, loads, now
 from panda_lab.store.errors import TaskNotFound
-from panda_lab.store.schema import jobs, results, tasks
+from panda_lab.store.rows import jobs as job_rows
+from panda_lab.store.schema import chunks, jobs, results, tasks
 
 T = TaskState
 FINAL_JOBS = [str(s) for s in JOB_FINAL]
@@ -123,9 +125,12 @@ def task_sites(conn: Connection, task_ids: set[int]) -> dict[int, Row]:
         .where(tasks.c.id.in_(task_ids)))}
 
 
-def common_and_limits(conn: Connection, task_ids: list[int]) -> dict[int, tuple[bool, object]]:
-    """Whether each task has a common payload part, and its ``output_limit`` option."""
-    return {task_id: (bool(has_common), loads(options).get("output_limit"))
+def common_and_limits(conn: Connection,
+                      task_ids: list[int]) -> dict[int, tuple[bool, object, object]]:
+    """Whether each task has a common payload part, its ``output_limit`` option and its
+    ``workdir`` option (the client's host and directory, or None)."""
+    return {task_id: (bool(has_common), (o := loads(options)).get("output_limit"),
+                      o.get("workdir"))
             for task_id, has_common, options in conn.execute(
                 select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options)
                 .where(tasks.c.id.in_(task_ids)))}
@@ -136,8 +141,37 @@ def common(conn: Connection, task_id: int) -> bytes | None:
     return conn.execute(select(tasks.c.common).where(tasks.c.id == task_id)).scalar()
 
 
+def outcome(conn: Connection, row: Row, n_done: int) -> dict:
+    """The task's ``summary`` (:func:`panda_lab.model.outcome.task_outcome` as a dict),
+    from the newest attempt of each logical job, the jobs with a result and, for an
+    analysis task, the entries of each job's chunks."""
+    latest_rows = conn.execute(select(jobs.c.job_index, jobs.c.state)
+                               .where(jobs.c.id.in_(job_rows.latest(row.id)))).all()
+    newest: dict[str, int] = {}
+    for r in latest_rows:
+        newest[r.state] = newest.get(r.state, 0) + 1
+    sizes = dict(conn.execute(select(chunks.c.job_index, func.sum(chunks.c.stop - chunks.c.start))
+                              .where(chunks.c.task_id == row.id)
+                              .group_by(chunks.c.job_index)).all())
+    events_done = events_lost = None
+    if sizes:
+        done = {r[0] for r in conn.execute(select(results.c.job_index)
+                                           .where(results.c.task_id == row.id))}
+        final = TaskState(row.state) in TASK_FINAL
+        unsuccessful = {str(s) for s in JOB_UNSUCCESSFUL}
+        lost = {r.job_index for r in latest_rows
+                if r.job_index not in done and (final or r.state in unsuccessful)}
+        events_done = sum(int(n) for i, n in sizes.items() if i in done)
+        events_lost = sum(int(n) for i, n in sizes.items() if i in lost)
+    return task_outcome(row.state, row.n_jobs, n_done, newest, events_done=events_done,
+                        events_lost=events_lost, created_at=row.created_at,
+                        ended_at=row.ended_at, now=now(), message=row.message).as_dict()
+
+
 def task_dict(conn: Connection, row: Row) -> dict:
-    """A task as the API shows it, with its attempts counted by state and ``n_done``."""
+    """A task as the API shows it, with its attempts counted by state, ``n_done`` and
+    its ``summary``: ``{"label", "tone", "jobs_lost", "events_lost", "wall_s", "rate"}``
+    (see :func:`panda_lab.model.outcome.task_outcome`)."""
     counts = dict(conn.execute(select(jobs.c.state, func.count())
                                .where(jobs.c.task_id == row.id).group_by(jobs.c.state)).all())
     n_done = conn.execute(select(func.count()).select_from(results)
@@ -149,6 +183,7 @@ def task_dict(conn: Connection, row: Row) -> dict:
         "n_jobs": row.n_jobs, "n_done": n_done, "attempts_by_state": counts,
         "created_at": row.created_at, "modified_at": row.modified_at,
         "ended_at": row.ended_at, "message": row.message,
+        "summary": outcome(conn, row, n_done),
     }
 
 
