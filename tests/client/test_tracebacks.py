@@ -56,3 +56,48 @@ def test_exception_groups_and_user_only_tracebacks_are_left_alone(monkeypatch):
     assert fold_frames(group) == group
     mine = "Traceback (most recent call last):\n" + frame("/home/me/a.py", "f") + "E: x\n"
     assert fold_frames(mine) == mine
+
+
+def test_a_cells_function_keeps_its_file_and_lines_where_it_runs(tmp_path):
+    """cloudpickle names a function's file ``<dynamic-code>``; a notebook cell's lines are
+    only in the notebook's ``linecache``.  Both travel with the function."""
+    import linecache
+    import pickle
+    import traceback
+
+    from panda_lab.payload import dumps_fn
+
+    name = "/tmp/ipykernel_0/4242.py"  # as IPython names a cell: no such file
+    src = "def fit(x):\n    scale = 1.0\n    return scale / x  # the user's line\n"
+    linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+    ns = {"__name__": "__main__"}
+    exec(compile(src, name, "exec"), ns)
+    data = dumps_fn(ns["fit"])
+    del linecache.cache[name]  # as on a pilot, which never saw the cell
+    try:
+        pickle.loads(data)(0)
+    except ZeroDivisionError as exc:
+        text = "".join(traceback.format_exception(exc))
+    assert f'File "{name}", line 3, in fit' in text
+    assert "return scale / x  # the user's line" in text
+
+
+def test_jobs_run_in_the_clients_directory_on_its_machine(tmp_path):
+    import socket
+
+    from panda_lab.payload import dumps_call, dumps_fn, job_directory, run_call, workdir
+
+    here = socket.gethostname()
+    assert job_directory({"host": here, "path": str(tmp_path)}) == str(tmp_path)
+    assert job_directory({"host": here + "-elsewhere", "path": str(tmp_path)}) is None
+    assert job_directory({"host": here, "path": str(tmp_path / "gone")}) is None
+    assert job_directory(None) is None and workdir()["path"] == os.getcwd()
+    out = run_call(dumps_call(None, ("no-such-input.txt",)), pickle_loads(dumps_fn(open)))
+    assert out.error["message"].startswith("FileNotFoundError")
+    assert f"this job ran in {os.getcwd()}" in out.error["traceback"]
+
+
+def pickle_loads(data: bytes):
+    import pickle
+
+    return pickle.loads(data)
