@@ -94,7 +94,8 @@ class PandaExecutor(Executor):
                  name: str | None = None, max_workers: int | None = None,
                  server_lost_timeout: float = 60.0) -> None:
         self._lab = lab
-        self._api = ApiClient(lab.url, lab.api.token, find=lab.api.find, fix=lab.api.fix)
+        self._api = ApiClient(lab.url, lab.api.token, find=getattr(lab.api, "find", None),
+                              fix=getattr(lab.api, "fix", ""))
         self.site = site
         self.name = name or "executor"
         self._options = {"priority": priority, "cores": cores, "memory_mb": memory,

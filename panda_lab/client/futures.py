@@ -162,6 +162,8 @@ class PandaFuture(Future):
         try:
             return super().result(timeout)
         except BaseException as exc:
+            if exc is not self._exception:  # a timeout, a cancel, an interrupt: as they are
+                raise
             raise exc.with_traceback(None)  # noqa: B904 - the same exception, its chain kept
 
     def __repr__(self) -> str:

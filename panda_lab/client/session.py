@@ -79,6 +79,9 @@ class Lab:
         """Submit one job per argument tuple, all calling ``fn``; returns the task id.
 
         The function travels once, with the task; each job carries only its arguments.
+        Jobs that run on a pilot of this machine (the local sites) run in this process's
+        working directory, so relative paths mean what they mean here; elsewhere they run
+        in the pilot's directory (:func:`panda_lab.payload.job_directory`).
         ``output_limit``: characters of each job's stdout and stderr kept in full for
         :meth:`job_output` (default :data:`panda_lab.output.OUTPUT_LIMIT`).
         """
