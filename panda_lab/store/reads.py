@@ -55,7 +55,7 @@ class Reads(Database):
         """The newest ``limit`` tasks (of ``state``), each as ``get_task`` shows it without
         ``jobs_by_site`` but with ``"sites"``: the sites its jobs went to, sorted."""
         with self.tx() as conn:
-            out = [task_rows.task_dict(conn, r) for r in task_rows.list_rows(conn, limit, state)]
+            out = task_rows.task_dicts(conn, task_rows.list_rows(conn, limit, state))
             used: dict[int, set[str]] = {}
             if out:  # the sites each task's jobs went to, in one query for the whole list
                 for task_id, site in conn.execute(
