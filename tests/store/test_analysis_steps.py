@@ -111,7 +111,7 @@ def test_a_task_list_reads_its_summaries_together(store):
 
     def make(n_tasks: int) -> None:
         for k in range(n_tasks):
-            task_id, ids, _ = store.create_task(
+            _task_id, ids, _ = store.create_task(
                 f"ana{k}-{n_tasks}", [{"payload": b"%d" % i} for i in range(2)],
                 options={"max_attempts": 1}, job_chunks=[chunk(0, 10), chunk(10, 30)])
             pilot_id = store.register_pilot("A", "host", 1, 2, {})
