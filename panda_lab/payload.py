@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -91,7 +91,8 @@ class Outcome:
     ``ErrorCategory`` the retry rules of :mod:`panda_lab.model.retry` act on, as PanDA
     classifies failures; ``type``, ``message``, ``traceback``, ``exception``); the
     tails of ``stdout``/``stderr``; ``started_at``/``ended_at`` in seconds since the
-    epoch."""
+    epoch; ``reads``, what the job read per storage endpoint (``[{"endpoint", "bytes",
+    "seconds", "requests"}]``, see :mod:`panda_lab.reads`), filled by the worker."""
 
     ok: bool
     result: bytes | None
@@ -100,6 +101,7 @@ class Outcome:
     stderr: str
     started_at: float
     ended_at: float
+    reads: list[dict] = field(default_factory=list)
 
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from panda_lab import reads
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.files import describe
 from panda_lab.analysis.schema import Collection, Layout, offsets_from_counts, packed_lists
@@ -82,7 +83,9 @@ class LazyReader:
             return
         c = self.chunk
         try:
-            arrays = self.tree.arrays(wanted, entry_start=c.start, entry_stop=c.stop, how=dict)
+            with reads.measured(c.path, self.tree.file):
+                arrays = self.tree.arrays(wanted, entry_start=c.start, entry_stop=c.stop,
+                                          how=dict)
         except Exception as exc:
             raise self._error(f"cannot read: {describe(exc)}") from exc
         self._arrays.update(arrays)
@@ -96,9 +99,10 @@ class LazyReader:
         if branch not in self._arrays:
             c = self.chunk
             try:
-                self._arrays[branch] = self.tree[branch].array(
-                    entry_start=c.start, entry_stop=c.stop, library="ak"
-                )
+                with reads.measured(c.path, self.tree.file):
+                    self._arrays[branch] = self.tree[branch].array(
+                        entry_start=c.start, entry_stop=c.stop, library="ak"
+                    )
             except Exception as exc:
                 raise self._error(f"cannot read {branch!r}: {describe(exc)}") from exc
             self.touched.add(branch)

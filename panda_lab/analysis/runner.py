@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from panda_lab import reads
 from panda_lab.analysis.accumulate import MergeError, merge
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, materialize, read_chunk
@@ -65,8 +66,10 @@ def _open_any(
 ) -> tuple[Any, Chunk, float]:
     """Read a chunk from the first replica that works, those at the site's own storage
     endpoint (``PANDA_LAB_ENDPOINT``, set by the pilot) first."""
-    near = os.environ.get("PANDA_LAB_ENDPOINT")
+    near = os.environ.get(reads.LOCAL_ENDPOINT)
     replicas = sorted(chunk.get("replicas") or [], key=lambda r: r["endpoint"] != near)
+    for r in replicas:  # what is read from a replica counts for its endpoint's link
+        reads.remember(r["url"], r["endpoint"])
     urls = [r["url"] for r in replicas] or [chunk["path"]]
     last: DataError | None = None
     for url in urls:

@@ -30,6 +30,12 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--watchdog-interval", type=float, default=2.0)
     p.add_argument("--heartbeat-interval", type=float, default=5.0,
                    help="how often pilots heartbeat")
+    p.add_argument("--network", choices=("active", "passive", "off"), default="active",
+                   help="brokerage's network term: weighed (active, the default), computed "
+                        "and shown only (passive), or not computed (off)")
+    p.add_argument("--stall-after", type=float, default=300.0,
+                   help="seconds without dispatch after which a site's waiting jobs are "
+                        "brokered again while other sites have free slots (0: never)")
     p.add_argument("--no-pilots", action="store_true",
                    help="start no local pilots (run `panda-lab pilot` yourself)")
 

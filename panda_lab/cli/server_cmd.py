@@ -11,13 +11,16 @@ from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
 
 def config_from_args(args: argparse.Namespace):
     from panda_lab.provisioners.config import ConfigError, default_sites, load_sites
+    from panda_lab.provisioners.links import load_links
     from panda_lab.server.config import ServerConfig
 
     if args.task_lease <= 0:
         raise ConfigError(f"--task-lease {args.task_lease:g} must be more than 0 seconds")
+    sites = load_sites(args.sites) if args.sites else default_sites()
     return ServerConfig(
         home=runtime.home(args.home), db_url=args.db, host=args.host, port=args.port,
-        sites=load_sites(args.sites) if args.sites else default_sites(),
+        sites=sites, links=load_links(args.sites, sites) if args.sites else [],
+        network=args.network, stall_after=args.stall_after,
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
         provision=not args.no_pilots)
@@ -28,7 +31,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
            "--heartbeat-timeout", str(args.heartbeat_timeout),
            "--task-lease", str(args.task_lease),
            "--heartbeat-interval", str(args.heartbeat_interval),
-           "--watchdog-interval", str(args.watchdog_interval)]
+           "--watchdog-interval", str(args.watchdog_interval),
+           "--network", args.network, "--stall-after", str(args.stall_after)]
     if args.db:
         out += ["--db", args.db]
     if args.sites:

@@ -123,6 +123,16 @@ class JobError(Strict):
     _texts = field_validator("message", "traceback", "type", mode="before")(_clean_text)
 
 
+class LinkReads(Strict):
+    """What a job read from one storage endpoint (see :mod:`panda_lab.reads`): ``""``
+    is the site's own endpoint."""
+
+    endpoint: Annotated[str, Field(max_length=256)]
+    bytes: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    requests: int = Field(ge=0)
+
+
 class JobUpdate(Strict):
     id: int
     attempt: int
@@ -133,6 +143,8 @@ class JobUpdate(Strict):
     error: JobError | None = None
     stdout: Annotated[str, Field(max_length=100_000)] | None = None
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
+    #: Bytes, seconds and requests per endpoint the job read: the links it measured.
+    reads: list[LinkReads] | None = Field(None, max_length=64)
 
     _texts = field_validator("stdout", "stderr", mode="before")(_clean_text)
 

@@ -9,6 +9,7 @@ are never rewritten.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -229,4 +230,24 @@ accumulators = Table(
     Column("merged", Text, nullable=False, default="[]"),
     Column("events", Integer, nullable=False, default=0),
     Column("updated_at", Float, nullable=False),
+)
+
+# ---- network-aware brokerage: the (endpoint, site) links ----------------------------------
+
+# One row per link a site reads a storage endpoint over: its declared throughput and
+# latency (sites.toml's [[links]]), and the estimate learned from what jobs measured
+# (exponentially smoothed, with the count of observations and the time of the last).
+links = Table(
+    "links",
+    metadata,
+    Column("endpoint", String(256), primary_key=True),
+    Column("site", String(128), primary_key=True),
+    Column("declared_mbps", Float, nullable=True),
+    Column("declared_latency_ms", Float, nullable=True),
+    Column("mbps", Float, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("observations", Integer, nullable=False, default=0),
+    Column("observed_at", Float, nullable=True),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("seconds", Float, nullable=False, default=0.0),
 )

@@ -33,6 +33,7 @@ LAYER: dict[str, int] = {
     # 0. plain libraries: text rules, payloads, the model's states and policies, and the
     #    physics side of an analysis (chunking, accumulators, file checks); no control plane
     "text": 0, "output": 0, "remote_errors": 0, "payload": 0, "runtime": 0, "http": 0,
+    "reads": 0,
     "model": 0, "analysis": 0,
     # 1. the database: schema, row repositories, workflow verbs
     "store": 1,
@@ -54,14 +55,16 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "payload": {"text", "output", "remote_errors"},
     "runtime": set(),
     "http": set(),
+    "reads": set(),
     "model": {"text"},
-    "analysis": {"model", "text"},
+    "analysis": {"model", "text", "reads"},
     "store": {"model", "payload", "text"},
     # provisioners start pilots; they know sites by their own config, never the server
     "provisioners": {"model", "text", "http", "runtime"},
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
                "runtime"},
-    "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model"},
+    "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model",
+              "reads"},
     "widgets": {"model", "text"},
     "client": {"server", "widgets", "analysis", "model", "payload", "remote_errors", "output",
                "text", "http", "runtime"},
