@@ -373,27 +373,52 @@ class Workflow(Admin):
         closed (``activated → closed``) and a new one placed on an online site it
         accepts.  A job that accepts only offline sites keeps waiting.  Returns the
         changes."""
-        t = now()
         changes = Changes()
         with self.tx() as conn:
             states = site_rows.states(conn)
             online = {n for n, s in states.items() if s == SiteState.ONLINE}
             offline = [n for n, s in states.items() if s != SiteState.ONLINE]
-            if not offline or not online:
-                return changes
-            movable = [r for r in job_rows.activated_at(conn, offline)
-                       if ANY in (allowed := set(loads(r.broker_info).get("sites") or [ANY]))
-                       or allowed & online]
-            if not movable:
-                return changes
-            why = "site offline: handed back to brokerage"
-            job_rows.close(conn, movable, t, str(ErrorCategory.SYSTEM), why, changes)
-            task = task_rows.task_sites(conn, {r.task_id for r in movable})
-            self._place(conn, [
-                self._again(r, next_attempt(self._previous(r, task[r.task_id].site),
-                                            Cause.REBROKER))
-                for r in movable], changes)
+            if offline and online:
+                self._rebroker(conn, offline, online, "site offline: handed back to brokerage",
+                               changes)
         return changes
+
+    def rebroker_stalled(self, after: float) -> Changes:
+        """JEDI's re-brokerage of a stalled queue: jobs waiting at an online site that
+        dispatched nothing for ``after`` seconds (and whose waiting jobs are that old),
+        while other online sites have free slots, go back to brokerage, away from the
+        stalled site; the closed attempt says why.  A job that accepts no site with free
+        slots keeps waiting.  Returns the changes."""
+        changes = Changes()
+        with self.tx() as conn:
+            stalled = site_rows.stalled(conn, now() - after)
+            if not stalled:
+                return changes
+            free = {s.name for s in site_rows.loads_(conn) if s.state == SiteState.ONLINE
+                    and s.name not in stalled and s.capacity > s.queued + s.running}
+            states = site_rows.states(conn)
+            stuck = [n for n in stalled if states.get(n) == SiteState.ONLINE]
+            if free and stuck:
+                self._rebroker(conn, stuck, free, f"queue stalled: nothing dispatched for "
+                               f"{after:g} s while other sites had free slots; handed back "
+                               "to brokerage", changes)
+        return changes
+
+    def _rebroker(self, conn: Connection, from_: list[str], to: set[str], why: str,
+                  changes: Changes) -> None:
+        """Close the attempts waiting at the sites ``from_`` that accept a site of ``to``
+        and place their next attempts (avoiding the site they leave)."""
+        movable = [r for r in job_rows.activated_at(conn, from_)
+                   if ANY in (allowed := set(loads(r.broker_info).get("sites") or [ANY]))
+                   or allowed & to]
+        if not movable:
+            return
+        job_rows.close(conn, movable, now(), str(ErrorCategory.SYSTEM), why, changes)
+        task = task_rows.task_sites(conn, {r.task_id for r in movable})
+        self._place(conn, [
+            self._again(r, next_attempt(self._previous(r, task[r.task_id].site),
+                                        Cause.REBROKER))
+            for r in movable], changes)
 
     def close_expired_leases(self, t: float) -> tuple[list[int], Changes]:
         """Close every open task whose lease lapsed before ``t`` (the watchdog's rule).

@@ -90,6 +90,21 @@ def loads_(conn: Connection) -> list[SiteLoad]:
     return out
 
 
+def stalled(conn: Connection, since: float) -> list[str]:
+    """Sites whose queue stalled: they have jobs activated before ``since`` still waiting,
+    and none of their jobs moved (dispatched, started, ended) after ``since``.  Sorted."""
+    waiting = {site for site, in conn.execute(
+        select(jobs.c.site).where(jobs.c.state == str(J.ACTIVATED),
+                                  jobs.c.modified_at < since).group_by(jobs.c.site))}
+    if not waiting:
+        return []
+    active = {site for site, in conn.execute(
+        select(jobs.c.site).where(jobs.c.site.in_(sorted(waiting)),
+                                  jobs.c.state.notin_([str(s) for s in QUEUED]),
+                                  jobs.c.modified_at >= since).group_by(jobs.c.site))}
+    return sorted(waiting - active)
+
+
 def listing(conn: Connection) -> list[dict]:
     """Sites with their running pilots, queued and running jobs:
     ``[{"name", "kind", "provisioner", "state", "reason", "pilots", "queued", "running",
