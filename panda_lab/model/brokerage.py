@@ -1,25 +1,91 @@
-"""Brokerage: choose a site for each job.  Filter, then weight, then a weighted random pick.
+"""Brokerage: choose a site for each job.  Filter, then weigh by a cost model, then a
+weighted random pick; every decision is kept on the job with its reasons.
 
-PanDA's brokerage rule: drop the sites that cannot take the job (offline, not in the
-job's list), weigh the rest by their free capacity (more where the job's input data is
-stored), pick at random by weight.  Every decision is kept on the job (``broker_info``)
-so a user can see why a job went where it went.
+The rules, and where they come from:
 
-The module is pure: it takes a snapshot (the requests, and the site loads the store
-read in the same transaction) and returns the decisions with their explanation; it
-never sees the database.  The store calls it inside the transaction that inserts the
-attempts it places; the simulator may call the same function.
+* Filters (PanDA's JEDI brokers drop candidates with a reason and count them per check):
+  ``task`` (the site is not among those the job accepts), ``offline``, ``avoided`` (an
+  earlier attempt failed there; dropped only while another site is left), ``link`` (the
+  job's input can only be read over a link marked unusable, 0 MB/s).
+* Weight (PanDA weighs by free capacity; JEDI's production broker adds a network weight
+  from FTS throughput but, by default, only logs it: ``NW_ACTIVE`` false).  Here the
+  weight is a product of factors, each shown on the decision:
+
+  - ``free``: capacity / (1 + queued + running), PanDA's free-capacity weight;
+  - ``speed``: the time a job takes on a prior slot over the time it takes on this
+    site's slots (``slot_rate``, events/s, measured from scouts and past jobs);
+  - ``network``: the share of the job's time that is not spent reading remote input
+    (compute / (compute + read), the CPU efficiency the link allows); read time = bytes
+    not at the site / the best replica's link throughput + latency x requests.  A link
+    never measured gets at least :data:`PROBE_FLOOR`, so that it is tried and learned;
+  - ``locality``: :data:`DATA_NEAR` for a site near the job's data, where the network
+    term is not used (policy ``locality``/``passive``, or input sizes unknown);
+  - ``reliability``: 1 - the site's recent failure rate (PanDA's site classes): a job
+    at a site failing a fraction f of its attempts needs 1/(1-f) attempts on average.
+
+  ``speed x network`` is (prior job time) / (job time here), so with free capacity
+  alike the weight falls as the estimated job time grows; ``free`` carries the queue.
+* Pick: at random by weight with the caller's generator (seeded: reproducible); the
+  loads are updated as jobs are placed, so a bulk submission spreads.
+
+Pure: a snapshot in (requests, loads, links), decisions out; the store calls it inside
+the transaction that inserts the attempts it places, the simulator calls the same code.
+The explanation helpers are in :mod:`panda_lab.model.explain`.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from panda_lab.model.network import PRIOR, Link, LinkEstimate, effective
 from panda_lab.model.states import SiteState
 
 #: The site name that lets brokerage choose among every site.
 ANY = "ANY"
+
+
+class Policy(StrEnum):
+    """How brokerage weighs the candidates that pass the filters."""
+
+    #: The cost model with the network term applied (the default).
+    NETWORK = "network"
+    #: The network term computed and shown, not applied (PanDA's ``NW_ACTIVE`` false).
+    PASSIVE = "passive"
+    #: No network term: free capacity, speed, reliability and the data-locality factor.
+    LOCALITY = "locality"
+    #: Each passing candidate in turn, for comparison.
+    ROUND_ROBIN = "round-robin"
+    #: The passing candidate with the fewest jobs per slot, for comparison.
+    LEAST_LOADED = "least-loaded"
+
+
+#: The network switch of a server or a task (``active``/``passive``/``off``) as a policy.
+NETWORK_MODES: dict[str, Policy] = {"active": Policy.NETWORK, "passive": Policy.PASSIVE,
+                                    "off": Policy.LOCALITY}
+
+#: How much more a site near the job's data weighs than one that would read it remotely,
+#: where the network term is not used.  Over equally loaded sites a near site's share of a
+#: bulk grows as the square root of the factor (weights are rechecked as jobs are
+#: placed): 9 gives it three times the jobs of each other site.
+DATA_NEAR = 9.0
+#: Events per second of a slot never measured, when no site of the snapshot was measured
+#: either (else their median is the prior): a coffea columnar analysis of NanoAOD reads
+#: some 10^4-10^5 events/s per core; the low end keeps an unmeasured site modest.
+PRIOR_SLOT_RATE = 20_000.0
+#: Seconds a job costs before it reads or computes (payload start, imports); it keeps the
+#: speed and network factors finite for jobs of unknown size.
+JOB_START_S = 1.0
+#: Least network factor of a link never measured.  One quarter of a local site's weight:
+#: enough that the first bulk over such a link sends it a few jobs (whose reports then
+#: replace the prior), little enough that a really slow link costs only those few.
+PROBE_FLOOR = 0.25
+#: Least reliability factor: a site failing every attempt still gets an occasional job,
+#: so its recovery is noticed.
+RELIABILITY_FLOOR = 0.02
 
 
 def sites_of(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -44,31 +110,48 @@ class SiteLoad:
     running: int = 0      # jobs on pilots there
     reason: str = ""
     endpoint: str = ""    # the storage endpoint near the site, if it names one
+    #: Events per second per slot measured there (scouts, past jobs); None: a prior.
+    slot_rate: float | None = None
+    #: Fraction of recent attempts that failed there, 0..1.
+    failure_rate: float = 0.0
+    #: Input files held in the site's stage-in cache (they count as local).
+    cached: frozenset[str] = frozenset()
+    #: Mean seconds of a job there, for the queue-wait estimate; None: this job's own.
+    mean_job_s: float | None = None
 
 
 @dataclass
 class Request:
-    """One job to place: the sites it accepts and the sites to avoid if possible."""
+    """One job to place: the sites it accepts, the sites to avoid if possible, and what
+    it reads."""
 
     sites: tuple[str, ...] = (ANY,)
     avoid: frozenset[str] = field(default_factory=frozenset)
     #: Storage endpoints holding the job's input: sites near one of them are preferred.
     near: frozenset[str] = field(default_factory=frozenset)
-
-
-#: How much more a site near the job's data weighs than one that would read it remotely.
-#: PanDA sends jobs to their data; a factor rather than a filter keeps the other sites
-#: working when the near one is busy.  Weights are recomputed as a bulk submission is
-#: placed, so over equally loaded sites a near site's share grows as the square root of
-#: the factor: 9 gives it three times the jobs of each other site.
-DATA_NEAR = 9.0
+    #: Events the job processes (0: unknown).
+    events: int = 0
+    #: Endpoint -> bytes of this job's input stored there (replicas: the same bytes at
+    #: several endpoints).
+    input_bytes: dict[str, int] = field(default_factory=dict)
+    #: The job's input files (names as in a site's ``cached``).
+    files: tuple[str, ...] = ()
+    #: Read requests the job makes (each costs the link's latency).
+    read_requests: int = 1
 
 
 @dataclass
 class Choice:
-    """Where one request goes (``site``; never None from :func:`choose`) and why:
-    ``info`` is ``{"picked", "weights": {site: weight}, "rejected": {site: reason},
-    optional "near_data": [site], optional "note"}``, kept on the job as ``broker_info``."""
+    """Where one request goes (``site``; never None from :func:`choose`) and why.
+
+    ``info`` (kept on the job as ``broker_info``, JSON, floats rounded) is ``{"picked",
+    "policy", "weights": {site: weight} of the candidates that passed, "rejected":
+    {site: reason} (offline, avoided, link), optional "near_data": [site], optional
+    "note", "candidates": [{"site", "passed", "filter", "reason", "factors": {"free",
+    "speed", "locality", "network", "reliability"}, "est": {"queue_s", "read_s",
+    "compute_s", "total_s"}, "access": "local"|"remote", optional "link": {"endpoint",
+    "mbps", "source", "observations"}, "weight", "picked"}]}``; a candidate that failed a
+    filter has ``factors`` and ``est`` None and weight 0."""
 
     site: str | None
     info: dict
@@ -78,62 +161,229 @@ class BrokerageError(ValueError):
     """No site can take the job; the message says why."""
 
 
-def _weight(load: SiteLoad) -> float:
-    # PanDA weighs sites by how much of their capacity is free: a site with many
-    # idle slots and a short queue gets more of the work.
-    cap = max(load.capacity, 1)
-    return cap / (1.0 + load.queued + load.running)
+class _Link:
+    """Link lookup: the caller's links (or estimates), else the prior."""
+
+    def __init__(self, links: Mapping[tuple[str, str], Link | LinkEstimate] | None,
+                 now: float | None) -> None:
+        self.links = links or {}
+        self.now = now
+        self.cache: dict[tuple[str, str], Link] = {}
+
+    def get(self, endpoint: str, site: str) -> Link:
+        key = (endpoint, site)
+        link = self.cache.get(key)
+        if link is None:
+            got = self.links.get(key)
+            if isinstance(got, LinkEstimate):
+                link = effective(got, None, self.now if self.now is not None else 0.0)
+            elif got is None:
+                link = Link(endpoint, site, PRIOR.mbps, PRIOR.latency_ms)
+            else:
+                link = got
+            self.cache[key] = link
+        return link
+
+
+class _Cost:
+    """The factors and estimates of one passing candidate."""
+
+    __slots__ = (
+        "compute_s",
+        "free",
+        "link",
+        "locality",
+        "near",
+        "network",
+        "queue_s",
+        "read_s",
+        "reliability",
+        "remote",
+        "speed",
+        "weight",
+    )
+
+
+_INF = float("inf")
+
+
+def _cost(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Policy,
+          nbytes: int) -> _Cost:
+    c = _Cost()
+    ib = req.input_bytes
+    local = ib.get(s.endpoint, 0) if s.endpoint and nbytes else 0
+    if req.files and s.cached:
+        local = max(local, nbytes * sum(f in s.cached for f in req.files) // len(req.files))
+    remote = nbytes - local if nbytes > local else 0
+    read_s, best = 0.0, None
+    if remote:
+        read_s = _INF
+        for ep, held in ib.items():
+            if held > 0 and ep != s.endpoint:
+                link = links.get(ep, s.name)
+                t = link.read_s(remote, req.read_requests)
+                if best is None or t < read_s:
+                    read_s, best = t, link
+    rate = s.slot_rate or prior_rate
+    compute_s = req.events / rate if req.events else 0.0
+    work = compute_s + JOB_START_S
+    c.speed = (req.events / prior_rate + JOB_START_S) / work if req.events else 1.0
+    c.near = near = (bool(s.endpoint) and (s.endpoint in req.near or local > 0)) or (
+        nbytes > 0 and remote == 0)
+    network = None
+    if policy is not Policy.LOCALITY:
+        network = work / (work + read_s) if read_s != _INF else 0.0
+        if best is not None and best.observations == 0 and best.mbps > 0 \
+                and network < PROBE_FLOOR:
+            network = PROBE_FLOOR
+    use_net = policy is Policy.NETWORK and nbytes > 0
+    c.locality = DATA_NEAR if near and not use_net else 1.0
+    cap = s.capacity if s.capacity > 1 else 1
+    busy = s.queued + s.running
+    ahead = busy + 1 - cap
+    c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None else work + read_s) \
+        if ahead > 0 else 0.0
+    c.free = cap / (1.0 + busy)
+    fr = 1.0 - s.failure_rate
+    c.reliability = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
+    c.network, c.read_s, c.compute_s, c.remote, c.link = network, read_s, compute_s, remote, best
+    w = c.free * c.speed * c.locality * c.reliability
+    c.weight = w * network if use_net and network is not None else w
+    return c
+
+
+def _rejected(s: SiteLoad, filt: str, reason: str) -> dict:
+    return {"site": s.name, "passed": False, "filter": filt, "reason": reason,
+            "factors": None, "est": None, "access": None, "weight": 0.0, "picked": False}
+
+
+def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool) -> dict:
+    read, q, comp = c.read_s, c.queue_s, c.compute_s
+    net = c.network
+    out = {"site": s.name, "passed": True, "filter": None, "reason": reason,
+           "factors": {"free": round(c.free, 3), "speed": round(c.speed, 4),
+                       "locality": c.locality,
+                       "network": None if net is None else round(net, 4),
+                       "reliability": round(c.reliability, 4)},
+           "est": {"queue_s": round(q, 3), "read_s": round(read, 3),
+                   "compute_s": round(comp, 3), "total_s": round(q + read + comp, 3)},
+           "access": "remote" if c.remote else "local", "weight": round(c.weight, 4),
+           "picked": picked}
+    link = c.link
+    if link is not None:
+        out["link"] = {"endpoint": link.endpoint, "mbps": round(link.mbps, 2),
+                       "source": link.source, "observations": link.observations}
+    return out
 
 
 def choose(
     requests: list[Request],
     loads: list[SiteLoad],
     rng: random.Random | None = None,
+    *,
+    links: Mapping[tuple[str, str], Link | LinkEstimate] | None = None,
+    policy: Policy | str = Policy.NETWORK,
+    now: float | None = None,
 ) -> list[Choice]:
     """Place each request: one :class:`Choice` per request, in order.
 
-    ``loads`` are updated as jobs are placed (``queued`` grows), so a bulk submission
-    spreads over the sites instead of piling onto the one that looked emptiest.  Raises
-    :class:`BrokerageError` for a request naming an unknown site, or when there is no
-    site at all."""
+    ``links`` maps ``(endpoint, site)`` to a :class:`~panda_lab.model.network.Link` (as
+    :func:`~panda_lab.model.network.effective` gives) or a raw ``LinkEstimate`` (made
+    effective at ``now``); a pair not there is the prior.  ``policy`` is a
+    :class:`Policy` or its value.  ``loads`` are updated as jobs are placed (``queued``
+    grows), so a bulk submission spreads.  A job whose every candidate fails a filter is
+    kept: it is queued at its first accepted site (an online one if any) with a note, to
+    wait there.  Raises :class:`BrokerageError` for a request naming an unknown site, or
+    when there is no site at all."""
     rng = rng or random.Random()
+    policy = Policy(policy)
     by_name = {s.name: s for s in loads}
+    measured = [s.slot_rate for s in loads if s.slot_rate]
+    prior_rate = statistics.median(measured) if measured else PRIOR_SLOT_RATE
+    lk = _Link(links, now)
     out: list[Choice] = []
     for req in requests:
-        wanted = [s for s in loads] if ANY in req.sites else []
-        for name in req.sites:
-            if name == ANY:
-                continue
-            if name not in by_name:
-                raise BrokerageError(
-                    f"unknown site {name!r}; known sites: {', '.join(sorted(by_name)) or 'none'}"
-                )
-            if by_name[name] not in wanted:
-                wanted.append(by_name[name])
-        rejected = {s.name: f"offline: {s.reason}" for s in wanted
-                    if s.state != SiteState.ONLINE}
-        ok = [s for s in wanted if s.state == SiteState.ONLINE]
-        if not ok:
-            # Keep the job: it waits for a site of its list to come back.
-            fallback = wanted[0].name if wanted else None
-            if fallback is None:
-                raise BrokerageError("no site to choose from")
-            out.append(Choice(fallback, {"picked": fallback, "rejected": rejected,
-                                         "note": "every candidate offline; queued anyway"}))
-            by_name[fallback].queued += 1
-            continue
-        preferred = [s for s in ok if s.name not in req.avoid] or ok
-        for s in ok:
-            if s not in preferred:
-                rejected[s.name] = "avoided: an earlier attempt failed there"
-        near = [s.name for s in preferred if s.endpoint and s.endpoint in req.near]
-        weights = [_weight(s) * (DATA_NEAR if s.name in near else 1.0) for s in preferred]
-        pick = rng.choices(preferred, weights=weights, k=1)[0]
-        pick.queued += 1
-        info = {"picked": pick.name,
-                "weights": {s.name: round(w, 4) for s, w in zip(preferred, weights, strict=True)},
-                "rejected": rejected}
-        if req.near:
-            info["near_data"] = near
-        out.append(Choice(pick.name, info))
+        accepted: set[str]
+        if ANY in req.sites:
+            accepted = set(by_name)
+        else:
+            for name in req.sites:
+                if name not in by_name:
+                    raise BrokerageError(f"unknown site {name!r}; known sites: "
+                                         f"{', '.join(sorted(by_name)) or 'none'}")
+            accepted = set(req.sites)
+        if not loads:
+            raise BrokerageError("no site to choose from")
+        out.append(_place(req, loads, accepted, prior_rate, lk, policy, rng))
     return out
+
+
+def _place(req: Request, loads: list[SiteLoad], accepted: set[str], prior_rate: float,
+           lk: _Link, policy: Policy, rng: random.Random) -> Choice:
+    rejected: dict[str, str] = {}
+    records: list[dict | None] = []
+    passing: list[tuple[SiteLoad, _Cost, int]] = []
+    avoid = req.avoid
+    all_avoided = not avoid or all(s.name in avoid for s in loads
+                                   if s.name in accepted and s.state == SiteState.ONLINE)
+    nbytes = max(req.input_bytes.values()) if req.input_bytes else 0
+    for s in loads:
+        if s.name not in accepted:
+            records.append(_rejected(s, "task", "not accepted by the task"))
+        elif s.state != SiteState.ONLINE:
+            rejected[s.name] = why = f"offline: {s.reason}"
+            records.append(_rejected(s, "offline", why))
+        elif avoid and s.name in avoid and not all_avoided:
+            rejected[s.name] = why = "avoided: an earlier attempt failed there"
+            records.append(_rejected(s, "avoided", why))
+        else:
+            c = _cost(req, s, prior_rate, lk, policy, nbytes)
+            if c.read_s == _INF:
+                rejected[s.name] = why = \
+                    f"link {c.link.endpoint} -> {s.name} unusable (0 MB/s)"
+                records.append(_rejected(s, "link", why))
+            else:
+                passing.append((s, c, len(records)))
+                records.append(None)
+    info: dict = {"picked": None, "policy": str(policy)}
+    if not passing:
+        named = {s.name: s for s in loads}
+        order = sorted([named[n] for n in req.sites if n in named] or
+                       [s for s in loads if s.name in accepted],
+                       key=lambda s: s.state != SiteState.ONLINE)
+        pick = order[0]
+        pick.queued += 1
+        for r in records:
+            r["picked"] = r["site"] == pick.name
+        info.update(picked=pick.name, weights={}, rejected=rejected, candidates=records,
+                    note="no candidate passed the filters; queued anyway")
+        return Choice(pick.name, info)
+    weights = [c.weight for _, c, _ in passing]
+    if policy is Policy.ROUND_ROBIN:
+        i = sum(s.queued + s.running for s in loads) % len(passing)
+        reason = "next in turn"
+    elif policy is Policy.LEAST_LOADED:
+        per_slot = [(s.queued + s.running) / max(s.capacity, 1) for s, _, _ in passing]
+        i = per_slot.index(min(per_slot))
+        reason = "least loaded"
+    else:
+        total = sum(weights)
+        i = rng.choices(range(len(passing)), weights=weights)[0] if total > 0 \
+            else rng.randrange(len(passing))
+        reason = "weighted random pick"
+    pick = passing[i][0]
+    for k, (s, c, at) in enumerate(passing):
+        records[at] = _record(s, c, reason if k == i else "passed", k == i)
+    pick.queued += 1
+    info.update(picked=pick.name,
+                weights={s.name: round(c.weight, 4) for s, c, _ in passing},
+                rejected=rejected, candidates=records)
+    if avoid and all_avoided and avoid & {s.name for s, _, _ in passing}:
+        info["note"] = "every accepted site was avoided; weighed them all"
+    if req.near or req.input_bytes:
+        info["near_data"] = [s.name for s, c, _ in passing if c.near]
+    return Choice(pick.name, info)
+
+
+# The decisions in words and counts, importable with the brokerage itself.
+from panda_lab.model.explain import explain, filter_summary  # noqa: E402, F401
