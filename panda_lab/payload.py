@@ -92,7 +92,8 @@ class Outcome:
     classifies failures; ``type``, ``message``, ``traceback``, ``exception``); the
     tails of ``stdout``/``stderr``; ``started_at``/``ended_at`` in seconds since the
     epoch; ``reads``, what the job read per storage endpoint (``[{"endpoint", "bytes",
-    "seconds", "requests"}]``, see :mod:`panda_lab.reads`), filled by the worker."""
+    "seconds", "requests"}]``, see :mod:`panda_lab.reads`) and the ``events`` it
+    processed, filled by the worker."""
 
     ok: bool
     result: bytes | None
@@ -102,6 +103,8 @@ class Outcome:
     started_at: float
     ended_at: float
     reads: list[dict] = field(default_factory=list)
+    #: Events the payload said it processed (:func:`panda_lab.reads.processed`).
+    events: int = 0
 
 
 

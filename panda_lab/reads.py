@@ -45,6 +45,7 @@ class Reads:
 
 
 _totals: dict[str, Reads] = {}
+_events = [0]
 _endpoints: dict[str, str] = {}
 _lock = threading.Lock()
 
@@ -96,6 +97,20 @@ def add(endpoint: str, nbytes: int, seconds: float, requests: int) -> None:
         r.bytes += max(nbytes, 0)
         r.seconds += max(seconds, 0.0)
         r.requests += max(requests, 0)
+
+
+def processed(events: int) -> None:
+    """The job processed ``events`` more events (the site's compute rate is learned from
+    them, with the time not spent reading)."""
+    with _lock:
+        _events[0] += max(int(events), 0)
+
+
+def take_events() -> int:
+    """The events counted by :func:`processed` so far, and start again from zero."""
+    with _lock:
+        n, _events[0] = _events[0], 0
+    return n
 
 
 def take() -> list[dict]:

@@ -124,5 +124,6 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
         seconds += time.perf_counter() - t0
         events += c.entries
         keys.append(c.key)
+        reads.processed(c.entries)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return ChunkResult(out, events, seconds, rss, keys)

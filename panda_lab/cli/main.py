@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         v.add_argument("--json", action="store_true")
     s = sub.add_parser("sites", help="sites, their pilots, queued and running jobs")
     s.add_argument("--json", action="store_true")
+    lk = sub.add_parser("links", help="learned throughput and latency of each (storage "
+                                      "endpoint, site) link, with observations and age")
+    lk.add_argument("--json", action="store_true")
 
     ms = sub.add_parser("make-sample", help="write a synthetic NanoAOD-like dimuon dataset")
     ms.add_argument("outdir", type=Path)

@@ -1,5 +1,5 @@
 """pbook's verbs on the command line: ``tasks``, ``jobs``, ``output``, ``kill``, ``retry``,
-``sites``.
+``sites``, ``links``.
 
 What jobs said (error messages, output) is shown as plain text: never read as rich markup
 (a message holding ``[/]`` would fail the whole table) nor as terminal control codes.
@@ -75,6 +75,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"task {reply['task']} killed: {len(reply['cancelled'])} job(s) cancelled")
         else:
             print(f"task {reply['task']} retried: {len(reply['jobs'])} new attempt(s)")
+    elif args.command == "links":
+        links = lab.api.get("/api/links")
+        if args.json:
+            print_json(links)
+            return EXIT_OK
+        table = Table("endpoint", "site", "MB/s", "latency ms", "source", "observations",
+                      "age", "declared MB/s", title="links")
+        for x in links:
+            table.add_row(Text(x["endpoint"]), x["site"], f"{x['mbps']:.3g}",
+                          f"{x['latency_ms']:.3g}", x["source"], str(x["observations"]),
+                          _age(time.time() - x["age_s"]) if x["age_s"] is not None else "-",
+                          "-" if x["declared_mbps"] is None else f"{x['declared_mbps']:g}")
+        console.print(table)
     elif args.command == "sites":
         sites = lab.sites()
         if args.json:

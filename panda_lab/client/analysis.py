@@ -353,7 +353,8 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
             events_per_job: int | str = "auto", files_per_job: int | None = None,
             target_job_seconds: float = 60.0, columns: list[str] | None = None,
             skip_bad_files: bool = False, site: str | list[str] = "ANY",
-            name: str | None = None, retries: int = 2, n_scouts: int = 3) -> AnalysisTask:
+            name: str | None = None, retries: int = 2, n_scouts: int = 3,
+            network: str | None = None) -> AnalysisTask:
     """Submit ``process`` over ``dataset`` as one analysis task; return its
     :class:`AnalysisTask` at once (the jobs run on pilots).
 
@@ -363,7 +364,8 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
     :class:`ValueError` when ``files_per_job`` or ``events_per_job`` is not a positive
     int (or ``"auto"``), and :class:`panda_lab.payload.PayloadError` when ``process``
     cannot be pickled; the server's refusal (unknown dataset) is a
-    :class:`panda_lab.http.ApiError`.
+    :class:`panda_lab.http.ApiError`.  ``network``: brokerage's network term for this
+    task (``"active"``, ``"passive"`` or ``"off"``; ``None``: the server's).
     """
     from panda_lab.analysis.runner import run_chunks
 
@@ -388,6 +390,7 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset, *,
         "name": name or f"analysis-{ds_name}", "dataset": ds_name,
         "processor": base64.b64encode(dumps_fn(job_fn)).decode(), "split": split,
         "columns": cols, "site": site, "skip_bad_files": skip_bad_files,
-        "options": {"max_attempts": retries + 1, "client": environment()},
+        "options": {"max_attempts": retries + 1, "client": environment(),
+                    **({"network": network} if network is not None else {})},
     })
     return AnalysisTask(lab, reply["task"], process)

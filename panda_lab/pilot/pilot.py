@@ -292,6 +292,9 @@ class Pilot:
             self._keep_output(job, {"stdout": outcome.stdout, "stderr": outcome.stderr}))
         if outcome.reads:  # bytes, seconds and requests per endpoint: the links measured
             extra["reads"] = outcome.reads
+        if outcome.events:  # with the payload's seconds: the site's compute rate
+            extra["events"] = outcome.events
+        extra["seconds"] = round(dur, 6)
         if outcome.ok:
             data = outcome.result
             if len(data) > INLINE_LIMIT:

@@ -119,6 +119,7 @@ def worker_main(conn: Connection) -> None:
                 streams = _captures(job_id, spool)
                 ticker.watch(job_id, *streams)
                 reads.take()  # what an earlier job left is not this one's
+                reads.take_events()
                 try:
                     outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
                 finally:
@@ -127,6 +128,7 @@ def worker_main(conn: Connection) -> None:
                         stream.finish()
                 # What the job read, per endpoint: how the server learns the network.
                 outcome.reads = reads.take()
+                outcome.events = reads.take_events()
             with lock:
                 conn.send((job_id, outcome))
         elif kind == "env":  # what the pilot learnt at registration (its site's endpoint)

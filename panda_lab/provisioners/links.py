@@ -52,7 +52,8 @@ class LinkSettings(BaseModel):
 
     endpoint: str = Field(description="the storage endpoint read from")
     site: str = Field(description="the site reading")
-    throughput: float = Field(gt=0, description="MB/s the site reads from the endpoint at")
+    throughput: float = Field(ge=0, description="MB/s the site reads from the endpoint at "
+                                                "(0: unusable, brokerage avoids it)")
     latency: float = Field(0.0, ge=0, description="ms each read request waits")
 
 
@@ -88,7 +89,7 @@ def parse_network(data: dict, sites: list[SiteConfig],
 
     Returns ``({endpoint name: settings}, [LinkConfig])``, links in file order.  Raises
     :class:`ConfigError` naming the table and the key: an unknown or missing key, a
-    wrong type, a throughput not above 0 or a negative latency, a link to an endpoint
+    wrong type, a negative throughput or latency, a link to an endpoint
     no table or site names, to a site that is not configured, or declared twice."""
     raw_endpoints = data.get("endpoints", {})
     if not isinstance(raw_endpoints, dict):

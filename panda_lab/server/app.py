@@ -75,6 +75,9 @@ class Server:
         # owned by this thread until the event loop takes it over (create_app's lifespan)
         self.store.bind_to_current_thread()
         self.store.upsert_sites([s.as_dict() for s in config.sites])
+        self.store.declare_links([link.as_dict() for link in config.links])
+        self.store.network = config.network
+        self.store.link_window = config.link_window
         self.store.grace_after_restart()
         self.store.regrant_leases(config.task_lease)
         user, pilot = self.store.tokens()

@@ -58,6 +58,10 @@ class TaskOptions(Strict):
     output_limit: Annotated[int, Field(ge=0, le=1 << 30)] | None = Field(
         None, description="characters of each job's stdout and stderr kept in full "
                           "(default: panda_lab.output.OUTPUT_LIMIT)")
+    network: Literal["active", "passive", "off"] | None = Field(
+        None, description="brokerage's network term for this task: weighed (active), "
+                          "computed and shown only (passive), not computed (off); "
+                          "default: the server's")
 
 
 class TaskSubmit(Strict):
@@ -145,6 +149,9 @@ class JobUpdate(Strict):
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
     #: Bytes, seconds and requests per endpoint the job read: the links it measured.
     reads: list[LinkReads] | None = Field(None, max_length=64)
+    #: Events the job processed, and the payload's wall seconds: the site's speed.
+    events: Annotated[int, Field(ge=0)] | None = None
+    seconds: Annotated[float, Field(ge=0)] | None = None
 
     _texts = field_validator("stdout", "stderr", mode="before")(_clean_text)
 

@@ -68,6 +68,9 @@ tasks = Table(
     Column("modified_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
     Column("message", Text, nullable=False, default=""),
+    # JEDI's task diagnostics: how many candidate sites each brokerage filter removed
+    # over the task's placements, JSON {filter: count}.
+    Column("brokerage", Text, nullable=True),
 )
 Index("ix_tasks_name", tasks.c.name)
 
@@ -250,4 +253,19 @@ links = Table(
     Column("observed_at", Float, nullable=True),
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("seconds", Float, nullable=False, default=0.0),
+)
+
+# What each site's finished attempts measured, smoothed (FTS-style, alpha 0.1): events per
+# second per slot (compute only: read time taken off), mean job seconds, and the share of
+# attempts that failed for reasons of the site (PanDA's site classes).
+site_stats = Table(
+    "site_stats",
+    metadata,
+    Column("site", String(128), primary_key=True),
+    Column("slot_rate", Float, nullable=True),
+    Column("rate_samples", Integer, nullable=False, default=0),
+    Column("mean_job_s", Float, nullable=True),
+    Column("failure_rate", Float, nullable=False, default=0.0),
+    Column("outcomes", Integer, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False),
 )

@@ -35,7 +35,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
 from panda_lab.model import JOB_FINAL, ErrorCategory, JobState, PilotState, SiteState, TaskState
-from panda_lab.model.brokerage import ANY, Request, sites_of
+from panda_lab.model.brokerage import ANY, NETWORK_MODES, Request, filter_summary, sites_of
 from panda_lab.model.lease import CLIENT_GONE
 from panda_lab.model.retry import Cause, NextAttempt, Previous, accepted_sites, next_attempt
 from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, job_path
@@ -44,6 +44,7 @@ from panda_lab.store.base import Changes, JobChange, dumps, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
+from panda_lab.store.rows import links as link_rows
 from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
@@ -133,11 +134,11 @@ class Workflow(Admin):
             # The input ranges of an analysis job, in the transaction that makes the job.
             dataset_rows.insert_chunks(conn, task_id, start, job_chunks, scout)
 
-        def near(i: int) -> frozenset[str]:
-            # where an analysis job's input is stored: brokerage prefers sites near it
-            return frozenset(r["endpoint"] for c in job_chunks[i]
-                             for r in c.get("replicas") or []) if job_chunks else frozenset()
+        def request(i: int, sites: tuple[str, ...]) -> Request:
+            # what an analysis job reads, and where it is stored: brokerage weighs it
+            return input_request(job_chunks[i], sites) if job_chunks else Request(sites)
 
+        mode = options.get("network")
         first = []
         for i, spec in enumerate(specs):
             first.append(({
@@ -148,38 +149,66 @@ class Workflow(Admin):
                 "memory_mb": int(spec.get("memory_mb", options.get("memory_mb", 0))),
                 "walltime_s": float(spec.get("walltime_s", options.get("walltime_s", 0.0))),
                 "max_attempts": int(spec.get("max_attempts", options.get("max_attempts", 3))),
-                "retry_of": None,
-            }, Request(sites=sites_of(spec["site"]) if spec.get("site") else sites_,
-                       near=near(i))))
+                "retry_of": None, "network": mode,
+            }, request(i, sites_of(spec["site"]) if spec.get("site") else sites_)))
         return self._place(conn, first, changes)
 
     # ---- 2. broker ---------------------------------------------------------------------
     def _place(self, conn: Connection, attempts: list[tuple[dict, Request]],
                changes: Changes) -> list[int]:
-        """Broker attempts (job row values without site, with their request) on the site
-        loads of this transaction, and insert them ``activated``; returns their ids."""
+        """Broker attempts (job row values without site, plus ``network``: the task's
+        network term or None for the server's; with their request) on the site loads and
+        the links of this transaction, and insert them ``activated``; the filters' counts
+        are added to each task's brokerage summary.  Returns their ids."""
         if not attempts:
             return []
-        choices = self.broker.choose([r for _, r in attempts], site_rows.loads_(conn))
         t = now()
+        loads_ = site_rows.loads_(conn)
+        links = link_rows.effective_links(conn, t, self.link_window)
+        groups: dict[str, list[int]] = {}
+        for i, (values, _) in enumerate(attempts):
+            groups.setdefault(values.get("network") or self.network, []).append(i)
+        choices: list = [None] * len(attempts)
+        for mode, idx in groups.items():  # one call per policy; the loads carry over
+            for i, c in zip(idx, self.broker.choose(
+                    [attempts[i][1] for i in idx], loads_, links=links,
+                    policy=NETWORK_MODES[mode], now=t), strict=True):
+                choices[i] = c
         rows = []
+        per_task: dict[int, list] = {}
         for (values, req), choice in zip(attempts, choices, strict=True):
-            # The sites the job accepts and where its data is are kept with the decision,
-            # so a retry stays within the sites and still prefers its data.
-            rows.append({**values, "state": str(J.ACTIVATED), "site": choice.site,
-                         "created_at": t, "modified_at": t,
-                         "broker_info": dumps({**choice.info, "sites": list(req.sites),
-                                               "near": sorted(req.near)})})
+            mode = values.get("network") or self.network
+            # The sites the job accepts, where its data is and what it reads are kept
+            # with the decision, so a retry stays within the sites and is weighed alike.
+            info = {**choice.info, "sites": list(req.sites), "near": sorted(req.near),
+                    "network": mode}
+            if req.events or req.input_bytes:
+                info["input"] = {"events": req.events, "bytes": req.input_bytes,
+                                 "files": list(req.files), "requests": req.read_requests}
+            per_task.setdefault(values["task_id"], []).append(choice)
+            rows.append({**{k: v for k, v in values.items() if k != "network"},
+                         "state": str(J.ACTIVATED), "site": choice.site,
+                         "created_at": t, "modified_at": t, "broker_info": dumps(info)})
+        task_rows.add_filter_summary(conn, {task: filter_summary(cs)
+                                            for task, cs in per_task.items()})
         return job_rows.insert_attempts(conn, rows, t, changes)
 
     @staticmethod
     def _again(row: Row, nxt: NextAttempt) -> tuple[dict, Request]:
-        """The next attempt of a job (its last attempt's ``row``), to place."""
+        """The next attempt of a job (its last attempt's ``row``), to place: with the
+        input and the network term its first attempt was weighed by."""
+        info = loads(row.broker_info)
+        read = info.get("input") or {}
         return ({"task_id": row.task_id, "job_index": row.job_index, "attempt": nxt.attempt,
                  "payload": row.payload, "priority": row.priority, "cores": row.cores,
                  "memory_mb": row.memory_mb, "walltime_s": row.walltime_s,
-                 "max_attempts": nxt.max_attempts, "retry_of": row.id},
-                Request(sites=nxt.sites, avoid=nxt.avoid, near=nxt.near))
+                 "max_attempts": nxt.max_attempts, "retry_of": row.id,
+                 "network": info.get("network")},
+                Request(sites=nxt.sites, avoid=nxt.avoid, near=nxt.near,
+                        events=int(read.get("events") or 0),
+                        input_bytes=dict(read.get("bytes") or {}),
+                        files=tuple(read.get("files") or ()),
+                        read_requests=int(read.get("requests") or 1)))
 
     @staticmethod
     def _previous(row: Row, task_site: str) -> Previous:
@@ -241,6 +270,7 @@ class Workflow(Admin):
         with self.tx() as conn:
             current = job_rows.lock_for_report(conn, [u["id"] for u in updates])
             params, history, failed, finished, output = [], [], [], [], []
+            measured: list[tuple[Row, dict, JobState]] = []  # what the links and sites learn
             seen: set[int] = set()
             for u in updates:
                 row = current.get(u["id"])
@@ -280,6 +310,8 @@ class Workflow(Admin):
                 change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
                                    str(new), err.get("category"), err.get("message"))
                 changes.jobs.append(change)
+                if u.get("reads") or new in (J.FINISHED, J.FAILED):
+                    measured.append((row, u, new))
                 if new == J.FINISHED:
                     finished.append((row, u, change))
                 elif new == J.FAILED:
@@ -289,6 +321,8 @@ class Workflow(Admin):
             if params:
                 conn.execute(job_rows.UPDATE, params)
                 job_rows.history(conn, history)
+            if measured:
+                self._learn(conn, measured, t)
             result_rows.store(conn, self.result_dir, finished)
             if finished:
                 pilot_rows.count_done(conn, pilot_id, len(finished))
@@ -297,6 +331,23 @@ class Workflow(Admin):
             task_rows.end_if_complete(conn, [c.task_id for c in changes.jobs
                                              if JobState(c.state) in JOB_FINAL], changes)
         return changes, ignored
+
+    @staticmethod
+    def _learn(conn: Connection, measured: list[tuple[Row, dict, JobState]], t: float) -> None:
+        """What reported attempts measured, in the report's transaction: the bytes,
+        seconds and requests they read per endpoint smooth their (endpoint, site) links;
+        how they ended and how fast they computed smooth their site's statistics."""
+        reads = [(row, u["reads"]) for row, u, _ in measured if u.get("reads")]
+        if reads:
+            own = site_rows.endpoints(conn) if any(
+                not r.get("endpoint") for _, rs in reads for r in rs) else {}
+            link_rows.observe_reads(conn, [(row.site, own.get(row.site, ""), rs)
+                                           for row, rs in reads], t)
+        link_rows.observe_sites(conn, [
+            (row.site, new == J.FINISHED, (u.get("error") or {}).get("category"),
+             u.get("events"), u.get("seconds"),
+             sum(float(r.get("seconds", 0.0)) for r in u.get("reads") or ()))
+            for row, u, new in measured if new in (J.FINISHED, J.FAILED)], t)
 
     def _retry(self, conn: Connection, failed: list[tuple[Row, dict]],
                changes: Changes) -> None:
@@ -546,6 +597,23 @@ class Workflow(Admin):
                 self._again(r, next_attempt(self._previous(r, task.site), Cause.USER_RETRY))
                 for r in latest], changes)
         return ids, changes
+
+
+def input_request(chunks: list[dict], sites: tuple[str, ...]) -> Request:
+    """The request of an analysis job reading ``chunks`` (dicts with ``path``, ``start``,
+    ``stop``, optional ``bytes`` (the range's share of its file) and ``replicas``
+    ``[{"endpoint", "url"}]``): its events, the bytes of its input held at each
+    endpoint, its files, and the read requests it makes (about two per chunk: the
+    metadata, then the baskets in one request)."""
+    held: dict[str, int] = {}
+    for c in chunks:
+        for endpoint in {r["endpoint"] for r in c.get("replicas") or ()}:
+            held[endpoint] = held.get(endpoint, 0) + int(c.get("bytes") or 0)
+    return Request(sites=sites, near=frozenset(held),
+                   events=sum(int(c["stop"]) - int(c["start"]) for c in chunks),
+                   input_bytes={e: b for e, b in held.items() if b > 0},
+                   files=tuple(dict.fromkeys(c["path"] for c in chunks)),
+                   read_requests=max(1, 2 * len(chunks)))
 
 
 def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | None:

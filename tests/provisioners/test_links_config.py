@@ -39,7 +39,7 @@ def test_declared_endpoints_and_links_are_read_in_file_order(tmp_path):
      r"\[\[links\]\] #1 unknown key 'speed'"),
     ({"links": [{"endpoint": "disk-a", "site": "B"}]}, r"#1 missing key 'throughput'"),
     ({"links": [{"endpoint": "disk-a", "site": "B", "throughput": "fast"}]}, r"'throughput'"),
-    ({"links": [{"endpoint": "disk-a", "site": "B", "throughput": 0.0}]}, r"'throughput'"),
+    ({"links": [{"endpoint": "disk-a", "site": "B", "throughput": -1.0}]}, r"'throughput'"),
     ({"links": [{"endpoint": "disk-a", "site": "B", "throughput": 1.0, "latency": -1.0}]},
      r"'latency'"),
     ({"links": [{"endpoint": "nowhere", "site": "B", "throughput": 1.0}]},
