@@ -11,7 +11,9 @@ is counted as read time: it is what the read cost the job.
 The totals are per process: the pilot's worker empties them before a job
 (:func:`take`) and reports what the job added with its outcome.  The endpoint of a URL
 is the replica's (:func:`remember`); a local path counts as the site's own endpoint
-(``PANDA_LAB_ENDPOINT``, ``""`` when the site names none).
+(``PANDA_LAB_ENDPOINT``, ``""`` when the site names none).  Opening a file counts its
+bytes and requests but not its time: that is the client setting itself up (imports, a
+connection pool), which would make a fast link look slow on a worker's first job.
 
 This module imports nothing heavy: the worker imports it for every job.
 """

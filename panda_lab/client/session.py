@@ -59,6 +59,7 @@ class Lab:
         walltime_s: float = 0.0,
         output_limit: int | None = None,
         network: str | None = None,
+        policy: str | None = None,
     ) -> int:
         """Submit one job per argument tuple, all calling ``fn``; returns the task id.
 
@@ -67,6 +68,9 @@ class Lab:
         :meth:`job_output` (default :data:`panda_lab.output.OUTPUT_LIMIT`).
         ``network``: brokerage's network term for this task, ``"active"`` (weighed),
         ``"passive"`` (computed and shown only) or ``"off"``; ``None``: the server's.
+        ``policy``: a brokerage policy for comparisons (``"round-robin"``,
+        ``"least-loaded"``, ... :class:`panda_lab.model.brokerage.Policy`), overriding
+        ``network``.
         """
         common = dumps_fn(fn)
         jobs = [{"payload": base64.b64encode(dumps_call(None, args)).decode()}
@@ -78,6 +82,8 @@ class Lab:
             options["output_limit"] = output_limit
         if network is not None:
             options["network"] = network
+        if policy is not None:
+            options["policy"] = policy
         reply = self.api.post("/api/tasks", {
             "name": name, "owner": os.environ.get("USER", ""), "site": site,
             "jobs": jobs, "common": base64.b64encode(common).decode(), "options": options,

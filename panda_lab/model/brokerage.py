@@ -224,6 +224,13 @@ def _cost(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Po
                 t = link.read_s(remote, req.read_requests)
                 if best is None or t < read_s:
                     read_s, best = t, link
+    if local and (s.endpoint, s.name) in links.links:
+        # The site's own storage is read over a link too: free while nothing is known of
+        # it, its declared or learned throughput once something is (a slow local disk
+        # or a throttled door is then seen like a slow remote link).
+        own = links.get(s.endpoint, s.name)
+        read_s += own.read_s(local, req.read_requests)
+        best = best or own
     rate = s.slot_rate or prior_rate
     compute_s = req.events / rate if req.events else 0.0
     work = compute_s + JOB_START_S

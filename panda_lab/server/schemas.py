@@ -62,6 +62,10 @@ class TaskOptions(Strict):
         None, description="brokerage's network term for this task: weighed (active), "
                           "computed and shown only (passive), not computed (off); "
                           "default: the server's")
+    policy: Literal["network", "passive", "locality", "round-robin",
+                    "least-loaded"] | None = Field(
+        None, description="brokerage policy for this task, to compare (overrides "
+                          "network): see panda_lab.model.brokerage.Policy")
 
 
 class TaskSubmit(Strict):

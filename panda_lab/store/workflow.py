@@ -35,7 +35,14 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
 from panda_lab.model import JOB_FINAL, ErrorCategory, JobState, PilotState, SiteState, TaskState
-from panda_lab.model.brokerage import ANY, NETWORK_MODES, Request, filter_summary, sites_of
+from panda_lab.model.brokerage import (
+    ANY,
+    NETWORK_MODES,
+    Policy,
+    Request,
+    filter_summary,
+    sites_of,
+)
 from panda_lab.model.lease import CLIENT_GONE
 from panda_lab.model.retry import Cause, NextAttempt, Previous, accepted_sites, next_attempt
 from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, job_path
@@ -138,7 +145,8 @@ class Workflow(Admin):
             # what an analysis job reads, and where it is stored: brokerage weighs it
             return input_request(job_chunks[i], sites) if job_chunks else Request(sites)
 
-        mode = options.get("network")
+        # the task's brokerage policy (a comparison), else its network term, else the server's
+        mode = options.get("policy") or options.get("network")
         first = []
         for i, spec in enumerate(specs):
             first.append(({
@@ -157,7 +165,8 @@ class Workflow(Admin):
     def _place(self, conn: Connection, attempts: list[tuple[dict, Request]],
                changes: Changes) -> list[int]:
         """Broker attempts (job row values without site, plus ``network``: the task's
-        network term or None for the server's; with their request) on the site loads and
+        network term (``active``/``passive``/``off``) or brokerage policy, or None for
+        the server's; with their request) on the site loads and
         the links of this transaction, and insert them ``activated``; the filters' counts
         are added to each task's brokerage summary.  Returns their ids."""
         if not attempts:
@@ -172,7 +181,7 @@ class Workflow(Admin):
         for mode, idx in groups.items():  # one call per policy; the loads carry over
             for i, c in zip(idx, self.broker.choose(
                     [attempts[i][1] for i in idx], loads_, links=links,
-                    policy=NETWORK_MODES[mode], now=t), strict=True):
+                    policy=NETWORK_MODES.get(mode) or Policy(mode), now=t), strict=True):
                 choices[i] = c
         rows = []
         per_task: dict[int, list] = {}
