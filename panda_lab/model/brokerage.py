@@ -185,31 +185,26 @@ class _Link:
         return link
 
 
+class _Static:
+    """What a candidate costs a job whatever its queue: kept per request shape in a call
+    (a bulk of like jobs computes it once per site)."""
+
+    __slots__ = ("compute_s", "link", "locality", "near", "network", "read_s", "remote",
+                 "speed", "use_net", "work")
+
+
 class _Cost:
     """The factors and estimates of one passing candidate."""
 
-    __slots__ = (
-        "compute_s",
-        "free",
-        "link",
-        "locality",
-        "near",
-        "network",
-        "queue_s",
-        "read_s",
-        "reliability",
-        "remote",
-        "speed",
-        "weight",
-    )
+    __slots__ = ("free", "queue_s", "reliability", "st", "weight")
 
 
 _INF = float("inf")
 
 
-def _cost(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Policy,
-          nbytes: int) -> _Cost:
-    c = _Cost()
+def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Policy,
+            nbytes: int) -> _Static:
+    st = _Static()
     ib = req.input_bytes
     local = ib.get(s.endpoint, 0) if s.endpoint and nbytes else 0
     if req.files and s.cached:
@@ -234,8 +229,8 @@ def _cost(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Po
     rate = s.slot_rate or prior_rate
     compute_s = req.events / rate if req.events else 0.0
     work = compute_s + JOB_START_S
-    c.speed = (req.events / prior_rate + JOB_START_S) / work if req.events else 1.0
-    c.near = near = (bool(s.endpoint) and (s.endpoint in req.near or local > 0)) or (
+    st.speed = (req.events / prior_rate + JOB_START_S) / work if req.events else 1.0
+    st.near = near = (bool(s.endpoint) and (s.endpoint in req.near or local > 0)) or (
         nbytes > 0 and remote == 0)
     network = None
     if policy is not Policy.LOCALITY:
@@ -243,40 +238,44 @@ def _cost(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Po
         if best is not None and best.observations == 0 and best.mbps > 0 \
                 and network < PROBE_FLOOR:
             network = PROBE_FLOOR
-    use_net = policy is Policy.NETWORK and nbytes > 0
-    c.locality = DATA_NEAR if near and not use_net else 1.0
+    st.use_net = use_net = policy is Policy.NETWORK and nbytes > 0 and network is not None
+    st.locality = DATA_NEAR if near and not use_net else 1.0
+    st.network, st.read_s, st.compute_s, st.remote, st.link = (network, read_s, compute_s,
+                                                               remote, best)
+    st.work = work + read_s
+    return st
+
+
+def _cost(st: _Static, s: SiteLoad) -> _Cost:
+    c = _Cost()
+    c.st = st
     cap = s.capacity if s.capacity > 1 else 1
     busy = s.queued + s.running
     ahead = busy + 1 - cap
-    c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None else work + read_s) \
+    c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None else st.work) \
         if ahead > 0 else 0.0
     c.free = cap / (1.0 + busy)
     fr = 1.0 - s.failure_rate
     c.reliability = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
-    c.network, c.read_s, c.compute_s, c.remote, c.link = network, read_s, compute_s, remote, best
-    w = c.free * c.speed * c.locality * c.reliability
-    c.weight = w * network if use_net and network is not None else w
+    w = c.free * st.speed * st.locality * c.reliability
+    c.weight = w * st.network if st.use_net else w
     return c
 
 
-def _rejected(s: SiteLoad, filt: str, reason: str) -> dict:
-    return {"site": s.name, "passed": False, "filter": filt, "reason": reason,
-            "factors": None, "est": None, "access": None, "weight": 0.0, "picked": False}
-
-
 def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool) -> dict:
-    read, q, comp = c.read_s, c.queue_s, c.compute_s
-    net = c.network
+    st = c.st
+    read, q, comp = st.read_s, c.queue_s, st.compute_s
+    net = st.network
     out = {"site": s.name, "passed": True, "filter": None, "reason": reason,
-           "factors": {"free": round(c.free, 3), "speed": round(c.speed, 4),
-                       "locality": c.locality,
+           "factors": {"free": round(c.free, 3), "speed": round(st.speed, 4),
+                       "locality": st.locality,
                        "network": None if net is None else round(net, 4),
                        "reliability": round(c.reliability, 4)},
            "est": {"queue_s": round(q, 3), "read_s": round(read, 3),
                    "compute_s": round(comp, 3), "total_s": round(q + read + comp, 3)},
-           "access": "remote" if c.remote else "local", "weight": round(c.weight, 4),
+           "access": "remote" if st.remote else "local", "weight": round(c.weight, 4),
            "picked": picked}
-    link = c.link
+    link = st.link
     if link is not None:
         out["link"] = {"endpoint": link.endpoint, "mbps": round(link.mbps, 2),
                        "source": link.source, "observations": link.observations}
@@ -291,6 +290,7 @@ def choose(
     links: Mapping[tuple[str, str], Link | LinkEstimate] | None = None,
     policy: Policy | str = Policy.NETWORK,
     now: float | None = None,
+    record: bool = True,
 ) -> list[Choice]:
     """Place each request: one :class:`Choice` per request, in order.
 
@@ -300,96 +300,133 @@ def choose(
     :class:`Policy` or its value.  ``loads`` are updated as jobs are placed (``queued``
     grows), so a bulk submission spreads.  A job whose every candidate fails a filter is
     kept: it is queued at its first accepted site (an online one if any) with a note, to
-    wait there.  Raises :class:`BrokerageError` for a request naming an unknown site, or
-    when there is no site at all."""
+    wait there.  ``record=False`` (the simulator) keeps only ``{"picked", "policy"}`` in
+    ``info``; the decisions are the same.  Raises :class:`BrokerageError` for a request
+    naming an unknown site, or when there is no site at all."""
     rng = rng or random.Random()
     policy = Policy(policy)
+    if not loads:
+        raise BrokerageError("no site to choose from")
     by_name = {s.name: s for s in loads}
     measured = [s.slot_rate for s in loads if s.slot_rate]
-    prior_rate = statistics.median(measured) if measured else PRIOR_SLOT_RATE
-    lk = _Link(links, now)
+    ctx = _Call(loads, statistics.median(measured) if measured else PRIOR_SLOT_RATE,
+                _Link(links, now), policy, rng, record)
+    everyone = set(by_name)
     out: list[Choice] = []
     for req in requests:
-        accepted: set[str]
         if ANY in req.sites:
-            accepted = set(by_name)
+            accepted = everyone
         else:
             for name in req.sites:
                 if name not in by_name:
                     raise BrokerageError(f"unknown site {name!r}; known sites: "
                                          f"{', '.join(sorted(by_name)) or 'none'}")
             accepted = set(req.sites)
-        if not loads:
-            raise BrokerageError("no site to choose from")
-        out.append(_place(req, loads, accepted, prior_rate, lk, policy, rng))
+        out.append(ctx.place(req, accepted))
     return out
 
 
-def _place(req: Request, loads: list[SiteLoad], accepted: set[str], prior_rate: float,
-           lk: _Link, policy: Policy, rng: random.Random) -> Choice:
-    rejected: dict[str, str] = {}
-    records: list[dict | None] = []
-    passing: list[tuple[SiteLoad, _Cost, int]] = []
-    avoid = req.avoid
-    all_avoided = not avoid or all(s.name in avoid for s in loads
-                                   if s.name in accepted and s.state == SiteState.ONLINE)
-    nbytes = max(req.input_bytes.values()) if req.input_bytes else 0
-    for s in loads:
-        if s.name not in accepted:
-            records.append(_rejected(s, "task", "not accepted by the task"))
-        elif s.state != SiteState.ONLINE:
-            rejected[s.name] = why = f"offline: {s.reason}"
-            records.append(_rejected(s, "offline", why))
-        elif avoid and s.name in avoid and not all_avoided:
-            rejected[s.name] = why = "avoided: an earlier attempt failed there"
-            records.append(_rejected(s, "avoided", why))
-        else:
-            c = _cost(req, s, prior_rate, lk, policy, nbytes)
-            if c.read_s == _INF:
-                rejected[s.name] = why = \
-                    f"link {c.link.endpoint} -> {s.name} unusable (0 MB/s)"
-                records.append(_rejected(s, "link", why))
+class _Call:
+    """One :func:`choose` call: its snapshot, and what it computed once for all jobs."""
+
+    def __init__(self, loads: list[SiteLoad], prior_rate: float, links: _Link,
+                 policy: Policy, rng: random.Random, record: bool) -> None:
+        self.loads, self.prior_rate, self.links = loads, prior_rate, links
+        self.policy, self.rng, self.record = policy, rng, record
+        self.any_cache = any(s.cached for s in loads)
+        self.rejected_records: dict[tuple[str, str, str], dict] = {}
+        self.shapes: dict[tuple, dict[str, _Static]] = {}
+
+    def _rejected(self, s: SiteLoad, filt: str, reason: str) -> dict:
+        # one record per (site, filter, reason) in a call: a bulk shares them
+        key = (s.name, filt, reason)
+        rec = self.rejected_records.get(key)
+        if rec is None:
+            self.rejected_records[key] = rec = {
+                "site": s.name, "passed": False, "filter": filt, "reason": reason,
+                "factors": None, "est": None, "access": None, "weight": 0.0, "picked": False}
+        return rec
+
+    def place(self, req: Request, accepted: set[str]) -> Choice:
+        loads, policy, record = self.loads, self.policy, self.record
+        rejected: dict[str, str] = {}
+        records: list[dict | None] = []
+        passing: list[tuple[SiteLoad, _Cost, int]] = []
+        avoid = req.avoid
+        all_avoided = not avoid or all(s.name in avoid for s in loads
+                                       if s.name in accepted and s.state == SiteState.ONLINE)
+        nbytes = max(req.input_bytes.values()) if req.input_bytes else 0
+        shape = (req.events, tuple(req.input_bytes.items()), req.read_requests, req.near,
+                 req.files if self.any_cache else None)
+        statics = self.shapes.get(shape)
+        if statics is None:
+            self.shapes[shape] = statics = {}
+        for s in loads:
+            name = s.name
+            if name not in accepted:
+                why, filt = "not accepted by the task", "task"
+            elif s.state != SiteState.ONLINE:
+                why, filt = f"offline: {s.reason}", "offline"
+            elif avoid and name in avoid and not all_avoided:
+                why, filt = "avoided: an earlier attempt failed there", "avoided"
             else:
-                passing.append((s, c, len(records)))
-                records.append(None)
-    info: dict = {"picked": None, "policy": str(policy)}
-    if not passing:
-        named = {s.name: s for s in loads}
+                st = statics.get(name)
+                if st is None:
+                    statics[name] = st = _static(req, s, self.prior_rate, self.links, policy,
+                                                 nbytes)
+                if st.read_s != _INF:
+                    passing.append((s, _cost(st, s), len(records)))
+                    records.append(None)
+                    continue
+                why = f"link {st.link.endpoint} -> {name} unusable (0 MB/s)"
+                filt = "link"
+            if filt != "task":
+                rejected[name] = why
+            if record:
+                records.append(self._rejected(s, filt, why))
+        if not passing:
+            return self._fallback(req, accepted, rejected, records)
+        if policy is Policy.ROUND_ROBIN:
+            i = sum(s.queued + s.running for s in loads) % len(passing)
+            reason = "next in turn"
+        elif policy is Policy.LEAST_LOADED:
+            per_slot = [(s.queued + s.running) / max(s.capacity, 1) for s, _, _ in passing]
+            i = per_slot.index(min(per_slot))
+            reason = "least loaded"
+        else:
+            weights = [c.weight for _, c, _ in passing]
+            i = self.rng.choices(range(len(passing)), weights=weights)[0] \
+                if sum(weights) > 0 else self.rng.randrange(len(passing))
+            reason = "weighted random pick"
+        pick = passing[i][0]
+        pick.queued += 1
+        info: dict = {"picked": pick.name, "policy": str(policy)}
+        if not record:
+            return Choice(pick.name, info)
+        for k, (s, c, at) in enumerate(passing):
+            records[at] = _record(s, c, reason if k == i else "passed", k == i)
+        info.update(weights={s.name: round(c.weight, 4) for s, c, _ in passing},
+                    rejected=rejected, candidates=records)
+        if avoid and all_avoided and avoid & {s.name for s, _, _ in passing}:
+            info["note"] = "every accepted site was avoided; weighed them all"
+        if req.near or req.input_bytes:
+            info["near_data"] = [s.name for s, c, _ in passing if c.st.near]
+        return Choice(pick.name, info)
+
+    def _fallback(self, req: Request, accepted: set[str], rejected: dict[str, str],
+                  records: list) -> Choice:
+        named = {s.name: s for s in self.loads}
         order = sorted([named[n] for n in req.sites if n in named] or
-                       [s for s in loads if s.name in accepted],
+                       [s for s in self.loads if s.name in accepted],
                        key=lambda s: s.state != SiteState.ONLINE)
         pick = order[0]
         pick.queued += 1
-        for r in records:
-            r["picked"] = r["site"] == pick.name
-        info.update(picked=pick.name, weights={}, rejected=rejected, candidates=records,
-                    note="no candidate passed the filters; queued anyway")
+        info: dict = {"picked": pick.name, "policy": str(self.policy)}
+        if self.record:
+            info.update(weights={}, rejected=rejected,
+                        candidates=[{**r, "picked": r["site"] == pick.name} for r in records],
+                        note="no candidate passed the filters; queued anyway")
         return Choice(pick.name, info)
-    weights = [c.weight for _, c, _ in passing]
-    if policy is Policy.ROUND_ROBIN:
-        i = sum(s.queued + s.running for s in loads) % len(passing)
-        reason = "next in turn"
-    elif policy is Policy.LEAST_LOADED:
-        per_slot = [(s.queued + s.running) / max(s.capacity, 1) for s, _, _ in passing]
-        i = per_slot.index(min(per_slot))
-        reason = "least loaded"
-    else:
-        total = sum(weights)
-        i = rng.choices(range(len(passing)), weights=weights)[0] if total > 0 \
-            else rng.randrange(len(passing))
-        reason = "weighted random pick"
-    pick = passing[i][0]
-    for k, (s, c, at) in enumerate(passing):
-        records[at] = _record(s, c, reason if k == i else "passed", k == i)
-    pick.queued += 1
-    info.update(picked=pick.name,
-                weights={s.name: round(c.weight, 4) for s, c, _ in passing},
-                rejected=rejected, candidates=records)
-    if avoid and all_avoided and avoid & {s.name for s, _, _ in passing}:
-        info["note"] = "every accepted site was avoided; weighed them all"
-    if req.near or req.input_bytes:
-        info["near_data"] = [s.name for s, c, _ in passing if c.near]
-    return Choice(pick.name, info)
 
 
 # The decisions in words and counts, importable with the brokerage itself.
