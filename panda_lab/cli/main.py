@@ -36,6 +36,8 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-after", type=float, default=300.0,
                    help="seconds without dispatch after which a site's waiting jobs are "
                         "brokered again while other sites have free slots (0: never)")
+    p.add_argument("--broker-seed", type=int,
+                   help="seed brokerage's random picks (reproducible decisions)")
     p.add_argument("--no-pilots", action="store_true",
                    help="start no local pilots (run `panda-lab pilot` yourself)")
 

@@ -20,7 +20,7 @@ def config_from_args(args: argparse.Namespace):
     return ServerConfig(
         home=runtime.home(args.home), db_url=args.db, host=args.host, port=args.port,
         sites=sites, links=load_links(args.sites, sites) if args.sites else [],
-        network=args.network, stall_after=args.stall_after,
+        network=args.network, stall_after=args.stall_after, broker_seed=args.broker_seed,
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
         provision=not args.no_pilots)
@@ -39,6 +39,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
         out += ["--sites", str(args.sites.resolve())]
     if args.no_pilots:
         out.append("--no-pilots")
+    if args.broker_seed is not None:
+        out += ["--broker-seed", str(args.broker_seed)]
     return out
 
 

@@ -39,6 +39,9 @@ class ServerConfig:
     #: Jobs waiting at a site that dispatched nothing for this long (seconds) while other
     #: sites have free slots are brokered again (0: never).
     stall_after: float = 300.0
+    #: Seed of brokerage's random picks (None: fresh): the same state and submissions
+    #: then give the same decisions.
+    broker_seed: int | None = None
     #: A job whose pilot has not been heard of for this long is failed and retried.
     heartbeat_timeout: float = 60.0
     #: How often pilots heartbeat; told to them at registration.

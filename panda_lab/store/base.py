@@ -14,6 +14,7 @@ LOCKED``), so several server processes stay correct too.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -94,11 +95,15 @@ class Broker(Protocol):
 
 
 class DefaultBroker:
-    """The model's brokerage with a fresh random generator."""
+    """The model's brokerage; its random generator is seeded with ``seed`` when given
+    (the same state and submissions then give the same decisions), else fresh."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.rng = random.Random(seed) if seed is not None else None
 
     def choose(self, requests: list[Request], loads: list[SiteLoad],
                **context: Any) -> list[Choice]:
-        return choose(requests, loads, **context)
+        return choose(requests, loads, self.rng, **context)
 
 
 class StoreThreadError(RuntimeError):
