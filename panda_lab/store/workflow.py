@@ -31,6 +31,7 @@ Reads are in :mod:`panda_lab.store.reads`; small writes that move no job
 
 from __future__ import annotations
 
+import orjson
 from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
@@ -197,7 +198,10 @@ class Workflow(Admin):
             per_task.setdefault(values["task_id"], []).append(choice)
             rows.append({**{k: v for k, v in values.items() if k != "network"},
                          "state": str(J.ACTIVATED), "site": choice.site,
-                         "created_at": t, "modified_at": t, "broker_info": dumps(info)})
+                         "created_at": t, "modified_at": t,
+                         # orjson: the decision with its candidates is the largest JSON
+                         # written per job, and json.dumps would double brokerage's cost
+                         "broker_info": orjson.dumps(info).decode()})
         task_rows.add_filter_summary(conn, {task: filter_summary(cs)
                                             for task, cs in per_task.items()})
         return job_rows.insert_attempts(conn, rows, t, changes)
