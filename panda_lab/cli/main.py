@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--basket-events", type=int, default=100_000,
                     help="entries per basket, hence per cluster the splitter may cut at")
 
+    from panda_lab.cli import simulate
+
+    simulate.add_parser(sub)
+
     d = sub.add_parser("demo", help="run the demo on the embedded default")
     d.add_argument("--jobs", type=int, default=300, help="Monte Carlo jobs in the first part")
     d.add_argument("--events", type=int, default=500_000,
@@ -139,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             return _pilot(args)
         if args.command == "make-sample":
             return _make_sample(args)
+        if args.command == "simulate":
+            from panda_lab.cli import simulate
+
+            return simulate.run(args)
         if args.command == "demo":
             from panda_lab.cli import demo
 

@@ -17,11 +17,17 @@ The rules, and where they come from:
   - ``network``: the share of the job's time that is not spent reading remote input
     (compute / (compute + read), the CPU efficiency the link allows); read time = bytes
     not at the site / the best replica's link throughput + latency x requests.  A link
-    never measured gets at least :data:`PROBE_FLOOR`, so that it is tried and learned;
+    never measured gets at least :data:`PROBE_FLOOR` for its first :data:`PROBE_JOBS`
+    jobs, so that it is tried and learned.  A link is shared: its throughput is divided
+    among the site's jobs reading over it at once (``readers``, at most its slots, each
+    reading for its share of the job's time), as JEDI's network weight counts the files
+    queued on a link;
   - ``locality``: :data:`DATA_NEAR` for a site near the job's data, where the network
     term is not used (policy ``locality``/``passive``, or input sizes unknown);
-  - ``reliability``: 1 - the site's recent failure rate (PanDA's site classes): a job
-    at a site failing a fraction f of its attempts needs 1/(1-f) attempts on average.
+  - ``reliability``: 1 - f for a site failing a fraction f of its recent attempts
+    (PanDA's site classes): only (1 - f) of its slot time yields results, so its share
+    follows its useful capacity.  (Squaring it, to count the expected 1/(1 - f) attempts
+    as well, under-used such a site in the simulator: bulks finished a job length later.)
 
   ``speed x network`` is (prior job time) / (job time here), so with free capacity
   alike the weight falls as the estimated job time grows; ``free`` carries the queue.
@@ -35,6 +41,7 @@ The explanation helpers are in :mod:`panda_lab.model.explain`.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Mapping
@@ -83,6 +90,9 @@ JOB_START_S = 1.0
 #: enough that the first bulk over such a link sends it a few jobs (whose reports then
 #: replace the prior), little enough that a really slow link costs only those few.
 PROBE_FLOOR = 0.25
+#: Jobs an unmeasured link gets at the probing floor: once this many are queued or
+#: running over it, it is weighed on its prior like any other until their reports come.
+PROBE_JOBS = 2
 #: Least reliability factor: a site failing every attempt still gets an occasional job,
 #: so its recovery is noticed.
 RELIABILITY_FLOOR = 0.02
@@ -118,6 +128,10 @@ class SiteLoad:
     cached: frozenset[str] = frozenset()
     #: Mean seconds of a job there, for the queue-wait estimate; None: this job's own.
     mean_job_s: float | None = None
+    #: Endpoint -> jobs queued or running there that read their input from it: they share
+    #: the link (JEDI's network weight counts the files queued on a link likewise).
+    #: Brokerage adds the jobs it places.
+    readers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,11 +159,12 @@ class Choice:
     """Where one request goes (``site``; never None from :func:`choose`) and why.
 
     ``info`` (kept on the job as ``broker_info``, JSON, floats rounded) is ``{"picked",
-    "policy", "weights": {site: weight} of the candidates that passed, "rejected":
-    {site: reason} (offline, avoided, link), optional "near_data": [site], optional
-    "note", "candidates": [{"site", "passed", "filter", "reason", "factors": {"free",
-    "speed", "locality", "network", "reliability"}, "est": {"queue_s", "read_s",
-    "compute_s", "total_s"}, "access": "local"|"remote", optional "link": {"endpoint",
+    "policy", optional "read_from": the endpoint whose replica the job should read when
+    it reads remotely (the best link's), "weights": {site: weight} of the candidates that
+    passed, "rejected": {site: reason} (offline, avoided, link), optional "near_data":
+    [site], optional "note", "candidates": [{"site", "passed", "filter", "reason",
+    "factors": {"free", "speed", "locality", "network", "reliability"}, "est": {"queue_s",
+    "read_s", "compute_s", "total_s"}, "access": "local"|"remote", optional "link": {"endpoint",
     "mbps", "source", "observations"}, "weight", "picked"}]}``; a candidate that failed a
     filter has ``factors`` and ``est`` None and weight 0."""
 
@@ -189,14 +204,14 @@ class _Static:
     """What a candidate costs a job whatever its queue: kept per request shape in a call
     (a bulk of like jobs computes it once per site)."""
 
-    __slots__ = ("compute_s", "link", "locality", "near", "network", "read_s", "remote",
-                 "speed", "use_net", "work")
+    __slots__ = ("compute_s", "lat_s", "link", "locality", "near", "read_s", "remote",
+                 "speed", "use_net", "work", "xfer_s")
 
 
 class _Cost:
     """The factors and estimates of one passing candidate."""
 
-    __slots__ = ("free", "queue_s", "reliability", "st", "weight")
+    __slots__ = ("free", "network", "queue_s", "read_s", "reliability", "st", "weight")
 
 
 _INF = float("inf")
@@ -219,53 +234,87 @@ def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: 
                 t = link.read_s(remote, req.read_requests)
                 if best is None or t < read_s:
                     read_s, best = t, link
+    xfer_s = remote / (best.mbps * 1e6) if best is not None and best.mbps > 0 else 0.0
+    lat_s = max(req.read_requests, 1) * best.latency_ms / 1e3 if best is not None else 0.0
     if local and (s.endpoint, s.name) in links.links:
         # The site's own storage is read over a link too: free while nothing is known of
         # it, its declared or learned throughput once something is (a slow local disk
         # or a throttled door is then seen like a slow remote link).
         own = links.get(s.endpoint, s.name)
         read_s += own.read_s(local, req.read_requests)
+        xfer_s += local / (own.mbps * 1e6) if own.mbps > 0 else 0.0
+        lat_s = max(lat_s, max(req.read_requests, 1) * own.latency_ms / 1e3)
         best = best or own
+    st.read_s, st.link, st.remote = read_s, best, remote
+    st.xfer_s, st.lat_s = xfer_s, lat_s
     rate = s.slot_rate or prior_rate
-    compute_s = req.events / rate if req.events else 0.0
-    work = compute_s + JOB_START_S
+    st.compute_s = compute_s = req.events / rate if req.events else 0.0
+    st.work = work = compute_s + JOB_START_S
     st.speed = (req.events / prior_rate + JOB_START_S) / work if req.events else 1.0
     st.near = near = (bool(s.endpoint) and (s.endpoint in req.near or local > 0)) or (
         nbytes > 0 and remote == 0)
-    network = None
-    if policy is not Policy.LOCALITY:
-        network = work / (work + read_s) if read_s != _INF else 0.0
-        if best is not None and best.observations == 0 and best.mbps > 0 \
-                and network < PROBE_FLOOR:
-            network = PROBE_FLOOR
-    st.use_net = use_net = policy is Policy.NETWORK and nbytes > 0 and network is not None
+    st.use_net = use_net = policy is Policy.NETWORK and nbytes > 0
     st.locality = DATA_NEAR if near and not use_net else 1.0
-    st.network, st.read_s, st.compute_s, st.remote, st.link = (network, read_s, compute_s,
-                                                               remote, best)
-    st.work = work + read_s
     return st
 
 
-def _cost(st: _Static, s: SiteLoad) -> _Cost:
+def _read(st: _Static, s: SiteLoad, cap: int) -> float:
+    """Seconds the job would read for at ``s``.  Its link is shared by the site's other
+    jobs reading over it (``k``: at most its other slots), each reading for its share of
+    the job's time, so ``r = x (1 + k r / (r + w)) + l`` (``x`` transfer alone, ``l``
+    latency, ``w`` the rest of the job): the positive root of that quadratic."""
+    readers = s.readers.get(st.link.endpoint, 0) if s.readers else 0
+    k = readers if readers < cap - 1 else cap - 1
+    x, lat, w = st.xfer_s, st.lat_s, st.work
+    if k <= 0:
+        return x + lat
+    b = w - x * (1 + k) - lat
+    return (-b + math.sqrt(b * b + 4 * (x + lat) * w)) / 2
+
+
+def _network(st: _Static, s: SiteLoad, cap: int) -> tuple[float, float]:
+    """``(read seconds, network factor)`` of a candidate with a remote read."""
+    read_s = _read(st, s, cap)
+    network = st.work / (st.work + read_s)
+    if network < PROBE_FLOOR and st.link.observations == 0 and \
+            (s.readers.get(st.link.endpoint, 0) if s.readers else 0) < PROBE_JOBS:
+        network = PROBE_FLOOR
+    return read_s, network
+
+
+def _weight(st: _Static, s: SiteLoad) -> float:
+    cap = s.capacity if s.capacity > 1 else 1
+    fr = 1.0 - s.failure_rate
+    w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
+        fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
+    if st.use_net and st.link is not None:
+        w *= _network(st, s, cap)[1]
+    return w
+
+
+def _cost(st: _Static, s: SiteLoad, policy: Policy) -> _Cost:
+    """The whole record of a candidate (its weight as :func:`_weight`)."""
     c = _Cost()
     c.st = st
     cap = s.capacity if s.capacity > 1 else 1
+    read_s, network = _network(st, s, cap) if st.link is not None else (0.0, 1.0)
+    c.read_s = read_s
+    c.network = None if policy is Policy.LOCALITY else network
     busy = s.queued + s.running
     ahead = busy + 1 - cap
-    c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None else st.work) \
-        if ahead > 0 else 0.0
+    c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None
+                               else st.work + read_s) if ahead > 0 else 0.0
     c.free = cap / (1.0 + busy)
     fr = 1.0 - s.failure_rate
     c.reliability = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
-    w = c.free * st.speed * st.locality * c.reliability
-    c.weight = w * st.network if st.use_net else w
+    c.weight = _weight(st, s)
     return c
 
 
 def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool) -> dict:
     st = c.st
-    read, q, comp = st.read_s, c.queue_s, st.compute_s
-    net = st.network
+    read, q, comp = c.read_s, c.queue_s, st.compute_s
+    net = c.network
     out = {"site": s.name, "passed": True, "filter": None, "reason": reason,
            "factors": {"free": round(c.free, 3), "speed": round(st.speed, 4),
                        "locality": st.locality,
@@ -311,7 +360,7 @@ def choose(
     measured = [s.slot_rate for s in loads if s.slot_rate]
     ctx = _Call(loads, statistics.median(measured) if measured else PRIOR_SLOT_RATE,
                 _Link(links, now), policy, rng, record)
-    everyone = set(by_name)
+    everyone = ctx.everyone
     out: list[Choice] = []
     for req in requests:
         if ANY in req.sites:
@@ -326,6 +375,19 @@ def choose(
     return out
 
 
+def _draw(rng: random.Random, weights: list[float]) -> int:
+    """An index drawn with probability proportional to its weight (uniform if all are 0)."""
+    total = sum(weights)
+    if total <= 0:
+        return rng.randrange(len(weights))
+    r = rng.random() * total
+    for k, w in enumerate(weights):
+        r -= w
+        if r < 0:
+            return k
+    return len(weights) - 1
+
+
 class _Call:
     """One :func:`choose` call: its snapshot, and what it computed once for all jobs."""
 
@@ -334,6 +396,11 @@ class _Call:
         self.loads, self.prior_rate, self.links = loads, prior_rate, links
         self.policy, self.rng, self.record = policy, rng, record
         self.any_cache = any(s.cached for s in loads)
+        self.everyone = {s.name for s in loads}
+        self.online = [s for s in loads if s.state == SiteState.ONLINE]
+        self.offline = {s.name: f"offline: {s.reason}" for s in loads
+                        if s.state != SiteState.ONLINE}
+        self.index = {s.name: i for i, s in enumerate(loads)}
         self.rejected_records: dict[tuple[str, str, str], dict] = {}
         self.shapes: dict[tuple, dict[str, _Static]] = {}
 
@@ -351,7 +418,7 @@ class _Call:
         loads, policy, record = self.loads, self.policy, self.record
         rejected: dict[str, str] = {}
         records: list[dict | None] = []
-        passing: list[tuple[SiteLoad, _Cost, int]] = []
+        passing: list[tuple[SiteLoad, _Static, int]] = []
         avoid = req.avoid
         all_avoided = not avoid or all(s.name in avoid for s in loads
                                        if s.name in accepted and s.state == SiteState.ONLINE)
@@ -361,28 +428,58 @@ class _Call:
         statics = self.shapes.get(shape)
         if statics is None:
             self.shapes[shape] = statics = {}
-        for s in loads:
+        weigh = policy not in (Policy.ROUND_ROBIN, Policy.LEAST_LOADED) or record
+        weights: list[float] = []
+        if not avoid and accepted is self.everyone:
+            # the common case: every site accepted, none avoided; the offline ones are
+            # the same for every job of the call
+            rejected = dict(self.offline)
+            if record:
+                records = [self._rejected(s, "offline", rejected[s.name])
+                           if s.name in rejected else None for s in loads]
+            todo = self.online
+        else:
+            todo = loads
+        fast = todo is self.online
+        for s in todo:
             name = s.name
-            if name not in accepted:
+            filt = None
+            if fast:
+                pass
+            elif name not in accepted:
                 why, filt = "not accepted by the task", "task"
             elif s.state != SiteState.ONLINE:
                 why, filt = f"offline: {s.reason}", "offline"
             elif avoid and name in avoid and not all_avoided:
                 why, filt = "avoided: an earlier attempt failed there", "avoided"
-            else:
+            if filt is None:
                 st = statics.get(name)
                 if st is None:
                     statics[name] = st = _static(req, s, self.prior_rate, self.links, policy,
                                                  nbytes)
                 if st.read_s != _INF:
-                    passing.append((s, _cost(st, s), len(records)))
-                    records.append(None)
+                    if fast:
+                        passing.append((s, st, self.index[name]))
+                    else:
+                        passing.append((s, st, len(records)))
+                        records.append(None)
+                    if weigh:  # _weight, inlined: this loop is the cost of brokerage
+                        cap = s.capacity if s.capacity > 1 else 1
+                        fr = 1.0 - s.failure_rate
+                        w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
+                            fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
+                        if st.use_net and st.link is not None:
+                            w *= _network(st, s, cap)[1]
+                        weights.append(w)
                     continue
-                why = f"link {st.link.endpoint} -> {name} unusable (0 MB/s)"
-                filt = "link"
+                why, filt = f"link {st.link.endpoint} -> {name} unusable (0 MB/s)", "link"
             if filt != "task":
                 rejected[name] = why
-            if record:
+            if not record:
+                continue
+            if fast:
+                records[self.index[name]] = self._rejected(s, filt, why)
+            else:
                 records.append(self._rejected(s, filt, why))
         if not passing:
             return self._fallback(req, accepted, rejected, records)
@@ -394,23 +491,27 @@ class _Call:
             i = per_slot.index(min(per_slot))
             reason = "least loaded"
         else:
-            weights = [c.weight for _, c, _ in passing]
-            i = self.rng.choices(range(len(passing)), weights=weights)[0] \
-                if sum(weights) > 0 else self.rng.randrange(len(passing))
+            i = _draw(self.rng, weights)
             reason = "weighted random pick"
-        pick = passing[i][0]
-        pick.queued += 1
+        pick, picked, _ = passing[i]
         info: dict = {"picked": pick.name, "policy": str(policy)}
+        if record:  # each candidate as it was weighed, before the pick adds to its load
+            for k, (s, st, at) in enumerate(passing):
+                records[at] = _record(s, _cost(st, s, policy), reason if k == i else "passed",
+                                      k == i)
+            info.update(weights={s.name: round(w, 4) for (s, _, _), w
+                                 in zip(passing, weights, strict=True)},
+                        rejected=rejected, candidates=records)
+        pick.queued += 1
+        if picked.link is not None:
+            info["read_from"] = ep = picked.link.endpoint
+            pick.readers[ep] = pick.readers.get(ep, 0) + 1
         if not record:
             return Choice(pick.name, info)
-        for k, (s, c, at) in enumerate(passing):
-            records[at] = _record(s, c, reason if k == i else "passed", k == i)
-        info.update(weights={s.name: round(c.weight, 4) for s, c, _ in passing},
-                    rejected=rejected, candidates=records)
         if avoid and all_avoided and avoid & {s.name for s, _, _ in passing}:
             info["note"] = "every accepted site was avoided; weighed them all"
         if req.near or req.input_bytes:
-            info["near_data"] = [s.name for s, c, _ in passing if c.st.near]
+            info["near_data"] = [s.name for s, st, _ in passing if st.near]
         return Choice(pick.name, info)
 
     def _fallback(self, req: Request, accepted: set[str], rejected: dict[str, str],

@@ -95,7 +95,10 @@ def explain(info: Mapping | Any) -> str:
         parts.append(f"{picked} {pick.get('reason')} ({policy}); "
                      f"{', '.join(others)} passed too")
     elif versus:
-        parts.append(f"{picked} " + ", ".join(versus))
+        wins = [v for v in versus if " than " in v]
+        if wins:
+            parts.append(f"{picked} " + ", ".join(wins))
+        parts += [v for v in versus if " than " not in v]
     elif pick is not None and pick.get("passed"):
         parts.append(f"{picked} the only candidate left")
     if info.get("note"):

@@ -125,8 +125,8 @@ def observe(estimate: LinkEstimate, nbytes: int, seconds: float, requests: int, 
     if latency_ms is not None:
         new_lat = latency_ms if estimate.observations == 0 else \
             (1 - a) * estimate.latency_ms + a * latency_ms
-    return replace(estimate, mbps=(1 - a) * estimate.mbps + a * sample, latency_ms=new_lat,
-                   observations=estimate.observations + 1, updated_at=now)
+    return LinkEstimate(estimate.endpoint, estimate.site, (1 - a) * estimate.mbps + a * sample,
+                        new_lat, estimate.observations + 1, now)
 
 
 def decay_weight(age_s: float, window_s: float = WINDOW_S) -> float:

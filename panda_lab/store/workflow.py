@@ -48,7 +48,7 @@ from panda_lab.model.lease import CLIENT_GONE
 from panda_lab.model.retry import Cause, NextAttempt, Previous, accepted_sites, next_attempt
 from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, job_path
 from panda_lab.store.admin import Admin
-from panda_lab.store.base import Changes, JobChange, dumps, loads, now
+from panda_lab.store.base import Changes, JobChange, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows

@@ -35,6 +35,8 @@ LAYER: dict[str, int] = {
     "text": 0, "output": 0, "remote_errors": 0, "payload": 0, "runtime": 0, "http": 0,
     "reads": 0,
     "model": 0, "analysis": 0,
+    #    the brokerage simulator: the model's policies run in virtual time
+    "sim": 0,
     # 1. the database: schema, row repositories, workflow verbs
     "store": 1,
     # 2. the server and the provisioners it drives
@@ -58,6 +60,7 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "reads": set(),
     "model": {"text"},
     "analysis": {"model", "text", "reads"},
+    "sim": {"model"},
     "store": {"model", "payload", "text"},
     # provisioners start pilots; they know sites by their own config, never the server
     "provisioners": {"model", "text", "http", "runtime"},
@@ -70,7 +73,7 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
                "text", "http", "runtime"},
     "jupyter": {"client", "widgets", "server", "model", "output", "text", "http", "runtime"},
     "cli": {"client", "pilot", "server", "provisioners", "analysis", "model", "payload",
-            "output", "text", "http", "runtime"},
+            "output", "text", "http", "runtime", "sim"},
     ROOT: {"client", "jupyter", "analysis", "payload"},
 }.items()}
 
