@@ -35,7 +35,7 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
-from panda_lab.model import JOB_FINAL, ErrorCategory, JobState, PilotState, SiteState, TaskState
+from panda_lab.model import JOB_FINAL, ErrorCategory, JobState, PilotState, TaskState
 from panda_lab.model.brokerage import (
     ANY,
     NETWORK_MODES,
@@ -50,6 +50,7 @@ from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, 
 from panda_lab.store.admin import Admin
 from panda_lab.store.base import Changes, JobChange, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
+from panda_lab.store.rebroker import Rebrokerage
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
 from panda_lab.store.rows import links as link_rows
@@ -62,7 +63,7 @@ J = JobState
 T = TaskState
 
 
-class Workflow(Admin):
+class Workflow(Rebrokerage, Admin):
     """The store: the verbs that move tasks and jobs, each one transaction."""
 
     # ---- 1. submit and split ---------------------------------------------------------
@@ -144,7 +145,8 @@ class Workflow(Admin):
 
         def request(i: int, sites: tuple[str, ...]) -> Request:
             # what an analysis job reads, and where it is stored: brokerage weighs it
-            return input_request(job_chunks[i], sites) if job_chunks else Request(sites)
+            return dataset_rows.input_request(job_chunks[i], sites) if job_chunks \
+                else Request(sites)
 
         # the task's brokerage policy (a comparison), else its network term, else the server's
         mode = options.get("policy") or options.get("network")
@@ -283,7 +285,7 @@ class Workflow(Admin):
         with self.tx() as conn:
             current = job_rows.lock_for_report(conn, [u["id"] for u in updates])
             params, history, failed, finished, output = [], [], [], [], []
-            measured: list[tuple[Row, dict, JobState]] = []  # what the links and sites learn
+            measured: list[tuple[Row, dict, JobState]] = []
             seen: set[int] = set()
             for u in updates:
                 row = current.get(u["id"])
@@ -334,8 +336,8 @@ class Workflow(Admin):
             if params:
                 conn.execute(job_rows.UPDATE, params)
                 job_rows.history(conn, history)
-            if measured:
-                self._learn(conn, measured, t)
+            if measured:  # what the links and the sites learn, in the report's transaction
+                link_rows.learn(conn, measured, t)
             result_rows.store(conn, self.result_dir, finished)
             if finished:
                 pilot_rows.count_done(conn, pilot_id, len(finished))
@@ -344,23 +346,6 @@ class Workflow(Admin):
             task_rows.end_if_complete(conn, [c.task_id for c in changes.jobs
                                              if JobState(c.state) in JOB_FINAL], changes)
         return changes, ignored
-
-    @staticmethod
-    def _learn(conn: Connection, measured: list[tuple[Row, dict, JobState]], t: float) -> None:
-        """What reported attempts measured, in the report's transaction: the bytes,
-        seconds and requests they read per endpoint smooth their (endpoint, site) links;
-        how they ended and how fast they computed smooth their site's statistics."""
-        reads = [(row, u["reads"]) for row, u, _ in measured if u.get("reads")]
-        if reads:
-            own = site_rows.endpoints(conn) if any(
-                not r.get("endpoint") for _, rs in reads for r in rs) else {}
-            link_rows.observe_reads(conn, [(row.site, own.get(row.site, ""), rs)
-                                           for row, rs in reads], t)
-        link_rows.observe_sites(conn, [
-            (row.site, new == J.FINISHED, (u.get("error") or {}).get("category"),
-             u.get("events"), u.get("seconds"),
-             sum(float(r.get("seconds", 0.0)) for r in u.get("reads") or ()))
-            for row, u, new in measured if new in (J.FINISHED, J.FAILED)], t)
 
     def _retry(self, conn: Connection, failed: list[tuple[Row, dict]],
                changes: Changes) -> None:
@@ -431,58 +416,6 @@ class Workflow(Admin):
                                f"its pilot {r.id} (pid {r.pid}) ended ({why}) "
                                "while holding the job", changes)
         return changes
-
-    def rebroker_offline(self) -> Changes:
-        """Jobs waiting at an offline site go back to brokerage: the waiting attempt is
-        closed (``activated → closed``) and a new one placed on an online site it
-        accepts.  A job that accepts only offline sites keeps waiting.  Returns the
-        changes."""
-        changes = Changes()
-        with self.tx() as conn:
-            states = site_rows.states(conn)
-            online = {n for n, s in states.items() if s == SiteState.ONLINE}
-            offline = [n for n, s in states.items() if s != SiteState.ONLINE]
-            if offline and online:
-                self._rebroker(conn, offline, online, "site offline: handed back to brokerage",
-                               changes)
-        return changes
-
-    def rebroker_stalled(self, after: float) -> Changes:
-        """JEDI's re-brokerage of a stalled queue: jobs waiting at an online site that
-        dispatched nothing for ``after`` seconds (and whose waiting jobs are that old),
-        while other online sites have free slots, go back to brokerage, away from the
-        stalled site; the closed attempt says why.  A job that accepts no site with free
-        slots keeps waiting.  Returns the changes."""
-        changes = Changes()
-        with self.tx() as conn:
-            stalled = site_rows.stalled(conn, now() - after)
-            if not stalled:
-                return changes
-            free = {s.name for s in site_rows.loads_(conn) if s.state == SiteState.ONLINE
-                    and s.name not in stalled and s.capacity > s.queued + s.running}
-            states = site_rows.states(conn)
-            stuck = [n for n in stalled if states.get(n) == SiteState.ONLINE]
-            if free and stuck:
-                self._rebroker(conn, stuck, free, f"queue stalled: nothing dispatched for "
-                               f"{after:g} s while other sites had free slots; handed back "
-                               "to brokerage", changes)
-        return changes
-
-    def _rebroker(self, conn: Connection, from_: list[str], to: set[str], why: str,
-                  changes: Changes) -> None:
-        """Close the attempts waiting at the sites ``from_`` that accept a site of ``to``
-        and place their next attempts (avoiding the site they leave)."""
-        movable = [r for r in job_rows.activated_at(conn, from_)
-                   if ANY in (allowed := set(loads(r.broker_info).get("sites") or [ANY]))
-                   or allowed & to]
-        if not movable:
-            return
-        job_rows.close(conn, movable, now(), str(ErrorCategory.SYSTEM), why, changes)
-        task = task_rows.task_sites(conn, {r.task_id for r in movable})
-        self._place(conn, [
-            self._again(r, next_attempt(self._previous(r, task[r.task_id].site),
-                                        Cause.REBROKER))
-            for r in movable], changes)
 
     def close_expired_leases(self, t: float) -> tuple[list[int], Changes]:
         """Close every open task whose lease lapsed before ``t`` (the watchdog's rule).
@@ -610,23 +543,6 @@ class Workflow(Admin):
                 self._again(r, next_attempt(self._previous(r, task.site), Cause.USER_RETRY))
                 for r in latest], changes)
         return ids, changes
-
-
-def input_request(chunks: list[dict], sites: tuple[str, ...]) -> Request:
-    """The request of an analysis job reading ``chunks`` (dicts with ``path``, ``start``,
-    ``stop``, optional ``bytes`` (the range's share of its file) and ``replicas``
-    ``[{"endpoint", "url"}]``): its events, the bytes of its input held at each
-    endpoint, its files, and the read requests it makes (about two per chunk: the
-    metadata, then the baskets in one request)."""
-    held: dict[str, int] = {}
-    for c in chunks:
-        for endpoint in {r["endpoint"] for r in c.get("replicas") or ()}:
-            held[endpoint] = held.get(endpoint, 0) + int(c.get("bytes") or 0)
-    return Request(sites=sites, near=frozenset(held),
-                   events=sum(int(c["stop"]) - int(c["start"]) for c in chunks),
-                   input_bytes={e: b for e, b in held.items() if b > 0},
-                   files=tuple(dict.fromkeys(c["path"] for c in chunks)),
-                   read_requests=max(1, 2 * len(chunks)))
 
 
 def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from panda_lab.store.rows import sites as site_rows
-from panda_lab.store.workflow import input_request
+from panda_lab.store.rows.datasets import input_request
 
 SITES = [{"name": "NEAR", "kind": "local", "provisioner": "local", "pilots": 1, "slots": 2,
           "endpoint": "disk"},

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 
-from panda_lab.model import ErrorCategory
+from panda_lab.model import ErrorCategory, JobState
 from panda_lab.model.network import ALPHA, WINDOW_S, Link, LinkEstimate, effective, observe
 from panda_lab.store.schema import links, site_stats
 
@@ -26,6 +27,25 @@ SITE_FAULTS = frozenset({str(ErrorCategory.SYSTEM), str(ErrorCategory.INPUT),
 
 def _insert(conn: Connection):
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+
+
+def learn(conn: Connection, measured: list[tuple[Row, dict, str]], t: float) -> None:
+    """What reported attempts measured, ``(job row, update, new state)``: the bytes,
+    seconds and requests they read per endpoint smooth their (endpoint, site) links; how
+    they ended and how fast they computed smooth their site's statistics."""
+    from panda_lab.store.rows.sites import endpoints
+
+    reads = [(row, u["reads"]) for row, u, _ in measured if u.get("reads")]
+    if reads:
+        own = endpoints(conn) if any(not r.get("endpoint") for _, rs in reads for r in rs) \
+            else {}
+        observe_reads(conn, [(row.site, own.get(row.site, ""), rs) for row, rs in reads], t)
+    ended = (str(JobState.FINISHED), str(JobState.FAILED))
+    observe_sites(conn, [
+        (row.site, new == JobState.FINISHED, (u.get("error") or {}).get("category"),
+         u.get("events"), u.get("seconds"),
+         sum(float(r.get("seconds", 0.0)) for r in u.get("reads") or ()))
+        for row, u, new in measured if new in ended], t)
 
 
 def declare(conn: Connection, declared: list[dict]) -> None:
