@@ -23,7 +23,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -247,7 +247,9 @@ class Outcome:
     ``ErrorCategory`` the retry rules of :mod:`panda_lab.model.retry` act on, as PanDA
     classifies failures; ``type``, ``message``, ``traceback``, ``exception``); the
     tails of ``stdout``/``stderr``; ``started_at``/``ended_at`` in seconds since the
-    epoch."""
+    epoch; ``reads``, what the job read per storage endpoint (``[{"endpoint", "bytes",
+    "seconds", "requests"}]``, see :mod:`panda_lab.reads`) and the ``events`` it
+    processed, filled by the worker."""
 
     ok: bool
     result: bytes | None
@@ -256,6 +258,9 @@ class Outcome:
     stderr: str
     started_at: float
     ended_at: float
+    reads: list[dict] = field(default_factory=list)
+    #: Events the payload said it processed (:func:`panda_lab.reads.processed`).
+    events: int = 0
 
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from panda_lab import reads
 from panda_lab.analysis.accumulate import MergeError, merge
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, materialize, read_chunk
@@ -85,8 +86,10 @@ def _open_any(
     endpoint (``PANDA_LAB_ENDPOINT``, set by the pilot) first.  With ``nanoevents``, the
     events are coffea's and the read branches go to the worker's preload memory once the
     chunk is processed."""
-    near = os.environ.get("PANDA_LAB_ENDPOINT")
+    near = os.environ.get(reads.LOCAL_ENDPOINT)
     replicas = sorted(chunk.get("replicas") or [], key=lambda r: r["endpoint"] != near)
+    for r in replicas:  # what is read from a replica counts for its endpoint's link
+        reads.remember(r["url"], r["endpoint"])
     urls = [r["url"] for r in replicas] or [chunk["path"]]
     last: DataError | None = None
     for url in urls:
@@ -173,6 +176,7 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
         seconds += time.perf_counter() - t0
         events += c.entries
         keys.append(c.key)
+        reads.processed(c.entries)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return ChunkResult(out, events, seconds, rss, keys)
 

@@ -48,6 +48,14 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                         "lapsed leases)")
     p.add_argument("--heartbeat-interval", type=float, default=5.0,
                    help="how often pilots heartbeat")
+    p.add_argument("--network", choices=("active", "passive", "off"), default="active",
+                   help="brokerage's network term: weighed (active, the default), computed "
+                        "and shown only (passive), or not computed (off)")
+    p.add_argument("--stall-after", type=float, default=300.0,
+                   help="seconds without dispatch after which a site's waiting jobs are "
+                        "brokered again while other sites have free slots (0: never)")
+    p.add_argument("--broker-seed", type=int,
+                   help="seed brokerage's random picks (reproducible decisions)")
     p.add_argument("--no-pilots", action="store_true",
                    help="start no local pilots (run `panda-lab pilot` yourself)")
     p.add_argument("--scrape-token-file", type=Path,
@@ -120,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         v.add_argument("--json", action="store_true", help=JSON_HELP)
     s = sub.add_parser("sites", help="sites, their pilots, queued and running jobs")
     s.add_argument("--json", action="store_true", help=JSON_HELP)
+    lk = sub.add_parser("links", help="learned throughput and latency of each (storage "
+                                      "endpoint, site) link, with observations and age")
+    lk.add_argument("--json", action="store_true", help=JSON_HELP)
 
     ms = sub.add_parser("make-sample", help="write a synthetic NanoAOD-like dimuon dataset")
     ms.add_argument("outdir", type=Path, help="directory to write the ROOT files into")

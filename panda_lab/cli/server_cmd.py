@@ -12,6 +12,7 @@ from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
 
 def config_from_args(args: argparse.Namespace):
     from panda_lab.provisioners.config import ConfigError, default_sites, load_sites, local_plan
+    from panda_lab.provisioners.links import load_links
     from panda_lab.server.config import ServerConfig
 
     if args.task_lease <= 0:
@@ -19,9 +20,11 @@ def config_from_args(args: argparse.Namespace):
     # The embedded default is sized to the container (panda_lab/resources.py); a site
     # file says its own sizes.
     plan = None if args.sites else local_plan()
+    sites = load_sites(args.sites) if args.sites else default_sites(plan=plan)
     return ServerConfig(
         home=runtime.home(args.home), db_url=args.db, host=args.host, port=args.port,
-        sites=load_sites(args.sites) if args.sites else default_sites(plan=plan),
+        sites=sites, links=load_links(args.sites, sites) if args.sites else [],
+        network=args.network, stall_after=args.stall_after, broker_seed=args.broker_seed,
         max_events_per_job=plan.max_events_per_job if plan else None,
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
@@ -50,7 +53,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
            "--heartbeat-timeout", str(args.heartbeat_timeout),
            "--task-lease", str(args.task_lease),
            "--heartbeat-interval", str(args.heartbeat_interval),
-           "--watchdog-interval", str(args.watchdog_interval)]
+           "--watchdog-interval", str(args.watchdog_interval),
+           "--network", args.network, "--stall-after", str(args.stall_after)]
     if args.db:
         out += ["--db", args.db]
     if args.sites:
@@ -59,6 +63,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
         out.append("--no-pilots")
     if getattr(args, "scrape_token_file", None) is not None:
         out += ["--scrape-token-file", str(args.scrape_token_file.resolve())]
+    if args.broker_seed is not None:
+        out += ["--broker-seed", str(args.broker_seed)]
     return out
 
 

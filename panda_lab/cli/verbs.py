@@ -1,6 +1,6 @@
 """pbook's verbs on the command line: ``tasks``, ``jobs``, ``job``, ``output``, ``kill``,
-``retry``, ``sites``; each also as JSON (``--json``), the server's records as it sends
-them.
+``retry``, ``sites``, ``links``; each also as JSON (``--json``), the server's records as it
+sends them.
 
 A task's state is shown as its one outcome label (:mod:`panda_lab.model.outcome`), the
 label the panel, the widgets and the reprs show, coloured by its tone on a terminal.
@@ -181,6 +181,25 @@ def _sites(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _links(lab: Lab, args: argparse.Namespace, console: Console) -> int:
+    links = lab.api.get("/api/links")
+    if args.json:
+        print_json(links)
+        return EXIT_OK
+    if not links:
+        print("no links: none declared in sites.toml, none measured yet")
+        return EXIT_OK
+    table = Table("endpoint", "site", "MB/s", "latency ms", "source", "observations",
+                  "age", "declared MB/s", title="links")
+    for x in links:
+        table.add_row(Text(x["endpoint"]), x["site"], f"{x['mbps']:.3g}",
+                      f"{x['latency_ms']:.3g}", x["source"], str(x["observations"]),
+                      _age(time.time() - x["age_s"]) if x["age_s"] is not None else "-",
+                      "-" if x["declared_mbps"] is None else f"{x['declared_mbps']:g}")
+    console.print(table)
+    return EXIT_OK
+
+
 def _act(lab: Lab, args: argparse.Namespace) -> int:
     reply = lab.kill(args.task) if args.command == "kill" else lab.retry(args.task)
     if args.json:
@@ -231,4 +250,6 @@ def run(args: argparse.Namespace) -> int:
         return _act(lab, args)
     if args.command == "sites":
         return _sites(lab, args, console)
+    if args.command == "links":
+        return _links(lab, args, console)
     raise ValueError(f"unknown command {args.command!r}")

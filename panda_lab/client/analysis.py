@@ -404,7 +404,8 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
             target_job_seconds: float = 60.0, columns: list[str] | None = None,
             skip_bad_files: bool = False, site: str | list[str] = "ANY",
             name: str | None = None, retries: int = 2, n_scouts: int = 3,
-            schema: Any = None, treename: str | None = None) -> AnalysisTask:
+            schema: Any = None, treename: str | None = None,
+            network: str | None = None, policy: str | None = None) -> AnalysisTask:
     """Submit ``process`` over ``dataset`` as one analysis task; return its
     :class:`AnalysisTask` at once (the jobs run on pilots).
 
@@ -426,6 +427,9 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
     ``pip install 'panda-lab[coffea]'`` for a coffea schema where coffea is not installed,
     and :class:`panda_lab.payload.PayloadError` when ``process`` cannot be pickled; the
     server's refusal (unknown dataset) is a :class:`panda_lab.http.ApiError`.
+    ``network``: brokerage's network term for this task (``"active"``, ``"passive"``
+    or ``"off"``; ``None``: the server's); ``policy`` a brokerage policy to compare
+    (``"round-robin"``, ``"least-loaded"``...), overriding it.
     """
     from panda_lab.analysis.runner import run_chunks
 
@@ -466,6 +470,8 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
         "processor": base64.b64encode(dumps_fn(job_fn)).decode(), "split": split,
         "columns": cols, "site": site, "skip_bad_files": skip_bad_files,
         "options": {"max_attempts": retries + 1, "client": environment(),
-                    "workdir": workdir()},
+                    "workdir": workdir(),
+                    **({"network": network} if network is not None else {}),
+                    **({"policy": policy} if policy is not None else {})},
     })
     return AnalysisTask(lab, reply["task"], process)

@@ -75,6 +75,8 @@ class Lab:
         memory_mb: int = 0,
         walltime_s: float = 0.0,
         output_limit: int | None = None,
+        network: str | None = None,
+        policy: str | None = None,
     ) -> int:
         """Submit one job per argument tuple, all calling ``fn``; returns the task id.
 
@@ -84,6 +86,11 @@ class Lab:
         in the pilot's directory (:func:`panda_lab.payload.job_directory`).
         ``output_limit``: characters of each job's stdout and stderr kept in full for
         :meth:`job_output` (default :data:`panda_lab.output.OUTPUT_LIMIT`).
+        ``network``: brokerage's network term for this task, ``"active"`` (weighed),
+        ``"passive"`` (computed and shown only) or ``"off"``; ``None``: the server's.
+        ``policy``: a brokerage policy for comparisons (``"round-robin"``,
+        ``"least-loaded"``, ... :class:`panda_lab.model.brokerage.Policy`), overriding
+        ``network``.
         """
         common = dumps_fn(fn)
         jobs = [{"payload": base64.b64encode(dumps_call(None, args)).decode()}
@@ -93,6 +100,10 @@ class Lab:
                    "client": environment(), "workdir": workdir()}
         if output_limit is not None:
             options["output_limit"] = output_limit
+        if network is not None:
+            options["network"] = network
+        if policy is not None:
+            options["policy"] = policy
         reply = self.api.post("/api/tasks", {
             "name": name, "owner": os.environ.get("USER", ""), "site": site,
             "jobs": jobs, "common": base64.b64encode(common).decode(), "options": options,
@@ -177,6 +188,15 @@ class Lab:
         """The server's sites: ``name``, ``kind``, ``pilots``, ``running`` and ``queued``
         job counts, and the rest of their configuration."""
         return self.api.get("/api/sites")
+
+    def links(self) -> pd.DataFrame:
+        """The (endpoint, site) links brokerage reads input over, indexed by (endpoint,
+        site): learned throughput (``mbps``, MB/s) and latency (``latency_ms``), their
+        ``source`` (learned, declared, prior), the ``observations`` they rest on and
+        their age (``age_s``); see :func:`panda_lab.client.brokerage.links_frame`."""
+        from panda_lab.client.brokerage import links_frame
+
+        return links_frame(self.api.get("/api/links"))
 
     # ---- the notebook's API: executors, task handles, Dask --------------------------------
     def executor(self, site: str | list[str] = "ANY", **options: Any) -> PandaExecutor:

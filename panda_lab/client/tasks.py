@@ -68,6 +68,25 @@ class TaskHandle:
         return df[[c for c in JOB_COLUMNS if c in df]].set_index("id") if not df.empty \
             else df[JOB_COLUMNS].set_index("id")
 
+    def brokerage(self, all_attempts: bool = False) -> pd.DataFrame:
+        """Why each job went where it went: one row per (job, candidate site), each
+        filter passed or failed with its reason, each weight factor, the estimated
+        times, the weight and the pick (see
+        :func:`panda_lab.client.brokerage.brokerage_frame`); the latest attempt of each
+        job, or every attempt with ``all_attempts``.  The task's counts of candidates
+        each filter removed are ``info()["brokerage"]``."""
+        from panda_lab.client.brokerage import brokerage_frame
+
+        return brokerage_frame(self.lab.jobs(self.id, all_attempts=all_attempts))
+
+    def job(self, index: int) -> Any:
+        """Job ``index`` (its latest attempt): ``.brokerage`` says in one sentence why it
+        went where it went, ``.candidates`` is its rows of :meth:`brokerage`, ``.record``
+        the server's record.  Raises ``KeyError`` for an index the task does not have."""
+        from panda_lab.client.brokerage import JobBrokerage, job_of
+
+        return JobBrokerage(job_of(self.lab.jobs(self.id), index))
+
     def wait(self, timeout: float | None = None) -> TaskHandle:
         """Block until the task is final (``TASK_FINAL``); return this handle.
 

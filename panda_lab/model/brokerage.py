@@ -234,9 +234,19 @@ def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: 
                 t = link.read_s(remote, req.read_requests)
                 if best is None or t < read_s:
                     read_s, best = t, link
+    xfer_s = remote / (best.mbps * 1e6) if best is not None and best.mbps > 0 else 0.0
+    lat_s = max(req.read_requests, 1) * best.latency_ms / 1e3 if best is not None else 0.0
+    if local and (s.endpoint, s.name) in links.links:
+        # The site's own storage is read over a link too: free while nothing is known of
+        # it, its declared or learned throughput once something is (a slow local disk
+        # or a throttled door is then seen like a slow remote link).
+        own = links.get(s.endpoint, s.name)
+        read_s += own.read_s(local, req.read_requests)
+        xfer_s += local / (own.mbps * 1e6) if own.mbps > 0 else 0.0
+        lat_s = max(lat_s, max(req.read_requests, 1) * own.latency_ms / 1e3)
+        best = best or own
     st.read_s, st.link, st.remote = read_s, best, remote
-    st.xfer_s = remote / (best.mbps * 1e6) if best is not None and best.mbps > 0 else 0.0
-    st.lat_s = max(req.read_requests, 1) * best.latency_ms / 1e3 if best is not None else 0.0
+    st.xfer_s, st.lat_s = xfer_s, lat_s
     rate = s.slot_rate or prior_rate
     st.compute_s = compute_s = req.events / rate if req.events else 0.0
     st.work = work = compute_s + JOB_START_S

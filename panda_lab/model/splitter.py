@@ -54,6 +54,7 @@ class SplitFile(TypedDict):
     #: Entries at which every branch starts a basket: 0, rising strictly, to ``entries``.
     clusters: list[int]
     replicas: NotRequired[list[dict]]
+    size_bytes: NotRequired[int]
 
 
 @dataclass
@@ -116,8 +117,11 @@ def check_clusters(path: str, entries: int, clusters: Sequence[int]) -> None:
 
 
 def _chunk(f: SplitFile, start: int, stop: int) -> dict:
+    # ``bytes``: the range's share of its file, what brokerage weighs reading it by
+    size = f.get("size_bytes") or 0
     return {"file_index": f["file_index"], "path": f["path"], "tree": f["tree"],
-            "start": start, "stop": stop, "replicas": f.get("replicas", [])}
+            "start": start, "stop": stop, "replicas": f.get("replicas", []),
+            "bytes": size * (stop - start) // f["entries"] if f["entries"] else 0}
 
 
 def split_range(f: SplitFile, start: int, stop: int, events_per_job: int) -> list[dict]:

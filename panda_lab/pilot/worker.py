@@ -15,13 +15,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from panda_lab import reads
 from panda_lab.output import Capture
 from panda_lab.payload import Outcome, job_directory, run_call
 
 _CTX = mp.get_context("spawn")
 
 #: The environment variable naming the storage endpoint near the pilot's site.
-LOCAL_ENDPOINT = "PANDA_LAB_ENDPOINT"
+LOCAL_ENDPOINT = reads.LOCAL_ENDPOINT
 
 #: Seconds between two sends of a running job's output to the pilot.
 OUTPUT_INTERVAL = 0.5
@@ -120,12 +121,17 @@ def worker_main(conn: Connection) -> None:
             else:
                 streams = _captures(job_id, spool)
                 ticker.watch(job_id, *streams)
+                reads.take()  # what an earlier job left is not this one's
+                reads.take_events()
                 try:
                     outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
                 finally:
                     ticker.watch(None)
                     for stream in streams:
                         stream.finish()
+                # What the job read, per endpoint: how the server learns the network.
+                outcome.reads = reads.take()
+                outcome.events = reads.take_events()
             with lock:
                 conn.send((job_id, outcome))
         elif kind == "env":  # what the pilot learnt at registration (its site's endpoint)

@@ -349,10 +349,11 @@ def parse_sites(data: dict, source: str = "sites.toml") -> list[SiteConfig]:
     """A parsed ``sites.toml`` (``{"sites": {NAME: {...}}}``) to its sites, in file order.
     Raises :class:`ConfigError` for anything :func:`parse_site` refuses, an unknown
     top-level key, or a file without sites."""
-    unknown_top = set(data) - {"sites"}
+    # [endpoints.NAME] and [[links]] are the network's (provisioners/links.py)
+    unknown_top = set(data) - {"sites", "endpoints", "links"}
     if unknown_top:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}; "
-                          "allowed: ['sites']")
+                          "allowed: ['endpoints', 'links', 'sites']")
     sites_ = data.get("sites")
     if not isinstance(sites_, dict) or not sites_:
         raise ConfigError(f"{source}: no [sites.NAME] tables found")

@@ -50,7 +50,8 @@ async def info(request: Request) -> dict:
     s = _server(request)
     return {"version": __version__, "time": time.time(), "database": s.store.engine.dialect.name,
             "sites": [c.name for c in s.config.sites],
-            "heartbeat_timeout": s.config.heartbeat_timeout, "task_lease": s.config.task_lease}
+            "heartbeat_timeout": s.config.heartbeat_timeout, "task_lease": s.config.task_lease,
+            "network": s.config.network}
 
 
 @router.get("/states")
@@ -65,6 +66,16 @@ async def states(request: Request) -> dict:
 async def sites(request: Request) -> list[dict]:
     s = _server(request)
     return await s.db(s.store.list_sites)
+
+
+@router.get("/links")
+async def links(request: Request) -> list[dict]:
+    """The (endpoint, site) links brokerage reads input over: what it uses now (``mbps``,
+    ``latency_ms``, ``source``: learned, declared or prior), the observations the
+    estimate rests on and their age, the declared values, and the bytes and seconds
+    measured in all."""
+    s = _server(request)
+    return await s.db(s.store.links)
 
 
 @router.get("/pilots")

@@ -12,6 +12,11 @@ from pathlib import Path
 
 # Sites are the provisioners' configuration: read through their registry.
 from panda_lab.provisioners.config import SiteConfig, default_sites
+from panda_lab.provisioners.links import LinkConfig
+
+#: The network term of brokerage: weighed (``active``), computed and shown but not
+#: weighed (``passive``, PanDA's default), or not computed (``off``: data locality only).
+NETWORK_MODES = ("active", "passive", "off")
 
 
 @dataclass
@@ -23,6 +28,20 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     sites: list[SiteConfig] = field(default_factory=default_sites)
+    #: Declared (endpoint, site) links (``[[links]]`` of sites.toml): brokerage starts
+    #: from them; what jobs measure replaces them.
+    links: list[LinkConfig] = field(default_factory=list)
+    #: The network term of brokerage for tasks that do not choose: one of NETWORK_MODES.
+    network: str = "active"
+    #: Measurements of a link older than this (seconds) decay toward its declared value
+    #: or the prior (PanDA ignores network rows older than an hour).
+    link_window: float = 3600.0
+    #: Jobs waiting at a site that dispatched nothing for this long (seconds) while other
+    #: sites have free slots are brokered again (0: never).
+    stall_after: float = 300.0
+    #: Seed of brokerage's random picks (None: fresh): the same state and submissions
+    #: then give the same decisions.
+    broker_seed: int | None = None
     #: A job whose pilot has not been heard of for this long is failed and retried.
     heartbeat_timeout: float = 60.0
     #: How often pilots heartbeat; told to them at registration.
@@ -43,6 +62,10 @@ class ServerConfig:
     #: A token accepted at ``/metrics`` only (Prometheus' ``authorization``), so that a
     #: monitoring system holds no token that acts on work; None: the user token only.
     scrape_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORK_MODES:
+            raise ValueError(f"network = {self.network!r}; allowed: {list(NETWORK_MODES)}")
 
     @property
     def database_url(self) -> str:

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-COMMANDS = ["server", "pilot", "tasks", "jobs", "output", "kill", "retry", "sites", "demo",
-            "make-sample"]
+COMMANDS = ["server", "pilot", "tasks", "jobs", "output", "kill", "retry", "sites", "links",
+            "demo", "make-sample"]
 
 
 def cli(*args, home=None, check=False, timeout=120):

@@ -34,6 +34,7 @@ LAYER: dict[str, int] = {
     #    physics side of an analysis (chunking, accumulators, file checks); no control plane
     "text": 0, "output": 0, "remote_errors": 0, "payload": 0, "runtime": 0, "http": 0,
     "resources": 0,
+    "reads": 0,
     "model": 0, "analysis": 0,
     #    the brokerage simulator: the model's policies run in virtual time
     "sim": 0,
@@ -58,15 +59,17 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "runtime": set(),
     "resources": set(),
     "http": set(),
+    "reads": set(),
     "model": {"text"},
-    "analysis": {"model", "text"},
+    "analysis": {"model", "text", "reads"},
     "sim": {"model"},
     "store": {"model", "payload", "text"},
     # provisioners start pilots; they know sites by their own config, never the server
     "provisioners": {"model", "text", "http", "runtime", "resources"},
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
                "runtime"},
-    "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model"},
+    "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model",
+              "reads"},
     "widgets": {"model", "text"},
     "client": {"server", "widgets", "analysis", "model", "payload", "remote_errors", "output",
                "text", "http", "runtime"},

@@ -111,5 +111,6 @@ def test_04_sites_and_failures(nb_home, tmp_path, monkeypatch):
     assert "done - 30 results, all correct: True" in texts(cell_with(nb, "task.wait"))
     attempts = texts(cell_with(nb, "mine = attempts"))
     assert "ended (killed by signa" in attempts                   # pandas cuts the text
-    assert "avoided" in texts(cell_with(nb, "broker_info"))
+    why = texts(cell_with(nb, "retry.brokerage"))                 # the Python way, in words
+    assert "retried at" in why and "avoided, an earlier attempt failed there" in why
     assert "lost" in texts(cell_with(nb, "pd.DataFrame(lab.pilots())"))

@@ -68,6 +68,22 @@ def add_options(conn: Connection, task_id: int, old: str, values: dict,
         options=dumps(loads(old) | values), modified_at=now(), **columns))
 
 
+def add_filter_summary(conn: Connection, summaries: dict[int, dict[str, int]]) -> None:
+    """Add each task's ``{filter: candidates removed}`` counts to its brokerage summary
+    (tasks with nothing removed are not written)."""
+    wanted = {t: s for t, s in summaries.items() if s}
+    if not wanted:
+        return
+    old = dict(conn.execute(select(tasks.c.id, tasks.c.brokerage)
+                            .where(tasks.c.id.in_(sorted(wanted)))).all())
+    for task_id, summary in sorted(wanted.items()):
+        total = loads(old.get(task_id) or "{}")
+        for name, n in summary.items():
+            total[name] = total.get(name, 0) + int(n)
+        conn.execute(update(tasks).where(tasks.c.id == task_id)
+                     .values(brokerage=dumps(total)))
+
+
 def set_open(conn: Connection, task_id: int, open_: bool, touch: bool = True) -> None:
     """Open or close a task to new jobs."""
     values: dict = {"open": open_}
@@ -205,6 +221,8 @@ def task_dicts(conn: Connection, rows: list[Row]) -> list[dict]:
             "created_at": row.created_at, "modified_at": row.modified_at,
             "ended_at": row.ended_at, "message": row.message,
             "summary": summary,
+            # JEDI's task diagnostics: candidates each brokerage filter removed
+            "brokerage": loads(row.brokerage or "{}"),
         })
     return out
 
