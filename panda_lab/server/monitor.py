@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
 from panda_lab.model import ErrorCategory, JobState, TaskState
@@ -39,8 +40,10 @@ MAX_PER_PAGE = 500
 Text = Annotated[str | None, Query(max_length=256, pattern=NO_NUL)]
 
 
-def _bad(param: str, msg: str) -> HTTPException:
-    return HTTPException(422, [{"loc": ["query", param], "msg": msg, "type": "value_error"}])
+def _bad(param: str, msg: str) -> RequestValidationError:
+    """A 422 naming the query parameter ``param``, as FastAPI's own validation says it."""
+    return RequestValidationError([{"loc": ("query", param), "msg": msg,
+                                    "type": "value_error"}])
 
 
 def _states(value: str | None, vocabulary: type, param: str = "state") -> tuple[str, ...]:
@@ -239,3 +242,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def _login(_request: Request, exc: LoginRequired) -> HTMLResponse:
         return HTMLResponse(shell(), exc.error.status_code, headers=exc.error.headers)
+
+    invalid = app.exception_handlers[RequestValidationError]
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_page(request: Request, exc: RequestValidationError):
+        """A page whose URL has a bad filter is still the page (which shows the JSON
+        view's 422, naming the parameter); anything else answers as before."""
+        path = request.url.path
+        if path.startswith("/monitor/") and not path.startswith("/monitor/api/") \
+                and _wants_html(request):
+            return HTMLResponse(shell())
+        return await invalid(request, exc)

@@ -204,3 +204,6 @@ def test_a_bad_parameter_is_a_422_naming_it(client):
             r = client.get(url, params={**params, **extra})
             assert r.status_code == 422, (url, params, r.text)
             assert param in [d["loc"][-1] for d in r.json()["detail"]], r.json()
+        # asked for as a page, the URL is still the page, which shows the view's 422
+        page = client.get(f"/monitor/{path}", params=params, headers={"Accept": "text/html"})
+        assert page.status_code == 200 and 'id="login"' in page.text, (path, params)
