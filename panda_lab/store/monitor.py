@@ -137,8 +137,6 @@ class MonitorReads(Reads):
                  jobs.c.error_category.is_not(None)]
         msg = func.substr(jobs.c.error_message, 1, 200)
         with self.tx() as conn:
-            total = conn.execute(select(func.count()).select_from(jobs)
-                                 .where(*where)).scalar_one()
             by_message = [{"category": c, "message": m, "n": n, "sites": s, "tasks": t,
                            "last": last} for c, m, n, s, t, last in conn.execute(
                 select(jobs.c.error_category, msg, func.count(),
@@ -151,6 +149,7 @@ class MonitorReads(Reads):
                     select(jobs.c.site, jobs.c.error_category, func.count()).where(*where)
                     .group_by(jobs.c.site, jobs.c.error_category)):
                 by_site.setdefault(site or "-", {})[cat] = n
+            total = sum(n for cats in by_site.values() for n in cats.values())
             by_task = [{"task_id": i, "name": name, "n": n} for i, name, n in conn.execute(
                 select(jobs.c.task_id, tasks.c.name, func.count())
                 .join(tasks, tasks.c.id == jobs.c.task_id).where(*where)
