@@ -62,8 +62,10 @@ def glob(pattern: str) -> str:
 
 def _ordered(q: Select, col: ColumnElement, page: Page, tiebreak: ColumnElement) -> Select:
     first = col.desc() if page.descending else col.asc()
+    if getattr(col, "nullable", True):   # NULLS LAST would keep an index from ordering
+        first = first.nulls_last()
     second = tiebreak.desc() if page.descending else tiebreak.asc()
-    return q.order_by(first.nulls_last(), second).limit(page.per_page).offset(page.offset)
+    return q.order_by(first, second).limit(page.per_page).offset(page.offset)
 
 
 # ---- tasks ---------------------------------------------------------------------------
