@@ -92,11 +92,15 @@ def run(args: argparse.Namespace) -> int:
     alive = server_alive(info)
     status = {"running": alive, "home": str(home)}
     if info and alive:
-        status.update(url=info["url"], pid=info["pid"], database=info.get("database"))
+        status.update(url=info["url"], pid=info["pid"], database=info.get("database"),
+                      monitor=f"{info['url'].rstrip('/')}/monitor/",
+                      connection_file=str(runtime.connection_path(home)))
     if getattr(args, "json", False):
         print_json(status)
     elif alive:
         print(f"running at {status['url']} (pid {status['pid']}), database {status['database']}")
+        print(f"web monitor at {status['monitor']} (log in with the user_token of "
+              f"{status['connection_file']})")
     else:
         print(f"not running (home {home})")
     return EXIT_OK if alive else (EXIT_NO_SERVER if info is None else EXIT_FAIL)

@@ -272,6 +272,10 @@ def create_app(server: Server) -> FastAPI:
         token or the user token.  Served on the loop: the collector reads the store."""
         return Response(generate_latest(server.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
+
+    from panda_lab.server import monitor
+
+    monitor.install(app)
     return app
 
 

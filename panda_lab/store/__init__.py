@@ -16,11 +16,12 @@ from panda_lab.store.errors import (
     UnknownPilot,
     UnknownSite,
 )
+from panda_lab.store.monitor import MonitorReads
 from panda_lab.store.rows.jobs import CANCELLED_BY_CLIENT
 from panda_lab.store.workflow import Workflow
 
 
-class Store(Workflow):
+class Store(Workflow, MonitorReads):
     """All of the store over one engine: ``Store(url, result_dir, broker=None)``.
 
     Owned by one thread once bound (``bind_to_current_thread``; the server binds it on

@@ -63,6 +63,10 @@ def test_server_start_status_stop(tmp_path):
         assert {"url", "user_token", "pilot_token", "pid"} <= set(info)
         status = json.loads(cli("server", "status", "--json", home=home).stdout)
         assert status["running"] is True and status["url"] == info["url"]
+        assert status["monitor"] == info["url"].rstrip("/") + "/monitor/"
+        assert status["connection_file"] == str(conn)
+        text = cli("server", "status", home=home).stdout
+        assert f"web monitor at {status['monitor']}" in text and str(conn) in text
         again = cli("server", "start", home=home)  # idempotent: finds the running one
         assert again.returncode == 0 and info["url"] in again.stdout
         sites = json.loads(cli("sites", "--json", home=home).stdout)
