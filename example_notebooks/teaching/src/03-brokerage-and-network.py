@@ -52,7 +52,7 @@ check("3.1", globals())
 # %%
 scenarios = Path(panda_lab.sim.__file__).parent / "scenarios"
 scenario = panda_lab.sim.load(scenarios / "data-at-one-site.toml")
-print(scenario.description if hasattr(scenario, "description") else scenario)
+print(scenario.name, "-", scenario.description)
 results = panda_lab.sim.simulate(scenario, ["locality", "network"])
 for r in results:
     print(f"{r.policy:>9}: makespan {r.makespan_s / 3600:.2f} h")
