@@ -1,7 +1,8 @@
-"""What the Binder replay runs through ``binder/start``: every example and teaching
-notebook with nbclient, then ``jupyter labextension list``; one JSON line of results.
+"""What the Binder replay runs through ``binder/start``: the notebooks named (default:
+every example and teaching notebook) with nbclient, then ``jupyter labextension list``;
+one JSON line of results.
 
-Run as ``binder/start python tests/binder/run_notebooks.py OUT.json`` from a checkout
+Run as ``binder/start python tests/binder/run_notebooks.py OUT.json [NOTEBOOK...]`` from a checkout
 whose panda-lab was installed by ``binder/postBuild``.  The notebooks run in place
 (``example_notebooks/`` and its ``teaching/``) against the embedded server their
 ``panda_lab.connect()`` starts, which is stopped at the end.  Not a test module: the
@@ -42,14 +43,14 @@ def run(path: Path) -> dict:
             "error": error}
 
 
-def main(out: str) -> int:
+def main(out: str, names: list[str]) -> int:
     from panda_lab.resources import detect
 
     res = detect()
     result: dict = {"resources": {"cpus": res.cpus, "memory": res.memory,
                                   "source": res.source},
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "notebooks": [run(p) for p in notebooks()]}
+                    "notebooks": [run(p) for p in ([ROOT / n for n in names] or notebooks())]}
     ext = subprocess.run(["jupyter", "labextension", "list"], capture_output=True, text=True)
     result["labextension_list"] = ext.stdout + ext.stderr
     sites = subprocess.run(["panda-lab", "sites", "--json"], capture_output=True, text=True)
@@ -60,4 +61,4 @@ def main(out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

@@ -1,15 +1,21 @@
 """Every example notebook runs top to bottom on the embedded default, through nbclient and
-a real kernel, and says what it should (not only 'no error')."""
+a real kernel, and says what it should (not only 'no error').
+
+Each kernel runs under mybinder.org's 2 GB (``tests/memlimit.py``): in a memory cgroup
+where this machine lets the tests make one, and the cgroup's peak is asserted under 2 GB
+after each notebook; else (no cgroup can be made) with an address-space limit of 2 GB
+set on the kernel, so an allocation past it fails the notebook.  The server and its
+pilots are the test's own processes, outside the limit."""
 
 from __future__ import annotations
 
+import os
 import re
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from memlimit import LIMIT, MemoryLimit, execute
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "example_notebooks"
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -21,15 +27,20 @@ def nb_home(module_server):
     return module_server.home
 
 
-def run(name: str, home: Path, workdir: Path, monkeypatch) -> tuple[nbformat.NotebookNode, float]:
+@pytest.fixture(scope="module")
+def memory():
+    """The 2 GB limit the module's kernels run under."""
+    limit = MemoryLimit(LIMIT, f"panda-lab-notebooks-{os.getpid()}")
+    yield limit
+    limit.close()
+
+
+def run(name: str, home: Path, workdir: Path, monkeypatch,
+        memory: MemoryLimit) -> tuple[nbformat.NotebookNode, float]:
     monkeypatch.setenv("PANDA_LAB_HOME", str(home))
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    client = NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(workdir)}})
-    start = time.monotonic()
-    client.execute()
-    took = time.monotonic() - start
-    print(f"{name}: {took:.1f} s")
+    took = execute(nb, workdir, memory)
+    print(f"{name}: {took:.1f} s ({memory.report()})")
     return nb, took
 
 
@@ -50,8 +61,8 @@ def cell_with(nb, needle: str):
     return next(c for c in nb.cells if c.cell_type == "code" and needle in c.source)
 
 
-def test_01_quickstart(nb_home, tmp_path, monkeypatch):
-    nb, _ = run("01-quickstart", nb_home, tmp_path, monkeypatch)
+def test_01_quickstart(nb_home, tmp_path, monkeypatch, memory):
+    nb, _ = run("01-quickstart", nb_home, tmp_path, monkeypatch, memory)
     assert "LOCAL-GRID" in texts(nb.cells[1])
     out = texts(cell_with(nb, "with lab.executor"))
     assert re.search(r"pt = 5\.0 GeV, computed at LOCAL-(GRID|CLOUD|HPC)", out)
@@ -60,10 +71,10 @@ def test_01_quickstart(nb_home, tmp_path, monkeypatch):
     assert "quickstart" in texts(cell_with(nb, "lab.tasks()"))
 
 
-def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch):
+def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch, memory):
     """Also run again ("Restart and run all"), as far as its data goes: the cells that
     write the sample and register it, which failed (HTTP 409) after writing 120 MB again."""
-    nb, _ = run("02-dimuon-analysis", nb_home, tmp_path, monkeypatch)
+    nb, _ = run("02-dimuon-analysis", nb_home, tmp_path, monkeypatch, memory)
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").glob("*.root")}
     register = next(i for i, c in enumerate(nb.cells) if "datasets.register" in c.source)
     again = nbformat.read(NOTEBOOKS / "02-dimuon-analysis.ipynb", as_version=4)
@@ -85,8 +96,8 @@ def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch):
     assert "done" in texts(cell_with(nb, "task.report()"))
 
 
-def test_03_cells_as_jobs(nb_home, tmp_path, monkeypatch):
-    nb, _ = run("03-cells-as-jobs", nb_home, tmp_path, monkeypatch)
+def test_03_cells_as_jobs(nb_home, tmp_path, monkeypatch, memory):
+    nb, _ = run("03-cells-as-jobs", nb_home, tmp_path, monkeypatch, memory)
     out = texts(cell_with(nb, "%%panda --name count-muons"))
     assert "dimuon_000.root:" in out and "dimuon_001.root:" in out
     back = texts(cell_with(nb, "back in the notebook"))
@@ -102,8 +113,8 @@ def test_03_cells_as_jobs(nb_home, tmp_path, monkeypatch):
     assert "slow_answer = 42" in texts(cell_with(nb, "%panda_attach slow-cell"))
 
 
-def test_04_sites_and_failures(nb_home, tmp_path, monkeypatch):
-    nb, _ = run("04-sites-and-failures", nb_home, tmp_path, monkeypatch)
+def test_04_sites_and_failures(nb_home, tmp_path, monkeypatch, memory):
+    nb, _ = run("04-sites-and-failures", nb_home, tmp_path, monkeypatch, memory)
     sites = texts(nb.cells[1])
     for kind in ("grid", "cloud", "hpc"):
         assert kind in sites
