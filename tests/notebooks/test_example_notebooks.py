@@ -79,8 +79,7 @@ def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch, memory):
     register = next(i for i, c in enumerate(nb.cells) if "datasets.register" in c.source)
     again = nbformat.read(NOTEBOOKS / "02-dimuon-analysis.ipynb", as_version=4)
     again.cells = again.cells[: register + 1]
-    NotebookClient(again, timeout=60, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    execute(again, tmp_path, memory)
     shown = texts(again.cells[register])  # the dataset given back (no HTTP 409 raised)
     assert "1000000" in shown and "size_bytes" in shown, shown
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").glob("*.root")} \
