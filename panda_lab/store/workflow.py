@@ -48,6 +48,7 @@ from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
 from panda_lab.store.rows import tasks as task_rows
+from panda_lab.store.rows.holders import data_key
 
 J = JobState
 T = TaskState
@@ -149,6 +150,7 @@ class Workflow(Admin):
                 "walltime_s": float(spec.get("walltime_s", options.get("walltime_s", 0.0))),
                 "max_attempts": int(spec.get("max_attempts", options.get("max_attempts", 3))),
                 "retry_of": None,
+                "data_key": data_key(job_chunks[i]) if job_chunks else None,
             }, Request(sites=sites_of(spec["site"]) if spec.get("site") else sites_,
                        near=near(i))))
         return self._place(conn, first, changes)
@@ -178,7 +180,8 @@ class Workflow(Admin):
         return ({"task_id": row.task_id, "job_index": row.job_index, "attempt": nxt.attempt,
                  "payload": row.payload, "priority": row.priority, "cores": row.cores,
                  "memory_mb": row.memory_mb, "walltime_s": row.walltime_s,
-                 "max_attempts": nxt.max_attempts, "retry_of": row.id},
+                 "max_attempts": nxt.max_attempts, "retry_of": row.id,
+                 "data_key": getattr(row, "data_key", None)},
                 Request(sites=nxt.sites, avoid=nxt.avoid, near=nxt.near))
 
     @staticmethod
