@@ -157,11 +157,13 @@ def run_coffea(paths, step, pool=None):
 
 
 def warm_sample(data: Path, chunk: int) -> list[Path]:
-    """A small file of the same structure, not part of the dataset: new processes import
-    uproot, awkward and the processor on it, so no first run pays for imports."""
+    """A small file of the same structure, not part of the dataset, in 8 chunks of a
+    quarter of ``chunk`` (every worker gets some): new processes import uproot, awkward and
+    the processor on it, so no first run pays for imports."""
     warm = data / "warm"
     paths = sorted(warm.glob("dimuon_*.root"))
-    return paths or make_sample(warm, files=1, events=2 * chunk, seed=7, basket_events=chunk)
+    return paths or make_sample(warm, files=1, events=2 * chunk, seed=7,
+                                basket_events=chunk // 4)
 
 
 def fresh_pool_runs(task, work, warm_work, repeats: int):
@@ -215,7 +217,7 @@ def main() -> int:
     total = args.files * args.events
     size = sum(p.stat().st_size for p in paths)
     work = chunks(paths, args.events, args.chunk)
-    warm_work = chunks(warm_paths, 2 * args.chunk, args.chunk)
+    warm_work = chunks(warm_paths, 2 * args.chunk, args.chunk // 4)
     print(f"{total:,} events, {size / 1e6:.0f} MB, {len(work)} chunks of {args.chunk:,}; "
           f"{args.repeats} repeat(s), medians; load {os.getloadavg()[0]:.1f}", flush=True)
     res: dict[str, dict] = {}
@@ -347,9 +349,9 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
             ds = lab.datasets.register("bench", [str(p) for p in paths], tree="Events")
             warm = lab.datasets.register("warm", [str(p) for p in warm_paths], tree="Events")
 
-            def once(ds, lab=lab):
+            def once(ds, step=args.chunk, lab=lab):
                 t0 = time.perf_counter()
-                task = lab.analyze(process, ds, events_per_job=args.chunk, columns=BRANCHES,
+                task = lab.analyze(process, ds, events_per_job=step, columns=BRANCHES,
                                    name="bench")
                 first = None
                 while first is None:
@@ -360,7 +362,7 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
                 r = task.result(timeout=600)
                 return r, first, time.perf_counter() - t0, task
 
-            once(warm)
+            once(warm, args.chunk // 4)
             r, first_partial, t_first, task = once(ds)
             lines.append(timeline(lab, task.id))
             _, _, t_again, task2 = once(ds)
@@ -390,7 +392,7 @@ def timeline(lab, task_id: int) -> str:
     span1 = max(j["ended_at"] for j in jobs)
     per: dict = {}
     for j in jobs:
-        per.setdefault(j.get("pilot") or j.get("site"), []).append(j)
+        per.setdefault(f"{j['site']}/{j['pilot_id']}", []).append(j)
     busy = ", ".join(f"{k}: {len(v)} jobs {sum(j['ended_at'] - j['started_at'] for j in v):.2f} s"
                      for k, v in sorted(per.items(), key=lambda kv: str(kv[0])))
     return f"jobs span {span1 - span0:.2f} s; {busy}"
