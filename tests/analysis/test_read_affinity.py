@@ -76,7 +76,6 @@ def test_a_re_run_goes_to_the_pilots_that_read_its_chunks(home, sample_files, tm
         assert first.keys() == again.keys() and n >= 12
         assert len(set(first.values())) == 2, "both pilots read in the first run"
         same = sum(first[k] == again[k] for k in first)
-        print(f"{same} of {n} re-run jobs on their reader")
         # Without affinity a re-run matches about half; a pilot that finishes its own
         # share first may help the other with one job at a time at the end.
         assert same >= n - 3, f"only {same} of {n} re-run jobs went to their chunk's reader"
