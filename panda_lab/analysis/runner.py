@@ -36,6 +36,7 @@ from panda_lab.analysis.nanoevents import (
     read_failure,
     remember_reads,
 )
+from panda_lab.analysis.readcache import cache_bytes
 from panda_lab.model.splitter import Chunk
 
 #: Columns discovered per processor: ``id -> (processor, columns)``.  Holding the
@@ -50,13 +51,16 @@ class ChunkResult:
 
     ``result`` is the chunks' outputs merged; ``events`` the entries read; ``seconds`` the
     wall time reading and processing (not column discovery); ``rss_mb`` the process's peak
-    resident memory in MB (``ru_maxrss``); ``keys`` each chunk's ``Chunk.key``, in order."""
+    resident memory in MB (``ru_maxrss``); ``keys`` each chunk's ``Chunk.key``, in order;
+    ``cache_mb`` what the worker's cache of read arrays (:mod:`.readcache`) held at the end,
+    in MB, part of ``rss_mb``."""
 
     result: Any
     events: int
     seconds: float
     rss_mb: float
     keys: list[str] = field(default_factory=list)
+    cache_mb: float = 0.0
 
 
 def process_of(processor: Any) -> Callable[[Any], Any]:
@@ -178,7 +182,7 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
         keys.append(c.key)
         reads.processed(c.entries)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return ChunkResult(out, events, seconds, rss, keys)
+    return ChunkResult(out, events, seconds, rss, keys, cache_bytes() / 2**20)
 
 
 def _process_nanoevents(process: Callable, events: Any, chunk: Chunk) -> Any:

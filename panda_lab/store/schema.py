@@ -106,6 +106,9 @@ jobs = Table(
     Column("stderr_tail", Text, nullable=True),
     Column("broker_info", Text, nullable=False, default="{}"),
     Column("retry_of", Integer, nullable=True),
+    # What an analysis job reads (a digest of its chunks): dispatch prefers the pilot
+    # that read it last (``data_holders``); NULL for other jobs.
+    Column("data_key", String(32), nullable=True),
 )
 Index("ix_jobs_dispatch", jobs.c.site, jobs.c.state, jobs.c.priority, jobs.c.id)
 Index("ix_jobs_task", jobs.c.task_id, jobs.c.job_index, jobs.c.attempt)
@@ -279,4 +282,16 @@ site_stats = Table(
     Column("failure_rate", Float, nullable=False, default=0.0),
     Column("outcomes", Integer, nullable=False, default=0),
     Column("updated_at", Float, nullable=False),
+)
+
+# ---- read affinity: which pilot last read an analysis job's input ---------------------------
+
+# One row per input (``jobs.data_key``): the pilot that was last handed a job reading it,
+# whose worker's cache of read arrays likely still holds it (see store/rows/holders.py).
+data_holders = Table(
+    "data_holders",
+    metadata,
+    Column("data_key", String(32), primary_key=True),
+    Column("pilot_id", Integer, nullable=False),
+    Column("at", Float, nullable=False),
 )

@@ -59,6 +59,7 @@ from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
 from panda_lab.store.rows import tasks as task_rows
+from panda_lab.store.rows.holders import data_key
 
 J = JobState
 T = TaskState
@@ -162,6 +163,7 @@ class Workflow(Rebrokerage, Admin):
                 "walltime_s": float(spec.get("walltime_s", options.get("walltime_s", 0.0))),
                 "max_attempts": int(spec.get("max_attempts", options.get("max_attempts", 3))),
                 "retry_of": None, "network": mode,
+                "data_key": data_key(job_chunks[i]) if job_chunks else None,
             }, request(i, sites_of(spec["site"]) if spec.get("site") else sites_)))
         return self._place(conn, first, changes)
 
@@ -219,7 +221,8 @@ class Workflow(Rebrokerage, Admin):
                  "payload": row.payload, "priority": row.priority, "cores": row.cores,
                  "memory_mb": row.memory_mb, "walltime_s": row.walltime_s,
                  "max_attempts": nxt.max_attempts, "retry_of": row.id,
-                 "network": info.get("network")},
+                 "network": info.get("network"),
+                 "data_key": getattr(row, "data_key", None)},
                 Request(sites=nxt.sites, avoid=nxt.avoid, near=nxt.near,
                         events=int(read.get("events") or 0),
                         input_bytes=dict(read.get("bytes") or {}),

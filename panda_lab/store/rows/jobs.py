@@ -22,6 +22,7 @@ from panda_lab.model import (
     JobState,
 )
 from panda_lab.store.base import Changes, JobChange, loads
+from panda_lab.store.rows import holders
 from panda_lab.store.schema import job_status, jobs
 from panda_lab.text import clean
 
@@ -99,28 +100,41 @@ def insert_attempts(conn: Connection, rows: list[dict], t: float, changes: Chang
 
 def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> list[Row]:
     """Atomically move up to ``n`` activated jobs of ``site`` to ``sent`` for a pilot, by
-    priority then age; returns (id, task_id, job_index, attempt, payload, walltime_s,
-    cores, priority) rows in that order."""
-    pick = (select(jobs.c.id)
-            .where(jobs.c.site == site, jobs.c.state == str(J.ACTIVATED))
-            .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n)
-            .with_for_update(skip_locked=True))
-    if conn.dialect.name == "postgresql":
-        # PostgreSQL may plan ``IN (... LIMIT n)`` as a nested-loop semi-join that re-runs
-        # the subquery for every outer row; each run skips the rows already updated and
-        # picks more, so a pilot got more than ``n`` jobs.  Lock the ids first (held until
-        # commit), then update exactly those.
-        target = jobs.c.id.in_(list(conn.execute(pick).scalars()))
-    else:
-        target = jobs.c.id.in_(pick.scalar_subquery())
+    priority, then those whose input the pilot read last (:func:`.holders.pick`), then age;
+    returns (id, task_id, job_index, attempt, payload, walltime_s, cores, priority) rows
+    in that order.  The pilot becomes the holder of what the jobs it got read.
+
+    The candidates are the first ``n + WINDOW`` in priority order (one index range scan);
+    the update is a compare-and-set on ``activated``, so a job another pilot took in the
+    meantime (PostgreSQL, concurrent transactions) is not handed out twice: this pilot gets
+    fewer."""
+    window = conn.execute(
+        select(jobs.c.id, jobs.c.priority, jobs.c.data_key)
+        .where(jobs.c.site == site, jobs.c.state == str(J.ACTIVATED))
+        .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n + holders.WINDOW)).all()
+    if not window:
+        return []
+    keys = {r.data_key for r in window if r.data_key}
+    held = holders.holders(conn, keys) if keys else {}
+    chosen = holders.pick(pilot_id, window, held, n) if held else [r.id for r in window[:n]]
+    # Lock what is still to be had, skipping rows another pilot's transaction holds
+    # (PostgreSQL; SQLite's transactions are serial), then compare-and-set those.
+    picked = list(conn.execute(
+        select(jobs.c.id).where(jobs.c.id.in_(chosen), jobs.c.state == str(J.ACTIVATED))
+        .with_for_update(skip_locked=True)).scalars())
+    if not picked:
+        return []
     rows = conn.execute(
         update(jobs)
-        .where(target, jobs.c.state == str(J.ACTIVATED))
+        .where(jobs.c.id.in_(picked), jobs.c.state == str(J.ACTIVATED))
         .values(state=str(J.SENT), pilot_id=pilot_id, modified_at=t, heartbeat_at=t)
         .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
-                   jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority)
+                   jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority,
+                   jobs.c.data_key)
     ).all()
-    rows.sort(key=lambda r: (-r.priority, r.id))
+    holders.hold(conn, pilot_id, {r.data_key for r in rows if r.data_key}, t)
+    order = {jid: i for i, jid in enumerate(chosen)}
+    rows.sort(key=lambda r: order[r.id])
     return rows
 
 

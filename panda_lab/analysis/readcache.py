@@ -1,0 +1,79 @@
+"""A worker's cache of read arrays: what makes re-running a cell over the same data fast.
+
+Interactive analysis re-runs an edited cell over the same chunks; reading and
+decompressing them again is most of a job's time.  uproot keeps an LRU of arrays it read
+for every open file (``array_cache``, 100 MB per file by default), which made re-runs fast
+but was bounded per file, not per process, and held by whichever files stayed open.  Here
+one uproot :class:`uproot.LRUArrayCache` serves every file a process opens (uproot's own
+cache, keyed by the file's UUID, the branch, its interpretation and the entry range: only
+the same chunk's same columns hit), so its bound is the worker's:
+
+* ``PANDA_LAB_READ_CACHE``: bytes per worker process, as a whole number of bytes or with
+  uproot's units (``"512 MB"``, ``"1 GiB"``); ``0`` turns the cache off.  Default
+  :data:`DEFAULT_BYTES`.  A pilot's workers inherit it from the server's environment (local
+  sites) or their batch job's.
+* The cache lives in the worker, so its bytes are part of the worker's resident memory that
+  each job reports (``ChunkResult.rss_mb``); ``ChunkResult.cache_mb`` says how much of that
+  the cache held when the job ended.
+
+TTrees only: uproot caches no RNTuple reads.  The server prefers to give a re-run's job to
+the pilot that read its chunk (:func:`panda_lab.store.rows.jobs.dispatch`), so a re-run
+finds its arrays here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import uproot
+
+#: Environment: the cache's limit per worker process (bytes, or ``"512 MB"``; 0: off).
+READ_CACHE_ENV = "PANDA_LAB_READ_CACHE"
+#: The default limit: 256 MiB, about two of the benchmark's 250,000-event chunks per
+#: worker over all branches, small next to a worker's working memory.
+DEFAULT_BYTES = 256 * 2**20
+
+_cache: uproot.LRUArrayCache | None = None
+_made = False
+_lock = threading.Lock()
+
+
+def limit_bytes(text: str | None) -> int:
+    """The limit ``text`` gives (``None`` or empty: the default); raises :class:`ValueError`
+    naming ``PANDA_LAB_READ_CACHE`` for anything that is no size."""
+    if text is None or not text.strip():
+        return DEFAULT_BYTES
+    text = text.strip()
+    try:
+        n = int(text) if text.isdigit() else int(uproot._util.memory_size(text))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{READ_CACHE_ENV}={text!r} is not a size: give bytes or a size "
+                         f"with units such as '512 MB' or '1 GiB' (0 turns it off)") from exc
+    return n
+
+
+def read_cache() -> uproot.LRUArrayCache | None:
+    """This process's cache, made on first use from ``PANDA_LAB_READ_CACHE``; ``None`` when
+    it is off.  Pass it as uproot's ``array_cache``."""
+    global _cache, _made
+    with _lock:
+        if not _made:
+            n = limit_bytes(os.environ.get(READ_CACHE_ENV))
+            _cache = uproot.LRUArrayCache(n) if n > 0 else None
+            _made = True
+        return _cache
+
+
+def cache_bytes() -> int:
+    """Bytes the cache holds now (0 when off or not made yet)."""
+    return 0 if _cache is None else int(_cache.current)
+
+
+def _forget() -> None:
+    """In a forked child, and for tests: the cache is made again from the environment."""
+    global _cache, _made, _lock
+    _cache, _made, _lock = None, False, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget)

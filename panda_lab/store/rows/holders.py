@@ -1,0 +1,68 @@
+"""Read affinity: which pilot last read an analysis job's input, and the order it gives.
+
+Re-running an edited cell over the same data is what interactive analysis does, and a
+pilot's workers keep what they read (:mod:`panda_lab.analysis.readcache`).  So dispatch
+hands a pilot the jobs whose input it read last before others' (the rule of data-aware
+scheduling in Dask's ``decide_worker`` and Spark's locality levels, here at the level of a
+pilot), among the next :data:`WINDOW` jobs in priority order beyond the ``n`` it asked
+for (:func:`pick`).  Jobs whose input another running pilot read are left to that pilot,
+not for ever: a pilot with nothing else to do takes them, one per acquisition.  The key is a
+digest of the job's chunks (:func:`data_key`), the holder the pilot last *handed* such a
+job (it will read it), recorded in the transaction that hands it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import Connection, delete, insert, select
+
+from panda_lab.model.states import PilotState
+from panda_lab.store.schema import data_holders, pilots
+
+#: Jobs looked at beyond the ``n`` a pilot asks for, to find those whose input it holds.
+WINDOW = 64
+
+
+def data_key(chunks: list[dict]) -> str:
+    """A 32-character digest of a job's input: each chunk's ``path``, ``tree``, ``start``
+    and ``stop``, in order (so a re-run split the same way has the same keys)."""
+    ident = [[c["path"], c["tree"], int(c["start"]), int(c["stop"])] for c in chunks]
+    return hashlib.blake2b(json.dumps(ident).encode(), digest_size=16).hexdigest()
+
+
+def holders(conn: Connection, keys: set[str]) -> dict[str, int]:
+    """``data_key -> pilot id`` of those of ``keys`` a pilot still running read."""
+    if not keys:
+        return {}
+    return dict(conn.execute(
+        select(data_holders.c.data_key, data_holders.c.pilot_id)
+        .join(pilots, pilots.c.id == data_holders.c.pilot_id)
+        .where(data_holders.c.data_key.in_(sorted(keys)),
+               pilots.c.state == str(PilotState.RUNNING))).all())
+
+
+def hold(conn: Connection, pilot_id: int, keys: set[str], t: float) -> None:
+    """``pilot_id`` is handed jobs reading ``keys``: it holds them now."""
+    if not keys:
+        return
+    conn.execute(delete(data_holders).where(data_holders.c.data_key.in_(sorted(keys))))
+    conn.execute(insert(data_holders), [{"data_key": k, "pilot_id": pilot_id, "at": t}
+                                        for k in sorted(keys)])
+
+
+def pick(pilot_id: int, rows: list, held: dict[str, int], n: int) -> list[int]:
+    """Ids of up to ``n`` of ``rows`` (``id``, ``priority``, ``data_key``, in priority then
+    age order) for ``pilot_id``: by priority, its own inputs first, then inputs no running
+    pilot holds, by age.  Inputs another running pilot holds are left to it (it takes them
+    when it is free); only when nothing else is left does this pilot take one of them, one
+    per acquisition, so an idle pilot helps with the end of a re-run without taking a
+    busy one's whole share at once."""
+    def rank(r) -> int:
+        who = held.get(r.data_key) if r.data_key else None
+        return 0 if who == pilot_id else 1 if who is None else 2
+
+    ranked = sorted(rows, key=lambda r: (-r.priority, rank(r), r.id))
+    free = [r.id for r in ranked if rank(r) < 2][:n]
+    return free or [r.id for r in ranked[:1]]
