@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--basket-events", type=int, default=100_000,
                     help="entries per basket, hence per cluster the splitter may cut at")
 
+    from panda_lab.cli import users
+
+    users.add_parser(sub)
+
     d = sub.add_parser("demo", help="run the demo on the embedded default")
     d.add_argument("--jobs", type=int, default=300, help="Monte Carlo jobs in the first part")
     d.add_argument("--events", type=int, default=500_000,
@@ -135,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             from panda_lab.cli import demo
 
             return demo.run(args)
+        if args.command == "users":
+            from panda_lab.cli import users
+
+            return users.run(args)
         from panda_lab.cli import verbs
 
         return verbs.run(args)
