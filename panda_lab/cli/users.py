@@ -42,11 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one ``users`` action; returns the exit code (2 for a taken or unknown name)."""
+    from panda_lab.server import users
     from panda_lab.server.config import ServerConfig
-    from panda_lab.store import Store, UnknownUser, UserExists
 
     config = ServerConfig(home=runtime.home(args.home), db_url=args.db)
-    store = Store(config.database_url, config.result_dir)
     try:
         if args.action in ("add", "add-pilot"):
             if args.action == "add":
@@ -58,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"panda-lab users: name {name!r}: 1 to 128 printable characters",
                       file=sys.stderr)
                 return EXIT_USAGE
-            token = store.add_user(name, role, site)
+            token = users.add_user(config, name, role, site)
             print(f"{role} {name!r} added; its token, shown only now:", file=sys.stderr)
             print(token)
             return EXIT_OK
         if args.action == "list":
             rows = [{"name": r.name, "role": r.role, "site": r.site, "created_at": r.created_at,
-                     "revoked_at": r.revoked_at} for r in store.list_users()]
+                     "revoked_at": r.revoked_at} for r in users.list_users(config)]
             if args.json:
                 print_json(rows)
                 return EXIT_OK
@@ -73,14 +72,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{r['name']:24} {r['role']:10} {r['site'] or '-':12} "
                       f"{_when(r['created_at']):20} {_when(r['revoked_at'])}")
             return EXIT_OK
-        store.revoke_user(args.name)
+        users.revoke_user(config, args.name)
         print(f"{args.name!r} revoked")
         return EXIT_OK
-    except (UserExists, UnknownUser, ValueError) as exc:
+    except (users.UserExists, users.UnknownUser, ValueError) as exc:
         print(f"panda-lab users: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    finally:
-        store.close()
 
 
 def _when(t: float | None) -> str:
