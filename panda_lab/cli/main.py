@@ -35,6 +35,10 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scrape-token-file", type=Path,
                    help="a file holding the token Prometheus sends to /metrics (default: "
                         "$PANDA_LAB_SCRAPE_TOKEN; without either, the user token only)")
+    p.add_argument("--jupyterhub", action="store_true",
+                   help="run as a JupyterHub service: identify notebook users by their hub "
+                        "token ($JUPYTERHUB_API_URL and $JUPYTERHUB_API_TOKEN, which the hub "
+                        "sets for a managed service)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,10 @@ through the connection file of ``PANDA_LAB_HOME`` (the same server a notebook's
 ``panda_lab.connect()`` finds), with the notebook user's own token: ``PANDA_LAB_TOKEN``
 (or the file ``PANDA_LAB_TOKEN_FILE`` names) in the Jupyter server's environment, as on
 a shared server where each user has a token of their own (``panda-lab users add``), else
-the user token of the connection file (the server owner's, on a laptop).  So the panel
+the user token of the connection file (the server owner's, on a laptop).  With
+``PANDA_LAB_URL`` set (a shared server, e.g. a JupyterHub service) that server is used
+instead of the connection file's, and inside JupyterHub the single-user server's
+``JUPYTERHUB_API_TOKEN`` is the token when no other is given.  So the panel
 shows what the server lets that user see (:mod:`panda_lab.server.auth`).  The panel's logic
 lives here, behind a small REST API, so the TypeScript side stays a thin view that
 survives JupyterLab upgrades.
@@ -51,6 +54,10 @@ class PandaLink:
             token = os.environ["PANDA_LAB_TOKEN"]
         if token is None and os.environ.get("PANDA_LAB_TOKEN_FILE"):
             token = Path(os.environ["PANDA_LAB_TOKEN_FILE"]).read_text().strip() or None
+        #: A shared server's URL; None: the connection file's.
+        self.url = os.environ.get("PANDA_LAB_URL") or None
+        if token is None and self.url is not None:
+            token = os.environ.get("JUPYTERHUB_API_TOKEN") or None
         #: The notebook user's own token; None: the connection file's user token.
         self.token = token
 
@@ -61,6 +68,8 @@ class PandaLink:
     def connection(self) -> dict:
         """The connection file's contents (``url``, ``user_token``, ...).  Raises
         :class:`ServerDown` naming the home when there is no readable file."""
+        if self.url is not None:
+            return {"url": self.url, "user_token": self.token}
         info = runtime.read_connection(self.home)
         if not info:
             raise ServerDown(f"no panda-lab server has run for {self.home}")

@@ -86,6 +86,13 @@ class Server:
         self.owner_name = self.store.server_owner()
         #: Accepted at ``/metrics`` only (with the user token), as Prometheus sends it.
         self.scrape_token = config.scrape_token
+        #: Asked about tokens the server does not know, when it runs as a JupyterHub service.
+        self.hub = None
+        if config.hub_api_url and config.hub_api_token:
+            from panda_lab.server.hub import HubIdentities
+
+            self.hub = HubIdentities(config.hub_api_url, config.hub_api_token,
+                                     config.hub_cache_s)
         self._task_owners: dict[int, str | None] = {}
         self.bus = EventBus(self.task_owner)
         self._site_wake: dict[str, asyncio.Event] = {}

@@ -6,7 +6,8 @@ Every request carries a bearer token (RFC 6750).  :func:`identify` maps it to an
 owner, an admin; the server's pilot token is a pilot of any site (the embedded local
 sites use it); an optional scrape token opens ``/metrics`` only; every other token is
 looked up, hashed, in the store's ``users`` table on each request, so a revoked token is
-refused from the next request on, without a restart.
+refused from the next request on, without a restart; then, on a server run as a
+JupyterHub service, asked of the hub (:mod:`panda_lab.server.hub`).
 
 The rule, as dask-gateway and GitHub apply it to private resources:
 
@@ -98,7 +99,13 @@ async def identify(server: Server, token: str) -> Identity | None:
     if found is not None:
         return found
     row = await server.db(server.store.identity_by_token, token)
-    return Identity(row.name, row.role, row.site) if row is not None else None
+    if row is not None:
+        return Identity(row.name, row.role, row.site)
+    if server.hub is not None:  # a JupyterHub service: the hub knows its users' tokens
+        found_hub = await server.hub.who(token)
+        if found_hub is not None:
+            return Identity(*found_hub)
+    return None
 
 
 async def _identity(request: Request, creds: HTTPAuthorizationCredentials | None,
