@@ -1,31 +1,60 @@
 """The one module that talks HTTP to a panda-lab server, for clients and pilots alike.
 
 Requests can be retried with backoff for a while when the server is unreachable, which
-is how a pilot rides out a server restart without losing its reports.
+is how a pilot rides out a server restart without losing its reports.  A client that
+knows how to find its server again (``find``: the connection file of a local server,
+which a restarted server rewrites with its new port and tokens) follows it there by
+itself: a notebook's ``lab`` and its monitors outlive a server restart.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import orjson
 
 
+def readable(detail: Any) -> str:
+    """A server's error ``detail`` as one line: a FastAPI validation list (``[{"loc":
+    ["query", "state"], "msg": "Input should be ...", ...}]``) becomes ``"state: Input
+    should be ..."`` per entry, joined by ``"; "``; anything else its ``str``."""
+    if isinstance(detail, list) and all(isinstance(d, dict) and "msg" in d for d in detail):
+        parts = []
+        for d in detail:
+            loc = [str(x) for x in d.get("loc", ()) if x not in ("query", "body", "path")]
+            parts.append(f"{'.'.join(loc)}: {d['msg']}" if loc else str(d["msg"]))
+        return "; ".join(parts)
+    return str(detail)
+
+
 class ApiError(Exception):
-    """The server answered with an error status; ``detail`` is its explanation."""
+    """The server answered with an error status; ``detail`` is its explanation (as the
+    server sent it) and ``text`` the same in one readable line."""
 
     def __init__(self, status: int, detail: Any, method: str = "", path: str = "") -> None:
         self.status = status
         self.detail = detail
-        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+        self.text = readable(detail)
+        super().__init__(f"{method} {path}: HTTP {status}: {self.text}")
 
 
 class ServerUnreachable(ConnectionError):
     """No answer from the server (connection refused, DNS, timeout: any
-    ``httpx.TransportError``) for as long as the request was to be retried."""
+    ``httpx.TransportError``) for as long as the request was to be retried.  Its message
+    says what happened and what to do, in a few lines; the transport's own exception is
+    kept as ``cause``, not chained (its frames are httpx's, not the user's)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+#: Where a server is now: ``(url, token)``, or None when nothing says so.
+Finder = Callable[[], "tuple[str, str] | None"]
 
 
 class ApiClient:
@@ -33,15 +62,56 @@ class ApiClient:
 
     ``url`` is the server's base URL; ``timeout`` (seconds) bounds each request;
     ``retry_for`` (seconds, 0: no retry) is how long a request keeps trying, with backoff
-    from 0.05 s doubling up to 2 s, while the server is unreachable."""
+    from 0.05 s doubling up to 2 s, while the server is unreachable.  ``find``, when
+    given, says where the server is now (:func:`panda_lab.runtime.finder`): when the
+    server does not answer, the client asks it and, if the server moved (a restart on a
+    new port, new tokens), carries on there.  ``fix`` is the advice that ends the
+    message of :class:`ServerUnreachable` (the one call that brings the server back)."""
 
     def __init__(self, url: str, token: str, timeout: float = 60.0,
-                 retry_for: float = 0.0) -> None:
+                 retry_for: float = 0.0, find: Finder | None = None, fix: str = "") -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.retry_for = retry_for
+        self.find = find
+        self.fix = fix
+        self._timeout = timeout
+        self._moving = threading.Lock()
         self._headers = {"Authorization": f"Bearer {token}"}
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
+
+    def relocate(self) -> bool:
+        """Ask ``find`` where the server is now and, if it moved, send every later request
+        there (with its new token).  Returns whether it moved; False without ``find``.
+        Safe from any thread; a request in flight to the old address just fails."""
+        if self.find is None:
+            return False
+        found = self.find()
+        if not found:
+            return False
+        url, token = found[0].rstrip("/"), found[1]
+        with self._moving:
+            if (url, token) == (self.url, self.token):
+                return False
+            old = self._http
+            self.url, self.token = url, token
+            self._headers = {"Authorization": f"Bearer {token}"}
+            self._http = httpx.Client(base_url=url, headers=self._headers,
+                                      timeout=self._timeout)
+        old.close()
+        return True
+
+    def unreachable(self, exc: BaseException) -> ServerUnreachable:
+        """The error for a server that does not answer: what happened (the address and
+        the transport's error) and what fixes it (``fix``), in a few lines."""
+        what = str(exc) or type(exc).__name__
+        message = f"the panda-lab server at {self.url} does not answer ({what})."
+        if self.find is not None:
+            message += ("\nIt is not running: it was stopped, or it crashed; a server "
+                        "restarted for the same home is found by itself.")
+        if self.fix:
+            message += f"\nTo go on: {self.fix}"
+        return ServerUnreachable(message, exc)
 
     def close(self) -> None:
         """Close the connection pool; the client is not to be used afterwards."""
@@ -75,14 +145,17 @@ class ApiClient:
         kw: dict = {"params": params, "content": content, "headers": headers}
         if timeout is not None:
             kw["timeout"] = timeout
+        moved = False
         while True:
             try:
                 resp = self._http.request(method, path, **kw)
                 break
             except httpx.TransportError as exc:
+                if not moved and self.relocate():  # a restarted server: go there, once
+                    moved = True
+                    continue
                 if time.monotonic() + delay > deadline:
-                    raise ServerUnreachable(
-                        f"panda-lab server at {self.url} unreachable: {exc}") from exc
+                    raise self.unreachable(exc) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         if resp.status_code >= 400:

@@ -30,7 +30,9 @@ why: :func:`loads_exception`'s ``substitute``.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import re
 import types
 from collections.abc import Callable
 from typing import Any
@@ -358,3 +360,65 @@ def loads_exception(data: bytes,
         except Exception:  # an exception class that forbids setting these
             continue
     return built[0]
+
+
+# ---- tracebacks that point at the user's code -------------------------------------------
+#: Frames of these are folded in a job's traceback: panda-lab's own machinery (the
+#: payload runner, the analysis runner) and the libraries that read the data.  The last
+#: frame of a traceback (where the exception was raised) is always kept.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_LIBRARIES = re.compile(r"[/\\](uproot|fsspec|cloudpickle)[/\\]")
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+')
+
+#: Set (to anything but "" or "0") to keep every frame: for debugging panda-lab itself.
+FULL_TRACEBACKS = "PANDA_LAB_FULL_TRACEBACKS"
+
+
+def _internal(path: str) -> str | None:
+    """The name of the internal package a frame's file belongs to, or None."""
+    if path.startswith(_PACKAGE_DIR + os.sep):
+        return "panda_lab"
+    m = _LIBRARIES.search(path)
+    return m.group(1) if m else None
+
+
+def fold_frames(tb: str) -> str:
+    """A formatted traceback (``traceback.format_exception``'s text) with the frames of
+    panda-lab, uproot, fsspec and cloudpickle folded into one line each run (``[... 2
+    internal frames (panda_lab) hidden]``), so that what is left is the user's code and
+    the line that raised.  The last frame of each traceback of the chain is kept, and
+    anything that is not a plain frame (exception groups' boxes) is left as it is.
+    Returns the text unchanged when :data:`FULL_TRACEBACKS` is set."""
+    if os.environ.get(FULL_TRACEBACKS, "") not in ("", "0"):
+        return tb
+    lines = tb.splitlines(keepends=True)
+    # group into blocks: a frame (its "File" line and the indented lines under it) or a line
+    blocks: list[tuple[str | None, list[str]]] = []
+    for line in lines:
+        m = _FRAME.match(line)
+        if m:
+            blocks.append((m.group("file"), [line]))
+        elif blocks and blocks[-1][0] is not None and line.startswith("    "):
+            blocks[-1][1].append(line)
+        else:
+            blocks.append((None, [line]))
+    out: list[str] = []
+    hidden: list[str] = []
+
+    def flush() -> None:
+        if hidden:
+            names = ", ".join(sorted(set(hidden)))
+            out.append(f"  [... {len(hidden)} internal frame{'s' if len(hidden) > 1 else ''}"
+                       f" ({names}) hidden]\n")
+            hidden.clear()
+
+    for i, (path, block) in enumerate(blocks):
+        last = i + 1 == len(blocks) or blocks[i + 1][0] is None
+        owner = _internal(path) if path is not None else None
+        if owner is not None and not last:
+            hidden.append(owner)
+            continue
+        flush()
+        out.extend(block)
+    flush()
+    return "".join(out)

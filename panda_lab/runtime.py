@@ -62,3 +62,16 @@ def remove_connection(home_: Path, pid: int | None = None) -> None:
     if info is None or (pid is not None and info.get("pid") != pid):
         return
     connection_path(home_).unlink(missing_ok=True)
+
+
+def finder(home_: Path):
+    """A function that says where the server of ``home_`` is now: ``(url, user token)``
+    from its connection file, or None without one.  A client given it
+    (:class:`panda_lab.http.ApiClient`'s ``find``) follows a server restarted on a new
+    port."""
+    def find() -> tuple[str, str] | None:
+        info = read_connection(home_)
+        if not info or "url" not in info or "user_token" not in info:
+            return None
+        return info["url"], info["user_token"]
+    return find

@@ -374,11 +374,20 @@ class RangeFileServer:
     """Files over HTTP with byte ranges (what uproot's HTTP source asks for), from a
     thread of the test process: a storage endpoint that is only reachable by URL."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, rate: float | None = None) -> None:
+        """``rate``: bytes per second the server sends at most, over all its requests
+        together (a throttled link); ``None``: as fast as it can."""
         import functools
         import http.server
+        import threading
+        import time
 
         self.hits = 0
+        self.rate = rate
+        self.sent = 0
+        throttle = threading.Lock()
+        #: When the throttle lets the next block go (time.monotonic()).
+        self._next = 0.0
         #: Set to answer every request with 503, as a storage endpoint in trouble.
         self.down = False
         outer = self
@@ -417,13 +426,18 @@ class RangeFileServer:
 
             def copyfile(self, source, outputfile) -> None:
                 while self.left > 0:
-                    buf = source.read(min(1 << 16, self.left))
+                    buf = source.read(min(1 << 14 if outer.rate else 1 << 16, self.left))
                     if not buf:
                         break
+                    if outer.rate:  # one shared pipe: blocks go out at `rate` in all
+                        with throttle:
+                            t = time.monotonic()
+                            start = max(t, outer._next)
+                            outer._next = start + len(buf) / outer.rate
+                        time.sleep(max(0.0, outer._next - t))
                     outputfile.write(buf)
+                    outer.sent += len(buf)
                     self.left -= len(buf)
-
-        import threading
 
         self.httpd = http.server.ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))

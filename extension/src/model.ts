@@ -128,14 +128,21 @@ export class PandaModel implements IDisposable {
     void this.fetch(new Set<Part>(['task']));
   }
 
+  /** The attempt opened (null: none). */
+  get openJobId(): number | null {
+    return this.jobId;
+  }
+
   /** Open one attempt (its brokerage and logs). */
   openJob(job: number): void {
     this.jobId = job;
+    this.emit();
     void this.fetch(new Set<Part>(['job']));
   }
 
-  /** Kill or retry a task; a refusal is kept in `actionError` for the panel to show. */
-  async command(task: number, verb: 'kill' | 'retry'): Promise<void> {
+  /** Kill or retry a task, or acknowledge its failures; a refusal is kept in
+   * `actionError` for the view to show. */
+  async command(task: number, verb: 'kill' | 'retry' | 'acknowledge'): Promise<void> {
     try {
       await requestAPI<unknown>(`tasks/${task}/${verb}`, { method: 'POST' });
       this.state.actionError = null;
@@ -209,13 +216,17 @@ export class PandaModel implements IDisposable {
           this.state.vocabulary = await requestAPI<Vocabulary>('states');
         }
       }
+      // each part is shown as soon as it is in: a slow one never holds the others back
+      const shown = (): void => this.emit();
       await Promise.all([
-        parts.has('tasks') && requestAPI<Task[]>('tasks').then(t => { this.state.tasks = t; }),
-        parts.has('sites') && requestAPI<Site[]>('sites').then(s => { this.state.sites = s; }),
+        parts.has('tasks') &&
+          requestAPI<Task[]>('tasks').then(t => { this.state.tasks = t; }).then(shown),
+        parts.has('sites') &&
+          requestAPI<Site[]>('sites').then(s => { this.state.sites = s; }).then(shown),
         parts.has('counts') &&
-          requestAPI<Counts>('counts').then(c => { this.state.counts = c; }),
-        parts.has('task') && this.fetchTask(),
-        parts.has('job') && this.fetchJob()
+          requestAPI<Counts>('counts').then(c => { this.state.counts = c; }).then(shown),
+        parts.has('task') && this.fetchTask().then(shown),
+        parts.has('job') && this.fetchJob().then(shown)
       ]);
       if (this.state.server?.running === false) {
         this.state.server = null; // it answers again; its status when a view shows it

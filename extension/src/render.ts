@@ -8,9 +8,7 @@
  * from the server's vocabulary; with no vocabulary yet the commands stay disabled.
  */
 import { h, VirtualElement } from '@lumino/virtualdom';
-import type {
-  Counts, ErrorGroup, Job, ServerUp, Site, Task, TaskDetail, Vocabulary
-} from './types';
+import type { Counts, ServerUp, Site, Task, TaskSummary, Vocabulary } from './types';
 
 /** What a person can do from the panel; the widget binds them to the model. */
 export interface PanelActions {
@@ -20,6 +18,8 @@ export interface PanelActions {
   retry(task: number): void;
   /** Insert `task = lab.task(id)` below the active cell. */
   insert(task: number): void;
+  /** The task's failed jobs were seen: they leave the status bar's count. */
+  acknowledge(task: number): void;
   start(): void;
 }
 
@@ -45,6 +45,37 @@ export function canRetry(state: string, vocabulary: Vocabulary | null): boolean 
   return vocabulary !== null && vocabulary.task_retryable.includes(state);
 }
 
+/** The task's outcome as the server says it; from a server without one, its state in
+ * the neutral tone (the panel never makes up an outcome of its own). */
+export function summaryOf(t: { state: string; summary?: TaskSummary }): TaskSummary {
+  return t.summary ?? { label: t.state, tone: 'neutral', jobs_lost: 0, events_lost: null,
+    wall_s: null, rate: null };
+}
+
+/** The CSS class of a tone: a JupyterLab theme colour, so it reads in dark themes. */
+export function toneClass(tone: string): string {
+  return `panda-tone panda-tone-${/^[a-z]+$/.test(tone) ? tone : 'neutral'}`;
+}
+
+/** A duration in seconds as a person reads it: "0.4 s", "42 s", "3 min 5 s", "2 h 10 min". */
+export function duration(s: number): string {
+  if (s < 10) {
+    return `${Math.round(s * 10) / 10} s`;
+  }
+  if (s < 120) {
+    return `${Math.round(s)} s`;
+  }
+  if (s < 7200) {
+    return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  }
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+/** A count with thousands separators ("1,234,000"), as the server's labels write them. */
+export function count(n: number): string {
+  return Math.round(n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}
+
 /** The job states present in a task's per-site counts, in the vocabulary's order; any
  * state the vocabulary does not know (or all, without one) follows, sorted. */
 export function statesShown(bySite: Record<string, Record<string, number>>,
@@ -65,11 +96,11 @@ export function statesShown(bySite: Record<string, Record<string, number>>,
 
 /** The `disabled` attribute when `yes`; none at all otherwise (the virtual DOM would
  * write an undefined value as the text "undefined", which still disables). */
-function off(yes: boolean): { disabled?: string } {
+export function off(yes: boolean): { disabled?: string } {
   return yes ? { disabled: '' } : {};
 }
 
-function table(className: string, headers: string[], rows: VirtualElement[]): VirtualElement {
+export function table(className: string, headers: string[], rows: VirtualElement[]): VirtualElement {
   return h.table({ className }, h.tr(...headers.map(t => h.th(t))), ...rows);
 }
 
@@ -92,7 +123,9 @@ export function renderServerDown(message: string, starting: string | null,
     }, starting ?? 'Start the local server'));
 }
 
-/** The task list, newest first; the selected task's row is marked. */
+/** The task list, newest first; the selected task's row is marked.  Each task takes
+ * three short lines (name and age; its outcome in its tone; progress and sites), so that
+ * the list fits the default sidebar width (about 250 px); a click opens the task. */
 export function renderTasks(tasks: Task[], selected: number | null, now: number,
   actions: Pick<PanelActions, 'select'>): VirtualElement {
   const rows = tasks.map(t => {
@@ -100,81 +133,27 @@ export function renderTasks(tasks: Task[], selected: number | null, now: number,
     const progress = `${t.n_done}/${t.n_jobs}`;
     // where its jobs went; before any is brokered, what the task asked for
     const sites = t.sites.length ? t.sites.join(' ') : t.site || '';
-    return h.tr({
+    const summary = summaryOf(t);
+    return h.div({
       key: String(t.id),
       className: 'panda-task-row' + (t.id === selected ? ' panda-selected' : ''),
-      dataset: { 'task-id': String(t.id), state: t.state },
+      dataset: { 'task-id': String(t.id), state: t.state, tone: summary.tone },
+      title: `task ${t.id} by ${t.owner || '?'}; ${t.message || summary.label}`,
       onclick: () => actions.select(t.id)
     },
-    h.td({ className: 'panda-task-name' }, `${t.id} ${t.name}`),
-    h.td(t.owner || ''),
-    h.td({ className: `panda-state panda-state-${t.state}`, title: t.message || '' }, t.state),
-    h.td(
-      h.div({ className: 'panda-bar', title: `${progress} jobs` },
-        h.div({ className: 'panda-bar-fill', style: { width: `${pct}%` } })),
+    h.div({ className: 'panda-task-line' },
+      h.span({ className: 'panda-task-name' }, `${t.id} ${t.name}`),
+      h.span({ className: 'panda-age' }, age(t.created_at, now))),
+    h.div({ className: `panda-state panda-label ${toneClass(summary.tone)}` }, summary.label),
+    h.div({ className: 'panda-task-line' },
+      h.span(h.span({ className: 'panda-bar', title: `${progress} jobs` },
+        h.span({ className: 'panda-bar-fill', style: { width: `${pct}%` } })),
       h.span({ className: 'panda-progress' }, progress)),
-    h.td({ className: 'panda-task-sites' }, sites),
-    h.td(age(t.created_at, now)));
+      h.span({ className: 'panda-task-sites' }, sites)));
   });
   return h.div({ className: 'panda-tasks' }, h.h3('Tasks'),
-    table('panda-table', ['task', 'owner', 'state', 'progress', 'sites', 'age'], rows));
-}
-
-function renderErrors(errors: ErrorGroup[], actions: Pick<PanelActions, 'openJob'>):
-  VirtualElement[] {
-  if (!errors.length) {
-    return [];
-  }
-  return [h.h4('Errors'), ...errors.map(g => h.div({ className: 'panda-error-group' },
-    `${g.count} × [${g.category}] ${g.message} `,
-    h.a({ className: 'panda-open-job', onclick: () => actions.openJob(g.example_job) },
-      `job ${g.example_job}`)))];
-}
-
-/** A task opened: its message, latest attempts per site and state, the commands, its
- * jobs (each opens to its brokerage) and its errors grouped.
- * @param actionError - what the server said to the last refused command, if anything. */
-export function renderTaskDetail(t: TaskDetail, vocabulary: Vocabulary | null,
-  actionError: string | null, actions: PanelActions): VirtualElement {
-  const used = statesShown(t.jobs_by_site, vocabulary);
-  const perSite = Object.keys(t.jobs_by_site).sort().map(site => h.tr(
-    h.td(site), ...used.map(s => h.td({ className: `panda-state-${s}` },
-      String(t.jobs_by_site[site][s] || '')))));
-  const buttons = h.div({ className: 'panda-buttons' },
-    h.button({
-      className: 'jp-Button panda-kill',
-      ...off(!canKill(t.state, vocabulary)),
-      onclick: () => actions.kill(t.id)
-    }, 'Kill'),
-    h.button({
-      className: 'jp-Button panda-retry',
-      ...off(!canRetry(t.state, vocabulary)),
-      onclick: () => actions.retry(t.id)
-    }, 'Retry'),
-    h.button({
-      className: 'jp-Button panda-insert',
-      title: `insert "task = lab.task(${t.id})" below the active cell`,
-      onclick: () => actions.insert(t.id)
-    }, 'Insert in notebook'),
-    actionError ? h.span({ className: 'panda-error' }, actionError) : null);
-  const jobs: VirtualElement[] = [];
-  if (t.jobs.length) {
-    const links = t.jobs.flatMap(j => [h.a({
-      className: `panda-open-job panda-state-${j.state}`,
-      dataset: { 'job-id': String(j.id) },
-      onclick: () => actions.openJob(j.id)
-    }, `#${j.job_index} ${j.state}${j.site ? ' @' + j.site : ''}`), ' ']);
-    const more = t.n_jobs_listed > t.jobs.length ?
-      h.span(`… ${t.n_jobs_listed - t.jobs.length} more`) : null;
-    jobs.push(h.h4('Jobs (latest attempts; open one for its brokerage)'),
-      h.div({ className: 'panda-job-list' }, ...links, more));
-  }
-  return h.div({ className: 'panda-task-detail', dataset: { 'task-id': String(t.id) } },
-    h.h3(`Task ${t.id} · ${t.name} · ${t.state}`),
-    // why it is where it is: how it ended, or why it was closed (its client gone)
-    t.message ? h.div({ className: 'panda-task-message' }, t.message) : null,
-    table('panda-table panda-jobs-by-site', ['site', ...used], perSite),
-    buttons, ...jobs, ...renderErrors(t.errors, actions));
+    rows.length ? h.div({ className: 'panda-task-list' }, ...rows) :
+      h.div({ className: 'panda-empty' }, 'no task yet'));
 }
 
 /** A task that could not be shown (gone, or the server refused): the reason. */
@@ -182,38 +161,31 @@ export function renderTaskError(message: string): VirtualElement {
   return h.div({ className: 'panda-error' }, message || 'gone');
 }
 
-/** One attempt: its brokerage decision, error, traceback and output tails. */
-export function renderJob(j: Job): VirtualElement {
-  const logs: VirtualElement[] = [];
-  for (const [label, text] of [['traceback', j.error_traceback], ['stdout', j.stdout_tail],
-    ['stderr', j.stderr_tail]] as const) {
-    if (text) {
-      logs.push(h.div(`${label}:`), h.pre({ className: `panda-log panda-${label}` }, text));
-    }
-  }
-  return h.div({ className: 'panda-job-detail' },
-    h.h4(`Job ${j.id} · attempt ${j.attempt} · ${j.state} at ${j.site ?? '-'}`),
-    h.div('Brokerage:'),
-    h.pre({ className: 'panda-broker' }, JSON.stringify(j.broker_info, null, 1)),
-    j.error_message ?
-      h.div({ className: 'panda-error' }, `[${j.error_category}] ${j.error_message}`) : null,
-    ...logs);
-}
-
-/** The sites: kind, health (with the reason when not online), pilots and jobs. */
+/** The sites: each name in its health's colour (and, when not online, its state and
+ * why below it), pilots, jobs on pilots and queued; the kind in the tooltip.  Four
+ * narrow columns, so that it fits the default sidebar. */
 export function renderSites(sites: Site[]): VirtualElement {
   const rows = sites.map(s => h.tr({
-    key: s.name, className: 'panda-site-row', dataset: { site: s.name }
+    key: s.name, className: 'panda-site-row', dataset: { site: s.name, health: s.state },
+    title: `${s.name}: ${s.kind} site (${s.provisioner}), ${s.state}` +
+      (s.reason ? ` (${s.reason})` : '') + (s.description ? `; ${s.description}` : '')
   },
-  h.td(s.name), h.td(s.kind),
-  h.td({ className: `panda-health-${s.state}` }, s.state + (s.reason ? `: ${s.reason}` : '')),
+  h.td({ className: `panda-site-name panda-health-${s.state}` }, s.name,
+    s.state !== 'online' ? h.div({ className: 'panda-site-health' },
+      s.state + (s.reason ? `: ${s.reason}` : '')) : null),
   h.td(String(s.pilots)), h.td(String(s.running)), h.td(String(s.queued))));
+  const heads: [string, string][] = [['site', 'the site, in the colour of its health'],
+    ['pilots', 'pilots running there'],
+    ['run', 'jobs on its pilots (started or prefetched)'],
+    ['queue', 'jobs brokered there, waiting for a pilot']];
   return h.div({ className: 'panda-sites' }, h.h3('Sites'),
-    table('panda-table', ['site', 'kind', 'health', 'pilots', 'running', 'queued'], rows));
+    h.table({ className: 'panda-table panda-site-table' },
+      h.tr(...heads.map(([t, title]) => h.th({ title }, t))), ...rows));
 }
 
-/** The status bar's text: jobs running and queued now, failed attempts of recent tasks;
- * "no server" when none answers, "PanDA" before the first answer. */
+/** The status bar's text: jobs running, prefetched and waiting now, and the failed jobs
+ * that still need a person; "no server" when none answers, "PanDA" before the first
+ * answer. */
 export function statusText(counts: Counts | null, serverDown: boolean): string {
   if (serverDown) {
     return 'PanDA: no server';
@@ -221,5 +193,24 @@ export function statusText(counts: Counts | null, serverDown: boolean): string {
   if (counts === null) {
     return 'PanDA';
   }
-  return `PanDA: ${counts.running} running · ${counts.queued} queued · ${counts.failed} failed`;
+  return `PanDA: ${counts.running} running · ${counts.prefetched} prefetched · ` +
+    `${counts.waiting} waiting · ${counts.failed} failed`;
+}
+
+/** What each number of the status bar counts, one line each (its tooltip). */
+export function statusTooltip(counts: Counts | null, serverDown: boolean): string {
+  if (serverDown) {
+    return 'No panda-lab server answers: click to open the PanDA panel and start one.';
+  }
+  const n = (k: keyof Counts): string => counts === null ? '' : `${counts[k]} `;
+  return [
+    `${n('running')}running: jobs started on a pilot`,
+    `${n('prefetched')}prefetched: jobs a pilot holds but has not started yet`,
+    `${n('waiting')}waiting: jobs not on any pilot yet`,
+    `${n('failed')}failed: jobs whose last attempt failed` +
+      (counts && counts.failed_tasks ? ` (in ${counts.failed_tasks} task` +
+        `${counts.failed_tasks > 1 ? 's' : ''})` : '') +
+      ', not retried, not acknowledged, in tasks not killed',
+    'Click to open the PanDA panel.'
+  ].join('\n');
 }

@@ -24,6 +24,9 @@ export interface Vocabulary {
   job_unsuccessful: string[];
   job_retryable: string[];
   pilot_final: string[];
+  /** The tones a task's outcome is shown in, least urgent first (absent from servers
+   * older than the outcome). */
+  tones?: string[];
 }
 
 /** GET status while a panda-lab server answers (its /api/info, plus where it is). */
@@ -44,6 +47,25 @@ export interface ServerDownBody {
   running: false;
   message: string;
   hint: string;
+}
+
+/**
+ * A task's outcome as the server says it (`panda_lab.model.outcome.task_outcome`): the
+ * one label every surface shows, the tone it is coloured in, and what was lost.
+ */
+export interface TaskSummary {
+  /** One line, e.g. "finished: 10 of 40 jobs failed (1,234 events not processed)". */
+  label: string;
+  /** "success" | "warning" | "danger" | "active" | "neutral". */
+  tone: string;
+  /** Logical jobs that ended (or end) without a result. */
+  jobs_lost: number;
+  /** Input events of those jobs; null for a task without an input dataset. */
+  events_lost: number | null;
+  /** Seconds from submission to the end (to now while active); null when unknown. */
+  wall_s: number | null;
+  /** Mean events per second over `wall_s` of a final task; null otherwise. */
+  rate: number | null;
 }
 
 /** One task as GET tasks lists it (newest first). Times are Unix seconds. */
@@ -69,6 +91,8 @@ export interface Task {
   message: string;
   /** The sites its jobs went to, sorted. */
   sites: string[];
+  /** Its outcome; absent from servers older than the outcome. */
+  summary?: TaskSummary;
 }
 
 /** Failed attempts sharing a category and message (panda_lab/jupyter/snapshot.py). */
@@ -80,13 +104,47 @@ export interface ErrorGroup {
   traceback: string;
 }
 
-/** A job as listed with its task: the latest attempt of one logical job. */
-export interface JobSummary {
+/** One attempt as the task stream and the job table read it. Times are Unix seconds. */
+export interface Attempt {
   id: number;
   job_index: number;
   attempt: number;
   state: string;
   site: string | null;
+  pilot_id: number | null;
+  created_at: number;
+  /** When its pilot started it; null before (or when the pilot never said). */
+  started_at: number | null;
+  ended_at: number | null;
+  error_category: string | null;
+  error_message: string | null;
+}
+
+/** A job as listed with its task: the latest attempt of one logical job. */
+export interface JobSummary extends Attempt {
+  /** How many attempts the logical job had. */
+  attempts: number;
+}
+
+/** One input range of an analysis task and the fate of its job (GET
+ * /api/tasks/{id}/report, what `task.report()` shows); a file no job reads has
+ * `job_index` null. */
+export interface ReportRow {
+  job_index: number | null;
+  file_index: number;
+  path: string;
+  tree: string;
+  /** Entry numbers, stop exclusive; null for a file found bad at registration. */
+  start: number | null;
+  stop: number | null;
+  scout: boolean;
+  state: string | null;
+  attempts: number;
+  sites: string[];
+  error_category: string | null;
+  error: string | null;
+  /** Whether its result is in the merged result. */
+  merged?: boolean;
 }
 
 /** GET tasks/{id}: the task, its latest attempts by site and state, its error groups. */
@@ -94,10 +152,14 @@ export interface TaskDetail extends Omit<Task, 'sites'> {
   /** site ("-" before brokerage) → job state → latest attempts. */
   jobs_by_site: Record<string, Record<string, number>>;
   errors: ErrorGroup[];
-  /** The first jobs (at most 50 by default), latest attempts. */
+  /** The latest attempt of the first logical jobs (500 by default). */
   jobs: JobSummary[];
   /** How many logical jobs the task has listed in all. */
   n_jobs_listed: number;
+  /** Every attempt (the first 2000), oldest first: the task stream. */
+  attempts: Attempt[];
+  /** An analysis task's input ranges (`task.report()`); null for other tasks. */
+  report: ReportRow[] | null;
 }
 
 /** GET jobs/{id}: one attempt, its brokerage decision, history and output tails. */
@@ -131,6 +193,8 @@ export interface Job {
   history: { state: string; time: number; info: string }[];
   /** Ids of every attempt of this logical job, oldest first. */
   attempts: number[];
+  /** The brokerage's own sentence for the decision, where the server gives one. */
+  explanation?: string | null;
 }
 
 /** One site as GET sites lists it. */
@@ -147,11 +211,18 @@ export interface Site {
   description: string;
 }
 
-/** GET counts: what the status bar shows. */
+/** GET counts: what the status bar shows (panda_lab/store/rows/counts.py). */
 export interface Counts {
+  /** Jobs started on a pilot. */
   running: number;
-  queued: number;
+  /** Jobs dispatched to a pilot that has not started them yet. */
+  prefetched: number;
+  /** Jobs waiting for a pilot. */
+  waiting: number;
+  /** Logical jobs whose newest attempt failed, in tasks not aborted, not acknowledged. */
   failed: number;
+  /** The tasks those failed jobs belong to. */
+  failed_tasks: number;
 }
 
 /** One job change of an event (`JobChange.as_event` in panda_lab/store/base.py). */

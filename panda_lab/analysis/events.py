@@ -42,6 +42,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from panda_lab import reads
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.files import describe, get_tree, is_url, open_file
 from panda_lab.analysis.lazy import LazyReader
@@ -147,8 +148,9 @@ def _open_tree(chunk: Chunk) -> _Opened:
     if opened is None:
         handle = open_file(chunk.path, chunk.tree)
         try:
-            tree = get_tree(handle, chunk.path, chunk.tree)
-            opened = _Opened(stamp, tree, tree_layout(tree))
+            with reads.measured(chunk.path, handle.file):  # the tree's metadata
+                tree = get_tree(handle, chunk.path, chunk.tree)
+                opened = _Opened(stamp, tree, tree_layout(tree))
         except BaseException:
             handle.close()
             raise
@@ -202,7 +204,8 @@ def materialize(result: Any) -> None:
 
 def _read_eager(tree: Tree, chunk: Chunk, layout: Layout) -> ak.Array:
     try:
-        arrays = tree.read(layout.branch_names(), chunk.start, chunk.stop)
+        with reads.measured(chunk.path, tree.file):
+            arrays = tree.read(layout.branch_names(), chunk.start, chunk.stop)
     except Exception as exc:
         raise DataError(
             chunk.path, chunk.tree, f"cannot read: {describe(exc)}", chunk.start, chunk.stop

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from panda_lab import reads
 from panda_lab.analysis.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,6 +79,11 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
         raise DataError(name, tree, "file not found")
     try:
         handle = uproot.open(Path(name) if local else name)
+        # Opening reads the header and the keys: bytes and requests of the file's
+        # endpoint, but not its time, which is the client's setting up (imports, a
+        # connection pool), not the link's.
+        nbytes, requests = _source_counts(handle)
+        reads.add(reads.endpoint_of(name), nbytes, 0.0, requests)
     except PermissionError as exc:
         raise DataError(name, tree, "permission denied") from exc
     except Exception as exc:
@@ -93,6 +99,15 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
                 name, tree, f"truncated: the header says {declared} bytes, the file has {actual}"
             )
     return handle
+
+
+def _source_counts(handle: Any) -> tuple[int, int]:
+    """Bytes and requests an open file's source issued so far (uproot's counters)."""
+    source = getattr(handle.file, "source", None)
+    try:
+        return int(source.num_requested_bytes), int(source.num_requests)
+    except Exception:
+        return 0, 0
 
 
 def get_tree(handle: Any, path: str, tree: str) -> Tree:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import awkward as ak
 import numpy as np
 
+from panda_lab import reads
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.files import describe
 from panda_lab.analysis.schema import Collection, Layout, offsets_from_counts, packed_lists
@@ -83,7 +84,8 @@ class LazyReader:
             return
         c = self.chunk
         try:
-            arrays = self.tree.read(wanted, c.start, c.stop)
+            with reads.measured(c.path, self.tree.file):
+                arrays = self.tree.read(wanted, c.start, c.stop)
         except Exception as exc:
             raise self._error(f"cannot read: {describe(exc)}") from exc
         self._arrays.update(arrays)
@@ -97,7 +99,8 @@ class LazyReader:
         if branch not in self._arrays:
             c = self.chunk
             try:
-                self._arrays[branch] = self.tree.read_one(branch, c.start, c.stop)
+                with reads.measured(c.path, self.tree.file):
+                    self._arrays[branch] = self.tree.read_one(branch, c.start, c.stop)
             except Exception as exc:
                 raise self._error(f"cannot read {branch!r}: {describe(exc)}") from exc
             self.touched.add(branch)

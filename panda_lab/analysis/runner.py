@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from panda_lab import reads
 from panda_lab.analysis.accumulate import MergeError, merge
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, materialize, read_chunk
@@ -85,8 +86,10 @@ def _open_any(
     endpoint (``PANDA_LAB_ENDPOINT``, set by the pilot) first.  With ``nanoevents``, the
     events are coffea's and the read branches go to the worker's preload memory once the
     chunk is processed."""
-    near = os.environ.get("PANDA_LAB_ENDPOINT")
+    near = os.environ.get(reads.LOCAL_ENDPOINT)
     replicas = sorted(chunk.get("replicas") or [], key=lambda r: r["endpoint"] != near)
+    for r in replicas:  # what is read from a replica counts for its endpoint's link
+        reads.remember(r["url"], r["endpoint"])
     urls = [r["url"] for r in replicas] or [chunk["path"]]
     last: DataError | None = None
     for url in urls:
@@ -116,6 +119,21 @@ def _open_any(
     raise last
 
 
+#: How the note naming a failed chunk starts (the payload runner puts it on top of the
+#: job's traceback).
+CHUNK_NOTE = "panda-lab: failed on "
+
+
+def name_chunk(exc: BaseException, chunk: dict) -> None:
+    """Add to ``exc`` a note naming the chunk it was raised on: ``panda-lab: failed on
+    /data/dimuon_001.root, entries 0 to 100,000 (tree Events)``.  Never raises."""
+    try:
+        exc.add_note(f"{CHUNK_NOTE}{chunk['path']}, entries {chunk['start']:,} to "
+                     f"{chunk['stop']:,} (tree {chunk['tree']})")
+    except Exception:  # a note is a help, never a second failure
+        pass
+
+
 def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict],
                nanoevents: NanoEventsSpec | None = None) -> ChunkResult:
     """The job function of an analysis task (its common payload binds the processor).
@@ -136,14 +154,20 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
     seconds = 0.0  # reading and processing; a first job's column discovery is not counted
     keys = []
     for i, chunk in enumerate(chunk_dicts):
-        arrays, c, t0 = _open_any(chunk, columns, processor, process, nanoevents)
-        if nanoevents is None:
-            part = process(arrays)
-            materialize(part)  # what it owes a lazy array is read here, in the job's time
-        else:
-            arrays, log = arrays
-            part = _process_nanoevents(process, arrays, c)
-            remember_reads(processor, log)
+        try:
+            arrays, c, t0 = _open_any(chunk, columns, processor, process, nanoevents)
+            if nanoevents is None:
+                part = process(arrays)
+                materialize(part)  # what it owes a lazy array is read here, in the job's time
+            else:
+                arrays, log = arrays
+                part = _process_nanoevents(process, arrays, c)
+                remember_reads(processor, log)
+        except DataError:
+            raise  # unreadable input: its message names the file and range already
+        except Exception as exc:  # the processor's error, with the input it failed on
+            name_chunk(exc, chunk)
+            raise
         try:
             out = merge(out, part)
         except MergeError as exc:  # say which input, as the server does for whole jobs
@@ -152,6 +176,7 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
         seconds += time.perf_counter() - t0
         events += c.entries
         keys.append(c.key)
+        reads.processed(c.entries)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return ChunkResult(out, events, seconds, rss, keys)
 

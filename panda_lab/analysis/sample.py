@@ -26,6 +26,7 @@ What a caller may rely on:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,14 +342,40 @@ def make_sample(
     ``"rntuple"`` writes RNTuples instead of TTrees (see the module's docstring).  The paths
     returned are absolute: jobs read them from other working directories.
 
+    A file already written by an earlier call with the same parameters (its record,
+    ``.dimuon_000.root.json`` beside it, names them and the file's size and time) is
+    kept, not written again: a notebook run twice reuses its data.
+
     Returns the ``files`` paths in file order (``[]`` for ``files=0``); ``outdir`` is
     created if missing.  Raises ``ValueError`` as :func:`write_file` does (``events`` < 0,
     ``basket_events`` < 1), and ``OSError`` when ``outdir`` or a file cannot be written.
     """
     outdir = Path(outdir).resolve()
     outdir.mkdir(parents=True, exist_ok=True)
-    return [
-        write_file(outdir / f"dimuon_{i:03d}.root", i, events, seed, basket_events, compression,
-                   format)
-        for i in range(files)
-    ]
+    out = []
+    for i in range(files):
+        path = outdir / f"dimuon_{i:03d}.root"
+        record = path.with_name(f".{path.name}.json")
+        wanted = {"file_index": i, "events": events, "seed": seed,
+                  "basket_events": basket_events, "compression": repr(compression),
+                  "format": format}
+        if not _written_as(path, record, wanted):
+            record.unlink(missing_ok=True)  # a half-written file never looks complete
+            write_file(path, i, events, seed, basket_events, compression, format)
+            st = path.stat()
+            record.write_text(json.dumps({**wanted, "size": st.st_size,
+                                          "mtime_ns": st.st_mtime_ns}))
+        out.append(path)
+    return out
+
+
+def _written_as(path: Path, record: Path, wanted: dict) -> bool:
+    """Whether ``path`` is the file an earlier :func:`make_sample` wrote with the
+    parameters ``wanted``, untouched since (same size and modification time)."""
+    try:
+        kept = json.loads(record.read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    return (kept.get("size"), kept.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) and \
+        all(kept.get(k) == v for k, v in wanted.items())

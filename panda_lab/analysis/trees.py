@@ -49,6 +49,11 @@ class Tree(ABC):
         self.obj = obj
 
     @property
+    def file(self) -> Any:
+        """The uproot file the tree is read from (its source counts bytes and requests)."""
+        return getattr(self.obj, "file", None)
+
+    @property
     def num_entries(self) -> int:
         """Entries (events) in the tree."""
         return int(self.obj.num_entries)

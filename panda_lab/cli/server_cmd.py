@@ -11,14 +11,21 @@ from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
 
 
 def config_from_args(args: argparse.Namespace):
-    from panda_lab.provisioners.config import ConfigError, default_sites, load_sites
+    from panda_lab.provisioners.config import ConfigError, default_sites, load_sites, local_plan
+    from panda_lab.provisioners.links import load_links
     from panda_lab.server.config import ServerConfig
 
     if args.task_lease <= 0:
         raise ConfigError(f"--task-lease {args.task_lease:g} must be more than 0 seconds")
+    # The embedded default is sized to the container (panda_lab/resources.py); a site
+    # file says its own sizes.
+    plan = None if args.sites else local_plan()
+    sites = load_sites(args.sites) if args.sites else default_sites(plan=plan)
     return ServerConfig(
         home=runtime.home(args.home), db_url=args.db, host=args.host, port=args.port,
-        sites=load_sites(args.sites) if args.sites else default_sites(),
+        sites=sites, links=load_links(args.sites, sites) if args.sites else [],
+        network=args.network, stall_after=args.stall_after, broker_seed=args.broker_seed,
+        max_events_per_job=plan.max_events_per_job if plan else None,
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
         provision=not args.no_pilots, scrape_token=_scrape_token(args),
@@ -61,7 +68,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
            "--heartbeat-timeout", str(args.heartbeat_timeout),
            "--task-lease", str(args.task_lease),
            "--heartbeat-interval", str(args.heartbeat_interval),
-           "--watchdog-interval", str(args.watchdog_interval)]
+           "--watchdog-interval", str(args.watchdog_interval),
+           "--network", args.network, "--stall-after", str(args.stall_after)]
     if args.db:
         out += ["--db", args.db]
     if args.sites:
@@ -72,6 +80,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
         out.append("--jupyterhub")
     if getattr(args, "scrape_token_file", None) is not None:
         out += ["--scrape-token-file", str(args.scrape_token_file.resolve())]
+    if args.broker_seed is not None:
+        out += ["--broker-seed", str(args.broker_seed)]
     return out
 
 
@@ -99,11 +109,15 @@ def run(args: argparse.Namespace) -> int:
     alive = server_alive(info)
     status = {"running": alive, "home": str(home)}
     if info and alive:
-        status.update(url=info["url"], pid=info["pid"], database=info.get("database"))
+        status.update(url=info["url"], pid=info["pid"], database=info.get("database"),
+                      monitor=f"{info['url'].rstrip('/')}/monitor/",
+                      connection_file=str(runtime.connection_path(home)))
     if getattr(args, "json", False):
         print_json(status)
     elif alive:
         print(f"running at {status['url']} (pid {status['pid']}), database {status['database']}")
+        print(f"web monitor at {status['monitor']} (log in with the user_token of "
+              f"{status['connection_file']})")
     else:
         print(f"not running (home {home})")
     return EXIT_OK if alive else (EXIT_NO_SERVER if info is None else EXIT_FAIL)

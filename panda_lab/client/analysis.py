@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import glob
 import numbers
+import os
 import pickle
 import time
 import warnings
@@ -26,8 +27,9 @@ from panda_lab.analysis.accumulate import MergeError
 from panda_lab.analysis.errors import BadFilesError, DataError
 from panda_lab.client.fileset import is_fileset, register_fileset
 from panda_lab.client.tasks import TaskHandle
+from panda_lab.http import ApiError
 from panda_lab.model import JOB_UNSUCCESSFUL, TASK_FINAL, JobState
-from panda_lab.payload import dumps_fn, environment
+from panda_lab.payload import dumps_fn, environment, workdir
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.analysis.files import FileInfo
@@ -141,17 +143,26 @@ class Datasets:
         skipped.  A glob that matches nothing raises ``FileNotFoundError``.  An empty
         list registers a dataset without files, which analyses to ``None``.
 
+        Registering again the same files (the same paths, tree and sizes) under the same
+        name gives back the dataset already registered, without reading the files again:
+        a notebook can be run twice.
+
         Returns the :class:`Dataset` as the server now keeps it (:meth:`get`).
 
         Raises ``ValueError`` when a ``replicas`` list does not give one URL per file;
-        :class:`~panda_lab.http.ApiError` with status 409 when ``name`` is taken and
-        ``replace`` is false, and 422 when a file's cluster boundaries do not cover its
-        entries; :class:`~panda_lab.http.ServerUnreachable` when the server is down."""
+        :class:`~panda_lab.http.ApiError` with status 409 when ``name`` is taken by other
+        files and ``replace`` is false, and 422 when a file's cluster boundaries do not
+        cover its entries; :class:`~panda_lab.http.ServerUnreachable` when the server is
+        down."""
         paths = _expand(files)
         for ep, urls in (replicas or {}).items():
             if len(urls) != len(paths):
                 raise ValueError(f"replicas at {ep!r}: {len(urls)} URLs for {len(paths)} files;"
                                  " give one per file, in the same order")
+        if not replace:
+            same = self._registered_as(name, paths, tree)
+            if same is not None:
+                return same
         good, bad = _inspect_all(paths, tree)
         if bad and not skip_bad_files:
             raise BadFilesError({paths[k]: r for k, r in bad.items()}, tree, len(paths))
@@ -165,6 +176,35 @@ class Datasets:
                           for k, r in bad.items()]}
         self.lab.api.post("/api/datasets", body)
         return self.get(name)
+
+    def _registered_as(self, name: str, paths: list[str], tree: str) -> Dataset | None:
+        """The dataset ``name`` when it holds exactly ``paths`` (good or bad, in order) of
+        ``tree``, each local file of the size registered; ``None`` when there is no such
+        dataset.  Raises :class:`~panda_lab.http.ApiError` (409) when the name is taken
+        by other files, before any file is read."""
+        try:
+            ds = self.get(name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        kept = {f["file_index"]: f for f in ds.files}
+        bad = list(ds.bad_files)
+        listed = [kept[k]["path"] for k in sorted(kept)]
+
+        def size_now(path: str) -> int | None:
+            try:
+                return os.stat(path).st_size
+            except OSError:
+                return None
+        same = (ds.tree == tree and sorted(listed + bad) == sorted(paths)
+                and all(size_now(f["path"]) == f["size_bytes"] for f in ds.files
+                        if "://" not in f["path"]))
+        if not same:
+            raise ApiError(409, f"dataset {name!r} is registered with other files (or files "
+                                "changed since); pass replace=True to register these in its "
+                                "place, or choose another name", "POST", "/api/datasets")
+        return ds
 
     def get(self, name: str) -> Dataset:
         """The dataset registered as ``name`` (also ``lab.datasets[name]``).
@@ -212,6 +252,9 @@ class Partial:
 
 class AnalysisTask(TaskHandle):
     """A dataset analysis: a task whose jobs each process a chunk of the dataset."""
+
+    #: Where a notebook user looks for what an analysis lost: each chunk's fate first.
+    _look = "task.report(), task.errors()"
 
     def __init__(self, lab: Lab, task_id: int, processor: Any = None) -> None:
         super().__init__(lab, task_id)
@@ -264,6 +307,11 @@ class AnalysisTask(TaskHandle):
             msg = (f"task {self.id}: {p.total_events - p.events:,} of {p.total_events:,} "
                    f"events not processed ({len(bad)} chunks: "
                    f"{', '.join(sorted(set(bad['status'])))})")
+            failed = bad[bad["error"].notna()]
+            if len(failed):  # the input of the first failure and why, at the top
+                first = failed.iloc[0]
+                msg += (f"; first: {first['path']}, entries {first['start']:,} to "
+                        f"{first['stop']:,}: {first['error']}")
             skipped_only = not bad.empty and set(bad["status"]) <= {"skipped"}
             if not (allow_incomplete or skipped_only):
                 raise IncompleteResult(msg + "; see .report", rep)
@@ -356,7 +404,8 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
             target_job_seconds: float = 60.0, columns: list[str] | None = None,
             skip_bad_files: bool = False, site: str | list[str] = "ANY",
             name: str | None = None, retries: int = 2, n_scouts: int = 3,
-            schema: Any = None, treename: str | None = None) -> AnalysisTask:
+            schema: Any = None, treename: str | None = None,
+            network: str | None = None, policy: str | None = None) -> AnalysisTask:
     """Submit ``process`` over ``dataset`` as one analysis task; return its
     :class:`AnalysisTask` at once (the jobs run on pilots).
 
@@ -378,6 +427,9 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
     ``pip install 'panda-lab[coffea]'`` for a coffea schema where coffea is not installed,
     and :class:`panda_lab.payload.PayloadError` when ``process`` cannot be pickled; the
     server's refusal (unknown dataset) is a :class:`panda_lab.http.ApiError`.
+    ``network``: brokerage's network term for this task (``"active"``, ``"passive"``
+    or ``"off"``; ``None``: the server's); ``policy`` a brokerage policy to compare
+    (``"round-robin"``, ``"least-loaded"``...), overriding it.
     """
     from panda_lab.analysis.runner import run_chunks
 
@@ -417,6 +469,9 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
         "name": name or f"analysis-{ds_name}", "dataset": ds_name,
         "processor": base64.b64encode(dumps_fn(job_fn)).decode(), "split": split,
         "columns": cols, "site": site, "skip_bad_files": skip_bad_files,
-        "options": {"max_attempts": retries + 1, "client": environment()},
+        "options": {"max_attempts": retries + 1, "client": environment(),
+                    "workdir": workdir(),
+                    **({"network": network} if network is not None else {}),
+                    **({"policy": policy} if policy is not None else {})},
     })
     return AnalysisTask(lab, reply["task"], process)

@@ -43,7 +43,7 @@ from panda_lab.client.futures import PandaFuture, cancel_now, exception_from_job
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.model import JOB_ACTIVE, JOB_UNSUCCESSFUL, JobState, PilotState
 from panda_lab.model.lease import renew_every
-from panda_lab.payload import dumps_call, dumps_fn, environment
+from panda_lab.payload import dumps_call, dumps_fn, environment, workdir
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.session import Lab
@@ -94,7 +94,8 @@ class PandaExecutor(Executor):
                  name: str | None = None, max_workers: int | None = None,
                  server_lost_timeout: float = 60.0) -> None:
         self._lab = lab
-        self._api = ApiClient(lab.url, lab.api.token)
+        self._api = ApiClient(lab.url, lab.api.token, find=getattr(lab.api, "find", None),
+                              fix=getattr(lab.api, "fix", ""))
         self.site = site
         self.name = name or "executor"
         self._options = {"priority": priority, "cores": cores, "memory_mb": memory,
@@ -262,7 +263,7 @@ class PandaExecutor(Executor):
             return
         reply = self._api.post("/api/tasks", {
             "name": self.name, "site": self.site, "jobs": [], "open": True,
-            "options": self._options})
+            "options": {**self._options, "workdir": workdir()}})
         self.task_id = reply["task"]
         self._start_lease(reply.get("lease_s"))
         self._listener = threading.Thread(target=self._listen, daemon=True,
@@ -343,6 +344,7 @@ class PandaExecutor(Executor):
                         break
             except Exception as exc:
                 self._stream_error = exc
+                self._api.relocate()  # a server restarted elsewhere: listen there
             if self._closed.is_set():
                 return
             lost_since = time.monotonic() if lost_since is None else lost_since
@@ -350,7 +352,8 @@ class PandaExecutor(Executor):
                 self._fail_unresolved(ServerUnreachable(
                     f"panda-lab server at {self._api.url} unreachable for "
                     f"{self.server_lost_timeout:g} s (last error: {self._stream_error}); "
-                    "this call's outcome is unknown"))
+                    "this call's outcome is unknown" + (f".\nTo go on: {self._api.fix}"
+                                                        if self._api.fix else "")))
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 

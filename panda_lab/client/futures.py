@@ -153,6 +153,19 @@ class PandaFuture(Future):
         request counts as not cancelled (logged, not raised)."""
         return self in self._executor._cancel_many([self])
 
+    def result(self, timeout: float | None = None) -> object:
+        """``concurrent.futures.Future.result``; a job's exception is raised from here,
+        without the frames of ``concurrent.futures`` that only hand it over, so that a
+        notebook's traceback is the user's cell, then the job's own traceback (its
+        ``RemoteTraceback`` cause)."""
+        __tracebackhide__ = True  # IPython: folded where it is not the last frame
+        try:
+            return super().result(timeout)
+        except BaseException as exc:
+            if exc is not self._exception:  # a timeout, a cancel, an interrupt: as they are
+                raise
+            raise exc.with_traceback(None)  # noqa: B904 - the same exception, its chain kept
+
     def __repr__(self) -> str:
         base = super().__repr__()
         return base[:-1] + f" job={self.job_id} site={self.site}>"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -19,18 +20,34 @@ from panda_lab import runtime
 from panda_lab.client.analysis import AnalysisTask, Dataset, Datasets, analyze
 from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
-from panda_lab.http import ApiClient, ApiError
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.model import TASK_FINAL
-from panda_lab.payload import dumps_call, dumps_fn, environment
+from panda_lab.payload import dumps_call, dumps_fn, environment, workdir
 
 
 class Lab:
-    """A connection to a panda-lab server and the verbs a user needs."""
+    """A connection to a panda-lab server and the verbs a user needs.
+
+    With ``home`` (a local server's runtime directory) the connection follows the server
+    when it restarts: a request the old address does not answer re-reads the connection
+    file and goes on at the new one, so a notebook's ``lab`` and its monitors carry on.
+    When no server answers, the error says so in a few lines, and the call that fixes it.
+    """
 
     def __init__(self, url: str, token: str, home: Path | None = None) -> None:
-        self.url = url
         self.home = home
-        self.api = ApiClient(url, token)
+        if home is not None:
+            fix = ("`lab = panda_lab.connect()` starts it again (or `panda-lab server "
+                   "start` in a terminal); this lab then finds it by itself.")
+        else:
+            fix = f"start the server at {url}, or `lab = panda_lab.connect(url=...)` another."
+        self.api = ApiClient(url, token, find=runtime.finder(home) if home else None, fix=fix)
+        _short_errors_in_ipython()
+
+    @property
+    def url(self) -> str:
+        """The server's base URL now (it changes when a local server restarts)."""
+        return self.api.url
 
     def __repr__(self) -> str:
         try:
@@ -58,21 +75,35 @@ class Lab:
         memory_mb: int = 0,
         walltime_s: float = 0.0,
         output_limit: int | None = None,
+        network: str | None = None,
+        policy: str | None = None,
     ) -> int:
         """Submit one job per argument tuple, all calling ``fn``; returns the task id.
 
         The function travels once, with the task; each job carries only its arguments.
+        Jobs that run on a pilot of this machine (the local sites) run in this process's
+        working directory, so relative paths mean what they mean here; elsewhere they run
+        in the pilot's directory (:func:`panda_lab.payload.job_directory`).
         ``output_limit``: characters of each job's stdout and stderr kept in full for
         :meth:`job_output` (default :data:`panda_lab.output.OUTPUT_LIMIT`).
+        ``network``: brokerage's network term for this task, ``"active"`` (weighed),
+        ``"passive"`` (computed and shown only) or ``"off"``; ``None``: the server's.
+        ``policy``: a brokerage policy for comparisons (``"round-robin"``,
+        ``"least-loaded"``, ... :class:`panda_lab.model.brokerage.Policy`), overriding
+        ``network``.
         """
         common = dumps_fn(fn)
         jobs = [{"payload": base64.b64encode(dumps_call(None, args)).decode()}
                 for args in arglist]
         options = {"priority": priority, "cores": cores, "memory_mb": memory_mb,
                    "walltime_s": walltime_s, "max_attempts": retries + 1,
-                   "client": environment()}
+                   "client": environment(), "workdir": workdir()}
         if output_limit is not None:
             options["output_limit"] = output_limit
+        if network is not None:
+            options["network"] = network
+        if policy is not None:
+            options["policy"] = policy
         reply = self.api.post("/api/tasks", {
             "name": name, "owner": os.environ.get("USER", ""), "site": site,
             "jobs": jobs, "common": base64.b64encode(common).decode(), "options": options,
@@ -157,6 +188,15 @@ class Lab:
         """The server's sites: ``name``, ``kind``, ``pilots``, ``running`` and ``queued``
         job counts, and the rest of their configuration."""
         return self.api.get("/api/sites")
+
+    def links(self) -> pd.DataFrame:
+        """The (endpoint, site) links brokerage reads input over, indexed by (endpoint,
+        site): learned throughput (``mbps``, MB/s) and latency (``latency_ms``), their
+        ``source`` (learned, declared, prior), the ``observations`` they rest on and
+        their age (``age_s``); see :func:`panda_lab.client.brokerage.links_frame`."""
+        from panda_lab.client.brokerage import links_frame
+
+        return links_frame(self.api.get("/api/links"))
 
     # ---- the notebook's API: executors, task handles, Dask --------------------------------
     def executor(self, site: str | list[str] = "ANY", **options: Any) -> PandaExecutor:
@@ -253,6 +293,33 @@ def remote_token() -> str | None:
     if not token and os.environ.get("PANDA_LAB_TOKEN_FILE"):
         token = Path(os.environ["PANDA_LAB_TOKEN_FILE"]).read_text().strip()
     return token or os.environ.get("JUPYTERHUB_API_TOKEN") or None
+
+
+def _short_unreachable(shell: Any, etype: type, value: BaseException, tb: Any,
+                       tb_offset: int | None = None) -> list[str]:
+    """IPython's display of :class:`~panda_lab.http.ServerUnreachable`: its message
+    (what happened, what fixes it) without the frames of the HTTP client under it.
+    IPython leaves the showing to a custom handler (the kernel's ``_showtraceback``
+    sends the error to the front end); returns the lines shown."""
+    lines = [f"{etype.__name__}: {value}"]
+    show = getattr(shell, "_showtraceback", None)
+    if show is not None:
+        show(etype, value, lines)
+    else:  # pragma: no cover - an IPython without it
+        print(lines[0], file=sys.stderr)
+    return lines
+
+
+def _short_errors_in_ipython() -> None:
+    """In IPython, show a server that does not answer as its few lines of message; left
+    alone when something else already set IPython's custom exception handler."""
+    shell = None
+    ipython = sys.modules.get("IPython")  # only where IPython runs already
+    if ipython is not None:
+        shell = ipython.get_ipython()
+    if shell is None or shell.custom_exceptions not in ((), (ServerUnreachable,)):
+        return
+    shell.set_custom_exc((ServerUnreachable,), _short_unreachable)
 
 
 def connect(url: str | None = None, token: str | None = None,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from panda_lab.client.futures import exception_from_job
+from panda_lab.model import TASK_FINAL
+from panda_lab.model.outcome import TONE_COLOURS, final_line, summary_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.client.session import Lab
@@ -40,6 +42,18 @@ class TaskHandle:
         return self.info()["state"]
 
     @property
+    def summary(self) -> dict:
+        """The task's outcome as the server says it: ``label`` (one line, e.g.
+        ``"finished: 10 of 40 jobs failed (1,234,000 events not processed)"``), ``tone``
+        (``success``, ``warning``, ``danger``, ``active``, ``neutral``), ``jobs_lost``,
+        ``events_lost`` (None without a dataset), ``wall_s`` and ``rate`` (mean events
+        per second, once final).  One request to the server."""
+        return summary_of(self.info())
+
+    #: Where a notebook user looks for what a task lost.
+    _look = "task.errors()"
+
+    @property
     def name(self) -> str:
         """The task's name, as given at submission (one request to the server)."""
         return self.info()["name"]
@@ -53,6 +67,25 @@ class TaskHandle:
             df[col] = pd.to_datetime(df[col], unit="s", utc=True)
         return df[[c for c in JOB_COLUMNS if c in df]].set_index("id") if not df.empty \
             else df[JOB_COLUMNS].set_index("id")
+
+    def brokerage(self, all_attempts: bool = False) -> pd.DataFrame:
+        """Why each job went where it went: one row per (job, candidate site), each
+        filter passed or failed with its reason, each weight factor, the estimated
+        times, the weight and the pick (see
+        :func:`panda_lab.client.brokerage.brokerage_frame`); the latest attempt of each
+        job, or every attempt with ``all_attempts``.  The task's counts of candidates
+        each filter removed are ``info()["brokerage"]``."""
+        from panda_lab.client.brokerage import brokerage_frame
+
+        return brokerage_frame(self.lab.jobs(self.id, all_attempts=all_attempts))
+
+    def job(self, index: int) -> Any:
+        """Job ``index`` (its latest attempt): ``.brokerage`` says in one sentence why it
+        went where it went, ``.candidates`` is its rows of :meth:`brokerage`, ``.record``
+        the server's record.  Raises ``KeyError`` for an index the task does not have."""
+        from panda_lab.client.brokerage import JobBrokerage, job_of
+
+        return JobBrokerage(job_of(self.lab.jobs(self.id), index))
 
     def wait(self, timeout: float | None = None) -> TaskHandle:
         """Block until the task is final (``TASK_FINAL``); return this handle.
@@ -87,8 +120,9 @@ class TaskHandle:
 
     def __repr__(self) -> str:
         i = self.info()
-        return (f"<TaskHandle {i['id']} {i['name']!r} {i['state']}: "
-                f"{i['n_done']}/{i['n_jobs']} jobs done>")
+        summary = summary_of(i)
+        tail = f" · {final_line(summary, self._look)}" if i["state"] in TASK_FINAL else ""
+        return f"<{type(self).__name__} {i['id']} {i['name']!r} {summary['label']}{tail}>"
 
     def monitor(self, interval: float = 0.25) -> Any:
         """A live widget of this task (progress, sites, errors, histogram, kill/retry)."""
@@ -106,20 +140,31 @@ class TaskHandle:
 
     def _repr_html_(self) -> str:
         i = self.info()
+        summary = summary_of(i)
+        colour = TONE_COLOURS.get(summary["tone"], "#000")
+        head = (f"<b>panda-lab task {i['id']}</b> <code>{html.escape(i['name'])}</code> "
+                f"<b class='panda-state panda-tone-{summary['tone']}' style='color:{colour}'>"
+                f"{html.escape(summary['label'])}</b>")
+        if i["state"] in TASK_FINAL:
+            return f"{head} &middot; {html.escape(final_line(summary, self._look))}"
         by_state = ", ".join(f"{k}: {v}" for k, v in sorted(i["attempts_by_state"].items()))
         age = time.time() - i["created_at"]
-        return (f"<b>panda-lab task {i['id']}</b> <code>{html.escape(i['name'])}</code> "
-                f"<b>{i['state']}</b> &middot; {i['n_done']}/{i['n_jobs']} jobs done "
-                f"&middot; attempts {html.escape(by_state) or 'none'} &middot; {age:.0f} s old")
+        return (f"{head} &middot; attempts {html.escape(by_state) or 'none'} &middot; "
+                f"{age:.0f} s old")
 
 
 def tasks_frame(rows: list[dict]) -> pd.DataFrame:
-    """Task records as a table indexed by ``id``: ``name``, ``state``, ``n_jobs``,
-    ``n_done``, ``site``, ``owner``, and ``created_at``/``ended_at`` as UTC timestamps
-    (from seconds since the epoch; ``NaT`` while not ended)."""
-    cols = ["id", "name", "state", "n_jobs", "n_done", "site", "owner", "created_at",
-            "ended_at"]
+    """Task records as a table indexed by ``id``: ``name``, ``state``, ``outcome`` (the
+    task's one label), ``n_jobs``, ``n_done``, ``jobs_lost``, ``events_lost`` (<NA>
+    without a dataset), ``wall_s`` (seconds), ``site``, ``owner``, and
+    ``created_at``/``ended_at`` as UTC timestamps (from seconds since the epoch; ``NaT``
+    while not ended)."""
+    cols = ["id", "name", "state", "outcome", "n_jobs", "n_done", "jobs_lost", "events_lost",
+            "wall_s", "site", "owner", "created_at", "ended_at"]
+    rows = [{**r, "outcome": (s := summary_of(r))["label"], "jobs_lost": s["jobs_lost"],
+             "events_lost": s["events_lost"], "wall_s": s["wall_s"]} for r in rows]
     df = pd.DataFrame(rows, columns=cols)
+    df["events_lost"] = df["events_lost"].astype("Int64")
     for col in ("created_at", "ended_at"):
         df[col] = pd.to_datetime(df[col], unit="s", utc=True)
     return df.set_index("id")

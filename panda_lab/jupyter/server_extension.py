@@ -34,6 +34,11 @@ from panda_lab import runtime
 from panda_lab.model import JobState
 from panda_lab.widgets.snapshot import group_errors, merge_error_group
 
+try:  # the brokerage's own sentence for a decision, where the model words it
+    from panda_lab.model.explain import explain as explain_brokerage
+except ImportError:  # a model without it: the panel words the decision itself
+    explain_brokerage = None
+
 PREFIX = "panda-lab"
 
 
@@ -178,40 +183,60 @@ class TasksHandler(PandaHandler):
 
 
 class TaskHandler(PandaHandler):
-    """A task as the panel shows it: its record, jobs per site and state, and its failed
-    attempts grouped by category and message (with an example job to open)."""
+    """A task as the panel shows it: its record, jobs per site and state, its failed
+    attempts grouped by category and message (with an example job to open), every
+    attempt for the task stream, and an analysis task's report (``task.report()``)."""
 
-    #: Jobs listed with a task (each opens to its brokerage decision and logs).
-    JOBS_SHOWN = 50
+    #: Logical jobs listed with a task (each opens to its brokerage decision and logs).
+    JOBS_SHOWN = 500
+    #: Attempts drawn in the task stream (the oldest first).
+    ATTEMPTS_SHOWN = 2000
+    #: What the panel reads of an attempt: the job table's and the task stream's columns.
+    ATTEMPT_FIELDS = ("id", "job_index", "attempt", "state", "site", "pilot_id",
+                      "created_at", "started_at", "ended_at", "error_category",
+                      "error_message")
 
     @tornado.web.authenticated
     async def get(self, task: str) -> None:
         """The task's record plus ``errors`` (groups as dicts, a merge error first),
-        ``jobs`` (the first :attr:`JOBS_SHOWN`: ``id``, ``job_index``, ``attempt``,
-        ``state``, ``site``) and ``n_jobs_listed``; the server's 404 for an unknown
-        task."""
+        ``jobs`` (the newest attempt of the first :attr:`JOBS_SHOWN` logical jobs, each
+        with :attr:`ATTEMPT_FIELDS` and ``attempts``, how many it had), ``n_jobs_listed``,
+        ``attempts`` (every attempt, up to :attr:`ATTEMPTS_SHOWN`, with
+        :attr:`ATTEMPT_FIELDS`) and ``report`` (an analysis task's input ranges as
+        ``GET /api/tasks/ID/report`` gives them; None for other tasks); the server's 404
+        for an unknown task."""
         async def summary() -> dict:
-            info, jobs = await asyncio.gather(
+            info, every = await asyncio.gather(
                 self.link.request("GET", f"/api/tasks/{task}"),
-                self.link.request("GET", f"/api/tasks/{task}/jobs"))
-            errors = []
-            if info["attempts_by_state"].get(JobState.FAILED):
-                failed = await self.link.request(
-                    "GET", f"/api/tasks/{task}/jobs",
-                    params={"all_attempts": "true", "state": str(JobState.FAILED)})
-                errors = [g.__dict__ for g in group_errors(failed) if g.category != "merge"]
+                self.link.request("GET", f"/api/tasks/{task}/jobs",
+                                  params={"all_attempts": "true"}))
+            report = None
+            if info["options"].get("kind") == "analysis":
+                report = await self.link.request("GET", f"/api/tasks/{task}/report")
+            failed = [j for j in every if j["state"] == JobState.FAILED]
+            errors = [g.__dict__ for g in group_errors(failed) if g.category != "merge"]
             merge = merge_error_group(info)  # results that could not be merged, first
             if merge is not None:
                 errors.insert(0, merge.__dict__)
-            shown = [{k: j[k] for k in ("id", "job_index", "attempt", "state", "site")}
-                     for j in jobs[: self.JOBS_SHOWN]]
-            return {**info, "errors": errors, "jobs": shown, "n_jobs_listed": len(jobs)}
+            newest: dict[int, dict] = {}
+            tries: dict[int, int] = {}
+            for j in every:  # by index, then attempt: the last one seen is the newest
+                newest[j["job_index"]] = j
+                tries[j["job_index"]] = tries.get(j["job_index"], 0) + 1
+            shown = [{**{k: j.get(k) for k in self.ATTEMPT_FIELDS},
+                      "attempts": tries[j["job_index"]]}
+                     for j in list(newest.values())[: self.JOBS_SHOWN]]
+            attempts = [{k: j.get(k) for k in self.ATTEMPT_FIELDS}
+                        for j in sorted(every, key=lambda j: j["id"])[: self.ATTEMPTS_SHOWN]]
+            return {**info, "errors": errors, "jobs": shown, "n_jobs_listed": len(newest),
+                    "attempts": attempts, "report": report}
         await self.answer(summary)
 
 
 class TaskActionHandler(PandaHandler):
-    """``POST /panda-lab/tasks/ID/kill`` or ``.../retry``: the server's answer, or its
-    refusal's status (409 for a task the action does not apply to)."""
+    """``POST /panda-lab/tasks/ID/kill``, ``.../retry`` or ``.../acknowledge`` (its failed
+    jobs seen: they leave the status bar's count): the server's answer, or its refusal's
+    status (409 for a task the action does not apply to)."""
 
     @tornado.web.authenticated
     async def post(self, task: str, action: str) -> None:
@@ -219,11 +244,18 @@ class TaskActionHandler(PandaHandler):
 
 
 class JobHandler(PandaHandler):
-    """One attempt: its brokerage decision, status history, output tails and traceback."""
+    """One attempt: its brokerage decision, status history, output tails and traceback,
+    and ``explanation``: the model's sentence for the decision (None where the model has
+    no ``explain``; the panel then words it from ``broker_info``)."""
 
     @tornado.web.authenticated
     async def get(self, job: str) -> None:
-        await self.answer(lambda: self.link.request("GET", f"/api/jobs/{job}"))
+        async def one() -> dict:
+            out = await self.link.request("GET", f"/api/jobs/{job}")
+            out["explanation"] = (explain_brokerage(out.get("broker_info") or {})
+                                  if explain_brokerage is not None else None)
+            return out
+        await self.answer(one)
 
 
 class SitesHandler(PandaHandler):
@@ -235,20 +267,13 @@ class SitesHandler(PandaHandler):
 
 
 class CountsHandler(PandaHandler):
-    """What the status bar shows: jobs running and queued now over all sites, and the
-    failed attempts of the recent tasks (the last 50): ``{"running", "queued",
-    "failed"}``, counts of jobs."""
+    """What the status bar shows, the server's ``GET /api/counts`` (one SQL aggregate
+    each, panda_lab/store/rows/counts.py): ``{"running", "prefetched", "waiting",
+    "failed", "failed_tasks"}``."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        async def counts() -> dict:
-            sites, tasks = await asyncio.gather(
-                self.link.request("GET", "/api/sites"),
-                self.link.request("GET", "/api/tasks", params={"limit": 50}))
-            return {"running": sum(s["running"] for s in sites),
-                    "queued": sum(s["queued"] for s in sites),
-                    "failed": sum(t["attempts_by_state"].get(JobState.FAILED, 0) for t in tasks)}
-        await self.answer(counts)
+        await self.answer(lambda: self.link.request("GET", "/api/counts"))
 
 
 class EventsHandler(PandaHandler):
@@ -293,7 +318,7 @@ ROUTES = [
     (r"/states", StatesHandler),
     (r"/tasks", TasksHandler),
     (r"/tasks/(\d+)", TaskHandler),
-    (r"/tasks/(\d+)/(kill|retry)", TaskActionHandler),
+    (r"/tasks/(\d+)/(kill|retry|acknowledge)", TaskActionHandler),
     (r"/jobs/(\d+)", JobHandler),
     (r"/sites", SitesHandler),
     (r"/counts", CountsHandler),

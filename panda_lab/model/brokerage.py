@@ -1,25 +1,101 @@
-"""Brokerage: choose a site for each job.  Filter, then weight, then a weighted random pick.
+"""Brokerage: choose a site for each job.  Filter, then weigh by a cost model, then a
+weighted random pick; every decision is kept on the job with its reasons.
 
-PanDA's brokerage rule: drop the sites that cannot take the job (offline, not in the
-job's list), weigh the rest by their free capacity (more where the job's input data is
-stored), pick at random by weight.  Every decision is kept on the job (``broker_info``)
-so a user can see why a job went where it went.
+The rules, and where they come from:
 
-The module is pure: it takes a snapshot (the requests, and the site loads the store
-read in the same transaction) and returns the decisions with their explanation; it
-never sees the database.  The store calls it inside the transaction that inserts the
-attempts it places; the simulator may call the same function.
+* Filters (PanDA's JEDI brokers drop candidates with a reason and count them per check):
+  ``task`` (the site is not among those the job accepts), ``offline``, ``avoided`` (an
+  earlier attempt failed there; dropped only while another site is left), ``link`` (the
+  job's input can only be read over a link marked unusable, 0 MB/s).
+* Weight (PanDA weighs by free capacity; JEDI's production broker adds a network weight
+  from FTS throughput but, by default, only logs it: ``NW_ACTIVE`` false).  Here the
+  weight is a product of factors, each shown on the decision:
+
+  - ``free``: capacity / (1 + queued + running), PanDA's free-capacity weight;
+  - ``speed``: the time a job takes on a prior slot over the time it takes on this
+    site's slots (``slot_rate``, events/s, measured from scouts and past jobs);
+  - ``network``: the share of the job's time that is not spent reading remote input
+    (compute / (compute + read), the CPU efficiency the link allows); read time = bytes
+    not at the site / the best replica's link throughput + latency x requests.  A link
+    never measured gets at least :data:`PROBE_FLOOR` for its first :data:`PROBE_JOBS`
+    jobs, so that it is tried and learned.  A link is shared: its throughput is divided
+    among the site's jobs reading over it at once (``readers``, at most its slots, each
+    reading for its share of the job's time), as JEDI's network weight counts the files
+    queued on a link;
+  - ``locality``: :data:`DATA_NEAR` for a site near the job's data, where the network
+    term is not used (policy ``locality``/``passive``, or input sizes unknown);
+  - ``reliability``: 1 - f for a site failing a fraction f of its recent attempts
+    (PanDA's site classes): only (1 - f) of its slot time yields results, so its share
+    follows its useful capacity.  (Squaring it, to count the expected 1/(1 - f) attempts
+    as well, under-used such a site in the simulator: bulks finished a job length later.)
+
+  ``speed x network`` is (prior job time) / (job time here), so with free capacity
+  alike the weight falls as the estimated job time grows; ``free`` carries the queue.
+* Pick: at random by weight with the caller's generator (seeded: reproducible); the
+  loads are updated as jobs are placed, so a bulk submission spreads.
+
+Pure: a snapshot in (requests, loads, links), decisions out; the store calls it inside
+the transaction that inserts the attempts it places, the simulator calls the same code.
+The explanation helpers are in :mod:`panda_lab.model.explain`.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from panda_lab.model.network import PRIOR, Link, LinkEstimate, effective
 from panda_lab.model.states import SiteState
 
 #: The site name that lets brokerage choose among every site.
 ANY = "ANY"
+
+
+class Policy(StrEnum):
+    """How brokerage weighs the candidates that pass the filters."""
+
+    #: The cost model with the network term applied (the default).
+    NETWORK = "network"
+    #: The network term computed and shown, not applied (PanDA's ``NW_ACTIVE`` false).
+    PASSIVE = "passive"
+    #: No network term: free capacity, speed, reliability and the data-locality factor.
+    LOCALITY = "locality"
+    #: Each passing candidate in turn, for comparison.
+    ROUND_ROBIN = "round-robin"
+    #: The passing candidate with the fewest jobs per slot, for comparison.
+    LEAST_LOADED = "least-loaded"
+
+
+#: The network switch of a server or a task (``active``/``passive``/``off``) as a policy.
+NETWORK_MODES: dict[str, Policy] = {"active": Policy.NETWORK, "passive": Policy.PASSIVE,
+                                    "off": Policy.LOCALITY}
+
+#: How much more a site near the job's data weighs than one that would read it remotely,
+#: where the network term is not used.  Over equally loaded sites a near site's share of a
+#: bulk grows as the square root of the factor (weights are rechecked as jobs are
+#: placed): 9 gives it three times the jobs of each other site.
+DATA_NEAR = 9.0
+#: Events per second of a slot never measured, when no site of the snapshot was measured
+#: either (else their median is the prior): a coffea columnar analysis of NanoAOD reads
+#: some 10^4-10^5 events/s per core; the low end keeps an unmeasured site modest.
+PRIOR_SLOT_RATE = 20_000.0
+#: Seconds a job costs before it reads or computes (payload start, imports); it keeps the
+#: speed and network factors finite for jobs of unknown size.
+JOB_START_S = 1.0
+#: Least network factor of a link never measured.  One quarter of a local site's weight:
+#: enough that the first bulk over such a link sends it a few jobs (whose reports then
+#: replace the prior), little enough that a really slow link costs only those few.
+PROBE_FLOOR = 0.25
+#: Jobs an unmeasured link gets at the probing floor: once this many are queued or
+#: running over it, it is weighed on its prior like any other until their reports come.
+PROBE_JOBS = 2
+#: Least reliability factor: a site failing every attempt still gets an occasional job,
+#: so its recovery is noticed.
+RELIABILITY_FLOOR = 0.02
 
 
 def sites_of(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -44,31 +120,53 @@ class SiteLoad:
     running: int = 0      # jobs on pilots there
     reason: str = ""
     endpoint: str = ""    # the storage endpoint near the site, if it names one
+    #: Events per second per slot measured there (scouts, past jobs); None: a prior.
+    slot_rate: float | None = None
+    #: Fraction of recent attempts that failed there, 0..1.
+    failure_rate: float = 0.0
+    #: Input files held in the site's stage-in cache (they count as local).
+    cached: frozenset[str] = frozenset()
+    #: Mean seconds of a job there, for the queue-wait estimate; None: this job's own.
+    mean_job_s: float | None = None
+    #: Endpoint -> jobs queued or running there that read their input from it: they share
+    #: the link (JEDI's network weight counts the files queued on a link likewise).
+    #: Brokerage adds the jobs it places.
+    readers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class Request:
-    """One job to place: the sites it accepts and the sites to avoid if possible."""
+    """One job to place: the sites it accepts, the sites to avoid if possible, and what
+    it reads."""
 
     sites: tuple[str, ...] = (ANY,)
     avoid: frozenset[str] = field(default_factory=frozenset)
     #: Storage endpoints holding the job's input: sites near one of them are preferred.
     near: frozenset[str] = field(default_factory=frozenset)
-
-
-#: How much more a site near the job's data weighs than one that would read it remotely.
-#: PanDA sends jobs to their data; a factor rather than a filter keeps the other sites
-#: working when the near one is busy.  Weights are recomputed as a bulk submission is
-#: placed, so over equally loaded sites a near site's share grows as the square root of
-#: the factor: 9 gives it three times the jobs of each other site.
-DATA_NEAR = 9.0
+    #: Events the job processes (0: unknown).
+    events: int = 0
+    #: Endpoint -> bytes of this job's input stored there (replicas: the same bytes at
+    #: several endpoints).
+    input_bytes: dict[str, int] = field(default_factory=dict)
+    #: The job's input files (names as in a site's ``cached``).
+    files: tuple[str, ...] = ()
+    #: Read requests the job makes (each costs the link's latency).
+    read_requests: int = 1
 
 
 @dataclass
 class Choice:
-    """Where one request goes (``site``; never None from :func:`choose`) and why:
-    ``info`` is ``{"picked", "weights": {site: weight}, "rejected": {site: reason},
-    optional "near_data": [site], optional "note"}``, kept on the job as ``broker_info``."""
+    """Where one request goes (``site``; never None from :func:`choose`) and why.
+
+    ``info`` (kept on the job as ``broker_info``, JSON, floats rounded) is ``{"picked",
+    "policy", optional "read_from": the endpoint whose replica the job should read when
+    it reads remotely (the best link's), "weights": {site: weight} of the candidates that
+    passed, "rejected": {site: reason} (offline, avoided, link), optional "near_data":
+    [site], optional "note", "candidates": [{"site", "passed", "filter", "reason",
+    "factors": {"free", "speed", "locality", "network", "reliability"}, "est": {"queue_s",
+    "read_s", "compute_s", "total_s"}, "access": "local"|"remote", optional "link": {"endpoint",
+    "mbps", "source", "observations"}, "weight", "picked"}]}``; a candidate that failed a
+    filter has ``factors`` and ``est`` None and weight 0."""
 
     site: str | None
     info: dict
@@ -78,62 +176,359 @@ class BrokerageError(ValueError):
     """No site can take the job; the message says why."""
 
 
-def _weight(load: SiteLoad) -> float:
-    # PanDA weighs sites by how much of their capacity is free: a site with many
-    # idle slots and a short queue gets more of the work.
-    cap = max(load.capacity, 1)
-    return cap / (1.0 + load.queued + load.running)
+class _Link:
+    """Link lookup: the caller's links (or estimates), else the prior."""
+
+    def __init__(self, links: Mapping[tuple[str, str], Link | LinkEstimate] | None,
+                 now: float | None) -> None:
+        self.links = links or {}
+        self.now = now
+        self.cache: dict[tuple[str, str], Link] = {}
+
+    def get(self, endpoint: str, site: str) -> Link:
+        key = (endpoint, site)
+        link = self.cache.get(key)
+        if link is None:
+            got = self.links.get(key)
+            if isinstance(got, LinkEstimate):
+                link = effective(got, None, self.now if self.now is not None else 0.0)
+            elif got is None:
+                link = Link(endpoint, site, PRIOR.mbps, PRIOR.latency_ms)
+            else:
+                link = got
+            self.cache[key] = link
+        return link
+
+
+class _Static:
+    """What a candidate costs a job whatever its queue: kept per request shape in a call
+    (a bulk of like jobs computes it once per site)."""
+
+    __slots__ = ("compute_s", "lat_s", "link", "locality", "near", "read_s", "remote",
+                 "speed", "use_net", "work", "xfer_s")
+
+
+class _Cost:
+    """The factors and estimates of one passing candidate."""
+
+    __slots__ = ("free", "network", "queue_s", "read_s", "reliability", "st", "weight")
+
+
+_INF = float("inf")
+
+
+def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Policy,
+            nbytes: int) -> _Static:
+    st = _Static()
+    ib = req.input_bytes
+    local = ib.get(s.endpoint, 0) if s.endpoint and nbytes else 0
+    if req.files and s.cached:
+        local = max(local, nbytes * sum(f in s.cached for f in req.files) // len(req.files))
+    remote = nbytes - local if nbytes > local else 0
+    read_s, best = 0.0, None
+    if remote:
+        read_s = _INF
+        for ep, held in ib.items():
+            if held > 0 and ep != s.endpoint:
+                link = links.get(ep, s.name)
+                t = link.read_s(remote, req.read_requests)
+                if best is None or t < read_s:
+                    read_s, best = t, link
+    xfer_s = remote / (best.mbps * 1e6) if best is not None and best.mbps > 0 else 0.0
+    lat_s = max(req.read_requests, 1) * best.latency_ms / 1e3 if best is not None else 0.0
+    if local and (s.endpoint, s.name) in links.links:
+        # The site's own storage is read over a link too: free while nothing is known of
+        # it, its declared or learned throughput once something is (a slow local disk
+        # or a throttled door is then seen like a slow remote link).
+        own = links.get(s.endpoint, s.name)
+        read_s += own.read_s(local, req.read_requests)
+        xfer_s += local / (own.mbps * 1e6) if own.mbps > 0 else 0.0
+        lat_s = max(lat_s, max(req.read_requests, 1) * own.latency_ms / 1e3)
+        best = best or own
+    st.read_s, st.link, st.remote = read_s, best, remote
+    st.xfer_s, st.lat_s = xfer_s, lat_s
+    rate = s.slot_rate or prior_rate
+    st.compute_s = compute_s = req.events / rate if req.events else 0.0
+    st.work = work = compute_s + JOB_START_S
+    st.speed = (req.events / prior_rate + JOB_START_S) / work if req.events else 1.0
+    st.near = near = (bool(s.endpoint) and (s.endpoint in req.near or local > 0)) or (
+        nbytes > 0 and remote == 0)
+    st.use_net = use_net = policy is Policy.NETWORK and nbytes > 0
+    st.locality = DATA_NEAR if near and not use_net else 1.0
+    return st
+
+
+def _read(st: _Static, s: SiteLoad, cap: int) -> float:
+    """Seconds the job would read for at ``s``.  Its link is shared by the site's other
+    jobs reading over it (``k``: at most its other slots), each reading for its share of
+    the job's time, so ``r = x (1 + k r / (r + w)) + l`` (``x`` transfer alone, ``l``
+    latency, ``w`` the rest of the job): the positive root of that quadratic."""
+    readers = s.readers.get(st.link.endpoint, 0) if s.readers else 0
+    k = readers if readers < cap - 1 else cap - 1
+    x, lat, w = st.xfer_s, st.lat_s, st.work
+    if k <= 0:
+        return x + lat
+    b = w - x * (1 + k) - lat
+    return (-b + math.sqrt(b * b + 4 * (x + lat) * w)) / 2
+
+
+def _network(st: _Static, s: SiteLoad, cap: int) -> tuple[float, float]:
+    """``(read seconds, network factor)`` of a candidate with a remote read."""
+    read_s = _read(st, s, cap)
+    network = st.work / (st.work + read_s)
+    if network < PROBE_FLOOR and st.link.observations == 0 and \
+            (s.readers.get(st.link.endpoint, 0) if s.readers else 0) < PROBE_JOBS:
+        network = PROBE_FLOOR
+    return read_s, network
+
+
+def _weight(st: _Static, s: SiteLoad) -> float:
+    cap = s.capacity if s.capacity > 1 else 1
+    fr = 1.0 - s.failure_rate
+    w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
+        fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
+    if st.use_net and st.link is not None:
+        w *= _network(st, s, cap)[1]
+    return w
+
+
+def _cost(st: _Static, s: SiteLoad, policy: Policy) -> _Cost:
+    """The whole record of a candidate (its weight as :func:`_weight`)."""
+    c = _Cost()
+    c.st = st
+    cap = s.capacity if s.capacity > 1 else 1
+    read_s, network = _network(st, s, cap) if st.link is not None else (0.0, 1.0)
+    c.read_s = read_s
+    c.network = None if policy is Policy.LOCALITY else network
+    busy = s.queued + s.running
+    ahead = busy + 1 - cap
+    c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None
+                               else st.work + read_s) if ahead > 0 else 0.0
+    c.free = cap / (1.0 + busy)
+    fr = 1.0 - s.failure_rate
+    c.reliability = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
+    c.weight = _weight(st, s)
+    return c
+
+
+def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool) -> dict:
+    st = c.st
+    read, q, comp = c.read_s, c.queue_s, st.compute_s
+    net = c.network
+    out = {"site": s.name, "passed": True, "filter": None, "reason": reason,
+           "factors": {"free": round(c.free, 3), "speed": round(st.speed, 4),
+                       "locality": st.locality,
+                       "network": None if net is None else round(net, 4),
+                       "reliability": round(c.reliability, 4)},
+           "est": {"queue_s": round(q, 3), "read_s": round(read, 3),
+                   "compute_s": round(comp, 3), "total_s": round(q + read + comp, 3)},
+           "access": "remote" if st.remote else "local", "weight": round(c.weight, 4),
+           "picked": picked}
+    link = st.link
+    if link is not None:
+        out["link"] = {"endpoint": link.endpoint, "mbps": round(link.mbps, 2),
+                       "source": link.source, "observations": link.observations}
+    return out
 
 
 def choose(
     requests: list[Request],
     loads: list[SiteLoad],
     rng: random.Random | None = None,
+    *,
+    links: Mapping[tuple[str, str], Link | LinkEstimate] | None = None,
+    policy: Policy | str = Policy.NETWORK,
+    now: float | None = None,
+    record: bool = True,
 ) -> list[Choice]:
     """Place each request: one :class:`Choice` per request, in order.
 
-    ``loads`` are updated as jobs are placed (``queued`` grows), so a bulk submission
-    spreads over the sites instead of piling onto the one that looked emptiest.  Raises
-    :class:`BrokerageError` for a request naming an unknown site, or when there is no
-    site at all."""
+    ``links`` maps ``(endpoint, site)`` to a :class:`~panda_lab.model.network.Link` (as
+    :func:`~panda_lab.model.network.effective` gives) or a raw ``LinkEstimate`` (made
+    effective at ``now``); a pair not there is the prior.  ``policy`` is a
+    :class:`Policy` or its value.  ``loads`` are updated as jobs are placed (``queued``
+    grows), so a bulk submission spreads.  A job whose every candidate fails a filter is
+    kept: it is queued at its first accepted site (an online one if any) with a note, to
+    wait there.  ``record=False`` (the simulator) keeps only ``{"picked", "policy"}`` in
+    ``info``; the decisions are the same.  Raises :class:`BrokerageError` for a request
+    naming an unknown site, or when there is no site at all."""
     rng = rng or random.Random()
+    policy = Policy(policy)
+    if not loads:
+        raise BrokerageError("no site to choose from")
     by_name = {s.name: s for s in loads}
+    measured = [s.slot_rate for s in loads if s.slot_rate]
+    ctx = _Call(loads, statistics.median(measured) if measured else PRIOR_SLOT_RATE,
+                _Link(links, now), policy, rng, record)
+    everyone = ctx.everyone
     out: list[Choice] = []
     for req in requests:
-        wanted = [s for s in loads] if ANY in req.sites else []
-        for name in req.sites:
-            if name == ANY:
-                continue
-            if name not in by_name:
-                raise BrokerageError(
-                    f"unknown site {name!r}; known sites: {', '.join(sorted(by_name)) or 'none'}"
-                )
-            if by_name[name] not in wanted:
-                wanted.append(by_name[name])
-        rejected = {s.name: f"offline: {s.reason}" for s in wanted
-                    if s.state != SiteState.ONLINE}
-        ok = [s for s in wanted if s.state == SiteState.ONLINE]
-        if not ok:
-            # Keep the job: it waits for a site of its list to come back.
-            fallback = wanted[0].name if wanted else None
-            if fallback is None:
-                raise BrokerageError("no site to choose from")
-            out.append(Choice(fallback, {"picked": fallback, "rejected": rejected,
-                                         "note": "every candidate offline; queued anyway"}))
-            by_name[fallback].queued += 1
-            continue
-        preferred = [s for s in ok if s.name not in req.avoid] or ok
-        for s in ok:
-            if s not in preferred:
-                rejected[s.name] = "avoided: an earlier attempt failed there"
-        near = [s.name for s in preferred if s.endpoint and s.endpoint in req.near]
-        weights = [_weight(s) * (DATA_NEAR if s.name in near else 1.0) for s in preferred]
-        pick = rng.choices(preferred, weights=weights, k=1)[0]
-        pick.queued += 1
-        info = {"picked": pick.name,
-                "weights": {s.name: round(w, 4) for s, w in zip(preferred, weights, strict=True)},
-                "rejected": rejected}
-        if req.near:
-            info["near_data"] = near
-        out.append(Choice(pick.name, info))
+        if ANY in req.sites:
+            accepted = everyone
+        else:
+            for name in req.sites:
+                if name not in by_name:
+                    raise BrokerageError(f"unknown site {name!r}; known sites: "
+                                         f"{', '.join(sorted(by_name)) or 'none'}")
+            accepted = set(req.sites)
+        out.append(ctx.place(req, accepted))
     return out
+
+
+def _draw(rng: random.Random, weights: list[float]) -> int:
+    """An index drawn with probability proportional to its weight (uniform if all are 0)."""
+    total = sum(weights)
+    if total <= 0:
+        return rng.randrange(len(weights))
+    r = rng.random() * total
+    for k, w in enumerate(weights):
+        r -= w
+        if r < 0:
+            return k
+    return len(weights) - 1
+
+
+class _Call:
+    """One :func:`choose` call: its snapshot, and what it computed once for all jobs."""
+
+    def __init__(self, loads: list[SiteLoad], prior_rate: float, links: _Link,
+                 policy: Policy, rng: random.Random, record: bool) -> None:
+        self.loads, self.prior_rate, self.links = loads, prior_rate, links
+        self.policy, self.rng, self.record = policy, rng, record
+        self.any_cache = any(s.cached for s in loads)
+        self.everyone = {s.name for s in loads}
+        self.online = [s for s in loads if s.state == SiteState.ONLINE]
+        self.offline = {s.name: f"offline: {s.reason}" for s in loads
+                        if s.state != SiteState.ONLINE}
+        self.index = {s.name: i for i, s in enumerate(loads)}
+        self.rejected_records: dict[tuple[str, str, str], dict] = {}
+        self.shapes: dict[tuple, dict[str, _Static]] = {}
+
+    def _rejected(self, s: SiteLoad, filt: str, reason: str) -> dict:
+        # one record per (site, filter, reason) in a call: a bulk shares them
+        key = (s.name, filt, reason)
+        rec = self.rejected_records.get(key)
+        if rec is None:
+            self.rejected_records[key] = rec = {
+                "site": s.name, "passed": False, "filter": filt, "reason": reason,
+                "factors": None, "est": None, "access": None, "weight": 0.0, "picked": False}
+        return rec
+
+    def place(self, req: Request, accepted: set[str]) -> Choice:
+        loads, policy, record = self.loads, self.policy, self.record
+        rejected: dict[str, str] = {}
+        records: list[dict | None] = []
+        passing: list[tuple[SiteLoad, _Static, int]] = []
+        avoid = req.avoid
+        all_avoided = not avoid or all(s.name in avoid for s in loads
+                                       if s.name in accepted and s.state == SiteState.ONLINE)
+        nbytes = max(req.input_bytes.values()) if req.input_bytes else 0
+        shape = (req.events, tuple(req.input_bytes.items()), req.read_requests, req.near,
+                 req.files if self.any_cache else None)
+        statics = self.shapes.get(shape)
+        if statics is None:
+            self.shapes[shape] = statics = {}
+        weigh = policy not in (Policy.ROUND_ROBIN, Policy.LEAST_LOADED) or record
+        weights: list[float] = []
+        if not avoid and accepted is self.everyone:
+            # the common case: every site accepted, none avoided; the offline ones are
+            # the same for every job of the call
+            rejected = dict(self.offline)
+            if record:
+                records = [self._rejected(s, "offline", rejected[s.name])
+                           if s.name in rejected else None for s in loads]
+            todo = self.online
+        else:
+            todo = loads
+        fast = todo is self.online
+        for s in todo:
+            name = s.name
+            filt = None
+            if fast:
+                pass
+            elif name not in accepted:
+                why, filt = "not accepted by the task", "task"
+            elif s.state != SiteState.ONLINE:
+                why, filt = f"offline: {s.reason}", "offline"
+            elif avoid and name in avoid and not all_avoided:
+                why, filt = "avoided: an earlier attempt failed there", "avoided"
+            if filt is None:
+                st = statics.get(name)
+                if st is None:
+                    statics[name] = st = _static(req, s, self.prior_rate, self.links, policy,
+                                                 nbytes)
+                if st.read_s != _INF:
+                    if fast:
+                        passing.append((s, st, self.index[name]))
+                    else:
+                        passing.append((s, st, len(records)))
+                        records.append(None)
+                    if weigh:  # _weight, inlined: this loop is the cost of brokerage
+                        cap = s.capacity if s.capacity > 1 else 1
+                        fr = 1.0 - s.failure_rate
+                        w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
+                            fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
+                        if st.use_net and st.link is not None:
+                            w *= _network(st, s, cap)[1]
+                        weights.append(w)
+                    continue
+                why, filt = f"link {st.link.endpoint} -> {name} unusable (0 MB/s)", "link"
+            if filt != "task":
+                rejected[name] = why
+            if not record:
+                continue
+            if fast:
+                records[self.index[name]] = self._rejected(s, filt, why)
+            else:
+                records.append(self._rejected(s, filt, why))
+        if not passing:
+            return self._fallback(req, accepted, rejected, records)
+        if policy is Policy.ROUND_ROBIN:
+            i = sum(s.queued + s.running for s in loads) % len(passing)
+            reason = "next in turn"
+        elif policy is Policy.LEAST_LOADED:
+            per_slot = [(s.queued + s.running) / max(s.capacity, 1) for s, _, _ in passing]
+            i = per_slot.index(min(per_slot))
+            reason = "least loaded"
+        else:
+            i = _draw(self.rng, weights)
+            reason = "weighted random pick"
+        pick, picked, _ = passing[i]
+        info: dict = {"picked": pick.name, "policy": str(policy)}
+        if record:  # each candidate as it was weighed, before the pick adds to its load
+            for k, (s, st, at) in enumerate(passing):
+                records[at] = _record(s, _cost(st, s, policy), reason if k == i else "passed",
+                                      k == i)
+            info.update(weights={s.name: round(w, 4) for (s, _, _), w
+                                 in zip(passing, weights, strict=True)},
+                        rejected=rejected, candidates=records)
+        pick.queued += 1
+        if picked.link is not None:
+            info["read_from"] = ep = picked.link.endpoint
+            pick.readers[ep] = pick.readers.get(ep, 0) + 1
+        if not record:
+            return Choice(pick.name, info)
+        if avoid and all_avoided and avoid & {s.name for s, _, _ in passing}:
+            info["note"] = "every accepted site was avoided; weighed them all"
+        if req.near or req.input_bytes:
+            info["near_data"] = [s.name for s, st, _ in passing if st.near]
+        return Choice(pick.name, info)
+
+    def _fallback(self, req: Request, accepted: set[str], rejected: dict[str, str],
+                  records: list) -> Choice:
+        named = {s.name: s for s in self.loads}
+        order = sorted([named[n] for n in req.sites if n in named] or
+                       [s for s in self.loads if s.name in accepted],
+                       key=lambda s: s.state != SiteState.ONLINE)
+        pick = order[0]
+        pick.queued += 1
+        info: dict = {"picked": pick.name, "policy": str(self.policy)}
+        if self.record:
+            info.update(weights={}, rejected=rejected,
+                        candidates=[{**r, "picked": r["site"] == pick.name} for r in records],
+                        note="no candidate passed the filters; queued anyway")
+        return Choice(pick.name, info)
+
+
+# The decisions in words and counts, importable with the brokerage itself.
+from panda_lab.model.explain import explain, filter_summary  # noqa: E402, F401

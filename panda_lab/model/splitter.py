@@ -54,6 +54,7 @@ class SplitFile(TypedDict):
     #: Entries at which every branch starts a basket: 0, rising strictly, to ``entries``.
     clusters: list[int]
     replicas: NotRequired[list[dict]]
+    size_bytes: NotRequired[int]
 
 
 @dataclass
@@ -116,8 +117,11 @@ def check_clusters(path: str, entries: int, clusters: Sequence[int]) -> None:
 
 
 def _chunk(f: SplitFile, start: int, stop: int) -> dict:
+    # ``bytes``: the range's share of its file, what brokerage weighs reading it by
+    size = f.get("size_bytes") or 0
     return {"file_index": f["file_index"], "path": f["path"], "tree": f["tree"],
-            "start": start, "stop": stop, "replicas": f.get("replicas", [])}
+            "start": start, "stop": stop, "replicas": f.get("replicas", []),
+            "bytes": size * (stop - start) // f["entries"] if f["entries"] else 0}
 
 
 def split_range(f: SplitFile, start: int, stop: int, events_per_job: int) -> list[dict]:
@@ -223,24 +227,30 @@ class Scouting:
 
 
 def size_from_scouts(measures: Sequence[Mapping[str, Any]],
-                     target_job_seconds: float) -> Scouting:
+                     target_job_seconds: float, max_events: int | None = None) -> Scouting:
     """The size of the remaining jobs from the scouts' measures: one mapping per finished
     scout job with ``events``, ``seconds``, ``rss_mb`` (may be None) and ``site``.
 
     The slowest site's median rate sets the size (at least :data:`MIN_EVENTS_PER_JOB`), so
     no site's jobs run far past the target; without a usable measure (no scout finished,
-    or none with events and time), :data:`FALLBACK_EVENTS`."""
+    or none with events and time), :data:`FALLBACK_EVENTS`.  ``max_events`` (the memory a
+    payload worker has, as the embedded default sizes it) caps either, never below
+    :data:`MIN_EVENTS_PER_JOB`; the note says when it did."""
+    cap = max(MIN_EVENTS_PER_JOB, max_events) if max_events else None
     good = [m for m in measures if m["seconds"] > 0 and m["events"] > 0]
     if not good:
-        return Scouting(None, None, {}, FALLBACK_EVENTS,
-                        f"no scout finished; {FALLBACK_EVENTS} events per job")
+        epj = min(FALLBACK_EVENTS, cap) if cap else FALLBACK_EVENTS
+        return Scouting(None, None, {}, epj, f"no scout finished; {epj} events per job")
     per_site: dict[str, list[float]] = {}
     for m in good:
         per_site.setdefault(m["site"] or "?", []).append(m["events"] / m["seconds"])
     rates = {s: statistics.median(v) for s, v in per_site.items()}
     slowest = min(rates.values())
     epj = max(MIN_EVENTS_PER_JOB, int(slowest * target_job_seconds))
+    note = f"{epj} events per job for about {target_job_seconds:g} s on the slowest site"
+    if cap and epj > cap:
+        epj = cap
+        note = f"{epj} events per job: the most a payload worker's memory holds"
     rss = max(m.get("rss_mb") or 0.0 for m in good)
     return Scouting(statistics.median([m["events"] / m["seconds"] for m in good]), rss,
-                    {s: round(r, 1) for s, r in rates.items()}, epj,
-                    f"{epj} events per job for about {target_job_seconds:g} s on the slowest site")
+                    {s: round(r, 1) for s, r in rates.items()}, epj, note)

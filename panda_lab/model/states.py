@@ -119,6 +119,11 @@ TASK_IMMUTABLE: frozenset[TaskState] = frozenset(
 )
 
 
+#: The tones a task's outcome is shown in (:mod:`panda_lab.model.outcome`), least urgent
+#: first: grey, blue, green, orange, red.
+TONES: tuple[str, ...] = ("neutral", "active", "success", "warning", "danger")
+
+
 class TransitionError(ValueError):
     """Raised when a change of state is not in the transition table."""
 
@@ -190,4 +195,5 @@ def vocabulary() -> dict[str, list[str]]:
         "job_unsuccessful": ordered(JOB_UNSUCCESSFUL, JobState),
         "job_retryable": ordered(JOB_RETRYABLE, JobState),
         "pilot_final": ordered(PILOT_FINAL, PilotState),
+        "tones": list(TONES),
     }

@@ -288,7 +288,13 @@ class Pilot:
             return
         dur = max(outcome.ended_at - outcome.started_at, 1e-5)
         self.mean_duration = 0.8 * self.mean_duration + 0.2 * dur if self.done > 1 else dur
-        extra = self._keep_output(job, {"stdout": outcome.stdout, "stderr": outcome.stderr})
+        extra: dict[str, object] = dict(
+            self._keep_output(job, {"stdout": outcome.stdout, "stderr": outcome.stderr}))
+        if outcome.reads:  # bytes, seconds and requests per endpoint: the links measured
+            extra["reads"] = outcome.reads
+        if outcome.events:  # with the payload's seconds: the site's compute rate
+            extra["events"] = outcome.events
+        extra["seconds"] = round(dur, 6)
         if outcome.ok:
             data = outcome.result
             if len(data) > INLINE_LIMIT:

@@ -15,13 +15,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from panda_lab import reads
 from panda_lab.output import Capture
-from panda_lab.payload import Outcome, run_call
+from panda_lab.payload import Outcome, job_directory, run_call
 
 _CTX = mp.get_context("spawn")
 
 #: The environment variable naming the storage endpoint near the pilot's site.
-LOCAL_ENDPOINT = "PANDA_LAB_ENDPOINT"
+LOCAL_ENDPOINT = reads.LOCAL_ENDPOINT
 
 #: Seconds between two sends of a running job's output to the pilot.
 OUTPUT_INTERVAL = 0.5
@@ -87,6 +88,7 @@ def worker_main(conn: Connection) -> None:
     stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
     Returns nothing; what a job raises is in its outcome, never raised here."""
     commons: OrderedDict[int, object] = OrderedDict()
+    own_dir = os.getcwd()  # where a job without a client directory here runs
     lock = threading.Lock()
     ticker = _OutputTicker(conn, lock)
     ticker.start()
@@ -107,6 +109,8 @@ def worker_main(conn: Connection) -> None:
         elif kind == "run":
             _, job_id, task_id, payload = msg[:4]
             spool = msg[4] if len(msg) > 4 else None  # (stdout path, stderr path, limit)
+            # the submitting client's directory, on its own machine (local sites)
+            os.chdir(job_directory(msg[5] if len(msg) > 5 else None) or own_dir)
             common = commons.get(task_id)
             if isinstance(common, Exception):
                 from panda_lab.payload import _error
@@ -117,12 +121,17 @@ def worker_main(conn: Connection) -> None:
             else:
                 streams = _captures(job_id, spool)
                 ticker.watch(job_id, *streams)
+                reads.take()  # what an earlier job left is not this one's
+                reads.take_events()
                 try:
                     outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
                 finally:
                     ticker.watch(None)
                     for stream in streams:
                         stream.finish()
+                # What the job read, per endpoint: how the server learns the network.
+                outcome.reads = reads.take()
+                outcome.events = reads.take_events()
             with lock:
                 conn.send((job_id, outcome))
         elif kind == "env":  # what the pilot learnt at registration (its site's endpoint)
@@ -185,7 +194,8 @@ class Worker:
         if common is not None and job["task"] not in self.commons:
             self.conn.send(("common", job["task"], common))
             self.commons.add(job["task"])
-        self.conn.send(("run", job["id"], job["task"], job["payload"], spool))
+        self.conn.send(("run", job["id"], job["task"], job["payload"], spool,
+                        job.get("workdir")))
         self.job = job
         self.started_at = now
 

@@ -10,8 +10,8 @@ silently mean "default".  :func:`keys_table` renders the models as the README's 
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from panda_lab.resources import LocalPlan, ResourceError, Resources, detect, plan_local
+
+log = logging.getLogger("panda_lab.provisioners")
 
 SITE_KINDS = ("grid", "cloud", "hpc", "local")
 
@@ -228,21 +232,41 @@ class SiteConfig:
                 "endpoint": self.endpoint, **self.extra}
 
 
-def default_sites(cores: int | None = None) -> list[SiteConfig]:
-    """Three sites on this machine, one of each remote kind, honestly labelled local.
+def default_sites(resources: Resources | None = None, *,
+                  plan: LocalPlan | None = None) -> list[SiteConfig]:
+    """The embedded default: local sites sized to what this process may use.
 
-    Each gets one single-slot pilot: with the usual 2 to 8 cores that keeps payloads
-    within about the machine's cores while showing brokerage across three sites.
-    """
-    cores = cores or os.cpu_count() or 2
-    per_site = max(1, cores // 3)
+    ``resources`` (default: :func:`panda_lab.resources.detect`, the cgroup's CPUs and
+    memory, or ``PANDA_LAB_CPUS`` / ``PANDA_LAB_MEMORY``) goes through
+    :func:`panda_lab.resources.plan_local`: three sites, one of each remote kind, honestly
+    labelled local, when memory allows, else one.  Raises :class:`ConfigError` naming the
+    variable when an override is not a valid value.  ``plan``, when given, is used as it is."""
+    plan = plan or local_plan(resources)
     names = (("LOCAL-GRID", "grid"), ("LOCAL-CLOUD", "cloud"), ("LOCAL-HPC", "hpc"))
+    if plan.sites == 1:
+        names = (("LOCAL", "local"),)
     return [
-        SiteConfig(name=name, kind=kind, provisioner="local", pilots=per_site, slots=1,
-                   description=f"local pilot processes on this machine, standing in for a "
-                               f"{kind} site")
+        SiteConfig(name=name, kind=kind, provisioner="local", pilots=plan.pilots,
+                   slots=plan.slots,
+                   description=(f"local pilot processes on this machine, standing in for a "
+                                f"{kind} site" if kind != "local" else
+                                "local pilot processes on this machine"))
         for name, kind in names
     ]
+
+
+def local_plan(resources: Resources | None = None) -> LocalPlan:
+    """:func:`panda_lab.resources.plan_local` of ``resources`` (default: detected), logged;
+    a bad override is a :class:`ConfigError` naming the variable."""
+    try:
+        res = resources or detect()
+    except ResourceError as exc:
+        raise ConfigError(str(exc)) from None
+    plan = plan_local(res)
+    log.info("embedded default: %s", plan.note)
+    for note in res.notes:
+        log.warning("resources: %s", note)
+    return plan
 
 
 def parse_site(name: str, body: Any, source: str = "sites.toml") -> SiteConfig:
@@ -325,10 +349,11 @@ def parse_sites(data: dict, source: str = "sites.toml") -> list[SiteConfig]:
     """A parsed ``sites.toml`` (``{"sites": {NAME: {...}}}``) to its sites, in file order.
     Raises :class:`ConfigError` for anything :func:`parse_site` refuses, an unknown
     top-level key, or a file without sites."""
-    unknown_top = set(data) - {"sites"}
+    # [endpoints.NAME] and [[links]] are the network's (provisioners/links.py)
+    unknown_top = set(data) - {"sites", "endpoints", "links"}
     if unknown_top:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}; "
-                          "allowed: ['sites']")
+                          "allowed: ['endpoints', 'links', 'sites']")
     sites_ = data.get("sites")
     if not isinstance(sites_, dict) or not sites_:
         raise ConfigError(f"{source}: no [sites.NAME] tables found")

@@ -250,7 +250,8 @@ class AnalysisService:
         """Size the rest from the scouts and add its jobs, in one transaction."""
         files = self.tasks[task_id].files
         done = self.store.task_chunks(task_id)
-        scouting = size_from_scouts(measures, rule.target_job_seconds)
+        scouting = size_from_scouts(measures, rule.target_job_seconds,
+                                    self.server.config.max_events_per_job)
         # A processor that fails on real data (a user error) would fail the rest the same way.
         rest = [] if user_failed else remaining(files, done, scouting.events_per_job)
         _ids, changes = self.store.add_jobs(

@@ -45,7 +45,8 @@ async def info(request: Request) -> dict:
     s = _server(request)
     return {"version": __version__, "time": time.time(), "database": s.store.engine.dialect.name,
             "sites": [c.name for c in s.config.sites],
-            "heartbeat_timeout": s.config.heartbeat_timeout, "task_lease": s.config.task_lease}
+            "heartbeat_timeout": s.config.heartbeat_timeout, "task_lease": s.config.task_lease,
+            "network": s.config.network}
 
 
 @router.get("/states")
@@ -60,6 +61,16 @@ async def states(request: Request) -> dict:
 async def sites(request: Request) -> list[dict]:
     s = _server(request)
     return await s.db(s.store.list_sites)
+
+
+@router.get("/links")
+async def links(request: Request) -> list[dict]:
+    """The (endpoint, site) links brokerage reads input over: what it uses now (``mbps``,
+    ``latency_ms``, ``source``: learned, declared or prior), the observations the
+    estimate rests on and their age, the declared values, and the bytes and seconds
+    measured in all."""
+    s = _server(request)
+    return await s.db(s.store.links)
 
 
 @router.get("/pilots")
@@ -191,6 +202,25 @@ async def retry_task(request: Request, task: TaskRef, who: Who) -> dict:
     ids, changes = await s.db(s.store.retry_task, task_id)
     s.publish(changes)
     return {"task": task_id, "jobs": ids}
+
+
+@router.post("/tasks/{task}/acknowledge")
+async def acknowledge_task(request: Request, task: TaskRef, who: Who) -> dict:
+    """A person saw the task's failed jobs: they no longer count in ``GET /api/counts``
+    until an attempt fails again."""
+    s = _server(request)
+    task_id = await task_of(s, who, task)
+    t = await s.db(s.store.acknowledge_task, task_id)
+    return {"task": task_id, "time": t}
+
+
+@router.get("/counts")
+async def counts(request: Request) -> dict:
+    """Jobs over all tasks and sites, as the status bar shows them: ``{"running",
+    "prefetched", "waiting", "failed", "failed_tasks"}`` (panda_lab/store/rows/counts.py
+    says what each counts)."""
+    s = _server(request)
+    return await s.db(s.store.job_counts)
 
 
 @router.post("/tasks/{task}/cancel")

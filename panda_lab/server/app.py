@@ -40,6 +40,7 @@ from panda_lab.store import (
     UnknownPilot,
     UnknownSite,
 )
+from panda_lab.store.base import DefaultBroker
 from panda_lab.text import clean, clean_obj
 
 log = logging.getLogger("panda_lab.server")
@@ -72,10 +73,14 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.database_url, config.result_dir)
+        self.store = Store(config.database_url, config.result_dir,
+                           broker=DefaultBroker(config.broker_seed))
         # owned by this thread until the event loop takes it over (create_app's lifespan)
         self.store.bind_to_current_thread()
         self.store.upsert_sites([s.as_dict() for s in config.sites])
+        self.store.declare_links([link.as_dict() for link in config.links])
+        self.store.network = config.network
+        self.store.link_window = config.link_window
         self.store.grace_after_restart()
         self.store.regrant_leases(config.task_lease)
         user, pilot = self.store.tokens()
@@ -253,6 +258,10 @@ def create_app(server: Server) -> FastAPI:
         collector reads the store."""
         return Response(generate_latest(server.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
+
+    from panda_lab.server import monitor
+
+    monitor.install(app)
     return app
 
 

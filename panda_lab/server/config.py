@@ -12,6 +12,11 @@ from pathlib import Path
 
 # Sites are the provisioners' configuration: read through their registry.
 from panda_lab.provisioners.config import SiteConfig, default_sites
+from panda_lab.provisioners.links import LinkConfig
+
+#: The network term of brokerage: weighed (``active``), computed and shown but not
+#: weighed (``passive``, PanDA's default), or not computed (``off``: data locality only).
+NETWORK_MODES = ("active", "passive", "off")
 
 
 @dataclass
@@ -23,6 +28,20 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     sites: list[SiteConfig] = field(default_factory=default_sites)
+    #: Declared (endpoint, site) links (``[[links]]`` of sites.toml): brokerage starts
+    #: from them; what jobs measure replaces them.
+    links: list[LinkConfig] = field(default_factory=list)
+    #: The network term of brokerage for tasks that do not choose: one of NETWORK_MODES.
+    network: str = "active"
+    #: Measurements of a link older than this (seconds) decay toward its declared value
+    #: or the prior (PanDA ignores network rows older than an hour).
+    link_window: float = 3600.0
+    #: Jobs waiting at a site that dispatched nothing for this long (seconds) while other
+    #: sites have free slots are brokered again (0: never).
+    stall_after: float = 300.0
+    #: Seed of brokerage's random picks (None: fresh): the same state and submissions
+    #: then give the same decisions.
+    broker_seed: int | None = None
     #: A job whose pilot has not been heard of for this long is failed and retried.
     heartbeat_timeout: float = 60.0
     #: How often pilots heartbeat; told to them at registration.
@@ -35,6 +54,9 @@ class ServerConfig:
     watchdog_interval: float = 2.0
     #: Start local pilots for sites whose provisioner is ``local``.
     provision: bool = True
+    #: The most events one job of an ``auto``-split analysis reads (None: no cap): the
+    #: embedded default sets it from the memory each payload worker has.
+    max_events_per_job: int | None = None
     user_token: str | None = None
     pilot_token: str | None = None
     #: A token accepted at ``/metrics`` only (Prometheus' ``authorization``), so that a
@@ -47,6 +69,10 @@ class ServerConfig:
     #: Seconds a hub's answer about a token is kept (a token revoked there is refused
     #: after this).
     hub_cache_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORK_MODES:
+            raise ValueError(f"network = {self.network!r}; allowed: {list(NETWORK_MODES)}")
 
     @property
     def database_url(self) -> str:

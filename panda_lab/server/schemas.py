@@ -104,6 +104,17 @@ class TaskOptions(Strict):
     output_limit: Annotated[int, Field(ge=0, le=1 << 30)] | None = Field(
         None, description="characters of each job's stdout and stderr kept in full "
                           "(default: panda_lab.output.OUTPUT_LIMIT)")
+    workdir: dict[str, str] | None = Field(
+        None, description="the submitting client's {host, path}: a pilot on that host runs "
+                          "the task's jobs in that directory (panda_lab.payload.workdir)")
+    network: Literal["active", "passive", "off"] | None = Field(
+        None, description="brokerage's network term for this task: weighed (active), "
+                          "computed and shown only (passive), not computed (off); "
+                          "default: the server's")
+    policy: Literal["network", "passive", "locality", "round-robin",
+                    "least-loaded"] | None = Field(
+        None, description="brokerage policy for this task, to compare (overrides "
+                          "network): see panda_lab.model.brokerage.Policy")
 
 
 class TaskSubmit(Strict):
@@ -162,6 +173,16 @@ class JobError(Strict):
     _texts = field_validator("message", "traceback", "type", mode="before")(clean_text)
 
 
+class LinkReads(Strict):
+    """What a job read from one storage endpoint (see :mod:`panda_lab.reads`): ``""``
+    is the site's own endpoint."""
+
+    endpoint: Annotated[str, Field(max_length=256)]
+    bytes: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    requests: int = Field(ge=0)
+
+
 class JobUpdate(Strict):
     id: Id
     attempt: Id
@@ -172,6 +193,11 @@ class JobUpdate(Strict):
     error: JobError | None = None
     stdout: Annotated[str, Field(max_length=100_000)] | None = None
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
+    #: Bytes, seconds and requests per endpoint the job read: the links it measured.
+    reads: list[LinkReads] | None = Field(None, max_length=64)
+    #: Events the job processed, and the payload's wall seconds: the site's speed.
+    events: Annotated[int, Field(ge=0)] | None = None
+    seconds: Annotated[float, Field(ge=0)] | None = None
 
     _texts = field_validator("stdout", "stderr", mode="before")(clean_text)
 

@@ -41,6 +41,12 @@ async def sweep(server: Server) -> int:
         server.publish(moved)
         log.warning("re-brokered %d job(s) waiting at offline sites",
                     sum(c.state == JobState.CLOSED for c in moved.jobs))
+    if cfg.stall_after > 0:
+        stalled = await server.db(server.store.rebroker_stalled, cfg.stall_after)
+        if stalled.jobs:
+            server.publish(stalled)
+            log.warning("re-brokered %d job(s) waiting at stalled sites",
+                        sum(c.state == JobState.CLOSED for c in stalled.jobs))
     closed, ended = await server.db(server.store.close_expired_leases, t)
     if closed:
         server.publish(ended)

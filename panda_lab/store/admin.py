@@ -11,6 +11,7 @@ from panda_lab.store.errors import DatasetExists, TaskNotFound, TaskStateError
 from panda_lab.store.reads import Reads
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
+from panda_lab.store.rows import links as link_rows
 from panda_lab.store.rows import meta
 from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
@@ -82,6 +83,18 @@ class Admin(Reads):
         their configuration); sites not given are kept."""
         with self.tx() as conn:
             site_rows.upsert(conn, configs)
+
+    def declare_links(self, declared: list[dict]) -> None:
+        """Record the declared links ``[{"endpoint", "site", "mbps", "latency_ms"}]``
+        (sites.toml's ``[[links]]``); what was learned of every link is kept."""
+        with self.tx() as conn:
+            link_rows.declare(conn, declared)
+
+    def links(self) -> list[dict]:
+        """The (endpoint, site) links known, learned or declared, with what brokerage
+        uses now (see :func:`panda_lab.store.rows.links.listing`)."""
+        with self.tx() as conn:
+            return link_rows.listing(conn, now(), self.link_window)
 
     def set_site_state(self, name: str, state: str, reason: str = "") -> None:
         """A site goes online or offline (a ``SiteState``), with the reason."""

@@ -14,18 +14,20 @@ LOCKED``), so several server processes stay correct too.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import BigInteger, Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 
 from panda_lab.model.brokerage import Choice, Request, SiteLoad, choose
+from panda_lab.model.network import WINDOW_S
 from panda_lab.payload import INLINE_LIMIT  # noqa: F401 - the store's rule too
 from panda_lab.store.schema import SCHEMA_VERSION, metadata
 
@@ -84,17 +86,24 @@ class Changes:
 
 
 class Broker(Protocol):
-    """What the store needs from brokerage: place requests given the site loads
-    (:func:`panda_lab.model.brokerage.choose`'s shape; a test may seed its own)."""
+    """What the store needs from brokerage: place requests given the site loads and the
+    context (``links``, ``policy``, ``now``: :func:`panda_lab.model.brokerage.choose`'s
+    keywords); a test may seed its own."""
 
-    def choose(self, requests: list[Request], loads: list[SiteLoad]) -> list[Choice]: ...
+    def choose(self, requests: list[Request], loads: list[SiteLoad],
+               **context: Any) -> list[Choice]: ...
 
 
 class DefaultBroker:
-    """The model's brokerage with a fresh random generator."""
+    """The model's brokerage; its random generator is seeded with ``seed`` when given
+    (the same state and submissions then give the same decisions), else fresh."""
 
-    def choose(self, requests: list[Request], loads: list[SiteLoad]) -> list[Choice]:
-        return choose(requests, loads)
+    def __init__(self, seed: int | None = None) -> None:
+        self.rng = random.Random(seed) if seed is not None else None
+
+    def choose(self, requests: list[Request], loads: list[SiteLoad],
+               **context: Any) -> list[Choice]:
+        return choose(requests, loads, self.rng, **context)
 
 
 class StoreThreadError(RuntimeError):
@@ -187,6 +196,10 @@ class Database:
         self.result_dir = Path(result_dir)
         self.result_dir.mkdir(parents=True, exist_ok=True)
         self.broker: Broker = broker or DefaultBroker()
+        #: The network term for tasks that do not choose (``active``/``passive``/``off``,
+        #: the server's ``network``), and the age past which a learned link decays.
+        self.network = "active"
+        self.link_window = WINDOW_S
         self._owner: threading.Thread | None = None
         metadata.create_all(self.engine)
         add_missing_columns(self.engine)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from panda_lab.model import JOB_ON_PILOT, ErrorCategory, JobState
 from panda_lab.store.base import Database, loads
 from panda_lab.store.errors import TaskNotFound
+from panda_lab.store.rows import counts as count_rows
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
 from panda_lab.store.rows import metrics as metric_rows
@@ -57,8 +58,7 @@ class Reads(Database):
         each as ``get_task`` shows it without ``jobs_by_site`` but with ``"sites"``: the
         sites its jobs went to, sorted."""
         with self.tx() as conn:
-            out = [task_rows.task_dict(conn, r)
-                   for r in task_rows.list_rows(conn, limit, state, owner)]
+            out = task_rows.task_dicts(conn, task_rows.list_rows(conn, limit, state, owner))
             used: dict[int, set[str]] = {}
             if out:  # the sites each task's jobs went to, in one query for the whole list
                 for task_id, site in conn.execute(
@@ -176,6 +176,13 @@ class Reads(Database):
         """Analysis tasks with results not yet in their merged state (after a restart)."""
         with self.tx() as conn:
             return result_rows.tasks_to_merge(conn)
+
+    def job_counts(self) -> dict:
+        """What the status bar shows, over all tasks and sites: ``{"running",
+        "prefetched", "waiting", "failed", "failed_tasks"}`` (what each counts:
+        :mod:`panda_lab.store.rows.counts`)."""
+        with self.tx() as conn:
+            return count_rows.job_counts(conn)
 
     # ---- pilots and sites ---------------------------------------------------------------------
     def pilot(self, pilot_id: int) -> dict:

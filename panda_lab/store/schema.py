@@ -70,6 +70,9 @@ tasks = Table(
     Column("modified_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
     Column("message", Text, nullable=False, default=""),
+    # JEDI's task diagnostics: how many candidate sites each brokerage filter removed
+    # over the task's placements, JSON {filter: count}.
+    Column("brokerage", Text, nullable=True),
 )
 Index("ix_tasks_name", tasks.c.name)
 
@@ -234,6 +237,50 @@ accumulators = Table(
     Column("data", LargeBinary, nullable=True),
     Column("merged", Text, nullable=False, default="[]"),
     Column("events", BigInteger, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False),
+)
+
+# The status bar's "failed": a person acknowledged a task's failed jobs at ``time``; jobs
+# that fail after it (a retry's new attempts) need attention again.
+task_acks = Table(
+    "task_acks",
+    metadata,
+    Column("task_id", Integer, primary_key=True),
+    Column("time", Float, nullable=False),
+)
+
+# ---- network-aware brokerage: the (endpoint, site) links ----------------------------------
+
+# One row per link a site reads a storage endpoint over: its declared throughput and
+# latency (sites.toml's [[links]]), and the estimate learned from what jobs measured
+# (exponentially smoothed, with the count of observations and the time of the last).
+links = Table(
+    "links",
+    metadata,
+    Column("endpoint", String(256), primary_key=True),
+    Column("site", String(128), primary_key=True),
+    Column("declared_mbps", Float, nullable=True),
+    Column("declared_latency_ms", Float, nullable=True),
+    Column("mbps", Float, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("observations", Integer, nullable=False, default=0),
+    Column("observed_at", Float, nullable=True),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("seconds", Float, nullable=False, default=0.0),
+)
+
+# What each site's finished attempts measured, smoothed (FTS-style, alpha 0.1): events per
+# second per slot (compute only: read time taken off), mean job seconds, and the share of
+# attempts that failed for reasons of the site (PanDA's site classes).
+site_stats = Table(
+    "site_stats",
+    metadata,
+    Column("site", String(128), primary_key=True),
+    Column("slot_rate", Float, nullable=True),
+    Column("rate_samples", Integer, nullable=False, default=0),
+    Column("mean_job_s", Float, nullable=True),
+    Column("failure_rate", Float, nullable=False, default=0.0),
+    Column("outcomes", Integer, nullable=False, default=0),
     Column("updated_at", Float, nullable=False),
 )
 

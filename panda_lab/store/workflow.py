@@ -31,19 +31,30 @@ Reads are in :mod:`panda_lab.store.reads`; small writes that move no job
 
 from __future__ import annotations
 
+import orjson
 from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
-from panda_lab.model import JOB_FINAL, ErrorCategory, JobState, PilotState, SiteState, TaskState
-from panda_lab.model.brokerage import ANY, Request, sites_of
+from panda_lab.model import JOB_FINAL, ErrorCategory, JobState, PilotState, TaskState
+from panda_lab.model.brokerage import (
+    ANY,
+    NETWORK_MODES,
+    Policy,
+    Request,
+    filter_summary,
+    sites_of,
+)
 from panda_lab.model.lease import CLIENT_GONE
 from panda_lab.model.retry import Cause, NextAttempt, Previous, accepted_sites, next_attempt
 from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, job_path
 from panda_lab.store.admin import Admin
-from panda_lab.store.base import Changes, JobChange, dumps, loads, now
+from panda_lab.store.base import Changes, JobChange, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
+from panda_lab.store.rebroker import Rebrokerage
+from panda_lab.store.rows import counts as count_rows
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
+from panda_lab.store.rows import links as link_rows
 from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
@@ -53,7 +64,7 @@ J = JobState
 T = TaskState
 
 
-class Workflow(Admin):
+class Workflow(Rebrokerage, Admin):
     """The store: the verbs that move tasks and jobs, each one transaction."""
 
     # ---- 1. submit and split ---------------------------------------------------------
@@ -133,11 +144,13 @@ class Workflow(Admin):
             # The input ranges of an analysis job, in the transaction that makes the job.
             dataset_rows.insert_chunks(conn, task_id, start, job_chunks, scout)
 
-        def near(i: int) -> frozenset[str]:
-            # where an analysis job's input is stored: brokerage prefers sites near it
-            return frozenset(r["endpoint"] for c in job_chunks[i]
-                             for r in c.get("replicas") or []) if job_chunks else frozenset()
+        def request(i: int, sites: tuple[str, ...]) -> Request:
+            # what an analysis job reads, and where it is stored: brokerage weighs it
+            return dataset_rows.input_request(job_chunks[i], sites) if job_chunks \
+                else Request(sites)
 
+        # the task's brokerage policy (a comparison), else its network term, else the server's
+        mode = options.get("policy") or options.get("network")
         first = []
         for i, spec in enumerate(specs):
             first.append(({
@@ -148,38 +161,70 @@ class Workflow(Admin):
                 "memory_mb": int(spec.get("memory_mb", options.get("memory_mb", 0))),
                 "walltime_s": float(spec.get("walltime_s", options.get("walltime_s", 0.0))),
                 "max_attempts": int(spec.get("max_attempts", options.get("max_attempts", 3))),
-                "retry_of": None,
-            }, Request(sites=sites_of(spec["site"]) if spec.get("site") else sites_,
-                       near=near(i))))
+                "retry_of": None, "network": mode,
+            }, request(i, sites_of(spec["site"]) if spec.get("site") else sites_)))
         return self._place(conn, first, changes)
 
     # ---- 2. broker ---------------------------------------------------------------------
     def _place(self, conn: Connection, attempts: list[tuple[dict, Request]],
                changes: Changes) -> list[int]:
-        """Broker attempts (job row values without site, with their request) on the site
-        loads of this transaction, and insert them ``activated``; returns their ids."""
+        """Broker attempts (job row values without site, plus ``network``: the task's
+        network term (``active``/``passive``/``off``) or brokerage policy, or None for
+        the server's; with their request) on the site loads and
+        the links of this transaction, and insert them ``activated``; the filters' counts
+        are added to each task's brokerage summary.  Returns their ids."""
         if not attempts:
             return []
-        choices = self.broker.choose([r for _, r in attempts], site_rows.loads_(conn))
         t = now()
+        loads_ = site_rows.loads_(conn)
+        links = link_rows.effective_links(conn, t, self.link_window)
+        groups: dict[str, list[int]] = {}
+        for i, (values, _) in enumerate(attempts):
+            groups.setdefault(values.get("network") or self.network, []).append(i)
+        choices: list = [None] * len(attempts)
+        for mode, idx in groups.items():  # one call per policy; the loads carry over
+            for i, c in zip(idx, self.broker.choose(
+                    [attempts[i][1] for i in idx], loads_, links=links,
+                    policy=NETWORK_MODES.get(mode) or Policy(mode), now=t), strict=True):
+                choices[i] = c
         rows = []
+        per_task: dict[int, list] = {}
         for (values, req), choice in zip(attempts, choices, strict=True):
-            # The sites the job accepts and where its data is are kept with the decision,
-            # so a retry stays within the sites and still prefers its data.
-            rows.append({**values, "state": str(J.ACTIVATED), "site": choice.site,
+            mode = values.get("network") or self.network
+            # The sites the job accepts, where its data is and what it reads are kept
+            # with the decision, so a retry stays within the sites and is weighed alike.
+            info = {**choice.info, "sites": list(req.sites), "near": sorted(req.near),
+                    "network": mode}
+            if req.events or req.input_bytes:
+                info["input"] = {"events": req.events, "bytes": req.input_bytes,
+                                 "files": list(req.files), "requests": req.read_requests}
+            per_task.setdefault(values["task_id"], []).append(choice)
+            rows.append({**{k: v for k, v in values.items() if k != "network"},
+                         "state": str(J.ACTIVATED), "site": choice.site,
                          "created_at": t, "modified_at": t,
-                         "broker_info": dumps({**choice.info, "sites": list(req.sites),
-                                               "near": sorted(req.near)})})
+                         # orjson: the decision with its candidates is the largest JSON
+                         # written per job, and json.dumps would double brokerage's cost
+                         "broker_info": orjson.dumps(info).decode()})
+        task_rows.add_filter_summary(conn, {task: filter_summary(cs)
+                                            for task, cs in per_task.items()})
         return job_rows.insert_attempts(conn, rows, t, changes)
 
     @staticmethod
     def _again(row: Row, nxt: NextAttempt) -> tuple[dict, Request]:
-        """The next attempt of a job (its last attempt's ``row``), to place."""
+        """The next attempt of a job (its last attempt's ``row``), to place: with the
+        input and the network term its first attempt was weighed by."""
+        info = loads(row.broker_info)
+        read = info.get("input") or {}
         return ({"task_id": row.task_id, "job_index": row.job_index, "attempt": nxt.attempt,
                  "payload": row.payload, "priority": row.priority, "cores": row.cores,
                  "memory_mb": row.memory_mb, "walltime_s": row.walltime_s,
-                 "max_attempts": nxt.max_attempts, "retry_of": row.id},
-                Request(sites=nxt.sites, avoid=nxt.avoid, near=nxt.near))
+                 "max_attempts": nxt.max_attempts, "retry_of": row.id,
+                 "network": info.get("network")},
+                Request(sites=nxt.sites, avoid=nxt.avoid, near=nxt.near,
+                        events=int(read.get("events") or 0),
+                        input_bytes=dict(read.get("bytes") or {}),
+                        files=tuple(read.get("files") or ()),
+                        read_requests=int(read.get("requests") or 1)))
 
     @staticmethod
     def _previous(row: Row, task_site: str) -> Previous:
@@ -194,7 +239,7 @@ class Workflow(Admin):
         """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically; the jobs it
         already ``held`` are heartbeated on the way.  Returns ``(jobs, changes)``, jobs
         ``[{"id", "task", "index", "attempt", "payload", "walltime_s", "cores", "common",
-        "output_limit"}]`` by priority, then age."""
+        "output_limit", "workdir"}]`` by priority, then age."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
@@ -213,10 +258,11 @@ class Workflow(Admin):
         for r in rows:
             changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
                                           str(J.SENT)))
-            has_common, limit = per_task.get(r.task_id, (False, None))
+            has_common, limit, workdir = per_task.get(r.task_id, (False, None, None))
             out.append({"id": r.id, "task": r.task_id, "index": r.job_index,
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
-                        "cores": r.cores, "common": has_common, "output_limit": limit})
+                        "cores": r.cores, "common": has_common, "output_limit": limit,
+                        "workdir": workdir})
         return out, changes
 
     @staticmethod
@@ -241,6 +287,7 @@ class Workflow(Admin):
         with self.tx() as conn:
             current = job_rows.lock_for_report(conn, [u["id"] for u in updates])
             params, history, failed, finished, output = [], [], [], [], []
+            measured: list[tuple[Row, dict, JobState]] = []
             seen: set[int] = set()
             for u in updates:
                 row = current.get(u["id"])
@@ -268,7 +315,9 @@ class Workflow(Admin):
                     continue
                 new = path[-1]
                 err = {k: job_rows.text(v) for k, v in (u.get("error") or {}).items()}
-                started = u.get("started_at") if (J.STARTING in path or J.RUNNING in path) else None
+                # a pilot sends started_at only for a job it started: also when its first
+                # report is the end (sent -> failed passes no running state)
+                started = u.get("started_at")
                 params.append({
                     "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
                     "b_started": started, "b_ended": t if new in JOB_FINAL else None,
@@ -280,6 +329,8 @@ class Workflow(Admin):
                 change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
                                    str(new), err.get("category"), err.get("message"))
                 changes.jobs.append(change)
+                if u.get("reads") or new in (J.FINISHED, J.FAILED):
+                    measured.append((row, u, new))
                 if new == J.FINISHED:
                     finished.append((row, u, change))
                 elif new == J.FAILED:
@@ -289,6 +340,8 @@ class Workflow(Admin):
             if params:
                 conn.execute(job_rows.UPDATE, params)
                 job_rows.history(conn, history)
+            if measured:  # what the links and the sites learn, in the report's transaction
+                link_rows.learn(conn, measured, t)
             result_rows.store(conn, self.result_dir, finished)
             if finished:
                 pilot_rows.count_done(conn, pilot_id, len(finished))
@@ -366,33 +419,6 @@ class Workflow(Admin):
                     self._fail(conn, held[r.id], str(ErrorCategory.SYSTEM),
                                f"its pilot {r.id} (pid {r.pid}) ended ({why}) "
                                "while holding the job", changes)
-        return changes
-
-    def rebroker_offline(self) -> Changes:
-        """Jobs waiting at an offline site go back to brokerage: the waiting attempt is
-        closed (``activated → closed``) and a new one placed on an online site it
-        accepts.  A job that accepts only offline sites keeps waiting.  Returns the
-        changes."""
-        t = now()
-        changes = Changes()
-        with self.tx() as conn:
-            states = site_rows.states(conn)
-            online = {n for n, s in states.items() if s == SiteState.ONLINE}
-            offline = [n for n, s in states.items() if s != SiteState.ONLINE]
-            if not offline or not online:
-                return changes
-            movable = [r for r in job_rows.activated_at(conn, offline)
-                       if ANY in (allowed := set(loads(r.broker_info).get("sites") or [ANY]))
-                       or allowed & online]
-            if not movable:
-                return changes
-            why = "site offline: handed back to brokerage"
-            job_rows.close(conn, movable, t, str(ErrorCategory.SYSTEM), why, changes)
-            task = task_rows.task_sites(conn, {r.task_id for r in movable})
-            self._place(conn, [
-                self._again(r, next_attempt(self._previous(r, task[r.task_id].site),
-                                            Cause.REBROKER))
-                for r in movable], changes)
         return changes
 
     def close_expired_leases(self, t: float) -> tuple[list[int], Changes]:
@@ -521,6 +547,16 @@ class Workflow(Admin):
                 self._again(r, next_attempt(self._previous(r, task.site), Cause.USER_RETRY))
                 for r in latest], changes)
         return ids, changes
+
+    def acknowledge_task(self, task_id: int) -> float:
+        """A person saw the task's failed jobs: they leave the status bar's ``failed``
+        until an attempt fails again (after a retry).  Returns the time recorded (Unix
+        seconds).  Raises ``TaskNotFound``."""
+        t = now()
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            count_rows.acknowledge(conn, task_id, t)
+        return t
 
 
 def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 import ipywidgets as w
 
 from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE, JobState
+from panda_lab.model.outcome import TONE_COLOURS, final_line, summary_of
 from panda_lab.text import strip_ansi
 from panda_lab.widgets.snapshot import (
     LabView,
@@ -36,6 +37,19 @@ COLOURS: dict[str, str] = {
     J.FINISHED: "#2e7d32", J.FAILED: "#c62828", J.CANCELLED: "#757575",
     J.RUNNING: "#1565c0", J.STARTING: "#1565c0", J.SENT: "#6a1b9a",
     J.ACTIVATED: "#ef6c00", J.ASSIGNED: "#ef6c00", J.DEFINED: "#9e9e9e"}
+
+
+#: The progress bar's style (ipywidgets' ``bar_style``) for each outcome tone.
+TONE_BAR: dict[str, str] = {"success": "success", "warning": "warning", "danger": "danger",
+                            "active": "info", "neutral": ""}
+
+
+def outcome_html(summary: dict) -> str:
+    """A task's outcome label in its tone's colour (``<b class='panda-state
+    panda-tone-TONE'>``), HTML-escaped."""
+    tone = summary.get("tone", "neutral")
+    return (f"<b class='panda-state panda-tone-{tone}' style='color:"
+            f"{TONE_COLOURS.get(tone, '#000')}'>{html.escape(summary.get('label', ''))}</b>")
 
 
 def _state_cells(states: dict[str, int], columns: list[str]) -> str:
@@ -174,29 +188,29 @@ class TaskMonitor(_Watched, w.VBox):
     def _show(self, snap: TaskSnapshot) -> None:
         done, total = snap.progress
         self.title.value = (f"<b>panda-lab task {snap.id}</b> <code>{html.escape(snap.name)}"
-                            f"</code> &middot; <b class='panda-state'>{snap.state}</b>"
+                            f"</code> &middot; {outcome_html(snap.summary)}"
                             + (f" &middot; <i class='panda-why'>{html.escape(snap.message)}</i>"
                                if snap.message else ""))
         self.bar.max = max(total, 1)
         self.bar.value = done
-        self.bar.bar_style = {"done": "success", "failed": "danger", "aborted": "warning",
-                              "finished": "warning"}.get(snap.state, "info")
+        self.bar.bar_style = TONE_BAR.get(snap.summary.get("tone", ""), "info")
         unit = "events" if snap.analysis and snap.total_events else "jobs"
         pct = f" ({100 * done / total:.0f}%)" if total else ""
         self.counts.value = f"<span class='panda-counts'>{done:,} / {total:,} {unit}{pct}</span>"
         pace = self.rate.per_second
-        if pace:
+        if snap.ended:  # a summary, never a rate or an ETA
+            self.pace.value = (f"<span class='panda-summary'>"
+                               f"{html.escape(final_line(snap.summary, snap.look))}</span>")
+        elif pace:
             eta = self.rate.eta(total - done)
             self.pace.value = (f"{pace:,.0f} {unit}/s" + (f" &middot; ETA {eta:.0f} s"
                                                           if eta and done < total else ""))
-        elif snap.state in ("done", "finished"):
-            self.pace.value = ""
         self.sites.value = sites_table(snap)
         self.errors.value = errors_html(snap)
         if snap.analysis:
             self._show_histogram(snap)
-        final = snap.state in TASK_FINAL
-        self.kill_button.disabled = final
+        self.kill_button.disabled = snap.ended
+        self.kill_button.layout.display = "none" if snap.ended else ""  # nothing to kill
         # pbook's rule, the store's: an aborted task stays aborted; the others retry
         self.retry_button.disabled = snap.state not in TASK_RETRYABLE \
             or not snap.by_state.get("failed")
@@ -328,14 +342,16 @@ class LabMonitor(_Watched, w.VBox):
                 self.rows[t["id"]] = row
                 self.lines[t["id"]] = w.HBox(list(row))
             label, bar, counts = row
-            label.value = f"{t['id']} <code>{html.escape(t['name'])}</code> {t['state']}" + (
+            summary = summary_of(t)
+            label.value = (f"{t['id']} <code>{html.escape(t['name'])}</code> "
+                           f"{outcome_html(summary)}") + (
                 f" <i class='panda-why'>{html.escape(t['message'])}</i>"
                 if t.get("message") else "")
             bar.max, bar.value = max(t["n_jobs"], 1), t["n_done"]
-            bar.bar_style = {"done": "success", "failed": "danger"}.get(t["state"], "info")
-            failed = t["attempts_by_state"].get("failed", 0)
-            counts.value = f"{t['n_done']}/{t['n_jobs']}" + (f", {failed} failed attempt(s)"
-                                                             if failed else "")
+            bar.bar_style = TONE_BAR.get(summary["tone"], "info")
+            counts.value = f"{t['n_done']}/{t['n_jobs']} jobs" + (
+                f" &middot; {html.escape(final_line(summary))}"
+                if t["state"] in TASK_FINAL else "")
         listed = [t["id"] for t in tasks]
         children = (self.header, *(self.lines[i] for i in listed))
         if self.children != children:  # the same widgets, updated in place: no new models
@@ -354,6 +370,9 @@ class LabMonitor(_Watched, w.VBox):
                 self.refresh()
             except Exception as exc:  # keep the last view; say why it is stale
                 log.debug("monitor refresh failed: %s", exc)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.header.value = (f"<b>panda-lab</b> &middot; <i class='panda-stale'>not "
+                                     f"updated: {html.escape(first)}</i>")
 
     def close(self) -> None:
         """Stop following and close the widget."""
@@ -361,8 +380,16 @@ class LabMonitor(_Watched, w.VBox):
         super().close()
 
     def __repr__(self) -> str:
-        lines = [f"{i}: {lbl.value}" for i, (lbl, _, _) in self.rows.items()]
+        lines = [f"{i}: {strip_tags(lbl.value)} · {strip_tags(counts.value)}"
+                 for i, (lbl, _, counts) in self.rows.items()]
         return "panda-lab monitor\n" + "\n".join(lines)
+
+
+def strip_tags(markup: str) -> str:
+    """The text of a bit of this module's HTML: tags dropped, entities unescaped."""
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
 
 
 def in_kernel() -> bool:

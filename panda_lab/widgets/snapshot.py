@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from panda_lab.model import JOB_ORDER, TASK_FINAL
+from panda_lab.model.outcome import final_line, summary_of
 
 
 class Api(Protocol):
@@ -77,6 +78,19 @@ class TaskSnapshot:
     partial_final: bool = False
     #: Why the task is where it is: how it ended, or why it was closed (its client gone).
     message: str = ""
+    #: The server's outcome of the task (``label``, ``tone``, ``jobs_lost``,
+    #: ``events_lost``, ``wall_s``, ``rate``: :mod:`panda_lab.model.outcome`).
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        """The task's state is final: no rate, no ETA, no Kill; its summary instead."""
+        return self.state in TASK_FINAL
+
+    @property
+    def look(self) -> str:
+        """Where to look for what a task lost, in a notebook."""
+        return "task.report(), task.errors()" if self.analysis else "task.errors()"
 
     @property
     def final(self) -> bool:
@@ -120,7 +134,7 @@ def take(lab: LabView, task_id: int, errors_seen: int | None = None,
         errors = [merge, *(g for g in errors if g.category != "merge")]
     snap = TaskSnapshot(info["id"], info["name"], info["state"], info["n_jobs"],
                         info["n_done"], by_state, by_site, errors, time.time(),
-                        message=info.get("message") or "")
+                        message=info.get("message") or "", summary=summary_of(info))
     if info["options"].get("kind") == "analysis":
         part = lab.api.get(f"/api/tasks/{task_id}/partial")
         snap.analysis = True
@@ -251,14 +265,19 @@ def draw_histogram(name: str, h: Any, width: float = 5.0, height: float = 3.0) -
 def text(snap: TaskSnapshot, rate: Rate | None = None) -> str:
     """The snapshot as a few lines of plain text: the terminal's view.
 
-    The first line is progress (events or jobs, percent, rate per second and ETA in
-    seconds when ``rate`` knows them); then the task's message, jobs per state (in
+    The first line is the task's outcome label and its progress (events or jobs,
+    percent; while it runs, rate per second and ETA in seconds when ``rate`` knows
+    them); a final task's second line is its summary (wall time, mean rate, what was
+    lost, where to look).  Then the task's message, jobs per state (in
     :data:`~panda_lab.model.JOB_ORDER`), per site, and the five largest error groups."""
     done, total = snap.progress
     unit = "events" if snap.analysis and snap.total_events else "jobs"
-    lines = [f"task {snap.id} {snap.name!r}: {snap.state}, {done:,}/{total:,} {unit}"
+    label = snap.summary.get("label") or snap.state
+    lines = [f"task {snap.id} {snap.name!r}: {label} · {done:,}/{total:,} {unit}"
              + (f" ({100 * done / total:.0f}%)" if total else "")]
-    if rate is not None and rate.per_second:
+    if snap.ended:
+        lines.append(f"  {final_line(snap.summary, snap.look)}")
+    elif rate is not None and rate.per_second:
         eta = rate.eta(total - done)
         lines[0] += f", {rate.per_second:,.0f} {unit}/s" + (f", ETA {eta:.0f} s" if eta else "")
     if snap.message:

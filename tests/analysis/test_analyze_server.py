@@ -159,6 +159,26 @@ def test_bad_files_are_classified_retried_and_skipped_on_request(alab, data, tmp
     assert not task.complete
 
 
+def test_a_notebook_run_twice_reuses_its_data_and_its_dataset(alab, data, tmp_path):
+    """Kind tested: a step of a notebook that fails or redoes its work when the notebook
+    is run again.  Members: generating the sample, registering the dataset."""
+    from panda_lab.http import ApiError
+
+    files = make_sample(tmp_path, files=1, events=1_000, basket_events=500)
+    stamp = files[0].stat().st_mtime_ns
+    assert make_sample(tmp_path, files=1, events=1_000, basket_events=500) == files
+    assert files[0].stat().st_mtime_ns == stamp                  # kept, not written again
+    make_sample(tmp_path, files=1, events=1_200, basket_events=500)   # other parameters
+    assert files[0].stat().st_mtime_ns != stamp
+    first = alab.datasets.register("again", [str(p) for p in data])
+    second = alab.datasets.register("again", [str(p) for p in data])  # no HTTP 409
+    assert second == first
+    with pytest.raises(ApiError, match=r"registered with other files.*replace=True") as taken:
+        alab.datasets.register("again", [str(p) for p in data[:1]])
+    assert taken.value.status == 409
+    assert alab.datasets.register("again", [str(data[0])], replace=True).n_files == 1
+
+
 def test_wrong_tree_is_refused_at_registration(alab, data):
     from panda_lab.analysis.errors import DataError
 
@@ -169,9 +189,17 @@ def test_wrong_tree_is_refused_at_registration(alab, data):
 def test_processor_bug_is_not_retried_and_stops_scouting(alab, data):
     ds = alab.datasets.register("bug", [str(p) for p in data], replace=True)
     task = alab.analyze(broken_process, ds, events_per_job="auto", name="bug")
-    with pytest.raises(IncompleteResult):
+    with pytest.raises(IncompleteResult) as raised:
         task.result(timeout=120)
     rep = task.report()
+    # the failed input named at the top: the message, and the job's traceback
+    first = rep[rep["error"].notna()].iloc[0]
+    where = f"{first['path']}, entries {first['start']:,} to {first['stop']:,}"
+    assert f"first: {where}: ZeroDivisionError: a bug in the processor" in str(raised.value)
+    job = alab.failures(task.id)[0]
+    assert job["error_traceback"].startswith("panda-lab: failed on /"), job["error_traceback"]
+    assert "internal frame" in job["error_traceback"]  # the runner's frames folded
+    assert "in broken_process" in job["error_traceback"]
     assert len(rep) == 3 and rep["scout"].all()            # no job beyond the scouts
     assert set(rep["error_category"]) == {"user"} and (rep["attempts"] == 1).all()
     assert all("ZeroDivisionError: a bug in the processor" in e for e in rep["error"])

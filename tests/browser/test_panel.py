@@ -65,19 +65,22 @@ def test_the_panel_follows_a_notebooks_task_and_kills_and_inserts(chromium, lab_
     assert "LOCAL-" in row.locator(".panda-task-sites").inner_text()   # where its jobs went
     page.screenshot(path=str(artifacts / "panel-task-done.png"))
 
-    # open the task: jobs per site; insert its handle into the notebook
+    # open the task (in the main area): jobs per site; insert its handle into the notebook
     row.click()
-    detail = panel.locator(f".panda-task-detail[data-task-id='{task_id}']")
+    detail = page.locator(f".panda-task-view .panda-task-detail[data-task-id='{task_id}']")
     detail.wait_for()
     assert "LOCAL-" in detail.locator(".panda-jobs-by-site").inner_text()
-    detail.locator(".panda-open-job").first.click()          # a job's brokerage decision
-    job = panel.locator(".panda-job-detail")
+    detail.locator(".panda-job-row").first.click()          # a job's brokerage decision
+    job = page.locator(".panda-task-view .panda-job-detail")
     job.wait_for()
     assert "finished at LOCAL-" in job.inner_text()
-    assert '"picked"' in job.locator(".panda-broker").inner_text()
+    assert job.locator(".panda-broker-sentence").inner_text().startswith("Sent to LOCAL-")
     detail.locator(".panda-insert").click()
-    page.wait_for_function("""id => window.jupyterapp.shell.currentWidget.content.model
-        .cells.get(1).sharedModel.getSource() === `task = lab.task(${id})`""", arg=task_id)
+    page.wait_for_function("""id => [...window.jupyterapp.shell.widgets('main')]
+        .some(w => w.content && w.content.model && w.content.model.cells
+              && w.content.model.cells.length > 1
+              && w.content.model.cells.get(1).sharedModel.getSource()
+                 === `task = lab.task(${id})`)""", arg=task_id)
 
     # kill a long task from the panel: it stops on the server
     long_task = lab.submit(_sleep, [(30.0,)] * 4, name="to-kill", retries=0)
@@ -85,12 +88,15 @@ def test_the_panel_follows_a_notebooks_task_and_kills_and_inserts(chromium, lab_
              what="the long task running")
     long_row = panel.locator(f".panda-task-row[data-task-id='{long_task}']")
     long_row.click()
-    kill = panel.locator(f".panda-task-detail[data-task-id='{long_task}'] .panda-kill")
+    kill = page.locator(f".panda-task-detail[data-task-id='{long_task}'] .panda-kill")
     kill.click()
     wait_for(lambda: lab.task_info(long_task)["state"] == "aborted", 10,
              what="the task aborted on the server")
     assert {j["state"] for j in lab.jobs(long_task)} == {"cancelled"}
     page.locator(f".panda-task-row[data-task-id='{long_task}'][data-state='aborted']").wait_for()
+    # a final task has no Kill button
+    page.locator(f".panda-task-detail[data-task-id='{long_task}'] .panda-kill").wait_for(
+        state="detached")
     page.screenshot(path=str(artifacts / "panel-killed.png"))
 
 
@@ -155,7 +161,7 @@ def test_the_panel_shows_why_results_could_not_be_merged(chromium, lab_server, t
     page.locator(".lm-TabBar-tab[data-id='panda-lab-panel']").click()
     panel = page.locator(".panda-lab-panel")
     panel.locator(f".panda-task-row[data-task-id='{task.id}'][data-state='failed']").click()
-    detail = panel.locator(f".panda-task-detail[data-task-id='{task.id}']")
+    detail = page.locator(f".panda-task-detail[data-task-id='{task.id}']")
     detail.wait_for()
     first = detail.locator(".panda-error-group").first.inner_text()
     assert first.startswith(f"1 \u00d7 [merge] {message}")      # count, category, message

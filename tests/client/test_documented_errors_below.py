@@ -25,7 +25,7 @@ def test_request_without_answer_raises_server_unreachable_naming_the_url():
 
     with _client(refuse) as api, pytest.raises(ServerUnreachable) as info:
         api.get("/api/tasks")
-    assert "http://lab.invalid unreachable" in str(info.value)
+    assert "the panda-lab server at http://lab.invalid does not answer" in str(info.value)
     assert "connection refused" in str(info.value)
     assert isinstance(info.value, ConnectionError)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
+import pytest
 from harness import wait_for
 
 
@@ -169,7 +171,8 @@ def test_a_task_displays_as_a_live_widget_in_a_kernel(kernel, nlab):
     reply = kernel.ok(f"import panda_lab\nlab = panda_lab.connect()\nlab.task({task})")
     (bundle,) = [d["data"] for d in reply.displays]
     assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert bundle["text/plain"].startswith(f"task {task} 't-widget': done, 2/2 jobs")
+    assert bundle["text/plain"].startswith(
+        f"task {task} 't-widget': done: all 2 jobs finished · 2/2 jobs")
     reply = kernel.ok("lab.monitor()")
     (bundle,) = [d["data"] for d in reply.displays]
     assert "application/vnd.jupyter.widget-view+json" in bundle
@@ -180,3 +183,88 @@ def test_a_task_displays_as_a_live_widget_in_a_kernel(kernel, nlab):
 
 def _identity(x):
     return x
+
+# ---- what a user meets: where jobs run, what a traceback points at, a restart -------------
+# Kinds tested:
+# - a job that runs somewhere else than the user thinks: a relative path in a ``%%panda``
+#   cell and in an ``ex.submit`` resolves against the notebook's working directory (on the
+#   notebook's machine), not the server's; a missing one says where the job ran.
+# - a traceback that points at panda-lab instead of the user's code: internal frames are
+#   folded, the user's own line is shown also for a function defined in a cell.
+# - a client that dies with its server: after a restart on a new port the same ``lab`` and
+#   its monitor carry on; with no server, the error is a few lines that name the fix.
+#   That test is the module's last: it restarts the module's server.
+
+
+def free_port(avoid: int) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != avoid:
+            return port
+
+
+def test_jobs_run_in_the_notebooks_directory(kernel, tmp_path):
+    work = tmp_path / "analysis"
+    work.mkdir()
+    (work / "cuts.txt").write_text("pt > 20\n")
+    kernel.ok(f"import os, panda_lab\nbefore = os.getcwd()\nos.chdir({str(work)!r})\n"
+              "lab = panda_lab.connect(start=False)\n")
+    reply = kernel.ok("%%panda --name t-cwd\ncut = open('cuts.txt').read().strip()\n")
+    assert kernel.value("cut") == "pt > 20", reply.stdout
+    kernel.ok("def read(name):\n    return open(name).read()\n"
+              "ex = lab.executor(name='t-cwd-ex')\n"
+              "text = ex.submit(read, 'cuts.txt').result(timeout=60)\n"
+              "missing = ex.submit(read, 'nope.txt')\n")
+    assert kernel.value("text") == "pt > 20\n"
+    reply = kernel.run("missing.result(timeout=60)")
+    assert reply.status == "error" and reply.error["ename"] == "FileNotFoundError"
+    assert f"this job ran in {work}" in reply.traceback
+    assert "a relative path resolves there" in reply.traceback
+    kernel.ok("ex.shutdown()\nos.chdir(before)")
+
+
+def test_a_traceback_points_at_the_users_code(kernel):
+    kernel.ok("import panda_lab\nlab = panda_lab.connect(start=False)\n"
+              "def fit(x):\n"
+              "    scale = 1.0\n"
+              "    return scale / x     # the user's line\n"
+              "ex2 = lab.executor(name='t-tb')\n"
+              "f = ex2.submit(fit, 0)\n")
+    reply = kernel.run("f.result(timeout=60)")
+    assert reply.error["ename"] == "ZeroDivisionError"
+    tb = reply.traceback
+    assert "return scale / x     # the user's line" in tb, tb  # the cell's own source
+    assert "panda_lab/payload.py" not in tb and "panda_lab/pilot" not in tb, tb
+    assert "internal frame" in tb  # folded, and says so
+    kernel.ok("ex2.shutdown()")
+
+
+@pytest.mark.slow
+def test_a_live_lab_follows_its_restarted_server(kernel, module_server):
+    kernel.ok("lab = panda_lab.connect(start=False)\n"
+              "t = lab.submit(abs, [(-1,), (-2,)], name='t-before')\n"
+              "lab.wait(t, timeout=60)\n"
+              "mon = lab.task(t).monitor(interval=0.1)\nmon.wait(30)\n"
+              "old_url = lab.url\n")
+    module_server.stop()
+    reply = kernel.run("lab.tasks()")
+    assert reply.status == "error" and reply.error["ename"] == "ServerUnreachable"
+    message = reply.error["evalue"]
+    assert "does not answer" in message and "lab = panda_lab.connect()" in message
+    assert len(reply.traceback.splitlines()) <= 5, reply.traceback  # no 33-line traceback
+    old_port = int(module_server.info["url"].rsplit(":", 1)[1])
+    extra = list(module_server.extra)
+    module_server.extra += ["--port", str(free_port(avoid=old_port))]  # surely a new port
+    try:
+        module_server.start()
+    finally:
+        module_server.extra = extra
+    assert kernel.value("lab.tasks().loc[t, 'state']") == "done"  # found by itself
+    assert kernel.value("lab.url != old_url") is True
+    kernel.ok("t2 = lab.submit(abs, [(-3,)], name='t-after')\n"
+              "r = list(lab.results(lab.wait(t2, timeout=60)['id']).values())\n")
+    assert kernel.value("r") == [3]
+    kernel.ok("mon.refresh()\n")  # the monitor made before the restart looks again
+    assert kernel.value("mon.snapshot.state") == "done"

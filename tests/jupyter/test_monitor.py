@@ -42,7 +42,10 @@ def test_the_monitor_shows_counts_sites_and_grouped_errors(nlab):
     raise_line = maybe_fail.__code__.co_firstlineno + 3     # its ``raise``
     assert f"line {raise_line}, in maybe_fail" in m.errors.value  # the example traceback
     assert m.kill_button.disabled and not m.retry_button.disabled
-    assert repr(m).startswith(f"task {task} 'm-errors': finished, 9/12 jobs (75%)")
+    assert m.kill_button.layout.display == "none", "a final task has nothing to kill"
+    assert repr(m).startswith(f"task {task} 'm-errors': finished: 3 of 12 jobs failed · "
+                              "9/12 jobs (75%)\n  wall time ")
+    assert "3 jobs lost: see task.errors()" in repr(m) and "ETA" not in repr(m)
     assert "3 x [user] ValueError: bad input 1" in repr(m)
 
 
@@ -160,8 +163,11 @@ def test_the_lab_monitor_lists_recent_tasks_and_sites(nlab):
     m = LabMonitor(nlab, start=False)
     assert "LOCAL-GRID (grid)" in m.header.value
     label, bar, counts = m.rows[task]
-    assert "m-lab" in label.value and (bar.value, bar.max) == (3, 3) and counts.value == "3/3"
-    assert f"{task}: {task} <code>m-lab</code> done" in repr(m)
+    assert "m-lab" in label.value and (bar.value, bar.max) == (3, 3)
+    assert "panda-tone-success" in label.value and bar.bar_style == "success"
+    assert counts.value.startswith("3/3 jobs &middot; wall time ")
+    assert f"{task}: {task} m-lab done: all 3 jobs finished" in repr(m)
+    assert "nothing lost" in repr(m)
 
 
 def test_the_lab_monitor_updates_its_rows_in_place(nlab):
@@ -226,7 +232,8 @@ def test_a_task_outside_a_kernel_displays_as_html_and_text(nlab):
     handle.wait(30)
     assert handle._repr_mimebundle_() is None          # no kernel: IPython falls back
     assert "m-repr" in handle._repr_html_() and "done" in repr(handle)
-    assert text(take(nlab, task)).startswith(f"task {task} 'm-repr': done, 1/1 jobs")
+    assert text(take(nlab, task)).startswith(
+        f"task {task} 'm-repr': done: all 1 jobs finished · 1/1 jobs")
 
 
 @pytest.fixture(autouse=True)
@@ -246,3 +253,7 @@ def test_a_monitor_of_an_unreachable_server_says_so_instead_of_raising():
     assert repr(m) == "<TaskMonitor 1>"
     lm = LabMonitor(lab, start=False)
     assert "unreachable" in lm.header.value
+    lm = LabMonitor(lab, interval=0.05)  # a later look that fails says the view is stale
+    wait_for(lambda: "not updated: the panda-lab server at" in lm.header.value, 10,
+             what="a stale note")
+    lm.close()

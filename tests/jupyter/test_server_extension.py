@@ -85,16 +85,32 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         assert detail["state"] == "finished"
         assert sum(sum(s.values()) for s in detail["jobs_by_site"].values()) == 4
         assert sorted(j["job_index"] for j in detail["jobs"]) == [0, 1, 2, 3]
+        # every attempt, for the task stream: where and when it ran
+        assert len(detail["attempts"]) == 4 and detail["report"] is None
+        assert all(a["pilot_id"] and a["started_at"] <= a["ended_at"]
+                   for a in detail["attempts"])
+        assert {j["attempts"] for j in detail["jobs"]} == {1}
         (group,) = detail["errors"]
         assert group["count"] == 1 and "two is bad" in group["message"]
         job = c.get(f"/jobs/{group['example_job']}").json()
         assert job["state"] == "failed" and "two is bad" in job["error_traceback"]
         assert job["broker_info"]["picked"] == job["site"]
+        # the model's sentence for the decision, where it words one
+        from panda_lab.jupyter.server_extension import explain_brokerage
+
+        assert job["explanation"] == (explain_brokerage(job["broker_info"])
+                                      if explain_brokerage is not None else None)
         sites = c.get("/sites").json()
         assert {s["name"] for s in sites} == {"LOCAL-GRID", "LOCAL-CLOUD", "LOCAL-HPC"}
         assert c.get("/states").json() == vocabulary()  # the panel's state sets
-        counts = c.get("/counts").json()
-        assert counts["failed"] >= 1 and counts["running"] >= 0
+        counts = c.get("/counts").json()         # the server's SQL, passed through
+        assert counts == panda.lab().api.get("/api/counts")
+        assert counts["failed"] >= 1 and counts["failed_tasks"] >= 1
+        assert {"running", "prefetched", "waiting"} <= set(counts)
+        assert c.post(f"/tasks/{task}/acknowledge").status_code == 200
+        after = c.get("/counts").json()
+        assert (after["failed"], after["failed_tasks"]) == (
+            counts["failed"] - 1, counts["failed_tasks"] - 1)
         assert c.get("/tasks/99999").status_code == 404
         assert c.get("/tasks", params={"limit": "many"}).status_code == 400
 

@@ -33,7 +33,11 @@ LAYER: dict[str, int] = {
     # 0. plain libraries: text rules, payloads, the model's states and policies, and the
     #    physics side of an analysis (chunking, accumulators, file checks); no control plane
     "text": 0, "output": 0, "remote_errors": 0, "payload": 0, "runtime": 0, "http": 0,
+    "resources": 0,
+    "reads": 0,
     "model": 0, "analysis": 0,
+    #    the brokerage simulator: the model's policies run in virtual time
+    "sim": 0,
     # 1. the database: schema, row repositories, workflow verbs
     "store": 1,
     # 2. the server and the provisioners it drives
@@ -53,21 +57,25 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "remote_errors": {"text"},
     "payload": {"text", "output", "remote_errors"},
     "runtime": set(),
+    "resources": set(),
     "http": set(),
+    "reads": set(),
     "model": {"text"},
-    "analysis": {"model", "text"},
+    "analysis": {"model", "text", "reads"},
+    "sim": {"model"},
     "store": {"model", "payload", "text"},
     # provisioners start pilots; they know sites by their own config, never the server
-    "provisioners": {"model", "text", "http", "runtime"},
+    "provisioners": {"model", "text", "http", "runtime", "resources"},
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
                "runtime"},
-    "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model"},
+    "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model",
+              "reads"},
     "widgets": {"model", "text"},
     "client": {"server", "widgets", "analysis", "model", "payload", "remote_errors", "output",
                "text", "http", "runtime"},
     "jupyter": {"client", "widgets", "server", "model", "output", "text", "http", "runtime"},
     "cli": {"client", "pilot", "server", "provisioners", "analysis", "model", "payload",
-            "output", "text", "http", "runtime"},
+            "output", "text", "http", "runtime", "sim", "resources"},
     ROOT: {"client", "jupyter", "analysis", "payload"},
 }.items()}
 

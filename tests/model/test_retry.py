@@ -103,8 +103,8 @@ class SeededBroker:
     def __init__(self) -> None:
         self.rng = random.Random(0)
 
-    def choose(self, requests, loads):
-        return choose(requests, loads, rng=self.rng)
+    def choose(self, requests, loads, **context):
+        return choose(requests, loads, rng=self.rng, **context)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -258,3 +258,16 @@ def test_sizing_has_a_floor_and_a_fallback():
         s = size_from_scouts(measures, 60)
         assert s.events_per_job == FALLBACK_EVENTS and s.events_per_second is None
         assert "no scout finished" in s.note
+
+
+def test_the_memory_cap_bounds_every_size_but_never_below_the_floor():
+    """The embedded default's ``max_events`` (a payload worker's memory): the scouts'
+    size, the fallback and a cap under the floor are all bounded by it."""
+    fast = [{"events": 20_000, "seconds": 0.02, "rss_mb": 200.0, "site": "A"}]  # 1M ev/s
+    capped = size_from_scouts(fast, 60, max_events=136_000)
+    assert capped.events_per_job == 136_000 and "memory" in capped.note
+    assert size_from_scouts(fast, 0.05, max_events=136_000).events_per_job == 50_000
+    assert size_from_scouts([], 60, max_events=50_000).events_per_job == 50_000
+    assert size_from_scouts([], 60, max_events=10**9).events_per_job == FALLBACK_EVENTS
+    assert size_from_scouts(fast, 60, max_events=10).events_per_job == MIN_EVENTS_PER_JOB
+    assert size_from_scouts(fast, 60, max_events=None).events_per_job == 60_000_000

@@ -165,8 +165,8 @@ class SeededBroker:
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
 
-    def choose(self, requests, loads):
-        return choose(requests, loads, rng=self.rng)
+    def choose(self, requests, loads, **context):
+        return choose(requests, loads, rng=self.rng, **context)
 
 
 SITES = [{"name": n, "kind": "local", "provisioner": "local", "pilots": 1, "slots": 2}

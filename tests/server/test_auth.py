@@ -50,6 +50,27 @@ def test_there_are_routes_to_check(app_and_tokens):
     paths = {p for _, _, p in _routes(app)}
     assert "/api/tasks" in paths and "/api/pilot/acquire" in paths
     assert "/api/openapi.json" in paths and "/metrics" in paths and len(paths) > 20
+    # the web monitor: its JSON views, its pages and its assets
+    assert {"/monitor/api/tasks", "/monitor/api/jobs/{job_id}", "/monitor/",
+            "/monitor/tasks/{task}", "/monitor/static/{name}"} <= paths
+
+
+def test_a_monitor_page_refused_to_a_browser_is_its_login_form(app_and_tokens):
+    """A browser's navigation carries no bearer header: the refusal (401, or 403 for a
+    pilot's token) comes with the page that asks for the token, and no data."""
+    app, user, pilot = app_and_tokens
+    html = {"Accept": "text/html"}
+    with TestClient(app) as client:
+        for path in ("/monitor/", "/monitor/tasks/1", "/monitor/static/monitor.js"):
+            r = client.get(path, headers=html)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert 'id="login"' in r.text and r.headers["content-type"].startswith("text/html")
+            r = client.get(path, headers={**html, "Authorization": f"Bearer {pilot}"})
+            assert r.status_code == 403 and 'id="login"' in r.text
+        r = client.get("/monitor/tasks?json", headers=html)
+        assert r.status_code == 401 and r.json()["detail"] == "missing bearer token"
+        r = client.get("/monitor/static/monitor.js", headers={"Authorization": f"Bearer {user}"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
 
 
 def test_every_route_refuses_a_missing_or_wrong_token_and_the_wrong_kind(app_and_tokens):

@@ -124,6 +124,7 @@ def test_revoked_while_running_is_refused_at_once(live):
     assert _users(panda.home, "revoke", "dave")[0] == 2  # revoked already: named, usage error
 
 
+@pytest.mark.slow  # a Jupyter server of its own, started with the notebook user's token
 def test_the_panel_api_shows_the_notebook_users_own_work(live, tmp_path, monkeypatch):
     panda, tokens = live
     alice, bob = Lab(panda.info["url"], tokens["alice"]), Lab(panda.info["url"], tokens["bob"])

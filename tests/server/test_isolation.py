@@ -24,9 +24,12 @@ B64 = base64.b64encode(b"payload").decode()
 # What each client route touches: "any" (not owned: sites, states...), "task", "job",
 # "dataset", "list" (filtered to one's own), "new" (owned by whoever makes it), "kill"
 # (job ids in the body), "events" (checked here with ?tasks=, the stream in
-# test_identities_live).
+# test_identities_live).  "/api/counts" (the status bar's) counts everyone's jobs: numbers
+# only, no task named.
 CLIENT = {
     ("GET", "/api/info"): "any", ("GET", "/api/states"): "any",
+    ("GET", "/api/links"): "any", ("GET", "/api/counts"): "any",
+    ("POST", "/api/tasks/{task}/acknowledge"): "task",
     ("GET", "/api/sites"): "any", ("GET", "/api/pilots"): "any",
     ("GET", "/api/openapi.json"): "any",
     ("POST", "/api/tasks"): "new", ("GET", "/api/tasks"): "list",
@@ -47,6 +50,8 @@ PILOT = {"/api/pilot/register", "/api/pilot/acquire", "/api/pilot/update",
          "/api/pilot/heartbeat", "/api/pilot/end", "/api/pilot/results/{task_id}/{job_id}",
          "/api/pilot/output/{task_id}/{job_id}", "/api/pilot/tasks/{task_id}/common"}
 OTHER = {("GET", "/metrics"): "metrics"}
+#: The web monitor's views show everyone's work unfiltered: admins and read-only only.
+MONITOR = "/monitor/"
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +118,25 @@ def test_every_route_has_a_rule(world):
     client = world[0]
     for method, _, template in _routes(client.app):
         assert ((method, template) in CLIENT or template in PILOT
-                or (method, template) in OTHER), f"no isolation rule for {method} {template}"
+                or (method, template) in OTHER or template.startswith(MONITOR)), \
+            f"no isolation rule for {method} {template}"
+
+
+def test_the_web_monitor_is_for_those_who_see_all(world):
+    client, as_, owned, _ = world
+    checked = 0
+    for method, _, template in _routes(client.app):
+        if not template.startswith(MONITOR):
+            continue
+        path, _, _ = _request(method, template.replace("{name}", "monitor.js"), "bob", owned)
+        for user in ("alice", "bob"):
+            r = client.request(method, path, headers=as_(user))
+            assert r.status_code == 403, (user, method, template, r.status_code)
+        for seer in ("boss", "mon"):
+            r = client.request(method, path, headers=as_(seer))
+            assert r.status_code not in (401, 403, 404), (seer, method, template, r.text[:200])
+        checked += 1
+    assert checked >= 10
 
 
 def test_owner_is_the_identity_not_what_the_client_says(world):

@@ -26,8 +26,8 @@ class SeededBroker:
     def __init__(self) -> None:
         self.rng = random.Random(1)
 
-    def choose(self, requests, loads):
-        return choose(requests, loads, rng=self.rng)
+    def choose(self, requests, loads, **context):
+        return choose(requests, loads, rng=self.rng, **context)
 
 
 @pytest.fixture

@@ -24,10 +24,10 @@ class Broker:
     def __init__(self) -> None:
         self.refuse = False
 
-    def choose(self, requests, loads):
+    def choose(self, requests, loads, **context):
         if self.refuse:
             raise BrokerageError("no site for the retries")
-        return choose(requests, loads)
+        return choose(requests, loads, **context)
 
 
 @pytest.fixture

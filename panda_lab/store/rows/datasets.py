@@ -13,6 +13,7 @@ import json
 from sqlalchemy import Connection, delete, insert, or_, select, true
 from sqlalchemy.engine import Row
 
+from panda_lab.model.brokerage import Request
 from panda_lab.store.base import now
 from panda_lab.store.errors import DatasetNotFound
 from panda_lab.store.schema import bad_files, chunks, datasets, files, replicas
@@ -134,3 +135,20 @@ def chunks_of(conn: Connection, task_id: int) -> list[Row]:
     """A task's chunks by job index (then insertion order)."""
     return conn.execute(select(chunks).where(chunks.c.task_id == task_id)
                         .order_by(chunks.c.job_index, chunks.c.id)).all()
+
+
+def input_request(chunks: list[dict], sites: tuple[str, ...]) -> Request:
+    """The request of an analysis job reading ``chunks`` (dicts with ``path``, ``start``,
+    ``stop``, optional ``bytes`` (the range's share of its file) and ``replicas``
+    ``[{"endpoint", "url"}]``): its events, the bytes of its input held at each
+    endpoint, its files, and the read requests it makes (about two per chunk: the
+    metadata, then the baskets in one request)."""
+    held: dict[str, int] = {}
+    for c in chunks:
+        for endpoint in {r["endpoint"] for r in c.get("replicas") or ()}:
+            held[endpoint] = held.get(endpoint, 0) + int(c.get("bytes") or 0)
+    return Request(sites=sites, near=frozenset(held),
+                   events=sum(int(c["stop"]) - int(c["start"]) for c in chunks),
+                   input_bytes={e: b for e, b in held.items() if b > 0},
+                   files=tuple(dict.fromkeys(c["path"] for c in chunks)),
+                   read_requests=max(1, 2 * len(chunks)))

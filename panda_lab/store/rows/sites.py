@@ -12,6 +12,7 @@ from panda_lab.model import JOB_ON_PILOT, JobState, PilotState, SiteState
 from panda_lab.model.brokerage import SiteLoad
 from panda_lab.store.base import dumps, loads, now
 from panda_lab.store.errors import UnknownSite
+from panda_lab.store.rows.links import site_statistics
 from panda_lab.store.schema import jobs, pilots, sites
 
 J = JobState
@@ -59,6 +60,12 @@ def states(conn: Connection) -> dict[str, str]:
     return dict(conn.execute(select(sites.c.name, sites.c.state)).all())
 
 
+def endpoints(conn: Connection) -> dict[str, str]:
+    """Each site's own storage endpoint (its ``endpoint`` key; ``""`` when it names none)."""
+    return {r.name: str(loads(r.config).get("endpoint") or "")
+            for r in conn.execute(select(sites.c.name, sites.c.config))}
+
+
 def demand(conn: Connection, name: str) -> int:
     """Jobs queued or held by pilots at a site."""
     return conn.execute(select(func.count()).select_from(jobs)
@@ -67,7 +74,8 @@ def demand(conn: Connection, name: str) -> int:
 
 def loads_(conn: Connection) -> list[SiteLoad]:
     """The snapshot brokerage decides on: each site's state, capacity (slots of its
-    running pilots, else the slots it is configured for), queued and running jobs."""
+    running pilots, else the slots it is configured for), queued and running jobs, and
+    what its past attempts measured (events/s per slot, failure rate, mean job time)."""
     counts: dict[str, dict[str, int]] = {}
     for site, state, n in conn.execute(select(jobs.c.site, jobs.c.state, func.count())
                                        .where(jobs.c.state.in_(AT_SITE))
@@ -76,18 +84,36 @@ def loads_(conn: Connection) -> list[SiteLoad]:
     slots = dict(conn.execute(select(pilots.c.site, func.sum(pilots.c.slots))
                               .where(pilots.c.state == str(PilotState.RUNNING))
                               .group_by(pilots.c.site)).all())
+    stats = site_statistics(conn)
     out = []
     for row in conn.execute(select(sites).order_by(sites.c.name)):
         cfg = loads(row.config)
         c = counts.get(row.name, {})
+        rate, failure, mean_s = stats.get(row.name, (None, 0.0, None))
         configured = int(cfg.get("pilots", 1)) * int(cfg.get("slots", 1))
         out.append(SiteLoad(
             name=row.name, kind=row.kind, state=row.state, reason=row.reason,
             capacity=int(slots.get(row.name) or configured),
             queued=sum(c.get(s, 0) for s in QUEUED),
             running=sum(c.get(s, 0) for s in JOB_ON_PILOT),
-            endpoint=str(cfg.get("endpoint") or "")))
+            endpoint=str(cfg.get("endpoint") or ""), slot_rate=rate, failure_rate=failure,
+            mean_job_s=mean_s))
     return out
+
+
+def stalled(conn: Connection, since: float) -> list[str]:
+    """Sites whose queue stalled: they have jobs activated before ``since`` still waiting,
+    and none of their jobs moved (dispatched, started, ended) after ``since``.  Sorted."""
+    waiting = {site for site, in conn.execute(
+        select(jobs.c.site).where(jobs.c.state == str(J.ACTIVATED),
+                                  jobs.c.modified_at < since).group_by(jobs.c.site))}
+    if not waiting:
+        return []
+    active = {site for site, in conn.execute(
+        select(jobs.c.site).where(jobs.c.site.in_(sorted(waiting)),
+                                  jobs.c.state.notin_([str(s) for s in QUEUED]),
+                                  jobs.c.modified_at >= since).group_by(jobs.c.site))}
+    return sorted(waiting - active)
 
 
 def listing(conn: Connection) -> list[dict]:

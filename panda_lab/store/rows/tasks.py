@@ -8,11 +8,12 @@ from __future__ import annotations
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.engine import Row
 
-from panda_lab.model import JOB_FINAL, TASK_FINAL, TaskState, can_task
+from panda_lab.model import JOB_FINAL, JOB_UNSUCCESSFUL, TASK_FINAL, TaskState, can_task
 from panda_lab.model.lease import ended_message
+from panda_lab.model.outcome import task_outcome
 from panda_lab.store.base import Changes, dumps, loads, now
 from panda_lab.store.errors import TaskNotFound
-from panda_lab.store.schema import jobs, results, tasks
+from panda_lab.store.schema import chunks, jobs, results, tasks
 
 T = TaskState
 FINAL_JOBS = [str(s) for s in JOB_FINAL]
@@ -68,6 +69,22 @@ def add_options(conn: Connection, task_id: int, old: str, values: dict,
     ``columns`` are set in the same statement (``open=False``)."""
     conn.execute(update(tasks).where(tasks.c.id == task_id).values(
         options=dumps(loads(old) | values), modified_at=now(), **columns))
+
+
+def add_filter_summary(conn: Connection, summaries: dict[int, dict[str, int]]) -> None:
+    """Add each task's ``{filter: candidates removed}`` counts to its brokerage summary
+    (tasks with nothing removed are not written)."""
+    wanted = {t: s for t, s in summaries.items() if s}
+    if not wanted:
+        return
+    old = dict(conn.execute(select(tasks.c.id, tasks.c.brokerage)
+                            .where(tasks.c.id.in_(sorted(wanted)))).all())
+    for task_id, summary in sorted(wanted.items()):
+        total = loads(old.get(task_id) or "{}")
+        for name, n in summary.items():
+            total[name] = total.get(name, 0) + int(n)
+        conn.execute(update(tasks).where(tasks.c.id == task_id)
+                     .values(brokerage=dumps(total)))
 
 
 def set_open(conn: Connection, task_id: int, open_: bool, touch: bool = True) -> None:
@@ -126,9 +143,12 @@ def task_sites(conn: Connection, task_ids: set[int]) -> dict[int, Row]:
         .where(tasks.c.id.in_(task_ids)))}
 
 
-def common_and_limits(conn: Connection, task_ids: list[int]) -> dict[int, tuple[bool, object]]:
-    """Whether each task has a common payload part, and its ``output_limit`` option."""
-    return {task_id: (bool(has_common), loads(options).get("output_limit"))
+def common_and_limits(conn: Connection,
+                      task_ids: list[int]) -> dict[int, tuple[bool, object, object]]:
+    """Whether each task has a common payload part, its ``output_limit`` option and its
+    ``workdir`` option (the client's host and directory, or None)."""
+    return {task_id: (bool(has_common), (o := loads(options)).get("output_limit"),
+                      o.get("workdir"))
             for task_id, has_common, options in conn.execute(
                 select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options)
                 .where(tasks.c.id.in_(task_ids)))}
@@ -139,20 +159,84 @@ def common(conn: Connection, task_id: int) -> bytes | None:
     return conn.execute(select(tasks.c.common).where(tasks.c.id == task_id)).scalar()
 
 
+def task_dicts(conn: Connection, rows: list[Row]) -> list[dict]:
+    """Tasks as the API shows them (see :func:`task_dict`), read together: a fixed number
+    of grouped queries whatever the number of tasks (a list of 50 tasks costs what one
+    task does, not fifty times it)."""
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+    for t, st, n in conn.execute(select(jobs.c.task_id, jobs.c.state, func.count())
+                                 .where(jobs.c.task_id.in_(ids))
+                                 .group_by(jobs.c.task_id, jobs.c.state)):
+        counts[t][st] = n
+    n_done = dict(conn.execute(select(results.c.task_id, func.count())
+                               .where(results.c.task_id.in_(ids))
+                               .group_by(results.c.task_id)).all())
+    newest_ids = (select(func.max(jobs.c.id)).where(jobs.c.task_id.in_(ids))
+                  .group_by(jobs.c.task_id, jobs.c.job_index))
+    newest: dict[int, dict[str, int]] = {i: {} for i in ids}
+    for t, st, n in conn.execute(select(jobs.c.task_id, jobs.c.state, func.count())
+                                 .where(jobs.c.id.in_(newest_ids))
+                                 .group_by(jobs.c.task_id, jobs.c.state)):
+        newest[t][st] = n
+    # Events done and lost: only analysis tasks have chunks.
+    sizes: dict[int, dict[int, int]] = {}
+    for t, j, n in conn.execute(select(chunks.c.task_id, chunks.c.job_index,
+                                       func.sum(chunks.c.stop - chunks.c.start))
+                                .where(chunks.c.task_id.in_(ids))
+                                .group_by(chunks.c.task_id, chunks.c.job_index)):
+        sizes.setdefault(t, {})[j] = int(n)
+    done: dict[int, set[int]] = {t: set() for t in sizes}
+    states: dict[int, dict[int, str]] = {t: {} for t in sizes}
+    if sizes:
+        analysis = list(sizes)
+        for t, j in conn.execute(select(results.c.task_id, results.c.job_index)
+                                 .where(results.c.task_id.in_(analysis))):
+            done[t].add(j)
+        for t, j, st in conn.execute(select(jobs.c.task_id, jobs.c.job_index, jobs.c.state)
+                                     .where(jobs.c.id.in_(newest_ids),
+                                            jobs.c.task_id.in_(analysis))):
+            states[t][j] = st
+    unsuccessful = {str(s) for s in JOB_UNSUCCESSFUL}
+    t_now = now()
+    out = []
+    for row in rows:
+        events_done = events_lost = None
+        if row.id in sizes:
+            final = TaskState(row.state) in TASK_FINAL
+            got, size = done[row.id], sizes[row.id]
+            lost = {j for j, st in states[row.id].items()
+                    if j not in got and (final or st in unsuccessful)}
+            events_done = sum(n for j, n in size.items() if j in got)
+            events_lost = sum(n for j, n in size.items() if j in lost)
+        finished = n_done.get(row.id, 0)
+        summary = task_outcome(row.state, row.n_jobs, finished, newest[row.id],
+                               events_done=events_done, events_lost=events_lost,
+                               created_at=row.created_at, ended_at=row.ended_at, now=t_now,
+                               message=row.message).as_dict()
+        out.append({
+            "id": row.id, "name": row.name, "owner": row.owner, "state": row.state,
+            "site": row.site, "options": loads(row.options), "open": bool(row.open),
+            "lease_until": row.lease_until,
+            "n_jobs": row.n_jobs, "n_done": finished, "attempts_by_state": counts[row.id],
+            "created_at": row.created_at, "modified_at": row.modified_at,
+            "ended_at": row.ended_at, "message": row.message,
+            "summary": summary,
+            # JEDI's task diagnostics: candidates each brokerage filter removed
+            "brokerage": loads(row.brokerage or "{}"),
+        })
+    return out
+
+
 def task_dict(conn: Connection, row: Row) -> dict:
-    """A task as the API shows it, with its attempts counted by state and ``n_done``."""
-    counts = dict(conn.execute(select(jobs.c.state, func.count())
-                               .where(jobs.c.task_id == row.id).group_by(jobs.c.state)).all())
-    n_done = conn.execute(select(func.count()).select_from(results)
-                          .where(results.c.task_id == row.id)).scalar_one()
-    return {
-        "id": row.id, "name": row.name, "owner": row.owner, "state": row.state,
-        "site": row.site, "options": loads(row.options), "open": bool(row.open),
-        "lease_until": row.lease_until,
-        "n_jobs": row.n_jobs, "n_done": n_done, "attempts_by_state": counts,
-        "created_at": row.created_at, "modified_at": row.modified_at,
-        "ended_at": row.ended_at, "message": row.message,
-    }
+    """A task as the API shows it, with its attempts counted by state, ``n_done`` and
+    its ``summary``: ``{"label", "tone", "jobs_lost", "events_lost", "wall_s", "rate"}``
+    (see :func:`panda_lab.model.outcome.task_outcome`), from the newest attempt of each
+    logical job, the jobs with a result and, for an analysis task, the entries of each
+    job's chunks."""
+    return task_dicts(conn, [row])[0]
 
 
 def list_rows(conn: Connection, limit: int, state: str | None,

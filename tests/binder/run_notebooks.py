@@ -1,0 +1,63 @@
+"""What the Binder replay runs through ``binder/start``: every example and teaching
+notebook with nbclient, then ``jupyter labextension list``; one JSON line of results.
+
+Run as ``binder/start python tests/binder/run_notebooks.py OUT.json`` from a checkout
+whose panda-lab was installed by ``binder/postBuild``.  The notebooks run in place
+(``example_notebooks/`` and its ``teaching/``) against the embedded server their
+``panda_lab.connect()`` starts, which is stopped at the end.  Not a test module: the
+test in ``test_binder.py`` reads what this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path.cwd()
+
+
+def notebooks() -> list[Path]:
+    base = ROOT / "example_notebooks"
+    return sorted(base.glob("*.ipynb")) + sorted((base / "teaching").glob("*.ipynb"))
+
+
+def run(path: Path) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    t = time.monotonic()
+    try:
+        client.execute()
+        error = None
+    except Exception as exc:  # a failing cell: reported with the notebook's name
+        error = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+    return {"notebook": str(path.relative_to(ROOT)), "seconds": round(time.monotonic() - t, 1),
+            "error": error}
+
+
+def main(out: str) -> int:
+    from panda_lab.resources import detect
+
+    res = detect()
+    result: dict = {"resources": {"cpus": res.cpus, "memory": res.memory,
+                                  "source": res.source},
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "notebooks": [run(p) for p in notebooks()]}
+    ext = subprocess.run(["jupyter", "labextension", "list"], capture_output=True, text=True)
+    result["labextension_list"] = ext.stdout + ext.stderr
+    sites = subprocess.run(["panda-lab", "sites", "--json"], capture_output=True, text=True)
+    result["sites"] = json.loads(sites.stdout) if sites.returncode == 0 else sites.stderr
+    subprocess.run(["panda-lab", "server", "stop"], capture_output=True, text=True)
+    Path(out).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,233 @@
+"""The web monitor in a real headless Chromium, against a real server whose local pilots
+ran real tasks: successes, user errors, a job that died and was retried, three sites.
+
+Kinds tested: a view that does not render what its JSON holds (every view is opened,
+its rows checked and a screenshot kept in test-artifacts/); a page that is not live (a
+job finishing shows on an open task page within 1 s, without reloading); a page that
+grows while open (a refresh replaces a view's rows, never appends); a route that
+answers without the user token (every monitor route, page, view and asset, refuses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from harness import ServerProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def square(x):
+    print(f"squaring {x}")
+    return x * x
+
+
+def fail_odd(x):
+    if x % 2:
+        raise ValueError(f"odd input {x}")
+    return x
+
+
+def die_once(marker_dir, i):
+    """Dies (the worker process exits: a system error, retried) on its first attempt."""
+    marker = Path(marker_dir) / f"died-{i}"
+    if not marker.exists():
+        marker.write_text("")
+        os._exit(3)
+    return i
+
+
+def nap(t):
+    time.sleep(t)
+    return t
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    import sys
+
+    import cloudpickle
+
+    # the pilots cannot import this module: its functions travel by value (the autouse
+    # fixture that does this for tests is not active yet in a module's fixture)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    home = tmp_path_factory.mktemp("monitor-home")
+    server = ServerProcess(home).start()
+    lab = server.lab()
+    markers = tmp_path_factory.mktemp("markers")
+    ids = {"ok": lab.submit(square, [(i,) for i in range(3)], name="squares-ok"),
+           "broken": lab.submit(fail_odd, [(i,) for i in range(2)], name="odd-broken"),
+           "flaky": lab.submit(die_once, [(str(markers), 0)],
+                               name="flaky-retried")}
+    for task in ids.values():
+        lab.wait(task, timeout=90)
+    try:
+        yield {"server": server, "lab": lab, "ids": ids, "url": server.info["url"],
+               "token": server.info["user_token"]}
+    finally:
+        lab.close()
+        # nothing of it is kept: no clean shutdown to wait for
+        server.kill()
+        server.kill_pilots()
+        server.log.close()
+        with contextlib.suppress(ValueError):   # the autouse fixture may have done it
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def login(chromium, filled):
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(15_000)
+    page.goto(f"{filled['url']}/monitor/")
+    page.locator("#login").wait_for()
+    page.fill("#token", filled["token"])
+    page.click("#login button")
+    page.locator("table.tasks").wait_for()
+    return page
+
+
+def open_view(page, url: str, selector: str) -> None:
+    """Go to ``url`` in the same tab (the token stays in sessionStorage) and wait for
+    ``selector`` in the rendered view."""
+    page.goto(url)
+    page.locator(selector).first.wait_for()
+
+
+def test_every_view_renders_from_the_real_server(chromium, filled, artifacts):
+    ids, base = filled["ids"], f"{filled['url']}/monitor"
+    page = login(chromium, filled)
+    rows = page.locator("table.tasks tbody tr")
+    assert rows.count() == 3
+    ok = page.locator(f"tr[data-task-id='{ids['ok']}']")
+    assert ok.get_attribute("data-state") == "done" and "3/3" in ok.inner_text()
+    assert page.locator(f"tr[data-task-id='{ids['broken']}']").get_attribute(
+        "data-state") == "finished"
+    assert page.locator(".facet[data-facet='state']").inner_text().count("\n") >= 1
+    page.screenshot(path=str(artifacts / "monitor-tasks.png"), full_page=True)
+
+    # filters are the URL: a name glob, and a sort by a column
+    open_view(page, f"{base}/tasks?name=*broken&sort=name", "table.tasks")
+    assert page.locator("table.tasks tbody tr").count() == 1
+
+    # a task: jobs per site by state, wall time per site, progress, brokerage
+    open_view(page, f"{base}/tasks/{ids['ok']}", "#task-done")
+    assert page.locator("#task-done").get_attribute("data-done") == "3"
+    sites = page.locator("table.jobs-by-site tr[data-site]")
+    assert sites.count() >= 1 and all(
+        s.startswith("LOCAL-") for s in sites.evaluate_all("r => r.map(e => e.dataset.site)"))
+    assert page.locator("table.dist tr[data-site] svg.hist rect").count() >= 20
+    assert page.locator(".progress-chart svg.hist").count() == 1
+    assert "picked" in page.locator("table.brokerage").inner_text()
+    page.screenshot(path=str(artifacts / "monitor-task.png"), full_page=True)
+
+    # jobs, filtered to the failures, with facets
+    open_view(page, f"{base}/jobs?state=failed", "table.jobs")
+    failed = page.locator("table.jobs tbody tr")
+    assert failed.count() == 2          # a user error, a death (retried)
+    assert "user" in page.locator(".facet[data-facet='error_category']").inner_text()
+    assert page.locator(".facet[data-facet='attempt'] li").count() == 1   # all first tries
+    page.screenshot(path=str(artifacts / "monitor-jobs.png"), full_page=True)
+
+    # a job: a user error's traceback and output, where it ran and why
+    job = next(j for j in filled["lab"].jobs(ids["broken"]) if j["state"] == "failed")
+    open_view(page, f"{base}/jobs/{job['id']}", "pre.traceback")
+    assert "ValueError: odd input" in page.locator("pre.traceback").inner_text()
+    assert '"picked"' in page.locator("pre.broker").inner_text()
+    assert page.locator("b.where").inner_text().startswith("LOCAL-")
+    page.screenshot(path=str(artifacts / "monitor-job.png"), full_page=True)
+
+    # a retried job: both attempts listed
+    retried = filled["lab"].jobs(ids["flaky"])[0]
+    open_view(page, f"{base}/jobs/{retried['id']}", "table.attempts")
+    assert page.locator("table.attempts tr").count() == 3    # header and two attempts
+
+    # errors grouped by category and message, by site, by task
+    open_view(page, f"{base}/errors", "table.by-message")
+    text = page.locator("table.by-message").inner_text()
+    assert "ValueError: odd input 1" in text and "system" in text
+    assert page.locator("table.by-task").inner_text().count("odd-broken") == 1
+    page.screenshot(path=str(artifacts / "monitor-errors.png"), full_page=True)
+
+    # sites: kind, provisioner, pilots with heartbeat age, failure rate
+    open_view(page, f"{base}/sites", "section.site")
+    assert page.locator("section.site").count() == 3
+    grid = page.locator("section.site[data-site='LOCAL-GRID']")
+    assert "grid site, provisioner local" in grid.inner_text()
+    assert grid.locator("tr[data-pilot-id]").count() >= 1
+    assert "ago" in grid.locator("tr[data-pilot-id]").first.inner_text()
+    assert "%" in page.locator(".failure-rate").first.inner_text()
+    page.screenshot(path=str(artifacts / "monitor-sites.png"), full_page=True)
+    page.close()
+
+
+def test_a_finishing_job_shows_on_an_open_task_page_within_a_second(chromium, filled,
+                                                                     artifacts):
+    lab = filled["lab"]
+    page = login(chromium, filled)
+    task = lab.submit(nap, [(0.5,), (1.2,)], name="live-naps")
+    page.goto(f"{filled['url']}/monitor/tasks/{task}")
+    page.locator("#task-done").wait_for()
+    page.locator("#live.on").wait_for()
+    seen = 0
+    deadline = time.monotonic() + 60
+    while seen < 2 and time.monotonic() < deadline:
+        done = lab.task_info(task)["n_done"]
+        if done > seen:
+            t0 = time.monotonic()
+            page.locator(f"#task-done[data-done='{done}']").wait_for(timeout=1_000)
+            assert time.monotonic() - t0 < 1.0
+            seen = done
+        time.sleep(0.03)
+    assert seen == 2
+    page.screenshot(path=str(artifacts / "monitor-task-live.png"), full_page=True)
+    page.close()
+
+
+def test_an_open_list_replaces_its_rows_and_does_not_grow(chromium, filled):
+    lab = filled["lab"]
+    page = login(chromium, filled)
+    page.goto(f"{filled['url']}/monitor/tasks?per_page=2")
+    page.locator("table.tasks").wait_for()
+    page.locator("#live.on").wait_for()
+    nodes = page.evaluate("document.getElementsByTagName('*').length")
+    for i in range(2):
+        stamp = page.locator("#view").get_attribute("data-updated")
+        task = lab.submit(square, [(i,)], name=f"more-{i}")
+        wait_for(lambda t=task: page.locator(f"tr[data-task-id='{t}']").count(), 10,
+                 what="the new task listed")
+        assert page.locator("#view").get_attribute("data-updated") != stamp
+        assert page.locator("table.tasks tbody tr").count() == 2
+    grown = page.evaluate("document.getElementsByTagName('*').length") - nodes
+    assert abs(grown) <= 10, f"the page grew by {grown} elements"
+    page.close()
+
+
+def test_the_monitor_refuses_without_the_user_token(chromium, filled):
+    url, ids = filled["url"], filled["ids"]
+    paths = ["/monitor/", "/monitor/tasks", f"/monitor/tasks/{ids['ok']}", "/monitor/jobs",
+             "/monitor/jobs/1", "/monitor/errors", "/monitor/sites", "/monitor/tasks?json",
+             "/monitor/static/monitor.js", "/monitor/static/monitor.css",
+             "/monitor/api/tasks", f"/monitor/api/tasks/{ids['ok']}", "/monitor/api/jobs",
+             "/monitor/api/jobs/1", "/monitor/api/errors", "/monitor/api/sites"]
+    page = chromium.new_page()
+    pilot = filled["server"].info["pilot_token"]
+    for path in paths:
+        r = page.request.get(url + path)
+        assert r.status == 401, (path, r.status)
+        assert "squares-ok" not in r.text()
+        r = page.request.get(url + path, headers={"Authorization": f"Bearer {pilot}"})
+        assert r.status == 403, (path, r.status)
+        r = page.request.get(url + path, headers={"Authorization": f"Bearer {filled['token']}"})
+        assert r.status == 200, (path, r.status)
+    # in the browser: the login form and nothing else; a wrong token is told so
+    page.goto(f"{url}/monitor/tasks")
+    page.locator("#login").wait_for()
+    assert "squares-ok" not in page.content()
+    page.fill("#token", "not-the-token")
+    page.click("#login button")
+    page.locator("#login-error:has-text('wrong token')").wait_for()
+    assert page.evaluate("sessionStorage.getItem('panda-lab-token')") is None
+    page.close()

@@ -1,0 +1,81 @@
+"""The status bar's numbers (panda_lab/store/rows/counts.py), on both backends.
+
+The kind of bug: a number that says something other than what happened.  Its members
+tested here: jobs a pilot prefetched counted as running; failed attempts that a retry
+recovered counted as failed; failures of a task its owner killed, or that a person
+acknowledged, counted as needing attention; and, the other way, an acknowledged task
+whose retry fails again no longer counted."""
+
+from __future__ import annotations
+
+from panda_lab.store import Store
+
+SITES = [{"name": "A", "kind": "local", "provisioner": "local", "pilots": 1, "slots": 2}]
+
+
+def pilot(store: Store) -> int:
+    return store.register_pilot("A", "host", 123, 2, {"version": "test"})
+
+
+def report(store: Store, pilot_id: int, job_id: int, state: str, **fields) -> None:
+    job = store.get_job(job_id)
+    store.apply_updates(pilot_id, [{"id": job_id, "attempt": job["attempt"], "state": state,
+                                    **fields}])
+
+
+SYSTEM = {"category": "system", "message": "worker died"}
+USER = {"category": "user", "message": "ValueError: bad", "traceback": "Traceback ..."}
+
+
+def test_running_prefetched_and_waiting_apart(store):
+    store.create_task("t", [{"payload": b"x"} for _ in range(5)])
+    p = pilot(store)
+    got, _ = store.acquire(p, "A", 3)             # a pilot pulls 3 jobs ...
+    held = [j["id"] for j in got]
+    report(store, p, held[0], "running")          # ... and starts one
+    c = store.job_counts()
+    assert (c["running"], c["prefetched"], c["waiting"]) == (1, 2, 2)
+    assert (c["failed"], c["failed_tasks"]) == (0, 0)
+
+
+def test_failed_counts_only_what_still_needs_attention(store):
+    # a system failure retried and recovered: not failed
+    _, (recovered,), _ = store.create_task("recovered", [{"payload": b"x"}],
+                                           options={"max_attempts": 2})
+    p = pilot(store)
+    store.acquire(p, "A", 10)
+    report(store, p, recovered, "failed", error=SYSTEM)
+    retry = store.list_jobs(store.get_job(recovered)["task_id"])[0]["id"]
+    assert retry != recovered
+    store.acquire(p, "A", 10)
+    report(store, p, retry, "finished", result=b"r")
+    assert store.job_counts()["failed"] == 0
+
+    # two user failures in one task: they need a person
+    task, (a, b, c), _ = store.create_task("broken", [{"payload": b"x"}] * 3)
+    store.acquire(p, "A", 10)
+    for j in (a, b):
+        report(store, p, j, "failed", error=USER)
+    report(store, p, c, "finished", result=b"r")
+    assert store.get_task(task)["state"] == "finished"
+    counts = store.job_counts()
+    assert (counts["failed"], counts["failed_tasks"]) == (2, 1)
+
+    # acknowledged: seen, no longer counted
+    store.acknowledge_task(task)
+    assert store.job_counts()["failed"] == 0
+
+    # retried, and one fails again: counted again, the other recovered is not
+    new, _ = store.retry_task(task)
+    store.acquire(p, "A", 10)
+    report(store, p, new[0], "failed", error=USER)
+    report(store, p, new[1], "finished", result=b"r")
+    assert (store.job_counts()["failed"], store.job_counts()["failed_tasks"]) == (1, 1)
+
+    # a task its owner killed: its failures were the owner's decision
+    killed, (k1, _k2), _ = store.create_task("killed", [{"payload": b"x"}] * 2)
+    store.acquire(p, "A", 10)
+    report(store, p, k1, "failed", error=USER)
+    assert store.job_counts()["failed"] == 2
+    store.kill_task(killed)
+    assert store.job_counts()["failed"] == 1
