@@ -27,17 +27,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         return p
 
     add = db(usub.add_parser("add", help="issue a token to a new user (printed once)"))
-    add.add_argument("name")
+    add.add_argument("name", help="the user's name: owner of what they submit")
     role = add.add_mutually_exclusive_group()
     role.add_argument("--admin", action="store_true", help="sees and acts on everyone's work")
     role.add_argument("--read-only", action="store_true",
                       help="sees everyone's work, acts on nothing (monitors)")
     pil = db(usub.add_parser("add-pilot", help="issue a pilot token for one site only"))
-    pil.add_argument("site")
+    pil.add_argument("site", help="the site its pilots serve (the identity is pilot@SITE)")
     ls = db(usub.add_parser("list", help="the identities, revoked ones too (no tokens)"))
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="as JSON, one object per identity")
     rv = db(usub.add_parser("revoke", help="revoke a token: refused from the next request"))
-    rv.add_argument("name")
+    rv.add_argument("name", help="the identity to revoke (as `users list` shows it)")
 
 
 def run(args: argparse.Namespace) -> int:
