@@ -61,6 +61,10 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scrape-token-file", type=Path,
                    help="a file holding the token Prometheus sends to /metrics (default: "
                         "$PANDA_LAB_SCRAPE_TOKEN; without either, the user token only)")
+    p.add_argument("--jupyterhub", action="store_true",
+                   help="run as a JupyterHub service: identify notebook users by their hub "
+                        "token ($JUPYTERHUB_API_URL and $JUPYTERHUB_API_TOKEN, which the hub "
+                        "sets for a managed service)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--basket-events", type=int, default=100_000,
                     help="entries per basket, hence per cluster the splitter may cut at")
 
+    from panda_lab.cli import users
+
+    users.add_parser(sub)
+
     from panda_lab.cli import simulate
 
     simulate.add_parser(sub)
@@ -217,6 +225,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from panda_lab.cli import teach
 
         return teach.run(args)
+    if args.command == "users":
+        from panda_lab.cli import users
+
+        return users.run(args)
     from panda_lab.cli import verbs
 
     return verbs.run(args)

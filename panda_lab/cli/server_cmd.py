@@ -28,7 +28,22 @@ def config_from_args(args: argparse.Namespace):
         max_events_per_job=plan.max_events_per_job if plan else None,
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
-        provision=not args.no_pilots, scrape_token=_scrape_token(args))
+        provision=not args.no_pilots, scrape_token=_scrape_token(args),
+        **_hub(args))
+
+
+def _hub(args: argparse.Namespace) -> dict:
+    """The hub's API URL and the service's token, from the environment JupyterHub gives a
+    service, with ``--jupyterhub``; nothing without it."""
+    from panda_lab.provisioners.config import ConfigError
+
+    if not getattr(args, "jupyterhub", False):
+        return {}
+    url, token = os.environ.get("JUPYTERHUB_API_URL"), os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not url or not token:
+        raise ConfigError("--jupyterhub needs $JUPYTERHUB_API_URL and $JUPYTERHUB_API_TOKEN "
+                          "(JupyterHub sets them for a service it runs)")
+    return {"hub_api_url": url, "hub_api_token": token}
 
 
 def _scrape_token(args: argparse.Namespace) -> str | None:
@@ -61,6 +76,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
         out += ["--sites", str(args.sites.resolve())]
     if args.no_pilots:
         out.append("--no-pilots")
+    if getattr(args, "jupyterhub", False):
+        out.append("--jupyterhub")
     if getattr(args, "scrape_token_file", None) is not None:
         out += ["--scrape-token-file", str(args.scrape_token_file.resolve())]
     if args.broker_seed is not None:

@@ -284,6 +284,17 @@ class Lab:
         return self.api.get("/api/pilots", site=site)
 
 
+def remote_token() -> str | None:
+    """The token for a remote server from the environment: ``PANDA_LAB_TOKEN``, else the
+    file ``PANDA_LAB_TOKEN_FILE`` names, else (inside JupyterHub, where the server runs as
+    a hub service) the single-user server's ``JUPYTERHUB_API_TOKEN``; None when none is
+    set.  ``OSError`` when the token file cannot be read."""
+    token = os.environ.get("PANDA_LAB_TOKEN")
+    if not token and os.environ.get("PANDA_LAB_TOKEN_FILE"):
+        token = Path(os.environ["PANDA_LAB_TOKEN_FILE"]).read_text().strip()
+    return token or os.environ.get("JUPYTERHUB_API_TOKEN") or None
+
+
 def _short_unreachable(shell: Any, etype: type, value: BaseException, tb: Any,
                        tb_offset: int | None = None) -> list[str]:
     """IPython's display of :class:`~panda_lab.http.ServerUnreachable`: its message
@@ -315,8 +326,9 @@ def connect(url: str | None = None, token: str | None = None,
             home: str | os.PathLike | None = None, start: bool = True) -> Lab:
     """Connect to a server.
 
-    - ``url`` given: a remote server; the token comes from ``token``, else the
-      ``PANDA_LAB_TOKEN`` environment variable, else ``PANDA_LAB_TOKEN_FILE``.
+    - ``url`` given (or ``PANDA_LAB_URL`` set): a remote server; the token comes from
+      ``token``, else :func:`remote_token` (``PANDA_LAB_TOKEN``, ``PANDA_LAB_TOKEN_FILE``,
+      then inside JupyterHub ``JUPYTERHUB_API_TOKEN``: no token to copy there).
     - nothing given: the local server of ``PANDA_LAB_HOME`` (or the user's data dir),
       started detached if none runs and ``start`` is true.
 
@@ -324,13 +336,13 @@ def connect(url: str | None = None, token: str | None = None,
     token from any of the three sources, and :class:`ConnectionError` when no local server
     runs and ``start`` is false (or the local server refuses the connection).
     """
+    url = url or os.environ.get("PANDA_LAB_URL") or None
     if url is not None:
-        token = token or os.environ.get("PANDA_LAB_TOKEN")
-        if token is None and os.environ.get("PANDA_LAB_TOKEN_FILE"):
-            token = Path(os.environ["PANDA_LAB_TOKEN_FILE"]).read_text().strip()
+        token = token or remote_token()
         if not token:
             raise ValueError("a token is needed for a remote server: pass token=..., or set "
-                             "PANDA_LAB_TOKEN or PANDA_LAB_TOKEN_FILE")
+                             "PANDA_LAB_TOKEN or PANDA_LAB_TOKEN_FILE (inside JupyterHub, "
+                             "JUPYTERHUB_API_TOKEN is used)")
         lab = Lab(url, token)
         lab.api.get("/api/info")
         return lab

@@ -3,7 +3,14 @@
 Every endpoint is an authenticated Jupyter API handler: the browser speaks only to
 Jupyter, with Jupyter's own login, and the extension speaks to the panda-lab server found
 through the connection file of ``PANDA_LAB_HOME`` (the same server a notebook's
-``panda_lab.connect()`` finds), with the user token from that file.  The panel's logic
+``panda_lab.connect()`` finds), with the notebook user's own token: ``PANDA_LAB_TOKEN``
+(or the file ``PANDA_LAB_TOKEN_FILE`` names) in the Jupyter server's environment, as on
+a shared server where each user has a token of their own (``panda-lab users add``), else
+the user token of the connection file (the server owner's, on a laptop).  With
+``PANDA_LAB_URL`` set (a shared server, e.g. a JupyterHub service) that server is used
+instead of the connection file's, and inside JupyterHub the single-user server's
+``JUPYTERHUB_API_TOKEN`` is the token when no other is given.  So the panel
+shows what the server lets that user see (:mod:`panda_lab.server.auth`).  The panel's logic
 lives here, behind a small REST API, so the TypeScript side stays a thin view that
 survives JupyterLab upgrades.
 """
@@ -12,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,12 +53,28 @@ class PandaLink:
     :func:`panda_lab.runtime.home` takes it (``None``: ``PANDA_LAB_HOME`` or the user's
     data directory)."""
 
-    def __init__(self, home: str | None = None) -> None:
+    def __init__(self, home: str | None = None, token: str | None = None) -> None:
         self.home = runtime.home(home)
+        if token is None and os.environ.get("PANDA_LAB_TOKEN"):
+            token = os.environ["PANDA_LAB_TOKEN"]
+        if token is None and os.environ.get("PANDA_LAB_TOKEN_FILE"):
+            token = Path(os.environ["PANDA_LAB_TOKEN_FILE"]).read_text().strip() or None
+        #: A shared server's URL; None: the connection file's.
+        self.url = os.environ.get("PANDA_LAB_URL") or None
+        if token is None and self.url is not None:
+            token = os.environ.get("JUPYTERHUB_API_TOKEN") or None
+        #: The notebook user's own token; None: the connection file's user token.
+        self.token = token
+
+    def headers(self, info: dict) -> dict:
+        """The ``Authorization`` header for the server of ``info`` (the connection file)."""
+        return {"Authorization": f"Bearer {self.token or info['user_token']}"}
 
     def connection(self) -> dict:
         """The connection file's contents (``url``, ``user_token``, ...).  Raises
         :class:`ServerDown` naming the home when there is no readable file."""
+        if self.url is not None:
+            return {"url": self.url, "user_token": self.token}
         info = runtime.read_connection(self.home)
         if not info:
             raise ServerDown(f"no panda-lab server has run for {self.home}")
@@ -64,7 +89,7 @@ class PandaLink:
         server's status and its ``detail`` (first 200 characters) as the reason for an
         error status, so the panel sees the server's own refusal (404, 409...)."""
         info = self.connection()
-        headers = {"Authorization": f"Bearer {info['user_token']}"}
+        headers = self.headers(info)
         try:
             async with httpx.AsyncClient(base_url=info["url"], timeout=30) as client:
                 r = await client.request(method, path, headers=headers, **kwargs)
@@ -268,11 +293,14 @@ class EventsHandler(PandaHandler):
         params = {"ping": "5"}
         if self.get_argument("tasks", None):
             params["tasks"] = self.get_argument("tasks")
-        headers = {"Authorization": f"Bearer {info['user_token']}"}
+        headers = self.link.headers(info)
         try:
             async with httpx.AsyncClient(base_url=info["url"], timeout=None) as client, \
                     client.stream("GET", "/api/events", params=params,
                                   headers=headers) as r:
+                if r.status_code >= 400:  # the server's refusal (a task not one's own: 404)
+                    detail = (await r.aread()).decode(errors="replace")
+                    raise tornado.web.HTTPError(r.status_code, reason=detail[:200])
                 async for chunk in r.aiter_raw():
                     self.write(chunk)
                     await self.flush()

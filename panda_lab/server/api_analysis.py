@@ -1,4 +1,7 @@
-"""The data and analysis API: datasets, dataset analyses, partial results, reports."""
+"""The data and analysis API: datasets, dataset analyses, partial results, reports.
+
+Datasets and analysis tasks belong to the identity that registered or submitted them
+(:mod:`panda_lab.server.auth`): another user's are a 404, as missing ones."""
 
 from __future__ import annotations
 
@@ -6,16 +9,18 @@ import base64
 from collections import Counter
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import Field, field_validator
 
 from panda_lab.analysis.files import UnknownColumns
 from panda_lab.model.splitter import SplitRule, check_clusters
 from panda_lab.server import analysis_report
 from panda_lab.server.app import Server
+from panda_lab.server.auth import Who, task_of
 from panda_lab.server.schemas import (
     B64,
     INT32_MAX,
+    NO_NUL,
     Count,
     IdPath,
     Name,
@@ -103,7 +108,7 @@ class AnalysisSubmit(Strict):
 
 
 @router.post("/datasets", status_code=201)
-async def register_dataset(request: Request, body: DatasetRegister) -> dict:
+async def register_dataset(request: Request, body: DatasetRegister, who: Who) -> dict:
     s = _server(request)
     for f in body.files:
         try:
@@ -120,26 +125,31 @@ async def register_dataset(request: Request, body: DatasetRegister) -> dict:
     files = [f.model_dump() for f in body.files]
     bad = [b.model_dump() for b in body.bad_files]
     ds_id = await s.db(s.store.register_dataset, body.name, body.tree, files, body.replace,
-                       bad)
+                       bad, who.name)
     return {"id": ds_id, "name": body.name}
 
 
 @router.get("/datasets")
-async def list_datasets(request: Request) -> list[dict]:
+async def list_datasets(request: Request, who: Who,
+                        user: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)]
+                        = None) -> list[dict]:
+    """One's own datasets; an admin's or a monitor's: everyone's, or ``user``'s."""
     s = _server(request)
-    return await s.db(s.store.list_datasets)
+    return await s.db(s.store.list_datasets, who.owner(user), s.owner_name)
 
 
 @router.get("/datasets/{name}")
-async def get_dataset(request: Request, name: NamePath, files: bool = True) -> dict:
+async def get_dataset(request: Request, name: NamePath, who: Who, files: bool = True) -> dict:
     s = _server(request)
-    return await s.db(s.store.get_dataset, name, files)
+    return await s.db(s.store.get_dataset, name, files, who.owner(), s.owner_name)
 
 
 @router.post("/analyses", status_code=201)
-async def submit_analysis(request: Request, body: AnalysisSubmit) -> dict:
-    """Split a dataset into jobs (or send scouts first, for ``auto``) and run the processor."""
+async def submit_analysis(request: Request, body: AnalysisSubmit, who: Who) -> dict:
+    """Split a dataset into jobs (or send scouts first, for ``auto``) and run the processor.
+    The dataset must be one ``who`` sees (404); the task is ``who``'s (``owner`` ignored)."""
     s = _server(request)
+    await s.db(s.store.get_dataset, body.dataset, False, who.owner(), s.owner_name)
     sp = body.split
     if sp.mode == "events" and sp.events_per_job <= 0:
         raise HTTPException(422, "split mode 'events' needs events_per_job > 0")
@@ -151,7 +161,7 @@ async def submit_analysis(request: Request, body: AnalysisSubmit) -> dict:
     try:
         task_id, changes = await s.db(s.analysis.submit, body.name, body.dataset, common, rule,
                                       body.site, body.options.model_dump(),
-                                      body.skip_bad_files, body.owner, body.columns)
+                                      body.skip_bad_files, who.name, body.columns)
     except UnknownColumns as exc:
         raise HTTPException(422, str(exc)) from exc
     s.publish(changes)
@@ -159,9 +169,10 @@ async def submit_analysis(request: Request, body: AnalysisSubmit) -> dict:
 
 
 @router.get("/tasks/{task_id}/partial")
-async def partial(request: Request, task_id: IdPath) -> dict:
+async def partial(request: Request, task_id: IdPath, who: Who) -> dict:
     """The merged result so far, cheap: the merger's latest state, no job result is read."""
     s = _server(request)
+    await task_of(s, who, task_id)
     await s.db(s.store.get_task, task_id)  # 404 for an unknown task
     snap = await s.db(analysis_report.partial, s.store, s.analysis.merger,
                       s.analysis.files_of(task_id), task_id)
@@ -171,9 +182,10 @@ async def partial(request: Request, task_id: IdPath) -> dict:
 
 
 @router.get("/tasks/{task_id}/report")
-async def report(request: Request, task_id: IdPath) -> list[dict]:
+async def report(request: Request, task_id: IdPath, who: Who) -> list[dict]:
     """Every input range with the fate of its job and whether it is in the merged result,
     then the files no job reads (404: no task)."""
     s = _server(request)
+    await task_of(s, who, task_id)
     await s.db(s.store.get_task, task_id)  # 404 for an unknown task
     return await s.db(analysis_report.report, s.store, s.analysis.merger, task_id)

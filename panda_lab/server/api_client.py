@@ -1,4 +1,8 @@
-"""The client API: what notebooks, the CLI and monitors call with a user token."""
+"""The client API: what notebooks, the CLI and monitors call with a user token.
+
+Each route is authenticated by the router's ``client_auth`` (:mod:`panda_lab.server.auth`,
+which also keeps read-only identities to GET); those on owned work take ``who: Who`` and
+go through ``task_of``/``job_of``: another user's task or job is a 404."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from panda_lab import __version__
 from panda_lab.model import TASK_FINAL, JobState, PilotState, TaskState, vocabulary
 from panda_lab.server.app import Server
+from panda_lab.server.auth import Who, job_of, task_of
 from panda_lab.server.events import encode
 from panda_lab.server.schemas import (
     NO_NUL,
@@ -25,24 +30,14 @@ from panda_lab.server.schemas import (
     TaskRef,
     TaskSubmit,
     int_list,
-    task_ref,
 )
+from panda_lab.store import TaskNotFound
 
 router = APIRouter()
 
 
 def _server(request: Request) -> Server:
     return request.app.state.server
-
-
-async def _task_id(server: Server, task: str) -> int:
-    """A task id from an id or a name.  An id needs no lookup here: every store call
-    checks the task exists (404 otherwise), and this saves a database round trip.
-    Digits out of an id's range get a 422 naming ``task``."""
-    ref = task_ref(task)
-    if isinstance(ref, int):
-        return ref
-    return await server.db(server.store.resolve_task, ref)
 
 
 @router.get("/info")
@@ -87,8 +82,10 @@ async def pilots(request: Request,
 
 
 @router.post("/tasks", status_code=201)
-async def submit(request: Request, body: TaskSubmit) -> dict:
+async def submit(request: Request, body: TaskSubmit, who: Who) -> dict:
     """Submit a task and its jobs: each job is brokered to a site and activated at once.
+    Its owner is ``who``: the ``owner`` a client sends is ignored (older clients send
+    their OS user name).
 
     An ``open`` task comes with a lease of ``lease_s`` seconds: renew it (``POST
     /tasks/{id}/lease``) every third of that, or the watchdog closes the task."""
@@ -97,16 +94,16 @@ async def submit(request: Request, body: TaskSubmit) -> dict:
     common = base64.b64decode(body.common) if body.common is not None else None
     lease_s = s.config.task_lease if body.open else None
     task_id, ids, changes = await s.db(
-        s.store.create_task, body.name, jobs, owner=body.owner, site=body.site,
+        s.store.create_task, body.name, jobs, owner=who.name, site=body.site,
         options=body.options.model_dump(), common=common, open_=body.open, lease_s=lease_s)
     s.publish(changes)
     return {"task": task_id, "jobs": ids, **({"lease_s": lease_s} if lease_s else {})}
 
 
 @router.post("/tasks/{task}/jobs", status_code=201)
-async def add_jobs(request: Request, task: TaskRef, body: JobsAdd) -> dict:
+async def add_jobs(request: Request, task: TaskRef, who: Who, body: JobsAdd) -> dict:
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     ids, changes = await s.db(s.store.add_jobs, task_id, [j.store_dict() for j in body.jobs])
     s.publish(changes)
     indices = {c.job_id: c.job_index for c in changes.jobs}
@@ -114,64 +111,68 @@ async def add_jobs(request: Request, task: TaskRef, body: JobsAdd) -> dict:
 
 
 @router.post("/tasks/{task}/lease")
-async def renew_lease(request: Request, task: TaskRef) -> dict:
+async def renew_lease(request: Request, task: TaskRef, who: Who) -> dict:
     """The client of an open task is alive: its lease runs ``lease_s`` seconds from now.
     409 when the task is closed already (the detail says why)."""
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     return await s.db(s.store.renew_lease, task_id, s.config.task_lease)
 
 
 @router.post("/tasks/{task}/close")
-async def close(request: Request, task: TaskRef) -> dict:
+async def close(request: Request, task: TaskRef, who: Who) -> dict:
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     s.publish(await s.db(s.store.close_task, task_id))
     return await s.db(s.store.get_task, task_id)
 
 
 @router.get("/tasks")
-async def list_tasks(request: Request, limit: int = Query(100, ge=1, le=10_000),
-                     state: TaskState | None = None) -> list[dict]:
+async def list_tasks(request: Request, who: Who, limit: int = Query(100, ge=1, le=10_000),
+                     state: TaskState | None = None,
+                     user: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None
+                     ) -> list[dict]:
+    """The newest tasks: one's own; an admin's or a monitor's: everyone's, or ``user``'s."""
     s = _server(request)
-    return await s.db(s.store.list_tasks, limit, state)
+    return await s.db(s.store.list_tasks, limit, state, who.owner(user))
 
 
 @router.get("/tasks/{task}")
-async def get_task(request: Request, task: TaskRef) -> dict:
+async def get_task(request: Request, task: TaskRef, who: Who) -> dict:
     s = _server(request)
-    return await s.db(s.store.get_task, await _task_id(s, task))
+    return await s.db(s.store.get_task, await task_of(s, who, task))
 
 
 @router.get("/tasks/{task}/jobs")
-async def task_jobs(request: Request, task: TaskRef, all_attempts: bool = False,
+async def task_jobs(request: Request, task: TaskRef, who: Who, all_attempts: bool = False,
                     state: JobState | None = None) -> list[dict]:
     s = _server(request)
-    return await s.db(s.store.list_jobs, await _task_id(s, task), all_attempts, state)
+    return await s.db(s.store.list_jobs, await task_of(s, who, task), all_attempts, state)
 
 
 @router.get("/tasks/{task}/results")
-async def task_results(request: Request, task: TaskRef, indices: IntList = None) -> list:
+async def task_results(request: Request, task: TaskRef, who: Who,
+                       indices: IntList = None) -> list:
     """The results of a task's logical jobs (of ``indices``, logical job indices)."""
     s = _server(request)
     wanted = int_list(indices, "indices", 0)
-    rows = await s.db(s.store.results, await _task_id(s, task), wanted)
+    rows = await s.db(s.store.results, await task_of(s, who, task), wanted)
     return [{"index": r["index"], "job_id": r["job_id"],
              "data": base64.b64encode(r["data"]).decode()} for r in rows]
 
 
 @router.get("/tasks/{task}/failures")
-async def task_failures(request: Request, task: TaskRef) -> list[dict]:
+async def task_failures(request: Request, task: TaskRef, who: Who) -> list[dict]:
     s = _server(request)
-    return await s.db(s.store.failures, await _task_id(s, task))
+    return await s.db(s.store.failures, await task_of(s, who, task))
 
 
 @router.get("/tasks/{task}/wait")
-async def wait_task(request: Request, task: TaskRef,
+async def wait_task(request: Request, task: TaskRef, who: Who,
                     timeout: float = Query(30.0, ge=0, le=300)) -> dict:
     """Long poll: answer when the task reaches a final state or ``timeout`` passes."""
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     deadline = time.monotonic() + timeout
     while True:
         ev = s.task_event(task_id)
@@ -186,29 +187,29 @@ async def wait_task(request: Request, task: TaskRef,
 
 
 @router.post("/tasks/{task}/kill")
-async def kill_task(request: Request, task: TaskRef) -> dict:
+async def kill_task(request: Request, task: TaskRef, who: Who) -> dict:
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     changes = await s.db(s.store.kill_task, task_id)
     s.publish(changes)
     return {"task": task_id, "cancelled": [c.job_id for c in changes.jobs]}
 
 
 @router.post("/tasks/{task}/retry")
-async def retry_task(request: Request, task: TaskRef) -> dict:
+async def retry_task(request: Request, task: TaskRef, who: Who) -> dict:
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     ids, changes = await s.db(s.store.retry_task, task_id)
     s.publish(changes)
     return {"task": task_id, "jobs": ids}
 
 
 @router.post("/tasks/{task}/acknowledge")
-async def acknowledge_task(request: Request, task: str) -> dict:
+async def acknowledge_task(request: Request, task: TaskRef, who: Who) -> dict:
     """A person saw the task's failed jobs: they no longer count in ``GET /api/counts``
     until an attempt fails again."""
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     t = await s.db(s.store.acknowledge_task, task_id)
     return {"task": task_id, "time": t}
 
@@ -223,52 +224,63 @@ async def counts(request: Request) -> dict:
 
 
 @router.post("/tasks/{task}/cancel")
-async def cancel_jobs(request: Request, task: TaskRef, body: JobIndices) -> dict:
+async def cancel_jobs(request: Request, task: TaskRef, who: Who, body: JobIndices) -> dict:
     """Cancel logical jobs that no pilot ever got (``Future.cancel``): those listed in
     ``cancelled`` will never run; the others were already dispatched and go on."""
     s = _server(request)
-    task_id = await _task_id(s, task)
+    task_id = await task_of(s, who, task)
     cancelled, changes = await s.db(s.store.cancel_waiting, task_id, body.indices)
     s.publish(changes)
     return {"task": task_id, "cancelled": cancelled}
 
 
 @router.post("/jobs/kill")
-async def kill_jobs(request: Request, body: JobIds) -> dict:
+async def kill_jobs(request: Request, body: JobIds, who: Who) -> dict:
+    """Kill job attempts by id: all or none (404 naming those that are not one's own)."""
     s = _server(request)
+    if not who.sees_all:
+        theirs = await s.db(s.store.jobs_not_owned, list(body.ids), who.name)
+        if theirs:
+            raise TaskNotFound(f"no job with id {theirs[0]}"
+                               + (f" (nor {theirs[1:]})" if len(theirs) > 1 else ""))
     changes = await s.db(s.store.kill_jobs, body.ids)
     s.publish(changes)
     return {"cancelled": [c.job_id for c in changes.jobs if c.state == JobState.CANCELLED]}
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(request: Request, job_id: IdPath) -> dict:
+async def get_job(request: Request, job_id: IdPath, who: Who) -> dict:
     s = _server(request)
+    await job_of(s, who, job_id)
     return await s.db(s.store.get_job, job_id)
 
 
 @router.get("/jobs/{job_id}/output")
-async def job_output(request: Request, job_id: IdPath,
+async def job_output(request: Request, job_id: IdPath, who: Who,
                      stream: Literal["stdout", "stderr"] = "stdout") -> PlainTextResponse:
     """All that is kept of an attempt's stdout or stderr, as UTF-8 text: its full output
     when the pilot kept it (the tail did not hold it all), else its tail, which then
     holds it all (or, while the job runs, what it printed last)."""
     s = _server(request)
+    await job_of(s, who, job_id)
     return PlainTextResponse(await s.db(s.store.job_output, job_id, stream))
 
 
 @router.get("/events")
-async def events(request: Request, tasks: IntList = None, results: bool = False,
+async def events(request: Request, who: Who, tasks: IntList = None, results: bool = False,
                  ping: float = Query(15.0, ge=0.05, le=300)) -> StreamingResponse:
     """Server-Sent Events: one ``data:`` line of JSON per batch of changes.
 
-    ``tasks`` limits the stream to some task ids; ``results=true`` carries small
-    results inline so a client needs no extra request per finished job.
+    ``tasks`` limits the stream to some task ids (404 for one not visible);
+    ``results=true`` carries small results inline so a client needs no extra request per
+    finished job.  A user's stream carries their own tasks' events only.
     """
     s = _server(request)
     ids = int_list(tasks, "tasks", 1)
+    for task_id in ids or ():
+        await task_of(s, who, task_id)
     wanted = frozenset(ids) if ids is not None else None
-    sub = s.bus.subscribe(wanted, results)
+    sub = s.bus.subscribe(wanted, results, owner=None if who.sees_all else who.name)
 
     async def stream():
         try:

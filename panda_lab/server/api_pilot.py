@@ -3,6 +3,10 @@
 Acquire is a long poll: a pilot with nothing to do waits on the server, and is woken
 the moment jobs are activated at its site, so a warm site starts a job within
 milliseconds of its activation without polling.
+
+A pilot token of one site (``panda-lab users add-pilot SITE``) speaks only for pilots of
+that site and their jobs (:mod:`panda_lab.server.auth`): 403 otherwise.  The server's own
+pilot token, which the embedded local sites use, speaks for any site.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from panda_lab.server.app import Server
+from panda_lab.server.auth import PilotWho, pilot_job, pilot_of
 from panda_lab.server.schemas import (
     IdPath,
     PilotAcquire,
@@ -32,8 +37,9 @@ def _server(request: Request) -> Server:
 
 
 @router.post("/register")
-async def register(request: Request, body: PilotRegister) -> dict:
+async def register(request: Request, body: PilotRegister, who: PilotWho) -> dict:
     s = _server(request)
+    who.check_site(body.site)
     pilot_id = await s.db(s.store.register_pilot, body.site, body.host, body.pid, body.slots,
                           body.info)
     site = next((x for x in s.config.sites if x.name == body.site), None)
@@ -43,9 +49,10 @@ async def register(request: Request, body: PilotRegister) -> dict:
 
 
 @router.post("/acquire")
-async def acquire(request: Request, body: PilotAcquire) -> dict:
+async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
     s = _server(request)
-    pilot = await s.db(s.store.pilot, body.pilot)
+    who.check_site(body.site)
+    pilot = await pilot_of(s, who, body.pilot)
     if pilot["site"] != body.site:
         raise HTTPException(409, f"pilot {body.pilot} belongs to site {pilot['site']!r}, "
                                  f"not {body.site!r}")
@@ -68,10 +75,12 @@ async def acquire(request: Request, body: PilotAcquire) -> dict:
 
 
 @router.post("/update")
-async def update(request: Request, body: PilotUpdate) -> dict:
+async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
     """Bulk state reports.  Stale ones (old attempt, another pilot's job, a final job)
-    are ignored and listed back with the reason; the rest are applied in one transaction."""
+    are ignored and listed back with the reason; the rest are applied in one transaction.
+    A pilot of another site than the token's is a 403: its jobs are its site's only."""
     s = _server(request)
+    await pilot_of(s, who, body.pilot)
     updates = []
     for u in body.updates:
         d = u.model_dump(exclude_none=True)
@@ -90,28 +99,32 @@ async def update(request: Request, body: PilotUpdate) -> dict:
 
 
 @router.post("/heartbeat")
-async def heartbeat(request: Request, body: PilotHeartbeat) -> dict:
+async def heartbeat(request: Request, body: PilotHeartbeat, who: PilotWho) -> dict:
     s = _server(request)
+    await pilot_of(s, who, body.pilot)
     return {"drop": await s.db(s.store.heartbeat, body.pilot, body.held)}
 
 
 @router.put("/results/{task_id}/{job_id}")
-async def upload_result(request: Request, task_id: IdPath, job_id: IdPath) -> dict:
+async def upload_result(request: Request, task_id: IdPath, job_id: IdPath,
+                        who: PilotWho) -> dict:
     """A result too large for a report goes to the result store first; the report then
     names it with ``result_ref``."""
     s = _server(request)
+    await pilot_job(s, who, task_id, job_id)
     data = await request.body()
     ref = await s.db(s.store.write_result, task_id, job_id, data)
     return {"ref": ref, "size": len(data)}
 
 
 @router.put("/output/{task_id}/{job_id}")
-async def upload_output(request: Request, task_id: IdPath, job_id: IdPath,
+async def upload_output(request: Request, task_id: IdPath, job_id: IdPath, who: PilotWho,
                         stream: Literal["stdout", "stderr"] = "stdout") -> dict:
     """A job's full stdout or stderr, as UTF-8 text, when its tail does not hold it all;
     clients read it from ``GET /api/jobs/{job_id}/output``.  Text that is not UTF-8 is
     refused (422): the pilot writes it by the rule of :mod:`panda_lab.text`."""
     s = _server(request)
+    await pilot_job(s, who, task_id, job_id)
     data = await request.body()
     try:
         data.decode("utf-8")
@@ -123,8 +136,10 @@ async def upload_output(request: Request, task_id: IdPath, job_id: IdPath,
 
 
 @router.get("/tasks/{task_id}/common")
-async def common(request: Request, task_id: IdPath) -> Response:
+async def common(request: Request, task_id: IdPath, who: PilotWho) -> Response:
     s = _server(request)
+    if who.site is not None and not await s.db(s.store.task_at_site, task_id, who.site):
+        raise HTTPException(403, f"task {task_id} has no job at site {who.site!r}")
     data = await s.db(s.store.task_common, task_id)
     if data is None:
         raise HTTPException(404, f"task {task_id} has no common payload")
@@ -132,7 +147,8 @@ async def common(request: Request, task_id: IdPath) -> Response:
 
 
 @router.post("/end")
-async def end(request: Request, body: PilotEnd) -> dict:
+async def end(request: Request, body: PilotEnd, who: PilotWho) -> dict:
     s = _server(request)
+    await pilot_of(s, who, body.pilot)
     await s.db(s.store.end_pilot, body.pilot, body.state)
     return {"pilot": body.pilot, "state": body.state}

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from panda_lab import __version__
 from panda_lab.model.brokerage import BrokerageError
+from panda_lab.server.auth import client_auth, pilot_auth, scrape_auth
 from panda_lab.server.config import ServerConfig
 from panda_lab.server.events import EventBus
 from panda_lab.server.metrics import ServerMetrics
@@ -87,9 +86,20 @@ class Server:
         user, pilot = self.store.tokens()
         self.user_token = config.user_token or user
         self.pilot_token = config.pilot_token or pilot
+        #: The name of the identity holding ``user_token``: an admin, the owner of the
+        #: work submitted with it (panda_lab.server.auth).
+        self.owner_name = self.store.server_owner()
         #: Accepted at ``/metrics`` only (with the user token), as Prometheus sends it.
         self.scrape_token = config.scrape_token
-        self.bus = EventBus()
+        #: Asked about tokens the server does not know, when it runs as a JupyterHub service.
+        self.hub = None
+        if config.hub_api_url and config.hub_api_token:
+            from panda_lab.server.hub import HubIdentities
+
+            self.hub = HubIdentities(config.hub_api_url, config.hub_api_token,
+                                     config.hub_cache_s)
+        self._task_owners: dict[int, str | None] = {}
+        self.bus = EventBus(self.task_owner)
         self._site_wake: dict[str, asyncio.Event] = {}
         self._task_wake: dict[int, asyncio.Event] = {}
         self.background: list[Callable[[Server], Any]] = []
@@ -118,6 +128,18 @@ class Server:
             raise RuntimeError("the server's event loop is not running")
         return asyncio.run_coroutine_threadsafe(self.db(fn, *args, **kwargs),
                                                 loop).result(timeout)
+
+    def task_owner(self, task_id: int) -> str | None:
+        """The owner of a task (None: no such task), from a cache: an owner never
+        changes.  Called on the loop (the event bus filters each user's stream by it)."""
+        if task_id in self._task_owners:
+            return self._task_owners[task_id]
+        owner = self.store.task_owner(task_id)
+        if owner is not None:
+            if len(self._task_owners) >= 100_000:
+                self._task_owners.clear()
+            self._task_owners[task_id] = owner
+        return owner
 
     # -- wake-ups -------------------------------------------------------------------
     def site_event(self, site: str) -> asyncio.Event:
@@ -155,45 +177,8 @@ class Server:
         self.store.close()
 
 
-_bearer = HTTPBearer(auto_error=False)
-
-
-def _check(request: Request, creds: HTTPAuthorizationCredentials | None, role: str) -> None:
-    """Let the request through when its bearer token is one of ``role``'s ("user",
-    "pilot" or "scrape", the last taking the user token too); 403 for a token of
-    another role, 401 for none or an unknown one."""
-    server: Server = request.app.state.server
-    if creds is None or creds.scheme.lower() != "bearer":
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    token = creds.credentials
-    tokens = {"user": server.user_token, "pilot": server.pilot_token,
-              "scrape": server.scrape_token}
-    allowed = {"user": ("user",), "pilot": ("pilot",), "scrape": ("scrape", "user")}[role]
-    # every comparison made, in constant time each, whichever token matches
-    matches = {name: t is not None and secrets.compare_digest(token, t)
-               for name, t in tokens.items()}
-    if any(matches[name] for name in allowed):
-        return
-    if any(matches.values()):
-        what = "metrics" if role == "scrape" else f"{role} API"
-        raise HTTPException(403, f"this token is not allowed on the {what}")
-    raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
-
-
-# ``async``: a plain ``def`` dependency would run on a thread pool, a thread hop per request.
-async def user_auth(request: Request,
-                    creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    _check(request, creds, "user")
-
-
-async def pilot_auth(request: Request,
-                     creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    _check(request, creds, "pilot")
-
-
-async def scrape_auth(request: Request,
-                      creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    _check(request, creds, "scrape")
+#: The client API's dependency under its older name.
+user_auth = client_auth
 
 
 class BodyLimit:
@@ -258,18 +243,19 @@ def create_app(server: Server) -> FastAPI:
         log.exception("error serving %s %s", request.method, request.url.path)
         return ORJSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
 
-    @app.get("/api/openapi.json", dependencies=[Depends(user_auth)], include_in_schema=False)
+    @app.get("/api/openapi.json", dependencies=[Depends(client_auth)], include_in_schema=False)
     async def openapi() -> dict:
         return app.openapi()
 
-    app.include_router(api_client.router, prefix="/api", dependencies=[Depends(user_auth)])
-    app.include_router(api_analysis.router, prefix="/api", dependencies=[Depends(user_auth)])
+    app.include_router(api_client.router, prefix="/api", dependencies=[Depends(client_auth)])
+    app.include_router(api_analysis.router, prefix="/api", dependencies=[Depends(client_auth)])
     app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
 
     @app.get("/metrics", dependencies=[Depends(scrape_auth)], include_in_schema=False)
     async def metrics() -> Response:
         """Prometheus' text format (:mod:`panda_lab.server.metrics`), with the scrape
-        token or the user token.  Served on the loop: the collector reads the store."""
+        token, the server's user token or a read-only token.  Served on the loop: the
+        collector reads the store."""
         return Response(generate_latest(server.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 

@@ -62,6 +62,13 @@ class ServerConfig:
     #: A token accepted at ``/metrics`` only (Prometheus' ``authorization``), so that a
     #: monitoring system holds no token that acts on work; None: the user token only.
     scrape_token: str | None = None
+    #: Run as a JupyterHub service: tokens the server does not know are asked of the hub
+    #: at this API URL (panda_lab.server.hub), with ``hub_api_token``, the service's.
+    hub_api_url: str | None = None
+    hub_api_token: str | None = None
+    #: Seconds a hub's answer about a token is kept (a token revoked there is refused
+    #: after this).
+    hub_cache_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.network not in NETWORK_MODES:

@@ -4,6 +4,9 @@ Events are batched: one message carries every job change of one store operation,
 10,000 finished jobs cost a few hundred messages, not 10,000.  A subscriber that falls
 too far behind is dropped with an ``overflow`` message and re-syncs through the REST
 API: a slow monitor never holds the server back.
+
+Isolation (:mod:`panda_lab.server.auth`): a subscriber with an ``owner`` gets only the
+changes of that owner's tasks; one without (an admin's, a monitor's) gets every change.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import base64
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -34,17 +38,24 @@ def encode(msg: dict) -> bytes:
 class Subscriber:
     tasks: frozenset[int] | None
     results: bool
+    #: Only this owner's tasks (None: everyone's).
+    owner: str | None = None
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=10_000))
     dropped: bool = False
 
 
 class EventBus:
-    def __init__(self) -> None:
+    """``owner_of(task_id)`` gives a task's owner (None: unknown), for subscribers that
+    see one owner's tasks only; without it such subscribers get no task's events."""
+
+    def __init__(self, owner_of: Callable[[int], str | None] | None = None) -> None:
         self._subs: set[Subscriber] = set()
         self._seq = itertools.count(1)
+        self._owner_of = owner_of or (lambda _task_id: None)
 
-    def subscribe(self, tasks: frozenset[int] | None = None, results: bool = False) -> Subscriber:
-        sub = Subscriber(tasks, results)
+    def subscribe(self, tasks: frozenset[int] | None = None, results: bool = False,
+                  owner: str | None = None) -> Subscriber:
+        sub = Subscriber(tasks, results, owner=owner)
         self._subs.add(sub)
         return sub
 
@@ -59,9 +70,20 @@ class EventBus:
         if not self._subs or (not changes.jobs and not changes.tasks):
             return
         t = time.time()
+        owners: dict[int, str | None] = {}
+
+        def wanted(sub: Subscriber, task_id: int) -> bool:
+            if sub.tasks is not None and task_id not in sub.tasks:
+                return False
+            if sub.owner is None:
+                return True
+            if task_id not in owners:
+                owners[task_id] = self._owner_of(task_id)
+            return owners[task_id] == sub.owner
+
         for sub in list(self._subs):
-            jobs = [c for c in changes.jobs if sub.tasks is None or c.task_id in sub.tasks]
-            task_changes = [(i, s) for i, s in changes.tasks if sub.tasks is None or i in sub.tasks]
+            jobs = [c for c in changes.jobs if wanted(sub, c.task_id)]
+            task_changes = [(i, s) for i, s in changes.tasks if wanted(sub, i)]
             if not jobs and not task_changes:
                 continue
             msg: dict = {"seq": next(self._seq), "time": t}
@@ -81,9 +103,14 @@ class EventBus:
         """A message of another kind (``partial``, ``shutdown``); one naming a ``task``
         goes only to subscribers of that task."""
         task = body.get("task")
+        owner = self._owner_of(task) if task is not None and any(
+            s.owner is not None for s in self._subs) else None
         for sub in list(self._subs):
             if task is not None and sub.tasks is not None and task not in sub.tasks:
                 continue
+            if sub.owner is not None and ((task is None and kind != "shutdown")
+                                          or (task is not None and owner != sub.owner)):
+                continue  # another's task, or news of no task: only for those who see all
             self._put(sub, {"seq": next(self._seq), "time": time.time(), kind: body})
 
     def _put(self, sub: Subscriber, msg: dict) -> None:

@@ -27,7 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
 from panda_lab.model import ErrorCategory, JobState, TaskState
-from panda_lab.server.app import Server, _bearer, _check
+from panda_lab.server.app import Server
+from panda_lab.server.auth import Identity, _bearer, all_seeing_auth, task_of
 from panda_lab.server.schemas import NO_NUL, IdPath, TaskRef
 from panda_lab.store.rows.monitor import JOB_SORTS, TASK_SORTS, Filter, Page
 
@@ -112,12 +113,11 @@ async def tasks_view(request: Request, c: Annotated[Common, Depends()]) -> dict:
 
 
 @api.get("/tasks/{task}")
-async def task_view(request: Request, task: TaskRef) -> dict:
+async def task_view(request: Request, task: TaskRef,
+                    who: Annotated[Identity, Depends(all_seeing_auth)]) -> dict:
     """One task (``monitor_task``), by id or name."""
-    from panda_lab.server.api_client import _task_id
-
     s = _server(request)
-    return await s.db(s.store.monitor_task, await _task_id(s, task))
+    return await s.db(s.store.monitor_task, await task_of(s, who, task))
 
 
 @api.get("/jobs")
@@ -180,9 +180,10 @@ def _wants_html(request: Request) -> bool:
 
 
 async def page_auth(request: Request, creds=Depends(_bearer)) -> None:
-    """The user token, as everywhere; a refused page asked for as HTML gets the shell."""
+    """The monitor's rule (``all_seeing_auth``: it shows everyone's work); a refused page
+    asked for as HTML gets the shell."""
     try:
-        _check(request, creds, "user")
+        await all_seeing_auth(request, creds)
     except HTTPException as exc:
         if _wants_html(request):
             raise LoginRequired(exc) from None
@@ -233,10 +234,8 @@ async def asset(name: str) -> Response:
 
 def install(app: FastAPI) -> None:
     """Add the monitor's routes to ``app``: JSON under ``/monitor/api`` and pages under
-    ``/monitor``, all behind the user token."""
-    from panda_lab.server.app import user_auth
-
-    app.include_router(api, prefix="/monitor/api", dependencies=[Depends(user_auth)])
+    ``/monitor``, all behind ``all_seeing_auth`` (admins and read-only monitors)."""
+    app.include_router(api, prefix="/monitor/api", dependencies=[Depends(all_seeing_auth)])
     app.include_router(pages, prefix="/monitor", dependencies=[Depends(page_auth)])
 
     @app.exception_handler(LoginRequired)

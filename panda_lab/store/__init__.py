@@ -16,12 +16,14 @@ from panda_lab.store.errors import (
     UnknownPilot,
     UnknownSite,
 )
+from panda_lab.store.identities import Identities
 from panda_lab.store.monitor import MonitorReads
 from panda_lab.store.rows.jobs import CANCELLED_BY_CLIENT
+from panda_lab.store.rows.users import UnknownUser, UserExists, UserRow
 from panda_lab.store.workflow import Workflow
 
 
-class Store(Workflow, MonitorReads):
+class Store(Workflow, MonitorReads, Identities):
     """All of the store over one engine: ``Store(url, result_dir, broker=None)``.
 
     Owned by one thread once bound (``bind_to_current_thread``; the server binds it on
@@ -41,4 +43,7 @@ __all__ = [
     "TaskStateError",
     "UnknownPilot",
     "UnknownSite",
+    "UnknownUser",
+    "UserExists",
+    "UserRow",
 ]

@@ -103,7 +103,8 @@ class Admin(Reads):
 
     # ---- datasets and merged results ------------------------------------------------------------
     def register_dataset(self, name: str, tree: str, files_: list[dict],
-                         replace: bool = False, bad_files_: list[dict] | None = None) -> int:
+                         replace: bool = False, bad_files_: list[dict] | None = None,
+                         owner: str | None = None) -> int:
         """Record a dataset and its files; returns its id.  Each file dict has path,
         tree, entries, size_bytes, clusters, branches and optional file_index and replicas
         [{endpoint, url}].  ``bad_files_`` [{path, reason, optional tree and file_index}]
@@ -111,15 +112,21 @@ class Admin(Reads):
         report them as skipped.  A ``file_index`` is the file's place in the list the user
         gave (good and bad together); without one, good files count from 0 and bad files
         follow them.  Raises ``DatasetExists`` when the name is taken and not
-        ``replace``."""
+        ``replace``, and when ``owner`` is given and the name is another's (names are one
+        namespace for the whole server: replacing another's dataset is never allowed)."""
         with self.tx() as conn:
             old = dataset_rows.find(conn, name)
             if old is not None:
+                theirs = dataset_rows.owner_of(conn, name) or meta.get(conn, "server_owner")
+                if owner is not None and theirs != owner:
+                    raise DatasetExists(f"dataset name {name!r} is taken by another user; "
+                                        "choose another name")
                 if not replace:
                     raise DatasetExists(f"dataset {name!r} exists; pass replace=True to "
                                         "register it again")
                 dataset_rows.delete_dataset(conn, old)
-            return dataset_rows.insert_dataset(conn, name, tree, files_, bad_files_ or [])
+            return dataset_rows.insert_dataset(conn, name, tree, files_, bad_files_ or [],
+                                               owner)
 
     def save_accumulator(self, task_id: int, data: bytes | None, merged: set[int],
                          events: int) -> None:

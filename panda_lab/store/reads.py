@@ -26,15 +26,16 @@ class Reads(Database):
     """Read-only queries of the store."""
 
     # ---- tasks ------------------------------------------------------------------------
-    def resolve_task(self, id_or_name: int | str) -> int:
-        """A task id from an id or a name (the newest task of that name).  Raises
+    def resolve_task(self, id_or_name: int | str, owner: str | None = None) -> int:
+        """A task id from an id or a name (the newest task of that name, of ``owner``
+        when given: a name is looked up among the owner's tasks only).  Raises
         ``TaskNotFound``."""
         with self.tx() as conn:
             if isinstance(id_or_name, int) or (str(id_or_name).isascii()
                                                and str(id_or_name).isdigit()):
                 task_rows.task_row(conn, int(id_or_name))
                 return int(id_or_name)
-            return task_rows.task_by_name(conn, str(id_or_name))
+            return task_rows.task_by_name(conn, str(id_or_name), owner)
 
     def get_task(self, task_id: int) -> dict:
         """A task: ``{"id", "name", "owner", "state", "site", "options", "open",
@@ -51,11 +52,13 @@ class Reads(Database):
             out["jobs_by_site"] = per_site
             return out
 
-    def list_tasks(self, limit: int = 100, state: str | None = None) -> list[dict]:
-        """The newest ``limit`` tasks (of ``state``), each as ``get_task`` shows it without
-        ``jobs_by_site`` but with ``"sites"``: the sites its jobs went to, sorted."""
+    def list_tasks(self, limit: int = 100, state: str | None = None,
+                   owner: str | None = None) -> list[dict]:
+        """The newest ``limit`` tasks (of ``state``, of ``owner``: None for anyone's),
+        each as ``get_task`` shows it without ``jobs_by_site`` but with ``"sites"``: the
+        sites its jobs went to, sorted."""
         with self.tx() as conn:
-            out = task_rows.task_dicts(conn, task_rows.list_rows(conn, limit, state))
+            out = task_rows.task_dicts(conn, task_rows.list_rows(conn, limit, state, owner))
             used: dict[int, set[str]] = {}
             if out:  # the sites each task's jobs went to, in one query for the whole list
                 for task_id, site in conn.execute(
@@ -218,17 +221,21 @@ class Reads(Database):
             return metric_rows.counts(conn)
 
     # ---- datasets and analysis -------------------------------------------------------------------
-    def get_dataset(self, name: str, with_files: bool = True) -> dict:
+    def get_dataset(self, name: str, with_files: bool = True, owner: str | None = None,
+                    server_owner: str | None = None) -> dict:
         """A dataset's row as a dict, with ``files`` (each with ``replicas``) and
-        ``bad_files`` when ``with_files``.  Raises ``DatasetNotFound``."""
+        ``bad_files`` when ``with_files``.  Raises ``DatasetNotFound``, also for one not
+        of ``owner`` when given (``server_owner`` owns those of no recorded owner)."""
         with self.tx() as conn:
-            return dataset_rows.get(conn, name, with_files)
+            return dataset_rows.get(conn, name, with_files, owner, server_owner)
 
-    def list_datasets(self) -> list[dict]:
-        """Every dataset's row as a dict (id, name, tree, n_files, n_events, size_bytes,
-        created_at), by name, without files."""
+    def list_datasets(self, owner: str | None = None,
+                      server_owner: str | None = None) -> list[dict]:
+        """Every dataset's row (of ``owner``, as ``get_dataset`` counts it) as a dict
+        (id, name, tree, n_files, n_events, size_bytes, created_at, owner), by name,
+        without files."""
         with self.tx() as conn:
-            return dataset_rows.listing(conn)
+            return dataset_rows.listing(conn, owner, server_owner)
 
     def task_chunks(self, task_id: int) -> list[dict]:
         """An analysis task's input chunks by job index: ``[{"id", "task_id", "job_index",

@@ -168,6 +168,9 @@ datasets = Table(
     Column("n_events", BigInteger, nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    # The identity that registered it (users table); NULL: registered before identities,
+    # the server owner's.
+    Column("owner", String(128), nullable=True),
 )
 
 files = Table(
@@ -294,4 +297,19 @@ data_holders = Table(
     Column("data_key", String(32), primary_key=True),
     Column("pilot_id", Integer, nullable=False),
     Column("at", Float, nullable=False),
+)
+
+# ---- identities: per-user and per-site tokens, issued and revoked by an admin -------------
+
+# A token is kept as the SHA-256 of its text, never the text: it is shown once, when made.
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    # "admin", "user", "read-only", or "pilot" (then ``site`` names the pilot's site)
+    Column("role", String(16), nullable=False),
+    Column("site", String(128), nullable=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
 )

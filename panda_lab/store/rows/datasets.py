@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, or_, select, true
 from sqlalchemy.engine import Row
 
 from panda_lab.model.brokerage import Request
@@ -24,6 +24,22 @@ def find(conn: Connection, name: str) -> int | None:
     return conn.execute(select(datasets.c.id).where(datasets.c.name == name)).scalar()
 
 
+def owner_of(conn: Connection, name: str) -> str | None:
+    """The owner of the dataset called ``name`` (None: registered before identities,
+    or no such dataset)."""
+    return conn.execute(select(datasets.c.owner).where(datasets.c.name == name)).scalar()
+
+
+def _of(owner: str | None, server_owner: str | None):
+    """The SQL condition "owned by ``owner``": a dataset of no recorded owner belongs to
+    the server owner."""
+    if owner is None:
+        return true()
+    if owner == server_owner:
+        return or_(datasets.c.owner == owner, datasets.c.owner.is_(None))
+    return datasets.c.owner == owner
+
+
 def delete_dataset(conn: Connection, ds_id: int) -> None:
     """A dataset with its files, replicas and bad files."""
     file_ids = select(files.c.id).where(files.c.dataset_id == ds_id)
@@ -34,13 +50,13 @@ def delete_dataset(conn: Connection, ds_id: int) -> None:
 
 
 def insert_dataset(conn: Connection, name: str, tree: str, files_: list[dict],
-                   bad_: list[dict]) -> int:
+                   bad_: list[dict], owner: str | None = None) -> int:
     """A dataset, its files (with replicas; an origin replica when none is given) and
     its bad files; returns its id.  File dicts as ``Store.register_dataset`` takes them."""
     ds_id = conn.execute(insert(datasets).values(
         name=name, tree=tree, n_files=len(files_),
         n_events=sum(int(f["entries"]) for f in files_),
-        size_bytes=sum(int(f["size_bytes"]) for f in files_), created_at=now(),
+        size_bytes=sum(int(f["size_bytes"]) for f in files_), created_at=now(), owner=owner,
     ).returning(datasets.c.id)).scalar_one()
     for i, f in enumerate(files_):
         index = f["file_index"] if f.get("file_index") is not None else i
@@ -63,12 +79,15 @@ def insert_dataset(conn: Connection, name: str, tree: str, files_: list[dict],
     return ds_id
 
 
-def get(conn: Connection, name: str, with_files: bool) -> dict:
+def get(conn: Connection, name: str, with_files: bool, owner: str | None = None,
+        server_owner: str | None = None) -> dict:
     """A dataset's row as a dict, with ``files`` and ``bad_files`` when asked; raises
-    :class:`DatasetNotFound` (naming up to 20 known datasets)."""
-    row = conn.execute(select(datasets).where(datasets.c.name == name)).first()
+    :class:`DatasetNotFound` (naming up to 20 known datasets), also for a dataset not of
+    ``owner`` when one is given (``server_owner`` owns those of no recorded owner)."""
+    mine = _of(owner, server_owner)
+    row = conn.execute(select(datasets).where(datasets.c.name == name, mine)).first()
     if row is None:
-        known = [r[0] for r in conn.execute(select(datasets.c.name).limit(20))]
+        known = [r[0] for r in conn.execute(select(datasets.c.name).where(mine).limit(20))]
         raise DatasetNotFound(f"no dataset named {name!r}; known: {known}")
     out = dict(row._mapping)
     if with_files:
@@ -94,9 +113,11 @@ def files_of(conn: Connection, ds_id: int) -> list[dict]:
              "replicas": reps.get(f.id, [])} for f in rows]
 
 
-def listing(conn: Connection) -> list[dict]:
-    """Every dataset's row as a dict, by name."""
-    return [dict(r._mapping) for r in conn.execute(select(datasets).order_by(datasets.c.name))]
+def listing(conn: Connection, owner: str | None = None,
+            server_owner: str | None = None) -> list[dict]:
+    """Every dataset's row (of ``owner``, as :func:`get` counts it) as a dict, by name."""
+    return [dict(r._mapping) for r in conn.execute(
+        select(datasets).where(_of(owner, server_owner)).order_by(datasets.c.name))]
 
 
 # ---- analysis chunks: the input range of each job ------------------------------------------

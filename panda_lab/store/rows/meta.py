@@ -10,6 +10,11 @@ from sqlalchemy import Connection, insert, select
 from panda_lab.store.schema import meta
 
 
+def get(conn: Connection, key: str) -> str | None:
+    """The value of ``key``, or None."""
+    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+
 def get_or_set(conn: Connection, key: str, value: str) -> str:
     """The value of ``key``; ``value`` is stored first when there is none."""
     row = conn.execute(select(meta.c.value).where(meta.c.key == key)).first()

@@ -43,10 +43,13 @@ def task_row(conn: Connection, task_id: int, lock: bool = False) -> Row:
     return row
 
 
-def task_by_name(conn: Connection, name: str) -> int:
-    """The id of the newest task called ``name``; raises :class:`TaskNotFound`."""
-    row = conn.execute(select(tasks.c.id).where(tasks.c.name == name)
-                       .order_by(tasks.c.id.desc()).limit(1)).first()
+def task_by_name(conn: Connection, name: str, owner: str | None = None) -> int:
+    """The id of the newest task called ``name`` (of ``owner``; None: anyone's); raises
+    :class:`TaskNotFound`."""
+    q = select(tasks.c.id).where(tasks.c.name == name)
+    if owner is not None:
+        q = q.where(tasks.c.owner == owner)
+    row = conn.execute(q.order_by(tasks.c.id.desc()).limit(1)).first()
     if row is None:
         raise TaskNotFound(f"no task named {name!r}")
     return row[0]
@@ -236,11 +239,14 @@ def task_dict(conn: Connection, row: Row) -> dict:
     return task_dicts(conn, [row])[0]
 
 
-def list_rows(conn: Connection, limit: int, state: str | None) -> list[Row]:
-    """The newest ``limit`` task rows (in ``state``), newest first."""
+def list_rows(conn: Connection, limit: int, state: str | None,
+              owner: str | None = None) -> list[Row]:
+    """The newest ``limit`` task rows (in ``state``, of ``owner``), newest first."""
     q = select(tasks).order_by(tasks.c.id.desc()).limit(limit)
     if state:
         q = q.where(tasks.c.state == state)
+    if owner is not None:
+        q = q.where(tasks.c.owner == owner)
     return conn.execute(q).all()
 
 

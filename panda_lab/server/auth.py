@@ -1,0 +1,212 @@
+"""Who is asking, and what they may see and do: the server's one authentication and
+isolation rule.
+
+Every request carries a bearer token (RFC 6750).  :func:`identify` maps it to an
+:class:`Identity`: the server's own user token (the connection file's) is the server
+owner, an admin; the server's pilot token is a pilot of any site (the embedded local
+sites use it); an optional scrape token opens ``/metrics`` only; every other token is
+looked up, hashed, in the store's ``users`` table on each request, so a revoked token is
+refused from the next request on, without a restart; then, on a server run as a
+JupyterHub service, asked of the hub (:mod:`panda_lab.server.hub`).
+
+The rule, as dask-gateway and GitHub apply it to private resources:
+
+- a ``user`` sees and acts on their own tasks, jobs, results, datasets and events only;
+  another's are answered 404 exactly as a missing one (a 403 would confirm that the id
+  exists, and ids are sequential);
+- an ``admin`` sees and acts on everyone's (lists filter by ``?user=``);
+- a ``read-only`` identity (monitors) sees everyone's and acts on nothing: any method but
+  GET/HEAD gets 403, whatever the route;
+- a ``pilot`` identity of a site takes, reports and uploads only jobs of its site (403).
+
+How a route declares its rule: a router included with ``dependencies=[Depends(client_auth)]``
+(every ``/api`` router is) gets authentication and the read-only rule for each of its
+routes, new ones included; a handler that reads or acts on owned things also takes
+``who: Who`` (the same dependency, resolved once per request) and asks
+:func:`task_of`, :func:`job_of` or ``who.owner(...)`` for what it may touch.  Pilot
+routes take ``who: PilotWho`` and check sites with :func:`pilot_of` / ``who.check_site``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from panda_lab.server.schemas import task_ref
+from panda_lab.store import TaskNotFound
+
+if TYPE_CHECKING:
+    from panda_lab.server.app import Server
+
+#: Methods a read-only identity may use.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a request comes from: ``name``, ``role`` ("admin", "user", "read-only",
+    "pilot" or "scrape") and, for a pilot of one site, ``site`` (None: any site)."""
+
+    name: str
+    role: str
+    site: str | None = None
+
+    @property
+    def sees_all(self) -> bool:
+        """Whether this identity sees everyone's work (admins and read-only monitors)."""
+        return self.role in ("admin", "read-only")
+
+    def owner(self, user: str | None = None) -> str | None:
+        """The owner to filter a list by, in SQL: one's own name for a user; for an
+        identity that sees all, ``user`` (None: everyone's).  Raises a 403 when a user
+        asks for another user's list."""
+        if self.sees_all:
+            return user
+        if user is not None and user != self.name:
+            raise HTTPException(403, "user: only an admin may list another user's work")
+        return self.name
+
+    def may_see(self, owner: str | None) -> bool:
+        """Whether work owned by ``owner`` is visible to this identity."""
+        return self.sees_all or owner == self.name
+
+    def check_site(self, site: str) -> None:
+        """403 unless this pilot identity serves ``site``."""
+        if self.site is not None and site != self.site:
+            raise HTTPException(403, f"this pilot token is for site {self.site!r}, "
+                                     f"not {site!r}")
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def identify(server: Server, token: str) -> Identity | None:
+    """The identity holding ``token``, or None for an unknown or revoked one.  The
+    server's own tokens are compared in constant time, each of them whichever matches;
+    any other is looked up by its hash (no timing to learn from: the lookup is an index
+    seek on a hash of 256 random bits)."""
+    own = ((server.user_token, Identity(server.owner_name, "admin")),
+           (server.pilot_token, Identity("pilot", "pilot")),
+           (server.scrape_token, Identity("scrape", "scrape")))
+    found = None
+    for known, who in own:
+        if known is not None and secrets.compare_digest(token.encode(), known.encode()):
+            found = who
+    if found is not None:
+        return found
+    row = await server.db(server.store.identity_by_token, token)
+    if row is not None:
+        return Identity(row.name, row.role, row.site)
+    if server.hub is not None:  # a JupyterHub service: the hub knows its users' tokens
+        found_hub = await server.hub.who(token)
+        if found_hub is not None:
+            return Identity(*found_hub)
+    return None
+
+
+async def _identity(request: Request, creds: HTTPAuthorizationCredentials | None,
+                    roles: tuple[str, ...], what: str) -> Identity:
+    """The request's identity when its role is one of ``roles``: 401 without a bearer
+    token or with an unknown one, 403 for a token of another role."""
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    who = await identify(request.app.state.server, creds.credentials)
+    if who is None:
+        raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
+    if who.role not in roles:
+        raise HTTPException(403, f"this token is not allowed on the {what}")
+    return who
+
+
+# ``async``: a plain ``def`` dependency would run on a thread pool, a thread hop per request.
+async def client_auth(request: Request,
+                      creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                      ) -> Identity:
+    """The client API's rule: an admin, user or read-only identity; read-only ones may
+    only read (403 for any other method)."""
+    who = await _identity(request, creds, ("admin", "user", "read-only"), "user API")
+    if who.role == "read-only" and request.method not in READ_METHODS:
+        raise HTTPException(403, f"{who.name!r} is read-only: {request.method} is not allowed")
+    return who
+
+
+async def pilot_auth(request: Request,
+                     creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                     ) -> Identity:
+    """The pilot API's rule: a pilot identity (of one site, or the server's own of any)."""
+    return await _identity(request, creds, ("pilot",), "pilot API")
+
+
+async def scrape_auth(request: Request,
+                      creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                      ) -> Identity:
+    """``/metrics``: the scrape token, or an identity that sees all (its counts are
+    everyone's): an admin (the server's user token) or a read-only monitor."""
+    return await _identity(request, creds, ("scrape", "admin", "read-only"), "metrics")
+
+
+async def all_seeing_auth(request: Request,
+                          creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                          ) -> Identity:
+    """Routes that show everyone's work unfiltered (the web monitor's, ``/monitor``): the
+    client API's rule, and only for identities that see all (admins, read-only monitors);
+    a user gets 403 until those views filter by owner."""
+    who = await client_auth(request, creds)
+    if not who.sees_all:
+        raise HTTPException(403, "this view shows everyone's work: it needs an admin's or "
+                                 "a read-only token")
+    return who
+
+
+#: A handler's parameter for the client identity: ``who: Who``.
+Who = Annotated[Identity, Depends(client_auth)]
+#: A pilot handler's parameter: ``who: PilotWho``.
+PilotWho = Annotated[Identity, Depends(pilot_auth)]
+
+
+async def task_of(server: Server, who: Identity, task: int | str) -> int:
+    """The id of a task ``who`` may see, from an id or a name (names are looked up among
+    one's own tasks).  Raises :class:`TaskNotFound` (404) for a missing task and for
+    another user's, with the same words."""
+    if isinstance(task, str):
+        ref = task_ref(task)
+        if not isinstance(ref, int):
+            return await server.db(server.store.resolve_task, ref, who.owner())
+        task = ref
+    if who.sees_all:
+        return task  # every store call checks that the task exists
+    if await server.db(server.store.task_owner, task) != who.name:
+        raise TaskNotFound(f"no task with id {task}")
+    return task
+
+
+async def job_of(server: Server, who: Identity, job_id: int) -> None:
+    """404 (:class:`TaskNotFound`) unless ``who`` may see job attempt ``job_id``."""
+    if who.sees_all:
+        return
+    found = await server.db(server.store.job_owner, job_id)
+    if found is None or found[1] != who.name:
+        raise TaskNotFound(f"no job with id {job_id}")
+
+
+async def pilot_of(server: Server, who: Identity, pilot_id: int) -> dict:
+    """The pilot ``pilot_id`` (its row) when ``who`` may speak for it: 404 for an unknown
+    pilot, 403 for a pilot of another site than ``who``'s."""
+    pilot = await server.db(server.store.pilot, pilot_id)
+    who.check_site(pilot["site"])
+    return pilot
+
+
+async def pilot_job(server: Server, who: Identity, task_id: int, job_id: int) -> None:
+    """403 unless job attempt ``job_id`` of ``task_id`` went to ``who``'s site (a pilot
+    of any site passes; the store checks the rest)."""
+    if who.site is None:
+        return
+    found = await server.db(server.store.job_owner, job_id)
+    if found is None or found[0] != task_id or found[2] != who.site:
+        raise HTTPException(403, f"job {job_id} of task {task_id} is not at site "
+                                 f"{who.site!r}")
