@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
@@ -223,8 +224,12 @@ for _path, _view in PAGE_VIEWS.items():
     _page_route(_path, _view)
 
 
+#: An asset's name: a file name of the monitor's own (longer or other characters: a 422).
+AssetName = Annotated[str, FastPath(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 @pages.get("/static/{name}", include_in_schema=False)
-async def asset(name: str) -> Response:
+async def asset(name: AssetName) -> Response:
     """The monitor's script and style (package data: no Node at install time)."""
     if name not in ASSETS:
         raise HTTPException(404, f"no asset {name!r}")
