@@ -140,8 +140,10 @@ def test_a_processor_that_fails_on_no_events_is_not_an_empty_result(alab, tmp_pa
                         name="empty-div")
     with pytest.raises(IncompleteResult) as err:
         task.result(timeout=120)
+    path = tmp_path / "empty_0.root"
     assert str(err.value) == (f"task {task.id}: 0 of 0 events not processed (1 chunks: "
-                              "failed); see .report")
+                              f"failed); first: {path}, entries 0 to 0: ZeroDivisionError: "
+                              "division by zero; see .report")
     (row,) = err.value.report.itertuples()
     assert (row.start, row.stop, row.status, row.error_category) == (0, 0, "failed", "user")
     assert "ZeroDivisionError" in row.error
