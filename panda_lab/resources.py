@@ -276,6 +276,10 @@ SERVER_MB, PILOT_MB, WORKER_MB = 100, 90, 150
 RESERVE_MB, RESERVE_SHARE = 512, 0.30
 #: A payload's working memory for one job's chunk, at least (below it sites are merged).
 MIN_CHUNK_MB = 40
+#: Environment: a worker's cache of read arrays (panda_lab.analysis.readcache).
+READ_CACHE_ENV = "PANDA_LAB_READ_CACHE"
+#: The most a worker's read cache is given (the cache's own default, 256 MiB).
+CACHE_MAX_MB = 256
 #: Events one MB of a job's working memory holds: the dimuon analysis peaked at 90 MB
 #: over its idle worker for 400k events (~4.4k per MB); half of that leaves room for
 #: analyses that read more columns.
@@ -294,6 +298,8 @@ class LocalPlan:
     max_events_per_job: int
     chunk_mb: int
     note: str
+    #: Each worker's cache of read arrays (``PANDA_LAB_READ_CACHE``), inside its share.
+    cache_mb: int = 0
 
 
 def plan_local(res: Resources) -> LocalPlan:
@@ -303,7 +309,8 @@ def plan_local(res: Resources) -> LocalPlan:
     server's share; three sites of one pilot each when three pilots with one worker and
     :data:`MIN_CHUNK_MB` of working memory fit in the rest, else one site.  Workers per
     pilot: the cores divided among the sites (at least one), fewer where memory says so.
-    What is left per worker is its chunk's working memory, which caps an analysis job at
+    What is left per worker is shared by its read cache (a third, at most
+    :data:`CACHE_MAX_MB`) and its chunk's working memory, which caps an analysis job at
     :data:`EVENTS_PER_MB` events per MB of it.  Never zero of anything: when even one
     worker does not fit, the note says so."""
     budget = res.memory_mb - max(RESERVE_MB, int(RESERVE_SHARE * res.memory_mb)) - SERVER_MB
@@ -312,10 +319,13 @@ def plan_local(res: Resources) -> LocalPlan:
     fit = (budget - sites * PILOT_MB) // (sites * per_worker)
     slots = max(1, min(res.cores // sites, fit))
     room = (budget - sites * PILOT_MB) // (sites * slots) - WORKER_MB
-    chunk_mb = max(MIN_CHUNK_MB, room)
-    note = (f"{sites} site(s) x 1 pilot x {slots} worker(s), {chunk_mb} MB per job, "
-            f"for {res.describe()}")
+    # A third of what is left per worker, at most the cache's own default, holds the
+    # arrays it read (re-runs); the rest is the job's working memory.
+    cache_mb = max(0, min(CACHE_MAX_MB, (room - MIN_CHUNK_MB) // 3))
+    chunk_mb = max(MIN_CHUNK_MB, room - cache_mb)
+    note = (f"{sites} site(s) x 1 pilot x {slots} worker(s), {chunk_mb} MB per job and "
+            f"{cache_mb} MB of read cache per worker, for {res.describe()}")
     if room < MIN_CHUNK_MB:
         note += (f"; {res.memory_mb} MB is less than one pilot needs with room for "
                  f"JupyterLab: expect memory errors (set {MEMORY_ENV} or use --sites)")
-    return LocalPlan(sites, 1, slots, chunk_mb * EVENTS_PER_MB, chunk_mb, note)
+    return LocalPlan(sites, 1, slots, chunk_mb * EVENTS_PER_MB, chunk_mb, note, cache_mb)

@@ -28,8 +28,9 @@ import threading
 
 import uproot
 
-#: Environment: the cache's limit per worker process (bytes, or ``"512 MB"``; 0: off).
-READ_CACHE_ENV = "PANDA_LAB_READ_CACHE"
+from panda_lab.resources import READ_CACHE_ENV  # the cache's limit per worker process
+
+__all__ = ["DEFAULT_BYTES", "READ_CACHE_ENV", "limit_bytes", "read_cache"]
 #: The default limit: 256 MiB, about two of the benchmark's 250,000-event chunks per
 #: worker over all branches, small next to a worker's working memory.
 DEFAULT_BYTES = 256 * 2**20

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -21,7 +22,14 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from panda_lab.resources import LocalPlan, ResourceError, Resources, detect, plan_local
+from panda_lab.resources import (
+    READ_CACHE_ENV,
+    LocalPlan,
+    ResourceError,
+    Resources,
+    detect,
+    plan_local,
+)
 
 log = logging.getLogger("panda_lab.provisioners")
 
@@ -264,6 +272,9 @@ def local_plan(resources: Resources | None = None) -> LocalPlan:
         raise ConfigError(str(exc)) from None
     plan = plan_local(res)
     log.info("embedded default: %s", plan.note)
+    # The local pilots' workers inherit the server's environment: their read cache is
+    # sized with the rest of the plan unless the user set it.
+    os.environ.setdefault(READ_CACHE_ENV, f"{plan.cache_mb} MB")
     for note in res.notes:
         log.warning("resources: %s", note)
     return plan

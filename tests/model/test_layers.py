@@ -63,7 +63,7 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "http": set(),
     "reads": set(),
     "model": {"text"},
-    "analysis": {"model", "text", "reads"},
+    "analysis": {"model", "text", "reads", "resources"},
     "sim": {"model"},
     "store": {"model", "payload", "text"},
     # provisioners start pilots; they know sites by their own config, never the server

@@ -191,7 +191,7 @@ def _footprint(plan) -> int:
     """MB the plan's processes take at most: server, pilots, workers with their chunks."""
     workers = plan.sites * plan.pilots * plan.slots
     return (resources.SERVER_MB + plan.sites * plan.pilots * resources.PILOT_MB
-            + workers * (resources.WORKER_MB + plan.chunk_mb))
+            + workers * (resources.WORKER_MB + plan.chunk_mb + plan.cache_mb))
 
 
 @pytest.mark.parametrize("cpus,mb", [(1, 1024), (2, 1536), (2, 2048), (0.5, 2048), (4, 4096),
@@ -211,6 +211,9 @@ def test_plan_shapes():
     assert (small.sites, small.slots) == (1, 1)
     big = plan_local(res(8, 16384))
     assert (big.sites, big.slots) == (3, 2)
+    assert big.cache_mb == resources.CACHE_MAX_MB
+    binder = plan_local(res(2, 2048))  # the read cache fits in Binder's 2 GB with the rest
+    assert 0 < binder.cache_mb < resources.CACHE_MAX_MB
     tiny = plan_local(res(1, 600))
     assert (tiny.sites, tiny.slots) == (1, 1) and "expect memory errors" in tiny.note
     assert "PANDA_LAB_MEMORY" in tiny.note
@@ -275,5 +278,6 @@ def test_embedded_server_in_a_small_container_makes_the_planned_sites(tmp_path, 
             "select name, config from sites")}
     assert {n: (c["pilots"], c["slots"]) for n, c in configs.items()} == {
         "LOCAL-GRID": (1, 1), "LOCAL-CLOUD": (1, 1), "LOCAL-HPC": (1, 1)}
-    assert "3 site(s) x 1 pilot x 1 worker(s), 68 MB per job" in log
+    assert ("3 site(s) x 1 pilot x 1 worker(s), 59 MB per job and 9 MB of read cache per "
+            "worker") in log
     assert "2 CPUs, 1536 MB (cgroup v2: cpu.max 200000/100000, memory.max" in log
