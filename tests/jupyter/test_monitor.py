@@ -127,9 +127,15 @@ def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_pat
     snap = m.snapshot
     assert snap.analysis and snap.events == snap.total_events == 120_000
     assert "120,000 / 120,000 events (100%)" in m.counts.value
-    assert images and images[-1][:8] == b"\x89PNG\r\n\x1a\n"
+    assert images and images[-1].lstrip().startswith(b"<?xml") and b"<svg" in images[-1]
     assert len(set(images)) >= 2, "the histogram was drawn once, not while it filled"
-    assert m.image.layout.display == ""
+    assert m.plot.layout.display == ""
+    # marked partial while it filled, not once final; units and bin width on the axes
+    assert b"partial: " in images[0] and b"of 120,000 events" in images[0]
+    assert b"partial" not in images[-1] and b"Events / 0.5 GeV" in images[-1]
+    assert list(m.choice.options) == ["mass"] and m.choice.layout.display == "none"
+    m.log_scale.value = True                  # a click redraws at once, on a log axis
+    assert images[-1] != images[-2] and m.image.value == images[-1]
 
 
 def bins_by_run(events):
