@@ -27,6 +27,7 @@ from panda_lab.widgets.snapshot import (
     take,
     text,
 )
+from panda_lab.widgets.stream import layout, svg
 
 log = logging.getLogger("panda_lab.monitor")
 
@@ -151,6 +152,9 @@ class TaskMonitor(_Watched, w.VBox):
         self.counts = w.HTML()
         self.pace = w.HTML()
         self.sites = w.HTML()
+        self.stream = w.HTML()
+        self._stream_at = float("-inf")
+        self._stream_final = False
         self.errors = w.HTML()
         # SVG: sharp at any width and zoom, its text real text
         self.image = w.Image(format="svg+xml", layout=w.Layout(width="500px"))
@@ -170,6 +174,7 @@ class TaskMonitor(_Watched, w.VBox):
         self.kill_button.on_click(lambda _: self._act(self.kill))
         self.retry_button.on_click(lambda _: self._act(self.retry))
         super().__init__([self.title, w.HBox([self.bar, self.counts]), self.pace, self.sites,
+                          w.Accordion([self.stream], titles=("task stream",), selected_index=0),
                           self.plot, self.errors,
                           w.HBox([self.kill_button, self.retry_button, self.message])])
         self.add_class("panda-task-monitor")
@@ -191,6 +196,7 @@ class TaskMonitor(_Watched, w.VBox):
         snap = take(self.lab, self.task_id, previous=self.snapshot)
         self.rate.add(snap.taken_at, snap.progress[0])
         self._show(snap)
+        self._show_stream(snap)
         self.snapshot = snap
         self.updates += 1
         return snap
@@ -224,6 +230,23 @@ class TaskMonitor(_Watched, w.VBox):
         # pbook's rule, the store's: an aborted task stays aborted; the others retry
         self.retry_button.disabled = snap.state not in TASK_RETRYABLE \
             or not snap.by_state.get("failed")
+
+    def _show_stream(self, snap: TaskSnapshot) -> None:
+        """The task stream from every attempt's record: at most once per
+        :attr:`redraw_every` while the task runs (one request for all attempts), and once
+        more when it is final.  A failed request keeps the last drawing."""
+        if self._stream_final:
+            return
+        if not snap.ended and time.monotonic() - self._stream_at < self.redraw_every:
+            return
+        try:
+            attempts = self.lab.api.get(f"/api/tasks/{self.task_id}/jobs", all_attempts="true")
+        except Exception as exc:  # the counts above still tell the progress
+            log.debug("task stream not updated: %s", exc)
+            return
+        self.stream.value = svg(layout(attempts, time.time()), COLOURS)
+        self._stream_at = time.monotonic()
+        self._stream_final = snap.ended
 
     def _show_histogram(self, snap: TaskSnapshot) -> None:
         if snap.jobs_merged == self._drawn_merged or snap.result is None:
@@ -324,6 +347,7 @@ class TaskMonitor(_Watched, w.VBox):
         """Retry the task's failed jobs (``lab.retry``, pbook's ``retry``), show the
         result and follow the task again; raises what ``lab.retry`` raises."""
         self.lab.retry(self.task_id)
+        self._stream_final = False  # new attempts: the stream moves again
         self.refresh()
         self.start()
 

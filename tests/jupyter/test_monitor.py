@@ -47,6 +47,10 @@ def test_the_monitor_shows_counts_sites_and_grouped_errors(nlab):
                               "9/12 jobs (75%)\n  wall time ")
     assert "3 jobs lost: see task.errors()" in repr(m) and "ETA" not in repr(m)
     assert "3 x [user] ValueError: bad input 1" in repr(m)
+    # the task stream: every attempt a bar on its pilot's row, the three failures marked
+    assert m.stream.value.count("class='panda-stream-bar'") == 12
+    assert m.stream.value.count("class='panda-stream-failed'") == 3
+    assert m.stream.value.count("data-state='finished'") == 9 and " · pilot " in m.stream.value
 
 
 def test_the_monitor_updates_in_place_until_the_task_ends(nlab):
