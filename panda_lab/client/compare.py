@@ -186,13 +186,18 @@ def same_binning(path: str, run_a: Run, h_a: Any, run_b: Run, h_b: Any) -> None:
 
 
 def numbers(h_a: Any, h_b: Any) -> dict:
-    """Totals, their ratio and the chi-square of the difference (the module's rule)."""
+    """Totals, their ratio and the chi-square of the difference (the module's rule);
+    chi2 is NaN and ndf 0 when either histogram's variances are unknown."""
     va, vb = np.asarray(h_a.values(), float), np.asarray(h_b.values(), float)
-    var = errors(h_a) ** 2 + errors(h_b) ** 2
-    used = var > 0
-    chi2 = float(np.sum((va[used] - vb[used]) ** 2 / var[used]))
-    ndf = int(used.sum())
     total_a, total_b = float(va.sum()), float(vb.sum())
+    ea, eb = errors(h_a), errors(h_b)
+    if ea is None or eb is None:  # variances unknown (weights in Double storage): no chi2
+        chi2, ndf = float("nan"), 0
+    else:
+        var = ea ** 2 + eb ** 2
+        used = var > 0
+        chi2 = float(np.sum((va[used] - vb[used]) ** 2 / var[used]))
+        ndf = int(used.sum())
     return {"total_a": total_a, "total_b": total_b,
             "ratio": total_b / total_a if total_a else float("nan"),
             "chi2": chi2, "ndf": ndf, "chi2_ndf": chi2 / ndf if ndf else float("nan")}
@@ -238,6 +243,8 @@ def ratio_panel(ax: Any, h_a: Any, h_b: Any) -> None:
     centres = (edges[1:] + edges[:-1]) / 2
     va, vb = np.asarray(h_a.values(), float), np.asarray(h_b.values(), float)
     ea, eb = errors(h_a), errors(h_b)
+    ea = np.zeros_like(va) if ea is None else ea  # unknown: drawn without error bars
+    eb = np.zeros_like(vb) if eb is None else eb
     ok = va > 0
     r = np.divide(vb, va, out=np.full_like(vb, np.nan), where=ok)
     err = np.full_like(r, np.nan)

@@ -86,13 +86,21 @@ def x_label(h: Any, name: str) -> str:
     return getattr(axis, "label", None) or getattr(axis, "name", None) or name or "x"
 
 
-def errors(h: Any) -> np.ndarray:
-    """Per-bin error bars: sqrt of the variances of weighted storage (sum of w^2),
-    sqrt of the counts otherwise (a histogram without variances)."""
-    variances = h.variances() if callable(getattr(h, "variances", None)) else None
+def errors(h: Any) -> np.ndarray | None:
+    """Per-bin error bars: sqrt of the variances (sum of w^2 for weighted storage, the
+    counts for unweighted), sqrt of the counts for a histogram without ``variances()``.
+    ``None`` when they are unknown: weights filled into a storage that keeps no sum of
+    w^2 (hist's ``Double``), where sqrt(counts) would be wrong."""
+    if not callable(getattr(h, "variances", None)):
+        return np.sqrt(np.maximum(np.asarray(h.values(), dtype=float), 0.0))
+    variances = h.variances()
     if variances is None:
-        variances = h.values()
+        return None
     return np.sqrt(np.maximum(np.asarray(variances, dtype=float), 0.0))
+
+
+#: Said on a figure whose histogram cannot have error bars.
+NO_ERRORS = "no error bars: weighted fill without Weight storage"
 
 
 def hep_axes(ax: Any) -> None:
@@ -112,7 +120,8 @@ def hep_axes(ax: Any) -> None:
 
 def draw(ax: Any, h: Any, name: str = "", *, label: str | None = None,
          colour: str = COLOURS[0], log: bool = False) -> None:
-    """One histogram on ``ax``: mplhep's error-bar markers with a step line under them,
+    """One histogram on ``ax``: mplhep's error-bar markers with a step line under them
+    (the line alone, and :data:`NO_ERRORS` on the axes, when the errors are unknown),
     the axis titles (x from the axis label, y with bin width and unit) and the y scale
     (``log``: logarithmic, the lower limit at half the smallest positive count)."""
     import mplhep
@@ -120,8 +129,15 @@ def draw(ax: Any, h: Any, name: str = "", *, label: str | None = None,
     edges = np.asarray(h.axes[0].edges, dtype=float)
     values = np.asarray(h.values(), dtype=float)
     mplhep.histplot(values, edges, ax=ax, histtype="step", color=colour, lw=1, yerr=False)
-    mplhep.histplot(values, edges, ax=ax, histtype="errorbar", color=colour,
-                    yerr=errors(h), markersize=3, label=label)
+    yerr = errors(h)
+    if yerr is None:  # unknown: drawn as a line only, and said on the figure
+        mplhep.histplot(values, edges, ax=ax, histtype="step", color=colour, lw=1,
+                        yerr=False, label=label)
+        ax.text(0.02, 0.95, NO_ERRORS, transform=ax.transAxes, color=INK,
+                fontsize="small", va="top")
+    else:
+        mplhep.histplot(values, edges, ax=ax, histtype="errorbar", color=colour,
+                        yerr=yerr, markersize=3, label=label)
     xl = x_label(h, name)
     ax.set_xlabel(xl, loc="right")
     ax.set_ylabel(y_label(edges, unit_of(xl)), loc="top")

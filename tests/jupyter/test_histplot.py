@@ -4,7 +4,8 @@ Kind tested: a plot that misstates what it shows.  Members: a y axis without the
 width or with the wrong unit (a unit in brackets, in parentheses, none, bins of different
 widths); counts drawn without error bars, or with sqrt(N) where the storage holds
 weights; a partial result without its "partial" mark, a final one that keeps it, a final
-one that lost events and says nothing; a log toggle that leaves the axis linear; a
+one that lost events and says nothing; sqrt(N) error bars on weights filled
+into a storage without their squares; a log toggle that leaves the axis linear; a
 nested result where only the first histogram can be seen.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from panda_lab.widgets.histplot import (
+    NO_ERRORS,
     errors,
     events_mark,
     find_histograms,
@@ -77,6 +79,12 @@ def test_error_bars_are_sqrt_n_for_counts_and_sqrt_w2_for_weights():
     w = hist.Hist(hist.axis.Regular(4, 0, 4), storage=hist.storage.Weight())
     w.fill([0.5, 0.5, 1.5], weight=[2.0, 3.0, 0.5])
     assert np.allclose(errors(w), [np.sqrt(13.0), 0.5, 0.0, 0.0])  # not sqrt(5), sqrt(0.5)
+    # weights filled into Double storage: no sum of w^2, so no error bars, and it says so
+    d = hist.Hist(hist.axis.Regular(4, 0, 4)).fill([0.5, 1.5], weight=[2.0, 3.0])
+    assert errors(d) is None
+    unknown = plot_histogram(d, "w")
+    assert not [c for c in unknown.axes[0].containers if getattr(c, "has_yerr", False)]
+    assert NO_ERRORS in texts(render(unknown))
     fig = plot_histogram(h, "mass")
     ax = fig.axes[0]
     bars = [c for c in ax.containers if getattr(c, "has_yerr", False)]

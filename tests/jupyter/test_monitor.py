@@ -137,6 +137,7 @@ def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_pat
     # marked partial while it filled, not once final; units and bin width on the axes
     assert b"partial: " in images[0] and b"of 120,000 events" in images[0]
     assert b"partial" not in images[-1] and b"Events / 0.5 GeV" in images[-1]
+    assert b"no error bars" not in images[-1]  # merged counts keep their variances
     assert list(m.choice.options) == ["mass"] and m.choice.layout.display == "none"
     m.log_scale.value = True                  # a click redraws at once, on a log axis
     assert images[-1] != images[-2] and m.image.value == images[-1]
