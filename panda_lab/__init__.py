@@ -10,6 +10,7 @@ What is exported (``__all__``):
 ``connect``, ``Lab``     a connection to a server (starts a local one if asked)
 ``PandaExecutor``        ``concurrent.futures.Executor`` whose calls run as jobs
 ``TaskHandle``           one task: state, jobs, results, kill/retry
+``compare``              two analysis runs' merged histograms overlaid, with numbers
 ``AnalysisTask``         a dataset analysis (``lab.analyze``): partial/result/report
 ``JobFailed``            a job failed, not by an exception of the user's code (lost
                          pilot, walltime...); its subclasses ``JobKilled`` (killed)
@@ -52,6 +53,7 @@ _EXPORTS = {
     "RemoteError": "panda_lab.client.futures",
     "RemoteTraceback": "panda_lab.client.futures",
     "TaskHandle": "panda_lab.client.tasks",
+    "compare": "panda_lab.client.compare",
     "AnalysisTask": "panda_lab.client.analysis",
     "IncompleteResult": "panda_lab.client.analysis",
     "MergeError": "panda_lab.analysis.accumulate",

@@ -324,7 +324,20 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
         raise MergeError(path, f"cannot merge {names}: {exc}") from exc
     if out is NotImplemented:
         raise MergeError(path, f"cannot merge {names}")
+    if kind_a == "hist":
+        _keep_variances_known(a, b, out)
     return out
+
+
+def _keep_variances_known(a: Any, b: Any, out: Any) -> None:
+    """boost-histogram forgets, on ``a + b``, that unweighted counts have variances equal
+    to the counts (``variances()`` turns ``None``): a sum of Poisson counts is Poisson,
+    so ``out`` keeps them known when both sides had them (its ``_variance_known`` flag,
+    boost-histogram's own).  Without it a merged histogram could show no error bars."""
+    if getattr(out, "_variance_known", True) or not hasattr(a, "variances"):
+        return
+    if a.variances() is not None and b.variances() is not None:
+        out._variance_known = True
 
 
 def _concatenate(a: Any, b: Any, path: str) -> Any:

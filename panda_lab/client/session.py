@@ -18,6 +18,7 @@ import pandas as pd
 
 from panda_lab import runtime
 from panda_lab.client.analysis import AnalysisTask, Dataset, Datasets, analyze
+from panda_lab.client.compare import Comparison
 from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
@@ -211,6 +212,14 @@ class Lab:
         if info["options"].get("kind") == "analysis":
             return AnalysisTask(self, info["id"])
         return TaskHandle(self, info["id"])
+
+    def compare(self, a: Any, b: Any, timeout: float = 30.0) -> Comparison:
+        """Overlay the merged histograms of two finished analysis tasks (ids, names or
+        handles) and sum them up in numbers: see :func:`panda_lab.client.compare.compare`
+        for what is returned and raised."""
+        from panda_lab.client.compare import compare
+
+        return compare(self, a, b, timeout=timeout)
 
     @property
     def datasets(self) -> Datasets:

@@ -19,15 +19,15 @@ import ipywidgets as w
 from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE, JobState
 from panda_lab.model.outcome import TONE_COLOURS, final_line, summary_of
 from panda_lab.text import strip_ansi
+from panda_lab.widgets.histplot import find_histograms, plot_histogram, render
 from panda_lab.widgets.snapshot import (
     LabView,
     Rate,
     TaskSnapshot,
-    draw_histogram,
-    find_histogram,
     take,
     text,
 )
+from panda_lab.widgets.stream import layout, svg
 
 log = logging.getLogger("panda_lab.monitor")
 
@@ -142,6 +142,8 @@ class TaskMonitor(_Watched, w.VBox):
         self.snapshot: TaskSnapshot | None = None
         self.updates = 0
         self._drawn_merged = -1
+        self._histograms: dict[str, Any] = {}
+        self._choosing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.title = w.HTML()
@@ -150,8 +152,20 @@ class TaskMonitor(_Watched, w.VBox):
         self.counts = w.HTML()
         self.pace = w.HTML()
         self.sites = w.HTML()
+        self.stream = w.HTML()
+        self._stream_at = float("-inf")
+        self._stream_final = False
         self.errors = w.HTML()
-        self.image = w.Image(format="png", layout=w.Layout(display="none"))
+        # SVG: sharp at any width and zoom, its text real text
+        self.image = w.Image(format="svg+xml", layout=w.Layout(width="500px"))
+        self.choice = w.Dropdown(description="histogram", options=[],
+                                 layout=w.Layout(width="auto"))
+        self.log_scale = w.ToggleButton(description="log y", value=False,
+                                        tooltip="logarithmic y axis")
+        self.plot = w.VBox([w.HBox([self.choice, self.log_scale]), self.image],
+                           layout=w.Layout(display="none"))
+        self.choice.observe(lambda _: self._redraw(), names="value")
+        self.log_scale.observe(lambda _: self._redraw(), names="value")
         self.kill_button = w.Button(description="Kill", button_style="danger",
                                     tooltip="abort the task: waiting jobs are cancelled, "
                                             "running ones killed")
@@ -160,7 +174,8 @@ class TaskMonitor(_Watched, w.VBox):
         self.kill_button.on_click(lambda _: self._act(self.kill))
         self.retry_button.on_click(lambda _: self._act(self.retry))
         super().__init__([self.title, w.HBox([self.bar, self.counts]), self.pace, self.sites,
-                          self.image, self.errors,
+                          w.Accordion([self.stream], titles=("task stream",), selected_index=0),
+                          self.plot, self.errors,
                           w.HBox([self.kill_button, self.retry_button, self.message])])
         self.add_class("panda-task-monitor")
         self._track_views()
@@ -181,6 +196,7 @@ class TaskMonitor(_Watched, w.VBox):
         snap = take(self.lab, self.task_id, previous=self.snapshot)
         self.rate.add(snap.taken_at, snap.progress[0])
         self._show(snap)
+        self._show_stream(snap)
         self.snapshot = snap
         self.updates += 1
         return snap
@@ -215,18 +231,59 @@ class TaskMonitor(_Watched, w.VBox):
         self.retry_button.disabled = snap.state not in TASK_RETRYABLE \
             or not snap.by_state.get("failed")
 
+    def _show_stream(self, snap: TaskSnapshot) -> None:
+        """The task stream from every attempt's record: at most once per
+        :attr:`redraw_every` while the task runs (one request for all attempts), and once
+        more when it is final.  A failed request keeps the last drawing."""
+        if self._stream_final:
+            return
+        if not snap.ended and time.monotonic() - self._stream_at < self.redraw_every:
+            return
+        try:
+            attempts = self.lab.api.get(f"/api/tasks/{self.task_id}/jobs", all_attempts="true")
+        except Exception as exc:  # the counts above still tell the progress
+            log.debug("task stream not updated: %s", exc)
+            return
+        self.stream.value = svg(layout(attempts, time.time()), COLOURS)
+        self._stream_at = time.monotonic()
+        self._stream_final = snap.ended
+
     def _show_histogram(self, snap: TaskSnapshot) -> None:
         if snap.jobs_merged == self._drawn_merged or snap.result is None:
             return
         if not snap.final and time.monotonic() - self._drawn_at < self.redraw_every:
             return
-        found = find_histogram(snap.result)
-        if found is None:
+        self._histograms = find_histograms(snap.result)
+        paths = list(self._histograms)
+        if not paths:
             return
-        self.image.value = draw_histogram(*found)
-        self.image.layout.display = ""
-        self._drawn_at = time.monotonic()  # from the end of a drawing: a slow one waits more
+        if list(self.choice.options) != paths:  # the first merge, or a result that grew keys
+            keep = self.choice.value if self.choice.value in paths else paths[0]
+            self._choosing = True  # not a click: drawn once, below
+            try:
+                self.choice.options = paths
+                self.choice.value = keep
+            finally:
+                self._choosing = False
+        self.choice.layout.display = "" if len(paths) > 1 else "none"
+        self._draw(snap)
         self._drawn_merged = snap.jobs_merged
+
+    def _redraw(self) -> None:
+        """The histogram chosen, on the scale chosen, of the last snapshot (a click)."""
+        if self.snapshot is not None and self._histograms and not self._choosing:
+            self._draw(self.snapshot)
+
+    def _draw(self, snap: TaskSnapshot) -> None:
+        path = self.choice.value
+        h = self._histograms.get(path) if path is not None else None
+        if h is None:
+            return
+        self.image.value = render(plot_histogram(h, path, log=self.log_scale.value,
+                                                 events=(snap.events, snap.total_events),
+                                                 final=snap.final))
+        self.plot.layout.display = ""
+        self._drawn_at = time.monotonic()  # from the end of a drawing: a slow one waits more
 
     def start(self) -> None:
         """Follow the task in the background (a daemon thread, one look every
@@ -290,6 +347,7 @@ class TaskMonitor(_Watched, w.VBox):
         """Retry the task's failed jobs (``lab.retry``, pbook's ``retry``), show the
         result and follow the task again; raises what ``lab.retry`` raises."""
         self.lab.retry(self.task_id)
+        self._stream_final = False  # new attempts: the stream moves again
         self.refresh()
         self.start()
 

@@ -209,59 +209,6 @@ class Rate:
         return left / r if r else None
 
 
-def find_histogram(result: Any, depth: int = 3) -> tuple[str, Any] | None:
-    """The first one-dimensional histogram (hist or boost-histogram) in a result: the
-    result itself, or a value of a dict (nested up to ``depth``), with its key.
-
-    Returns ``(key path, histogram)``, the path dotted (``"mass"``, ``"muons.pt"``, ``""``
-    for the result itself), or ``None`` when there is none."""
-    if _is_hist_1d(result):
-        return "", result
-    if depth and isinstance(result, dict):
-        for key, value in result.items():
-            found = find_histogram(value, depth - 1)
-            if found is not None:
-                return (f"{key}.{found[0]}" if found[0] else str(key)), found[1]
-    return None
-
-
-def _is_hist_1d(obj: Any) -> bool:
-    axes = getattr(obj, "axes", None)
-    return axes is not None and callable(getattr(obj, "values", None)) and _ndim(axes) == 1
-
-
-def _ndim(axes: Any) -> int:
-    try:
-        return len(axes)
-    except TypeError:
-        return 0
-
-
-def draw_histogram(name: str, h: Any, width: float = 5.0, height: float = 3.0) -> bytes:
-    """A PNG of a 1-D histogram, drawn without pyplot (safe off the main thread).  Fixed
-    margins rather than ``tight_layout``, which took a third of the drawing's time.
-
-    ``width``/``height`` are inches (at 90 dpi).  Returns the PNG's bytes; ``h`` needs
-    ``axes[0].edges`` and ``values()`` (hist, boost-histogram)."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    axis = h.axes[0]
-    fig = Figure(figsize=(width, height), dpi=90)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.stairs(h.values(), axis.edges, fill=True, alpha=0.6)
-    ax.set_xlabel(getattr(axis, "label", None) or getattr(axis, "name", None) or name)
-    ax.set_ylabel("entries")
-    ax.set_title(name or None)
-    fig.subplots_adjust(left=0.18, right=0.97, bottom=0.17, top=0.9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def text(snap: TaskSnapshot, rate: Rate | None = None) -> str:
     """The snapshot as a few lines of plain text: the terminal's view.
 

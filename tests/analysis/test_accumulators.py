@@ -40,6 +40,18 @@ def test_per_chunk_histograms_merge_to_the_single_pass_fill():
     )
 
 
+def test_merged_counts_keep_their_variances_and_weighted_ones_stay_unknown():
+    """boost-histogram's ``a + b`` drops the variances of unweighted Double storage; a
+    merged result without them draws no error bars (the monitor, ``lab.compare``)."""
+    axis = hist.axis.Regular(4, 0, 4)
+    a, b = hist.Hist(axis).fill([0.5, 1.5, 1.5]), hist.Hist(axis).fill([1.5, 2.5])
+    merged = merge_all([a, b, hist.Hist(axis).fill([3.5])])
+    assert np.array_equal(merged.variances(), [1, 3, 1, 1])
+    assert a.variances() is not None and b.variances() is not None  # inputs untouched
+    weighted = hist.Hist(axis).fill([0.5], weight=[2.0])
+    assert merge(a, weighted).variances() is None and merge(weighted, a).variances() is None
+
+
 def test_numbers_and_arrays():
     assert merge(1, 2) == 3
     assert merge(1, 2.5) == 3.5

@@ -47,6 +47,10 @@ def test_the_monitor_shows_counts_sites_and_grouped_errors(nlab):
                               "9/12 jobs (75%)\n  wall time ")
     assert "3 jobs lost: see task.errors()" in repr(m) and "ETA" not in repr(m)
     assert "3 x [user] ValueError: bad input 1" in repr(m)
+    # the task stream: every attempt a bar on its pilot's row, the three failures marked
+    assert m.stream.value.count("class='panda-stream-bar'") == 12
+    assert m.stream.value.count("class='panda-stream-failed'") == 3
+    assert m.stream.value.count("data-state='finished'") == 9 and " · pilot " in m.stream.value
 
 
 def test_the_monitor_updates_in_place_until_the_task_ends(nlab):
@@ -127,9 +131,16 @@ def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_pat
     snap = m.snapshot
     assert snap.analysis and snap.events == snap.total_events == 120_000
     assert "120,000 / 120,000 events (100%)" in m.counts.value
-    assert images and images[-1][:8] == b"\x89PNG\r\n\x1a\n"
+    assert images and images[-1].lstrip().startswith(b"<?xml") and b"<svg" in images[-1]
     assert len(set(images)) >= 2, "the histogram was drawn once, not while it filled"
-    assert m.image.layout.display == ""
+    assert m.plot.layout.display == ""
+    # marked partial while it filled, not once final; units and bin width on the axes
+    assert b"partial: " in images[0] and b"of 120,000 events" in images[0]
+    assert b"partial" not in images[-1] and b"Events / 0.5 GeV" in images[-1]
+    assert b"no error bars" not in images[-1]  # merged counts keep their variances
+    assert list(m.choice.options) == ["mass"] and m.choice.layout.display == "none"
+    m.log_scale.value = True                  # a click redraws at once, on a log axis
+    assert images[-1] != images[-2] and m.image.value == images[-1]
 
 
 def bins_by_run(events):

@@ -1,0 +1,56 @@
+"""The task stream of the notebook's monitor: attempts as bars on their pilots' rows.
+
+Kind tested: a plot that misstates what it shows.  Members: an attempt on the wrong
+pilot's row or at the wrong time; a failed attempt without its mark, or a cancelled one
+marked as not failed, or a ``closed`` one (never ran) marked as a failure; an attempt
+still running drawn as ended; attempts never started drawn as if they ran, or dropped
+without a word.
+"""
+
+from __future__ import annotations
+
+import re
+
+from panda_lab.widgets.monitor import COLOURS
+from panda_lab.widgets.stream import layout, svg
+
+
+def attempt(i, state, site, pilot, start, end, attempt=1, error=None):
+    return {"id": i, "job_index": i, "attempt": attempt, "state": state, "site": site,
+            "pilot_id": pilot, "started_at": start, "ended_at": end, "error_message": error}
+
+
+ATTEMPTS = [
+    attempt(1, "finished", "LOCAL-HPC", 7, 100.0, 104.0),
+    attempt(2, "failed", "LOCAL-GRID", 3, 101.0, 102.0, error="ValueError: bad input"),
+    attempt(3, "running", "LOCAL-GRID", 3, 102.5, None),
+    attempt(4, "cancelled", "LOCAL-GRID", 12, 101.0, 103.0),
+    attempt(5, "closed", None, None, None, 103.0),
+    attempt(6, "activated", "LOCAL-HPC", None, None, None),
+]
+
+
+def test_attempts_sit_on_their_pilots_rows_at_their_times():
+    s = layout(ATTEMPTS, now=106.0)
+    assert s.rows == ["LOCAL-GRID · pilot 3", "LOCAL-GRID · pilot 12", "LOCAL-HPC · pilot 7"]
+    bars = {b.job: b for b in s.bars}
+    assert sorted(bars) == [1, 2, 3, 4] and s.not_started == 2
+    assert (bars[1].row, bars[1].x0, bars[1].x1) == (2, 0.0, 4.0)
+    assert (bars[2].row, bars[3].row, bars[4].row) == (0, 0, 1)
+    assert bars[3].open and bars[3].x1 == 6.0 and not bars[1].open     # running: until now
+    assert s.span == 6.0 and s.t0 == 100.0
+    assert [b.job for b in s.bars if b.failed] == [2, 4]                 # closed never ran
+    assert "ValueError: bad input" in bars[2].title and "1.0 s" in bars[2].title
+
+
+def test_the_svg_colours_bars_by_state_and_marks_failures():
+    out = svg(layout(ATTEMPTS, now=106.0), COLOURS)
+    assert len(re.findall(r"<rect class='panda-stream-bar'", out)) == 4
+    assert out.count("class='panda-stream-failed'") == 2
+    assert "data-state='failed' x='207.0'" in out   # 1 s of 6 into a 462 px plot after 130
+    for state in ("finished", "failed", "running", "cancelled"):
+        assert re.search(rf"data-state='{state}'[^>]*fill='{COLOURS[state]}'", out), state
+    assert "LOCAL-HPC · pilot 7" in out and "6.0 s" in out
+    assert "2 attempts not started on a pilot" in out
+    assert svg(layout([ATTEMPTS[5]], now=1.0), COLOURS).endswith(
+        "no job has started on a pilot yet</i>")
