@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter as Counter_
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -110,10 +110,11 @@ class TimedBroker:
         self.inner = inner
         self.histogram = histogram
 
-    def choose(self, requests: list[Request], loads: list[SiteLoad]) -> list[Choice]:
+    def choose(self, requests: list[Request], loads: list[SiteLoad],
+               **context: Any) -> list[Choice]:
         t = time.perf_counter()
         try:
-            return self.inner.choose(requests, loads)
+            return self.inner.choose(requests, loads, **context)
         finally:
             self.histogram.observe(time.perf_counter() - t)
 

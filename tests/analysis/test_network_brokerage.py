@@ -54,11 +54,6 @@ endpoint = "disk-slow"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "the cost model's weights let free capacity outweigh a 400x slower link: with the "
-    "learned links right (~40 vs ~0.1 MB/s) `network` still sends 3 of 8 jobs to the slow "
-    "site, as `passive` does; the network factor is capped by JOB_START_S (1 s) against "
-    "~2 s reads"))
 def test_learned_throughput_moves_jobs_to_the_fast_path(tmp_path):
     data = make_sample(tmp_path / "data", files=FILES, events=EVENTS, basket_events=BASKET,
                        compression=None)
