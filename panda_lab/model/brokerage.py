@@ -11,7 +11,19 @@ The rules, and where they come from:
   from FTS throughput but, by default, only logs it: ``NW_ACTIVE`` false).  Here the
   weight is a product of factors, each shown on the decision:
 
-  - ``free``: capacity / (1 + queued + running), PanDA's free-capacity weight;
+  - ``free``: capacity / (1 + queued + running), PanDA's free-capacity weight, where the
+    network term is not weighed; with it (policy ``network``), capacity x (prior job
+    time / estimated time to finish the job there: queue wait + read + compute), the
+    cost model.  Why the change: under a weighted random pick rechecked as jobs are
+    placed, a weight ``f / (1 + n)`` gives a site a share of a bulk that grows only as
+    ``sqrt(f)`` (``n dn ~ f``), so a site reading over a link ten times slower still got
+    a third of the jobs a fast one got, and a queue building at the fast site soon
+    outweighed the slow link.  A weight ``throughput x g(queue wait)`` (throughput =
+    capacity x speed x network, jobs per unit time; g falling with the wait) gives
+    shares in proportion to throughput, since loads in that proportion mean equal
+    waits; g = prior / (wait + job time) also lets a slow job's own length count, so
+    the weight falls with the estimated time the issue defines (roughly as its square
+    for a site of given slots);
   - ``speed``: the time a job takes on a prior slot over the time it takes on this
     site's slots (``slot_rate``, events/s, measured from scouts and past jobs);
   - ``network``: the share of the job's time that is not spent reading remote input
@@ -30,7 +42,8 @@ The rules, and where they come from:
     as well, under-used such a site in the simulator: bulks finished a job length later.)
 
   ``speed x network`` is (prior job time) / (job time here), so with free capacity
-  alike the weight falls as the estimated job time grows; ``free`` carries the queue.
+  alike the weight falls as the estimated job time grows; ``free`` carries the queue
+  (and, with the network term weighed, the job's whole estimated time).
 * Pick: at random by weight with the caller's generator (seeded: reproducible); the
   loads are updated as jobs are placed, so a bulk submission spreads.
 
@@ -204,8 +217,8 @@ class _Static:
     """What a candidate costs a job whatever its queue: kept per request shape in a call
     (a bulk of like jobs computes it once per site)."""
 
-    __slots__ = ("compute_s", "lat_s", "link", "locality", "near", "read_s", "remote",
-                 "speed", "use_net", "work", "xfer_s")
+    __slots__ = ("compute_s", "lat_s", "link", "locality", "near", "prior_s", "read_s",
+                 "remote", "speed", "use_net", "work", "xfer_s")
 
 
 class _Cost:
@@ -215,6 +228,12 @@ class _Cost:
 
 
 _INF = float("inf")
+
+
+def _sig(x: float) -> float:
+    """``x`` to 4 significant digits, for the record (a weight over a slow link can be
+    far below 1e-4)."""
+    return float(f"{x:.4g}")
 
 
 def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Policy,
@@ -250,7 +269,8 @@ def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: 
     rate = s.slot_rate or prior_rate
     st.compute_s = compute_s = req.events / rate if req.events else 0.0
     st.work = work = compute_s + JOB_START_S
-    st.speed = (req.events / prior_rate + JOB_START_S) / work if req.events else 1.0
+    st.prior_s = prior_s = req.events / prior_rate + JOB_START_S
+    st.speed = prior_s / work if req.events else 1.0
     st.near = near = (bool(s.endpoint) and (s.endpoint in req.near or local > 0)) or (
         nbytes > 0 and remote == 0)
     st.use_net = use_net = policy is Policy.NETWORK and nbytes > 0
@@ -282,13 +302,42 @@ def _network(st: _Static, s: SiteLoad, cap: int) -> tuple[float, float]:
     return read_s, network
 
 
+def _queue_s(st: _Static, s: SiteLoad, cap: int, job_s: float) -> float:
+    """Seconds the job waits at ``s``, as the site's backlog: the jobs queued or running
+    there over its slots, times the site's mean job time (or this job's, ``job_s``).
+    The fluid estimate (a slot frees every job time / slots): it counts the jobs there
+    while slots are still free, too, so the weight falls with every job placed (they
+    share the site's links and its pilots' dispatch), as PanDA's free-capacity weight
+    does."""
+    busy = s.queued + s.running
+    if busy <= 0:
+        return 0.0
+    return busy / cap * (s.mean_job_s if s.mean_job_s is not None else job_s)
+
+
+def _timed(st: _Static, s: SiteLoad, cap: int) -> tuple[float, float, float]:
+    """``(free factor, network factor, read seconds)`` of the cost model (policy
+    ``network``): ``free`` = slots x (prior job time / estimated time to finish the job
+    there, queue wait + read + compute)."""
+    if st.link is not None:
+        read_s, network = _network(st, s, cap)
+    else:
+        read_s, network = 0.0, 1.0
+    # the job's time as the network factor has it (work / network: work + read, or the
+    # probing floor's, so that a link never measured is tried)
+    job_s = st.work / network
+    total = _queue_s(st, s, cap, job_s) + job_s
+    return cap * st.prior_s / total, network, read_s
+
+
 def _weight(st: _Static, s: SiteLoad) -> float:
     cap = s.capacity if s.capacity > 1 else 1
     fr = 1.0 - s.failure_rate
-    w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
-        fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
-    if st.use_net and st.link is not None:
-        w *= _network(st, s, cap)[1]
+    rel = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
+    if st.use_net:
+        free, network, _ = _timed(st, s, cap)
+        return free * st.speed * network * rel
+    w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * rel
     return w
 
 
@@ -300,11 +349,8 @@ def _cost(st: _Static, s: SiteLoad, policy: Policy) -> _Cost:
     read_s, network = _network(st, s, cap) if st.link is not None else (0.0, 1.0)
     c.read_s = read_s
     c.network = None if policy is Policy.LOCALITY else network
-    busy = s.queued + s.running
-    ahead = busy + 1 - cap
-    c.queue_s = ahead / cap * (s.mean_job_s if s.mean_job_s is not None
-                               else st.work + read_s) if ahead > 0 else 0.0
-    c.free = cap / (1.0 + busy)
+    c.queue_s = _queue_s(st, s, cap, st.work + read_s)
+    c.free = _timed(st, s, cap)[0] if st.use_net else cap / (1.0 + s.queued + s.running)
     fr = 1.0 - s.failure_rate
     c.reliability = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
     c.weight = _weight(st, s)
@@ -322,7 +368,7 @@ def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool) -> dict:
                        "reliability": round(c.reliability, 4)},
            "est": {"queue_s": round(q, 3), "read_s": round(read, 3),
                    "compute_s": round(comp, 3), "total_s": round(q + read + comp, 3)},
-           "access": "remote" if st.remote else "local", "weight": round(c.weight, 4),
+           "access": "remote" if st.remote else "local", "weight": _sig(c.weight),
            "picked": picked}
     link = st.link
     if link is not None:
@@ -466,11 +512,13 @@ class _Call:
                     if weigh:  # _weight, inlined: this loop is the cost of brokerage
                         cap = s.capacity if s.capacity > 1 else 1
                         fr = 1.0 - s.failure_rate
-                        w = cap / (1.0 + s.queued + s.running) * st.speed * st.locality * (
-                            fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR)
-                        if st.use_net and st.link is not None:
-                            w *= _network(st, s, cap)[1]
-                        weights.append(w)
+                        fr = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
+                        if st.use_net:
+                            free, net, _ = _timed(st, s, cap)
+                            weights.append(free * st.speed * net * fr)
+                        else:
+                            weights.append(cap / (1.0 + s.queued + s.running) * st.speed
+                                           * st.locality * fr)
                     continue
                 why, filt = f"link {st.link.endpoint} -> {name} unusable (0 MB/s)", "link"
             if filt != "task":
@@ -499,7 +547,7 @@ class _Call:
             for k, (s, st, at) in enumerate(passing):
                 records[at] = _record(s, _cost(st, s, policy), reason if k == i else "passed",
                                       k == i)
-            info.update(weights={s.name: round(w, 4) for (s, _, _), w
+            info.update(weights={s.name: _sig(w) for (s, _, _), w
                                  in zip(passing, weights, strict=True)},
                         rejected=rejected, candidates=records)
         pick.queued += 1

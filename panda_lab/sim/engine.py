@@ -6,7 +6,7 @@ splitter (:mod:`panda_lab.model.splitter`) and brokerage
 Each site's slots start taking its queued jobs, in order, when its pilots start
 (``pilot_delay_s``); a job reads its input (its own endpoint's replica if it has one,
 else the replica brokerage chose, else the one whose link is believed best) and computes
-(events / the slot's speed, plus the brokerage's ``JOB_START_S``); it fails at its end
+(events / the slot's speed, plus the site's ``job_start_s``); it fails at its end
 with the site's failure rate and is brokered again avoiding that site, up to
 ``max_attempts``.
 
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from panda_lab.model import splitter
-from panda_lab.model.brokerage import JOB_START_S, Policy, Request, SiteLoad, choose
+from panda_lab.model.brokerage import Policy, Request, SiteLoad, choose
 from panda_lab.model.network import WINDOW_S, Link, LinkEstimate, effective, observe
 from panda_lab.sim.scenario import Scenario, SiteSpec, TaskSpec
 
@@ -315,7 +315,7 @@ class Simulation:
             local_s = local / (site.local_mbps * 1e6) + \
                 job.task.spec.read_requests * len(job.reads) * site.local_latency_ms / 1e3
             self.bytes[(site.endpoint, site.name)] += local
-        compute_s = job.events / site.speed + JOB_START_S
+        compute_s = job.events / site.speed + site.job_start_s
         self.at(self.now + local_s + compute_s, self._end, job, site, start, compute_s)
 
     def _end(self, job: Job, site: SiteSpec, start: float, compute_s: float) -> None:
@@ -329,7 +329,7 @@ class Simulation:
         a = SITE_ALPHA
         load.failure_rate = (1 - a) * load.failure_rate + a * failed
         if job.events:
-            rate = job.events / (compute_s - JOB_START_S)
+            rate = job.events / (compute_s - site.job_start_s)
             load.slot_rate = rate if load.slot_rate is None else \
                 (1 - a) * load.slot_rate + a * rate
         load.mean_job_s = took if load.mean_job_s is None else \

@@ -19,6 +19,8 @@ The format (every key optional unless marked; sizes in MB = 10^6 bytes, times in
     endpoint = "BIG-SE"            # its storage endpoint ("" : none)
     failure_rate = 0.0             # fraction of attempts that fail (at their end)
     pilot_delay_s = 30             # when its pilots start taking jobs
+    job_start_s = 1.0              # seconds a job costs before it reads or computes
+                                   # (payload start); default: brokerage's JOB_START_S
     local_mbps = 800               # overrides network.local_mbps
     count = 1                      # >1: sites BIG-01 .. BIG-NN, "{i}" in endpoint numbered
 
@@ -61,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panda_lab.model.brokerage import Policy
+from panda_lab.model.brokerage import JOB_START_S, Policy
 
 
 class ScenarioError(ValueError):
@@ -77,6 +79,7 @@ class SiteSpec:
     failure_rate: float = 0.0
     pilot_delay_s: float = 0.0
     local_mbps: float = 500.0
+    job_start_s: float = JOB_START_S
     local_latency_ms: float = 1.0
 
 
@@ -175,12 +178,13 @@ def _sites(raw: dict, net: dict) -> list[SiteSpec]:
         if not isinstance(t, dict):
             raise ScenarioError(f"sites.{name}: expected a table")
         _unknown(t, {"slots", "speed", "endpoint", "failure_rate", "pilot_delay_s",
-                     "local_mbps", "local_latency_ms", "count"}, w)
+                     "local_mbps", "local_latency_ms", "count", "job_start_s"}, w)
         count = _get(t, "count", w, int, 1, positive=True)
         common = dict(slots=_get(t, "slots", w, int, positive=True),
                       speed=float(_get(t, "speed", w, NUM, positive=True)),
                       failure_rate=float(_get(t, "failure_rate", w, NUM, 0.0, fraction=True)),
                       pilot_delay_s=float(_get(t, "pilot_delay_s", w, NUM, 0.0)),
+                      job_start_s=float(_get(t, "job_start_s", w, NUM, JOB_START_S)),
                       local_mbps=float(_get(t, "local_mbps", w, NUM,
                                             net["local_mbps"], positive=True)),
                       local_latency_ms=float(_get(t, "local_latency_ms", w, NUM,

@@ -275,3 +275,19 @@ def test_the_shared_link_read_time_solves_its_fixed_point():
     x, lat, w, k = st.xfer_s, st.lat_s, st.work, 7
     assert r == pytest.approx(x * (1 + k * r / (r + w)) + lat)
     assert x + lat < r < x * (1 + k) + lat
+
+
+@pytest.mark.parametrize("ratio", [2, 4, 9])
+def test_a_bulk_is_shared_in_proportion_to_throughput(ratio):
+    """Weighed by throughput over the estimated finish time, a site whose jobs take
+    ``ratio`` times longer gets 1/ratio of the jobs of a like site; a free-capacity
+    weight f/(1 + n), rechecked as jobs are placed, gave it 1/sqrt(ratio)."""
+    shares = []
+    for seed in range(3):
+        loads = sites(2)
+        loads[0].slot_rate, loads[1].slot_rate = 10_000.0, 10_000.0 / ratio
+        req = Request(events=1_000_000, input_bytes={"E0": GB, "E1": GB})
+        picks = [c.site for c in choose([req] * 1000, loads, random.Random(seed),
+                                        record=False)]
+        shares.append(picks.count("S1") / picks.count("S0"))
+    assert sum(shares) / len(shares) == pytest.approx(1 / ratio, rel=0.15)

@@ -313,3 +313,27 @@ def test_the_scrape_token_comes_from_a_file_or_the_environment(tmp_path, monkeyp
         config("--scrape-token-file", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match=r"--scrape-token-file .*nope"):
         config("--scrape-token-file", str(tmp_path / "nope"))
+
+
+def test_the_brokerage_timer_passes_the_context_through():
+    """The timer wraps the store's brokerage: the links, policy and time the store gives
+    reach the brokerage it wraps (dropping them broke every placement)."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from panda_lab.model.brokerage import Request, SiteLoad
+    from panda_lab.server.metrics import TimedBroker
+
+    seen = {}
+
+    class Inner:
+        def choose(self, requests, loads, **context):
+            seen.update(context)
+            return ["placed"]
+
+    h = Histogram("t_seconds", "t", registry=CollectorRegistry())
+    timed = TimedBroker(Inner(), h)
+    out = timed.choose([Request()], [SiteLoad("S", "grid", "online", 1)], links={},
+                       policy="network", now=1.0)
+    assert out == ["placed"] and seen == {"links": {}, "policy": "network", "now": 1.0}
+    counts = [x.value for x in h.collect()[0].samples if x.name == "t_seconds_count"]
+    assert counts == [1]  # one round counted

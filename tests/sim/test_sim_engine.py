@@ -107,3 +107,25 @@ def test_auto_split_runs_scouts_first_and_sizes_jobs_from_them():
     # slowest site's measured rate (about 250 events/s): some 5,000 events each
     assert r.failed == 0
     assert r.jobs == pytest.approx(3 + (6 * 40_000 - 3 * 20_000) / 5000, rel=0.35)
+
+
+def test_a_site_s_job_start_cost_is_part_of_every_job():
+    """``job_start_s``: the seconds a job costs before it reads or computes, per site
+    (default the brokerage's JOB_START_S); one slot runs the jobs one after another."""
+    def makespan(start: float | None) -> float:
+        site = {"slots": 1, "speed": 1000, "endpoint": "E"}
+        if start is not None:
+            site["job_start_s"] = start
+        sc = parse({"sites": {"A": site},
+                    "datasets": {"d": {"files": 4, "file_mb": 1, "events_per_file": 1000,
+                                       "replicas": {"E": 1.0}}},
+                    "network": {"local_latency_ms": 0.0, "local_mbps": 1e6},
+                    "tasks": [{"dataset": "d", "split": "files"}]})
+        return Simulation(sc, "network").run().makespan_s
+    assert makespan(None) == pytest.approx(4 * (1 + 1.0), abs=0.1)
+    assert makespan(0.25) == pytest.approx(4 * (1 + 0.25), abs=0.1)
+    with pytest.raises(Exception, match="job_start_s"):
+        parse({"sites": {"A": {"slots": 1, "speed": 1, "job_start_s": "x"}},
+               "datasets": {"d": {"files": 1, "file_mb": 1, "events_per_file": 1,
+                                  "replicas": {"A": 1.0}}},
+               "tasks": [{"dataset": "d"}]})
