@@ -77,10 +77,10 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
     local = not is_url(path)
     if local and not os.path.exists(name):
         raise DataError(name, tree, "file not found")
-    from panda_lab.analysis.readcache import read_cache
+    from panda_lab.analysis.readcache import cache_for
 
     try:  # one bounded cache of read arrays for the whole process (see .readcache)
-        handle = uproot.open(Path(name) if local else name, array_cache=read_cache())
+        handle = uproot.open(Path(name) if local else name, array_cache=cache_for(name, local))
         # Opening reads the header and the keys: bytes and requests of the file's
         # endpoint, but not its time, which is the client's setting up (imports, a
         # connection pool), not the link's.

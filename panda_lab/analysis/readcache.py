@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import uproot
 
 from panda_lab.resources import READ_CACHE_ENV  # the cache's limit per worker process
 
-__all__ = ["DEFAULT_BYTES", "READ_CACHE_ENV", "limit_bytes", "read_cache"]
+__all__ = ["DEFAULT_BYTES", "READ_CACHE_ENV", "FileCache", "cache_for", "limit_bytes",
+           "read_cache"]
 #: The default limit: 256 MiB, about two of the benchmark's 250,000-event chunks per
 #: worker over all branches, small next to a worker's working memory.
 DEFAULT_BYTES = 256 * 2**20
@@ -64,6 +67,51 @@ def read_cache() -> uproot.LRUArrayCache | None:
             _cache = uproot.LRUArrayCache(n) if n > 0 else None
             _made = True
         return _cache
+
+
+class FileCache(MutableMapping):
+    """The process's cache as one file sees it: every key uproot makes is prefixed with the
+    file's identity (its path or URL, and for a local file its size and modification
+    time).  uproot keys arrays by the file's UUID, which a copy keeps: a replica, a copy cut
+    short or corrupted, or a file copied over another would otherwise be served the
+    arrays read from a different file."""
+
+    def __init__(self, cache: MutableMapping, identity: str) -> None:
+        self.cache = cache
+        self.prefix = identity + "|"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.cache[self.prefix + key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.cache[self.prefix + key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.cache[self.prefix + key]
+
+    def __iter__(self) -> Iterator[str]:
+        n = len(self.prefix)
+        return (k[n:] for k in list(self.cache) if k.startswith(self.prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def cache_for(name: str, local: bool) -> FileCache | None:
+    """The read cache for the file ``name`` (``None`` when the cache is off): pass it as
+    uproot's ``array_cache`` when opening that file.  A local file's identity includes its
+    size and modification time, so a file rewritten in place is read again."""
+    cache = read_cache()
+    if cache is None:
+        return None
+    identity = name
+    if local:
+        try:
+            st = os.stat(name)
+            identity = f"{name}|{st.st_size}|{st.st_mtime_ns}"
+        except OSError:
+            pass
+    return FileCache(cache, identity)
 
 
 def cache_bytes() -> int:

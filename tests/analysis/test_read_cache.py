@@ -3,7 +3,12 @@ off when asked, and a clear error for a bad limit.
 
 The kind of bug: a cache that grows past its bound (one per file, as uproot's default is,
 instead of one per process), one that is not counted in what a job reports, or one that
-cannot be turned off.  Each is checked here."""
+cannot be turned off.  Each is checked here.
+
+A second kind: a cached read outliving the file it came from.  uproot keys arrays by the
+file's UUID, which a copy keeps, so its members are a copy at another path (a replica, or a
+copy cut short or corrupted) and a file overwritten in place by such a copy; each must be
+read from its own bytes, never served the arrays of the file read before."""
 
 from __future__ import annotations
 
@@ -90,3 +95,49 @@ def test_zero_turns_it_off_and_a_bad_limit_names_the_variable(fresh, sample_file
     assert readcache.limit_bytes("1 GiB") == 2**30
     with pytest.raises(ValueError, match="PANDA_LAB_READ_CACHE='lots'"):
         readcache.limit_bytes("lots")
+
+
+def _corrupted(source, dest) -> None:
+    """``dest``: ``source`` (same UUID) with Muon_pt's second basket overwritten."""
+    import uproot
+
+    data = bytearray(source.read_bytes())
+    with uproot.open(source) as f:
+        branch = f["Events"]["Muon_pt"]
+        seek = int(branch.member("fBasketSeek")[1])
+        size = int(branch.member("fBasketBytes")[1])
+    data[seek + size // 2: seek + size // 2 + 64] = b"\xff" * 64
+    dest.write_bytes(bytes(data))
+
+
+def test_a_copy_with_the_same_uuid_is_read_from_its_own_bytes(fresh, sample_files, tmp_path):
+    from panda_lab.analysis.errors import DataError
+    from panda_lab.analysis.events import read_chunk
+
+    fresh("256 MB")
+    good = Chunk(0, str(sample_files[0]), "Events", 3000, 6000)
+    read_chunk(good, ["Muon_pt"])  # the original's arrays are in the cache now
+    copy = tmp_path / "copy.root"
+    _corrupted(sample_files[0], copy)
+    with pytest.raises(DataError, match="cannot read"):
+        read_chunk(Chunk(0, str(copy), "Events", 3000, 6000), ["Muon_pt"])
+
+
+def test_a_file_overwritten_in_place_is_read_again(fresh, sample_files, tmp_path):
+    import os
+    import shutil
+
+    from panda_lab.analysis.errors import DataError
+    from panda_lab.analysis.events import read_chunk
+
+    fresh("256 MB")
+    path = tmp_path / "data.root"
+    shutil.copyfile(sample_files[0], path)
+    chunk = Chunk(0, str(path), "Events", 3000, 6000)
+    read_chunk(chunk, ["Muon_pt"])
+    events._forget_open_trees()  # a new job opens the file again
+    _corrupted(sample_files[0], path)  # same UUID, same size, new contents
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(DataError, match="cannot read"):
+        read_chunk(chunk, ["Muon_pt"])
