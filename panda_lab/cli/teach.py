@@ -65,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
 # ---- reset ---------------------------------------------------------------------------------
 
 def _is_sample_dir(d: Path) -> bool:
+    """Whether ``d`` holds only a generated sample: ``dimuon_*.root`` files and the records
+    ``make_sample`` keeps beside them (``.dimuon_*.root.json``)."""
     files = [p for p in d.iterdir()]
-    return bool(files) and all(p.is_file() and p.name.startswith("dimuon_")
-                               and p.suffix == ".root" for p in files)
+    return bool(files) and all(
+        p.is_file() and ((p.name.startswith("dimuon_") and p.suffix == ".root")
+                         or (p.name.startswith(".dimuon_") and p.name.endswith(".root.json")))
+        for p in files)
 
 
 def clear_outputs(path: Path) -> bool:

@@ -74,7 +74,7 @@ def test_the_panel_follows_a_notebooks_task_and_kills_and_inserts(chromium, lab_
     job = page.locator(".panda-task-view .panda-job-detail")
     job.wait_for()
     assert "finished at LOCAL-" in job.inner_text()
-    assert job.locator(".panda-broker-sentence").inner_text().startswith("Sent to LOCAL-")
+    assert job.locator(".panda-broker-sentence").inner_text().lower().startswith("sent to local-")
     detail.locator(".panda-insert").click()
     page.wait_for_function("""id => [...window.jupyterapp.shell.widgets('main')]
         .some(w => w.content && w.content.model && w.content.model.cells
