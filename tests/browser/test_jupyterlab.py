@@ -39,6 +39,10 @@ def test_dimuon_notebook_runs_and_its_monitor_fills_in(chromium, lab_server, art
         page.screenshot(path=str(artifacts / f"{app}-no-monitor.png"), full_page=True)
         raise
     monitor.locator(".panda-counts:has-text('(100%)')").wait_for(timeout=120_000)
+    try:  # the partial picture, then the final one (redrawn at most once a second)
+        page.wait_for_function("window.__histograms.size >= 2", timeout=15_000)
+    except Exception:
+        pass  # asserted below, with its message
     seen = page.evaluate("window.__histograms.size")
     monitor.screenshot(path=str(artifacts / f"{app}-dimuon-monitor.png"))
     counts = monitor.locator(".panda-counts").inner_text()
