@@ -180,9 +180,12 @@ def test_a_job_says_in_words_why_it_went_where_it_went(lab_page, artifacts):
     }""")
     sentence = job.locator(".panda-broker-sentence").inner_text()
     assert sentence.lower().startswith("sent to local-"), sentence
-    weights = job.locator(".panda-broker-weights").inner_text()
-    assert "picked" in weights and "%" in weights
-    assert "free capacity" in job.locator(".panda-broker-meaning").inner_text()
+    # every site the brokerage considered, with its fate, weight and chance
+    candidates = job.locator(".panda-broker-candidates").inner_text()
+    assert "picked" in candidates and "%" in candidates, candidates
+    assert "LOCAL-GRID" in candidates and "LOCAL-HPC" in candidates, candidates
+    assert "each site the brokerage considered" in \
+        job.locator(".panda-broker-meaning").inner_text()
     assert "bad muon collection" in job.locator(".panda-error").inner_text()
     page.screenshot(path=str(artifacts / "panel-job-brokerage.png"))
 
