@@ -15,6 +15,27 @@ from pg import PostgresServer, find_bindir
 
 IN_CI = bool(os.environ.get("CI"))
 
+#: Modules that share one resource of the machine and so run one after the other, on one
+#: worker, when pytest-xdist runs the suite in parallel: the Slurm cluster that
+#: scripts/start-slurm starts is the machine's own (its queue is counted by the tests).
+SERIAL_GROUPS = {"slurm": ("slurm",)}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``scripts/test`` runs ``-n 2 --dist loadgroup``) a module runs
+    whole on one worker, so its module-scoped servers start once and its tests keep their
+    order; the modules that use a resource of the machine (``SERIAL_GROUPS``: a fixture
+    name) share a worker.  Without xdist the marks do nothing."""
+    group_of: dict[str, str] = {}
+    for item in items:
+        path = str(item.path)
+        for group, fixtures in SERIAL_GROUPS.items():
+            if any(f in item.fixturenames for f in fixtures):
+                group_of[path] = group
+    for item in items:
+        path = str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group_of.get(path, item.nodeid.split("::")[0])))
+
 
 @pytest.fixture(autouse=True)
 def _ship_test_functions_by_value(request):
