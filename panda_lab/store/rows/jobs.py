@@ -300,10 +300,12 @@ def lost(conn: Connection, heartbeat_before: float, sent_before: float) -> list[
 
 def job_dict(r: Row) -> dict:
     """An attempt as the API shows it: no payload, the exception base64, the brokerage
-    decision as a dict."""
+    decision as a dict, what it read (``reads``) as a list."""
     d = dict(r._mapping)
     d.pop("payload", None)
     exc = d.pop("error_pickle", None)
     d["error_exception"] = base64.b64encode(exc).decode() if exc else None
     d["broker_info"] = loads(d.get("broker_info"))
+    if d.get("reads"):  # what it read per endpoint, as its pilot reported it
+        d["reads"] = loads(d["reads"])
     return d

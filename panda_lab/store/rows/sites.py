@@ -131,7 +131,8 @@ def stalled(conn: Connection, since: float) -> list[str]:
 def listing(conn: Connection) -> list[dict]:
     """Sites with their running pilots, queued and running jobs:
     ``[{"name", "kind", "provisioner", "state", "reason", "pilots", "queued", "running",
-    "description"}]`` by name."""
+    "description", optional "cache": {"files", "bytes", "limit"}}]`` by name (``cache``:
+    a site's stage-in cache, as its pilots reported it)."""
     by_name = {s.name: s for s in loads_(conn)}
     n_pilots = dict(conn.execute(select(pilots.c.site, func.count())
                                  .where(pilots.c.state == str(PilotState.RUNNING))
@@ -145,4 +146,8 @@ def listing(conn: Connection) -> list[dict]:
             "queued": ld.queued, "running": ld.running,
             "description": loads(row.config).get("description", ""),
         })
+        if ld.cache_bytes:  # its stage-in cache: files held, their bytes, the bound
+            held = staging.listing(conn, row.name)
+            out[-1]["cache"] = {"files": len(held), "bytes": sum(h["bytes"] for h in held),
+                                "limit": ld.cache_bytes}
     return out
