@@ -119,3 +119,21 @@ def test_jobs_placed_over_a_link_count_as_its_readers():
     loads[0].state = "offline"
     choose([job(400)] * 3, loads, random.Random(0), links=LINKS)
     assert loads[1].readers == {"E": 3}
+
+
+def test_the_sentence_says_how_the_job_reads_its_input():
+    from panda_lab.model.explain import explain
+
+    loads = sites(cache=10**9)
+    loads[0].state = "offline"
+    staged = explain(choose([job(400)], loads, random.Random(0), links=LINKS)[0])
+    assert staged.endswith("stages its input in from E to the site's cache"), staged
+    loads = sites(cache=10**9)
+    loads[0].state, loads[1].cached = "offline", frozenset({"f"})
+    assert explain(choose([job(400)], loads, random.Random(0), links=LINKS)[0]).endswith(
+        "reads its input from the site's cache")
+    loads = sites()
+    loads[0].state = "offline"
+    assert explain(choose([job(400)], loads, random.Random(0), links=LINKS)[0]).endswith(
+        "reads its input remotely from E")
+    assert "input" not in explain(choose([job(400)], sites()[:1], random.Random(0))[0])
