@@ -24,21 +24,15 @@ ACTIONS = ("staged", "hit", "evicted")
 
 def apply(conn: Connection, reports: Iterable[tuple[str, list[dict]]], t: float) -> None:
     """Apply what pilots did to their sites' caches, in order: ``reports`` are ``(site,
-    [{"action", "path", "bytes"}])``; ``staged`` adds (or refreshes) a file, ``hit``
-    marks it used at ``t``, ``evicted`` removes it."""
+    [{"action", "path", "bytes"}])``; ``staged`` and ``hit`` record the file as held and
+    used at ``t`` (a hit also teaches the server a copy whose report was lost),
+    ``evicted`` removes it."""
     held: dict[tuple[str, str], int | None] = {}   # None: evicted
-    used: set[tuple[str, str]] = set()
     for site, actions in reports:
         for a in actions:
             key = (site, str(a["path"]))
-            if a["action"] == "staged":
-                held[key] = int(a.get("bytes") or 0)
-            elif a["action"] == "evicted":
-                held[key] = None
-            else:
-                used.add(key)
-    gone = [k for k, v in held.items() if v is None]
-    for site, path in gone:
+            held[key] = None if a["action"] == "evicted" else int(a.get("bytes") or 0)
+    for site, path in [k for k, v in held.items() if v is None]:
         conn.execute(delete(site_cache).where(site_cache.c.site == site,
                                               site_cache.c.path == path))
     added = [{"site": s, "path": p, "bytes": b, "used_at": t}
@@ -49,11 +43,6 @@ def apply(conn: Connection, reports: Iterable[tuple[str, list[dict]]], t: float)
         conn.execute(ins.on_conflict_do_update(
             index_elements=[site_cache.c.site, site_cache.c.path],
             set_={"bytes": ins.excluded.bytes, "used_at": ins.excluded.used_at}))
-    touched = [{"b_site": s, "b_path": p} for s, p in sorted(used) if (s, p) not in held]
-    if touched:
-        conn.execute(update(site_cache).where(site_cache.c.site == bindparam("b_site"),
-                                              site_cache.c.path == bindparam("b_path"))
-                     .values(used_at=t), touched)
 
 
 def held(conn: Connection) -> dict[str, frozenset[str]]:
