@@ -44,10 +44,9 @@ The rules, and where they come from:
   ``speed x network`` is (prior job time) / (job time here), so with free capacity
   alike the weight falls as the estimated job time grows; ``free`` carries the queue
   (and, with the network term weighed, the job's whole estimated time).
-* Access: the part of a job's input not at a candidate is read remotely or staged in
-  (copied whole into the site's cache, then read there), whichever the cost model
-  estimates faster (:mod:`panda_lab.model.staging`); a file in the site's cache
-  (``cached``) counts as local, so a site that holds the data wins the next job over it.
+* Access: input not at a candidate is read remotely or staged in, whichever is
+  estimated faster (:mod:`panda_lab.model.staging`); a file in the site's cache counts
+  as local, so a site that holds the data wins the next job over it.
 * Pick: at random by weight with the caller's generator (seeded: reproducible); the
   loads are updated as jobs are placed, so a bulk submission spreads.
 
@@ -66,7 +65,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from panda_lab.model.network import PRIOR, Link, LinkEstimate, effective
-from panda_lab.model.staging import LOCAL_MBPS, Access, choose_access
+from panda_lab.model.staging import Access, staged_cost
 from panda_lab.model.states import SiteState
 
 #: The site name that lets brokerage choose among every site.
@@ -183,15 +182,14 @@ class Choice:
 
     ``info`` (kept on the job as ``broker_info``, JSON, floats rounded) is ``{"picked",
     "policy", optional "read_from": the endpoint whose replica the job should read when
-    it reads remotely (the best link's), "access": how the picked site reads the job's
-    input (as its candidate's), "weights": {site: weight} of the candidates that
-    passed, "rejected": {site: reason} (offline, avoided, link), optional "near_data":
-    [site], optional "note", "candidates": [{"site", "passed", "filter", "reason",
-    "factors": {"free", "speed", "locality", "network", "reliability"}, "est": {"queue_s",
-    "read_s", "compute_s", "total_s"}, "access": "local"|"remote"|"stage-in"|"cache"
-    (:class:`~panda_lab.model.staging.Access`), optional "link": {"endpoint",
-    "mbps", "source", "observations"}, "weight", "picked"}]}``; a candidate that failed a
-    filter has ``factors`` and ``est`` None and weight 0."""
+    it reads remotely (the best link's), "access" (the pick's candidate's), "weights":
+    {site: weight} of the candidates that passed, "rejected": {site: reason} (offline,
+    avoided, link), optional "near_data": [site], optional "note", "candidates":
+    [{"site", "passed", "filter", "reason", "factors": {"free", "speed", "locality",
+    "network", "reliability"}, "est": {"queue_s", "read_s", "compute_s", "total_s"},
+    "access": "local"|"remote"|"stage-in"|"cache" (:class:`~.staging.Access`), optional
+    "link": {"endpoint", "mbps", "source", "observations"}, "weight", "picked"}]}``; a
+    candidate that failed a filter has ``factors`` and ``est`` None and weight 0."""
 
     site: str | None
     info: dict
@@ -271,14 +269,10 @@ def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: 
     access = Access.CACHE if req.files and in_cache == len(req.files) else \
         Access.REMOTE if remote else Access.LOCAL
     if remote and best is not None and s.cache_bytes and req.file_bytes:
-        # remote read or stage-in of what is not at the site (model/staging.py)
-        missing = len(req.files) - in_cache if req.files else 1
-        copy = req.file_bytes * missing // len(req.files) if req.files else req.file_bytes
-        how = choose_access(best, remote, req.read_requests, copy, missing, s.cache_bytes)
-        if how.access is Access.STAGE_IN:
-            access, read_s = how.access, how.stage_s
-            xfer_s = copy / (best.mbps * 1e6) + remote / (LOCAL_MBPS * 1e6)
-            lat_s = missing * best.latency_ms / 1e3
+        staged = staged_cost(best, remote, req.read_requests, req.file_bytes, len(req.files),
+                             in_cache, s.cache_bytes)
+        if staged is not None:  # cheaper than reading remotely: model/staging.py
+            access, (read_s, xfer_s, lat_s) = Access.STAGE_IN, staged
     if local and (s.endpoint, s.name) in links.links:
         # The site's own storage is read over a link too: free while nothing is known of
         # it, its declared or learned throughput once something is (a slow local disk

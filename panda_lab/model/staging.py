@@ -84,3 +84,19 @@ def choose_access(link: Link, read_bytes: int, requests: int, file_bytes: int, f
         return AccessCost(Access.REMOTE, remote, None)
     stage = stage_in_s(link, file_bytes, files, read_bytes, local_mbps)
     return AccessCost(Access.STAGE_IN if stage < remote else Access.REMOTE, remote, stage)
+
+
+def staged_cost(link: Link, read_bytes: int, requests: int, file_bytes: int, files: int,
+                cached_files: int, cache_bytes: int) -> tuple[float, float, float] | None:
+    """A job reading ``read_bytes`` in ``requests`` requests of its ``files`` files
+    (``file_bytes`` whole; ``cached_files`` of them in the site's cache already) over
+    ``link``: ``None`` when reading remotely is the cheaper (or stage-in cannot be
+    done), else the stage-in's ``(seconds, transfer seconds, latency seconds)``, the
+    transfer counting the local read."""
+    missing = files - cached_files if files else 1
+    copy = file_bytes * missing // files if files else file_bytes
+    how = choose_access(link, read_bytes, requests, copy, missing, cache_bytes)
+    if how.access is not Access.STAGE_IN or how.stage_s is None:
+        return None
+    return (how.stage_s, copy / (link.mbps * 1e6) + read_bytes / (LOCAL_MBPS * 1e6),
+            missing * link.latency_ms / 1e3)
