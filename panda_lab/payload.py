@@ -259,6 +259,8 @@ class Outcome:
     started_at: float
     ended_at: float
     reads: list[dict] = field(default_factory=list)
+    #: What the job did to its site's stage-in cache (:func:`panda_lab.reads.take_cache`).
+    cache: list[dict] = field(default_factory=list)
     #: Events the payload said it processed (:func:`panda_lab.reads.processed`).
     events: int = 0
 

@@ -30,6 +30,14 @@ from typing import Any
 
 #: The environment variable naming the storage endpoint near the pilot's site.
 LOCAL_ENDPOINT = "PANDA_LAB_ENDPOINT"
+#: How the running job reads its input, as brokerage chose (``remote``, ``stage-in``,
+#: ``cache``, ``local``; see :mod:`panda_lab.model.staging`), and the endpoint it chose
+#: to read from: set by the pilot's worker for each job.
+ACCESS = "PANDA_LAB_ACCESS"
+READ_FROM = "PANDA_LAB_READ_FROM"
+#: The site's stage-in cache: its directory and its bound in bytes (set at registration).
+CACHE_DIR = "PANDA_LAB_CACHE_DIR"
+CACHE_BYTES = "PANDA_LAB_CACHE_BYTES"
 
 
 @dataclass
@@ -50,6 +58,7 @@ _totals: dict[str, Reads] = {}
 _events = [0]
 _endpoints: dict[str, str] = {}
 _lock = threading.Lock()
+_cache_log: list[dict] = []
 
 
 def remember(url: str, endpoint: str) -> None:
@@ -121,4 +130,20 @@ def take() -> list[dict]:
     with _lock:
         out = [r.as_dict(e) for e, r in sorted(_totals.items()) if r.bytes > 0]
         _totals.clear()
+    return out
+
+
+def cache_event(action: str, path: str, nbytes: int) -> None:
+    """The job ``staged`` a file into its site's cache, read it there (``hit``), or
+    ``evicted`` one to make room: reported with the job's outcome."""
+    with _lock:
+        _cache_log.append({"action": action, "path": path, "bytes": int(nbytes)})
+
+
+def take_cache() -> list[dict]:
+    """What :func:`cache_event` logged, ``[{"action", "path", "bytes"}]`` in order, and
+    start again from empty."""
+    with _lock:
+        out = list(_cache_log)
+        _cache_log.clear()
     return out

@@ -37,6 +37,7 @@ from panda_lab.analysis.nanoevents import (
     remember_reads,
 )
 from panda_lab.analysis.readcache import cache_bytes
+from panda_lab.analysis.sitecache import local_copy
 from panda_lab.model.splitter import Chunk
 
 #: Columns discovered per processor: ``id -> (processor, columns)``.  Holding the
@@ -86,8 +87,9 @@ def _open_any(
     chunk: dict, columns: list[str] | None, processor: Any, process: Callable,
     nanoevents: NanoEventsSpec | None = None,
 ) -> tuple[Any, Chunk, float]:
-    """Read a chunk from the first replica that works, those at the site's own storage
-    endpoint (``PANDA_LAB_ENDPOINT``, set by the pilot) first.  With ``nanoevents``, the
+    """Read a chunk from the first replica that works: a copy in the site's stage-in
+    cache (:mod:`.sitecache`), then those at the site's own storage endpoint
+    (``PANDA_LAB_ENDPOINT``, set by the pilot), then the others.  With ``nanoevents``, the
     events are coffea's and the read branches go to the worker's preload memory once the
     chunk is processed."""
     near = os.environ.get(reads.LOCAL_ENDPOINT)
@@ -95,6 +97,10 @@ def _open_any(
     for r in replicas:  # what is read from a replica counts for its endpoint's link
         reads.remember(r["url"], r["endpoint"])
     urls = [r["url"] for r in replicas] or [chunk["path"]]
+    # the site's stage-in cache first: a copy it holds, or one staged in now if told to
+    copy = local_copy(chunk, replicas)
+    if copy is not None:
+        urls.insert(0, copy)
     last: DataError | None = None
     for url in urls:
         c = Chunk(chunk["file_index"], url, chunk["tree"], chunk["start"], chunk["stop"])

@@ -65,9 +65,10 @@ def brokerage_frame(jobs: list[dict]) -> pd.DataFrame:
     ``GET /api/tasks/{task}/jobs`` gives them), columns :data:`BROKERAGE_COLUMNS`:
     ``passed`` with the ``filter`` and ``reason`` of a site removed, the weight
     ``free``/``speed``/``locality``/``network``/``reliability`` factors, the estimated
-    ``queue_s``/``read_s``/``compute_s``/``total_s`` seconds, ``access`` (local or
-    remote read), the throughput of the link it would read over (``link_mbps``, MB/s),
-    the ``weight`` and whether it was ``picked``.  Empty (with the columns) for none."""
+    ``queue_s``/``read_s``/``compute_s``/``total_s`` seconds, ``access`` (``local``,
+    ``remote`` read, ``stage-in`` to the site's cache, or read from its ``cache``), the
+    throughput of the link it would read over (``link_mbps``, MB/s), the ``weight`` and
+    whether it was ``picked``.  Empty (with the columns) for none."""
     rows = [r for j in jobs for r in brokerage_rows(j)]
     return pd.DataFrame(rows, columns=BROKERAGE_COLUMNS)
 

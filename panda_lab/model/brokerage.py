@@ -44,6 +44,9 @@ The rules, and where they come from:
   ``speed x network`` is (prior job time) / (job time here), so with free capacity
   alike the weight falls as the estimated job time grows; ``free`` carries the queue
   (and, with the network term weighed, the job's whole estimated time).
+* Access: input not at a candidate is read remotely or staged in, whichever is
+  estimated faster (:mod:`panda_lab.model.staging`); a file in the site's cache counts
+  as local, so a site that holds the data wins the next job over it.
 * Pick: at random by weight with the caller's generator (seeded: reproducible); the
   loads are updated as jobs are placed, so a bulk submission spreads.
 
@@ -62,6 +65,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from panda_lab.model.network import PRIOR, Link, LinkEstimate, effective
+from panda_lab.model.staging import Access, staged_cost
 from panda_lab.model.states import SiteState
 
 #: The site name that lets brokerage choose among every site.
@@ -145,6 +149,9 @@ class SiteLoad:
     #: the link (JEDI's network weight counts the files queued on a link likewise).
     #: Brokerage adds the jobs it places.
     readers: dict[str, int] = field(default_factory=dict)
+    #: Bytes the site's stage-in cache holds at most (0: no cache; its jobs read remote
+    #: input over the network, never stage it in): :mod:`panda_lab.model.staging`.
+    cache_bytes: int = 0
 
 
 @dataclass
@@ -165,6 +172,8 @@ class Request:
     files: tuple[str, ...] = ()
     #: Read requests the job makes (each costs the link's latency).
     read_requests: int = 1
+    #: Bytes of the job's input files whole (what a stage-in copies; 0: unknown).
+    file_bytes: int = 0
 
 
 @dataclass
@@ -173,13 +182,14 @@ class Choice:
 
     ``info`` (kept on the job as ``broker_info``, JSON, floats rounded) is ``{"picked",
     "policy", optional "read_from": the endpoint whose replica the job should read when
-    it reads remotely (the best link's), "weights": {site: weight} of the candidates that
-    passed, "rejected": {site: reason} (offline, avoided, link), optional "near_data":
-    [site], optional "note", "candidates": [{"site", "passed", "filter", "reason",
-    "factors": {"free", "speed", "locality", "network", "reliability"}, "est": {"queue_s",
-    "read_s", "compute_s", "total_s"}, "access": "local"|"remote", optional "link": {"endpoint",
-    "mbps", "source", "observations"}, "weight", "picked"}]}``; a candidate that failed a
-    filter has ``factors`` and ``est`` None and weight 0."""
+    it reads remotely (the best link's), "access" (the pick's candidate's), "weights":
+    {site: weight} of the candidates that passed, "rejected": {site: reason} (offline,
+    avoided, link), optional "near_data": [site], optional "note", "candidates":
+    [{"site", "passed", "filter", "reason", "factors": {"free", "speed", "locality",
+    "network", "reliability"}, "est": {"queue_s", "read_s", "compute_s", "total_s"},
+    "access": "local"|"remote"|"stage-in"|"cache" (:class:`~.staging.Access`), optional
+    "link": {"endpoint", "mbps", "source", "observations"}, "weight", "picked"}]}``; a
+    candidate that failed a filter has ``factors`` and ``est`` None and weight 0."""
 
     site: str | None
     info: dict
@@ -217,8 +227,8 @@ class _Static:
     """What a candidate costs a job whatever its queue: kept per request shape in a call
     (a bulk of like jobs computes it once per site)."""
 
-    __slots__ = ("compute_s", "lat_s", "link", "locality", "near", "prior_s", "read_s",
-                 "remote", "speed", "use_net", "work", "xfer_s")
+    __slots__ = ("access", "compute_s", "lat_s", "link", "locality", "near", "prior_s",
+                 "read_s", "remote", "speed", "use_net", "work", "xfer_s")
 
 
 class _Cost:
@@ -241,8 +251,9 @@ def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: 
     st = _Static()
     ib = req.input_bytes
     local = ib.get(s.endpoint, 0) if s.endpoint and nbytes else 0
-    if req.files and s.cached:
-        local = max(local, nbytes * sum(f in s.cached for f in req.files) // len(req.files))
+    in_cache = sum(f in s.cached for f in req.files) if req.files and s.cached else 0
+    if in_cache:
+        local = max(local, nbytes * in_cache // len(req.files))
     remote = nbytes - local if nbytes > local else 0
     read_s, best = 0.0, None
     if remote:
@@ -255,6 +266,13 @@ def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: 
                     read_s, best = t, link
     xfer_s = remote / (best.mbps * 1e6) if best is not None and best.mbps > 0 else 0.0
     lat_s = max(req.read_requests, 1) * best.latency_ms / 1e3 if best is not None else 0.0
+    access = Access.CACHE if req.files and in_cache == len(req.files) else \
+        Access.REMOTE if remote else Access.LOCAL
+    if remote and best is not None and s.cache_bytes and req.file_bytes:
+        staged = staged_cost(best, remote, req.read_requests, req.file_bytes, len(req.files),
+                             in_cache, s.cache_bytes)
+        if staged is not None:  # cheaper than reading remotely: model/staging.py
+            access, (read_s, xfer_s, lat_s) = Access.STAGE_IN, staged
     if local and (s.endpoint, s.name) in links.links:
         # The site's own storage is read over a link too: free while nothing is known of
         # it, its declared or learned throughput once something is (a slow local disk
@@ -264,7 +282,7 @@ def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: 
         xfer_s += local / (own.mbps * 1e6) if own.mbps > 0 else 0.0
         lat_s = max(lat_s, max(req.read_requests, 1) * own.latency_ms / 1e3)
         best = best or own
-    st.read_s, st.link, st.remote = read_s, best, remote
+    st.read_s, st.link, st.remote, st.access = read_s, best, remote, access
     st.xfer_s, st.lat_s = xfer_s, lat_s
     rate = s.slot_rate or prior_rate
     st.compute_s = compute_s = req.events / rate if req.events else 0.0
@@ -368,7 +386,7 @@ def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool) -> dict:
                        "reliability": round(c.reliability, 4)},
            "est": {"queue_s": round(q, 3), "read_s": round(read, 3),
                    "compute_s": round(comp, 3), "total_s": round(q + read + comp, 3)},
-           "access": "remote" if st.remote else "local", "weight": _sig(c.weight),
+           "access": str(st.access), "weight": _sig(c.weight),
            "picked": picked}
     link = st.link
     if link is not None:
@@ -470,7 +488,7 @@ class _Call:
                                        if s.name in accepted and s.state == SiteState.ONLINE)
         nbytes = max(req.input_bytes.values()) if req.input_bytes else 0
         shape = (req.events, tuple(req.input_bytes.items()), req.read_requests, req.near,
-                 req.files if self.any_cache else None)
+                 req.files if self.any_cache else None, req.file_bytes)
         statics = self.shapes.get(shape)
         if statics is None:
             self.shapes[shape] = statics = {}
@@ -542,7 +560,7 @@ class _Call:
             i = _draw(self.rng, weights)
             reason = "weighted random pick"
         pick, picked, _ = passing[i]
-        info: dict = {"picked": pick.name, "policy": str(policy)}
+        info: dict = {"picked": pick.name, "policy": str(policy), "access": str(picked.access)}
         if record:  # each candidate as it was weighed, before the pick adds to its load
             for k, (s, st, at) in enumerate(passing):
                 records[at] = _record(s, _cost(st, s, policy), reason if k == i else "passed",

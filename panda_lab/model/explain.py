@@ -64,10 +64,26 @@ def _versus(pick: Mapping, other: Mapping) -> str:
     return f"{other['site']} weighed about the same"
 
 
+#: How a job reads its input, in words (``{endpoint}``: the one it reads from).
+ACCESS_PHRASES = {"remote": "reads its input remotely from {endpoint}",
+                  "stage-in": "stages its input in from {endpoint} to the site's cache",
+                  "cache": "reads its input from the site's cache"}
+
+
+def access_phrase(info: Mapping | Any) -> str:
+    """How the decision has the job read its input (``access``, see
+    :mod:`panda_lab.model.staging`), in words; ``""`` for input at the site (``local``)
+    or none, and for decisions recorded before the access was."""
+    info = _info(info)
+    phrase = ACCESS_PHRASES.get(str(info.get("access")))
+    return phrase.format(endpoint=info.get("read_from") or "its storage") if phrase else ""
+
+
 def explain(info: Mapping | Any) -> str:
     """One sentence for one decision (a Choice or its ``info``), e.g. ``"sent to
     LOCAL-HPC: LOCAL-GRID avoided, an earlier attempt failed there; LOCAL-HPC less
-    loaded than LOCAL-CLOUD"``.  Every candidate is named; sites the task does not
+    loaded than LOCAL-CLOUD"``.  Every candidate is named, then how the job reads its
+    input where it is not at the site (:func:`access_phrase`); sites the task does not
     accept are grouped at the end."""
     info = _info(info)
     picked = info.get("picked")
@@ -103,6 +119,9 @@ def explain(info: Mapping | Any) -> str:
         parts.append(f"{picked} the only candidate left")
     if info.get("note"):
         parts.append(str(info["note"]))
+    how = access_phrase(info)
+    if how:
+        parts.append(how)
     if unaccepted:
         parts.append(f"not accepted by the task: {', '.join(unaccepted)}")
     return f"sent to {picked}" + (": " + "; ".join(parts) if parts else "")

@@ -117,11 +117,13 @@ def check_clusters(path: str, entries: int, clusters: Sequence[int]) -> None:
 
 
 def _chunk(f: SplitFile, start: int, stop: int) -> dict:
-    # ``bytes``: the range's share of its file, what brokerage weighs reading it by
+    # ``bytes``: the range's share of its file, what brokerage weighs reading it by;
+    # ``file_bytes``: the whole file, what a stage-in copies
     size = f.get("size_bytes") or 0
     return {"file_index": f["file_index"], "path": f["path"], "tree": f["tree"],
             "start": start, "stop": stop, "replicas": f.get("replicas", []),
-            "bytes": size * (stop - start) // f["entries"] if f["entries"] else 0}
+            "bytes": size * (stop - start) // f["entries"] if f["entries"] else 0,
+            "file_bytes": size}
 
 
 def split_range(f: SplitFile, start: int, stop: int, events_per_job: int) -> list[dict]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
+from panda_lab import reads
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.model import JobState
 from panda_lab.output import OUTPUT_LIMIT, Capture, split_tail
@@ -124,6 +125,11 @@ class Pilot:
             # An analysis job reads the replicas at this site's own endpoint first.
             for w in self.workers:
                 w.set_env({LOCAL_ENDPOINT: reply["endpoint"]})
+        if reply.get("cache"):
+            # The site's stage-in cache, for the jobs told to stage their input in.
+            for w in self.workers:
+                w.set_env({reads.CACHE_DIR: str(reply["cache"]["dir"]),
+                           reads.CACHE_BYTES: str(int(reply["cache"]["bytes"]))})
         self.last_contact = time.monotonic()
         log.info("pilot %d registered at site %s", self.pilot_id, self.opts.site)
 
@@ -331,6 +337,8 @@ class Pilot:
             self._keep_output(job, {"stdout": outcome.stdout, "stderr": outcome.stderr}))
         if outcome.reads:  # bytes, seconds and requests per endpoint: the links measured
             extra["reads"] = outcome.reads
+        if outcome.cache:  # what it staged into, read from and evicted of the site's cache
+            extra["cache"] = outcome.cache
         if outcome.events:  # with the payload's seconds: the site's compute rate
             extra["events"] = outcome.events
         extra["seconds"] = round(dur, 6)

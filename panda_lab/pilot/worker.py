@@ -111,6 +111,10 @@ def worker_main(conn: Connection) -> None:
             spool = msg[4] if len(msg) > 4 else None  # (stdout path, stderr path, limit)
             # the submitting client's directory, on its own machine (local sites)
             os.chdir(job_directory(msg[5] if len(msg) > 5 else None) or own_dir)
+            # how the job reads its input, as brokerage chose (model/staging.py)
+            access, read_from = msg[6:8] if len(msg) > 7 else (None, None)
+            os.environ[reads.ACCESS] = access or ""
+            os.environ[reads.READ_FROM] = read_from or ""
             common = commons.get(task_id)
             if isinstance(common, Exception):
                 from panda_lab.payload import _error
@@ -123,6 +127,7 @@ def worker_main(conn: Connection) -> None:
                 ticker.watch(job_id, *streams)
                 reads.take()  # what an earlier job left is not this one's
                 reads.take_events()
+                reads.take_cache()
                 try:
                     outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
                 finally:
@@ -132,6 +137,7 @@ def worker_main(conn: Connection) -> None:
                 # What the job read, per endpoint: how the server learns the network.
                 outcome.reads = reads.take()
                 outcome.events = reads.take_events()
+                outcome.cache = reads.take_cache()
             with lock:
                 conn.send((job_id, outcome))
         elif kind == "env":  # what the pilot learnt at registration (its site's endpoint)
@@ -195,7 +201,7 @@ class Worker:
             self.conn.send(("common", job["task"], common))
             self.commons.add(job["task"])
         self.conn.send(("run", job["id"], job["task"], job["payload"], spool,
-                        job.get("workdir")))
+                        job.get("workdir"), job.get("access"), job.get("read_from")))
         self.job = job
         self.started_at = now
 

@@ -73,6 +73,17 @@ class SiteSettings(BaseModel):
     description: str = Field("", description="shown in `panda-lab sites`")
     endpoint: str = Field("", description="the storage endpoint near the site: its replicas "
                                           "are read first and its jobs brokered here")
+    cache_bytes: int = Field(0, ge=0, description="bytes the site's stage-in cache holds at "
+                                                "most, least recently used evicted first "
+                                                "(0: no cache; input is read remotely)")
+    cache_dir: str = Field("", description="where the site's pilots keep the stage-in cache "
+                                           "(default: site-cache/NAME in the server's home)")
+
+    @model_validator(mode="after")
+    def _cache(self) -> SiteSettings:
+        if self.cache_dir and not self.cache_bytes:
+            raise ValueError("cache_dir needs cache_bytes (the cache's bound in bytes, > 0)")
+        return self
 
     def most_pilots(self) -> int:
         """The site's number of pilots at most: ``pilots``, or the provisioner's own key."""
@@ -222,6 +233,10 @@ class SiteConfig:
     description: str = ""
     #: The storage endpoint near this site (a replica's ``endpoint``), read first.
     endpoint: str = ""
+    #: Bytes the site's stage-in cache holds at most (0: none), and where it is ("":
+    #: the server's default, ``site-cache/NAME`` in its home).
+    cache_bytes: int = 0
+    cache_dir: str = ""
     extra: dict = field(default_factory=dict)
     settings: SiteSettings | None = field(default=None, repr=False, compare=False)
 
@@ -229,7 +244,8 @@ class SiteConfig:
         if self.settings is None:
             model = kinds()[self.provisioner].settings
             body = {"kind": self.kind, "provisioner": self.provisioner, "slots": self.slots,
-                    "description": self.description, "endpoint": self.endpoint, **self.extra}
+                    "description": self.description, "endpoint": self.endpoint,
+                    **self._cache_keys(), **self.extra}
             if model.pilots_key is None:
                 body["pilots"] = self.pilots
             self.settings = model.model_validate(body)
@@ -237,7 +253,11 @@ class SiteConfig:
     def as_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "provisioner": self.provisioner,
                 "pilots": self.pilots, "slots": self.slots, "description": self.description,
-                "endpoint": self.endpoint, **self.extra}
+                "endpoint": self.endpoint, **self._cache_keys(), **self.extra}
+
+    def _cache_keys(self) -> dict:
+        return {k: v for k, v in (("cache_bytes", self.cache_bytes),
+                                  ("cache_dir", self.cache_dir)) if v}
 
 
 def default_sites(resources: Resources | None = None, *,
@@ -303,6 +323,7 @@ def parse_site(name: str, body: Any, source: str = "sites.toml") -> SiteConfig:
     return SiteConfig(
         name=name, kind=settings.kind, provisioner=prov, pilots=settings.most_pilots(),
         slots=settings.slots, description=settings.description, endpoint=settings.endpoint,
+        cache_bytes=settings.cache_bytes, cache_dir=settings.cache_dir,
         extra={k: v for k, v in body.items() if k not in common}, settings=settings)
 
 

@@ -43,9 +43,14 @@ async def register(request: Request, body: PilotRegister, who: PilotWho) -> dict
     pilot_id = await s.db(s.store.register_pilot, body.site, body.host, body.pid, body.slots,
                           body.info)
     site = next((x for x in s.config.sites if x.name == body.site), None)
-    return {"pilot": pilot_id, "heartbeat_interval": s.config.heartbeat_interval,
-            "heartbeat_timeout": s.config.heartbeat_timeout,
-            "endpoint": site.endpoint if site is not None else ""}
+    reply = {"pilot": pilot_id, "heartbeat_interval": s.config.heartbeat_interval,
+             "heartbeat_timeout": s.config.heartbeat_timeout,
+             "endpoint": site.endpoint if site is not None else ""}
+    if site is not None and site.cache_bytes:
+        # the site's stage-in cache: where its pilots keep it, and its bound in bytes
+        reply["cache"] = {"dir": site.cache_dir or str(s.config.home / "site-cache" / site.name),
+                          "bytes": site.cache_bytes}
+    return reply
 
 
 @router.post("/acquire")

@@ -183,6 +183,15 @@ class LinkReads(Strict):
     requests: int = Field(ge=0)
 
 
+class CacheAction(Strict):
+    """What a pilot did to its site's stage-in cache for a job: ``staged`` a file (copied
+    it in), a ``hit`` (read a copy there), or ``evicted`` one (least recently used)."""
+
+    action: Literal["staged", "hit", "evicted"]
+    path: Annotated[str, Field(max_length=4096)]
+    bytes: int = Field(0, ge=0)
+
+
 class JobUpdate(Strict):
     id: Id
     attempt: Id
@@ -195,6 +204,8 @@ class JobUpdate(Strict):
     stderr: Annotated[str, Field(max_length=100_000)] | None = None
     #: Bytes, seconds and requests per endpoint the job read: the links it measured.
     reads: list[LinkReads] | None = Field(None, max_length=64)
+    #: What the job's pilot did to its site's stage-in cache (model/staging.py).
+    cache: list[CacheAction] | None = Field(None, max_length=4096)
     #: Events the job processed, and the payload's wall seconds: the site's speed.
     events: Annotated[int, Field(ge=0)] | None = None
     seconds: Annotated[float, Field(ge=0)] | None = None

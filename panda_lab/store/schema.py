@@ -109,6 +109,13 @@ jobs = Table(
     # What an analysis job reads (a digest of its chunks): dispatch prefers the pilot
     # that read it last (``data_holders``); NULL for other jobs.
     Column("data_key", String(32), nullable=True),
+    # How the attempt reads its input (model/staging.py: local, remote, stage-in, cache)
+    # and the endpoint it reads from: brokerage counts the readers sharing each link.
+    Column("access", String(16), nullable=True),
+    Column("read_from", String(256), nullable=True),
+    # What the attempt read, as its pilot reported it: JSON [{"endpoint", "bytes",
+    # "seconds", "requests"}] ("(cache)": from its site's stage-in cache).
+    Column("reads", Text, nullable=True),
 )
 Index("ix_jobs_dispatch", jobs.c.site, jobs.c.state, jobs.c.priority, jobs.c.id)
 Index("ix_jobs_task", jobs.c.task_id, jobs.c.job_index, jobs.c.attempt)
@@ -312,4 +319,17 @@ users = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+)
+
+# ---- stage-in caches: the input files each site's cache holds (model/staging.py) -----------
+
+# One row per (site, file): what the site's pilots staged in and have not evicted, as
+# they report it; brokerage counts these files as local at the site.
+site_cache = Table(
+    "site_cache",
+    metadata,
+    Column("site", String(128), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("used_at", Float, nullable=False),
 )

@@ -58,6 +58,7 @@ from panda_lab.store.rows import links as link_rows
 from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
+from panda_lab.store.rows import staging as staging_rows
 from panda_lab.store.rows import tasks as task_rows
 from panda_lab.store.rows.holders import data_key
 
@@ -200,9 +201,15 @@ class Workflow(Rebrokerage, Admin):
             if req.events or req.input_bytes:
                 info["input"] = {"events": req.events, "bytes": req.input_bytes,
                                  "files": list(req.files), "requests": req.read_requests}
+                if req.file_bytes:
+                    info["input"]["file_bytes"] = req.file_bytes
             per_task.setdefault(values["task_id"], []).append(choice)
             rows.append({**{k: v for k, v in values.items() if k != "network"},
                          "state": str(J.ACTIVATED), "site": choice.site,
+                         # how it reads its input, and over which link: the site's
+                         # readers of each link, and what the pilot is told to do
+                         "access": choice.info.get("access"),
+                         "read_from": choice.info.get("read_from"),
                          "created_at": t, "modified_at": t,
                          # orjson: the decision with its candidates is the largest JSON
                          # written per job, and json.dumps would double brokerage's cost
@@ -227,7 +234,8 @@ class Workflow(Rebrokerage, Admin):
                         events=int(read.get("events") or 0),
                         input_bytes=dict(read.get("bytes") or {}),
                         files=tuple(read.get("files") or ()),
-                        read_requests=int(read.get("requests") or 1)))
+                        read_requests=int(read.get("requests") or 1),
+                        file_bytes=int(read.get("file_bytes") or 0)))
 
     @staticmethod
     def _previous(row: Row, task_site: str) -> Previous:
@@ -242,7 +250,9 @@ class Workflow(Rebrokerage, Admin):
         """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically; the jobs it
         already ``held`` are heartbeated on the way.  Returns ``(jobs, changes)``, jobs
         ``[{"id", "task", "index", "attempt", "payload", "walltime_s", "cores", "common",
-        "output_limit", "workdir"}]`` by priority, then age."""
+        "output_limit", "workdir", "access", "read_from"}]`` by priority, then age
+        (``access``: how the job reads its input, ``read_from``: the endpoint brokerage
+        chose for it, both None for a job without input)."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
@@ -265,7 +275,7 @@ class Workflow(Rebrokerage, Admin):
             out.append({"id": r.id, "task": r.task_id, "index": r.job_index,
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
                         "cores": r.cores, "common": has_common, "output_limit": limit,
-                        "workdir": workdir})
+                        "workdir": workdir, "access": r.access, "read_from": r.read_from})
         return out, changes
 
     @staticmethod
@@ -345,6 +355,11 @@ class Workflow(Rebrokerage, Admin):
                 job_rows.history(conn, history)
             if measured:  # what the links and the sites learn, in the report's transaction
                 link_rows.learn(conn, measured, t)
+                # what each attempt read, and what its pilot did to its site's cache
+                staging_rows.record_reads(conn, [(row.id, u["reads"]) for row, u, _
+                                                 in measured if u.get("reads")])
+                staging_rows.apply(conn, [(row.site, u["cache"]) for row, u, _
+                                          in measured if u.get("cache")], t)
             result_rows.store(conn, self.result_dir, finished)
             if finished:
                 pilot_rows.count_done(conn, pilot_id, len(finished))

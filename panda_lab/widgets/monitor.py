@@ -19,6 +19,7 @@ import ipywidgets as w
 from panda_lab.model import JOB_ORDER, TASK_FINAL, TASK_RETRYABLE, JobState
 from panda_lab.model.outcome import TONE_COLOURS, final_line, summary_of
 from panda_lab.text import strip_ansi
+from panda_lab.widgets.brokerage import BrokerageView
 from panda_lab.widgets.histplot import find_histograms, plot_histogram, render
 from panda_lab.widgets.snapshot import (
     LabView,
@@ -156,6 +157,11 @@ class TaskMonitor(_Watched, w.VBox):
         self._stream_at = float("-inf")
         self._stream_final = False
         self.errors = w.HTML()
+        # why a job went where it went: asked of the server only when opened
+        self.brokerage = BrokerageView(lab, task_id)
+        self.brokerage_section = w.Accordion([self.brokerage], titles=("brokerage",),
+                                             selected_index=None)
+        self.brokerage_section.observe(self.brokerage.opened, names="selected_index")
         # SVG: sharp at any width and zoom, its text real text
         self.image = w.Image(format="svg+xml", layout=w.Layout(width="500px"))
         self.choice = w.Dropdown(description="histogram", options=[],
@@ -175,7 +181,7 @@ class TaskMonitor(_Watched, w.VBox):
         self.retry_button.on_click(lambda _: self._act(self.retry))
         super().__init__([self.title, w.HBox([self.bar, self.counts]), self.pace, self.sites,
                           w.Accordion([self.stream], titles=("task stream",), selected_index=0),
-                          self.plot, self.errors,
+                          self.plot, self.errors, self.brokerage_section,
                           w.HBox([self.kill_button, self.retry_button, self.message])])
         self.add_class("panda-task-monitor")
         self._track_views()
@@ -222,6 +228,7 @@ class TaskMonitor(_Watched, w.VBox):
             self.pace.value = (f"{pace:,.0f} {unit}/s" + (f" &middot; ETA {eta:.0f} s"
                                                           if eta and done < total else ""))
         self.sites.value = sites_table(snap)
+        self.brokerage.set_jobs(snap.n_jobs)
         self.errors.value = errors_html(snap)
         if snap.analysis:
             self._show_histogram(snap)

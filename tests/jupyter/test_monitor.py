@@ -10,6 +10,8 @@ import time
 import pytest
 from harness import wait_for
 
+from panda_lab.model.explain import explain
+from panda_lab.widgets.brokerage import BrokerageView, job_html
 from panda_lab.widgets.monitor import LabMonitor, TaskMonitor
 from panda_lab.widgets.snapshot import Rate, group_errors, take, text
 
@@ -51,6 +53,18 @@ def test_the_monitor_shows_counts_sites_and_grouped_errors(nlab):
     assert m.stream.value.count("class='panda-stream-bar'") == 12
     assert m.stream.value.count("class='panda-stream-failed'") == 3
     assert m.stream.value.count("data-state='finished'") == 9 and " · pilot " in m.stream.value
+    # a job's brokerage, asked of the server once the section is opened: the model's
+    # sentence (the panel's and task.job(i).brokerage's) and the candidates
+    assert m.brokerage.decision.value == "" and m.brokerage.index.max == 11
+    m.brokerage_section.selected_index = 0
+    first = next(j for j in nlab.jobs(task) if j["job_index"] == 0)
+    assert html.escape(explain(first["broker_info"])) in m.brokerage.decision.value
+    assert "<b>job 0</b>" in m.brokerage.decision.value
+    m.brokerage.index.value = 11
+    last = next(j for j in nlab.jobs(task) if j["job_index"] == 11)
+    assert f"<b>job 11</b> (attempt 1) at <b>{last['site']}</b>" in m.brokerage.decision.value
+    assert m.brokerage.decision.value.count("<tr") == 1 + len(
+        last["broker_info"]["candidates"])
 
 
 def test_the_monitor_updates_in_place_until_the_task_ends(nlab):
@@ -268,3 +282,22 @@ def test_a_monitor_of_an_unreachable_server_says_so_instead_of_raising():
     wait_for(lambda: "not updated: the panda-lab server at" in lm.header.value, 10,
              what="a stale note")
     lm.close()
+
+
+def test_the_brokerage_view_escapes_what_the_server_sent_and_survives_its_failure():
+    record = {"job_index": 3, "attempt": 2, "site": "<b>X</b>", "broker_info": {
+        "picked": "<b>X</b>", "policy": "network", "access": "cache", "candidates": [
+            {"site": "<b>X</b>", "passed": True, "weight": 1.0, "picked": True,
+             "est": {"read_s": 0, "total_s": 1.5}, "access": "cache"}]}}
+    shown = job_html(record)
+    assert "<b>X</b>" not in shown and "&lt;b&gt;X&lt;/b&gt;" in shown
+    assert "reads its input from the site&#x27;s cache" in shown
+
+    class Down:
+        class api:
+            @staticmethod
+            def get(path, **_):
+                raise ConnectionError("no server")
+
+    view = BrokerageView(Down(), 1)
+    assert "cannot read the jobs: no server" in view.show()

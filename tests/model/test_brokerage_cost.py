@@ -156,7 +156,7 @@ def test_a_failing_site_weighs_less_and_a_cached_file_counts_as_local():
     b.cached = frozenset({"f"})
     info = choose([data_job()], [a, b], random.Random(0))[0].info
     cand = {c["site"]: c for c in info["candidates"]}
-    assert cand["S1"]["access"] == "local" and cand["S1"]["est"]["read_s"] == 0
+    assert cand["S1"]["access"] == "cache" and cand["S1"]["est"]["read_s"] == 0
     assert info["weights"]["S1"] == info["weights"]["S0"]
     assert info["near_data"] == ["S0", "S1"]
 

@@ -139,11 +139,13 @@ def chunks_of(conn: Connection, task_id: int) -> list[Row]:
 
 def input_request(chunks: list[dict], sites: tuple[str, ...]) -> Request:
     """The request of an analysis job reading ``chunks`` (dicts with ``path``, ``start``,
-    ``stop``, optional ``bytes`` (the range's share of its file) and ``replicas``
-    ``[{"endpoint", "url"}]``): its events, the bytes of its input held at each
-    endpoint, its files, and the read requests it makes (about two per chunk: the
-    metadata, then the baskets in one request)."""
+    ``stop``, optional ``bytes`` (the range's share of its file), ``file_bytes`` (the
+    whole file's) and ``replicas`` ``[{"endpoint", "url"}]``): its events, the bytes of
+    its input held at each endpoint, its files and their whole size, and the read
+    requests it makes (about two per chunk: the metadata, then the baskets in one
+    request)."""
     held: dict[str, int] = {}
+    sizes = {c["path"]: int(c.get("file_bytes") or 0) for c in chunks}
     for c in chunks:
         for endpoint in {r["endpoint"] for r in c.get("replicas") or ()}:
             held[endpoint] = held.get(endpoint, 0) + int(c.get("bytes") or 0)
@@ -151,4 +153,4 @@ def input_request(chunks: list[dict], sites: tuple[str, ...]) -> Request:
                    events=sum(int(c["stop"]) - int(c["start"]) for c in chunks),
                    input_bytes={e: b for e, b in held.items() if b > 0},
                    files=tuple(dict.fromkeys(c["path"] for c in chunks)),
-                   read_requests=max(1, 2 * len(chunks)))
+                   read_requests=max(1, 2 * len(chunks)), file_bytes=sum(sizes.values()))

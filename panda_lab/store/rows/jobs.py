@@ -101,8 +101,9 @@ def insert_attempts(conn: Connection, rows: list[dict], t: float, changes: Chang
 def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> list[Row]:
     """Atomically move up to ``n`` activated jobs of ``site`` to ``sent`` for a pilot, by
     priority, then those whose input the pilot read last (:func:`.holders.pick`), then age;
-    returns (id, task_id, job_index, attempt, payload, walltime_s, cores, priority) rows
-    in that order.  The pilot becomes the holder of what the jobs it got read.
+    returns (id, task_id, job_index, attempt, payload, walltime_s, cores, priority,
+    data_key, access, read_from) rows in that order.  The pilot becomes the holder of
+    what the jobs it got read.
 
     The candidates are the first ``n + WINDOW`` in priority order (one index range scan);
     the update is a compare-and-set on ``activated``, so a job another pilot took in the
@@ -130,7 +131,7 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> li
         .values(state=str(J.SENT), pilot_id=pilot_id, modified_at=t, heartbeat_at=t)
         .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
                    jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority,
-                   jobs.c.data_key)
+                   jobs.c.data_key, jobs.c.access, jobs.c.read_from)
     ).all()
     holders.hold(conn, pilot_id, {r.data_key for r in rows if r.data_key}, t)
     order = {jid: i for i, jid in enumerate(chosen)}
@@ -299,10 +300,12 @@ def lost(conn: Connection, heartbeat_before: float, sent_before: float) -> list[
 
 def job_dict(r: Row) -> dict:
     """An attempt as the API shows it: no payload, the exception base64, the brokerage
-    decision as a dict."""
+    decision as a dict, what it read (``reads``) as a list."""
     d = dict(r._mapping)
     d.pop("payload", None)
     exc = d.pop("error_pickle", None)
     d["error_exception"] = base64.b64encode(exc).decode() if exc else None
     d["broker_info"] = loads(d.get("broker_info"))
+    if d.get("reads"):  # what it read per endpoint, as its pilot reported it
+        d["reads"] = loads(d["reads"])
     return d

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Row
 
 from panda_lab.model import ErrorCategory, JobState
 from panda_lab.model.network import ALPHA, WINDOW_S, Link, LinkEstimate, effective, observe
+from panda_lab.model.staging import CACHE_ENDPOINT
 from panda_lab.store.schema import links, site_stats
 
 #: Failures that say something about the site (not the user's code, not a kill).
@@ -73,6 +74,8 @@ def observe_reads(conn: Connection, reports: Iterable[tuple[str, str, list[dict]
     for site, own, reads in reports:
         for r in reads:
             endpoint = r.get("endpoint") or own
+            if endpoint == CACHE_ENDPOINT:  # the site's own cache: no link
+                continue
             if endpoint and site and r.get("bytes", 0) > 0:
                 samples.setdefault((endpoint, site), []).append(r)
     if not samples:

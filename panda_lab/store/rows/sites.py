@@ -12,6 +12,7 @@ from panda_lab.model import JOB_ON_PILOT, JobState, PilotState, SiteState
 from panda_lab.model.brokerage import SiteLoad
 from panda_lab.store.base import dumps, loads, now
 from panda_lab.store.errors import UnknownSite
+from panda_lab.store.rows import staging
 from panda_lab.store.rows.links import site_statistics
 from panda_lab.store.schema import jobs, pilots, sites
 
@@ -74,17 +75,26 @@ def demand(conn: Connection, name: str) -> int:
 
 def loads_(conn: Connection) -> list[SiteLoad]:
     """The snapshot brokerage decides on: each site's state, capacity (slots of its
-    running pilots, else the slots it is configured for), queued and running jobs, and
-    what its past attempts measured (events/s per slot, failure rate, mean job time)."""
+    running pilots, else the slots it is configured for), queued and running jobs, the
+    jobs there reading over each link (``readers``), the files its stage-in cache holds
+    and its bound, and what its past attempts measured (events/s per slot, failure
+    rate, mean job time)."""
     counts: dict[str, dict[str, int]] = {}
-    for site, state, n in conn.execute(select(jobs.c.site, jobs.c.state, func.count())
-                                       .where(jobs.c.state.in_(AT_SITE))
-                                       .group_by(jobs.c.site, jobs.c.state)):
-        counts.setdefault(site, {})[state] = n
+    readers: dict[str, dict[str, int]] = {}
+    for site, state, ep, n in conn.execute(
+            select(jobs.c.site, jobs.c.state, jobs.c.read_from, func.count())
+            .where(jobs.c.state.in_(AT_SITE))
+            .group_by(jobs.c.site, jobs.c.state, jobs.c.read_from)):
+        c = counts.setdefault(site, {})
+        c[state] = c.get(state, 0) + n
+        if ep:  # the jobs there reading over the link from ``ep`` share it
+            r = readers.setdefault(site, {})
+            r[ep] = r.get(ep, 0) + n
     slots = dict(conn.execute(select(pilots.c.site, func.sum(pilots.c.slots))
                               .where(pilots.c.state == str(PilotState.RUNNING))
                               .group_by(pilots.c.site)).all())
     stats = site_statistics(conn)
+    cached = staging.held(conn)
     out = []
     for row in conn.execute(select(sites).order_by(sites.c.name)):
         cfg = loads(row.config)
@@ -97,7 +107,9 @@ def loads_(conn: Connection) -> list[SiteLoad]:
             queued=sum(c.get(s, 0) for s in QUEUED),
             running=sum(c.get(s, 0) for s in JOB_ON_PILOT),
             endpoint=str(cfg.get("endpoint") or ""), slot_rate=rate, failure_rate=failure,
-            mean_job_s=mean_s))
+            mean_job_s=mean_s, readers=readers.get(row.name, {}),
+            cached=cached.get(row.name, frozenset()),
+            cache_bytes=int(cfg.get("cache_bytes") or 0)))
     return out
 
 
@@ -119,7 +131,8 @@ def stalled(conn: Connection, since: float) -> list[str]:
 def listing(conn: Connection) -> list[dict]:
     """Sites with their running pilots, queued and running jobs:
     ``[{"name", "kind", "provisioner", "state", "reason", "pilots", "queued", "running",
-    "description"}]`` by name."""
+    "description", optional "cache": {"files", "bytes", "limit"}}]`` by name (``cache``:
+    a site's stage-in cache, as its pilots reported it)."""
     by_name = {s.name: s for s in loads_(conn)}
     n_pilots = dict(conn.execute(select(pilots.c.site, func.count())
                                  .where(pilots.c.state == str(PilotState.RUNNING))
@@ -133,4 +146,8 @@ def listing(conn: Connection) -> list[dict]:
             "queued": ld.queued, "running": ld.running,
             "description": loads(row.config).get("description", ""),
         })
+        if ld.cache_bytes:  # its stage-in cache: files held, their bytes, the bound
+            held = staging.listing(conn, row.name)
+            out[-1]["cache"] = {"files": len(held), "bytes": sum(h["bytes"] for h in held),
+                                "limit": ld.cache_bytes}
     return out
