@@ -108,8 +108,8 @@ def run_server(config: ServerConfig) -> None:
         # provisioners' callbacks below are called on the loop, never on their threads.
         known = server.store.list_pilots(state=PilotState.RUNNING)
         for site in config.sites:
-            prov = make_provisioner(PilotSpec(url, server.pilot_token, site), config.home,
-                                    known)
+            spec = PilotSpec(url, server.site_tokens[site.name], site)
+            prov = make_provisioner(spec, config.home, known)
             if prov is not None:
                 prov.on_health = server.store.set_site_state
                 prov.on_gone = functools.partial(_pilots_gone, server)
