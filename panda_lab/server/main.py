@@ -84,6 +84,18 @@ class _Uvicorn(uvicorn.Server):
         self._draining = True
         asyncio.get_event_loop().create_task(self._drain(sig, frame))
 
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """uvicorn's, less raising the signal again once the server has stopped: that
+        signal asked for the stop just done, and raised again it would end the process
+        by its default action (SIGTERM: killed, exit 143) before :func:`run_server`'s
+        clean-up (the connection file, the store's last checkpoint)."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
     async def _drain(self, sig: int, frame: object) -> None:
         try:
             await asyncio.wait_for(
