@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
 
 from panda_lab import __version__
 from panda_lab.model.brokerage import BrokerageError
@@ -267,6 +268,17 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
         return ORJSONResponse({"detail": validation_details(exc.errors())}, 422)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError):
+        """The database cannot be used now (PostgreSQL restarting or unreachable, SQLite
+        locked past its timeout): the transaction was rolled back, so the request may be
+        sent again; 503 with ``Retry-After`` (RFC 9110 §10.2.3) says so, and clients
+        retry it (panda_lab.http) rather than fail their work."""
+        log.warning("database unavailable serving %s %s: %s", request.method,
+                    request.url.path, str(exc.orig or exc).splitlines()[0])
+        return ORJSONResponse({"detail": "the database cannot be reached now; retry"}, 503,
+                              headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

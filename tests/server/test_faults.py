@@ -3,7 +3,8 @@ counted twice.
 
 Kind (a fault that loses or doubles work): a pilot cut off from the server for longer
 than the heartbeat timeout comes back and reports the attempt the server already gave to
-another pilot (its late result must not replace the retry's); the server is SIGKILLed
+another pilot (its late result must not replace the retry's); PostgreSQL is restarted,
+and down for longer than the heartbeat timeout, while a task runs; the server is SIGKILLed
 while a bulk submission is being stored (the task is all there or not there, never in
 part); the server is stopped by a signal, as a service
 manager or JupyterHub stops it (its clean-up runs: connection file removed, store closed,
@@ -129,5 +130,48 @@ def test_a_server_killed_during_a_bulk_submission_keeps_all_or_nothing(home):
         assert server.proc.wait(30) == 0
         assert runtime.read_connection(home) is None
         assert not (home / "panda-lab.sqlite-wal").exists()  # the store was closed
+    finally:
+        server.stop()
+
+
+SITE = """
+[sites.ONE]
+provisioner = "local"
+pilots = 1
+slots = 2
+"""
+
+
+def slow_square(x, t=0.3):
+    time.sleep(t)
+    return x * x
+
+
+@pytest.mark.slow
+def test_postgresql_restarted_and_down_mid_task_loses_and_doubles_nothing(home, postgres):
+    (home / "sites.toml").write_text(SITE)
+    server = ServerProcess(home, db_url=postgres.new_database(),
+                           extra=["--sites", str(home / "sites.toml")]).start()
+    try:
+        lab = server.lab()
+        n = 10
+        task = lab.submit(slow_square, [(i,) for i in range(n)], name="pg-restart")
+        wait_for(lambda: lab.task_info(task)["n_done"] >= 2, 60, what="some results")
+        # restarted, and down longer than the heartbeat timeout (3 s) meanwhile
+        postgres.restart(down_s=4.0)
+        info = lab.wait(task, timeout=120)
+        assert info["state"] == TaskState.DONE and info["n_jobs"] == n
+        assert lab.results(task) == {i: i * i for i in range(n)}
+        finished = [j["job_index"] for j in lab.jobs(task, all_attempts=True)
+                    if j["state"] == JobState.FINISHED]
+        assert sorted(finished) == list(range(n))  # one finished attempt per job
+        # nothing wasted either: the outage was told as a 503 to retry, not a 500 that
+        # lost reports and ended pilots, and the watchdog judged silence from the return
+        attempts = lab.jobs(task, all_attempts=True)
+        assert [a for a in attempts if a["attempt"] > 1] == []
+        lab.close()
+        logs = "".join(p.read_text() for p in (home / "logs").glob("pilot-*.log"))
+        assert "dropped" not in logs and "server refused" not in logs
+        assert "error serving" not in server.log_tail(10**6)  # the server's 500s
     finally:
         server.stop()
