@@ -131,7 +131,8 @@ class ApiClient:
 
         ``json`` is sent as an orjson-encoded body, else ``content`` as is; ``timeout``
         and ``retry_for`` (seconds) override the client's for this call.  Only transport
-        failures are retried (an error status is an answer).  Raises
+        failures and a 503 with ``Retry-After`` (the server cannot serve now and did
+        nothing) are retried; any other error status is an answer.  Raises
         :class:`ServerUnreachable` when no answer came within ``retry_for``, and
         :class:`ApiError` for a status of 400 or more, with the server's ``detail`` (the
         body's text when it is not JSON)."""
@@ -149,7 +150,6 @@ class ApiClient:
         while True:
             try:
                 resp = self._http.request(method, path, **kw)
-                break
             except httpx.TransportError as exc:
                 if not moved and self.relocate():  # a restarted server: go there, once
                     moved = True
@@ -158,6 +158,15 @@ class ApiClient:
                     raise self.unreachable(exc) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            # 503 with Retry-After: the server lives but cannot serve now (its database
+            # restarts) and did nothing: asked again, as after a transport failure
+            if (resp.status_code == 503 and "retry-after" in resp.headers
+                    and time.monotonic() + delay <= deadline):
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            break
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail", resp.text)

@@ -442,6 +442,10 @@ class Pilot:
         try:
             reply = self.api.post("/api/pilot/update", body, retry_for=retry_for)
         except ApiError as exc:
+            if exc.status == 503:  # still unavailable after retry_for: send them later
+                log.warning("report not taken now, %d update(s) kept: %s",
+                            len(self.pending), exc)
+                return
             # The server refused the report itself: keep running; the watchdog will
             # fail and retry those jobs, which is better than a pilot that dies.
             log.error("report refused, %d update(s) dropped: %s", len(self.pending), exc)

@@ -78,6 +78,10 @@ class SiteSettings(BaseModel):
                                                 "(0: no cache; input is read remotely)")
     cache_dir: str = Field("", description="where the site's pilots keep the stage-in cache "
                                            "(default: site-cache/NAME in the server's home)")
+    pilot_token_file: str = Field(
+        "", description="a file holding the token the site's pilots get, one issued by "
+                        "`panda-lab users add-pilot SITE` (revocable there); unset: the server "
+                        "makes the site a token of its own. Either serves this site only")
 
     @model_validator(mode="after")
     def _cache(self) -> SiteSettings:
@@ -237,6 +241,8 @@ class SiteConfig:
     #: the server's default, ``site-cache/NAME`` in its home).
     cache_bytes: int = 0
     cache_dir: str = ""
+    #: A file holding the site's pilot token ("" : the server makes one for the site).
+    pilot_token_file: str = ""
     extra: dict = field(default_factory=dict)
     settings: SiteSettings | None = field(default=None, repr=False, compare=False)
 
@@ -245,19 +251,37 @@ class SiteConfig:
             model = kinds()[self.provisioner].settings
             body = {"kind": self.kind, "provisioner": self.provisioner, "slots": self.slots,
                     "description": self.description, "endpoint": self.endpoint,
-                    **self._cache_keys(), **self.extra}
+                    "pilot_token_file": self.pilot_token_file, **self._cache_keys(), **self.extra}
             if model.pilots_key is None:
                 body["pilots"] = self.pilots
             self.settings = model.model_validate(body)
 
     def as_dict(self) -> dict:
+        token_file = {"pilot_token_file": self.pilot_token_file} if self.pilot_token_file else {}
         return {"name": self.name, "kind": self.kind, "provisioner": self.provisioner,
                 "pilots": self.pilots, "slots": self.slots, "description": self.description,
-                "endpoint": self.endpoint, **self._cache_keys(), **self.extra}
+                "endpoint": self.endpoint, **token_file, **self._cache_keys(), **self.extra}
 
     def _cache_keys(self) -> dict:
         return {k: v for k, v in (("cache_bytes", self.cache_bytes),
                                   ("cache_dir", self.cache_dir)) if v}
+
+    def read_pilot_token(self) -> str | None:
+        """The token in ``pilot_token_file`` (surrounding white space dropped), or None
+        when the site has no such file declared.  Raises :class:`ConfigError` naming the
+        site and the key when the file cannot be read or holds no token."""
+        if not self.pilot_token_file:
+            return None
+        where = f"[sites.{self.name}] pilot_token_file = {self.pilot_token_file!r}"
+        try:
+            token = Path(self.pilot_token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: not a text file") from None
+        if not token or any(c.isspace() for c in token):
+            raise ConfigError(f"{where}: the file must hold one token, on one line")
+        return token
 
 
 def default_sites(resources: Resources | None = None, *,
@@ -320,11 +344,17 @@ def parse_site(name: str, body: Any, source: str = "sites.toml") -> SiteConfig:
     except ValidationError as exc:
         raise ConfigError(f"{where} {_explain(exc, model, prov)}") from None
     common = set(SiteSettings.model_fields)
-    return SiteConfig(
+    token_file = settings.pilot_token_file
+    if token_file and not Path(token_file).is_absolute():
+        token_file = str(Path(source).parent / token_file)  # beside the site file
+    site = SiteConfig(
         name=name, kind=settings.kind, provisioner=prov, pilots=settings.most_pilots(),
         slots=settings.slots, description=settings.description, endpoint=settings.endpoint,
         cache_bytes=settings.cache_bytes, cache_dir=settings.cache_dir,
+        pilot_token_file=token_file,
         extra={k: v for k, v in body.items() if k not in common}, settings=settings)
+    site.read_pilot_token()  # a missing or empty file is said now, not at the first pilot
+    return site
 
 
 def _explain(exc: ValidationError, model: type[SiteSettings], prov: str) -> str:

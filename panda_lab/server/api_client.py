@@ -58,9 +58,13 @@ async def states(request: Request) -> dict:
 
 
 @router.get("/sites")
-async def sites(request: Request) -> list[dict]:
+async def sites(request: Request, who: Who,
+                user: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None
+                ) -> list[dict]:
+    """The sites, their pilots, and queued and running jobs: a user's own jobs; an
+    admin's or a monitor's: everyone's, or ``user``'s.  Pilots are counted for all."""
     s = _server(request)
-    return await s.db(s.store.list_sites)
+    return await s.db(s.store.list_sites, who.owner(user))
 
 
 @router.get("/links")
@@ -215,12 +219,14 @@ async def acknowledge_task(request: Request, task: TaskRef, who: Who) -> dict:
 
 
 @router.get("/counts")
-async def counts(request: Request) -> dict:
-    """Jobs over all tasks and sites, as the status bar shows them: ``{"running",
-    "prefetched", "waiting", "failed", "failed_tasks"}`` (panda_lab/store/rows/counts.py
-    says what each counts)."""
+async def counts(request: Request, who: Who,
+                 user: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None
+                 ) -> dict:
+    """Jobs over all sites, as the status bar shows them: ``{"running", "prefetched",
+    "waiting", "failed", "failed_tasks"}`` (panda_lab/store/rows/counts.py says what each
+    counts), of one's own tasks; an admin's or a monitor's: everyone's, or ``user``'s."""
     s = _server(request)
-    return await s.db(s.store.job_counts)
+    return await s.db(s.store.job_counts, who.owner(user))
 
 
 @router.post("/tasks/{task}/cancel")

@@ -23,11 +23,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
 
 from panda_lab import __version__
 from panda_lab.model.brokerage import BrokerageError
 from panda_lab.server.auth import client_auth, pilot_auth, scrape_auth
-from panda_lab.server.config import ServerConfig
+from panda_lab.server.config import ConfigError, ServerConfig, SiteConfig
 from panda_lab.server.events import EventBus
 from panda_lab.server.metrics import ServerMetrics
 from panda_lab.store import (
@@ -86,6 +87,10 @@ class Server:
         user, pilot = self.store.tokens()
         self.user_token = config.user_token or user
         self.pilot_token = config.pilot_token or pilot
+        #: The token each configured site's pilots are given (a provisioner hands it to
+        #: them): the site's ``pilot_token_file``'s, else one the server made for the
+        #: site.  Either serves that site only (panda_lab.server.auth).
+        self.site_tokens, self.made_site_tokens = site_pilot_tokens(self.store, config.sites)
         #: The name of the identity holding ``user_token``: an admin, the owner of the
         #: work submitted with it (panda_lab.server.auth).
         self.owner_name = self.store.server_owner()
@@ -177,6 +182,32 @@ class Server:
         self.store.close()
 
 
+def site_pilot_tokens(store: Store, sites: list[SiteConfig]
+                      ) -> tuple[dict[str, str], dict[str, str]]:
+    """``({site: token}, {token: site})``: the token each site's pilots get, and of those
+    the ones the server made (which :func:`panda_lab.server.auth.identify` knows without
+    the users table).  A site's ``pilot_token_file`` must hold a live pilot token of that
+    site, issued with ``panda-lab users add-pilot SITE``; anything else raises
+    :class:`ConfigError` naming the site and the key."""
+    made = store.site_pilot_tokens([s.name for s in sites if not s.pilot_token_file])
+    tokens = dict(made)
+    for site in sites:
+        token = site.read_pilot_token()
+        if token is None:
+            continue
+        row = store.identity_by_token(token)
+        if row is None or row.role != "pilot" or row.site != site.name:
+            held = ("no live token of this server (unknown or revoked)" if row is None
+                    else f"the token of {row.name!r} ({row.role}"
+                         f"{' of site ' + repr(row.site) if row.site else ''})")
+            raise ConfigError(f"[sites.{site.name}] pilot_token_file = "
+                              f"{site.pilot_token_file!r} holds {held}, not a pilot token of "
+                              f"site {site.name!r}: issue one with `panda-lab users add-pilot "
+                              f"{site.name}`")
+        tokens[site.name] = token
+    return tokens, {token: site for site, token in made.items()}
+
+
 #: The client API's dependency under its older name.
 user_auth = client_auth
 
@@ -237,6 +268,17 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
         return ORJSONResponse({"detail": validation_details(exc.errors())}, 422)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError):
+        """The database cannot be used now (PostgreSQL restarting or unreachable, SQLite
+        locked past its timeout): the transaction was rolled back, so the request may be
+        sent again; 503 with ``Retry-After`` (RFC 9110 §10.2.3) says so, and clients
+        retry it (panda_lab.http) rather than fail their work."""
+        log.warning("database unavailable serving %s %s: %s", request.method,
+                    request.url.path, str(exc.orig or exc).splitlines()[0])
+        return ORJSONResponse({"detail": "the database cannot be reached now; retry"}, 503,
+                              headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -3,11 +3,13 @@ isolation rule.
 
 Every request carries a bearer token (RFC 6750).  :func:`identify` maps it to an
 :class:`Identity`: the server's own user token (the connection file's) is the server
-owner, an admin; the server's pilot token is a pilot of any site (the embedded local
-sites use it); an optional scrape token opens ``/metrics`` only; every other token is
-looked up, hashed, in the store's ``users`` table on each request, so a revoked token is
-refused from the next request on, without a restart; then, on a server run as a
-JupyterHub service, asked of the hub (:mod:`panda_lab.server.hub`).
+owner, an admin; the server's pilot token (the connection file's) is a pilot of any
+site, for pilots started by hand; the token the server made for a site is a pilot of that
+site only (its provisioner hands it to the site's pilots); an optional scrape token opens
+``/metrics`` only; every other token is looked up, hashed, in the store's ``users``
+table on each request, so a revoked token is refused from the next request on, without a
+restart; then, on a server run as a JupyterHub service, asked of the hub
+(:mod:`panda_lab.server.hub`).
 
 The rule, as dask-gateway and GitHub apply it to private resources:
 
@@ -96,6 +98,9 @@ async def identify(server: Server, token: str) -> Identity | None:
     for known, who in own:
         if known is not None and secrets.compare_digest(token.encode(), known.encode()):
             found = who
+    for known, site in server.made_site_tokens.items():  # one site's provisioned pilots
+        if secrets.compare_digest(token.encode(), known.encode()):
+            found = Identity(f"pilot@{site}", "pilot", site)
     if found is not None:
         return found
     row = await server.db(server.store.identity_by_token, token)

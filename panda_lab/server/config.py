@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Sites are the provisioners' configuration: read through their registry.
-from panda_lab.provisioners.config import SiteConfig, default_sites
+from panda_lab.provisioners.config import ConfigError, SiteConfig, default_sites
 from panda_lab.provisioners.links import LinkConfig
+
+__all__ = ["NETWORK_MODES", "ConfigError", "LinkConfig", "ServerConfig", "SiteConfig",
+           "default_sites"]
 
 #: The network term of brokerage: weighed (``active``), computed and shown but not
 #: weighed (``passive``, PanDA's default), or not computed (``off``: data locality only).

@@ -84,6 +84,18 @@ class _Uvicorn(uvicorn.Server):
         self._draining = True
         asyncio.get_event_loop().create_task(self._drain(sig, frame))
 
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """uvicorn's, less raising the signal again once the server has stopped: that
+        signal asked for the stop just done, and raised again it would end the process
+        by its default action (SIGTERM: killed, exit 143) before :func:`run_server`'s
+        clean-up (the connection file, the store's last checkpoint)."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
     async def _drain(self, sig: int, frame: object) -> None:
         try:
             await asyncio.wait_for(
@@ -108,8 +120,8 @@ def run_server(config: ServerConfig) -> None:
         # provisioners' callbacks below are called on the loop, never on their threads.
         known = server.store.list_pilots(state=PilotState.RUNNING)
         for site in config.sites:
-            prov = make_provisioner(PilotSpec(url, server.pilot_token, site), config.home,
-                                    known)
+            spec = PilotSpec(url, server.site_tokens[site.name], site)
+            prov = make_provisioner(spec, config.home, known)
             if prov is not None:
                 prov.on_health = server.store.set_site_state
                 prov.on_gone = functools.partial(_pilots_gone, server)

@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 
+from sqlalchemy.exc import OperationalError
+
 from panda_lab.model import ErrorCategory, JobState
 from panda_lab.server.app import Server
 
@@ -59,11 +61,25 @@ async def sweep(server: Server) -> int:
 
 
 async def watchdog_loop(server: Server) -> None:
+    """Sweep every ``watchdog_interval`` seconds.  After sweeps that failed (the database
+    unreachable), jobs and pilots get a fresh start first, as after a server restart:
+    no heartbeat could be recorded meanwhile, so silence then says nothing of a pilot."""
+    failed = False
     while True:
         try:
+            if failed:
+                n = await server.db(server.store.grace_after_restart)
+                log.warning("database back: %d job(s) on pilots judged from now", n)
             await sweep(server)
+            failed = False
         except asyncio.CancelledError:
             raise
+        except OperationalError as exc:  # the database is unreachable: said once
+            if not failed:
+                log.warning("watchdog: the database cannot be reached: %s",
+                            str(exc.orig or exc).splitlines()[0])
+            failed = True
         except Exception:  # a bad sweep must not stop the next one
             log.exception("watchdog sweep failed")
+            failed = True
         await asyncio.sleep(server.config.watchdog_interval)

@@ -8,6 +8,7 @@ The rule itself (who may see and act on what) is the server's
 from __future__ import annotations
 
 import getpass
+import hashlib
 import secrets
 
 from sqlalchemy import select
@@ -43,6 +44,15 @@ class Identities(Database):
                                            "the token of the connection file)")
             user_rows.insert_user(conn, name, role, site, token, now())
         return token
+
+    def site_pilot_tokens(self, sites: list[str]) -> dict[str, str]:
+        """``{site: token}``: the pilot token the server made for each of ``sites``, made
+        on first asking and kept with the data, as the server's own tokens are (its
+        provisioners hand it to the site's pilots, so the server needs its text; pilots
+        left running by an earlier server process keep holding a valid one)."""
+        with self.tx() as conn:
+            return {site: meta.get_or_set(conn, _site_token_key(site), secrets.token_urlsafe(32))
+                    for site in sites}
 
     def list_users(self) -> list[UserRow]:
         """Every identity (revoked ones with ``revoked_at``), by name; no token."""
@@ -88,6 +98,12 @@ class Identities(Database):
         with self.tx() as conn:
             return conn.execute(select(jobs.c.id).where(
                 jobs.c.task_id == task_id, jobs.c.site == site).limit(1)).first() is not None
+
+
+def _site_token_key(site: str) -> str:
+    """The ``meta`` key of a site's pilot token: fixed length, whatever the site's name."""
+    return "site_pilot_token:" + hashlib.sha256(site.encode("utf-8", "surrogatepass")
+                                                 ).hexdigest()[:40]
 
 
 def _os_user() -> str:

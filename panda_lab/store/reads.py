@@ -177,12 +177,12 @@ class Reads(Database):
         with self.tx() as conn:
             return result_rows.tasks_to_merge(conn)
 
-    def job_counts(self) -> dict:
-        """What the status bar shows, over all tasks and sites: ``{"running",
-        "prefetched", "waiting", "failed", "failed_tasks"}`` (what each counts:
-        :mod:`panda_lab.store.rows.counts`)."""
+    def job_counts(self, owner: str | None = None) -> dict:
+        """What the status bar shows, over all sites and ``owner``'s tasks (None:
+        everyone's): ``{"running", "prefetched", "waiting", "failed", "failed_tasks"}``
+        (what each counts: :mod:`panda_lab.store.rows.counts`)."""
         with self.tx() as conn:
-            return count_rows.job_counts(conn)
+            return count_rows.job_counts(conn, owner)
 
     # ---- pilots and sites ---------------------------------------------------------------------
     def pilot(self, pilot_id: int) -> dict:
@@ -200,12 +200,12 @@ class Reads(Database):
         with self.tx() as conn:
             return site_rows.names(conn)
 
-    def list_sites(self) -> list[dict]:
-        """Sites with their pilots, queued and running jobs: what ``panda-lab sites``
-        shows, ``[{"name", "kind", "provisioner", "state", "reason", "pilots", "queued",
-        "running", "description"}]`` by name."""
+    def list_sites(self, owner: str | None = None) -> list[dict]:
+        """Sites with their pilots, queued and running jobs (of ``owner``'s tasks only
+        when given): what ``panda-lab sites`` shows, ``[{"name", "kind", "provisioner",
+        "state", "reason", "pilots", "queued", "running", "description"}]`` by name."""
         with self.tx() as conn:
-            return site_rows.listing(conn)
+            return site_rows.listing(conn, owner)
 
     def site_demand(self, name: str) -> int:
         """Jobs queued (assigned, activated) or held by pilots at a site: what an elastic

@@ -24,13 +24,13 @@ B64 = base64.b64encode(b"payload").decode()
 # What each client route touches: "any" (not owned: sites, states...), "task", "job",
 # "dataset", "list" (filtered to one's own), "new" (owned by whoever makes it), "kill"
 # (job ids in the body), "events" (checked here with ?tasks=, the stream in
-# test_identities_live).  "/api/counts" (the status bar's) counts everyone's jobs: numbers
-# only, no task named.
+# test_identities_live).  "/api/counts" (the status bar's) and "/api/sites" count the
+# caller's own jobs ("list"): test_counts_and_sites_count_ones_own_jobs.
 CLIENT = {
     ("GET", "/api/info"): "any", ("GET", "/api/states"): "any",
-    ("GET", "/api/links"): "any", ("GET", "/api/counts"): "any",
+    ("GET", "/api/links"): "any", ("GET", "/api/counts"): "list",
     ("POST", "/api/tasks/{task}/acknowledge"): "task",
-    ("GET", "/api/sites"): "any", ("GET", "/api/pilots"): "any",
+    ("GET", "/api/sites"): "list", ("GET", "/api/pilots"): "any",
     ("GET", "/api/openapi.json"): "any",
     ("POST", "/api/tasks"): "new", ("GET", "/api/tasks"): "list",
     ("POST", "/api/tasks/{task}/jobs"): "task", ("POST", "/api/tasks/{task}/lease"): "task",
@@ -192,6 +192,35 @@ def test_lists_hold_only_ones_own_and_admins_see_all_filterable(world):
     # a task name is looked up among one's own tasks only
     assert client.get("/api/tasks/t-bob", headers=as_("alice")).status_code == 404
     assert client.get("/api/tasks/t-alice", headers=as_("alice")).status_code == 200
+
+
+def test_counts_and_sites_count_ones_own_jobs(world):
+    """Alice's two jobs wait at LOCAL-GRID, Bob's two at LOCAL-CLOUD (the fixture)."""
+    client, as_, _, _ = world
+
+    def get(path, who, **params):
+        r = client.get(path, headers=as_(who), params=params)
+        assert r.status_code == 200, (path, who, r.text)
+        return r.json()
+
+    def queued(who, **params):
+        return {s["name"]: s["queued"] for s in get("/api/sites", who, **params)}
+
+    assert get("/api/counts", "alice")["waiting"] == 2
+    assert get("/api/counts", "bob")["waiting"] == 2
+    assert queued("alice")["LOCAL-GRID"] == 2 and queued("alice")["LOCAL-CLOUD"] == 0
+    assert queued("bob")["LOCAL-GRID"] == 0 and queued("bob")["LOCAL-CLOUD"] == 2
+    for seer in ("boss", "mon"):
+        assert get("/api/counts", seer)["waiting"] >= 4
+        assert queued(seer)["LOCAL-GRID"] >= 2 and queued(seer)["LOCAL-CLOUD"] >= 2
+        assert get("/api/counts", seer, user="bob") == get("/api/counts", "bob")
+        assert queued(seer, user="alice") == queued("alice")
+    # the pilots of a site are no one's work: everyone sees them
+    pilots = {s["name"]: s["pilots"] for s in get("/api/sites", "alice")}
+    assert pilots["LOCAL-CLOUD"] >= 1
+    for path in ("/api/counts", "/api/sites"):
+        r = client.get(path, params={"user": "bob"}, headers=as_("alice"))
+        assert r.status_code == 403 and "user" in r.text
 
 
 def test_a_dataset_name_of_another_user_cannot_be_replaced(world):

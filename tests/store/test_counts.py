@@ -4,7 +4,8 @@ The kind of bug: a number that says something other than what happened.  Its mem
 tested here: jobs a pilot prefetched counted as running; failed attempts that a retry
 recovered counted as failed; failures of a task its owner killed, or that a person
 acknowledged, counted as needing attention; and, the other way, an acknowledged task
-whose retry fails again no longer counted."""
+whose retry fails again no longer counted.  Another member: one owner's numbers
+counting another owner's jobs (a user's status bar and site list count their own)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,29 @@ def test_failed_counts_only_what_still_needs_attention(store):
     assert store.job_counts()["failed"] == 2
     store.kill_task(killed)
     assert store.job_counts()["failed"] == 1
+
+
+def test_each_owners_numbers_count_their_own_jobs_only(store):
+    p = pilot(store)
+    _, alice, _ = store.create_task("a", [{"payload": b"x"}] * 3, owner="alice")
+    store.acquire(p, "A", 2)                       # alice's first two reach the pilot
+    report(store, p, alice[0], "running")
+    report(store, p, alice[1], "failed", error=USER)
+    store.create_task("b", [{"payload": b"x"}] * 4, owner="bob")  # bob's all wait
+    mine = {who: store.job_counts(who) for who in ("alice", "bob", "carol")}
+    pick = ("running", "prefetched", "waiting", "failed", "failed_tasks")
+    assert [mine["alice"][k] for k in pick] == [1, 0, 1, 1, 1]
+    assert [mine["bob"][k] for k in pick] == [0, 0, 4, 0, 0]
+    assert all(v == 0 for v in mine["carol"].values())
+    everyone = store.job_counts()
+    assert all(everyone[k] == mine["alice"][k] + mine["bob"][k] for k in pick)
+
+    def site_a(owner):
+        (site,) = store.list_sites(owner)
+        return site["queued"], site["running"], site["pilots"]
+
+    # pilots are the site's, whoever asks; queued and running are the owner's jobs
+    assert site_a("alice") == (1, 1, 1)
+    assert site_a("bob") == (4, 0, 1)
+    assert site_a("carol") == (0, 0, 1)
+    assert site_a(None) == (5, 1, 1)

@@ -11,6 +11,9 @@ panda_lab/model/states.py):
   takes it out), in tasks not aborted by their owner, and that failed after the task's
   failures were last acknowledged (``task_acks``).  These are what still needs a person.
 
+Each number can be taken over one owner's tasks only (``owner``): a user's status bar
+counts their own jobs, an admin's everyone's (panda_lab.server.auth's rule).
+
 Functions take a ``Connection`` and open no transaction; the verbs do.
 """
 
@@ -30,24 +33,27 @@ PREFETCHED = [str(J.SENT)]
 WAITING = [str(s) for s in sorted(JOB_WAITING, key=list(J).index)]
 
 
-def job_counts(conn: Connection) -> dict:
+def job_counts(conn: Connection, owner: str | None = None) -> dict:
     """``{"running", "prefetched", "waiting", "failed", "failed_tasks"}``: counts of jobs
-    (attempts) in each group of the module's docstring; ``failed`` counts logical jobs
-    and ``failed_tasks`` the tasks they belong to."""
-    by_state = dict(conn.execute(
-        select(jobs.c.state, func.count())
-        .where(jobs.c.state.in_(STARTED + PREFETCHED + WAITING))
-        .group_by(jobs.c.state)).all())
-    failed, failed_tasks = unattended_failures(conn)
+    (attempts) in each group of the module's docstring, of ``owner``'s tasks (None:
+    everyone's); ``failed`` counts logical jobs and ``failed_tasks`` the tasks they
+    belong to."""
+    query = (select(jobs.c.state, func.count())
+             .where(jobs.c.state.in_(STARTED + PREFETCHED + WAITING)))
+    if owner is not None:
+        query = query.where(jobs.c.task_id.in_(select(tasks.c.id)
+                                               .where(tasks.c.owner == owner)))
+    by_state = dict(conn.execute(query.group_by(jobs.c.state)).all())
+    failed, failed_tasks = unattended_failures(conn, owner)
     return {"running": sum(by_state.get(s, 0) for s in STARTED),
             "prefetched": sum(by_state.get(s, 0) for s in PREFETCHED),
             "waiting": sum(by_state.get(s, 0) for s in WAITING),
             "failed": failed, "failed_tasks": failed_tasks}
 
 
-def unattended_failures(conn: Connection) -> tuple[int, int]:
+def unattended_failures(conn: Connection, owner: str | None = None) -> tuple[int, int]:
     """``(logical jobs, tasks)`` whose newest attempt failed and that still need a person
-    (see the module's docstring)."""
+    (see the module's docstring), of ``owner``'s tasks (None: everyone's)."""
     # only tasks with a failed attempt at all: the newest-attempt subquery stays small
     suspects = select(jobs.c.task_id).where(jobs.c.state == str(J.FAILED)).distinct()
     newest = (select(func.max(jobs.c.id))
@@ -60,7 +66,8 @@ def unattended_failures(conn: Connection) -> tuple[int, int]:
         .where(jobs.c.id.in_(newest), jobs.c.state == str(J.FAILED),
                tasks.c.state != str(TaskState.ABORTED),
                # a final attempt's modified_at is when it ended
-               or_(task_acks.c.time.is_(None), jobs.c.modified_at > task_acks.c.time))
+               or_(task_acks.c.time.is_(None), jobs.c.modified_at > task_acks.c.time),
+               *([tasks.c.owner == owner] if owner is not None else []))
     ).one()
     return int(row[0]), int(row[1])
 

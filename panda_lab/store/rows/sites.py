@@ -14,7 +14,7 @@ from panda_lab.store.base import dumps, loads, now
 from panda_lab.store.errors import UnknownSite
 from panda_lab.store.rows import staging
 from panda_lab.store.rows.links import site_statistics
-from panda_lab.store.schema import jobs, pilots, sites
+from panda_lab.store.schema import jobs, pilots, sites, tasks
 
 J = JobState
 #: Jobs brokered to a site and waiting for a pilot there.
@@ -73,18 +73,22 @@ def demand(conn: Connection, name: str) -> int:
                         .where(jobs.c.site == name, jobs.c.state.in_(AT_SITE))).scalar_one()
 
 
-def loads_(conn: Connection) -> list[SiteLoad]:
+def loads_(conn: Connection, owner: str | None = None) -> list[SiteLoad]:
     """The snapshot brokerage decides on: each site's state, capacity (slots of its
     running pilots, else the slots it is configured for), queued and running jobs, the
     jobs there reading over each link (``readers``), the files its stage-in cache holds
     and its bound, and what its past attempts measured (events/s per slot, failure
-    rate, mean job time)."""
+    rate, mean job time).  With ``owner``, queued and running count that owner's jobs
+    only (what a user is shown; brokerage always weighs everyone's)."""
     counts: dict[str, dict[str, int]] = {}
     readers: dict[str, dict[str, int]] = {}
+    query = (select(jobs.c.site, jobs.c.state, jobs.c.read_from, func.count())
+             .where(jobs.c.state.in_(AT_SITE)))
+    if owner is not None:
+        query = query.where(jobs.c.task_id.in_(select(tasks.c.id)
+                                               .where(tasks.c.owner == owner)))
     for site, state, ep, n in conn.execute(
-            select(jobs.c.site, jobs.c.state, jobs.c.read_from, func.count())
-            .where(jobs.c.state.in_(AT_SITE))
-            .group_by(jobs.c.site, jobs.c.state, jobs.c.read_from)):
+            query.group_by(jobs.c.site, jobs.c.state, jobs.c.read_from)):
         c = counts.setdefault(site, {})
         c[state] = c.get(state, 0) + n
         if ep:  # the jobs there reading over the link from ``ep`` share it
@@ -128,12 +132,13 @@ def stalled(conn: Connection, since: float) -> list[str]:
     return sorted(waiting - active)
 
 
-def listing(conn: Connection) -> list[dict]:
-    """Sites with their running pilots, queued and running jobs:
+def listing(conn: Connection, owner: str | None = None) -> list[dict]:
+    """Sites with their running pilots, queued and running jobs (``owner``'s only when
+    given; pilots are everyone's):
     ``[{"name", "kind", "provisioner", "state", "reason", "pilots", "queued", "running",
     "description", optional "cache": {"files", "bytes", "limit"}}]`` by name (``cache``:
     a site's stage-in cache, as its pilots reported it)."""
-    by_name = {s.name: s for s in loads_(conn)}
+    by_name = {s.name: s for s in loads_(conn, owner)}
     n_pilots = dict(conn.execute(select(pilots.c.site, func.count())
                                  .where(pilots.c.state == str(PilotState.RUNNING))
                                  .group_by(pilots.c.site)).all())
