@@ -55,6 +55,8 @@ UPDATE = (
         error_pickle=bindparam("b_exc"),
         stdout_tail=func.coalesce(bindparam("b_out"), jobs.c.stdout_tail),
         stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
+        peak_rss_mb=func.coalesce(bindparam("b_rss"), jobs.c.peak_rss_mb),
+        cpu_s=func.coalesce(bindparam("b_cpu"), jobs.c.cpu_s),
     )
 )
 
