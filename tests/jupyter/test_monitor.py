@@ -51,6 +51,10 @@ def test_the_monitor_shows_counts_sites_and_grouped_errors(nlab):
     assert m.stream.value.count("class='panda-stream-bar'") == 12
     assert m.stream.value.count("class='panda-stream-failed'") == 3
     assert m.stream.value.count("data-state='finished'") == 9 and " · pilot " in m.stream.value
+    # each pilot's row: its memory and CPU, reported by the pilot and measured on its jobs
+    assert "class='panda-stream-usage'" in m.stream.value
+    assert ": now " in m.stream.value and "jobs here: peak " in m.stream.value
+    assert "pilot usage unknown" not in m.stream.value
 
 
 def test_the_monitor_updates_in_place_until_the_task_ends(nlab):
