@@ -49,14 +49,15 @@ def job_usage(job: Mapping) -> str:
 
 
 def pilot_usage(pilot: Mapping) -> str:
-    """A pilot record's use with its workers: ``"412 MB, CPU 97 % now, 12 s in all"``;
+    """A pilot record's use with its workers at its latest report: ``"412 MB, CPU 97 %,
+    12 s CPU in all"`` (the percentage of one core since the report before);
     ``"usage not reported yet"`` before its first report of it."""
     rss, cpu, pct = pilot.get("rss_mb"), pilot.get("cpu_s"), pilot.get("cpu_pct")
     if rss is None:
         return "usage not reported yet"
     out = megabytes(rss)
     if pct is not None:
-        out += f", CPU {pct:.0f} % now"
+        out += f", CPU {pct:.0f} %"
     if cpu is not None:
-        out += f", {_seconds(cpu)} CPU in all" if pct is None else f", {_seconds(cpu)} in all"
+        out += f", {_seconds(cpu)} CPU in all"
     return out

@@ -67,9 +67,16 @@ def seconds(s: float) -> str:
 def row_usage(pilot: dict | None, mine: list[dict]) -> str:
     """A row's use: its pilot's latest report (``pilot`` a record of ``GET
     /api/pilots``, None when unknown) and the largest peak memory and the CPU seconds
-    of its attempts here (``mine``, job records), e.g. ``"now 412 MB, CPU 97 % now, 12
-    s in all; jobs here: peak 231 MB, 8.4 s CPU"``."""
-    now = f"now {pilot_usage(pilot)}" if pilot is not None else "pilot usage unknown"
+    of its attempts here (``mine``, job records), e.g. ``"now 412 MB, CPU 97 %, 12 s CPU
+    in all; jobs here: peak 231 MB, 8.4 s CPU"`` ("last" instead of "now" for a pilot
+    that is not running)."""
+    if pilot is None:
+        now = "pilot usage unknown"
+    elif pilot.get("rss_mb") is None:
+        now = "pilot usage not reported yet"
+    else:
+        now = ("now " if pilot.get("state", "running") == "running" else "last ") + \
+            pilot_usage(pilot)
     peaks = [a["peak_rss_mb"] for a in mine if a.get("peak_rss_mb") is not None]
     cpus = [a["cpu_s"] for a in mine if a.get("cpu_s") is not None]
     if not peaks and not cpus:

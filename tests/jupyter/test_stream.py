@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from panda_lab.widgets.monitor import COLOURS
-from panda_lab.widgets.stream import layout, svg
+from panda_lab.widgets.stream import layout, row_usage, svg
 
 
 def attempt(i, state, site, pilot, start, end, attempt=1, error=None):
@@ -63,13 +63,13 @@ def test_each_pilots_row_says_its_memory_and_cpu_from_the_pilot_and_its_jobs():
     measured = [dict(ATTEMPTS[0], peak_rss_mb=231.4, cpu_s=3.9),
                 dict(ATTEMPTS[1], peak_rss_mb=80.0, cpu_s=0.4), ATTEMPTS[2], ATTEMPTS[3]]
     pilots = {7: {"id": 7, "rss_mb": 412.0, "cpu_s": 12.3, "cpu_pct": 97.4},
-              3: {"id": 3, "rss_mb": None, "cpu_s": None, "cpu_pct": None}}
+              3: {"id": 3, "state": "finished", "rss_mb": None, "cpu_s": None, "cpu_pct": None}}
     s = layout(measured, now=106.0, pilots=pilots)
     by_row = dict(zip(s.rows, s.usage, strict=True))
     assert by_row["LOCAL-HPC · pilot 7"] == \
-        "now 412 MB, CPU 97 % now, 12 s in all; jobs here: peak 231 MB, 3.9 s CPU"
+        "now 412 MB, CPU 97 %, 12 s CPU in all; jobs here: peak 231 MB, 3.9 s CPU"
     assert by_row["LOCAL-GRID · pilot 3"] == \
-        "now usage not reported yet; jobs here: peak 80 MB, 0.4 s CPU"
+        "pilot usage not reported yet; jobs here: peak 80 MB, 0.4 s CPU"
     assert by_row["LOCAL-GRID · pilot 12"] == \
         "pilot usage unknown; jobs here: not measured yet"
     bars = {b.job: b for b in s.bars}
@@ -77,5 +77,7 @@ def test_each_pilots_row_says_its_memory_and_cpu_from_the_pilot_and_its_jobs():
     assert "memory and CPU not measured" in bars[4].title and "memory" not in bars[3].title
     out = svg(s, COLOURS)
     assert "class='panda-stream-usage'" in out
-    assert "<b>LOCAL-HPC · pilot 7</b>: now 412 MB, CPU 97 % now" in out
+    assert "<b>LOCAL-HPC · pilot 7</b>: now 412 MB, CPU 97 %" in out
     assert "<title>LOCAL-HPC · pilot 7: now 412 MB" in out
+    gone = {"state": "finished", "rss_mb": 50.0, "cpu_s": 2.0, "cpu_pct": None}
+    assert row_usage(gone, []) == "last 50 MB, 2.00 s CPU in all; jobs here: not measured yet"

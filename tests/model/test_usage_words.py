@@ -21,6 +21,6 @@ def test_a_jobs_use_in_words_and_not_measured_is_never_zero():
 def test_a_pilots_use_in_words():
     assert pilot_usage({"rss_mb": None}) == "usage not reported yet"
     assert pilot_usage({"rss_mb": 412.0, "cpu_s": 12.3, "cpu_pct": 97.4}) == \
-        "412 MB, CPU 97 % now, 12 s in all"
+        "412 MB, CPU 97 %, 12 s CPU in all"
     assert pilot_usage({"rss_mb": 41.0, "cpu_s": 1.5, "cpu_pct": None}) == \
         "41 MB, 1.50 s CPU in all"
