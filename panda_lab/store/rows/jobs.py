@@ -216,7 +216,8 @@ def fail(conn: Connection, rows: list[Row], category: str, message: str, t: floa
     conn.execute(UPDATE, [{
         "b_id": r.id, "b_old": r.state, "b_state": str(J.FAILED), "b_time": t,
         "b_started": None, "b_ended": t, "b_cat": category, "b_msg": message,
-        "b_tb": None, "b_exc": None, "b_out": None, "b_err": None} for r in rows])
+        "b_tb": None, "b_exc": None, "b_out": None, "b_err": None,
+        "b_rss": None, "b_cpu": None} for r in rows])
     history(conn, [(r.id, (J.FAILED,), t, message) for r in rows])
     for r in rows:
         changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, r.site,
