@@ -181,6 +181,9 @@ def test_a_task_opens_beside_the_sidebar_with_its_summary_stream_jobs_and_report
     assert bars.count() == 4
     assert detail.locator(".panda-timeline rect.panda-tl-failed").count() == 2
     assert detail.locator(".panda-timeline path.panda-tl-mark").count() == 2
+    # each pilot's memory and CPU under the stream, measured (not 0, not the request)
+    usage = detail.locator(".panda-tl-usage").inner_text()
+    assert "now " in usage and " MB" in usage and "jobs here: peak " in usage, usage
 
     # the job table: failures first; sorted by duration; filtered
     rows = detail.locator(".panda-job-row")
@@ -222,6 +225,7 @@ def test_a_job_says_in_words_why_it_went_where_it_went(lab_page, artifacts):
     assert "each site the brokerage considered" in \
         job.locator(".panda-broker-meaning").inner_text()
     assert "bad muon collection" in job.locator(".panda-error").inner_text()
+    assert job.locator(".panda-job-usage").inner_text().startswith("used: peak memory ")
     page.screenshot(path=str(artifacts / "panel-job-brokerage.png"))
 
 
