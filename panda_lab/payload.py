@@ -248,8 +248,9 @@ class Outcome:
     classifies failures; ``type``, ``message``, ``traceback``, ``exception``); the
     tails of ``stdout``/``stderr``; ``started_at``/``ended_at`` in seconds since the
     epoch; ``reads``, what the job read per storage endpoint (``[{"endpoint", "bytes",
-    "seconds", "requests"}]``, see :mod:`panda_lab.reads`) and the ``events`` it
-    processed, filled by the worker."""
+    "seconds", "requests"}]``, see :mod:`panda_lab.reads`), the ``events`` it
+    processed, its payload's ``peak_rss_mb`` (MB) and ``cpu_s`` (CPU seconds), filled
+    by the worker (:mod:`panda_lab.pilot.usage`); ``None`` when not measured."""
 
     ok: bool
     result: bytes | None
@@ -263,7 +264,9 @@ class Outcome:
     cache: list[dict] = field(default_factory=list)
     #: Events the payload said it processed (:func:`panda_lab.reads.processed`).
     events: int = 0
-
+    #: The payload's peak resident memory during the job (MB), and its CPU seconds.
+    peak_rss_mb: float | None = None
+    cpu_s: float | None = None
 
 
 def _error(category: str, exc: BaseException, prefix: str = "") -> dict:

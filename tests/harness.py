@@ -145,6 +145,51 @@ WATCH_HISTOGRAMS = """() => {
 }"""
 
 
+#: In a page: keep the text of every SVG picture a task monitor shows, in the order they
+#: are swapped in (``window.__svgs``), fetched at once: ipywidgets revokes an image's
+#: blob URL when the next one replaces it.
+WATCH_SVGS = """() => {
+    window.__svgs = [];
+    let n = 0;
+    const note = img => {
+        if (!(img.closest && img.closest('.panda-task-monitor') && img.src)) return;
+        const i = n++;
+        fetch(img.src).then(r => r.text()).then(t => window.__svgs.push([i, t]))
+            .catch(() => {});
+    };
+    new MutationObserver(records => records.forEach(r => {
+        if (r.type === 'attributes') note(r.target);
+        r.addedNodes && r.addedNodes.forEach(n => n.querySelectorAll
+            && n.querySelectorAll('img').forEach(note));
+    })).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                attributeFilter: ['src']});
+}"""
+
+
+def kernel_print(page, expr: str) -> str:
+    """What the current notebook's kernel prints for ``expr``, asked outside any cell."""
+    return page.evaluate("""async code => {
+        const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+        let out = '';
+        const future = k.requestExecute({code, store_history: false});
+        future.onIOPub = msg => {
+            if (msg.header.msg_type === 'stream') out += msg.content.text;
+        };
+        await future.done;
+        return out.trim();
+    }""", f"print({expr})")
+
+
+def run_cell(page, code: str) -> None:
+    """Put ``code`` in the current notebook's first cell and run it (returns at once)."""
+    page.evaluate("""code => {
+        const nb = window.jupyterapp.shell.currentWidget.content;
+        nb.activeCellIndex = 0;
+        nb.activeCell.model.sharedModel.setSource(code);
+        return window.jupyterapp.commands.execute('notebook:run-cell');
+    }""", code)
+
+
 def open_new_notebook(page) -> None:
     """In a JupyterLab page (the app exposed for tests): a new notebook, its kernel
     connected and idle."""
@@ -152,6 +197,11 @@ def open_new_notebook(page) -> None:
                            ".hasCommand('notebook:create-new')")
     page.evaluate("window.jupyterapp.commands.execute('notebook:create-new', "
                   "{kernelName: 'python3'})")
+    wait_for_kernel(page)
+
+
+def wait_for_kernel(page) -> None:
+    """Wait until the current notebook's kernel is connected and idle."""
     page.wait_for_function("""() => {
         const w = window.jupyterapp.shell.currentWidget;
         const k = w && w.sessionContext && w.sessionContext.session

@@ -13,7 +13,7 @@ import {
   PanelActions, canKill, canRetry, count, duration, off, statesShown, summaryOf, table,
   toneClass
 } from './render';
-import { layout, renderTimeline } from './timeline';
+import { layout, renderTimeline, renderUsage } from './timeline';
 import type { ErrorGroup, Job, ReportRow, TaskDetail, Vocabulary } from './types';
 
 /** Everything a person can do in the task view. */
@@ -176,13 +176,14 @@ export function renderTaskDetail(t: TaskDetail, vocabulary: Vocabulary | null,
     actionError ? h.span({ className: 'panda-error' }, actionError) : null);
   const failedStates = (vocabulary?.job_unsuccessful ?? ['failed'])
     .filter(s => s !== 'closed' && s !== 'cancelled');
-  const stream = layout(t.attempts ?? [], now, failedStates);
+  const stream = layout(t.attempts ?? [], now, failedStates, t.pilots ?? []);
   return h.div({ className: 'panda-task-detail', dataset: { 'task-id': String(t.id) } },
     renderTaskHeader(t, vocabulary, actions), buttons,
     h.div({ className: 'panda-scroll-x' },
       table('panda-table panda-jobs-by-site', ['site', ...used], perSite)),
     h.h4('Task stream (each attempt on its pilot; ✕ failed)'),
     renderTimeline(stream, job => actions.openJob(job)),
+    renderUsage(stream),
     stream.notStarted ? h.div({ className: 'panda-note' },
       `${stream.notStarted} attempts not started on a pilot`) : null,
     h.h4('Jobs (newest attempts; open one for its brokerage and logs)'),
@@ -212,6 +213,7 @@ export function renderJob(j: Job, now: number, actions: Pick<DetailActions, 'ope
     h.h4(`Job ${j.id} · #${j.job_index} attempt ${j.attempt} · ${j.state} at ${j.site ?? '-'}`),
     others,
     h.div({ className: 'panda-job-ran' }, ran),
+    j.usage ? h.div({ className: 'panda-job-usage' }, `used: ${j.usage}`) : null,
     h.div({ className: 'panda-fact-label' }, 'Brokerage'),
     renderBrokerage(j.broker_info ?? {}, j.site, j.explanation ?? null),
     j.error_message ?

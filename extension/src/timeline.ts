@@ -7,9 +7,13 @@
  * `ended_at` (panda_lab/store/schema.py `jobs`).  `layout` is pure (tested without a
  * browser); `drawTimeline` makes the SVG in the page (the virtual DOM makes HTML
  * elements only, so the SVG is built with `createElementNS` through a renderer).
+ *
+ * Each pilot's row also says its memory and CPU (as Dask's dashboard shows per worker):
+ * the server's words for the pilot's latest report and its attempts' measurements here
+ * (panda_lab/widgets/stream.py `row_usage`), under the plot and as the row's tooltip.
  */
-import { hpass, VirtualElement } from '@lumino/virtualdom';
-import type { Attempt } from './types';
+import { h, hpass, VirtualElement } from '@lumino/virtualdom';
+import type { Attempt, PilotUsage } from './types';
 
 /** One bar: an attempt on a row, in seconds since the first start. */
 export interface Bar {
@@ -38,6 +42,22 @@ export interface Layout {
   t0: number;
   /** Attempts not drawn: never started on a pilot. */
   notStarted: number;
+  /** Per row: its pilot's memory and CPU and its attempts' here, in words. */
+  usage: string[];
+}
+
+/** What an ended attempt's payload used: " · peak 231 MB, CPU 3.9 s", or " · memory and
+ * CPU not measured"; "" for one still running. */
+function used(a: Attempt): string {
+  if (a.ended_at === null) {
+    return '';
+  }
+  const mem = a.peak_rss_mb === null || a.peak_rss_mb === undefined ? null :
+    `peak ${Math.round(a.peak_rss_mb)} MB`;
+  const cpu = a.cpu_s === null || a.cpu_s === undefined ? null :
+    `CPU ${Math.round(a.cpu_s * 10) / 10} s`;
+  return mem === null && cpu === null ? ' · memory and CPU not measured' :
+    ` · ${[mem ?? 'memory not measured', cpu ?? 'CPU not measured'].join(', ')}`;
 }
 
 function seconds(s: number): string {
@@ -51,9 +71,10 @@ function seconds(s: number): string {
  * @param now - Unix seconds: the end of attempts still running.
  * @param failedStates - the states marked as failures (the vocabulary's
  *   job_unsuccessful but `closed`, which never ran).
+ * @param pilots - the task's pilots with their usage in words (GET tasks/{id}).
  */
 export function layout(attempts: Attempt[], now: number,
-  failedStates: readonly string[] = ['failed']): Layout {
+  failedStates: readonly string[] = ['failed'], pilots: readonly PilotUsage[] = []): Layout {
   const drawn = attempts.filter(a => a.started_at !== null && a.pilot_id !== null);
   const keys = [...new Set(drawn.map(a => `${a.site ?? '-'}\u0000${a.pilot_id}`))];
   keys.sort((a, b) => {
@@ -74,16 +95,18 @@ export function layout(attempts: Attempt[], now: number,
       open: a.ended_at === null,
       title: `job #${a.job_index} attempt ${a.attempt}: ${a.state}, ` +
         `${seconds(Math.max(end - start, 0))}` +
-        (a.error_message ? ` (${a.error_message.slice(0, 120)})` : '')
+        (a.error_message ? ` (${a.error_message.slice(0, 120)})` : '') + used(a)
     };
   });
   const span = bars.length ? Math.max(...bars.map(b => b.x1), 1e-3) : 0;
+  const usageOf = new Map(pilots.map(p => [String(p.id), p.usage]));
   return {
     rows: keys.map(k => {
       const [site, pilot] = k.split('\u0000');
       return `${site} · pilot ${pilot}`;
     }),
-    bars, span, t0, notStarted: attempts.length - drawn.length
+    bars, span, t0, notStarted: attempts.length - drawn.length,
+    usage: keys.map(k => usageOf.get(k.split('\u0000')[1]) ?? 'pilot usage unknown')
   };
 }
 
@@ -120,7 +143,11 @@ export function drawTimeline(host: HTMLElement, lay: Layout, open: (job: number)
     'aria-label': `task stream: ${lay.bars.length} attempts on ${lay.rows.length} pilots` });
   const x = (s: number): number => GUTTER_PX + (plot * s) / lay.span;
   lay.rows.forEach((label, i) => {
-    svg.appendChild(el('text', { x: 2, y: i * ROW_PX + 13, class: 'panda-tl-label' }, label));
+    const text = el('text', { x: 2, y: i * ROW_PX + 13, class: 'panda-tl-label' }, label);
+    if (lay.usage[i]) {
+      text.appendChild(el('title', {}, `${label}: ${lay.usage[i]}`));
+    }
+    svg.appendChild(text);
     svg.appendChild(el('line', { x1: GUTTER_PX, x2: width - 8, y1: (i + 1) * ROW_PX,
       y2: (i + 1) * ROW_PX, class: 'panda-tl-grid' }));
   });
@@ -156,4 +183,13 @@ export function renderTimeline(lay: Layout, open: (job: number) => void): Virtua
   return hpass('div', { className: 'panda-timeline' }, {
     render: host => drawTimeline(host, lay, open)
   });
+}
+
+/** Each pilot's memory and CPU, one line a row of the stream (none without bars). */
+export function renderUsage(lay: Layout): VirtualElement | null {
+  if (!lay.bars.length) {
+    return null;
+  }
+  return h.div({ className: 'panda-tl-usage' }, ...lay.rows.map((row, i) =>
+    h.div({ className: 'panda-tl-usage-row' }, h.b(row), `: ${lay.usage[i]}`)));
 }

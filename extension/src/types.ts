@@ -118,6 +118,24 @@ export interface Attempt {
   ended_at: number | null;
   error_category: string | null;
   error_message: string | null;
+  /** What its payload used, measured by its pilot: peak resident memory during the job
+   * (MB) and CPU seconds; null (or absent) when not measured, never 0. */
+  peak_rss_mb?: number | null;
+  cpu_s?: number | null;
+}
+
+/** A pilot that ran a task's attempts, with its memory and CPU (its latest report). */
+export interface PilotUsage {
+  id: number;
+  site: string;
+  state: string;
+  /** Resident memory of the pilot and its workers (MB), CPU seconds since it started,
+   * CPU lately in % of one core; null before its first report. */
+  rss_mb: number | null;
+  cpu_s: number | null;
+  cpu_pct: number | null;
+  /** The server's words: its usage now and its attempts' here. */
+  usage: string;
 }
 
 /** A job as listed with its task: the latest attempt of one logical job. */
@@ -158,6 +176,8 @@ export interface TaskDetail extends Omit<Task, 'sites'> {
   n_jobs_listed: number;
   /** Every attempt (the first 2000), oldest first: the task stream. */
   attempts: Attempt[];
+  /** The pilots of those attempts, with their memory and CPU (older servers: absent). */
+  pilots?: PilotUsage[];
   /** An analysis task's input ranges (`task.report()`); null for other tasks. */
   report: ReportRow[] | null;
 }
@@ -195,6 +215,11 @@ export interface Job {
   attempts: number[];
   /** The brokerage's own sentence for the decision, where the server gives one. */
   explanation?: string | null;
+  /** What its payload used: peak memory (MB) and CPU seconds, null when not measured. */
+  peak_rss_mb?: number | null;
+  cpu_s?: number | null;
+  /** The same in words ("peak memory 231 MB, CPU 4.10 s (98 % of its 4.20 s run)"). */
+  usage?: string;
 }
 
 /** One site as GET sites lists it. */

@@ -17,7 +17,7 @@ import {
   DetailActions, renderReport, renderTaskDetail, renderTaskHeader, reportEvents, reportStatus
 } from '../src/detail';
 import { DEFAULT_VIEW, JobView, inputText, jobRows, renderJobTable, stateRank } from '../src/jobs';
-import { layout } from '../src/timeline';
+import { layout, renderUsage } from '../src/timeline';
 import type { Attempt, ReportRow, TaskDetail, TaskSummary, Vocabulary } from '../src/types';
 import { byClass, click, one, text } from './vdom';
 import type { VirtualElement } from '@lumino/virtualdom';
@@ -212,8 +212,29 @@ describe('the task stream', () => {
     const bars = lay.bars.map(b => [b.job, b.row, b.x0, b.x1, b.failed]);
     assert.deepEqual(bars, [[1, 0, 0, 10, false], [2, 0, 10, 15, true],
       [3, 1, 1, 30, true], [4, 1, 31, 60, true], [5, 1, 61, 70, false]]);
-    assert.match(lay.bars[2].title, /^job #2 attempt 1: failed, 29 s \(ValueError: bad muon\)$/);
+    assert.match(lay.bars[2].title,
+      /^job #2 attempt 1: failed, 29 s \(ValueError: bad muon\) · memory and CPU not measured$/);
   });
+
+  test("each pilot's row says its memory and CPU; a bar what its job used, or not measured",
+    () => {
+      // Kind: resource numbers that read 0 or the pilot's own instead of the payload's.
+      const lay = layout([
+        attempt({ peak_rss_mb: 231.4, cpu_s: 3.94 }),
+        attempt({ id: 2, pilot_id: 2, site: 'LOCAL-HPC' }),
+        attempt({ id: 3, state: 'running', ended_at: null, started_at: NOW - 5 })],
+      NOW, ['failed'], [{ id: 1, site: 'LOCAL-GRID', state: 'running', rss_mb: 412,
+        cpu_s: 12, cpu_pct: 97, usage: 'now 412 MB, CPU 97 %; jobs here: peak 231 MB' }]);
+      assert.deepEqual(lay.usage, ['now 412 MB, CPU 97 %; jobs here: peak 231 MB',
+        'pilot usage unknown']);
+      assert.match(lay.bars[0].title, / · peak 231 MB, CPU 3.9 s$/);
+      assert.match(lay.bars[1].title, / · memory and CPU not measured$/);
+      assert.doesNotMatch(lay.bars[2].title, /memory|MB/);  // still running
+      const box = renderUsage(lay) as VirtualElement;
+      assert.equal(text(box), 'LOCAL-GRID · pilot 1: now 412 MB, CPU 97 %; jobs here: ' +
+        'peak 231 MBLOCAL-HPC · pilot 2: pilot usage unknown');
+      assert.equal(renderUsage(layout([], NOW)), null);
+    });
 
   test('an attempt still running ends now; one never started is counted, not drawn', () => {
     const lay = layout([attempt({ state: 'running', ended_at: null, started_at: NOW - 5 }),

@@ -245,6 +245,11 @@ describe('a job opened', () => {
       'Job 102 · #1 attempt 2 · failed at LOCAL-GRID');
     assert.equal(text(one(box, 'panda-broker-sentence')), 'Sent to LOCAL-GRID.');
     assert.equal(text(one(box, 'panda-job-ran')), 'ran 4 s on pilot 3');
+    assert.equal(byClass(box, 'panda-job-usage').length, 0);  // an older server: no words
+    const measured = renderJob({ ...job, peak_rss_mb: 231.4, cpu_s: 3.9,
+      usage: 'peak memory 231 MB, CPU 3.90 s (98 % of its 4.00 s run)' }, NOW, actions);
+    assert.equal(text(one(measured, 'panda-job-usage')),
+      'used: peak memory 231 MB, CPU 3.90 s (98 % of its 4.00 s run)');
     assert.equal(text(one(box, 'panda-error')), '[user] ValueError: <b>two</b> is bad');
     assert.ok(!elements(box).some(e => e.tag === 'b' && text(e) === 'two'));
     assert.match(text(one(box, 'panda-traceback')), /^Traceback/);

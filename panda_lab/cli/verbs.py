@@ -21,8 +21,9 @@ from rich.text import Text
 
 from panda_lab.cli.main import EXIT_OK, print_json
 from panda_lab.client.session import Lab, connect
-from panda_lab.model import TASK_FINAL
+from panda_lab.model import JOB_FINAL, TASK_FINAL
 from panda_lab.model.outcome import duration, final_line, summary_of
+from panda_lab.model.usage import job_usage, megabytes, pilot_usage
 from panda_lab.text import strip_ansi
 
 #: The terminal style of each outcome tone (rich's colour names).
@@ -97,16 +98,20 @@ def _jobs(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     if not jobs:
         print(f"no jobs of task {args.task}" + (f" in state {args.state}" if args.state else ""))
         return EXIT_OK
-    table = Table("job", "index", "attempt", "state", "site", "pilot", "duration", "error",
-                  title=f"jobs of task {args.task}")
+    table = Table("job", "index", "attempt", "state", "site", "pilot", "duration", "memory",
+                  "CPU", "error", title=f"jobs of task {args.task}")
     for j in jobs:
         took = (duration(j["ended_at"] - j["started_at"])
                 if j.get("ended_at") and j.get("started_at") else "-")
         error = strip_ansi(j["error_message"] or "")[:60]
         if j.get("error_category"):
             error = f"[{j['error_category']}] {error}"
+        # what the payload used (peak memory, CPU seconds): "-" when not measured
+        mem = megabytes(j["peak_rss_mb"]) if j.get("peak_rss_mb") is not None else "-"
+        cpu = f"{j['cpu_s']:.1f} s" if j.get("cpu_s") is not None else "-"
         table.add_row(str(j["id"]), str(j["job_index"]), str(j["attempt"]), j["state"],
-                      j["site"] or "-", str(j["pilot_id"] or "-"), took, Text(error))
+                      j["site"] or "-", str(j["pilot_id"] or "-"), took, mem, cpu,
+                      Text(error))
     console.print(table)
     print("(more with `panda-lab job ID`: attempts, brokerage, traceback, output)")
     return EXIT_OK
@@ -123,6 +128,14 @@ def _job(lab: Lab, args: argparse.Namespace, console: Console) -> int:
     out(Text(f"job {job['id']}: task {job['task_id']}, index {job['job_index']}, attempt "
              f"{job['attempt']} of at most {job['max_attempts']}: {job['state']}"
              f" at {job['site'] or '-'} (pilot {job['pilot_id'] or '-'}){took}", style="bold"))
+    if job["state"] in JOB_FINAL or job.get("peak_rss_mb") is not None:
+        out(Text(f"used: {job_usage(job)}"
+                 + (f" (requested {job['memory_mb']} MB)" if job.get("memory_mb") else "")))
+    if job.get("pilot_id"):
+        pilot = next(iter(lab.api.get("/api/pilots", ids=str(job["pilot_id"]))), None)
+        if pilot is not None:
+            out(Text(f"pilot {pilot['id']} ({pilot['state']}) with its workers: "
+                     f"{pilot_usage(pilot)}"))
     others = [a for a in job.get("attempts", []) if a != job["id"]]
     if others:
         out(Text(f"other attempts of this job: {', '.join(map(str, others))}"))

@@ -289,7 +289,10 @@ class Lab:
     def pilots(self, site: str | None = None) -> list[dict]:
         """The pilots the server knows (of ``site`` when given), by id: ``id``, ``site``,
         ``host``, ``pid``, ``state``, ``slots``, ``started_at`` and ``heartbeat_at``
-        (seconds since the epoch), ``jobs_done`` and ``info`` (environment, batch id)."""
+        (seconds since the epoch), ``jobs_done``, ``info`` (environment, batch id) and
+        its latest usage with its workers: ``rss_mb`` (resident memory, MB), ``cpu_s``
+        (CPU seconds since it started), ``cpu_pct`` (% of one core lately); None before
+        its first report."""
         return self.api.get("/api/pilots", site=site)
 
 

@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 JOB_COLUMNS = ["id", "job_index", "attempt", "state", "site", "pilot_id", "created_at",
-               "started_at", "ended_at", "error_category", "error_message"]
+               "started_at", "ended_at", "error_category", "error_message",
+               # what the payload used: peak resident memory (MB) and CPU seconds
+               "peak_rss_mb", "cpu_s"]
 
 
 class TaskHandle:

@@ -32,7 +32,9 @@ from tornado.iostream import StreamClosedError
 
 from panda_lab import runtime
 from panda_lab.model import JobState
+from panda_lab.model.usage import job_usage
 from panda_lab.widgets.snapshot import group_errors, merge_error_group
+from panda_lab.widgets.stream import row_usage
 
 try:  # the brokerage's own sentence for a decision, where the model words it
     from panda_lab.model.explain import explain as explain_brokerage
@@ -194,7 +196,7 @@ class TaskHandler(PandaHandler):
     #: What the panel reads of an attempt: the job table's and the task stream's columns.
     ATTEMPT_FIELDS = ("id", "job_index", "attempt", "state", "site", "pilot_id",
                       "created_at", "started_at", "ended_at", "error_category",
-                      "error_message")
+                      "error_message", "peak_rss_mb", "cpu_s")
 
     @tornado.web.authenticated
     async def get(self, task: str) -> None:
@@ -203,8 +205,11 @@ class TaskHandler(PandaHandler):
         with :attr:`ATTEMPT_FIELDS` and ``attempts``, how many it had), ``n_jobs_listed``,
         ``attempts`` (every attempt, up to :attr:`ATTEMPTS_SHOWN`, with
         :attr:`ATTEMPT_FIELDS`) and ``report`` (an analysis task's input ranges as
-        ``GET /api/tasks/ID/report`` gives them; None for other tasks); the server's 404
-        for an unknown task."""
+        ``GET /api/tasks/ID/report`` gives them; None for other tasks), ``pilots`` (each
+        pilot that ran an attempt: ``{"id", "site", "state", "rss_mb", "cpu_s",
+        "cpu_pct", "usage"}``, ``usage`` its memory and CPU now and its attempts' here in
+        words, panda_lab/widgets/stream.py ``row_usage``); the server's 404 for an
+        unknown task."""
         async def summary() -> dict:
             info, every = await asyncio.gather(
                 self.link.request("GET", f"/api/tasks/{task}"),
@@ -228,8 +233,14 @@ class TaskHandler(PandaHandler):
                      for j in list(newest.values())[: self.JOBS_SHOWN]]
             attempts = [{k: j.get(k) for k in self.ATTEMPT_FIELDS}
                         for j in sorted(every, key=lambda j: j["id"])[: self.ATTEMPTS_SHOWN]]
+            ids = sorted({j["pilot_id"] for j in attempts if j["pilot_id"] is not None})
+            pilots = await self.link.request("GET", "/api/pilots", params={
+                "ids": ",".join(map(str, ids))}) if ids else []
+            keep = ("id", "site", "state", "rss_mb", "cpu_s", "cpu_pct")
+            pilots = [{**{k: p.get(k) for k in keep}, "usage": row_usage(
+                p, [j for j in attempts if j["pilot_id"] == p["id"]])} for p in pilots]
             return {**info, "errors": errors, "jobs": shown, "n_jobs_listed": len(newest),
-                    "attempts": attempts, "report": report}
+                    "attempts": attempts, "report": report, "pilots": pilots}
         await self.answer(summary)
 
 
@@ -245,8 +256,9 @@ class TaskActionHandler(PandaHandler):
 
 class JobHandler(PandaHandler):
     """One attempt: its brokerage decision, status history, output tails and traceback,
-    and ``explanation``: the model's sentence for the decision (None where the model has
-    no ``explain``; the panel then words it from ``broker_info``)."""
+    ``explanation``: the model's sentence for the decision (None where the model has
+    no ``explain``; the panel then words it from ``broker_info``), and ``usage``: what its
+    payload used (peak memory, CPU) in words (panda_lab/model/usage.py)."""
 
     @tornado.web.authenticated
     async def get(self, job: str) -> None:
@@ -254,6 +266,8 @@ class JobHandler(PandaHandler):
             out = await self.link.request("GET", f"/api/jobs/{job}")
             out["explanation"] = (explain_brokerage(out.get("broker_info") or {})
                                   if explain_brokerage is not None else None)
+            # what its payload used, in words ("not measured" before it ends: never 0)
+            out["usage"] = job_usage(out)
             return out
         await self.answer(one)
 

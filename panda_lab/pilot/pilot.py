@@ -36,10 +36,14 @@ from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.model import JobState
 from panda_lab.output import OUTPUT_LIMIT, Capture, split_tail
 from panda_lab.payload import INLINE_LIMIT, environment
+from panda_lab.pilot.usage import PilotMeter
 from panda_lab.pilot.worker import LOCAL_ENDPOINT, Output, Worker
 from panda_lab.text import clean_error, clean_obj
 
 log = logging.getLogger("panda_lab.pilot")
+
+#: Seconds between two readings of the pilot's memory and CPU.
+USAGE_INTERVAL = 1.0
 
 
 @dataclass
@@ -99,6 +103,10 @@ class Pilot:
         self.last_contact = 0.0
         self.idle_since = time.monotonic()
         self.started = time.monotonic()
+        #: The pilot's and its workers' memory and CPU, sent with reports and heartbeats.
+        self.meter = PilotMeter()
+        self.usage_at = float("-inf")
+        self.usage: dict[str, float] | None = None
         self.draining = False
         #: Where the workers spool each job's output (see :mod:`panda_lab.output`).
         self.spool = Path(tempfile.mkdtemp(prefix="panda-lab-pilot-"))
@@ -342,6 +350,9 @@ class Pilot:
         if outcome.events:  # with the payload's seconds: the site's compute rate
             extra["events"] = outcome.events
         extra["seconds"] = round(dur, 6)
+        # the payload's own peak memory and CPU time, measured in its worker process
+        extra["peak_rss_mb"] = outcome.peak_rss_mb
+        extra["cpu_s"] = outcome.cpu_s
         if outcome.ok:
             data = outcome.result
             if len(data) > INLINE_LIMIT:
@@ -423,6 +434,14 @@ class Pilot:
         upd.update({k: clean_obj(v) for k, v in fields.items() if v is not None})
         self.pending[job["id"]] = upd
 
+    def _usage(self) -> dict[str, float] | None:
+        """The pilot's usage (:class:`~panda_lab.pilot.usage.PilotMeter`), read at most
+        once a second: reports may go out many times a second."""
+        if time.monotonic() - self.usage_at >= USAGE_INTERVAL:
+            self.usage = self.meter.read()
+            self.usage_at = time.monotonic()
+        return self.usage
+
     def _held(self) -> list[int]:
         return [j["id"] for j in self.queue] + [w.job["id"] for w in self.workers if w.busy]
 
@@ -438,7 +457,7 @@ class Pilot:
         if not self.pending:
             return
         body = {"pilot": self.pilot_id, "updates": list(self.pending.values()),
-                "held": self._held()}
+                "held": self._held(), "usage": self._usage()}
         try:
             reply = self.api.post("/api/pilot/update", body, retry_for=retry_for)
         except ApiError as exc:
@@ -462,7 +481,8 @@ class Pilot:
         if time.monotonic() - self.last_contact < self.heartbeat_interval:
             return
         reply = self.api.post("/api/pilot/heartbeat", {"pilot": self.pilot_id,
-                                                       "held": self._held()})
+                                                       "held": self._held(),
+                                                       "usage": self._usage()})
         self.last_contact = time.monotonic()
         self._drop(reply["drop"])
 

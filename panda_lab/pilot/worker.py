@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from panda_lab import reads
 from panda_lab.output import Capture
 from panda_lab.payload import Outcome, job_directory, run_call
+from panda_lab.pilot.usage import JobMeter
 
 _CTX = mp.get_context("spawn")
 
@@ -128,12 +129,15 @@ def worker_main(conn: Connection) -> None:
                 reads.take()  # what an earlier job left is not this one's
                 reads.take_events()
                 reads.take_cache()
+                meter = JobMeter()  # the payload's memory and CPU, this job's only
                 try:
                     outcome = run_call(payload, common, streams)  # type: ignore[arg-type]
                 finally:
                     ticker.watch(None)
                     for stream in streams:
                         stream.finish()
+                used = meter.stop()
+                outcome.peak_rss_mb, outcome.cpu_s = used.peak_rss_mb, used.cpu_s
                 # What the job read, per endpoint: how the server learns the network.
                 outcome.reads = reads.take()
                 outcome.events = reads.take_events()

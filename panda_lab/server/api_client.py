@@ -80,9 +80,11 @@ async def links(request: Request) -> list[dict]:
 @router.get("/pilots")
 async def pilots(request: Request,
                  site: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
-                 state: PilotState | None = None) -> list:
+                 state: PilotState | None = None, ids: IntList = None) -> list:
+    """Pilots (of ``site``, in ``state``, among ``ids``) by id, each with its latest
+    usage (``rss_mb``, ``cpu_s``, ``cpu_pct``: panda_lab/pilot/usage.py)."""
     s = _server(request)
-    return await s.db(s.store.list_pilots, site, state)
+    return await s.db(s.store.list_pilots, site, state, int_list(ids, "ids", 1))
 
 
 @router.post("/tasks", status_code=201)

@@ -96,7 +96,9 @@ async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
         if u.result_ref is not None and not await s.db(s.store.result_ref_ok, u.result_ref):
             raise HTTPException(422, f"result_ref {u.result_ref!r} was never uploaded")
         updates.append(d)
-    changes, ignored = await s.db(s.store.apply_updates, body.pilot, updates, body.held)
+    usage = body.usage.model_dump() if body.usage is not None else None
+    changes, ignored = await s.db(s.store.apply_updates, body.pilot, updates, body.held,
+                                  usage)
     s.publish(changes)
     s.metrics.on_reports([u["state"] for u in updates], len(ignored))
     drop = await s.db(s.store.heartbeat, body.pilot, body.held) if body.held else []
@@ -107,7 +109,8 @@ async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
 async def heartbeat(request: Request, body: PilotHeartbeat, who: PilotWho) -> dict:
     s = _server(request)
     await pilot_of(s, who, body.pilot)
-    return {"drop": await s.db(s.store.heartbeat, body.pilot, body.held)}
+    usage = body.usage.model_dump() if body.usage is not None else None
+    return {"drop": await s.db(s.store.heartbeat, body.pilot, body.held, usage)}
 
 
 @router.put("/results/{task_id}/{job_id}")

@@ -209,19 +209,36 @@ class JobUpdate(Strict):
     #: Events the job processed, and the payload's wall seconds: the site's speed.
     events: Annotated[int, Field(ge=0)] | None = None
     seconds: Annotated[float, Field(ge=0)] | None = None
+    #: The payload's peak resident memory during the job (MB) and its CPU seconds.
+    peak_rss_mb: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    cpu_s: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
 
     _texts = field_validator("stdout", "stderr", mode="before")(clean_text)
+
+
+class PilotUsage(Strict):
+    """A pilot's usage with its workers (panda_lab.pilot.usage.PilotMeter)."""
+
+    rss_mb: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False,
+                                   description="resident memory now, MB")]
+    cpu_s: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False,
+                                  description="CPU seconds since the pilot started")]
+    cpu_pct: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False,
+                                    description="CPU since the previous reading, % of "
+                                                "one core")] | None = None
 
 
 class PilotUpdate(Strict):
     pilot: Id
     updates: list[JobUpdate] = Field(default_factory=list, max_length=100_000)
     held: list[Id] = Field(default_factory=list, max_length=100_000)
+    usage: PilotUsage | None = None
 
 
 class PilotHeartbeat(Strict):
     pilot: Id
     held: list[Id] = Field(default_factory=list, max_length=100_000)
+    usage: PilotUsage | None = None
 
 
 class PilotEnd(Strict):

@@ -37,17 +37,19 @@ class Admin(Reads):
             site_rows.require(conn, site)
             return pilot_rows.insert_pilot(conn, site, host, pid, slots, info, now())
 
-    def heartbeat(self, pilot_id: int, held: list[int]) -> list[int]:
-        """Record that a pilot lives, and the jobs it ``held``; return, sorted, the held
-        jobs it must kill or drop (cancelled, failed by the watchdog, given to another
-        attempt, unknown).  A pilot marked lost that heartbeats runs again.  Raises
+    def heartbeat(self, pilot_id: int, held: list[int],
+                  usage: dict | None = None) -> list[int]:
+        """Record that a pilot lives, using ``usage`` (``{"rss_mb", "cpu_s", "cpu_pct"}``,
+        kept on its row), and the jobs it ``held``; return, sorted, the held jobs it must
+        kill or drop (cancelled, failed by the watchdog, given to another attempt,
+        unknown).  A pilot marked lost that heartbeats runs again.  Raises
         ``UnknownPilot``."""
         t = now()
         with self.tx() as conn:
             if pilot_rows.state(conn, pilot_id) == PilotState.LOST:
                 # it came back: the watchdog was too quick, not the pilot
                 pilot_rows.set_state(conn, [pilot_id], PilotState.RUNNING)
-            pilot_rows.touch(conn, pilot_id, t)
+            pilot_rows.touch(conn, pilot_id, t, usage)
             if not held:
                 return []
             job_rows.heartbeat(conn, pilot_id, held, t)

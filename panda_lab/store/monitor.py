@@ -10,6 +10,7 @@ from collections import Counter
 from sqlalchemy import func, select
 
 from panda_lab.model import JobState, PilotState
+from panda_lab.model.usage import job_usage, pilot_usage
 from panda_lab.store.base import loads
 from panda_lab.store.reads import Reads
 from panda_lab.store.rows import monitor as rows
@@ -101,8 +102,10 @@ class MonitorReads(Reads):
     def monitor_job(self, job_id: int) -> dict:
         """One attempt as ``get_job`` shows it, with ``"task"`` (its id, name, owner,
         state), ``"attempt_rows"`` (each attempt's id, number, state, site, times, error
-        category), ``"pilot"`` (where it ran: id, host, pid, site, state, heartbeat age)
-        and ``"chunks"`` (its input ranges).  Raises ``TaskNotFound``."""
+        category), ``"pilot"`` (where it ran: id, host, pid, site, state, heartbeat age,
+        ``rss_mb``, ``cpu_s``, ``cpu_pct`` and ``usage``, those in words), ``"chunks"``
+        (its input ranges) and ``"usage"``: what its payload used (``peak_rss_mb``,
+        ``cpu_s``) in words (panda_lab/model/usage.py).  Raises ``TaskNotFound``."""
         job = self.get_job(job_id)
         with self.tx() as conn:
             t = conn.execute(select(tasks.c.id, tasks.c.name, tasks.c.owner, tasks.c.state)
@@ -116,16 +119,19 @@ class MonitorReads(Reads):
             job["pilot"] = None
             if job["pilot_id"] is not None:
                 p = conn.execute(select(pilots.c.id, pilots.c.host, pilots.c.pid,
-                                        pilots.c.site, pilots.c.state, pilots.c.heartbeat_at)
+                                        pilots.c.site, pilots.c.state, pilots.c.heartbeat_at,
+                                        pilots.c.rss_mb, pilots.c.cpu_s, pilots.c.cpu_pct)
                                  .where(pilots.c.id == job["pilot_id"])).first()
                 if p is not None:
-                    job["pilot"] = {**p._mapping, "heartbeat_age": time.time() - p.heartbeat_at}
+                    job["pilot"] = {**p._mapping, "heartbeat_age": time.time() - p.heartbeat_at,
+                                    "usage": pilot_usage(p._mapping)}
             job["chunks"] = [dict(r._mapping) for r in conn.execute(
                 select(chunks.c.file_index, chunks.c.path, chunks.c.tree, chunks.c.start,
                        chunks.c.stop, chunks.c.scout)
                 .where(chunks.c.task_id == job["task_id"],
                        chunks.c.job_index == job["job_index"]).order_by(chunks.c.id))]
         job.pop("error_exception", None)
+        job["usage"] = job_usage(job)  # what its payload used, in words
         return job
 
     def monitor_errors(self, f: Filter) -> dict:

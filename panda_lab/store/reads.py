@@ -190,10 +190,13 @@ class Reads(Database):
         with self.tx() as conn:
             return pilot_rows.get(conn, pilot_id)
 
-    def list_pilots(self, site: str | None = None, state: str | None = None) -> list[dict]:
-        """Pilots (of ``site``, in ``state``) by id, as ``pilot`` shows them."""
+    def list_pilots(self, site: str | None = None, state: str | None = None,
+                    ids: list[int] | None = None) -> list[dict]:
+        """Pilots (of ``site``, in ``state``, among ``ids``) by id, as ``pilot`` shows
+        them, with their latest usage: ``rss_mb`` (MB), ``cpu_s``, ``cpu_pct`` (None
+        before their first report of it)."""
         with self.tx() as conn:
-            return pilot_rows.list_dicts(conn, site, state)
+            return pilot_rows.list_dicts(conn, site, state, ids)
 
     def site_names(self) -> list[str]:
         """The names of the sites, sorted."""

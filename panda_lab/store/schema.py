@@ -116,6 +116,11 @@ jobs = Table(
     # What the attempt read, as its pilot reported it: JSON [{"endpoint", "bytes",
     # "seconds", "requests"}] ("(cache)": from its site's stage-in cache).
     Column("reads", Text, nullable=True),
+    # resource use: what the payload used (panda_lab/pilot/usage.py), as its pilot
+    # measured it: peak resident memory during the job (MB) and CPU seconds; NULL when
+    # not measured (the worker died, or an older pilot).  ``memory_mb`` is the request.
+    Column("peak_rss_mb", Float, nullable=True),
+    Column("cpu_s", Float, nullable=True),
 )
 Index("ix_jobs_dispatch", jobs.c.site, jobs.c.state, jobs.c.priority, jobs.c.id)
 Index("ix_jobs_task", jobs.c.task_id, jobs.c.job_index, jobs.c.attempt)
@@ -160,6 +165,12 @@ pilots = Table(
     Column("heartbeat_at", Float, nullable=False),
     Column("jobs_done", Integer, nullable=False, default=0),
     Column("info", Text, nullable=False, default="{}"),
+    # resource use: the pilot's and its workers' resident memory (MB), their CPU seconds
+    # since it started and CPU % of one core since its previous report, as its latest
+    # heartbeat or report said; NULL before the first
+    Column("rss_mb", Float, nullable=True),
+    Column("cpu_s", Float, nullable=True),
+    Column("cpu_pct", Float, nullable=True),
 )
 Index("ix_pilots_site_state", pilots.c.site, pilots.c.state)
 

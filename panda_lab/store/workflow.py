@@ -279,19 +279,23 @@ class Workflow(Rebrokerage, Admin):
         return out, changes
 
     @staticmethod
-    def _touch(conn: Connection, pilot_id: int, t: float, held: list[int] | None) -> None:
-        """The pilot lives, and so do the jobs it says it holds: only those.  A job the
-        pilot lost track of must go stale, so the watchdog can retry it."""
-        pilot_rows.touch(conn, pilot_id, t)
+    def _touch(conn: Connection, pilot_id: int, t: float, held: list[int] | None,
+               usage: dict | None = None) -> None:
+        """The pilot lives (using ``usage``, see ``pilot_rows.touch``), and so do the jobs
+        it says it holds: only those.  A job the pilot lost track of must go stale, so the
+        watchdog can retry it."""
+        pilot_rows.touch(conn, pilot_id, t, usage)
         if held:
             job_rows.heartbeat(conn, pilot_id, held, t)
 
     # ---- 4. run and report ---------------------------------------------------------------------
     def apply_updates(self, pilot_id: int, updates: list[dict],
-                      held: list[int] | None = None) -> tuple[Changes, list[dict]]:
+                      held: list[int] | None = None,
+                      usage: dict | None = None) -> tuple[Changes, list[dict]]:
         """Apply a pilot's bulk report: updates ``{"id", "attempt", "state", optional
         "started_at", "result" (bytes), "result_ref", "error": {category, message,
-        traceback, exception}, "stdout", "stderr"}``.  Returns ``(changes, ignored)``,
+        traceback, exception}, "stdout", "stderr", "peak_rss_mb", "cpu_s"}``; ``usage``
+        the pilot's own ``{"rss_mb", "cpu_s", "cpu_pct"}``.  Returns ``(changes, ignored)``,
         ignored ``[{"id", "reason"}]`` (stale attempt, not this pilot's job, already
         final, a transition the model forbids, ...)."""
         t = now()
@@ -337,6 +341,7 @@ class Workflow(Rebrokerage, Admin):
                     "b_cat": err.get("category"), "b_msg": err.get("message"),
                     "b_tb": err.get("traceback"), "b_exc": err.get("exception"),
                     "b_out": out, "b_err": err_out,
+                    "b_rss": u.get("peak_rss_mb"), "b_cpu": u.get("cpu_s"),
                 })
                 history.append((row.id, path, t, ""))
                 change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
@@ -364,7 +369,7 @@ class Workflow(Rebrokerage, Admin):
             if finished:
                 pilot_rows.count_done(conn, pilot_id, len(finished))
             self._retry(conn, failed, changes)
-            self._touch(conn, pilot_id, t, held)
+            self._touch(conn, pilot_id, t, held, usage)
             task_rows.end_if_complete(conn, [c.task_id for c in changes.jobs
                                              if JobState(c.state) in JOB_FINAL], changes)
         return changes, ignored

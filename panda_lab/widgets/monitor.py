@@ -239,8 +239,9 @@ class TaskMonitor(_Watched, w.VBox):
             or not snap.by_state.get("failed")
 
     def _show_stream(self, snap: TaskSnapshot) -> None:
-        """The task stream from every attempt's record: at most once per
-        :attr:`redraw_every` while the task runs (one request for all attempts), and once
+        """The task stream from every attempt's record and each pilot's memory and CPU:
+        at most once per :attr:`redraw_every` while the task runs (one request for all
+        attempts, one for their pilots), and once
         more when it is final.  A failed request keeps the last drawing."""
         if self._stream_final:
             return
@@ -248,10 +249,14 @@ class TaskMonitor(_Watched, w.VBox):
             return
         try:
             attempts = self.lab.api.get(f"/api/tasks/{self.task_id}/jobs", all_attempts="true")
+            ids = sorted({a["pilot_id"] for a in attempts if a.get("pilot_id") is not None})
+            # each row's pilot: its memory and CPU now (one request for them all)
+            pilots = {p["id"]: p for p in self.lab.api.get(
+                "/api/pilots", ids=",".join(map(str, ids)))} if ids else {}
         except Exception as exc:  # the counts above still tell the progress
             log.debug("task stream not updated: %s", exc)
             return
-        self.stream.value = svg(layout(attempts, time.time()), COLOURS)
+        self.stream.value = svg(layout(attempts, time.time(), pilots), COLOURS)
         self._stream_at = time.monotonic()
         self._stream_final = snap.ended
 

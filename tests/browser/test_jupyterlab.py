@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import WATCH_HISTOGRAMS, open_new_notebook, wait_for
+from harness import WATCH_HISTOGRAMS, kernel_print, open_new_notebook, run_cell, wait_for
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "example_notebooks" / "02-dimuon-analysis.ipynb"
 
@@ -61,36 +61,13 @@ def test_dimuon_notebook_runs_and_its_monitor_fills_in(chromium, lab_server, art
     page.screenshot(path=str(artifacts / f"{app}-dimuon-end.png"))
 
 
-def kernel_print(page, expr: str) -> str:
-    """What the notebook's kernel prints for ``expr``, asked outside any cell."""
-    return page.evaluate("""async code => {
-        const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-        let out = '';
-        const future = k.requestExecute({code, store_history: false});
-        future.onIOPub = msg => {
-            if (msg.header.msg_type === 'stream') out += msg.content.text;
-        };
-        await future.done;
-        return out.trim();
-    }""", f"print({expr})")
-
-
 def test_a_cleared_monitor_stops_polling_and_a_shown_one_resumes(chromium, lab_server):
     """JupyterLab counts the monitor's views: clearing the output stops the polling."""
     page = chromium.new_page(viewport={"width": 1200, "height": 900})
     page.set_default_timeout(60_000)
     page.goto(f"{lab_server['url']}/lab?token={lab_server['token']}")
     open_new_notebook(page)
-
-    def run_cell(code: str) -> None:
-        page.evaluate("""code => {
-            const nb = window.jupyterapp.shell.currentWidget.content;
-            nb.activeCellIndex = 0;
-            nb.activeCell.model.sharedModel.setSource(code);
-            return window.jupyterapp.commands.execute('notebook:run-cell');
-        }""", code)
-
-    run_cell("import panda_lab\nm = panda_lab.connect().monitor(interval=0.1)\nm")
+    run_cell(page, "import panda_lab\nm = panda_lab.connect().monitor(interval=0.1)\nm")
     page.locator(".panda-lab-monitor").wait_for()
     wait_for(lambda: kernel_print(page, "m._view_count") == "1", 10, what="the view counted")
     before = int(kernel_print(page, "m.updates"))
@@ -104,7 +81,7 @@ def test_a_cleared_monitor_stops_polling_and_a_shown_one_resumes(chromium, lab_s
     time.sleep(1.0)
     assert int(kernel_print(page, "m.updates")) == idle, "still polling with nothing shown"
 
-    run_cell("m")  # shown again
+    run_cell(page, "m")  # shown again
     page.locator(".panda-lab-monitor").wait_for()
     wait_for(lambda: int(kernel_print(page, "m.updates")) > idle + 2, 10,
              what="updates after it is shown again")

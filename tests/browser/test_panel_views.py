@@ -6,15 +6,27 @@ The kind of bug guarded here: a monitor that says something other than what happ
 (a task that lost data in the success colour, a final task with a Kill button, a status
 bar that counts prefetched jobs as running or recovered attempts as failed), or that
 cannot be read (a table wider than the sidebar, a detail drawn out of sight, a label
-unreadable in the dark theme).  One JupyterLab, one page and one panda-lab server for
-the module; the tests run in order on the same page."""
+unreadable in the dark theme), and a live histogram that is not drawn as a physicist
+reads one (no error bars, no units or bin width on the axes, a log toggle or a
+histogram choice that does nothing, a partial result not marked as such, or a mark that
+stays once it is final).  One JupyterLab, one page and one panda-lab server for the
+module; the tests run in order on the same page."""
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness import JupyterServer, ServerProcess, wait_for
+from harness import (
+    WATCH_SVGS,
+    JupyterServer,
+    ServerProcess,
+    kernel_print,
+    run_cell,
+    wait_for,
+    wait_for_kernel,
+)
 
 #: The page's size: a laptop screen, JupyterLab's left sidebar at its default width.
 VIEWPORT = {"width": 1280, "height": 860}
@@ -65,19 +77,42 @@ def lab_page(chromium, tmp_path_factory):
                            name="dimuon", retries=0)
         lab.wait(task.id, timeout=60)
         starting.result()
+        # the live-histogram test's notebook: its kernel boots while the panel is tested
+        kernel = pool.submit(start_kernel, jupyter, work / LIVE_NOTEBOOK)
         page = chromium.new_page(viewport=VIEWPORT)
         page.set_default_timeout(30_000)
         page.goto(f"{jupyter.url}/lab?token={jupyter.token}")
         page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell")
         page.locator(".lm-TabBar-tab[data-id='panda-lab-panel']").click()
         page.locator(".panda-lab-panel .panda-header:has-text('panda-lab')").wait_for()
-        yield {"page": page, "lab": lab, "task": task.id, "panda": panda}
+        yield {"page": page, "lab": lab, "task": task.id, "panda": panda, "kernel": kernel}
         page.close()
     finally:
         starting.result()
         pool.shutdown()
         jupyter.stop()
         panda.stop()
+
+
+#: The notebook of the live-histogram test, in JupyterLab's root directory.
+LIVE_NOTEBOOK = "live-histogram.ipynb"
+
+
+def start_kernel(jupyter: JupyterServer, path) -> None:
+    """Write an empty notebook at ``path`` and start its kernel session through
+    Jupyter's REST API: the page that opens it later finds the kernel running."""
+    import json
+    import urllib.request
+
+    path.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                                "nbformat_minor": 5}))
+    body = json.dumps({"path": path.name, "name": path.name, "type": "notebook",
+                       "kernel": {"name": "python3"}}).encode()
+    req = urllib.request.Request(f"{jupyter.url}/api/sessions?token={jupyter.token}",
+                                 data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.status == 201, r.status
 
 
 def luminance(css: str) -> float:
@@ -146,6 +181,9 @@ def test_a_task_opens_beside_the_sidebar_with_its_summary_stream_jobs_and_report
     assert bars.count() == 4
     assert detail.locator(".panda-timeline rect.panda-tl-failed").count() == 2
     assert detail.locator(".panda-timeline path.panda-tl-mark").count() == 2
+    # each pilot's memory and CPU under the stream, measured (not 0, not the request)
+    usage = detail.locator(".panda-tl-usage").inner_text()
+    assert "now " in usage and " MB" in usage and "jobs here: peak " in usage, usage
 
     # the job table: failures first; sorted by duration; filtered
     rows = detail.locator(".panda-job-row")
@@ -187,6 +225,7 @@ def test_a_job_says_in_words_why_it_went_where_it_went(lab_page, artifacts):
     assert "each site the brokerage considered" in \
         job.locator(".panda-broker-meaning").inner_text()
     assert "bad muon collection" in job.locator(".panda-error").inner_text()
+    assert job.locator(".panda-job-usage").inner_text().startswith("used: peak memory ")
     page.screenshot(path=str(artifacts / "panel-job-brokerage.png"))
 
 
@@ -224,6 +263,103 @@ def test_the_status_bar_counts_apart_explains_and_opens_the_panel(lab_page, arti
     page.locator(".panda-status-item:has-text('0 failed')").wait_for()
 
 
+#: A notebook cell: an analysis of two histograms whose jobs take half a second, and its
+#: monitor.  Functions defined in a cell travel by value, as a physicist's do.
+LIVE_HISTOGRAM_CELL = """
+import panda_lab
+
+def pt_and_count(events):
+    import time
+    import awkward as ak
+    import hist
+    import numpy as np
+    time.sleep(0.5)  # long enough to watch it fill
+    pt = ak.to_numpy(ak.flatten(events.Muon.pt))
+    return {"muon_pt": hist.Hist(hist.axis.Regular(30, 0, 60, name="pt",
+                                                   label="p_T [GeV]")).fill(pt),
+            "n_muons": hist.Hist(hist.axis.Regular(8, 0, 8, name="n",
+                                                   label="muons per event")).fill(
+                np.asarray(events.nMuon))}
+
+task = panda_lab.connect().analyze(pt_and_count, "dimuon-views", events_per_job=250,
+                                   name="live-histogram", retries=0)
+monitor = task.monitor()
+monitor
+"""
+
+CURRENT_SVG = """async () => {
+    const img = document.querySelector('.panda-task-monitor img');
+    return img && img.src ? (await fetch(img.src)).text() : '';
+}"""
+
+
+def svg_texts(svg: str) -> list[str]:
+    """The text of an SVG's ``<text>`` elements (tick labels, axis titles, marks)."""
+    return [re.sub(r"<[^>]+>", "", t).strip()
+            for t in re.findall(r"<text[^>]*>(.*?)</text>", svg, re.S)]
+
+
+def error_bars(svg: str) -> int:
+    """How many error bars an SVG draws: the segments of matplotlib's error-bar
+    collection (mplhep's ``histtype="errorbar"``)."""
+    group = re.search(r'<g id="LineCollection_\d+">(.*?)</g>', svg, re.S)
+    return group.group(1).count("<path") if group else 0
+
+
+def test_the_live_histogram_as_a_physicist_reads_it(lab_page, artifacts):
+    """In a notebook beside the panel (the default sidebar width): the merged histogram
+    fills in marked "partial: N of M events", ends unmarked, with error bars and the
+    axis titles a physicist writes; the log toggle and the histogram choice redraw it."""
+    page = lab_page["page"]
+    # the notebook as a tab beside the task view, the whole main area theirs
+    page.evaluate("""() => { for (const w of [...window.jupyterapp.shell.widgets('main')])
+        if (w.node.querySelector('.jp-Launcher')) w.close(); }""")
+    lab_page["kernel"].result()  # its kernel started while the panel was tested
+    page.evaluate(f"window.jupyterapp.commands.execute('docmanager:open', {{path: "
+                  f"'{LIVE_NOTEBOOK}', options: {{mode: 'tab-after', ref: 'panda-lab-task'}}}})")
+    wait_for_kernel(page)
+    lab_page["notebook"] = page.evaluate("window.jupyterapp.shell.currentWidget.id")
+    page.evaluate(WATCH_SVGS)
+    run_cell(page, LIVE_HISTOGRAM_CELL)
+    monitor = page.locator(".panda-task-monitor")
+    try:
+        monitor.locator(".panda-counts:has-text('2,000 / 2,000 events (100%)')").wait_for(
+            timeout=60_000)
+    except Exception:
+        page.screenshot(path=str(artifacts / "histogram-not-filled.png"))
+        raise AssertionError(page.locator(".jp-OutputArea").first.inner_text()) from None
+    page.wait_for_function("() => window.__svgs.length >= 2", timeout=10_000)
+    final = page.evaluate(CURRENT_SVG)
+    shown = [t for _, t in sorted(page.evaluate("window.__svgs"))]
+    marks = [m for svg in shown for m in re.findall(r"partial: ([\d,]+) of 2,000 events", svg)]
+    assert marks and all(0 < int(m.replace(",", "")) < 2000 for m in marks), marks
+    # final: every event in, no mark at all; error bars on the filled bins; the x title
+    # with its unit, the y title with the bin width and that unit
+    texts = svg_texts(final)
+    assert not [t for t in texts if "partial" in t or "final:" in t], texts
+    assert "p_T [GeV]" in texts and "Events / 2 GeV" in texts and "muon_pt" in texts
+    assert error_bars(final) >= 10, error_bars(final)
+    assert 'style="fill: none; opacity: 0"' in final  # transparent: the theme shows through
+    assert "<tspan" not in final  # linear y: plain tick labels
+    monitor.locator("img").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "histogram-light.png"))
+
+    # the log toggle: the y axis in powers of ten (10 with a raised exponent)
+    monitor.locator(".widget-toggle-button:has-text('log y')").click()
+    wait_for(lambda: "<tspan" in page.evaluate(CURRENT_SVG), 10, interval=0.2,
+             what="the histogram redrawn on a log scale")
+    assert kernel_print(page, "monitor.log_scale.value") == "True"
+    # the other histogram, chosen in the page: its own titles, still on a log scale
+    monitor.locator(".widget-dropdown select").select_option("n_muons")
+    wait_for(lambda: "muons per event" in page.evaluate(CURRENT_SVG), 10, interval=0.2,
+             what="the other histogram drawn")
+    other = page.evaluate(CURRENT_SVG)
+    texts = svg_texts(other)
+    assert "Events / 1" in texts and "n_muons" in texts and "<tspan" in other, texts
+    assert error_bars(other) >= 3
+    monitor.screenshot(path=str(artifacts / "histogram-monitor-light.png"))
+
+
 def test_the_dark_theme_keeps_every_tone_readable(lab_page, artifacts):
     page, task = lab_page["page"], lab_page["task"]
     page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', "
@@ -241,3 +377,25 @@ def test_the_dark_theme_keeps_every_tone_readable(lab_page, artifacts):
                      ".panda-state-failed"):
         assert contrast(page, selector) > 3, selector
     page.screenshot(path=str(artifacts / "panel-dark-theme.png"))
+
+
+def test_the_live_histogram_reads_in_the_dark_theme(lab_page, artifacts):
+    """The same monitor once the theme is dark: the picture's grey ink against the
+    notebook's dark background stays readable (WCAG contrast above 3)."""
+    page = lab_page["page"]
+    assert page.evaluate("document.body.dataset.jpThemeLight") == "false"
+    page.evaluate(f"window.jupyterapp.shell.activateById('{lab_page['notebook']}')")
+    monitor = page.locator(".panda-task-monitor")
+    monitor.locator("img").wait_for()
+    bg = page.evaluate("getComputedStyle(document.body).getPropertyValue("
+                       "'--jp-layout-color0').trim()")
+    rgb = page.evaluate("""c => { const d = document.createElement('div');
+        d.style.color = c; document.body.appendChild(d);
+        const v = getComputedStyle(d).color; d.remove(); return v; }""", bg)
+    ink = luminance("rgb(140, 140, 140)")  # histplot.INK, #8c8c8c
+    assert luminance(rgb) < 0.1, rgb
+    assert (ink + 0.05) / (luminance(rgb) + 0.05) > 3
+    assert "#8c8c8c" in page.evaluate(CURRENT_SVG)
+    monitor.locator("img").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "histogram-dark.png"))
+    monitor.screenshot(path=str(artifacts / "histogram-monitor-dark.png"))

@@ -137,6 +137,10 @@ def test_every_view_renders_from_the_real_server(chromium, filled, artifacts):
     assert "ValueError: odd input" in page.locator("pre.traceback").inner_text()
     assert '"picked"' in page.locator("pre.broker").inner_text()
     assert page.locator("b.where").inner_text().startswith("LOCAL-")
+    # what its payload used, and its pilot's memory and CPU: measured, not 0
+    used = page.locator("p.usage").inner_text()
+    assert used.startswith("used: peak memory ") and " MB, CPU " in used, used
+    assert f"pilot {job['pilot_id']} with its workers: " in used and "not" not in used, used
     page.screenshot(path=str(artifacts / "monitor-job.png"), full_page=True)
 
     # a retried job: both attempts listed

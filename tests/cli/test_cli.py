@@ -227,6 +227,12 @@ def test_the_task_list_job_and_outcome_verbs(server, lab, capsys):
     for part in ("brokerage:", "  sent to LOCAL-", "weight ", "history:", "  failed",
                  "error [user]:", "ZeroDivisionError", "traceback:", "Traceback"):
         assert part in out, part
+    # what the payload used, measured, and its pilot's usage: not 0, not "not measured"
+    assert "used: peak memory " in out and " MB, CPU " in out and "not measured" not in out
+    assert f"pilot {job['pilot_id']} (running) with its workers: " in out
+    assert job["memory_mb"] == 0 and 5 < job["peak_rss_mb"] < 2000 and job["cpu_s"] >= 0
+    (pilot,) = lab.api.get("/api/pilots", ids=str(job["pilot_id"]))
+    assert pilot["rss_mb"] > job["peak_rss_mb"] / 2 and pilot["cpu_s"] > 0
     code, out, _ = run_main(capsys, *home, "job", job["id"], "--json")
     assert json.loads(out)["history"][-1]["state"] == "failed"
     code, out, _ = run_main(capsys, *home, "output", job["id"], "--json")

@@ -65,6 +65,10 @@ def test_the_monitor_shows_counts_sites_and_grouped_errors(nlab):
     assert f"<b>job 11</b> (attempt 1) at <b>{last['site']}</b>" in m.brokerage.decision.value
     assert m.brokerage.decision.value.count("<tr") == 1 + len(
         last["broker_info"]["candidates"])
+    # each pilot's row: its memory and CPU, reported by the pilot and measured on its jobs
+    assert "class='panda-stream-usage'" in m.stream.value
+    assert ": now " in m.stream.value and "jobs here: peak " in m.stream.value
+    assert "pilot usage unknown" not in m.stream.value
 
 
 def test_the_monitor_updates_in_place_until_the_task_ends(nlab):

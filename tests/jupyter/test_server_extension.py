@@ -90,11 +90,17 @@ def test_the_panel_api_answers_from_the_panda_server(setup):
         assert all(a["pilot_id"] and a["started_at"] <= a["ended_at"]
                    for a in detail["attempts"])
         assert {j["attempts"] for j in detail["jobs"]} == {1}
+        # what each attempt's payload used, and each pilot's memory and CPU in words
+        assert all(a["peak_rss_mb"] > 5 and a["cpu_s"] is not None
+                   for a in detail["attempts"])
+        assert {p["id"] for p in detail["pilots"]} == {a["pilot_id"] for a in detail["attempts"]}
+        assert all(p["rss_mb"] and "jobs here: peak " in p["usage"] for p in detail["pilots"])
         (group,) = detail["errors"]
         assert group["count"] == 1 and "two is bad" in group["message"]
         job = c.get(f"/jobs/{group['example_job']}").json()
         assert job["state"] == "failed" and "two is bad" in job["error_traceback"]
         assert job["broker_info"]["picked"] == job["site"]
+        assert job["usage"].startswith("peak memory ") and ", CPU " in job["usage"]
         # the model's sentence for the decision, where it words one
         from panda_lab.jupyter.server_extension import explain_brokerage
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from panda_lab.widgets.monitor import COLOURS
-from panda_lab.widgets.stream import layout, svg
+from panda_lab.widgets.stream import layout, row_usage, svg
 
 
 def attempt(i, state, site, pilot, start, end, attempt=1, error=None):
@@ -54,3 +54,30 @@ def test_the_svg_colours_bars_by_state_and_marks_failures():
     assert "2 attempts not started on a pilot" in out
     assert svg(layout([ATTEMPTS[5]], now=1.0), COLOURS).endswith(
         "no job has started on a pilot yet</i>")
+
+
+def test_each_pilots_row_says_its_memory_and_cpu_from_the_pilot_and_its_jobs():
+    """Kind: resource numbers that read 0 or the pilot's own instead of the payload's.
+    A row gives its pilot's usage (the pilot's report) and its jobs' own peaks (the
+    payload's measurement), apart; a pilot or a job not measured says so, not 0."""
+    measured = [dict(ATTEMPTS[0], peak_rss_mb=231.4, cpu_s=3.9),
+                dict(ATTEMPTS[1], peak_rss_mb=80.0, cpu_s=0.4), ATTEMPTS[2], ATTEMPTS[3]]
+    pilots = {7: {"id": 7, "rss_mb": 412.0, "cpu_s": 12.3, "cpu_pct": 97.4},
+              3: {"id": 3, "state": "finished", "rss_mb": None, "cpu_s": None, "cpu_pct": None}}
+    s = layout(measured, now=106.0, pilots=pilots)
+    by_row = dict(zip(s.rows, s.usage, strict=True))
+    assert by_row["LOCAL-HPC · pilot 7"] == \
+        "now 412 MB, CPU 97 %, 12 s CPU in all; jobs here: peak 231 MB, 3.9 s CPU"
+    assert by_row["LOCAL-GRID · pilot 3"] == \
+        "pilot usage not reported yet; jobs here: peak 80 MB, 0.4 s CPU"
+    assert by_row["LOCAL-GRID · pilot 12"] == \
+        "pilot usage unknown; jobs here: not measured yet"
+    bars = {b.job: b for b in s.bars}
+    assert "peak memory 231 MB, CPU 3.90 s (98 % of its 4.00 s run)" in bars[1].title
+    assert "memory and CPU not measured" in bars[4].title and "memory" not in bars[3].title
+    out = svg(s, COLOURS)
+    assert "class='panda-stream-usage'" in out
+    assert "<b>LOCAL-HPC · pilot 7</b>: now 412 MB, CPU 97 %" in out
+    assert "<title>LOCAL-HPC · pilot 7: now 412 MB" in out
+    gone = {"state": "finished", "rss_mb": 50.0, "cpu_s": 2.0, "cpu_pct": None}
+    assert row_usage(gone, []) == "last 50 MB, 2.00 s CPU in all; jobs here: not measured yet"

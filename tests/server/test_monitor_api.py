@@ -33,13 +33,13 @@ def run(store, site: str, outcomes: list[str]) -> None:
                                      "state": "running", "started_at": time.time() - 2}])
         u = {"id": job["id"], "attempt": job["attempt"], "state": outcome,
              "stdout": f"out of job {job['index']}\n"}
-        if outcome == "finished":
-            u["result"] = b"r"
+        if outcome == "finished":  # measured by the pilot (a lost node measures nothing)
+            u.update(result=b"r", peak_rss_mb=150.0, cpu_s=1.5)
         else:
             u["error"] = {"category": "system", "message": "worker node lost",
                           "traceback": "Traceback: node lost"}
         updates.append(u)
-    store.apply_updates(pilot, updates)
+    store.apply_updates(pilot, updates, usage={"rss_mb": 300.0, "cpu_s": 4.0, "cpu_pct": 50.0})
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -145,6 +145,11 @@ def test_job_view_has_attempts_pilot_and_output(client):
     assert job["pilot"]["host"] == "host-" + GRID and job["task"]["name"] == "alpha_1"
     assert [h["state"] for h in job["history"]][-1] == "failed"
     assert job["broker_info"]["picked"] == GRID
+    # what it used, in words: a lost node measured nothing, which is not 0 MB
+    assert job["usage"] == "memory and CPU not measured" and job["peak_rss_mb"] is None
+    assert job["pilot"]["usage"] == "300 MB, CPU 50 %, 4.00 s CPU in all"
+    retried = get(client, f"jobs/{job['attempt_rows'][1]['id']}")
+    assert retried["usage"].startswith("peak memory 150 MB, CPU 1.50 s (")
     assert client.get("/monitor/api/jobs/999999").status_code == 404
 
 

@@ -306,6 +306,8 @@ function jobView(id) {
         <p>${state(j.state)} at <b class="where">${esc(j.site) || "no site yet"}</b>${p ?
           `, pilot ${p.id} on ${esc(p.host)} (pid ${p.pid}, ${esc(p.state)}, heard from ${
             fmtDur(p.heartbeat_age)} ago)` : ""}</p>
+        <p class="usage">used: ${esc(j.usage)}${p ? `; pilot ${p.id} with its workers: ${
+          esc(p.usage)}` : ""}</p>
         <h3>Attempts</h3><table class="rows attempts"><tr><th>attempt</th><th>state</th>
           <th>site</th><th>started</th><th>ended</th><th>error</th></tr>${attempts}</table>
         <h3>Status history</h3><table class="rows history">${hist}</table>

@@ -55,6 +55,8 @@ UPDATE = (
         error_pickle=bindparam("b_exc"),
         stdout_tail=func.coalesce(bindparam("b_out"), jobs.c.stdout_tail),
         stderr_tail=func.coalesce(bindparam("b_err"), jobs.c.stderr_tail),
+        peak_rss_mb=func.coalesce(bindparam("b_rss"), jobs.c.peak_rss_mb),
+        cpu_s=func.coalesce(bindparam("b_cpu"), jobs.c.cpu_s),
     )
 )
 
@@ -215,7 +217,8 @@ def fail(conn: Connection, rows: list[Row], category: str, message: str, t: floa
     conn.execute(UPDATE, [{
         "b_id": r.id, "b_old": r.state, "b_state": str(J.FAILED), "b_time": t,
         "b_started": None, "b_ended": t, "b_cat": category, "b_msg": message,
-        "b_tb": None, "b_exc": None, "b_out": None, "b_err": None} for r in rows])
+        "b_tb": None, "b_exc": None, "b_out": None, "b_err": None,
+        "b_rss": None, "b_cpu": None} for r in rows])
     history(conn, [(r.id, (J.FAILED,), t, message) for r in rows])
     for r in rows:
         changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, r.site,

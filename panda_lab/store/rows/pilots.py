@@ -47,9 +47,17 @@ def state(conn: Connection, pilot_id: int) -> str:
     return st
 
 
-def touch(conn: Connection, pilot_id: int, t: float) -> None:
-    """The pilot lives at ``t``."""
-    conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(heartbeat_at=t))
+#: What a pilot reports of its usage (panda_lab/pilot/usage.py), as its columns.
+USAGE = ("rss_mb", "cpu_s", "cpu_pct")
+
+
+def touch(conn: Connection, pilot_id: int, t: float, usage: dict | None = None) -> None:
+    """The pilot lives at ``t``, using ``usage`` (``{"rss_mb", "cpu_s", "cpu_pct"}``,
+    any may be missing: ``cpu_pct`` then reads NULL) when given."""
+    values: dict = {"heartbeat_at": t}
+    if usage:
+        values.update({k: usage.get(k) for k in USAGE})
+    conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(**values))
 
 
 def count_done(conn: Connection, pilot_id: int, n: int) -> None:
@@ -84,9 +92,13 @@ def refresh_running(conn: Connection, t: float) -> None:
     conn.execute(update(pilots).where(pilots.c.state == RUNNING).values(heartbeat_at=t))
 
 
-def list_dicts(conn: Connection, site: str | None, state_: str | None) -> list[dict]:
-    """Pilots (of ``site``, in ``state_``) by id, as :func:`pilot_dict` makes them."""
+def list_dicts(conn: Connection, site: str | None, state_: str | None,
+               ids: list[int] | None = None) -> list[dict]:
+    """Pilots (of ``site``, in ``state_``, among ``ids``) by id, as :func:`pilot_dict`
+    makes them."""
     q = select(pilots).order_by(pilots.c.id)
+    if ids is not None:
+        q = q.where(pilots.c.id.in_(ids))
     if site:
         q = q.where(pilots.c.site == site)
     if state_:
