@@ -149,21 +149,18 @@ async def scrape_auth(request: Request,
     return await _identity(request, creds, ("scrape", "admin", "read-only"), "metrics")
 
 
-async def all_seeing_auth(request: Request,
-                          creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
-                          ) -> Identity:
-    """Routes that show everyone's work unfiltered (the web monitor's, ``/monitor``): the
-    client API's rule, and only for identities that see all (admins, read-only monitors);
-    a user gets 403 until those views filter by owner."""
-    who = await client_auth(request, creds)
-    if not who.sees_all:
-        raise HTTPException(403, "this view shows everyone's work: it needs an admin's or "
-                                 "a read-only token")
-    return who
+async def monitor_auth(request: Request,
+                       creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                       ) -> Identity:
+    """The web monitor's rule (``/monitor``): the client API's; its views then filter by
+    the identity as the API does (a user's own work only, 404 for another's)."""
+    return await client_auth(request, creds)
 
 
 #: A handler's parameter for the client identity: ``who: Who``.
 Who = Annotated[Identity, Depends(client_auth)]
+#: A monitor view's parameter: ``who: MonitorWho``.
+MonitorWho = Annotated[Identity, Depends(monitor_auth)]
 #: A pilot handler's parameter: ``who: PilotWho``.
 PilotWho = Annotated[Identity, Depends(pilot_auth)]
 

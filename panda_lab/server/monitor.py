@@ -29,7 +29,13 @@ from fastapi.responses import HTMLResponse, Response
 
 from panda_lab.model import ErrorCategory, JobState, TaskState
 from panda_lab.server.app import Server
-from panda_lab.server.auth import Identity, _bearer, all_seeing_auth, task_of
+from panda_lab.server.auth import (
+    MonitorWho,
+    _bearer,
+    job_of,
+    monitor_auth,
+    task_of,
+)
 from panda_lab.server.schemas import NO_NUL, IdPath, TaskRef
 from panda_lab.store.rows.monitor import JOB_SORTS, TASK_SORTS, Filter, Page
 
@@ -104,19 +110,20 @@ api = APIRouter()
 
 
 @api.get("/tasks")
-async def tasks_view(request: Request, c: Annotated[Common, Depends()]) -> dict:
-    """Tasks: state, progress, owner, sites, age, duration, failures (``monitor_tasks``)."""
+async def tasks_view(request: Request, c: Annotated[Common, Depends()],
+                     who: MonitorWho) -> dict:
+    """Tasks: state, progress, owner, sites, age, duration, failures (``monitor_tasks``);
+    a user's own only (``Identity.owner``)."""
     s = _server(request)
-    f = Filter(owner=c.owner, state=_states(c.state, TaskState), site=c.site, name=c.name,
-               since=c.since)
+    f = Filter(owner=who.owner(c.owner), state=_states(c.state, TaskState), site=c.site,
+               name=c.name, since=c.since)
     return await s.db(s.store.monitor_tasks, f,
                       _page(c.sort, c.page, c.per_page, TASK_SORTS, "-id"))
 
 
 @api.get("/tasks/{task}")
-async def task_view(request: Request, task: TaskRef,
-                    who: Annotated[Identity, Depends(all_seeing_auth)]) -> dict:
-    """One task (``monitor_task``), by id or name."""
+async def task_view(request: Request, task: TaskRef, who: MonitorWho) -> dict:
+    """One task (``monitor_task``), by id or name; another user's is a 404."""
     s = _server(request)
     return await s.db(s.store.monitor_task, await task_of(s, who, task))
 
@@ -125,10 +132,11 @@ async def task_view(request: Request, task: TaskRef,
 async def jobs_view(request: Request, c: Annotated[Common, Depends()],
                     task: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
                     category: ErrorCategory | None = None,
-                    attempt: Annotated[int | None, Query(ge=1, le=1000)] = None) -> dict:
-    """Job attempts with facets (``monitor_jobs``)."""
+                    attempt: Annotated[int | None, Query(ge=1, le=1000)] = None,
+                    *, who: MonitorWho) -> dict:
+    """Job attempts with facets (``monitor_jobs``); a user's own only."""
     s = _server(request)
-    f = Filter(owner=c.owner, state=_states(c.state, JobState), site=c.site, name=c.name,
+    f = Filter(owner=who.owner(c.owner), state=_states(c.state, JobState), site=c.site, name=c.name,
                since=c.since, task=task, error_category=category and str(category),
                attempt=attempt)
     return await s.db(s.store.monitor_jobs, f,
@@ -136,28 +144,30 @@ async def jobs_view(request: Request, c: Annotated[Common, Depends()],
 
 
 @api.get("/jobs/{job_id}")
-async def job_view(request: Request, job_id: IdPath) -> dict:
-    """One attempt (``monitor_job``)."""
+async def job_view(request: Request, job_id: IdPath, who: MonitorWho) -> dict:
+    """One attempt (``monitor_job``); another user's is a 404."""
     s = _server(request)
+    await job_of(s, who, job_id)
     return await s.db(s.store.monitor_job, job_id)
 
 
 @api.get("/errors")
 async def errors_view(request: Request, c: Annotated[Common, Depends()],
                       task: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-                      category: ErrorCategory | None = None) -> dict:
+                      category: ErrorCategory | None = None, *, who: MonitorWho) -> dict:
     """Failed attempts grouped by category and message, site, task and time
-    (``monitor_errors``); the window defaults to the last day."""
+    (``monitor_errors``), a user's own only; the window defaults to the last day."""
     s = _server(request)
     since = c.since if c.since is not None else time.time() - 86400
-    f = Filter(owner=c.owner, site=c.site, name=c.name, since=since, task=task,
+    f = Filter(owner=who.owner(c.owner), site=c.site, name=c.name, since=since, task=task,
                error_category=category and str(category))
     return await s.db(s.store.monitor_errors, f)
 
 
 @api.get("/sites")
 async def sites_view(request: Request, days: Window = None, hours: Window = None) -> dict:
-    """Sites, their pilots and failure rate over the window (default: the last hour)."""
+    """Sites, their pilots and failure rate over the window (default: the last hour).
+    Sites are no one's: every user sees them, as ``/api/sites`` (counts, no task named)."""
     s = _server(request)
     since = _since(days, hours)
     return await s.db(s.store.monitor_sites, since if since is not None else time.time() - 3600)
@@ -181,10 +191,10 @@ def _wants_html(request: Request) -> bool:
 
 
 async def page_auth(request: Request, creds=Depends(_bearer)) -> None:
-    """The monitor's rule (``all_seeing_auth``: it shows everyone's work); a refused page
-    asked for as HTML gets the shell."""
+    """The monitor's rule (``monitor_auth``); a refused page asked for as HTML gets the
+    shell."""
     try:
-        await all_seeing_auth(request, creds)
+        await monitor_auth(request, creds)
     except HTTPException as exc:
         if _wants_html(request):
             raise LoginRequired(exc) from None
@@ -239,8 +249,8 @@ async def asset(name: AssetName) -> Response:
 
 def install(app: FastAPI) -> None:
     """Add the monitor's routes to ``app``: JSON under ``/monitor/api`` and pages under
-    ``/monitor``, all behind ``all_seeing_auth`` (admins and read-only monitors)."""
-    app.include_router(api, prefix="/monitor/api", dependencies=[Depends(all_seeing_auth)])
+    ``/monitor``, all behind ``monitor_auth``; each view filters by who asks."""
+    app.include_router(api, prefix="/monitor/api", dependencies=[Depends(monitor_auth)])
     app.include_router(pages, prefix="/monitor", dependencies=[Depends(page_auth)])
 
     @app.exception_handler(LoginRequired)
