@@ -313,3 +313,19 @@ users = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
 )
+
+# ---- share links: read-only, expiring links to one task's monitor page --------------------
+
+# One row per link made by ``panda-lab share``: the hash of its token (never the token),
+# the one task it opens, who made it, when it expires and, once revoked, when.
+shares = Table(
+    "shares",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("task_id", Integer, nullable=False, index=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)

@@ -45,6 +45,8 @@ CLIENT = {
     ("GET", "/api/jobs/{job_id}/output"): "job", ("GET", "/api/events"): "events",
     ("POST", "/api/datasets"): "new", ("GET", "/api/datasets"): "list",
     ("GET", "/api/datasets/{name}"): "dataset", ("POST", "/api/analyses"): "dataset",
+    ("POST", "/api/tasks/{task}/shares"): "task", ("GET", "/api/tasks/{task}/shares"): "task",
+    ("POST", "/api/tasks/{task}/shares/revoke"): "task",
 }
 PILOT = {"/api/pilot/register", "/api/pilot/acquire", "/api/pilot/update",
          "/api/pilot/heartbeat", "/api/pilot/end", "/api/pilot/results/{task_id}/{job_id}",
@@ -193,6 +195,34 @@ def test_the_monitor_shows_the_seers_everyones_work_filterable(world):
         for who in ("alice", "bob"):
             assert _monitor(client, h, f"tasks/{owned[who]['task']}")["owner"] == who
             assert _monitor(client, h, f"jobs/{owned[who]['job']}")["task"]["owner"] == who
+
+
+def test_a_share_link_opens_its_task_page_and_no_other_route(world):
+    """Walks every route with a share link's token (``panda-lab share``): only its task's
+    page, that page's JSON and the assets answer; the other task is a 404; every other
+    route, of every router, a 403.  The real-process test is test_share.py."""
+    client, as_, owned, _ = world
+    r = client.post(f"/api/tasks/{owned['alice']['task']}/shares", headers=as_("alice"),
+                    json={"expires_s": 60})
+    assert r.status_code == 201, r.text
+    link = {"Authorization": f"Bearer {r.json()['token']}"}
+    opened = {"/monitor/tasks/{task}", "/monitor/api/tasks/{task}", "/monitor/static/{name}"}
+    checked = 0
+    for method, _, template in _routes(client.app):
+        for target in ("alice", "bob") if "{task" in template else ("alice",):
+            path, params, body = _request(method, template.replace("{name}", "monitor.js")
+                                          if template.startswith(MONITOR) else template,
+                                          target, owned)
+            r = client.request(method, path, params=params, json=body, headers=link)
+            if template in opened and template != "/monitor/static/{name}" \
+                    and target == "bob":
+                assert r.status_code == 404 and "no task" in r.text, (template, r.text)
+            elif template in opened:
+                assert r.status_code == 200, (method, template, r.status_code, r.text)
+            else:
+                assert r.status_code == 403, (method, template, target, r.status_code)
+            checked += 1
+    assert checked >= 70
 
 
 def test_owner_is_the_identity_not_what_the_client_says(world):

@@ -7,7 +7,7 @@
 // refresh at a time.  A page left open for a day holds what one render holds.
 
 const REFRESH_MS = {task: 150, job: 150, list: 1000};   // the most often a view refetches
-let ctx = null;              // {token, base, logout}
+let ctx = null;              // {token, base, share, logout}
 let stream = null;           // AbortController of the open event stream
 let timer = null;            // the pending refresh
 let current = null;          // {kind, load, render, tasks}
@@ -31,8 +31,8 @@ async function api(path, params) {
   const qs = params && params.toString() ? `?${params}` : "";
   const r = await fetch(`${ctx.base}api/${path}${qs}`,
                         {headers: {Authorization: `Bearer ${ctx.token}`}});
-  if (r.status === 401) { ctx.logout(); throw new Error("logged out"); }
   const body = await r.json();
+  if (r.status === 401) { ctx.logout(body.detail); throw new Error("logged out"); }
   if (!r.ok) {
     const d = body.detail;
     const text = Array.isArray(d) ? d.map(e => `${e.loc.at(-1)}: ${e.msg}`).join("; ") : d;
@@ -42,7 +42,8 @@ async function api(path, params) {
 }
 
 // ---- navigation ----------------------------------------------------------------------
-const link = (path, text, params) =>
+// A share link opens its task's page only: there, links to other views are plain text.
+const link = (path, text, params) => ctx.share ? `<span>${esc(text)}</span>` :
   `<a href="${esc(ctx.base + path + (params ? `?${params}` : ""))}" data-nav>${esc(text)}</a>`;
 
 function withParam(name, value) {
@@ -98,7 +99,18 @@ async function refresh(gen) {
 }
 
 // ---- live: the event stream -----------------------------------------------------------
+const SHARE_POLL_MS = 5000;  // a share link has no event stream: its page is polled
+
 function listen(tasks) {
+  if (ctx.share) {
+    if (stream) return;
+    const id = setInterval(schedule, SHARE_POLL_MS);
+    stream = {key: "poll", abort() { clearInterval(id); }};
+    const indicator = document.getElementById("live");
+    indicator.className = "live on";
+    indicator.textContent = `shared, read-only: refreshed every ${SHARE_POLL_MS / 1000} s`;
+    return;
+  }
   const key = tasks === undefined ? "all" : String(tasks);
   if (stream && stream.key === key) return;
   if (stream) stream.abort();
@@ -381,7 +393,7 @@ function withoutSite(params) {
 export function start(root, options) {
   ctx = options;
   root.innerHTML = `<header><nav class="top"><b>panda-lab</b>
-      ${["tasks", "jobs", "errors", "sites"].map(v =>
+      ${(ctx.share ? [] : ["tasks", "jobs", "errors", "sites"]).map(v =>
         `<a href="${esc(ctx.base + v)}" data-nav data-view="${v}">${v}</a>`).join("")}
       <span id="live" class="live off">connecting</span>
       <button id="logout" type="button">log out</button></nav></header>
