@@ -231,3 +231,34 @@ def test_the_monitor_refuses_without_the_user_token(chromium, filled):
     page.locator("#login-error:has-text('wrong token')").wait_for()
     assert page.evaluate("sessionStorage.getItem('panda-lab-token')") is None
     page.close()
+
+
+def test_a_share_link_opens_its_task_page_read_only(chromium, filled, artifacts):
+    """``panda-lab share``'s link in a fresh browser (no token): the task's page, the
+    token taken out of the address bar, no way to the other views; an expired link says
+    so on the login form."""
+    lab, ids = filled["lab"], filled["ids"]
+    link = lab.share(ids["ok"], expires_s=600)
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(link["url"])
+    page.locator("#task-done").wait_for()
+    assert page.locator("#task-done").get_attribute("data-done") == "3"
+    assert "squares-ok" in page.locator("#view h2").inner_text()
+    assert "#share" not in page.url and link["token"] not in page.url
+    assert page.locator("nav.top a").count() == 0          # no other view to go to
+    assert page.locator("#view a[data-nav]").count() == 0
+    assert "read-only" in page.locator("#live").inner_text()
+    page.screenshot(path=str(artifacts / "monitor-shared-task.png"), full_page=True)
+    context.close()
+
+    short = lab.share(ids["broken"], expires_s=0.5)
+    time.sleep(max(0.0, short["expires_at"] - time.time()) + 0.1)
+    context = chromium.new_context()
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(short["url"])
+    page.locator("#login-error:has-text('expired')").wait_for()
+    assert "odd-broken" not in page.content()
+    context.close()
