@@ -36,6 +36,7 @@ from panda_lab.server.auth import (
     monitor_auth,
     task_of,
 )
+from panda_lab.server.monitor_plots import MergedPlots
 from panda_lab.server.schemas import NO_NUL, IdPath, TaskRef
 from panda_lab.store.rows.monitor import JOB_SORTS, TASK_SORTS, Filter, Page
 
@@ -123,9 +124,13 @@ async def tasks_view(request: Request, c: Annotated[Common, Depends()],
 
 @api.get("/tasks/{task}")
 async def task_view(request: Request, task: TaskRef, who: MonitorWho) -> dict:
-    """One task (``monitor_task``), by id or name; another user's is a 404."""
+    """One task (``monitor_task``), by id or name, with its merged histograms drawn
+    (``"histograms"``, :class:`~panda_lab.server.monitor_plots.MergedPlots`); another
+    user's is a 404."""
     s = _server(request)
-    return await s.db(s.store.monitor_task, await task_of(s, who, task))
+    record = await s.db(s.store.monitor_task, await task_of(s, who, task))
+    record["histograms"] = await request.app.state.monitor_plots.of(s, record)
+    return record
 
 
 @api.get("/jobs")
@@ -250,6 +255,7 @@ async def asset(name: AssetName) -> Response:
 def install(app: FastAPI) -> None:
     """Add the monitor's routes to ``app``: JSON under ``/monitor/api`` and pages under
     ``/monitor``, all behind ``monitor_auth``; each view filters by who asks."""
+    app.state.monitor_plots = MergedPlots()
     app.include_router(api, prefix="/monitor/api", dependencies=[Depends(monitor_auth)])
     app.include_router(pages, prefix="/monitor", dependencies=[Depends(page_auth)])
 

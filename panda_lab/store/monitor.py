@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from panda_lab.model import JobState, PilotState
 from panda_lab.store.base import loads
 from panda_lab.store.reads import Reads
+from panda_lab.store.rows import links as link_rows
 from panda_lab.store.rows import monitor as rows
 from panda_lab.store.rows import sites as site_rows
 from panda_lab.store.rows.monitor import Filter, Page
@@ -62,8 +63,12 @@ class MonitorReads(Reads):
         events per second, :func:`~panda_lab.store.rows.monitor.task_distributions`),
         ``"progress"`` (finished jobs over time), ``"brokerage"`` (over the newest
         :data:`BROKERAGE_SAMPLE` attempts: ``{"sampled", "picked": {site: n},
-        "rejected": {reason: n}}``) and ``"summary"`` when the task record has one.
-        Raises ``TaskNotFound``."""
+        "rejected": {reason: n}}``), ``"scouting"`` (``{"scouts": [the scout jobs'
+        measures, :func:`~panda_lab.store.rows.monitor.scouts`], "sizing": what sizing
+        chose from them, ``Scouting.as_dict()``, or None before}``), ``"links"``
+        (``{site: [link rows, as GET /api/links shows them]}`` for each site the task's
+        jobs went to) and ``"summary"`` when the task record has one.  Raises
+        ``TaskNotFound``."""
         task = self.get_task(task_id)
         with self.tx() as conn:
             task["distributions"] = rows.task_distributions(conn, task_id)
@@ -82,6 +87,13 @@ class MonitorReads(Reads):
                     rejected[f"{site}: {reason}"] += 1
             task["brokerage"] = {"sampled": sampled, "picked": dict(picked),
                                  "rejected": dict(rejected.most_common(20))}
+            task["scouting"] = {"scouts": rows.scouts(conn, task_id),
+                                "sizing": task["options"].get("scouting")}
+            ran = set(task["jobs_by_site"])
+            task["links"] = {site: [] for site in sorted(ran)}
+            for link in link_rows.listing(conn, time.time(), self.link_window):
+                if link["site"] in ran:
+                    task["links"][link["site"]].append(link)
         summary = task.get("summary") or task["options"].get("summary")
         if summary is not None:
             task["summary"] = summary

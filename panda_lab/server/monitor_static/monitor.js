@@ -243,6 +243,47 @@ function tasksView(params) {
     </tbody></table>${pager(d)}`};
 }
 
+const num = (x, digits = 1) => x === null || x === undefined ? "–" : Number(x).toFixed(digits);
+
+// JEDI's scouting: what the first jobs measured, and the job size it gave the rest.
+function scoutingSection(sc) {
+  if (!sc.scouts.length && !sc.sizing) return "";
+  const rows = sc.scouts.map(s => `<tr data-scout="${s.job_index}"><td>${s.job_index}</td>
+    <td>${state(s.state)}</td><td>${esc(s.site)}</td><td>${s.events}</td>
+    <td>${fmtDur(s.wall_s)}</td><td>${num(s.events_per_s)}</td></tr>`).join("");
+  const z = sc.sizing;
+  const rates = z ? Object.entries(z.per_site).map(([site, r]) =>
+    `${esc(site)}: ${num(r)} events/s`).join(", ") : "";
+  const sizing = z ? `<p class="sizing" data-events-per-job="${z.events_per_job}">
+      The rest: <b>${z.events_per_job} events per job</b> (${esc(z.note)}).
+      Median rate per site: ${rates || "–"}${z.rss_mb ? `; most memory ${num(z.rss_mb, 0)} MB`
+      : ""}.</p>` : `<p class="none">the scouts have not all ended: the rest is not sized yet</p>`;
+  return `<h3>Scouting</h3><table class="rows scouts"><tr><th>scout job</th><th>state</th>
+    <th>site</th><th>events</th><th>wall time</th><th>events/s (wall)</th></tr>${rows}</table>
+    ${sizing}`;
+}
+
+// The network links each of the task's sites reads storage over (learned or declared).
+function linksSection(links) {
+  const rows = Object.entries(links).flatMap(([site, ls]) => ls.map(l =>
+    `<tr data-site="${esc(site)}" data-endpoint="${esc(l.endpoint)}"><td>${esc(site)}</td>
+     <td>${esc(l.endpoint)}</td><td>${num(l.mbps)}</td><td>${num(l.latency_ms)}</td>
+     <td>${esc(l.source)}</td><td>${l.observations}</td><td>${fmtDur(l.age_s)}</td></tr>`));
+  if (!rows.length) return "";
+  return `<h3>Network links of its sites</h3><table class="rows links"><tr><th>site</th>
+    <th>endpoint</th><th>MB/s</th><th>latency ms</th><th>source</th><th>observations</th>
+    <th>age</th></tr>${rows.join("")}</table>`;
+}
+
+// The merged histograms, drawn by the server (SVG as images: no script runs from them).
+function mergedSection(hs) {
+  if (!hs || !hs.length) return "";
+  return `<h3>Merged result</h3><div class="merged">${hs.map(h => `<figure data-hist="${
+    esc(h.name)}"><img alt="${esc(h.name)}" src="data:image/svg+xml;charset=utf-8,${
+    encodeURIComponent(h.svg)}"><figcaption>${esc(h.name)}${h.final ? "" : " (partial)"}
+    </figcaption></figure>`).join("")}</div>`;
+}
+
 function taskView(id) {
   return {kind: "task", nav: "tasks", load: () => api(`tasks/${encodeURIComponent(id)}`),
     followTask: t => t.id, render: t => {
@@ -262,6 +303,8 @@ function taskView(id) {
            <meter value="${t.n_jobs ? t.n_done / t.n_jobs : 0}"></meter>
            ${t.n_done}/${t.n_jobs} jobs done</p>
         ${summary}
+        ${mergedSection(t.histograms)}
+        ${scoutingSection(t.scouting)}
         <h3>Jobs per site (newest attempt of each)</h3>
         <table class="rows jobs-by-site"><tr><th>site</th>${states.map(
           s => `<th>${state(s)}</th>`).join("")}</tr>${sites}</table>
@@ -276,7 +319,8 @@ function taskView(id) {
             .join("")}</table>
         ${Object.keys(b.rejected).length ? `<table class="rows"><tr><th>rejected</th>
           <th>jobs</th></tr>${Object.entries(b.rejected).map(([r, n]) =>
-          `<tr><td>${esc(r)}</td><td>${n}</td></tr>`).join("")}</table>` : ""}`;
+          `<tr><td>${esc(r)}</td><td>${n}</td></tr>`).join("")}</table>` : ""}
+        ${linksSection(t.links)}`;
     }};
 }
 
