@@ -158,6 +158,26 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
+def add_missing_indexes(engine: Engine) -> list[str]:
+    """Make on a database made by an older version the indexes of the schema it lacks
+    (``create_all`` makes a missing table's indexes, not those added to an existing
+    table).  An index changes no row: building it is the whole upgrade, once, at the
+    next start.  Returns the names of the indexes made."""
+    have = inspect(engine)
+    made = []
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if not have.has_table(table.name):
+                continue
+            present = {ix["name"] for ix in have.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in present:
+                    # another server starting at the same time may make it first
+                    index.create(conn, checkfirst=True)
+                    made.append(index.name)
+    return made
+
+
 def widen_integer_columns(engine: Engine) -> list[str]:
     """Make 64-bit the count columns an older PostgreSQL database made 32-bit.
 
@@ -203,6 +223,7 @@ class Database:
         self._owner: threading.Thread | None = None
         metadata.create_all(self.engine)
         add_missing_columns(self.engine)
+        add_missing_indexes(self.engine)
         widen_integer_columns(self.engine)
         from panda_lab.store.rows import meta
 

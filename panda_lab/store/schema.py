@@ -115,6 +115,14 @@ Index("ix_jobs_task", jobs.c.task_id, jobs.c.job_index, jobs.c.attempt)
 Index("ix_jobs_task_state", jobs.c.task_id, jobs.c.state)
 Index("ix_jobs_state_hb", jobs.c.state, jobs.c.heartbeat_at)
 Index("ix_jobs_pilot", jobs.c.pilot_id, jobs.c.state)
+# The web monitor's (store/rows/monitor.py), covering, so that no view reads job rows
+# but the page it shows: the job listing's total and facets in one index-only scan in the
+# index's order (state, site, error category, attempt; any time window too), which also
+# holds what the errors view groups failures by; and a task page's per-site histograms.
+Index("ix_jobs_facets", jobs.c.state, jobs.c.site, jobs.c.error_category, jobs.c.attempt,
+      jobs.c.modified_at, jobs.c.task_id, jobs.c.started_at, jobs.c.ended_at)
+Index("ix_jobs_task_site", jobs.c.task_id, jobs.c.state, jobs.c.site, jobs.c.started_at,
+      jobs.c.ended_at)
 
 job_status = Table(
     "job_status",
