@@ -166,7 +166,8 @@ async def scrape_auth(request: Request,
 
 #: The monitor paths a share link opens: its task's page, that page's JSON (``task``: the
 #: task's id, compared with the link's), the page's assets.
-SHARE_PATHS = re.compile(r"^/monitor/(?:api/)?tasks/(?P<task>[^/]+)$|^/monitor/static/[^/]+$")
+#: Matched at the path's end: a server behind a prefix (a JupyterHub service) sees it too.
+SHARE_PATHS = re.compile(r"/monitor/(?:api/)?tasks/(?P<task>[^/]+)$|/monitor/static/[^/]+$")
 
 
 async def monitor_auth(request: Request,
@@ -179,7 +180,7 @@ async def monitor_auth(request: Request,
     who = await _identity(request, creds, ("admin", "user", "read-only", "share"),
                           "web monitor")
     if who.role == "share":
-        opened = SHARE_PATHS.match(request.scope["path"])
+        opened = SHARE_PATHS.search(request.scope["path"])
         if opened is None:
             raise HTTPException(403, "a share link opens its task's page only")
         task = opened.group("task")

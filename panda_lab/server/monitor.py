@@ -9,10 +9,16 @@ window ``days`` or ``hours``, and for jobs ``task``, ``category``, ``attempt``),
 application/json``.  A bad parameter is a 422 naming it.
 
 Pages are one static shell (``monitor_static/index.html``) that renders the JSON views
-in the browser.  Every route, assets included, wants the user token as a bearer header,
-like the rest of the API; a browser's navigation carries no header, so a page asked for
-as HTML without one is refused (401) with the shell as the refusal's body: its login
-form takes the token, keeps it in ``sessionStorage`` and fetches the assets with it.
+in the browser.  Every route, assets included, wants a token as a bearer header, like the
+rest of the API; a browser's navigation carries no header, so a page asked for as HTML
+without one is refused (401) with the shell as the refusal's body: its login form takes
+the token, keeps it in ``sessionStorage`` and fetches the assets with it.
+
+Who sees what is the API's rule (:mod:`panda_lab.server.auth`): a user's views hold
+their own work only (another's task or job page is a 404, another's name as ``owner`` a
+403); admins and read-only tokens see everyone's and filter by ``owner``; sites are
+everyone's.  A share link's token (``panda-lab share``, :mod:`panda_lab.server.api_share`)
+opens its one task's page and JSON, nothing else.
 """
 
 from __future__ import annotations
