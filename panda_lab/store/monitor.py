@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import func, select
 
 from panda_lab.model import JobState, PilotState
 from panda_lab.store.base import loads
@@ -145,10 +145,7 @@ class MonitorReads(Reads):
         "message" (first 200 characters), "n", "sites", "tasks", "last"}], "by_site":
         {site: {category: n}}, "by_task": [{"task_id", "name", "n"}], "over_time":
         histogram of end times per category}``, the longest lists cut at 100."""
-        # "failed" written into the SQL, not bound: only then may the planner use the
-        # partial index of failures (ix_jobs_failures), whose condition it must prove
-        where = [*rows.job_conditions(Filter(**{**f.__dict__, "state": ()})),
-                 jobs.c.state == literal_column(f"'{JobState.FAILED}'"),
+        where = [*rows.job_conditions(Filter(**{**f.__dict__, "state": (JobState.FAILED,)})),
                  jobs.c.error_category.is_not(None)]
         msg = func.substr(jobs.c.error_message, 1, 200)
         with self.tx() as conn:
