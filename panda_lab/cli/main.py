@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     users.add_parser(sub)
 
-    from panda_lab.cli import simulate
+    from panda_lab.cli import share, simulate
 
     simulate.add_parser(sub)
+    share.add_parser(sub)
 
     d = sub.add_parser("demo", help="run the demo on the embedded default")
     d.add_argument("--jobs", type=int, default=300, help="Monte Carlo jobs in the first part")
@@ -229,6 +230,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from panda_lab.cli import users
 
         return users.run(args)
+    if args.command == "share":
+        from panda_lab.cli import share
+
+        return share.run(args)
     from panda_lab.cli import verbs
 
     return verbs.run(args)

@@ -185,6 +185,24 @@ class Lab:
         ``TASK_RETRYABLE``."""
         return self.api.post(f"/api/tasks/{task}/retry")
 
+    def share(self, task: int | str, expires_s: float = 7 * 86400) -> dict:
+        """A read-only link to one task's monitor page, expiring in ``expires_s`` seconds:
+        ``{"id", "task", "url", "token", "expires_at", ...}``; whoever has ``url`` sees
+        that task's page and nothing else.  Raises :class:`~panda_lab.http.ApiError`:
+        404 unknown task (or another user's), 422 an expiry out of range."""
+        link = self.api.post(f"/api/tasks/{task}/shares", {"expires_s": expires_s})
+        return {**link, "url": self.url.rstrip("/") + link["path"]}
+
+    def shares(self, task: int | str) -> list[dict]:
+        """A task's share links (no tokens), with ``state``: live, expired or revoked."""
+        return self.api.get(f"/api/tasks/{task}/shares")
+
+    def revoke_share(self, task: int | str, share_id: int | None = None) -> list[int]:
+        """Revoke share link ``share_id`` of a task, or all not revoked yet (None); returns
+        the ids revoked.  Raises :class:`~panda_lab.http.ApiError` 404 for no such link."""
+        body = {} if share_id is None else {"id": share_id}
+        return self.api.post(f"/api/tasks/{task}/shares/revoke", body)["revoked"]
+
     def sites(self) -> list[dict]:
         """The server's sites: ``name``, ``kind``, ``pilots``, ``running`` and ``queued``
         job counts, and the rest of their configuration."""

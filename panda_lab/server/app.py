@@ -231,7 +231,7 @@ class BodyLimit:
 
 
 def create_app(server: Server) -> FastAPI:
-    from panda_lab.server import api_analysis, api_client, api_pilot
+    from panda_lab.server import api_analysis, api_client, api_pilot, api_share
     from panda_lab.server.watchdog import watchdog_loop
 
     @asynccontextmanager
@@ -291,6 +291,7 @@ def create_app(server: Server) -> FastAPI:
 
     app.include_router(api_client.router, prefix="/api", dependencies=[Depends(client_auth)])
     app.include_router(api_analysis.router, prefix="/api", dependencies=[Depends(client_auth)])
+    app.include_router(api_share.router, prefix="/api", dependencies=[Depends(client_auth)])
     app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
 
     @app.get("/metrics", dependencies=[Depends(scrape_auth)], include_in_schema=False)

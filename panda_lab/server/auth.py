@@ -19,7 +19,9 @@ The rule, as dask-gateway and GitHub apply it to private resources:
 - an ``admin`` sees and acts on everyone's (lists filter by ``?user=``);
 - a ``read-only`` identity (monitors) sees everyone's and acts on nothing: any method but
   GET/HEAD gets 403, whatever the route;
-- a ``pilot`` identity of a site takes, reports and uploads only jobs of its site (403).
+- a ``pilot`` identity of a site takes, reports and uploads only jobs of its site (403);
+- a ``share`` identity (a share link's token, ``panda-lab share``) reads one task's
+  monitor page and its JSON, until the link expires or is revoked, and nothing else.
 
 How a route declares its rule: a router included with ``dependencies=[Depends(client_auth)]``
 (every ``/api`` router is) gets authentication and the read-only rule for each of its
@@ -31,7 +33,9 @@ routes take ``who: PilotWho`` and check sites with :func:`pilot_of` / ``who.chec
 
 from __future__ import annotations
 
+import re
 import secrets
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -40,6 +44,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from panda_lab.server.schemas import task_ref
 from panda_lab.store import TaskNotFound
+from panda_lab.store.identities import SHARE_PREFIX
 
 if TYPE_CHECKING:
     from panda_lab.server.app import Server
@@ -51,11 +56,13 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 @dataclass(frozen=True)
 class Identity:
     """Who a request comes from: ``name``, ``role`` ("admin", "user", "read-only",
-    "pilot" or "scrape") and, for a pilot of one site, ``site`` (None: any site)."""
+    "pilot", "scrape" or "share"), for a pilot of one site ``site`` (None: any site),
+    for a share link the one ``task`` it opens."""
 
     name: str
     role: str
     site: str | None = None
+    task: int | None = None
 
     @property
     def sees_all(self) -> bool:
@@ -87,7 +94,8 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 async def identify(server: Server, token: str) -> Identity | None:
-    """The identity holding ``token``, or None for an unknown or revoked one.  The
+    """The identity holding ``token``, or None for an unknown or revoked one (an expired
+    or revoked share link raises a 401 saying so: its holder was sent it).  The
     server's own tokens are compared in constant time, each of them whichever matches;
     any other is looked up by its hash (no timing to learn from: the lookup is an index
     seek on a hash of 256 random bits)."""
@@ -103,6 +111,13 @@ async def identify(server: Server, token: str) -> Identity | None:
             found = Identity(f"pilot@{site}", "pilot", site)
     if found is not None:
         return found
+    if token.startswith(SHARE_PREFIX):
+        share = await server.db(server.store.share_by_token, token)
+        if share is not None:
+            refusal = share.refusal(time.time())
+            if refusal is not None:
+                raise HTTPException(401, refusal, headers={"WWW-Authenticate": "Bearer"})
+            return Identity(f"share:{share.id}", "share", task=share.task_id)
     row = await server.db(server.store.identity_by_token, token)
     if row is not None:
         return Identity(row.name, row.role, row.site)
@@ -154,21 +169,37 @@ async def scrape_auth(request: Request,
     return await _identity(request, creds, ("scrape", "admin", "read-only"), "metrics")
 
 
-async def all_seeing_auth(request: Request,
-                          creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
-                          ) -> Identity:
-    """Routes that show everyone's work unfiltered (the web monitor's, ``/monitor``): the
-    client API's rule, and only for identities that see all (admins, read-only monitors);
-    a user gets 403 until those views filter by owner."""
-    who = await client_auth(request, creds)
-    if not who.sees_all:
-        raise HTTPException(403, "this view shows everyone's work: it needs an admin's or "
-                                 "a read-only token")
+#: The monitor paths a share link opens: its task's page, that page's JSON (``task``: the
+#: task's id, compared with the link's), the page's assets.
+#: Matched at the path's end: a server behind a prefix (a JupyterHub service) sees it too.
+SHARE_PATHS = re.compile(r"/monitor/(?:api/)?tasks/(?P<task>[^/]+)$|/monitor/static/[^/]+$")
+
+
+async def monitor_auth(request: Request,
+                       creds: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                       ) -> Identity:
+    """The web monitor's rule (``/monitor``): the client API's, whose views then filter
+    by the identity as the API does (a user's own work only, 404 for another's); and a
+    share link's token, which opens :data:`SHARE_PATHS` for its one task only (another
+    task: 404 as a missing one; any other view: 403)."""
+    who = await _identity(request, creds, ("admin", "user", "read-only", "share"),
+                          "web monitor")
+    if who.role == "share":
+        opened = SHARE_PATHS.search(request.scope["path"])
+        if opened is None:
+            raise HTTPException(403, "a share link opens its task's page only")
+        task = opened.group("task")
+        if task is not None and task != str(who.task):
+            raise TaskNotFound(f"no task with id {task}")
+    elif who.role == "read-only" and request.method not in READ_METHODS:
+        raise HTTPException(403, f"{who.name!r} is read-only: {request.method} is not allowed")
     return who
 
 
 #: A handler's parameter for the client identity: ``who: Who``.
 Who = Annotated[Identity, Depends(client_auth)]
+#: A monitor view's parameter: ``who: MonitorWho``.
+MonitorWho = Annotated[Identity, Depends(monitor_auth)]
 #: A pilot handler's parameter: ``who: PilotWho``.
 PilotWho = Annotated[Identity, Depends(pilot_auth)]
 
@@ -177,6 +208,10 @@ async def task_of(server: Server, who: Identity, task: int | str) -> int:
     """The id of a task ``who`` may see, from an id or a name (names are looked up among
     one's own tasks).  Raises :class:`TaskNotFound` (404) for a missing task and for
     another user's, with the same words."""
+    if who.role == "share":  # its one task, by id (monitor_auth checked the path too)
+        if (task_ref(task) if isinstance(task, str) else task) != who.task:
+            raise TaskNotFound(f"no task with id {task}")
+        return who.task
     if isinstance(task, str):
         ref = task_ref(task)
         if not isinstance(ref, int):
@@ -193,6 +228,8 @@ async def job_of(server: Server, who: Identity, job_id: int) -> None:
     """404 (:class:`TaskNotFound`) unless ``who`` may see job attempt ``job_id``."""
     if who.sees_all:
         return
+    if who.role == "share":
+        raise TaskNotFound(f"no job with id {job_id}")
     found = await server.db(server.store.job_owner, job_id)
     if found is None or found[1] != who.name:
         raise TaskNotFound(f"no job with id {job_id}")

@@ -9,10 +9,16 @@ window ``days`` or ``hours``, and for jobs ``task``, ``category``, ``attempt``),
 application/json``.  A bad parameter is a 422 naming it.
 
 Pages are one static shell (``monitor_static/index.html``) that renders the JSON views
-in the browser.  Every route, assets included, wants the user token as a bearer header,
-like the rest of the API; a browser's navigation carries no header, so a page asked for
-as HTML without one is refused (401) with the shell as the refusal's body: its login
-form takes the token, keeps it in ``sessionStorage`` and fetches the assets with it.
+in the browser.  Every route, assets included, wants a token as a bearer header, like the
+rest of the API; a browser's navigation carries no header, so a page asked for as HTML
+without one is refused (401) with the shell as the refusal's body: its login form takes
+the token, keeps it in ``sessionStorage`` and fetches the assets with it.
+
+Who sees what is the API's rule (:mod:`panda_lab.server.auth`): a user's views hold
+their own work only (another's task or job page is a 404, another's name as ``owner`` a
+403); admins and read-only tokens see everyone's and filter by ``owner``; sites are
+everyone's.  A share link's token (``panda-lab share``, :mod:`panda_lab.server.api_share`)
+opens its one task's page and JSON, nothing else.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ from fastapi.responses import HTMLResponse, Response
 
 from panda_lab.model import ErrorCategory, JobState, TaskState
 from panda_lab.server.app import Server
-from panda_lab.server.auth import Identity, _bearer, all_seeing_auth, task_of
+from panda_lab.server.auth import (
+    MonitorWho,
+    _bearer,
+    job_of,
+    monitor_auth,
+    task_of,
+)
+from panda_lab.server.monitor_plots import MergedPlots
 from panda_lab.server.schemas import NO_NUL, IdPath, TaskRef
 from panda_lab.store.rows.monitor import JOB_SORTS, TASK_SORTS, Filter, Page
 
@@ -104,31 +117,37 @@ api = APIRouter()
 
 
 @api.get("/tasks")
-async def tasks_view(request: Request, c: Annotated[Common, Depends()]) -> dict:
-    """Tasks: state, progress, owner, sites, age, duration, failures (``monitor_tasks``)."""
+async def tasks_view(request: Request, c: Annotated[Common, Depends()],
+                     who: MonitorWho) -> dict:
+    """Tasks: state, progress, owner, sites, age, duration, failures (``monitor_tasks``);
+    a user's own only (``Identity.owner``)."""
     s = _server(request)
-    f = Filter(owner=c.owner, state=_states(c.state, TaskState), site=c.site, name=c.name,
-               since=c.since)
+    f = Filter(owner=who.owner(c.owner), state=_states(c.state, TaskState), site=c.site,
+               name=c.name, since=c.since)
     return await s.db(s.store.monitor_tasks, f,
                       _page(c.sort, c.page, c.per_page, TASK_SORTS, "-id"))
 
 
 @api.get("/tasks/{task}")
-async def task_view(request: Request, task: TaskRef,
-                    who: Annotated[Identity, Depends(all_seeing_auth)]) -> dict:
-    """One task (``monitor_task``), by id or name."""
+async def task_view(request: Request, task: TaskRef, who: MonitorWho) -> dict:
+    """One task (``monitor_task``), by id or name, with its merged histograms drawn
+    (``"histograms"``, :class:`~panda_lab.server.monitor_plots.MergedPlots`); another
+    user's is a 404."""
     s = _server(request)
-    return await s.db(s.store.monitor_task, await task_of(s, who, task))
+    record = await s.db(s.store.monitor_task, await task_of(s, who, task))
+    record["histograms"] = await request.app.state.monitor_plots.of(s, record)
+    return record
 
 
 @api.get("/jobs")
 async def jobs_view(request: Request, c: Annotated[Common, Depends()],
                     task: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
                     category: ErrorCategory | None = None,
-                    attempt: Annotated[int | None, Query(ge=1, le=1000)] = None) -> dict:
-    """Job attempts with facets (``monitor_jobs``)."""
+                    attempt: Annotated[int | None, Query(ge=1, le=1000)] = None,
+                    *, who: MonitorWho) -> dict:
+    """Job attempts with facets (``monitor_jobs``); a user's own only."""
     s = _server(request)
-    f = Filter(owner=c.owner, state=_states(c.state, JobState), site=c.site, name=c.name,
+    f = Filter(owner=who.owner(c.owner), state=_states(c.state, JobState), site=c.site, name=c.name,
                since=c.since, task=task, error_category=category and str(category),
                attempt=attempt)
     return await s.db(s.store.monitor_jobs, f,
@@ -136,28 +155,30 @@ async def jobs_view(request: Request, c: Annotated[Common, Depends()],
 
 
 @api.get("/jobs/{job_id}")
-async def job_view(request: Request, job_id: IdPath) -> dict:
-    """One attempt (``monitor_job``)."""
+async def job_view(request: Request, job_id: IdPath, who: MonitorWho) -> dict:
+    """One attempt (``monitor_job``); another user's is a 404."""
     s = _server(request)
+    await job_of(s, who, job_id)
     return await s.db(s.store.monitor_job, job_id)
 
 
 @api.get("/errors")
 async def errors_view(request: Request, c: Annotated[Common, Depends()],
                       task: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-                      category: ErrorCategory | None = None) -> dict:
+                      category: ErrorCategory | None = None, *, who: MonitorWho) -> dict:
     """Failed attempts grouped by category and message, site, task and time
-    (``monitor_errors``); the window defaults to the last day."""
+    (``monitor_errors``), a user's own only; the window defaults to the last day."""
     s = _server(request)
     since = c.since if c.since is not None else time.time() - 86400
-    f = Filter(owner=c.owner, site=c.site, name=c.name, since=since, task=task,
+    f = Filter(owner=who.owner(c.owner), site=c.site, name=c.name, since=since, task=task,
                error_category=category and str(category))
     return await s.db(s.store.monitor_errors, f)
 
 
 @api.get("/sites")
 async def sites_view(request: Request, days: Window = None, hours: Window = None) -> dict:
-    """Sites, their pilots and failure rate over the window (default: the last hour)."""
+    """Sites, their pilots and failure rate over the window (default: the last hour).
+    Sites are no one's: every user sees them, as ``/api/sites`` (counts, no task named)."""
     s = _server(request)
     since = _since(days, hours)
     return await s.db(s.store.monitor_sites, since if since is not None else time.time() - 3600)
@@ -181,10 +202,10 @@ def _wants_html(request: Request) -> bool:
 
 
 async def page_auth(request: Request, creds=Depends(_bearer)) -> None:
-    """The monitor's rule (``all_seeing_auth``: it shows everyone's work); a refused page
-    asked for as HTML gets the shell."""
+    """The monitor's rule (``monitor_auth``); a refused page asked for as HTML gets the
+    shell."""
     try:
-        await all_seeing_auth(request, creds)
+        await monitor_auth(request, creds)
     except HTTPException as exc:
         if _wants_html(request):
             raise LoginRequired(exc) from None
@@ -239,8 +260,9 @@ async def asset(name: AssetName) -> Response:
 
 def install(app: FastAPI) -> None:
     """Add the monitor's routes to ``app``: JSON under ``/monitor/api`` and pages under
-    ``/monitor``, all behind ``all_seeing_auth`` (admins and read-only monitors)."""
-    app.include_router(api, prefix="/monitor/api", dependencies=[Depends(all_seeing_auth)])
+    ``/monitor``, all behind ``monitor_auth``; each view filters by who asks."""
+    app.state.monitor_plots = MergedPlots()
+    app.include_router(api, prefix="/monitor/api", dependencies=[Depends(monitor_auth)])
     app.include_router(pages, prefix="/monitor", dependencies=[Depends(page_auth)])
 
     @app.exception_handler(LoginRequired)

@@ -14,8 +14,11 @@ import secrets
 from sqlalchemy import select
 
 from panda_lab.store.base import Database, now
+from panda_lab.store.errors import TaskNotFound
 from panda_lab.store.rows import meta
+from panda_lab.store.rows import shares as share_rows
 from panda_lab.store.rows import users as user_rows
+from panda_lab.store.rows.shares import ShareRow
 from panda_lab.store.rows.users import UserRow
 from panda_lab.store.schema import jobs, tasks
 
@@ -98,6 +101,43 @@ class Identities(Database):
         with self.tx() as conn:
             return conn.execute(select(jobs.c.id).where(
                 jobs.c.task_id == task_id, jobs.c.site == site).limit(1)).first() is not None
+
+    # ---- share links ---------------------------------------------------------------------
+    def share_task(self, task_id: int, by: str, expires_s: float) -> tuple[ShareRow, str]:
+        """A new read-only link to task ``task_id``, made by ``by``, expiring
+        ``expires_s`` seconds from now: ``(its row, its token)``; the token (``share-``
+        and 43 URL-safe characters) is seen only now, the store keeps its hash.  Raises
+        :class:`TaskNotFound` and ``ValueError`` for an expiry not above 0."""
+        if not expires_s > 0:
+            raise ValueError(f"expires_s: must be above 0, not {expires_s!r}")
+        token = SHARE_PREFIX + secrets.token_urlsafe(32)
+        t = now()
+        with self.tx() as conn:
+            if conn.execute(select(tasks.c.id).where(tasks.c.id == task_id)).first() is None:
+                raise TaskNotFound(f"no task with id {task_id}")
+            share_id = share_rows.insert_share(conn, task_id, by, token, t, t + expires_s)
+        return ShareRow(share_id, task_id, by, t, t + expires_s, None), token
+
+    def share_by_token(self, token: str) -> ShareRow | None:
+        """The share link holding ``token``, expired or revoked ones too (the caller
+        refuses those with :meth:`ShareRow.refusal`), or None."""
+        with self.tx() as conn:
+            return share_rows.by_token(conn, token)
+
+    def shares_of(self, task_id: int) -> list[ShareRow]:
+        """Every share link of a task, oldest first (no tokens)."""
+        with self.tx() as conn:
+            return share_rows.of_task(conn, task_id)
+
+    def revoke_shares(self, task_id: int, share_id: int | None = None) -> list[int]:
+        """Revoke link ``share_id`` of the task, or all not revoked yet (None); returns
+        the ids revoked: refused from the next request on."""
+        with self.tx() as conn:
+            return share_rows.revoke(conn, task_id, share_id, now())
+
+
+#: How a share link's token begins: the server looks such a token up among the links only.
+SHARE_PREFIX = "share-"
 
 
 def _site_token_key(site: str) -> str:

@@ -13,6 +13,7 @@ from panda_lab.model import JobState, PilotState
 from panda_lab.model.usage import job_usage, pilot_usage
 from panda_lab.store.base import loads
 from panda_lab.store.reads import Reads
+from panda_lab.store.rows import links as link_rows
 from panda_lab.store.rows import monitor as rows
 from panda_lab.store.rows import sites as site_rows
 from panda_lab.store.rows.monitor import Filter, Page
@@ -63,8 +64,12 @@ class MonitorReads(Reads):
         events per second, :func:`~panda_lab.store.rows.monitor.task_distributions`),
         ``"progress"`` (finished jobs over time), ``"brokerage"`` (over the newest
         :data:`BROKERAGE_SAMPLE` attempts: ``{"sampled", "picked": {site: n},
-        "rejected": {reason: n}}``) and ``"summary"`` when the task record has one.
-        Raises ``TaskNotFound``."""
+        "rejected": {reason: n}}``), ``"scouting"`` (``{"scouts": [the scout jobs'
+        measures, :func:`~panda_lab.store.rows.monitor.scouts`], "sizing": what sizing
+        chose from them, ``Scouting.as_dict()``, or None before}``), ``"links"``
+        (``{site: [link rows, as GET /api/links shows them]}`` for each site the task's
+        jobs went to) and ``"summary"`` when the task record has one.  Raises
+        ``TaskNotFound``."""
         task = self.get_task(task_id)
         with self.tx() as conn:
             task["distributions"] = rows.task_distributions(conn, task_id)
@@ -83,6 +88,13 @@ class MonitorReads(Reads):
                     rejected[f"{site}: {reason}"] += 1
             task["brokerage"] = {"sampled": sampled, "picked": dict(picked),
                                  "rejected": dict(rejected.most_common(20))}
+            task["scouting"] = {"scouts": rows.scouts(conn, task_id),
+                                "sizing": task["options"].get("scouting")}
+            ran = set(task["jobs_by_site"])
+            task["links"] = {site: [] for site in sorted(ran)}
+            for link in link_rows.listing(conn, time.time(), self.link_window):
+                if link["site"] in ran:
+                    task["links"][link["site"]].append(link)
         summary = task.get("summary") or task["options"].get("summary")
         if summary is not None:
             task["summary"] = summary
@@ -139,7 +151,7 @@ class MonitorReads(Reads):
         "message" (first 200 characters), "n", "sites", "tasks", "last"}], "by_site":
         {site: {category: n}}, "by_task": [{"task_id", "name", "n"}], "over_time":
         histogram of end times per category}``, the longest lists cut at 100."""
-        where = [*rows.job_conditions(Filter(**{**f.__dict__, "state": ("failed",)})),
+        where = [*rows.job_conditions(Filter(**{**f.__dict__, "state": (JobState.FAILED,)})),
                  jobs.c.error_category.is_not(None)]
         msg = func.substr(jobs.c.error_message, 1, 200)
         with self.tx() as conn:

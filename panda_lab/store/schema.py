@@ -127,6 +127,14 @@ Index("ix_jobs_task", jobs.c.task_id, jobs.c.job_index, jobs.c.attempt)
 Index("ix_jobs_task_state", jobs.c.task_id, jobs.c.state)
 Index("ix_jobs_state_hb", jobs.c.state, jobs.c.heartbeat_at)
 Index("ix_jobs_pilot", jobs.c.pilot_id, jobs.c.state)
+# The web monitor's (store/rows/monitor.py), covering, so that no view reads job rows
+# but the page it shows: the job listing's total and facets in one index-only scan in the
+# index's order (state, site, error category, attempt; any time window too), which also
+# holds what the errors view groups failures by; and a task page's per-site histograms.
+Index("ix_jobs_facets", jobs.c.state, jobs.c.site, jobs.c.error_category, jobs.c.attempt,
+      jobs.c.modified_at, jobs.c.task_id, jobs.c.started_at, jobs.c.ended_at)
+Index("ix_jobs_task_site", jobs.c.task_id, jobs.c.state, jobs.c.site, jobs.c.started_at,
+      jobs.c.ended_at)
 
 job_status = Table(
     "job_status",
@@ -343,4 +351,20 @@ site_cache = Table(
     Column("path", Text, primary_key=True),
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("used_at", Float, nullable=False),
+)
+
+# ---- share links: read-only, expiring links to one task's monitor page --------------------
+
+# One row per link made by ``panda-lab share``: the hash of its token (never the token),
+# the one task it opens, who made it, when it expires and, once revoked, when.
+shares = Table(
+    "shares",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("task_id", Integer, nullable=False, index=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
 )

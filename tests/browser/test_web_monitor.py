@@ -235,3 +235,70 @@ def test_the_monitor_refuses_without_the_user_token(chromium, filled):
     page.locator("#login-error:has-text('wrong token')").wait_for()
     assert page.evaluate("sessionStorage.getItem('panda-lab-token')") is None
     page.close()
+
+
+def test_a_share_link_opens_its_task_page_read_only(chromium, filled, artifacts):
+    """``panda-lab share``'s link in a fresh browser (no token): the task's page, the
+    token taken out of the address bar, no way to the other views; an expired link says
+    so on the login form."""
+    lab, ids = filled["lab"], filled["ids"]
+    link = lab.share(ids["ok"], expires_s=600)
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(link["url"])
+    page.locator("#task-done").wait_for()
+    assert page.locator("#task-done").get_attribute("data-done") == "3"
+    assert "squares-ok" in page.locator("#view h2").inner_text()
+    assert "#share" not in page.url and link["token"] not in page.url
+    assert page.locator("nav.top a").count() == 0          # no other view to go to
+    assert page.locator("#view a[data-nav]").count() == 0
+    assert "read-only" in page.locator("#live").inner_text()
+    page.screenshot(path=str(artifacts / "monitor-shared-task.png"), full_page=True)
+    context.close()
+
+    short = lab.share(ids["broken"], expires_s=0.5)
+    time.sleep(max(0.0, short["expires_at"] - time.time()) + 0.1)
+    context = chromium.new_context()
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(short["url"])
+    page.locator("#login-error:has-text('expired')").wait_for()
+    assert "odd-broken" not in page.content()
+    context.close()
+
+
+SQUARE_SVG = ('<?xml version="1.0" encoding="utf-8"?><svg xmlns="http://www.w3.org/2000/svg" '
+              'width="120" height="60"><rect width="120" height="60" fill="#3f90da"/></svg>')
+
+
+def test_the_task_page_shows_scouting_merged_histograms_and_links(chromium, filled):
+    """The task page's analysis sections, rendered from the task's JSON (the server's is
+    tested in tests/server/test_monitor_task_page.py; these tasks are no analyses, so
+    the sections are added to the real record here)."""
+    task_id = filled["ids"]["ok"]
+    record = filled["lab"].api.get(f"/monitor/api/tasks/{task_id}")
+    assert record["scouting"] == {"scouts": [], "sizing": None}
+    record["scouting"] = {
+        "scouts": [{"job_index": 0, "events": 1000, "attempt": 1, "state": "finished",
+                    "site": "LOCAL-GRID", "wall_s": 2.0, "events_per_s": 500.0}],
+        "sizing": {"events_per_second": 500.0, "rss_mb": 150.0,
+                   "per_site": {"LOCAL-GRID": 500.0}, "events_per_job": 30000,
+                   "note": "30000 events per job for about 60 s on the slowest site"}}
+    record["links"] = {"LOCAL-GRID": [{"endpoint": "root://eos.example", "mbps": 80.0,
+                                       "latency_ms": 12.0, "source": "declared",
+                                       "observations": 0, "age_s": None}]}
+    record["histograms"] = [{"name": "dimuon.mass", "svg": SQUARE_SVG, "events": 3000,
+                             "final": False}]
+    page = login(chromium, filled)
+    page.route(f"**/monitor/api/tasks/{task_id}", lambda route: route.fulfill(json=record))
+    open_view(page, f"{filled['url']}/monitor/tasks/{task_id}", "table.scouts")
+    assert "500.0" in page.locator("table.scouts tr[data-scout='0']").inner_text()
+    assert page.locator("p.sizing").get_attribute("data-events-per-job") == "30000"
+    assert "LOCAL-GRID: 500.0 events/s" in page.locator("p.sizing").inner_text()
+    assert "80.0" in page.locator("table.links tr[data-site='LOCAL-GRID']").inner_text()
+    img = page.locator("figure[data-hist='dimuon.mass'] img")
+    img.wait_for()
+    page.wait_for_function("document.querySelector('figure img').naturalWidth === 120")
+    assert "partial" in page.locator("figure[data-hist='dimuon.mass']").inner_text()
+    page.close()

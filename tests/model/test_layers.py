@@ -68,8 +68,10 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "store": {"model", "payload", "text"},
     # provisioners start pilots; they know sites by their own config, never the server
     "provisioners": {"model", "text", "http", "runtime", "resources"},
+    # the monitor's task page draws merged histograms as the notebook does (histplot:
+    # matplotlib, no widget toolkit)
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
-               "runtime"},
+               "runtime", "widgets"},
     "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model",
               "reads"},
     "widgets": {"model", "text"},

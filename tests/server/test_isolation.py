@@ -45,12 +45,14 @@ CLIENT = {
     ("GET", "/api/jobs/{job_id}/output"): "job", ("GET", "/api/events"): "events",
     ("POST", "/api/datasets"): "new", ("GET", "/api/datasets"): "list",
     ("GET", "/api/datasets/{name}"): "dataset", ("POST", "/api/analyses"): "dataset",
+    ("POST", "/api/tasks/{task}/shares"): "task", ("GET", "/api/tasks/{task}/shares"): "task",
+    ("POST", "/api/tasks/{task}/shares/revoke"): "task",
 }
 PILOT = {"/api/pilot/register", "/api/pilot/acquire", "/api/pilot/update",
          "/api/pilot/heartbeat", "/api/pilot/end", "/api/pilot/results/{task_id}/{job_id}",
          "/api/pilot/output/{task_id}/{job_id}", "/api/pilot/tasks/{task_id}/common"}
 OTHER = {("GET", "/metrics"): "metrics"}
-#: The web monitor's views show everyone's work unfiltered: admins and read-only only.
+#: The web monitor's views: each filtered by who asks (tested below).
 MONITOR = "/monitor/"
 
 
@@ -122,21 +124,105 @@ def test_every_route_has_a_rule(world):
             f"no isolation rule for {method} {template}"
 
 
-def test_the_web_monitor_is_for_those_who_see_all(world):
+def test_every_monitor_route_answers_a_user_and_the_seers(world):
+    """No monitor route is closed to a user (each view filters instead), none is open
+    without a token; the views' contents are checked below."""
     client, as_, owned, _ = world
     checked = 0
     for method, _, template in _routes(client.app):
         if not template.startswith(MONITOR):
             continue
         path, _, _ = _request(method, template.replace("{name}", "monitor.js"), "bob", owned)
-        for user in ("alice", "bob"):
-            r = client.request(method, path, headers=as_(user))
-            assert r.status_code == 403, (user, method, template, r.status_code)
-        for seer in ("boss", "mon"):
-            r = client.request(method, path, headers=as_(seer))
-            assert r.status_code not in (401, 403, 404), (seer, method, template, r.text[:200])
+        assert client.request(method, path).status_code == 401, template
+        for who in ("bob", "boss", "mon"):
+            r = client.request(method, path, headers=as_(who))
+            assert r.status_code == 200, (who, method, template, r.text[:200])
         checked += 1
     assert checked >= 10
+
+
+def _monitor(client, headers, view: str, **params):
+    r = client.get(f"/monitor/api/{view}", params=params, headers=headers)
+    assert r.status_code == 200, (view, params, r.text)
+    return r.json()
+
+
+def test_the_monitor_shows_a_user_their_own_work_only(world):
+    """Kind: a monitor view that shows another user's work.  Members: the task and job
+    listings (rows and facets), the errors' groups, a task's page and a job's page (404,
+    the same words as missing work, as page and as JSON), and the owner filter (403 for
+    another user's name)."""
+    client, as_, owned, _ = world
+    for me, other in (("alice", "bob"), ("bob", "alice")):
+        h = as_(me)
+        tasks = _monitor(client, h, "tasks")
+        assert {t["owner"] for t in tasks["tasks"]} == {me}, tasks
+        assert tasks["total"] == 1 and sum(tasks["facets"]["state"].values()) == 1
+        jobs = _monitor(client, h, "jobs")
+        assert {j["task_id"] for j in jobs["jobs"]} == {owned[me]["task"]}, jobs
+        assert jobs["total"] == 2 and sum(jobs["facets"]["state"].values()) == 2
+        # asking for the other's task's jobs by id finds none of them
+        assert _monitor(client, h, "jobs", task=owned[other]["task"])["total"] == 0
+        assert _monitor(client, h, "errors", days=1)["by_task"] == []
+        for path in (f"tasks/{owned[other]['task']}", f"jobs/{owned[other]['job']}",
+                     f"tasks/t-{other}"):
+            for url, params in ((f"/monitor/api/{path}", {}), (f"/monitor/{path}", {"json": ""})):
+                r = client.get(url, params=params, headers=h)
+                assert r.status_code == 404 and ("no task" in r.text or "no job" in r.text), \
+                    (me, url, r.status_code, r.text)
+        for path in (f"tasks/{owned[me]['task']}", f"jobs/{owned[me]['job']}", f"tasks/t-{me}"):
+            assert _monitor(client, h, path)["id"] == (owned[me]["job"] if "jobs" in path
+                                                       else owned[me]["task"])
+        for view in ("tasks", "jobs", "errors"):
+            r = client.get(f"/monitor/api/{view}", params={"owner": other}, headers=h)
+            assert r.status_code == 403 and "user" in r.text, (me, view, r.text)
+        # one's own name as the filter is the same listing
+        assert [t["id"] for t in _monitor(client, h, "tasks", user=me)["tasks"]] == \
+            [owned[me]["task"]]
+        assert _monitor(client, h, "jobs", owner=me)["total"] == 2
+
+
+def test_the_monitor_shows_the_seers_everyones_work_filterable(world):
+    client, as_, owned, _ = world
+    for seer in ("boss", "mon"):
+        h = as_(seer)
+        owners = {t["owner"] for t in _monitor(client, h, "tasks", per_page=500)["tasks"]}
+        assert {"alice", "bob"} <= owners, (seer, owners)
+        only = _monitor(client, h, "tasks", owner="bob")["tasks"]
+        assert [t["id"] for t in only] == [owned["bob"]["task"]]
+        jobs = _monitor(client, h, "jobs", user="alice")["jobs"]
+        assert {j["task_id"] for j in jobs} == {owned["alice"]["task"]}
+        for who in ("alice", "bob"):
+            assert _monitor(client, h, f"tasks/{owned[who]['task']}")["owner"] == who
+            assert _monitor(client, h, f"jobs/{owned[who]['job']}")["task"]["owner"] == who
+
+
+def test_a_share_link_opens_its_task_page_and_no_other_route(world):
+    """Walks every route with a share link's token (``panda-lab share``): only its task's
+    page, that page's JSON and the assets answer; the other task is a 404; every other
+    route, of every router, a 403.  The real-process test is test_share.py."""
+    client, as_, owned, _ = world
+    r = client.post(f"/api/tasks/{owned['alice']['task']}/shares", headers=as_("alice"),
+                    json={"expires_s": 60})
+    assert r.status_code == 201, r.text
+    link = {"Authorization": f"Bearer {r.json()['token']}"}
+    opened = {"/monitor/tasks/{task}", "/monitor/api/tasks/{task}", "/monitor/static/{name}"}
+    checked = 0
+    for method, _, template in _routes(client.app):
+        for target in ("alice", "bob") if "{task" in template else ("alice",):
+            path, params, body = _request(method, template.replace("{name}", "monitor.js")
+                                          if template.startswith(MONITOR) else template,
+                                          target, owned)
+            r = client.request(method, path, params=params, json=body, headers=link)
+            if template in opened and template != "/monitor/static/{name}" \
+                    and target == "bob":
+                assert r.status_code == 404 and "no task" in r.text, (template, r.text)
+            elif template in opened:
+                assert r.status_code == 200, (method, template, r.status_code, r.text)
+            else:
+                assert r.status_code == 403, (method, template, target, r.status_code)
+            checked += 1
+    assert checked >= 70
 
 
 def test_owner_is_the_identity_not_what_the_client_says(world):

@@ -57,10 +57,12 @@ def client(request, tmp_path_factory):
                                    site=CLOUD)
     run(store, CLOUD, ["finished", "failed"])
     store.create_task("gamma%3", [{"payload": b"x"}], owner="alice", site=CLOUD)
+    tokens = {name: store.add_user(name, "user") for name in ("alice", "bob")}
     app = create_app(server)
     with TestClient(app) as c:
         c.headers["Authorization"] = f"Bearer {server.user_token}"
         c.ids = {"alpha": alpha, "beta": beta}
+        c.tokens = tokens
         yield c
     server.close()
 
@@ -163,6 +165,23 @@ def test_errors_grouped_by_message_site_task_and_time(client):
     assert {t["name"]: t["n"] for t in out["by_task"]} == {"alpha_1": 1, "beta-2": 1}
     assert sum(out["over_time"]["groups"]["system"]["counts"]) == 2
     assert get(client, "errors", site=CLOUD)["total"] == 1
+
+
+def test_a_users_errors_and_facets_are_their_own(client):
+    """The grouped views count a user's own failures only (the listings' rows are
+    checked in test_isolation): every group of the errors view and every facet."""
+    for me, task, site, n_jobs in (("alice", "alpha_1", GRID, 6), ("bob", "beta-2", CLOUD, 3)):
+        h = {"Authorization": f"Bearer {client.tokens[me]}"}
+        out = client.get("/monitor/api/errors", headers=h).json()
+        assert out["total"] == 1 and out["by_site"] == {site: {"system": 1}}, (me, out)
+        assert [t["name"] for t in out["by_task"]] == [task]
+        assert out["by_message"][0]["n"] == 1 and out["by_message"][0]["tasks"] == 1
+        assert sum(out["over_time"]["groups"]["system"]["counts"]) == 1
+        jobs = client.get("/monitor/api/jobs", headers=h).json()
+        assert jobs["total"] == n_jobs and sum(jobs["facets"]["state"].values()) == n_jobs
+        assert jobs["facets"]["error_category"]["system"] == 1
+        tasks = client.get("/monitor/api/tasks", headers=h).json()
+        assert {t["owner"] for t in tasks["tasks"]} == {me}
 
 
 def test_sites_pilots_and_failure_rate(client):

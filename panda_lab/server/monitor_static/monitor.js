@@ -7,7 +7,7 @@
 // refresh at a time.  A page left open for a day holds what one render holds.
 
 const REFRESH_MS = {task: 150, job: 150, list: 1000};   // the most often a view refetches
-let ctx = null;              // {token, base, logout}
+let ctx = null;              // {token, base, share, logout}
 let stream = null;           // AbortController of the open event stream
 let timer = null;            // the pending refresh
 let current = null;          // {kind, load, render, tasks}
@@ -31,8 +31,8 @@ async function api(path, params) {
   const qs = params && params.toString() ? `?${params}` : "";
   const r = await fetch(`${ctx.base}api/${path}${qs}`,
                         {headers: {Authorization: `Bearer ${ctx.token}`}});
-  if (r.status === 401) { ctx.logout(); throw new Error("logged out"); }
   const body = await r.json();
+  if (r.status === 401) { ctx.logout(body.detail); throw new Error("logged out"); }
   if (!r.ok) {
     const d = body.detail;
     const text = Array.isArray(d) ? d.map(e => `${e.loc.at(-1)}: ${e.msg}`).join("; ") : d;
@@ -42,7 +42,8 @@ async function api(path, params) {
 }
 
 // ---- navigation ----------------------------------------------------------------------
-const link = (path, text, params) =>
+// A share link opens its task's page only: there, links to other views are plain text.
+const link = (path, text, params) => ctx.share ? `<span>${esc(text)}</span>` :
   `<a href="${esc(ctx.base + path + (params ? `?${params}` : ""))}" data-nav>${esc(text)}</a>`;
 
 function withParam(name, value) {
@@ -98,7 +99,18 @@ async function refresh(gen) {
 }
 
 // ---- live: the event stream -----------------------------------------------------------
+const SHARE_POLL_MS = 5000;  // a share link has no event stream: its page is polled
+
 function listen(tasks) {
+  if (ctx.share) {
+    if (stream) return;
+    const id = setInterval(schedule, SHARE_POLL_MS);
+    stream = {key: "poll", abort() { clearInterval(id); }};
+    const indicator = document.getElementById("live");
+    indicator.className = "live on";
+    indicator.textContent = `shared, read-only: refreshed every ${SHARE_POLL_MS / 1000} s`;
+    return;
+  }
   const key = tasks === undefined ? "all" : String(tasks);
   if (stream && stream.key === key) return;
   if (stream) stream.abort();
@@ -231,6 +243,47 @@ function tasksView(params) {
     </tbody></table>${pager(d)}`};
 }
 
+const num = (x, digits = 1) => x === null || x === undefined ? "–" : Number(x).toFixed(digits);
+
+// JEDI's scouting: what the first jobs measured, and the job size it gave the rest.
+function scoutingSection(sc) {
+  if (!sc.scouts.length && !sc.sizing) return "";
+  const rows = sc.scouts.map(s => `<tr data-scout="${s.job_index}"><td>${s.job_index}</td>
+    <td>${state(s.state)}</td><td>${esc(s.site)}</td><td>${s.events}</td>
+    <td>${fmtDur(s.wall_s)}</td><td>${num(s.events_per_s)}</td></tr>`).join("");
+  const z = sc.sizing;
+  const rates = z ? Object.entries(z.per_site).map(([site, r]) =>
+    `${esc(site)}: ${num(r)} events/s`).join(", ") : "";
+  const sizing = z ? `<p class="sizing" data-events-per-job="${z.events_per_job}">
+      The rest: <b>${z.events_per_job} events per job</b> (${esc(z.note)}).
+      Median rate per site: ${rates || "–"}${z.rss_mb ? `; most memory ${num(z.rss_mb, 0)} MB`
+      : ""}.</p>` : `<p class="none">the scouts have not all ended: the rest is not sized yet</p>`;
+  return `<h3>Scouting</h3><table class="rows scouts"><tr><th>scout job</th><th>state</th>
+    <th>site</th><th>events</th><th>wall time</th><th>events/s (wall)</th></tr>${rows}</table>
+    ${sizing}`;
+}
+
+// The network links each of the task's sites reads storage over (learned or declared).
+function linksSection(links) {
+  const rows = Object.entries(links).flatMap(([site, ls]) => ls.map(l =>
+    `<tr data-site="${esc(site)}" data-endpoint="${esc(l.endpoint)}"><td>${esc(site)}</td>
+     <td>${esc(l.endpoint)}</td><td>${num(l.mbps)}</td><td>${num(l.latency_ms)}</td>
+     <td>${esc(l.source)}</td><td>${l.observations}</td><td>${fmtDur(l.age_s)}</td></tr>`));
+  if (!rows.length) return "";
+  return `<h3>Network links of its sites</h3><table class="rows links"><tr><th>site</th>
+    <th>endpoint</th><th>MB/s</th><th>latency ms</th><th>source</th><th>observations</th>
+    <th>age</th></tr>${rows.join("")}</table>`;
+}
+
+// The merged histograms, drawn by the server (SVG as images: no script runs from them).
+function mergedSection(hs) {
+  if (!hs || !hs.length) return "";
+  return `<h3>Merged result</h3><div class="merged">${hs.map(h => `<figure data-hist="${
+    esc(h.name)}"><img alt="${esc(h.name)}" src="data:image/svg+xml;charset=utf-8,${
+    encodeURIComponent(h.svg)}"><figcaption>${esc(h.name)}${h.final ? "" : " (partial)"}
+    </figcaption></figure>`).join("")}</div>`;
+}
+
 function taskView(id) {
   return {kind: "task", nav: "tasks", load: () => api(`tasks/${encodeURIComponent(id)}`),
     followTask: t => t.id, render: t => {
@@ -250,6 +303,8 @@ function taskView(id) {
            <meter value="${t.n_jobs ? t.n_done / t.n_jobs : 0}"></meter>
            ${t.n_done}/${t.n_jobs} jobs done</p>
         ${summary}
+        ${mergedSection(t.histograms)}
+        ${scoutingSection(t.scouting)}
         <h3>Jobs per site (newest attempt of each)</h3>
         <table class="rows jobs-by-site"><tr><th>site</th>${states.map(
           s => `<th>${state(s)}</th>`).join("")}</tr>${sites}</table>
@@ -264,7 +319,8 @@ function taskView(id) {
             .join("")}</table>
         ${Object.keys(b.rejected).length ? `<table class="rows"><tr><th>rejected</th>
           <th>jobs</th></tr>${Object.entries(b.rejected).map(([r, n]) =>
-          `<tr><td>${esc(r)}</td><td>${n}</td></tr>`).join("")}</table>` : ""}`;
+          `<tr><td>${esc(r)}</td><td>${n}</td></tr>`).join("")}</table>` : ""}
+        ${linksSection(t.links)}`;
     }};
 }
 
@@ -383,7 +439,7 @@ function withoutSite(params) {
 export function start(root, options) {
   ctx = options;
   root.innerHTML = `<header><nav class="top"><b>panda-lab</b>
-      ${["tasks", "jobs", "errors", "sites"].map(v =>
+      ${(ctx.share ? [] : ["tasks", "jobs", "errors", "sites"]).map(v =>
         `<a href="${esc(ctx.base + v)}" data-nav data-view="${v}">${v}</a>`).join("")}
       <span id="live" class="live off">connecting</span>
       <button id="logout" type="button">log out</button></nav></header>

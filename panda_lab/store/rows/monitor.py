@@ -192,9 +192,42 @@ def job_page(conn: Connection, f: Filter, page: Page) -> tuple[int, dict[str, di
             counts[name][key] = counts[name].get(key, 0) + n
     facets = {name: dict(sorted(c.items(), key=lambda kv: -kv[1])[:50])
               for name, c in counts.items()}
-    rows = conn.execute(_ordered(select(*JOB_COLUMNS).where(*where), JOB_SORTS[page.sort],
-                                 page, jobs.c.id)).all()
-    return total, facets, rows
+    # The page's ids first, from the filter's and the sort's columns alone (an index
+    # covers them for the common filters), then only those rows: a deep page does not
+    # read every row it skips.
+    ids = conn.execute(_ordered(select(jobs.c.id).where(*where), JOB_SORTS[page.sort],
+                                page, jobs.c.id)).scalars().all()
+    if not ids:
+        return total, facets, []
+    found = {r.id: r for r in conn.execute(select(*JOB_COLUMNS).where(jobs.c.id.in_(ids)))}
+    return total, facets, [found[i] for i in ids]
+
+
+# ---- scouting ------------------------------------------------------------------------
+#: Scout jobs a task page lists (JEDI sends a few: this only bounds a strange task).
+SCOUTS_SHOWN = 100
+
+
+def scouts(conn: Connection, task_id: int) -> list[dict]:
+    """A task's scout jobs (JEDI's scouting: the first few jobs, whose measures size the
+    rest), the newest attempt of each: ``[{"job_index", "events", "attempt", "state",
+    "site", "wall_s", "events_per_s"}]`` by job index; ``wall_s`` and ``events_per_s``
+    (events over wall seconds, reading included) are None until the attempt ended."""
+    ev = (select(chunks.c.job_index, func.sum(chunks.c.stop - chunks.c.start).label("events"))
+          .where(chunks.c.task_id == task_id, chunks.c.scout.is_(True))
+          .group_by(chunks.c.job_index).subquery())
+    q = (select(ev.c.job_index, ev.c.events, jobs.c.attempt, jobs.c.state, jobs.c.site,
+                JOB_DURATION.label("wall_s"))
+         .join(jobs, (jobs.c.task_id == task_id) & (jobs.c.job_index == ev.c.job_index))
+         .order_by(ev.c.job_index, jobs.c.attempt).limit(SCOUTS_SHOWN * 4))
+    newest: dict[int, dict] = {}
+    for r in conn.execute(q):
+        wall = r.wall_s if r.wall_s is not None and r.wall_s > 0 else None
+        newest[r.job_index] = {"job_index": r.job_index, "events": int(r.events),
+                               "attempt": r.attempt, "state": r.state, "site": r.site,
+                               "wall_s": wall,
+                               "events_per_s": r.events / wall if wall else None}
+    return list(newest.values())[:SCOUTS_SHOWN]
 
 
 # ---- histograms ----------------------------------------------------------------------
