@@ -132,7 +132,8 @@ Index("ix_jobs_pilot", jobs.c.pilot_id, jobs.c.state)
 # index's order (state, site, error category, attempt; any time window too), which also
 # holds what the errors view groups failures by; and a task page's per-site histograms.
 Index("ix_jobs_facets", jobs.c.state, jobs.c.site, jobs.c.error_category, jobs.c.attempt,
-      jobs.c.modified_at, jobs.c.task_id, jobs.c.started_at, jobs.c.ended_at)
+      jobs.c.modified_at, jobs.c.task_id, jobs.c.started_at, jobs.c.ended_at,
+      jobs.c.read_from)
 Index("ix_jobs_task_site", jobs.c.task_id, jobs.c.state, jobs.c.site, jobs.c.started_at,
       jobs.c.ended_at)
 

@@ -101,8 +101,12 @@ def test_a_pilot_of_one_site_cannot_act_as_another(two_sites):
     tokens = _pilot_tokens(url)
     admin = {"Authorization": f"Bearer {panda.info['user_token']}"}
     with httpx.Client(base_url=url, timeout=10) as c:
-        pilots = {p["site"]: p["id"] for p in c.get("/api/pilots", headers=admin).json()
-                  if p["state"] == "running"}
+        def running() -> dict[str, int] | None:
+            ids = {p["site"]: p["id"] for p in c.get("/api/pilots", headers=admin).json()
+                   if p["state"] == "running"}
+            return ids if {"SITE-A", "SITE-B"} <= set(ids) else None
+
+        pilots = wait_for(running, 30, what="a running pilot at each site")
         for mine, other in (("SITE-A", "SITE-B"), ("SITE-B", "SITE-A")):
             h = {"Authorization": f"Bearer {tokens[mine]}"}
             theirs = pilots[other]
