@@ -143,6 +143,13 @@ export class PandaTaskView extends Widget {
     this.model.show();
   }
 
+  /** Closed by its tab: disposed, so that opening a task again makes a new view (a
+   * closed widget is only detached, and a detached one cannot be shown again). */
+  protected onCloseRequest(msg: Message): void {
+    super.onCloseRequest(msg);
+    this.dispose();
+  }
+
   protected onResize(msg: Widget.ResizeMessage): void {
     super.onResize(msg);
     this.render(this.model.state); // the task stream is drawn as wide as the view

@@ -228,6 +228,14 @@ def test_a_job_says_in_words_why_it_went_where_it_went(lab_page, artifacts):
     assert job.locator(".panda-job-usage").inner_text().startswith("used: peak memory ")
     page.screenshot(path=str(artifacts / "panel-job-brokerage.png"))
 
+    # closed by its tab, the task view comes back when a task is opened again
+    page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab[data-id='panda-lab-task'] "
+                 ".lm-TabBar-tabCloseIcon").click()
+    view.wait_for(state="detached")
+    page.locator(f".panda-lab-panel .panda-task-row[data-task-id='{lab_page['task']}']").click()
+    view.locator(".panda-task-label").wait_for()
+    assert view.is_visible()
+
 
 def test_the_status_bar_counts_apart_explains_and_opens_the_panel(lab_page, artifacts):
     page, lab = lab_page["page"], lab_page["lab"]
