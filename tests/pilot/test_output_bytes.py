@@ -134,10 +134,14 @@ def test_capture_with_a_spool_it_cannot_open_still_gives_its_tail(tmp_path):
 
 
 # ---- through real pilots -------------------------------------------------------------------
-@pytest.fixture
-def srv(db_url, home):
-    """A server on SQLite or PostgreSQL with its local pilots."""
-    s = ServerProcess(home, db_url=db_url).start()
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def srv(request, tmp_path_factory):
+    """A server on SQLite or PostgreSQL with its local pilots, shared by the module's
+    tests on that database (each looks at its own task only)."""
+    home = tmp_path_factory.mktemp("home")
+    url = (f"sqlite:///{home / 'panda-lab.sqlite'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres").new_database())
+    s = ServerProcess(home, db_url=url).start()
     yield s
     s.stop()
 
