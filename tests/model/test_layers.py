@@ -69,7 +69,7 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     # provisioners start pilots; they know sites by their own config, never the server
     "provisioners": {"model", "text", "http", "runtime", "resources"},
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
-               "runtime"},
+               "runtime", "resources"},
     "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model",
               "reads"},
     "widgets": {"model", "text"},
