@@ -310,6 +310,10 @@ class Merger:
                 item = self._q.get(timeout=PERSIST_EVERY)
             except queue.Empty:  # idle: save what changed since the last save
                 self._persist_idle()
+                try:
+                    self._keep_to_budget()
+                except Exception:
+                    log.exception("keeping the merged results within their budget failed")
                 continue
             if item is None:  # close() woke the thread
                 continue
@@ -323,18 +327,20 @@ class Merger:
                 log.exception("merging a result of task %s failed", task_id)
             finally:
                 self._one_done(task_id)
-            try:
-                self._keep_to_budget()
-            except Exception:
-                log.exception("keeping the merged results within their budget failed")
 
     def _one_done(self, task_id: int) -> None:
+        """One item of the task is done: keep to the budget (the task may be dropped now,
+        if nothing more is queued), then wake who waits for the task to settle."""
         with self._done:
             self._pending[task_id] -= 1
-            if self._pending[task_id]:
-                return
-            del self._pending[task_id]
-            waiters = self._waiters.pop(task_id, [])
+            waiters = []
+            if not self._pending[task_id]:
+                del self._pending[task_id]
+                waiters = self._waiters.pop(task_id, [])
+        try:
+            self._keep_to_budget()
+        except Exception:
+            log.exception("keeping the merged results within their budget failed")
         for fut in waiters:
             try:
                 fut.get_loop().call_soon_threadsafe(_resolve, fut)
