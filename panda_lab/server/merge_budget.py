@@ -16,10 +16,11 @@ least recently used to disk past a target, refuse what cannot fit at all):
   value leaves memory only once it is saved in its accumulator row;
 * a result that would push the queue over the budget is queued without its bytes and
   read back from the store when merged;
-* past the budget, the merged values of tasks with nothing queued are dropped, least
-  recently used first (the pickled copy stays while it fits: a ``partial()`` of a task
-  that ended costs no unpickling); the next merge or read loads them again from the
-  store;
+* past the budget, saved merged values are dropped, least recently used first (the
+  pickled copy stays while it fits: a ``partial()`` of a task that ended costs no
+  unpickling), then their copies, then unsaved ones are saved and dropped too; the next
+  merge or read loads them again from the store.  Only the task being merged is never
+  dropped;
 * the in-order merge at the end reads the job results in batches that fit what is free;
 * a single task whose merged result alone would be over the budget is refused: the task
   fails with a message that gives the size, the budget and how to raise it
@@ -75,7 +76,7 @@ def to_evict(states: Iterable[tuple[int, Held, float, bool]], total: int, budget
     """What to drop so that ``total`` bytes come under ``budget``.
 
     ``states``: ``(task, state, last used (monotonic s), may drop)``; only those that may
-    be dropped (saved, nothing queued, no error) are chosen, least recently used first,
+    be dropped (saved, not being merged, no error) are chosen, least recently used first,
     their value before their pickled copy.  Returns ``[(task, "value" or "all")]``;
     fewer than needed when not enough may be dropped."""
     out: list[tuple[int, str]] = []

@@ -140,7 +140,11 @@ class Merger:
         #: Bytes the merged results may hold (None: no budget, for a bare merger).
         self.budget: int | None = getattr(config, "merge_memory", None)
         self._queued = 0                             # bytes of results queued with them
-        #: The most :meth:`memory` held after a merge step (once kept to the budget).
+        self._handling: int | None = None            # the task the merger's thread holds
+        #: (out_of_order, final, last) of states dropped for the budget, restored on
+        #: loading: what the saved row does not say.
+        self._dropped: dict[int, tuple[bool, bool, tuple[int, int] | None]] = {}
+        #: The most :meth:`memory` held after a merge step or a read (kept to the budget).
         self.peak = 0
         self._q: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -247,9 +251,13 @@ class Merger:
         merge error)."""
         acc = self._acc(task_id)
         with self._lock:
-            if acc.stale or (acc.data is None and acc.value is not None):
+            packed = acc.stale or (acc.data is None and acc.value is not None)
+            if packed:
                 self._pack(acc)
-            return acc.data, len(acc.merged), acc.events, acc.final, acc.error
+            out = acc.data, len(acc.merged), acc.events, acc.final, acc.error
+        if packed and self.budget is not None:
+            self._evict()  # the new copy may take it over the budget
+        return out
 
     def memory(self) -> int:
         """Bytes the merger holds now: every task's merged value and pickled copy, and
@@ -277,7 +285,12 @@ class Merger:
         if acc is None:
             acc = self.load(task_id)
             with self._lock:
+                if task_id not in self.accs and task_id in self._dropped:
+                    acc.out_of_order, acc.final, acc.last = self._dropped.pop(task_id)
                 acc = self.accs.setdefault(task_id, acc)
+            acc.used_at = time.monotonic()
+            if self.budget is not None:
+                self._evict()  # loaded again: others may have to go
         acc.used_at = time.monotonic()
         return acc
 
@@ -299,10 +312,15 @@ class Merger:
         return self.server.db_from_thread(fn, *args)
 
     def _state(self, task_id: int) -> MergeState:
+        """The task's state, in hand until :meth:`_one_done` (never dropped meanwhile);
+        loaded again, on the owner thread, if the budget dropped it since submit()."""
         with self._lock:
-            acc = self.accs[task_id]  # loaded by submit(), on the owner thread
-            acc.used_at = time.monotonic()
-            return acc
+            self._handling = task_id
+            acc = self.accs.get(task_id)
+        if acc is None:
+            acc = self._db(self._acc, task_id)
+        acc.used_at = time.monotonic()
+        return acc
 
     def _run(self) -> None:
         while not self._stopping:
@@ -331,6 +349,8 @@ class Merger:
     def _one_done(self, task_id: int) -> None:
         """One item of the task is done: keep to the budget (the task may be dropped now,
         if nothing more is queued), then wake who waits for the task to settle."""
+        with self._lock:
+            self._handling = None
         with self._done:
             self._pending[task_id] -= 1
             waiters = []
@@ -453,12 +473,13 @@ class Merger:
             if acc.stale or acc.data is None:
                 self._pack(acc)
             merged, events, data = set(acc.merged), acc.events, acc.data
-            acc.dirty = False
             acc.saved_at = time.monotonic()
         self._db(self.store.save_accumulator, task_id, data, merged, events)
+        with self._lock:
+            # only now may the budget drop it (merges happen on this thread only)
+            acc.dirty = False
         self.server.announce("partial", {"task": task_id, "events": events,
                                          "jobs_merged": len(merged)})
-
 
     # ---- the budget (panda_lab.server.merge_budget) -----------------------------------
     def _within_budget(self, task_id: int, acc: MergeState, value: Any, added: int) -> int:
@@ -485,14 +506,32 @@ class Merger:
             acc.value, acc.packed = None, acc.data is not None
 
     def _keep_to_budget(self) -> None:
-        """Drop what may be dropped (saved, nothing queued, no error), least recently
-        used first, until the merger holds no more than its budget."""
+        """Drop what may be dropped (saved, not in hand, no error), least recently
+        used first, until the merger holds no more than its budget; if that is not
+        enough, save the unsaved ones that may be dropped once saved, and drop them too."""
         if self.budget is None:
             self.peak = max(self.peak, self.memory())
             return
+        held = self._evict()
+        if held > self.budget:
+            with self._done, self._lock:
+                unsaved = sorted(((a.used_at, t, a) for t, a in self.accs.items()
+                                  if a.dirty and t != self._handling and a.error is None),
+                                 key=lambda x: x[0])
+            for _, task_id, acc in unsaved:
+                self._persist(task_id, acc)
+                held = self._evict()
+                if held <= self.budget:
+                    break
+        self.peak = max(self.peak, held)
+
+    def _evict(self) -> int:
+        """One round of :func:`merge_budget.to_evict` (on any thread: it only forgets what
+        is saved); returns the bytes held after it."""
+        assert self.budget is not None
         with self._done, self._lock:
             total = self._queued + sum(merge_budget.held(a) for a in self.accs.values())
-            states = [(t, a, a.used_at, not a.dirty and not self._pending.get(t)
+            states = [(t, a, a.used_at, not a.dirty and t != self._handling
                        and a.error is None and not a.stale)
                       for t, a in self.accs.items()]
             for task_id, what in merge_budget.to_evict(states, total, self.budget):
@@ -501,8 +540,10 @@ class Merger:
                     acc.value, acc.packed = None, True
                 else:
                     del self.accs[task_id]
+                    self._dropped[task_id] = (acc.out_of_order, acc.final, acc.last)
             held = self._queued + sum(merge_budget.held(a) for a in self.accs.values())
             self.peak = max(self.peak, held)
+            return held
 
 
 def _resolve(fut: asyncio.Future) -> None:

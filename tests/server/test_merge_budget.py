@@ -238,3 +238,70 @@ def test_what_is_dropped_first():
     assert merge_budget.to_evict(states, 70, 45) == [(2, "value"), (1, "value"), (2, "all")]
     # what may not be dropped (unsaved, queued, failed) stays, even over the budget
     assert [t for t, _ in merge_budget.to_evict(states, 70, 0)] == [2, 1, 2, 1]
+
+
+# ---- a real server under a small budget ----------------------------------------------------
+def wide(events):
+    """80,000 float64 (640 KB pickled) per result: a task's merged value and its copy
+    take 1.25 MB."""
+    return {"x": np.full(80_000, 1.0), "n": len(events)}
+
+
+def huge(events):
+    """Twice ``wide``: over a 3 MB budget with its pickled copy."""
+    return {"x": np.full(200_000, 1.0), "n": len(events)}
+
+
+def metric(server, name: str) -> float:
+    import urllib.request
+
+    req = urllib.request.Request(server.info["url"].rstrip("/") + "/metrics",
+                                 headers={"Authorization": f"Bearer {server.info['user_token']}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_real_server_keeps_its_merged_results_within_the_budget(tmp_path):
+    """Five analyses whose merged results take 1.25 MB each in the server (6.25 MB in all)
+    under ``--merge-memory 3M``: the server never holds more than 3 MB after a merge step,
+    every result reads back right, and a sixth whose merged result alone is 3.05 MB fails,
+    saying the budget and how to raise it, with its job's result still there."""
+    from harness import ServerProcess
+
+    from panda_lab.analysis.sample import make_sample
+
+    files = [str(p) for p in make_sample(tmp_path / "data", files=1, events=2_000,
+                                         basket_events=1_000)]
+    (tmp_path / "home").mkdir()
+    server = ServerProcess(tmp_path / "home", extra=["--merge-memory", "3M"]).start()
+    try:
+        lab = server.lab()
+        lab.datasets.register("tiny", files)
+        tasks = [lab.analyze(wide, "tiny", events_per_job=10**6, name=f"wide{i}")
+                 for i in range(5)]
+        for t in tasks:
+            value = t.result(timeout=120)
+            assert value["n"] == 2_000 and np.array_equal(value["x"], np.ones(80_000))
+        assert metric(server, "panda_lab_merge_memory_budget_bytes") == 3 * 2**20
+        peak = metric(server, "panda_lab_merge_memory_peak_bytes")
+        assert 1.2 * 2**20 < peak <= 3 * 2**20
+        # read again, all of them: the spilled ones come back from the store
+        for t in tasks:
+            assert t.partial().result["n"] == 2_000
+        assert metric(server, "panda_lab_merge_memory_bytes") <= 3 * 2**20
+
+        over = lab.analyze(huge, "tiny", events_per_job=10**6, name="huge")
+        lab.wait(over.id, timeout=120)
+        info = over.info()
+        assert info["state"] == "failed"
+        message = info["options"]["merge_error"]["message"]
+        assert "over its budget of 3.0 MB for merged results" in message
+        assert "$PANDA_LAB_MERGE_MEMORY or `panda-lab server run --merge-memory`" in message
+        kept = lab.results(over.id)  # nothing lost: the job's result is in the store
+        assert list(kept) == [0] and len(kept[0].result["x"]) == 200_000
+        assert metric(server, "panda_lab_merge_memory_peak_bytes") <= 3 * 2**20
+    finally:
+        server.stop()
