@@ -459,14 +459,20 @@ class Merger:
         indices.sort(key=lambda i: starts[i])
         # Read in batches that fit what the budget leaves free, not all at once.
         room = max(1, (self.budget or sum(sizes.values())) - self.memory())
-        value = merge_all(pickle.loads(r["data"]).result
+        value = merge_all(pickle.loads(data).result
                           for batch in merge_budget.batches(sizes, indices, room)
-                          for r in self._db(self.store.results, task_id, batch))
+                          for data in self._in_order(task_id, batch))
         with self._lock:
             acc.value, acc.stale = value, True
             acc.out_of_order = False
             acc.last = max(starts.values(), default=None)
             acc.dirty = True
+
+    def _in_order(self, task_id: int, batch: list[int]) -> list[bytes]:
+        """The stored results of the jobs of ``batch``, in the batch's order (the store
+        gives them by job index)."""
+        rows = {r["index"]: r["data"] for r in self._db(self.store.results, task_id, batch)}
+        return [rows[i] for i in batch]
 
     def _persist(self, task_id: int, acc: MergeState) -> None:
         with self._lock:

@@ -202,13 +202,20 @@ def test_the_in_order_merge_reads_in_batches_that_fit():
 
 
 def test_awkward_results_are_put_in_order_within_the_budget():
+    """Job indices are not input order (here the reverse of it): the results are read in
+    input order, and the store's answer (by job index) is put back in that order."""
     import awkward as ak
 
     server = BudgetServer(200 * KB)
     merger = Merger(server)  # type: ignore[arg-type]
-    parts = {i: result({"ev": ak.Array(np.arange(10 * i, 10 * i + 10))}) for i in range(4)}
+    order = {0: 3, 1: 2, 2: 1, 3: 0}  # job index -> position in the input
+    parts = {i: result({"ev": ak.Array(np.arange(10 * order[i], 10 * order[i] + 10))})
+             for i in range(4)}
     for i, d in parts.items():
         server.store.stored[(1, i)] = d
+    server.store.task_chunks = lambda task_id: [  # type: ignore[method-assign]
+        {"job_index": i, "file_index": 0, "path": "/f.root", "tree": "Events",
+         "start": 10 * order[i], "stop": 10 * order[i] + 10} for i in range(4)]
 
     async def body():
         merger.start()
@@ -222,6 +229,9 @@ def test_awkward_results_are_put_in_order_within_the_budget():
 
     data, *_ = run(server, body)
     assert pickle.loads(data)["ev"].tolist() == list(range(40))
+    # the store gives a batch by job index: put in input order, not the store's
+    assert [args for name, args in server.store.calls if name == "results"][-1] == (
+        1, [3, 2, 1, 0])
     assert ("result_sizes", (1,)) in server.store.calls
 
 
