@@ -27,6 +27,17 @@ def _ship_test_functions_by_value(request):
 
 
 @pytest.fixture(scope="session")
+def binder_image(tmp_path_factory):
+    """The Binder image replayed once for the session (``tests/binder_image.py``): the
+    replay checks it, the notebook tests run their kernels with it."""
+    from binder_image import build
+
+    image = build(tmp_path_factory.mktemp("binder"))
+    print("\nbinder image: " + ", ".join(f"{k} {v:.0f} s" for k, v in image.times.items()))
+    return image
+
+
+@pytest.fixture(scope="session")
 def postgres():
     bindir = find_bindir()
     if bindir is None:

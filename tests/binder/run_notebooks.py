@@ -1,12 +1,14 @@
-"""What the Binder replay runs through ``binder/start``: the notebooks named (default:
-every example and teaching notebook) with nbclient, then ``jupyter labextension list``;
-one JSON line of results.
+"""What the Binder replay runs through ``binder/start``: the notebooks named, if any, with
+nbclient; then what a notebook's first cell does (``panda_lab.connect()``: the embedded
+server, started sized to the container), the sites it made, and ``jupyter labextension
+list``; one JSON line of results.
 
-Run as ``binder/start python tests/binder/run_notebooks.py OUT.json [NOTEBOOK...]`` from a checkout
-whose panda-lab was installed by ``binder/postBuild``.  The notebooks run in place
+Run as ``binder/start python tests/binder/run_notebooks.py OUT.json [NOTEBOOK...]`` from a
+checkout whose panda-lab was installed by ``binder/postBuild``.  The notebooks run in place
 (``example_notebooks/`` and its ``teaching/``) against the embedded server their
-``panda_lab.connect()`` starts, which is stopped at the end.  Not a test module: the
-test in ``test_binder.py`` reads what this writes.
+``panda_lab.connect()`` starts, which is stopped at the end.  (The test suite runs every
+notebook in ``tests/notebooks``, with this image's kernel: the replay names none.)  Not a
+test module: the test in ``test_binder.py`` reads what this writes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,6 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path.cwd()
-
-
-def notebooks() -> list[Path]:
-    base = ROOT / "example_notebooks"
-    return sorted(base.glob("*.ipynb")) + sorted((base / "teaching").glob("*.ipynb"))
 
 
 def run(path: Path) -> dict:
@@ -50,7 +47,10 @@ def main(out: str, names: list[str]) -> int:
     result: dict = {"resources": {"cpus": res.cpus, "memory": res.memory,
                                   "source": res.source},
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "notebooks": [run(p) for p in ([ROOT / n for n in names] or notebooks())]}
+                    "notebooks": [run(ROOT / n) for n in names]}
+    import panda_lab
+
+    panda_lab.connect()  # as a notebook's first cell: the embedded server, if none runs
     ext = subprocess.run(["jupyter", "labextension", "list"], capture_output=True, text=True)
     result["labextension_list"] = ext.stdout + ext.stderr
     sites = subprocess.run(["panda-lab", "sites", "--json"], capture_output=True, text=True)
