@@ -336,6 +336,19 @@ def merge_memory(res: Resources | None = None,
     return merge_share_mb(res) * 2**20, f"{MERGE_SHARE:.1%} of {res.describe()}"
 
 
+def plan_note(plan: LocalPlan, environ: dict[str, str] | None = None) -> str:
+    """The plan's note, with the merged results' budget as the server will use it: the
+    note's share, or ``$PANDA_LAB_MERGE_MEMORY`` when set (said so).  Raises
+    :class:`ResourceError` naming the variable for a bad value."""
+    env = os.environ if environ is None else environ
+    if not env.get(MERGE_MEMORY_ENV):
+        return plan.note
+    budget, source = merge_memory(environ=env)
+    return plan.note.replace(f"{plan.merge_mb} MB for the server's merged results",
+                             f"{budget // 2**20} MB for the server's merged results "
+                             f"({source})", 1)
+
+
 def plan_local(res: Resources) -> LocalPlan:
     """Size the embedded default to ``res``.
 

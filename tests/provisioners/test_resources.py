@@ -235,6 +235,10 @@ def test_the_merge_budget_override_wins_and_a_bad_one_is_named(tmp_path, monkeyp
     from panda_lab.cli.server_cmd import config_from_args
     from panda_lab.server.config import ServerConfig
 
+    plan = plan_local(res(2, 2048))
+    assert resources.plan_note(plan, {}) == plan.note
+    assert "3 MB for the server's merged results (set by PANDA_LAB_MERGE_MEMORY), for 2 " \
+        in resources.plan_note(plan, {"PANDA_LAB_MERGE_MEMORY": "3M"})
     env = {"PANDA_LAB_MERGE_MEMORY": "3M", "PANDA_LAB_MEMORY": "2G"}
     assert resources.merge_memory(environ=env) == (3 * 2**20,
                                                    "set by PANDA_LAB_MERGE_MEMORY")
