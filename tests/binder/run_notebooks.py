@@ -44,18 +44,27 @@ def main(out: str, names: list[str]) -> int:
     from panda_lab.resources import detect
 
     res = detect()
+    steps: dict[str, float] = {}
+    t = time.monotonic()
     result: dict = {"resources": {"cpus": res.cpus, "memory": res.memory,
                                   "source": res.source},
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "notebooks": [run(ROOT / n) for n in names]}
+                    "notebooks": [run(ROOT / n) for n in names], "seconds": steps}
     import panda_lab
 
     panda_lab.connect()  # as a notebook's first cell: the embedded server, if none runs
+    steps["connect (embedded server)"] = time.monotonic() - t
+    t = time.monotonic()
     ext = subprocess.run(["jupyter", "labextension", "list"], capture_output=True, text=True)
     result["labextension_list"] = ext.stdout + ext.stderr
+    steps["jupyter labextension list"] = time.monotonic() - t
+    t = time.monotonic()
     sites = subprocess.run(["panda-lab", "sites", "--json"], capture_output=True, text=True)
     result["sites"] = json.loads(sites.stdout) if sites.returncode == 0 else sites.stderr
+    steps["panda-lab sites"] = time.monotonic() - t
+    t = time.monotonic()
     subprocess.run(["panda-lab", "server", "stop"], capture_output=True, text=True)
+    steps["panda-lab server stop"] = time.monotonic() - t
     Path(out).write_text(json.dumps(result))
     return 0
 

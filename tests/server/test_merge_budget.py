@@ -19,6 +19,7 @@ import pickle
 import threading
 
 import numpy as np
+import pytest
 
 from panda_lab.analysis.runner import ChunkResult
 from panda_lab.server import merge_budget
@@ -274,6 +275,7 @@ def metric(server, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+@pytest.mark.slow
 def test_a_real_server_keeps_its_merged_results_within_the_budget(tmp_path):
     """Five analyses whose merged results take 1.25 MB each in the server (6.25 MB in all)
     under ``--merge-memory 3M``: the server never holds more than 3 MB after a merge step,
