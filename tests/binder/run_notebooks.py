@@ -1,7 +1,7 @@
 """What the Binder replay runs through ``binder/start``: the notebooks named, if any, with
 nbclient; then what a notebook's first cell does (``panda_lab.connect()``: the embedded
-server, started sized to the container), the sites it made, and ``jupyter labextension
-list``; one JSON line of results.
+server, started sized to the container), the sites it made and their pilots once they
+run, and ``jupyter labextension list``; one JSON line of results.
 
 Run as ``binder/start python tests/binder/run_notebooks.py OUT.json [NOTEBOOK...]`` from a
 checkout whose panda-lab was installed by ``binder/postBuild``.  The notebooks run in place
@@ -52,8 +52,18 @@ def main(out: str, names: list[str]) -> int:
                     "notebooks": [run(ROOT / n) for n in names], "seconds": steps}
     import panda_lab
 
-    panda_lab.connect()  # as a notebook's first cell: the embedded server, if none runs
+    lab = panda_lab.connect()  # as a notebook's first cell: the embedded server
     steps["connect (embedded server)"] = time.monotonic() - t
+    # its pilots started and registered, inside the limit (and a server is stopped at
+    # once only when they are not still starting)
+    t = time.monotonic()
+    while time.monotonic() - t < 120:
+        running = sorted(p["site"] for p in lab.pilots() if p["state"] == "running")
+        if len(running) >= len(lab.sites()):
+            break
+        time.sleep(0.2)
+    result["pilots_running"] = running
+    steps["pilots registered"] = time.monotonic() - t
     t = time.monotonic()
     ext = subprocess.run(["jupyter", "labextension", "list"], capture_output=True, text=True)
     result["labextension_list"] = ext.stdout + ext.stderr

@@ -134,3 +134,5 @@ def test_replay_of_the_binder_image(binder_image, tmp_path):
         assert memory["oom_kills"] in (0, None) and memory["peak"] < LIMIT, memory
     assert sorted(s["name"] for s in result["sites"]) == ["LOCAL-CLOUD", "LOCAL-GRID",
                                                           "LOCAL-HPC"]
+    # every site's pilot started and registered under the limit
+    assert result["pilots_running"] == ["LOCAL-CLOUD", "LOCAL-GRID", "LOCAL-HPC"]
