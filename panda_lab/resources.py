@@ -23,6 +23,8 @@ override (``PANDA_LAB_CPUS``, ``PANDA_LAB_MEMORY``) is an error, :class:`Resourc
 because a typo there should never silently mean "the host".
 
 :func:`plan_local` turns the resources into the embedded default's sites: see its rule.
+:func:`merge_memory` is the server's budget for the merged results it holds (the plan's
+share, or ``PANDA_LAB_MERGE_MEMORY``), used by every server, embedded or not.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pathlib import Path
 CPUS_ENV = "PANDA_LAB_CPUS"
 #: Environment: usable memory (``"1.5G"``, ``"1536M"``, ``"2GiB"``, or bytes).
 MEMORY_ENV = "PANDA_LAB_MEMORY"
+#: Environment: the memory the server's merged results may take (a size, as above).
+MERGE_MEMORY_ENV = "PANDA_LAB_MERGE_MEMORY"
 #: Environment: the root under which ``sys/`` and ``proc/`` are read (default ``/``).
 SYSROOT_ENV = "PANDA_LAB_SYSROOT"
 
@@ -284,6 +288,11 @@ CACHE_MAX_MB = 256
 #: over its idle worker for 400k events (~4.4k per MB); half of that leaves room for
 #: analyses that read more columns.
 EVENTS_PER_MB = 2000
+#: The server's merged results (each task's merged value and its pickled copy, the results
+#: waiting to be merged): this share of the memory, within these bounds, in MB.  The
+#: merged histograms of an analysis take kilobytes; concatenated awkward arrays grow with
+#: the events, and are what this bounds.
+MERGE_SHARE, MERGE_MIN_MB, MERGE_MAX_MB = 1 / 32, 16, 512
 
 
 @dataclass(frozen=True)
@@ -300,20 +309,61 @@ class LocalPlan:
     note: str
     #: Each worker's cache of read arrays (``PANDA_LAB_READ_CACHE``), inside its share.
     cache_mb: int = 0
+    #: The server's merged results, at most (:func:`merge_memory`), inside its share.
+    merge_mb: int = 0
+
+
+def merge_share_mb(res: Resources) -> int:
+    """The memory, in MB, the plan gives the server's merged results: :data:`MERGE_SHARE`
+    of ``res.memory`` within [:data:`MERGE_MIN_MB`, :data:`MERGE_MAX_MB`]."""
+    return int(min(MERGE_MAX_MB, max(MERGE_MIN_MB, res.memory_mb * MERGE_SHARE)))
+
+
+def merge_memory(res: Resources | None = None,
+                 environ: dict[str, str] | None = None) -> tuple[int, str]:
+    """The server's budget for merged results: ``(bytes, where it came from)``.
+
+    ``$PANDA_LAB_MERGE_MEMORY`` (a size: ``"256M"``) when set, else the plan's share of
+    ``res`` (default: :func:`detect`).  Raises :class:`ResourceError` naming the variable
+    for a bad value (of it, or of the overrides :func:`detect` reads)."""
+    env = os.environ if environ is None else environ
+    if env.get(MERGE_MEMORY_ENV):
+        try:
+            return parse_size(env[MERGE_MEMORY_ENV]), f"set by {MERGE_MEMORY_ENV}"
+        except ValueError as exc:
+            raise ResourceError(f"{MERGE_MEMORY_ENV}: {exc}") from None
+    res = res or detect(environ=env)
+    return merge_share_mb(res) * 2**20, f"{MERGE_SHARE:.1%} of {res.describe()}"
+
+
+def plan_note(plan: LocalPlan, environ: dict[str, str] | None = None) -> str:
+    """The plan's note, with the merged results' budget as the server will use it: the
+    note's share, or ``$PANDA_LAB_MERGE_MEMORY`` when set (said so).  Raises
+    :class:`ResourceError` naming the variable for a bad value."""
+    env = os.environ if environ is None else environ
+    if not env.get(MERGE_MEMORY_ENV):
+        return plan.note
+    budget, source = merge_memory(environ=env)
+    return plan.note.replace(f"{plan.merge_mb} MB for the server's merged results",
+                             f"{budget // 2**20} MB for the server's merged results "
+                             f"({source})", 1)
 
 
 def plan_local(res: Resources) -> LocalPlan:
     """Size the embedded default to ``res``.
 
     Rule: keep ``max(512 MB, 30 %)`` of the memory for JupyterLab and the kernel, and the
-    server's share; three sites of one pilot each when three pilots with one worker and
-    :data:`MIN_CHUNK_MB` of working memory fit in the rest, else one site.  Workers per
+    server's share (its process and its merged results, :func:`merge_share_mb`); three
+    sites of one pilot each when three pilots with one worker and :data:`MIN_CHUNK_MB` of
+    working memory fit in the rest, else one site.  Workers per
     pilot: the cores divided among the sites (at least one), fewer where memory says so.
     What is left per worker is shared by its read cache (a third, at most
     :data:`CACHE_MAX_MB`) and its chunk's working memory, which caps an analysis job at
     :data:`EVENTS_PER_MB` events per MB of it.  Never zero of anything: when even one
     worker does not fit, the note says so."""
-    budget = res.memory_mb - max(RESERVE_MB, int(RESERVE_SHARE * res.memory_mb)) - SERVER_MB
+    merge_mb = merge_share_mb(res)
+    budget = (res.memory_mb - max(RESERVE_MB, int(RESERVE_SHARE * res.memory_mb)) - SERVER_MB
+              - merge_mb)
     per_worker = WORKER_MB + MIN_CHUNK_MB
     sites = 3 if budget >= 3 * (PILOT_MB + per_worker) else 1
     fit = (budget - sites * PILOT_MB) // (sites * per_worker)
@@ -324,8 +374,10 @@ def plan_local(res: Resources) -> LocalPlan:
     cache_mb = max(0, min(CACHE_MAX_MB, (room - MIN_CHUNK_MB) // 3))
     chunk_mb = max(MIN_CHUNK_MB, room - cache_mb)
     note = (f"{sites} site(s) x 1 pilot x {slots} worker(s), {chunk_mb} MB per job and "
-            f"{cache_mb} MB of read cache per worker, for {res.describe()}")
+            f"{cache_mb} MB of read cache per worker, {merge_mb} MB for the server's merged "
+            f"results, for {res.describe()}")
     if room < MIN_CHUNK_MB:
         note += (f"; {res.memory_mb} MB is less than one pilot needs with room for "
                  f"JupyterLab: expect memory errors (set {MEMORY_ENV} or use --sites)")
-    return LocalPlan(sites, 1, slots, chunk_mb * EVENTS_PER_MB, chunk_mb, note, cache_mb)
+    return LocalPlan(sites, 1, slots, chunk_mb * EVENTS_PER_MB, chunk_mb, note, cache_mb,
+                     merge_mb)

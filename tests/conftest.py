@@ -18,7 +18,8 @@ IN_CI = bool(os.environ.get("CI"))
 #: Modules that share one resource of the machine and so run one after the other, on one
 #: worker, when pytest-xdist runs the suite in parallel: the Slurm cluster that
 #: scripts/start-slurm starts is the machine's own (its queue is counted by the tests).
-SERIAL_GROUPS = {"slurm": ("slurm",)}
+#: The Binder image (``binder_image``) is built once per worker: its users share one.
+SERIAL_GROUPS = {"slurm": ("slurm",), "binder": ("binder_image",)}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,6 +46,17 @@ def _ship_test_functions_by_value(request):
     cloudpickle.register_pickle_by_value(request.module)
     yield
     cloudpickle.unregister_pickle_by_value(request.module)
+
+
+@pytest.fixture(scope="session")
+def binder_image(tmp_path_factory):
+    """The Binder image replayed once for the session (``tests/binder_image.py``): the
+    replay checks it, the notebook tests run their kernels with it."""
+    from binder_image import build
+
+    image = build(tmp_path_factory.mktemp("binder"))
+    print("\nbinder image: " + ", ".join(f"{k} {v:.0f} s" for k, v in image.times.items()))
+    return image
 
 
 @pytest.fixture(scope="session")

@@ -99,21 +99,38 @@ class MemoryLimit:
             pass
 
 
-def execute(nb, workdir: Path, limit: MemoryLimit, timeout: float = 120) -> float:
+def execute(nb, workdir: Path, limit: MemoryLimit, timeout: float = 120,
+            image=None) -> float:
     """Run notebook ``nb`` (an nbformat node, outputs written into it) with nbclient in
-    ``workdir``, its kernel under ``limit``; the seconds it took.  Asserts the kernel was
-    not killed for memory and the cgroup's peak so far is under the limit (with the
-    ``prlimit`` fall-back there is no peak to read: an allocation past the limit fails in
-    the kernel and so fails the notebook)."""
+    ``workdir``, its kernel under ``limit``; the seconds it took.  With ``image`` (a
+    ``binder_image.Image``) the kernel is the image's: started through ``binder/start``
+    with the image's Python, which is asserted.  Asserts the kernel was not killed for
+    memory and the cgroup's peak so far is under the limit (with the ``prlimit``
+    fall-back there is no peak to read: an allocation past the limit fails in the kernel
+    and so fails the notebook)."""
     from nbclient import NotebookClient
 
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    kw = {"kernel_name": "python3"}
+    if image is not None:
+        from binder_image import KERNEL
+
+        kw = {"kernel_name": KERNEL, "kernel_manager_class": image.kernel_manager_class()}
+    client = NotebookClient(nb, timeout=timeout, **kw,
                             resources={"metadata": {"path": str(workdir)}})
-    client.on_notebook_start = lambda notebook: limit.add(client.km.provisioner.pid)
+    kernels: list[list[str]] = []
+
+    def started(notebook) -> None:
+        pid = client.km.provisioner.pid
+        limit.add(pid)
+        kernels.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0"))
+
+    client.on_notebook_start = started
     start = time.monotonic()
     client.execute()
     took = time.monotonic() - start
     memory = limit.report()
     if "peak" in memory:
         assert memory["oom_kills"] in (0, None) and memory["peak"] < limit.limit, memory
+    if image is not None:  # the kernel was the image's Python (exec'd by binder/start)
+        assert kernels and kernels[0][0] == str(image.python), kernels
     return took

@@ -56,6 +56,10 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                         "brokered again while other sites have free slots (0: never)")
     p.add_argument("--broker-seed", type=int,
                    help="seed brokerage's random picks (reproducible decisions)")
+    p.add_argument("--merge-memory", metavar="SIZE",
+                   help="memory the merged results of analyses may take in the server, e.g. "
+                        "256M or 2G (default: $PANDA_LAB_MERGE_MEMORY, else a share of the "
+                        "memory this process may use)")
     p.add_argument("--no-pilots", action="store_true",
                    help="start no local pilots (run `panda-lab pilot` yourself)")
     p.add_argument("--scrape-token-file", type=Path,

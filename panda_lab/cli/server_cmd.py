@@ -26,10 +26,31 @@ def config_from_args(args: argparse.Namespace):
         sites=sites, links=load_links(args.sites, sites) if args.sites else [],
         network=args.network, stall_after=args.stall_after, broker_seed=args.broker_seed,
         max_events_per_job=plan.max_events_per_job if plan else None,
+        merge_memory=_merge_memory(args, plan),
         heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_interval,
         task_lease=args.task_lease, watchdog_interval=args.watchdog_interval,
         provision=not args.no_pilots, scrape_token=_scrape_token(args),
         **_hub(args))
+
+
+def _merge_memory(args: argparse.Namespace, plan) -> int:
+    """The merged results' budget in bytes: ``--merge-memory``, else
+    ``$PANDA_LAB_MERGE_MEMORY``, else the embedded plan's share, else the share of what
+    this process may use.  A bad value is a ``ConfigError`` naming the option."""
+    from panda_lab.provisioners.config import ConfigError
+    from panda_lab.resources import ResourceError, merge_memory, parse_size
+
+    if getattr(args, "merge_memory", None):
+        try:
+            return parse_size(args.merge_memory)
+        except ValueError as exc:
+            raise ConfigError(f"--merge-memory: {exc}") from None
+    if plan is not None and plan.merge_mb and not os.environ.get("PANDA_LAB_MERGE_MEMORY"):
+        return plan.merge_mb * 2**20
+    try:
+        return merge_memory()[0]
+    except ResourceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _hub(args: argparse.Namespace) -> dict:
@@ -76,6 +97,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
         out += ["--sites", str(args.sites.resolve())]
     if args.no_pilots:
         out.append("--no-pilots")
+    if getattr(args, "merge_memory", None):
+        out += ["--merge-memory", args.merge_memory]
     if getattr(args, "jupyterhub", False):
         out.append("--jupyterhub")
     if getattr(args, "scrape_token_file", None) is not None:

@@ -191,12 +191,12 @@ def _packages() -> str:
 
 
 def _resources() -> str:
-    from panda_lab.resources import detect, plan_local
+    from panda_lab.resources import detect, plan_local, plan_note
 
     plan = plan_local(detect())
     if "expect memory errors" in plan.note:
-        raise RuntimeError(plan.note)
-    return plan.note
+        raise RuntimeError(plan_note(plan))
+    return plan_note(plan)
 
 
 def _panel() -> str:

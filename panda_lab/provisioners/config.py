@@ -29,6 +29,7 @@ from panda_lab.resources import (
     Resources,
     detect,
     plan_local,
+    plan_note,
 )
 
 log = logging.getLogger("panda_lab.provisioners")
@@ -315,7 +316,10 @@ def local_plan(resources: Resources | None = None) -> LocalPlan:
     except ResourceError as exc:
         raise ConfigError(str(exc)) from None
     plan = plan_local(res)
-    log.info("embedded default: %s", plan.note)
+    try:
+        log.info("embedded default: %s", plan_note(plan))
+    except ResourceError as exc:
+        raise ConfigError(str(exc)) from None
     # The local pilots' workers inherit the server's environment: their read cache is
     # sized with the rest of the plan unless the user set it.
     os.environ.setdefault(READ_CACHE_ENV, f"{plan.cache_mb} MB")

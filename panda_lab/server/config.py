@@ -13,6 +13,20 @@ from pathlib import Path
 # Sites are the provisioners' configuration: read through their registry.
 from panda_lab.provisioners.config import ConfigError, SiteConfig, default_sites
 from panda_lab.provisioners.links import LinkConfig
+from panda_lab.resources import MERGE_MEMORY_ENV, ResourceError, merge_memory
+
+#: How a person raises the merge budget, named wherever the budget refuses something.
+MERGE_MEMORY_HOW = f"${MERGE_MEMORY_ENV} or `panda-lab server run --merge-memory`"
+
+
+def default_merge_memory() -> int:
+    """The merged results' budget in bytes: ``$PANDA_LAB_MERGE_MEMORY``, else the resource
+    plan's share (:func:`panda_lab.resources.merge_memory`).  Raises ``ValueError`` naming
+    the variable for a bad value."""
+    try:
+        return merge_memory()[0]
+    except ResourceError as exc:
+        raise ValueError(str(exc)) from None
 
 __all__ = ["NETWORK_MODES", "ConfigError", "LinkConfig", "ServerConfig", "SiteConfig",
            "default_sites"]
@@ -60,6 +74,10 @@ class ServerConfig:
     #: The most events one job of an ``auto``-split analysis reads (None: no cap): the
     #: embedded default sets it from the memory each payload worker has.
     max_events_per_job: int | None = None
+    #: Bytes the merged results of analyses may take in the server's memory (each task's
+    #: merged value and its pickled copy, results waiting to be merged): the merger keeps
+    #: within it (panda_lab.server.merger) and refuses a single merged result over it.
+    merge_memory: int = field(default_factory=default_merge_memory)
     user_token: str | None = None
     pilot_token: str | None = None
     #: A token accepted at ``/metrics`` only (Prometheus' ``authorization``), so that a
@@ -74,6 +92,9 @@ class ServerConfig:
     hub_cache_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.merge_memory <= 0:
+            raise ValueError(f"merge_memory = {self.merge_memory} must be a positive number "
+                             "of bytes")
         if self.network not in NETWORK_MODES:
             raise ValueError(f"network = {self.network!r}; allowed: {list(NETWORK_MODES)}")
 

@@ -190,8 +190,21 @@ def start_detached(home: Path, args: list[str] | None = None, timeout: float = 6
     raise ServerError(f"server did not answer within {timeout:g} s (log: {log_dir / 'server.log'})")
 
 
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited: no such process, or a zombie (it exited and
+    its parent, e.g. the kernel whose ``connect()`` started it, has not reaped it yet)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def stop_detached(home: Path, timeout: float = 30.0) -> bool:
-    """Stop the server of this home; True if one was running."""
+    """Stop the server of this home (SIGTERM, then SIGKILL after ``timeout`` seconds);
+    True if one was running.  Returns once the server has exited, even if another
+    process started it and has not reaped it."""
     info = runtime.read_connection(home)
     if not info:
         return False
@@ -203,12 +216,10 @@ def stop_detached(home: Path, timeout: float = 30.0) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+        if _gone(pid):
+            break
         time.sleep(0.05)
     else:
         os.kill(pid, signal.SIGKILL)

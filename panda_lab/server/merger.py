@@ -21,6 +21,10 @@ in it (each chunk counts once); a merge error is kept in the task's options
 (``merge_error``) by the service that fails the task.  The rest (the pickled copy for
 ``partial``, whether it changed since the last save, the input order seen so far) is
 memory only and rebuilt from those rows.
+
+Memory: everything the merger holds is within the server's budget for merged results
+(``ServerConfig.merge_memory``); how it keeps to it, and what it refuses, is
+:mod:`panda_lab.server.merge_budget`'s.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from panda_lab.analysis.accumulate import MergeError
+from panda_lab.server import merge_budget
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.server.app import Server
@@ -87,6 +92,13 @@ class MergeState:
     Memory only: the rest, rebuilt after a restart."""
 
     value: Any = None
+    #: Bytes of ``value`` (its pickled size when last measured; see merge_budget).
+    size: int = 0
+    #: ``value`` is only in ``data`` (loaded from the store, not unpickled yet).
+    packed: bool = False
+    #: ``data`` is older than ``value``.
+    stale: bool = False
+    used_at: float = 0.0            # time.monotonic() of the last merge or read
     #: Job indices whose results are in ``value``.
     merged: set[int] = field(default_factory=set)
     events: int = 0
@@ -124,6 +136,16 @@ class Merger:
         self.store = server.store
         self.on_error = on_error or (lambda _task, _err: None)
         self.accs: dict[int, MergeState] = {}
+        config = getattr(server, "config", None)
+        #: Bytes the merged results may hold (None: no budget, for a bare merger).
+        self.budget: int | None = getattr(config, "merge_memory", None)
+        self._queued = 0                             # bytes of results queued with them
+        self._handling: int | None = None            # the task the merger's thread holds
+        #: (out_of_order, final, last) of states dropped for the budget, restored on
+        #: loading: what the saved row does not say.
+        self._dropped: dict[int, tuple[bool, bool, tuple[int, int] | None]] = {}
+        #: The most :meth:`memory` held after a merge step or a read (kept to the budget).
+        self.peak = 0
         self._q: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
         self._done = threading.Lock()                # guards _pending and _waiters
@@ -158,10 +180,18 @@ class Merger:
                data: bytes | None, final: bool = False, ended: bool = False) -> None:
         """Queue job ``index``'s result (``data``, or read from the store when None) for
         merging; with ``final``, then put awkward arrays in input order and save;
-        ``ended``: the task has ended.  Returns at once."""
-        self._acc(task_id)  # loaded here, on the owner thread, before the merger needs it
-        with self._done:
+        ``ended``: the task has ended.  Returns at once.  A result that would take the
+        queue over the budget is queued without its bytes (read from the store when
+        merged)."""
+        with self._done:  # counted first: a task with work queued stays in memory
             self._pending[task_id] = self._pending.get(task_id, 0) + 1
+        self._acc(task_id)  # loaded here, on the owner thread, before the merger needs it
+        if data is not None and self.budget is not None:
+            with self._done:
+                if self.memory() + len(data) > self.budget:
+                    data = None
+                else:
+                    self._queued += len(data)
         self._q.put((task_id, index, job_id, data, final, ended))
 
     def finalize(self, task_id: int) -> None:
@@ -221,30 +251,60 @@ class Merger:
         merge error)."""
         acc = self._acc(task_id)
         with self._lock:
-            if acc.dirty or (acc.data is None and acc.value is not None):
-                acc.data = pickle.dumps(acc.value)
-            return acc.data, len(acc.merged), acc.events, acc.final, acc.error
+            packed = acc.stale or (acc.data is None and acc.value is not None)
+            if packed:
+                self._pack(acc)
+            out = acc.data, len(acc.merged), acc.events, acc.final, acc.error
+        if packed and self.budget is not None:
+            self._evict()  # the new copy may take it over the budget
+        return out
+
+    def memory(self) -> int:
+        """Bytes the merger holds now: every task's merged value and pickled copy, and
+        the results queued with their bytes."""
+        with self._lock:
+            return self._queued + sum(merge_budget.held(a) for a in self.accs.values())
+
+    @staticmethod
+    def _pack(acc: MergeState) -> None:
+        """Pickle the value into ``data`` (under the lock): its size is measured too."""
+        acc.data = pickle.dumps(acc.value)
+        acc.size, acc.stale = len(acc.data), False
+
+    @staticmethod
+    def _unpack(acc: MergeState) -> None:
+        """The value of a state loaded packed (merger's thread, under the lock)."""
+        if acc.packed:
+            acc.value = pickle.loads(acc.data) if acc.data else None
+            acc.size, acc.packed = len(acc.data or b""), False
 
     def _acc(self, task_id: int) -> MergeState:
         """The task's state, read from the store the first time (on the owner thread)."""
         with self._lock:
             acc = self.accs.get(task_id)
-        if acc is not None:
-            return acc
-        acc = self.load(task_id)
-        with self._lock:
-            return self.accs.setdefault(task_id, acc)
+        if acc is None:
+            acc = self.load(task_id)
+            with self._lock:
+                if task_id not in self.accs and task_id in self._dropped:
+                    acc.out_of_order, acc.final, acc.last = self._dropped.pop(task_id)
+                acc = self.accs.setdefault(task_id, acc)
+            acc.used_at = time.monotonic()
+            if self.budget is not None:
+                self._evict()  # loaded again: others may have to go
+        acc.used_at = time.monotonic()
+        return acc
 
     def load(self, task_id: int) -> MergeState:
-        """A task's merge state as saved: the accumulator row and the merge error.  Runs on
-        the owner thread."""
+        """A task's merge state as saved: the accumulator row and the merge error, the
+        value still pickled (unpickled when merged into).  Runs on the owner thread."""
         data, merged, events = self.store.load_accumulator(task_id)
         error = self.store.get_task(task_id)["options"].get("merge_error")
-        value = pickle.loads(data) if data else None
         # The saved value does not say in which order its arrays were concatenated:
-        # redo the merge in input order at the end, as a merge out of order would.
-        return MergeState(value, merged, events, data, saved_at=time.monotonic(), error=error,
-                          out_of_order=bool(merged) and has_awkward(value))
+        # redo the merge in input order at the end (if it holds arrays), as a merge out
+        # of order would.
+        return MergeState(None, merged=merged, events=events, data=data,
+                          size=len(data or b""), packed=data is not None,
+                          saved_at=time.monotonic(), error=error, out_of_order=bool(merged))
 
     # ---- the merger's thread ---------------------------------------------------------------
     def _db(self, fn: Callable, *args: Any) -> Any:
@@ -252,8 +312,15 @@ class Merger:
         return self.server.db_from_thread(fn, *args)
 
     def _state(self, task_id: int) -> MergeState:
+        """The task's state, in hand until :meth:`_one_done` (never dropped meanwhile);
+        loaded again, on the owner thread, if the budget dropped it since submit()."""
         with self._lock:
-            return self.accs[task_id]  # loaded by submit(), on the owner thread
+            self._handling = task_id
+            acc = self.accs.get(task_id)
+        if acc is None:
+            acc = self._db(self._acc, task_id)
+        acc.used_at = time.monotonic()
+        return acc
 
     def _run(self) -> None:
         while not self._stopping:
@@ -261,10 +328,17 @@ class Merger:
                 item = self._q.get(timeout=PERSIST_EVERY)
             except queue.Empty:  # idle: save what changed since the last save
                 self._persist_idle()
+                try:
+                    self._keep_to_budget()
+                except Exception:
+                    log.exception("keeping the merged results within their budget failed")
                 continue
             if item is None:  # close() woke the thread
                 continue
             task_id = item[0]
+            if item[3] is not None and self.budget is not None:
+                with self._done:
+                    self._queued -= len(item[3])
             try:
                 self._handle(*item)
             except Exception:
@@ -273,12 +347,20 @@ class Merger:
                 self._one_done(task_id)
 
     def _one_done(self, task_id: int) -> None:
+        """One item of the task is done: keep to the budget (the task may be dropped now,
+        if nothing more is queued), then wake who waits for the task to settle."""
+        with self._lock:
+            self._handling = None
         with self._done:
             self._pending[task_id] -= 1
-            if self._pending[task_id]:
-                return
-            del self._pending[task_id]
-            waiters = self._waiters.pop(task_id, [])
+            waiters = []
+            if not self._pending[task_id]:
+                del self._pending[task_id]
+                waiters = self._waiters.pop(task_id, [])
+        try:
+            self._keep_to_budget()
+        except Exception:
+            log.exception("keeping the merged results within their budget failed")
         for fut in waiters:
             try:
                 fut.get_loop().call_soon_threadsafe(_resolve, fut)
@@ -303,6 +385,11 @@ class Merger:
                 self._merge_one(task_id, index, data, acc)
             except MergeError as exc:
                 self._failed(task_id, index, job_id, acc, exc)
+                if isinstance(exc, merge_budget.OverBudget):  # keep only what is saved
+                    self._drop_unsaved(task_id, acc)
+        if final and acc.out_of_order and acc.error is None:
+            with self._lock:
+                self._unpack(acc)
         if final and acc.out_of_order and acc.error is None and has_awkward(acc.value):
             try:
                 self._remerge_in_order(task_id, acc)
@@ -322,16 +409,18 @@ class Merger:
         cr = load_result(data)
         start = self._start(task_id, acc, index)
         with self._lock:
+            self._unpack(acc)
             value = merge(acc.value, cr.result)  # raises before anything changes
+            size = self._within_budget(task_id, acc, value, len(data))
             # Job indices are not input order (scouts come first): compare inputs.
             if start is None or (acc.last is not None and start < acc.last):
                 acc.out_of_order = True
             if start is not None:
                 acc.last = start if acc.last is None else max(acc.last, start)
-            acc.value = value
+            acc.value, acc.size = value, size
             acc.merged.add(index)
             acc.events += cr.events
-            acc.dirty = True
+            acc.dirty = acc.stale = True
 
     def _start(self, task_id: int, acc: MergeState, index: int) -> tuple[int, int] | None:
         """Where job ``index``'s input starts; the task's chunks are read again when a job
@@ -364,26 +453,103 @@ class Merger:
         do not care, and keep their running merge."""
         from panda_lab.analysis.accumulate import merge_all
 
-        rows = [r for r in self._db(self.store.results, task_id) if r["index"] in acc.merged]
-        starts = {r["index"]: self._start(task_id, acc, r["index"]) or (r["index"], 0)
-                  for r in rows}
-        rows.sort(key=lambda r: starts[r["index"]])
-        value = merge_all(pickle.loads(r["data"]).result for r in rows)
+        sizes = self._db(self.store.result_sizes, task_id)
+        indices = [i for i in sizes if i in acc.merged]
+        starts = {i: self._start(task_id, acc, i) or (i, 0) for i in indices}
+        indices.sort(key=lambda i: starts[i])
+        # Read in batches that fit what the budget leaves free, not all at once.
+        room = max(1, (self.budget or sum(sizes.values())) - self.memory())
+        value = merge_all(pickle.loads(data).result
+                          for batch in merge_budget.batches(sizes, indices, room)
+                          for data in self._in_order(task_id, batch))
         with self._lock:
-            acc.value = value
+            acc.value, acc.stale = value, True
             acc.out_of_order = False
             acc.last = max(starts.values(), default=None)
             acc.dirty = True
 
+    def _in_order(self, task_id: int, batch: list[int]) -> list[bytes]:
+        """The stored results of the jobs of ``batch``, in the batch's order (the store
+        gives them by job index)."""
+        rows = {r["index"]: r["data"] for r in self._db(self.store.results, task_id, batch)}
+        return [rows[i] for i in batch]
+
     def _persist(self, task_id: int, acc: MergeState) -> None:
         with self._lock:
-            acc.data = pickle.dumps(acc.value)
+            if acc.stale or acc.data is None:
+                self._pack(acc)
             merged, events, data = set(acc.merged), acc.events, acc.data
-            acc.dirty = False
             acc.saved_at = time.monotonic()
         self._db(self.store.save_accumulator, task_id, data, merged, events)
+        with self._lock:
+            # only now may the budget drop it (merges happen on this thread only)
+            acc.dirty = False
         self.server.announce("partial", {"task": task_id, "events": events,
                                          "jobs_merged": len(merged)})
+
+    # ---- the budget (panda_lab.server.merge_budget) -----------------------------------
+    def _within_budget(self, task_id: int, acc: MergeState, value: Any, added: int) -> int:
+        """The size of ``value``, a task's new merged value (under the lock): estimated
+        from the last measure plus the result's bytes, measured (pickled) when that
+        estimate is over the budget.  Raises :class:`~merge_budget.OverBudget` when the
+        measure is over it too."""
+        size = acc.size + added
+        if self.budget is None or 2 * size <= self.budget:
+            return size
+        size = len(pickle.dumps(value))
+        if 2 * size > self.budget:  # the value and its pickled copy
+            from panda_lab.server.config import MERGE_MEMORY_HOW
+
+            raise merge_budget.OverBudget("result", merge_budget.refusal(2 * size, self.budget,
+                                                            MERGE_MEMORY_HOW))
+        return size
+
+    def _drop_unsaved(self, task_id: int, acc: MergeState) -> None:
+        """A refused task keeps only its saved merged result, pickled."""
+        if acc.dirty:
+            self._persist(task_id, acc)
+        with self._lock:
+            acc.value, acc.packed = None, acc.data is not None
+
+    def _keep_to_budget(self) -> None:
+        """Drop what may be dropped (saved, not in hand, no error), least recently
+        used first, until the merger holds no more than its budget; if that is not
+        enough, save the unsaved ones that may be dropped once saved, and drop them too."""
+        if self.budget is None:
+            self.peak = max(self.peak, self.memory())
+            return
+        held = self._evict()
+        if held > self.budget:
+            with self._done, self._lock:
+                unsaved = sorted(((a.used_at, t, a) for t, a in self.accs.items()
+                                  if a.dirty and t != self._handling and a.error is None),
+                                 key=lambda x: x[0])
+            for _, task_id, acc in unsaved:
+                self._persist(task_id, acc)
+                held = self._evict()
+                if held <= self.budget:
+                    break
+        self.peak = max(self.peak, held)
+
+    def _evict(self) -> int:
+        """One round of :func:`merge_budget.to_evict` (on any thread: it only forgets what
+        is saved); returns the bytes held after it."""
+        assert self.budget is not None
+        with self._done, self._lock:
+            total = self._queued + sum(merge_budget.held(a) for a in self.accs.values())
+            states = [(t, a, a.used_at, not a.dirty and t != self._handling
+                       and a.error is None and not a.stale)
+                      for t, a in self.accs.items()]
+            for task_id, what in merge_budget.to_evict(states, total, self.budget):
+                acc = self.accs[task_id]
+                if what == "value":
+                    acc.value, acc.packed = None, True
+                else:
+                    del self.accs[task_id]
+                    self._dropped[task_id] = (acc.out_of_order, acc.final, acc.last)
+            held = self._queued + sum(merge_budget.held(a) for a in self.accs.values())
+            self.peak = max(self.peak, held)
+            return held
 
 
 def _resolve(fut: asyncio.Future) -> None:

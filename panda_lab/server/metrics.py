@@ -56,7 +56,8 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         c = self._counts()
-        return iter(families(c, self.server.bus.subscribers, time.time()))
+        return iter([*families(c, self.server.bus.subscribers, time.time()),
+                     *merge_families(self.server)])
 
 
 def families(c: MetricCounts, stream_clients: int, now: float) -> list[Metric]:
@@ -94,6 +95,22 @@ def families(c: MetricCounts, stream_clients: int, now: float) -> list[Metric]:
     clients = GaugeMetricFamily("panda_lab_event_stream_clients",
                                 "Clients connected to the event stream", value=stream_clients)
     return [jobs, tasks, pilots, age, clients]
+
+
+def merge_families(server: Server) -> list[Metric]:
+    """The merged results' memory: ``panda_lab_merge_memory_bytes`` (held now),
+    ``panda_lab_merge_memory_peak_bytes`` (the most held after a merge step since the
+    start) and ``panda_lab_merge_memory_budget_bytes`` (:mod:`panda_lab.server.merge_budget`)."""
+    merger = server.analysis.merger
+    return [
+        GaugeMetricFamily("panda_lab_merge_memory_bytes", "Bytes the merged results of "
+                          "analyses hold in the server now", value=merger.memory()),
+        GaugeMetricFamily("panda_lab_merge_memory_peak_bytes", "The most bytes the merged "
+                          "results held after a merge step", value=merger.peak),
+        GaugeMetricFamily("panda_lab_merge_memory_budget_bytes", "The budget of the merged "
+                          "results (--merge-memory, $PANDA_LAB_MERGE_MEMORY)",
+                          value=merger.budget or 0),
+    ]
 
 
 def _all(states: Iterable, seen: dict[str, int]) -> list[str]:

@@ -162,6 +162,13 @@ class Reads(Database):
                  "data": r.inline if r.inline is not None
                  else (self.result_dir / r.ref).read_bytes()} for r in rows]
 
+    def result_sizes(self, task_id: int) -> dict[int, int]:
+        """Bytes of each logical job's stored result, by job index (nothing is read but
+        the rows).  Raises ``TaskNotFound``."""
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            return result_rows.sizes_of(conn, task_id)
+
     def result_ref_ok(self, ref: str) -> bool:
         """Whether a result a pilot wrote to the result store is there."""
         return (self.result_dir / ref).is_file()

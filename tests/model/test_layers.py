@@ -71,7 +71,7 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     # the monitor's task page draws merged histograms as the notebook does (histplot:
     # matplotlib, no widget toolkit)
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
-               "runtime", "widgets"},
+               "runtime", "widgets", "resources"},
     "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model",
               "reads"},
     "widgets": {"model", "text"},

@@ -1,10 +1,13 @@
 """Every example notebook runs top to bottom on the embedded default, through nbclient and
-a real kernel, and says what it should (not only 'no error').
+a real kernel of the Binder image, and says what it should (not only 'no error').
 
-Each kernel runs under mybinder.org's 2 GB (``tests/memlimit.py``): in a memory cgroup
-where this machine lets the tests make one, and the cgroup's peak is asserted under 2 GB
-after each notebook; else (no cgroup can be made) with an address-space limit of 2 GB
-set on the kernel, so an allocation past it fails the notebook.  The server and its
+The kernel is the replayed Binder image's (``tests/binder_image.py``: a venv from
+``binder/``'s files only and ``postBuild``), started through ``binder/start``, so each
+notebook is also proved to run in the image.  Each kernel runs under mybinder.org's 2 GB
+(``tests/memlimit.py``): in a memory cgroup where this machine lets the tests make one,
+and the cgroup's peak is asserted under 2 GB after each notebook; else (no cgroup can be
+made) with an address-space limit of 2 GB set on the kernel, so an allocation past it
+fails the notebook.  The server and its
 pilots are the test's own processes, outside the limit."""
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from pathlib import Path
 import nbformat
 import pytest
 from memlimit import LIMIT, MemoryLimit, execute
+
+#: The first test to need the Binder image builds it (a pip install): more than the
+#: default timeout when these tests run alone.
+pytestmark = pytest.mark.timeout(1200)
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "example_notebooks"
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -35,11 +42,11 @@ def memory():
     limit.close()
 
 
-def run(name: str, home: Path, workdir: Path, monkeypatch,
-        memory: MemoryLimit) -> tuple[nbformat.NotebookNode, float]:
+def run(name: str, home: Path, workdir: Path, monkeypatch, memory: MemoryLimit,
+        image) -> tuple[nbformat.NotebookNode, float]:
     monkeypatch.setenv("PANDA_LAB_HOME", str(home))
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    took = execute(nb, workdir, memory)
+    took = execute(nb, workdir, memory, image=image)
     print(f"{name}: {took:.1f} s ({memory.report()})")
     return nb, took
 
@@ -61,8 +68,15 @@ def cell_with(nb, needle: str):
     return next(c for c in nb.cells if c.cell_type == "code" and needle in c.source)
 
 
-def test_01_quickstart(nb_home, tmp_path, monkeypatch, memory):
-    nb, _ = run("01-quickstart", nb_home, tmp_path, monkeypatch, memory)
+def test_every_example_notebook_has_its_test():
+    """So that every example notebook is executed in the image, under 2 GB, here."""
+    tested = {n.removeprefix("test_").replace("_", "-") for n in globals()
+              if re.fullmatch(r"test_\d\d_\w+", n)}
+    assert tested == {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+
+
+def test_01_quickstart(nb_home, tmp_path, monkeypatch, memory, binder_image):
+    nb, _ = run("01-quickstart", nb_home, tmp_path, monkeypatch, memory, binder_image)
     assert "LOCAL-GRID" in texts(nb.cells[1])
     out = texts(cell_with(nb, "with lab.executor"))
     assert re.search(r"pt = 5\.0 GeV, computed at LOCAL-(GRID|CLOUD|HPC)", out)
@@ -71,15 +85,15 @@ def test_01_quickstart(nb_home, tmp_path, monkeypatch, memory):
     assert "quickstart" in texts(cell_with(nb, "lab.tasks()"))
 
 
-def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch, memory):
+def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch, memory, binder_image):
     """Also run again ("Restart and run all"), as far as its data goes: the cells that
     write the sample and register it, which failed (HTTP 409) after writing 120 MB again."""
-    nb, _ = run("02-dimuon-analysis", nb_home, tmp_path, monkeypatch, memory)
+    nb, _ = run("02-dimuon-analysis", nb_home, tmp_path, monkeypatch, memory, binder_image)
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").glob("*.root")}
     register = next(i for i, c in enumerate(nb.cells) if "datasets.register" in c.source)
     again = nbformat.read(NOTEBOOKS / "02-dimuon-analysis.ipynb", as_version=4)
     again.cells = again.cells[: register + 1]
-    execute(again, tmp_path, memory)
+    execute(again, tmp_path, memory, image=binder_image)
     shown = texts(again.cells[register])  # the dataset given back (no HTTP 409 raised)
     assert "1000000" in shown and "size_bytes" in shown, shown
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").glob("*.root")} \
@@ -95,8 +109,8 @@ def test_02_dimuon_analysis(nb_home, tmp_path, monkeypatch, memory):
     assert "done" in texts(cell_with(nb, "task.report()"))
 
 
-def test_03_cells_as_jobs(nb_home, tmp_path, monkeypatch, memory):
-    nb, _ = run("03-cells-as-jobs", nb_home, tmp_path, monkeypatch, memory)
+def test_03_cells_as_jobs(nb_home, tmp_path, monkeypatch, memory, binder_image):
+    nb, _ = run("03-cells-as-jobs", nb_home, tmp_path, monkeypatch, memory, binder_image)
     out = texts(cell_with(nb, "%%panda --name count-muons"))
     assert "dimuon_000.root:" in out and "dimuon_001.root:" in out
     back = texts(cell_with(nb, "back in the notebook"))
@@ -112,8 +126,8 @@ def test_03_cells_as_jobs(nb_home, tmp_path, monkeypatch, memory):
     assert "slow_answer = 42" in texts(cell_with(nb, "%panda_attach slow-cell"))
 
 
-def test_04_sites_and_failures(nb_home, tmp_path, monkeypatch, memory):
-    nb, _ = run("04-sites-and-failures", nb_home, tmp_path, monkeypatch, memory)
+def test_04_sites_and_failures(nb_home, tmp_path, monkeypatch, memory, binder_image):
+    nb, _ = run("04-sites-and-failures", nb_home, tmp_path, monkeypatch, memory, binder_image)
     sites = texts(nb.cells[1])
     for kind in ("grid", "cloud", "hpc"):
         assert kind in sites

@@ -7,9 +7,10 @@ Kind tested: exercise and solutions versions drifting apart.  Members: a committ
 notebook edited by hand (the build check fails), a solution that no longer satisfies its
 check, an exercise stub that passes its check or makes a check cell raise.
 
-The kernels run under mybinder.org's 2 GB as in ``test_example_notebooks.py``
-(``tests/memlimit.py``: a memory cgroup whose peak is asserted under 2 GB where one can
-be made here, else an address-space limit of 2 GB set on the kernel).
+The kernels are the Binder image's and run under mybinder.org's 2 GB as in
+``test_example_notebooks.py`` (``tests/binder_image.py``; ``tests/memlimit.py``: a memory
+cgroup whose peak is asserted under 2 GB where one can be made here, else an
+address-space limit of 2 GB set on the kernel).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from panda_lab.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 COURSE = ROOT / "example_notebooks" / "teaching"
+#: The first test to need the Binder image builds it (a pip install): more than the
+#: default timeout when these tests run alone.
+pytestmark = pytest.mark.timeout(1200)
 BUILD = ROOT / "scripts" / "build-teaching"
 NAMES = sorted(p.stem for p in (COURSE / "src").glob("*.py"))
 
@@ -40,9 +44,10 @@ def memory():
 
 
 @pytest.fixture(scope="module")
-def ran(module_server, memory, tmp_path_factory):
-    """Every notebook of the course executed, by ``(version, name)``: ``"exercise"`` or
-    ``"solutions"``; each in a folder of its own, on the module's server."""
+def ran(module_server, memory, tmp_path_factory, binder_image):
+    """Every notebook of the course executed in the Binder image, by ``(version, name)``:
+    ``"exercise"`` or ``"solutions"``; each in a folder of its own, on the module's
+    server."""
     old = os.environ.get("PANDA_LAB_HOME")
     os.environ["PANDA_LAB_HOME"] = str(module_server.home)
     out = {}
@@ -50,7 +55,8 @@ def ran(module_server, memory, tmp_path_factory):
         for version, folder in (("solutions", COURSE / "solutions"), ("exercise", COURSE)):
             for name in NAMES:
                 nb = nbformat.read(folder / f"{name}.ipynb", as_version=4)
-                took = execute(nb, tmp_path_factory.mktemp(f"{version}-{name[:2]}"), memory)
+                took = execute(nb, tmp_path_factory.mktemp(f"{version}-{name[:2]}"), memory,
+                               image=binder_image)
                 print(f"{version}/{name}: {took:.1f} s ({memory.report()})")
                 out[version, name] = nb
     finally:

@@ -188,9 +188,10 @@ def res(cpus: float, mb: int) -> Resources:
 
 
 def _footprint(plan) -> int:
-    """MB the plan's processes take at most: server, pilots, workers with their chunks."""
+    """MB the plan's processes take at most: server with its merged results, pilots,
+    workers with their chunks."""
     workers = plan.sites * plan.pilots * plan.slots
-    return (resources.SERVER_MB + plan.sites * plan.pilots * resources.PILOT_MB
+    return (resources.SERVER_MB + plan.merge_mb + plan.sites * plan.pilots * resources.PILOT_MB
             + workers * (resources.WORKER_MB + plan.chunk_mb + plan.cache_mb))
 
 
@@ -217,6 +218,52 @@ def test_plan_shapes():
     tiny = plan_local(res(1, 600))
     assert (tiny.sites, tiny.slots) == (1, 1) and "expect memory errors" in tiny.note
     assert "PANDA_LAB_MEMORY" in tiny.note
+
+
+@pytest.mark.parametrize("mb,merge_mb", [(600, 18), (1024, 32), (2048, 64), (8192, 256),
+                                         (65536, 512), (256, 16)])
+def test_the_merged_results_get_a_share_of_the_memory_within_bounds(mb, merge_mb):
+    plan = plan_local(res(2, mb))
+    assert plan.merge_mb == merge_mb == resources.merge_share_mb(res(2, mb))
+    assert f"{merge_mb} MB for the server's merged results" in plan.note
+    assert resources.merge_memory(res(2, mb), environ={}) == (
+        merge_mb * 2**20, f"3.1% of {res(2, mb).describe()}")
+
+
+def test_the_merge_budget_override_wins_and_a_bad_one_is_named(tmp_path, monkeypatch):
+    from panda_lab.cli.main import build_parser
+    from panda_lab.cli.server_cmd import config_from_args
+    from panda_lab.server.config import ServerConfig
+
+    plan = plan_local(res(2, 2048))
+    assert resources.plan_note(plan, {}) == plan.note
+    assert "3 MB for the server's merged results (set by PANDA_LAB_MERGE_MEMORY), for 2 " \
+        in resources.plan_note(plan, {"PANDA_LAB_MERGE_MEMORY": "3M"})
+    env = {"PANDA_LAB_MERGE_MEMORY": "3M", "PANDA_LAB_MEMORY": "2G"}
+    assert resources.merge_memory(environ=env) == (3 * 2**20,
+                                                   "set by PANDA_LAB_MERGE_MEMORY")
+    assert resources.merge_memory(environ={"PANDA_LAB_MEMORY": "2G"})[0] == 64 * 2**20
+    with pytest.raises(ResourceError, match="PANDA_LAB_MERGE_MEMORY: 'lots'"):
+        resources.merge_memory(environ={"PANDA_LAB_MERGE_MEMORY": "lots"})
+    monkeypatch.delenv("PANDA_LAB_CPUS", raising=False)
+    monkeypatch.setenv("PANDA_LAB_MEMORY", "2G")
+    monkeypatch.delenv("PANDA_LAB_MERGE_MEMORY", raising=False)
+    home = ["--home", str(tmp_path / "home"), "server", "run"]
+    # the embedded plan's share, the variable, then the option: each wins over the last
+    assert config_from_args(build_parser().parse_args(home)).merge_memory == 64 * 2**20
+    assert ServerConfig(home=tmp_path).merge_memory == 64 * 2**20
+    monkeypatch.setenv("PANDA_LAB_MERGE_MEMORY", "5M")
+    assert config_from_args(build_parser().parse_args(home)).merge_memory == 5 * 2**20
+    assert ServerConfig(home=tmp_path).merge_memory == 5 * 2**20
+    args = build_parser().parse_args([*home, "--merge-memory", "1.5G"])
+    assert config_from_args(args).merge_memory == int(1.5 * GB)
+    with pytest.raises(ConfigError, match="--merge-memory: 'x' is not a size"):
+        config_from_args(build_parser().parse_args([*home, "--merge-memory", "x"]))
+    monkeypatch.setenv("PANDA_LAB_MERGE_MEMORY", "-1")
+    with pytest.raises(ConfigError, match="PANDA_LAB_MERGE_MEMORY"):
+        config_from_args(build_parser().parse_args(home))
+    with pytest.raises(ValueError, match="PANDA_LAB_MERGE_MEMORY"):
+        ServerConfig(home=tmp_path)
 
 
 def test_default_sites_follow_the_plan_and_bad_overrides_are_config_errors(monkeypatch):
@@ -278,6 +325,6 @@ def test_embedded_server_in_a_small_container_makes_the_planned_sites(tmp_path, 
             "select name, config from sites")}
     assert {n: (c["pilots"], c["slots"]) for n, c in configs.items()} == {
         "LOCAL-GRID": (1, 1), "LOCAL-CLOUD": (1, 1), "LOCAL-HPC": (1, 1)}
-    assert ("3 site(s) x 1 pilot x 1 worker(s), 59 MB per job and 9 MB of read cache per "
-            "worker") in log
+    assert ("3 site(s) x 1 pilot x 1 worker(s), 48 MB per job and 4 MB of read cache per "
+            "worker, 48 MB for the server's merged results") in log
     assert "2 CPUs, 1536 MB (cgroup v2: cpu.max 200000/100000, memory.max" in log

@@ -51,6 +51,10 @@ class OwnedStore:
         return [{"index": i, "job_id": 100 + i, "data": d} for i, d in self.stored.items()
                 if indices is None or i in indices]
 
+    def result_sizes(self, task_id):
+        self._check("result_sizes")
+        return {i: len(d) for i, d in sorted(self.stored.items())}
+
     def save_accumulator(self, task_id, data, merged, events):
         self._check("save_accumulator")
         self.saved.append((set(merged), events))

@@ -84,6 +84,13 @@ def rows_of(conn: Connection, task_id: int, indices: list[int] | None) -> list[R
     return conn.execute(q.order_by(results.c.job_index)).all()
 
 
+def sizes_of(conn: Connection, task_id: int) -> dict[int, int]:
+    """A task's result sizes in bytes, by job index (the results themselves not read)."""
+    return dict(conn.execute(select(results.c.job_index, results.c.size)
+                             .where(results.c.task_id == task_id)
+                             .order_by(results.c.job_index)).all())
+
+
 # ---- merged results ---------------------------------------------------------------------
 def load_accumulator(conn: Connection, task_id: int) -> tuple[bytes | None, set[int], int]:
     """``(data, merged job indices, events)``; ``(None, set(), 0)`` before any merge."""
