@@ -119,6 +119,9 @@ def test_every_view_renders_from_the_real_server(chromium, filled, artifacts):
     assert sites.count() >= 1 and all(
         s.startswith("LOCAL-") for s in sites.evaluate_all("r => r.map(e => e.dataset.site)"))
     assert page.locator("table.dist tr[data-site] svg.hist rect").count() >= 20
+    # the payloads' peak memory, as the pilots measured it, per site
+    memory = page.locator("table.dist[data-title='Peak memory per site'] tr[data-site]")
+    assert memory.count() >= 1 and memory.first.locator("svg.hist rect").count() >= 1
     assert page.locator(".progress-chart svg.hist").count() == 1
     assert "picked" in page.locator("table.brokerage").inner_text()
     page.screenshot(path=str(artifacts / "monitor-task.png"), full_page=True)

@@ -131,6 +131,9 @@ def test_task_view_distributions_progress_and_brokerage(client):
     assert len(wall["edges"]) == 21 and sum(wall["groups"][GRID]["counts"]) == 4
     assert wall["groups"][GRID]["n"] == 4 and wall["groups"][GRID]["min"] > 1.0
     assert t["distributions"]["events_per_s"] == {"edges": [], "groups": {}}
+    # each finished attempt's measured peak memory, per site
+    memory = t["distributions"]["memory_mb"]["groups"][GRID]
+    assert memory["n"] == 4 and memory["min"] == memory["max"] == 150.0
     assert t["progress"]["done"][-1] == 4 and t["progress"]["done"] == \
         sorted(t["progress"]["done"])
     assert t["brokerage"]["sampled"] == 5 and t["brokerage"]["picked"] == {GRID: 5}

@@ -214,7 +214,7 @@ function histogram(title, h, unit) {
       <td>${esc(site)}</td><td>${g.n}</td><td>${g.min.toPrecision(3)}</td>
       <td>${g.mean.toPrecision(3)}</td><td>${g.max.toPrecision(3)}</td>
       <td>${bars(g.counts, h.edges, unit)}</td></tr>`).join("");
-  return `<h3>${esc(title)}</h3><table class="dist"><tr><th>site</th><th>jobs</th><th>min</th>
+  return `<h3>${esc(title)}</h3><table class="dist" data-title="${esc(title)}"><tr><th>site</th><th>jobs</th><th>min</th>
     <th>mean</th><th>max</th><th>distribution</th></tr>${rows}</table>`;
 }
 
@@ -313,6 +313,7 @@ function taskView(id) {
         <h3>Progress over time</h3><div class="progress-chart">${prog}</div>
         ${histogram("Wall time per site", t.distributions.walltime_s, "s")}
         ${histogram("Events per second per site", t.distributions.events_per_s, "events/s")}
+        ${histogram("Peak memory per site", t.distributions.memory_mb, "MB")}
         <h3>Brokerage (newest ${b.sampled} attempts)</h3>
         <table class="rows brokerage"><tr><th>picked</th><th>jobs</th></tr>${
           Object.entries(b.picked).map(([s, n]) => `<tr><td>${esc(s)}</td><td>${n}</td></tr>`)

@@ -269,7 +269,9 @@ def job_events():
 
 def task_distributions(conn: Connection, task_id: int) -> dict:
     """A task's finished attempts per site: ``{"walltime_s": histogram, "events_per_s":
-    histogram}`` (see :func:`histogram`; the second empty for tasks without input)."""
+    histogram, "memory_mb": histogram}`` (see :func:`histogram`; events per second empty
+    for tasks without input; memory is each attempt's measured peak resident memory of
+    its payload, empty where no pilot measured it)."""
     finished = [jobs.c.task_id == task_id, jobs.c.state == "finished",
                 jobs.c.started_at.is_not(None), jobs.c.ended_at > jobs.c.started_at]
     wall = histogram(conn, JOB_DURATION, jobs.c.site, finished)
@@ -277,7 +279,8 @@ def task_distributions(conn: Connection, task_id: int) -> dict:
     rate = ev.c.events / JOB_DURATION
     joined = jobs.join(ev, (ev.c.task_id == jobs.c.task_id) & (ev.c.job_index == jobs.c.job_index))
     return {"walltime_s": wall,
-            "events_per_s": histogram(conn, rate, jobs.c.site, finished, source=joined)}
+            "events_per_s": histogram(conn, rate, jobs.c.site, finished, source=joined),
+            "memory_mb": histogram(conn, jobs.c.peak_rss_mb, jobs.c.site, finished)}
 
 
 def progress_over_time(conn: Connection, task_id: int) -> dict:
