@@ -29,6 +29,39 @@ PARTIAL_COLOUR = "#e76300"
 _SVG_LOCK = threading.Lock()
 _UNIT = re.compile(r"[\[(]\s*([^\[\]()]+?)\s*[\])]\s*$")
 
+#: Set once matplotlib and mplhep are imported (:func:`warm`).
+_READY = threading.Event()
+_WARMING = threading.Lock()
+
+
+def _import_plotting() -> None:
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import mplhep  # noqa: F401
+
+
+def warm() -> None:
+    """Import what drawing needs (matplotlib, mplhep, its fonts) in a thread of its own,
+    once; returns at once.  The first import takes seconds (10 s on a loaded 2-core
+    machine): a monitor that imported it on its own thread stopped updating its counts
+    that long, which is all of a short task."""
+    if _READY.is_set() or not _WARMING.acquire(blocking=False):
+        return
+
+    def run() -> None:
+        try:
+            _import_plotting()
+        finally:
+            _READY.set()
+
+    threading.Thread(target=run, daemon=True, name="panda-plot-import").start()
+
+
+def ready(wait: float | None = 0.0) -> bool:
+    """Whether drawing is ready (:func:`warm` started if not); ``wait`` seconds to wait
+    for it (``None``: until it is)."""
+    warm()
+    return _READY.wait(wait)
+
 
 def find_histograms(result: Any, depth: int = 3) -> dict[str, Any]:
     """Every one-dimensional histogram (hist or boost-histogram) in a result, by key path.

@@ -21,6 +21,8 @@ from panda_lab.model.outcome import TONE_COLOURS, final_line, summary_of
 from panda_lab.text import strip_ansi
 from panda_lab.widgets.brokerage import BrokerageView
 from panda_lab.widgets.histplot import find_histograms, plot_histogram, render
+from panda_lab.widgets.histplot import ready as plotting_ready
+from panda_lab.widgets.histplot import warm as warm_plotting
 from panda_lab.widgets.snapshot import (
     LabView,
     Rate,
@@ -231,6 +233,7 @@ class TaskMonitor(_Watched, w.VBox):
         self.brokerage.set_jobs(snap.n_jobs)
         self.errors.value = errors_html(snap)
         if snap.analysis:
+            warm_plotting()  # its imports, on a thread of their own, before the first merge
             self._show_histogram(snap)
         self.kill_button.disabled = snap.ended
         self.kill_button.layout.display = "none" if snap.ended else ""  # nothing to kill
@@ -264,6 +267,10 @@ class TaskMonitor(_Watched, w.VBox):
         if snap.jobs_merged == self._drawn_merged or snap.result is None:
             return
         if not snap.final and time.monotonic() - self._drawn_at < self.redraw_every:
+            return
+        # drawing's imports take seconds the first time: the counts go on meanwhile, and
+        # the histogram comes at the first look after them (the final one waits for them)
+        if not plotting_ready(wait=None if snap.final else 0.0):
             return
         self._histograms = find_histograms(snap.result)
         paths = list(self._histograms)

@@ -135,6 +135,9 @@ def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_pat
 
     files = make_sample(tmp_path, files=2, events=60_000, basket_events=5_000)
     nlab.datasets.register("m-dimuon", [str(f) for f in files], tree="Events")
+    from panda_lab.widgets import histplot
+
+    histplot.ready(wait=None)  # drawing's imports done (test_counts_go_on_... is without)
     task = nlab.analyze(slow_dimuon, "m-dimuon", events_per_job=5_000, name="m-analysis")
     images: list[bytes] = []
     drawn_at: list[float] = []
@@ -159,6 +162,41 @@ def test_an_analysis_monitor_redraws_its_histogram_as_chunks_merge(nlab, tmp_pat
     assert list(m.choice.options) == ["mass"] and m.choice.layout.display == "none"
     m.log_scale.value = True                  # a click redraws at once, on a log axis
     assert images[-1] != images[-2] and m.image.value == images[-1]
+
+
+def test_counts_go_on_while_drawing_is_still_importing(nlab, tmp_path, monkeypatch):
+    """Drawing's first import (matplotlib, mplhep and their fonts) took 10 s on a loaded
+    machine, on the monitor's thread: under "Run All" the counts stood still for all of
+    a short task.  It runs on a thread of its own now; the histogram comes after it."""
+    import threading
+
+    from panda_lab.analysis.sample import make_sample
+    from panda_lab.widgets import histplot
+
+    release = threading.Event()
+    monkeypatch.setattr(histplot, "_READY", threading.Event())
+    monkeypatch.setattr(histplot, "_WARMING", threading.Lock())
+    monkeypatch.setattr(histplot, "_import_plotting", lambda: release.wait(60))
+    files = make_sample(tmp_path, files=1, events=40_000, basket_events=5_000)
+    nlab.datasets.register("m-import", [str(f) for f in files], tree="Events")
+    task = nlab.analyze(slow_dimuon, "m-import", events_per_job=5_000, name="m-import")
+    m = TaskMonitor(nlab, task.id, start=False)
+    counts = set()
+    try:
+        def look() -> None:
+            looker = threading.Thread(target=m.refresh)
+            looker.start()
+            looker.join(10)
+            assert not looker.is_alive(), "a look waited for drawing's imports"
+            counts.add(m.counts.value)
+
+        wait_for(lambda: look() or len(counts) >= 3, 60, what="the counts moving")
+        assert m.image.value == b"" and m.plot.layout.display == "none"
+    finally:
+        release.set()
+    nlab.wait(task.id, timeout=60)
+    m.refresh()                                  # the final look draws it
+    assert m.snapshot.final and b"<svg" in bytes(m.image.value)
 
 
 def bins_by_run(events):
