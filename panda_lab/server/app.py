@@ -328,6 +328,9 @@ def validation_details(errors: Any) -> list[dict]:
 
 def _handler(status: int):
     async def handle(_request: Request, exc: Exception):
-        return ORJSONResponse({"detail": str(exc).strip("'\"")}, status)
+        # the message whole: stripping quotes (a KeyError's repr) cut the closing quote
+        # of "no task named 'foo'"
+        detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        return ORJSONResponse({"detail": detail}, status)
 
     return handle

@@ -136,7 +136,10 @@ def test_analysis_endpoints_refuse_checkable_input(raw, lab, tmp_path):
         r = raw.post("/api/analyses", json={**submit, "split": split})
         assert (r.status_code, words in _detail(r)) == (status, True), (split, r.text)
     r = raw.post("/api/analyses", json={**submit, "dataset": "nope"})
-    assert r.status_code == 404 and "no dataset named 'nope'" in _detail(r)
+    # a message ends with a quoted name: kept whole (its closing quote was cut)
+    assert r.status_code == 404 and _detail(r) == "no dataset named 'nope'; known: ['d']"
+    r = raw.get("/api/tasks/no-such-name")
+    assert r.status_code == 404 and _detail(r) == "no task named 'no-such-name'", _detail(r)
     r = raw.post("/api/analyses", json={**submit, "columns": ["Jet_pt"],
                                         "split": {"mode": "events", "events_per_job": 10}})
     assert r.status_code == 422
