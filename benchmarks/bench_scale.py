@@ -49,6 +49,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from panda_lab.model.states import TASK_FINAL
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -194,7 +196,7 @@ async def drive(url: str, tokens: dict[str, str], n_pilots: int, task: int, n_jo
                 raise RuntimeError(f"{len(dead)} pilot(s) died: {dead[0].exception()!r}")
             if len(tally.reported) >= n_jobs:
                 info = (await client.get(f"/api/tasks/{task}", headers=uh)).json()
-                if info["state"] == "done":
+                if info["state"] in TASK_FINAL:  # done, or finished with jobs lost
                     break
         else:
             tally.error("run did not end in time")
@@ -203,29 +205,34 @@ async def drive(url: str, tokens: dict[str, str], n_pilots: int, task: int, n_jo
     return tally
 
 
-def check(lab, task: int, n_jobs: int, tally: Tally) -> list[str]:
-    """The correctness checks; what failed, in words (empty: all held)."""
-    bad = []
+def check(lab, task: int, n_jobs: int, tally: Tally, complete: bool) -> list[str]:
+    """The correctness checks; what failed, in words (empty: all held).  A run cut short
+    (``complete`` false) is checked for what it did: nothing handed out twice, no index
+    with two attempts, each stored result the one reported."""
+    bad = [] if complete else ["the run did not end within --limit-s"]
     if len(tally.dispatched) != len(set(tally.dispatched)):
         bad.append(f"{len(tally.dispatched) - len(set(tally.dispatched))} job attempt(s) "
                    f"handed out twice")
     attempts = lab.jobs(task, all_attempts=True)
-    if len(attempts) != n_jobs:
-        bad.append(f"{len(attempts)} attempts for {n_jobs} jobs (a retry or a double dispatch)")
-    if sorted(a["job_index"] for a in attempts) != list(range(n_jobs)):
-        bad.append("the attempts' job indices are not 0..M-1 once each")
-    not_finished = [a["id"] for a in attempts if a["state"] != "finished"]
-    if not_finished:
-        bad.append(f"{len(not_finished)} attempt(s) not finished, e.g. {not_finished[:3]}")
+    indices = [a["job_index"] for a in attempts]
+    if len(indices) != len(set(indices)):
+        bad.append(f"{len(indices) - len(set(indices))} job(s) with a second attempt "
+                   f"(a retry: a pilot's job given up on)")
     rows = lab.api.get(f"/api/tasks/{task}/results")
-    if len(rows) != n_jobs:
-        bad.append(f"{len(rows)} results for {n_jobs} jobs")
     wrong = [r["job_id"] for r in rows
              if tally.reported.get(r["job_id"]) != base64.b64decode(r["data"])]
     if wrong:
         bad.append(f"{len(wrong)} result(s) differ from what their pilot reported")
-    if tally.ignored:
-        bad.append(f"{tally.ignored} report(s) ignored by the server")
+    if len(rows) != len(tally.reported):
+        bad.append(f"{len(rows)} results stored for {len(tally.reported)} reported")
+    if complete:
+        if sorted(indices) != list(range(n_jobs)):
+            bad.append("the attempts' job indices are not 0..M-1 once each")
+        not_finished = [a["id"] for a in attempts if a["state"] != "finished"]
+        if not_finished:
+            bad.append(f"{len(not_finished)} attempt(s) not finished, e.g. {not_finished[:3]}")
+        if len(rows) != n_jobs:
+            bad.append(f"{len(rows)} results for {n_jobs} jobs")
     return bad
 
 
@@ -263,20 +270,22 @@ def run_one(n_pilots: int, n_jobs: int, db: str | None, args) -> dict:
         rss.join()
         server_cpu = rss.cpu_s()
         cpu_me = sum(me.cpu_times()[:2]) - cpu_me
-        bad = check(lab, task, n_jobs, tally) if "run did not end in time" not in tally.errors \
-            else ["the run did not end within --limit-s"]
+        bad = check(lab, task, n_jobs, tally, "run did not end in time" not in tally.errors)
         mb = [m for _, m in rss.samples]
         wall = (tally.last - tally.first) if tally.first else float("nan")
         out = {
             "db": "postgresql" if db else "sqlite", "pilots": n_pilots, "jobs": n_jobs,
             "sites": args.sites, "connections": args.connections, "job_s": args.job_s,
-            "submit_s": submit_s, "wall_s": wall, "dispatch_per_s": len(tally.reported) / wall,
+            "submit_s": submit_s, "wall_s": wall, "reported": len(tally.reported),
+            "dispatch_per_s": len(tally.reported) / wall,
             "acquire_ms": {q: pct(tally.acquire_s, v) * 1e3
                            for q, v in (("p50", .5), ("p95", .95), ("p99", .99))},
             "report_ms": {q: pct(tally.report_s, v) * 1e3
                           for q, v in (("p50", .5), ("p95", .95), ("p99", .99))},
             "heartbeat_ms_p95": pct(tally.heartbeat_s, .95) * 1e3,
             "heartbeats": len(tally.heartbeat_s), "errors": tally.errors,
+            # a report sent again after a lost reply is ignored (already finished): shown
+            "ignored_reports": tally.ignored,
             "server_rss_mb": {"start": mb[0], "max": max(mb), "end": mb[-1]},
             "server_cpu_s": server_cpu, "bench_cpu_s": cpu_me,
             "rss_series": rss.samples[:: max(1, len(rss.samples) // 20)],
@@ -290,13 +299,14 @@ def run_one(n_pilots: int, n_jobs: int, db: str | None, args) -> dict:
 
 def show(r: dict) -> None:
     a, p, m = r["acquire_ms"], r["report_ms"], r["server_rss_mb"]
-    print(f"{r['db']:<10} {r['pilots']:>6,} pilots {r['jobs']:>8,} jobs: "
+    print(f"{r['db']:<10} {r['pilots']:>6,} pilots {r['jobs']:>8,} jobs "
+          f"({r['reported']:,} reported): "
           f"{r['dispatch_per_s']:7.0f} jobs/s over {r['wall_s']:6.1f} s "
           f"(submit {r['submit_s']:.1f} s)\n"
           f"  acquire p50/p95/p99 {a['p50']:7.0f} {a['p95']:7.0f} {a['p99']:7.0f} ms   "
           f"report p50/p95/p99 {p['p50']:7.0f} {p['p95']:7.0f} {p['p99']:7.0f} ms\n"
           f"  heartbeats {r['heartbeats']} (p95 {r['heartbeat_ms_p95']:.0f} ms)  "
-          f"errors {r['errors'] or 'none'}\n"
+          f"errors {r['errors'] or 'none'}  ignored reports {r['ignored_reports']}\n"
           f"  server RSS start/max/end {m['start']:.0f}/{m['max']:.0f}/{m['end']:.0f} MB  "
           f"server CPU {r['server_cpu_s']:.0f} s  bench CPU {r['bench_cpu_s']:.0f} s\n"
           f"  checks: {'; '.join(r['failed_checks']) or 'all held'}", flush=True)
