@@ -2,7 +2,10 @@
 
 Ten monitor pages (tasks, a task, jobs, a job, errors, sites and filtered variants),
 each logged in with the user token as the monitor's login does (``sessionStorage``), stay
-open in one headless Chromium on the real server, while the server's local pilots run a
+open in one headless Chromium on the real server, each page in its own browser context
+(ten viewers: Chromium opens at most six HTTP/1.1 connections to one host per profile,
+and each monitor page holds one for its event stream, so a seventh tab of one profile
+never loads; ``one_context=True`` shows it), while the server's local pilots run a
 stream of small tasks (one at a time, ``SOAK_JOBS`` jobs each, a few of them failing), so
 the event stream keeps every list page refreshing.  Every ``interval`` seconds, after a
 forced garbage collection in each page (CDP ``HeapProfiler.collectGarbage``): the server
