@@ -16,6 +16,11 @@ meaningful paint.
     python benchmarks/bench_monitor_web.py                       # SQLite, 100,000 jobs
     python benchmarks/bench_monitor_web.py --db postgresql://...  # PostgreSQL
     python benchmarks/bench_monitor_web.py --quick --browser      # smoke check
+    python benchmarks/bench_monitor_web.py --soak [SECONDS]        # memory, pages open
+
+- soak (``--soak``, default 600 s; instead of json and paint): ten pages open on the
+  real server while pilots run small tasks; the server's RSS, each page's JS heap and
+  DOM nodes sampled every 15 s must stay flat (``monitor_soak.py`` says how flat).
 """
 
 from __future__ import annotations
@@ -143,6 +148,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--db", default=None, help="a database URL (default: SQLite)")
     ap.add_argument("--browser", action="store_true", help="also time pages in Chromium")
+    ap.add_argument("--soak", type=float, nargs="?", const=600.0, default=None,
+                    metavar="SECONDS", help="keep ten pages open while work goes on "
+                    "(default 600 s) and check memory stays flat")
     ap.add_argument("--quick", action="store_true", help="100 tasks, 10,000 jobs, 5 repeats")
     args = ap.parse_args()
     if args.quick:
@@ -151,6 +159,17 @@ def main() -> int:
         home = Path(tmp)
         server = Server(ServerConfig(home=home, db_url=args.db, provision=False))
         ids = fill(server, args.tasks, args.jobs)
+        if args.soak is not None:
+            from monitor_soak import soak
+
+            db = server.store.engine.dialect.name
+            server.close()
+            report = {"database": db, "tasks": args.tasks, "jobs": ids["jobs"],
+                      "soak": soak(home, args.db, ids, args.soak)}
+            print(json.dumps(report, indent=2))
+            if not report["soak"]["flat"]:
+                print("not flat", file=sys.stderr)
+            return 0 if report["soak"]["flat"] else 1
         report = {"database": server.store.engine.dialect.name, "tasks": args.tasks,
                   "jobs": ids["jobs"], "submit_s": round(ids["submit_s"], 1),
                   "json": json_latency(server, ids, args.repeat)}

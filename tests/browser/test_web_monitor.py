@@ -305,3 +305,40 @@ def test_the_task_page_shows_scouting_merged_histograms_and_links(chromium, fill
     page.wait_for_function("document.querySelector('figure img').naturalWidth === 120")
     assert "partial" in page.locator("figure[data-hist='dimuon.mass']").inner_text()
     page.close()
+
+
+SET_HIDDEN = """hidden => {
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+  Object.defineProperty(document, "visibilityState", {configurable: true,
+                        get: () => hidden ? "hidden" : "visible"});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_hidden_tabs_of_one_browser_let_their_streams_go_so_a_seventh_tab_loads(
+        chromium, filled):
+    """Chromium opens at most six HTTP/1.1 connections to one host per profile, and a
+    shown monitor tab holds one for its event stream: a hidden tab closes its stream (a
+    seventh tab of the same browser would otherwise never load) and, shown again,
+    reopens it and catches up on what happened meanwhile."""
+    context = chromium.new_context()
+    base = f"{filled['url']}/monitor/"
+    pages = []
+    for _ in range(7):
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(base)
+        page.evaluate("t => sessionStorage.setItem('panda-lab-token', t)", filled["token"])
+        page.goto(base + "tasks")
+        page.locator("#live.on").wait_for()
+        page.evaluate(SET_HIDDEN, True)
+        page.locator("#live", has_text="hidden").wait_for()
+        pages.append(page)
+    first = pages[0]
+    task = filled["lab"].submit(square, [(5,)], name="while-hidden")
+    filled["lab"].wait(task, timeout=60)
+    assert first.locator(f"tr[data-task-id='{task}']").count() == 0
+    first.evaluate(SET_HIDDEN, False)
+    first.locator("#live.on").wait_for()
+    first.locator(f"tr[data-task-id='{task}']").wait_for()
+    context.close()

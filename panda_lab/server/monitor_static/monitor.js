@@ -5,10 +5,15 @@
 // Bounded by construction: a refresh replaces a view's nodes, never appends; the stream
 // reader keeps only the unfinished part of its last line; one stream and one pending
 // refresh at a time.  A page left open for a day holds what one render holds.
+//
+// A hidden tab holds no stream: Chromium opens at most six HTTP/1.1 connections to one
+// host per profile, and a seventh monitor tab would never load if six held theirs.
+// Shown again, the tab reopens its stream and refreshes once for what it missed.
 
 const REFRESH_MS = {task: 150, job: 150, list: 1000};   // the most often a view refetches
 let ctx = null;              // {token, base, share, logout}
 let stream = null;           // AbortController of the open event stream
+let wanted = null;           // {tasks} of the stream the view wants, kept while hidden
 let timer = null;            // the pending refresh
 let current = null;          // {kind, load, render, tasks}
 let generation = 0;          // bumped at each navigation: late answers are dropped
@@ -111,6 +116,8 @@ function listen(tasks) {
     indicator.textContent = `shared, read-only: refreshed every ${SHARE_POLL_MS / 1000} s`;
     return;
   }
+  wanted = {tasks};
+  if (document.hidden) return;       // opened when the tab is shown again (see start)
   const key = tasks === undefined ? "all" : String(tasks);
   if (stream && stream.key === key) return;
   if (stream) stream.abort();
@@ -463,5 +470,18 @@ export function start(root, options) {
   });
   document.getElementById("logout").addEventListener("click", () => ctx.logout());
   window.addEventListener("popstate", route);
+  document.addEventListener("visibilitychange", () => {
+    if (ctx.share || !wanted) return;
+    if (document.hidden) {
+      if (stream) stream.abort();
+      stream = null;
+      const indicator = document.getElementById("live");
+      indicator.className = "live off";
+      indicator.textContent = "paused while hidden";
+    } else {
+      listen(wanted.tasks);
+      schedule();
+    }
+  });
   route();
 }
