@@ -301,8 +301,9 @@ def default_sites(resources: Resources | None = None, *,
     return [
         SiteConfig(name=name, kind=kind, provisioner="local", pilots=plan.pilots,
                    slots=plan.slots,
-                   description=(f"local pilot processes on this machine, standing in for a "
-                                f"{kind} site" if kind != "local" else
+                   description=(f"local pilot processes on this machine, standing in for "
+                                f"{'an' if kind == 'hpc' else 'a'} {kind} site"
+                                if kind != "local" else
                                 "local pilot processes on this machine"))
         for name, kind in names
     ]
