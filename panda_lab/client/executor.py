@@ -97,6 +97,7 @@ class PandaExecutor(Executor):
         self._api = ApiClient(lab.url, lab.api.token, find=getattr(lab.api, "find", None),
                               fix=getattr(lab.api, "fix", ""))
         self.site = site
+        self._check_sites(site)
         self.name = name or "executor"
         self._options = {"priority": priority, "cores": cores, "memory_mb": memory,
                          "walltime_s": float(walltime), "max_attempts": retries + 1,
@@ -129,6 +130,23 @@ class PandaExecutor(Executor):
         self._lease: threading.Thread | None = None
         #: Why the task's lease could not be renewed (it was closed meanwhile), if so.
         self.lease_error: str | None = None
+
+    def _check_sites(self, site: str | list[str]) -> None:
+        """Refuse at once a site the server does not know (``ValueError`` naming it and
+        the known ones), rather than at the first ``result()`` with an empty task left
+        behind.  Skipped when the server cannot be asked now (it says so at submit)."""
+        wanted = [site] if isinstance(site, str) else list(site)
+        wanted = [s for s in wanted if s != "ANY"]
+        if not wanted:
+            return
+        try:
+            known = sorted(s["name"] for s in self._api.get("/api/sites"))
+        except (ApiError, ServerUnreachable):
+            return
+        unknown = [s for s in wanted if s not in known]
+        if unknown:
+            raise ValueError(f"unknown site {', '.join(map(repr, unknown))}; known sites: "
+                             f"{', '.join(known)}")
 
     def _capacity(self) -> int:
         try:

@@ -219,3 +219,16 @@ def test_environment_mismatch_warns(mlab, module_server):
         assert ex.submit(mul, 2, 2).result(timeout=30) == 4
         ex.shutdown()
     assert any("0.0.1" in w for w in ex.environment_warnings)
+
+
+def test_an_unknown_site_is_refused_at_once_and_leaves_no_task(mlab):
+    """It used to be said only at the first ``result()``, with an empty task left open."""
+    before = len(mlab.list_tasks())
+    with pytest.raises(ValueError, match=r"unknown site 'NOPE-SITE'; known sites: LOCAL-"):
+        mlab.executor(site="NOPE-SITE", name="badsite")
+    with pytest.raises(ValueError, match="unknown site 'NOPE'"):
+        mlab.executor(site=["LOCAL-GRID", "NOPE"])
+    assert len(mlab.list_tasks()) == before
+    with mlab.executor(site=["LOCAL-GRID"]) as ex:  # a known one, as a list
+        assert ex.submit(abs, -2).result(timeout=60) == 2
+
