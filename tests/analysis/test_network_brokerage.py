@@ -162,7 +162,10 @@ def test_learned_throughput_moves_jobs_to_the_fast_path(tmp_path):
                     break
         print("simulated (s):", predicted)
         for policy in times:
-            assert predicted[policy] == pytest.approx(times[policy], rel=0.25), policy
+            # within 25 %, or 0.3 s: the simulator has no dispatch jitter, which a
+            # sub-second makespan on a busy machine is mostly made of
+            assert predicted[policy] == pytest.approx(times[policy], rel=0.25, abs=0.3), \
+                policy
         # each decision says why, with the links it weighed
         rows = lab.task(f"network-{FILES}").brokerage()
         slow_rows = rows[rows["site"] == "SLOW"]
