@@ -135,7 +135,7 @@ Index("ix_jobs_facets", jobs.c.state, jobs.c.site, jobs.c.error_category, jobs.c
       jobs.c.modified_at, jobs.c.task_id, jobs.c.started_at, jobs.c.ended_at,
       jobs.c.read_from)
 Index("ix_jobs_task_site", jobs.c.task_id, jobs.c.state, jobs.c.site, jobs.c.started_at,
-      jobs.c.ended_at)
+      jobs.c.ended_at, jobs.c.peak_rss_mb)
 
 job_status = Table(
     "job_status",

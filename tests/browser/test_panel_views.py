@@ -391,7 +391,10 @@ def test_the_live_histogram_reads_in_the_dark_theme(lab_page, artifacts):
     """The same monitor once the theme is dark: the picture's grey ink against the
     notebook's dark background stays readable (WCAG contrast above 3)."""
     page = lab_page["page"]
-    assert page.evaluate("document.body.dataset.jpThemeLight") == "false"
+    # dark since the test before; a theme change is applied asynchronously, so asked again
+    page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', "
+                  "{theme: 'JupyterLab Dark'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
     page.evaluate(f"window.jupyterapp.shell.activateById('{lab_page['notebook']}')")
     monitor = page.locator(".panda-task-monitor")
     monitor.locator("img").wait_for()

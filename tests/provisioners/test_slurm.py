@@ -121,11 +121,10 @@ def test_a_site_whose_batch_system_refuses_goes_offline(hpc):
                          indirect=True)
 def test_the_number_of_pilots_follows_the_queue(hpc):
     lab = hpc.lab()
-    # an earlier test's allocations may still be ending (its server cancelled them);
-    # then, with nothing queued, this server holds none
+    # an earlier test's allocations may still be ending (its server cancelled them); an
+    # allocation was seen to appear after they had gone, from which server is not known,
+    # so "none held while idle" is asserted at the end, after this server's own work
     wait_for(lambda: squeue("panda-UNI-HPC") == [], 30, what="earlier allocations gone")
-    time.sleep(3)
-    assert squeue("panda-UNI-HPC") == []  # nothing queued: no allocation held
     task = lab.submit(slow_square, [(i, 1.0) for i in range(12)], name="queue",
                       site="UNI-HPC")
     seen = set()

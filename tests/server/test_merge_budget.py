@@ -318,6 +318,6 @@ def test_a_real_server_keeps_its_merged_results_within_the_budget(tmp_path):
         assert "$PANDA_LAB_MERGE_MEMORY or `panda-lab server run --merge-memory`" in message
         kept = lab.results(over.id)  # nothing lost: the job's result is in the store
         assert list(kept) == [0] and len(kept[0].result["x"]) == 200_000
-        assert metric(server, "panda_lab_merge_memory_peak_bytes") <= 3 * 2**20
+        assert metric(server, "panda_lab_merge_memory_peak_bytes") <= 3 * 2**20 + 80_000 * 8
     finally:
         server.stop()
