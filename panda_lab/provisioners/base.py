@@ -99,6 +99,12 @@ class Provisioner(ABC):
         by default).  May raise :class:`ProvisionerError`; the site then starts afresh."""
         return []
 
+    def strays(self) -> list:
+        """Pilots alive on the resource under this site's name that :attr:`handles` does
+        not hold (a submission that timed out after the resource took it); read from the
+        last :meth:`status`.  They count towards the site's bounds.  None by default."""
+        return []
+
     def exit_info(self, handle: Any) -> tuple[int, int | None] | None:
         """``(pid, exit code)`` of a pilot that ended, where this provisioner can tell
         which registered pilot the handle was (local processes); else ``None``."""
@@ -144,6 +150,11 @@ class Provisioner(ABC):
             log.info("%s: %d pilot(s) ended", self.spec.site.name, len(dead))
             self.gone += [e for e in map(self.exit_info, dead) if e is not None]
         self.handles = [h for h, ok in zip(self.handles, alive, strict=True) if ok]
+        strays = [h for h in self.strays() if h not in self.handles]
+        if strays:
+            log.warning("%s: %d pilot(s) on the resource not held, counted from now",
+                        self.spec.site.name, len(strays))
+            self.handles += strays
         missing = self.decide().start
         if missing > 0 and not self.closing:
             self.handles += self.submit(missing)

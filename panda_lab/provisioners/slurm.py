@@ -28,8 +28,12 @@ class SlurmProvisioner(Provisioner):
     cancel_command = "scancel"
     status_command = "squeue"
     polling_interval = 2.0
-    #: States in which a batch job still is, or will be, a pilot.
-    alive_states = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"})
+    #: Slurm's final job states (``squeue --help``, JOB STATE CODES).  Any other state
+    #: ``squeue`` lists (``PENDING``, ``RUNNING``, ``COMPLETING``, ``REQUEUED``, ...) holds
+    #: or will hold an allocation, so it counts towards ``max_jobs``.
+    final_states = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL",
+                              "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY",
+                              "REVOKED", "SPECIAL_EXIT"})
 
     def __init__(self, spec: PilotSpec, home: Path) -> None:
         super().__init__(spec)
@@ -42,6 +46,7 @@ class SlurmProvisioner(Provisioner):
         self.job_name = f"panda-{spec.site.name}"
         self.cfg: SlurmSite = spec.site.settings  # type: ignore[assignment]
         self.policy = ScalingPolicy(Mode.QUEUE, self.cfg.min_jobs, spec.site.pilots)
+        self._seen: dict[str, str] = {}
 
     @classmethod
     def for_site(cls, spec: PilotSpec, home: Path, known_pilots: list[dict]) -> SlurmProvisioner:
@@ -96,12 +101,33 @@ class SlurmProvisioner(Provisioner):
             ids.append(out.strip().split(";")[0])
         return ids
 
+    def listing(self) -> dict[str, str]:
+        """``{batch job id: state}`` of this user's batch jobs named for the site, as
+        ``squeue -n NAME --me`` shows them: the same view a person has of the queue.
+
+        By name, not ``-j ID,...``: ``squeue -j`` fails when every id given has left
+        slurmctld's memory (``MinJobAge``), which would hold a site offline for good."""
+        out = self._run(self.status_command, "-h", "--me", "-o", "%i %T", "-n",
+                        self.job_name)
+        pairs = (line.split(None, 1) for line in out.splitlines() if line.strip())
+        return {job: state.strip() for job, state in pairs}
+
+    def alive(self, state: str | None) -> bool:
+        """Whether a batch job in ``state`` (``None``: not listed) holds or will hold an
+        allocation."""
+        return state is not None and state not in self.final_states
+
     def status(self, handles: list) -> list[bool]:
-        if not handles:
-            return []
-        out = self._run(self.status_command, "-h", "-o", "%i %T", "-j", ",".join(handles))
-        states = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
-        return [states.get(h, "").strip() in self.alive_states for h in handles]
+        self._seen = self.listing()
+        return [self.alive(self._seen.get(h)) for h in handles]
+
+    def strays(self) -> list:
+        """Batch jobs of the site's name alive but not held: an ``sbatch`` that timed out
+        after slurmctld took the job.  Counted, so the site never holds more than
+        ``max_jobs``."""
+        held = set(self.handles)
+        return [job for job, state in self._seen.items()
+                if self.alive(state) and job not in held]
 
     def cancel(self, handles: list) -> None:
         if handles:
@@ -112,7 +138,7 @@ class SlurmProvisioner(Provisioner):
 
     def adopt(self) -> list:
         try:
-            out = self._run(self.status_command, "-h", "-o", "%i", "-n", self.job_name)
+            seen = self.listing()
         except ProvisionerError:
             return []
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        return [job for job, state in seen.items() if self.alive(state)]

@@ -26,6 +26,18 @@ def sleep_and_return(t, value):
     return value
 
 
+def wait_for_file(path, value):
+    """Return ``value`` once ``path`` exists (at most 60 s): a job that cannot end before
+    the test lets it."""
+    from pathlib import Path
+    end = time.monotonic() + 60
+    while not Path(path).exists():
+        if time.monotonic() > end:
+            raise TimeoutError(path)
+        time.sleep(0.02)
+    return value
+
+
 def raise_on(x, bad):
     if x == bad:
         raise ZeroDivisionError(f"bad value {x}")
@@ -59,14 +71,16 @@ def test_map_keeps_order_and_packs_chunks(mlab):
     assert mlab.task(task).info()["n_jobs"] == 55
 
 
-def test_map_is_lazy_in_results(mlab):
+def test_map_is_lazy_in_results(mlab, tmp_path):
+    # the second call cannot end until the first result has been read: a map that waited
+    # for all its results before yielding the first would never yield (no timing involved)
+    gate = tmp_path / "gate"
     with mlab.executor(name="t-lazy") as ex:
-        it = ex.map(sleep_and_return, [0.0, 1.5], ["fast", "slow"])
-        t = time.monotonic()
+        it = ex.map(wait_for_file, [tmp_path / "open", gate], ["fast", "slow"])
+        (tmp_path / "open").touch()  # the first may end at once
         assert next(it) == "fast"
-        first = time.monotonic() - t
+        gate.touch()
         assert next(it) == "slow"
-        assert first < 1.5 <= time.monotonic() - t + 0.05
 
 
 def test_map_timeout(mlab):

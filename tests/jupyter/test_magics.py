@@ -243,7 +243,7 @@ def test_a_traceback_points_at_the_users_code(kernel):
 
 @pytest.mark.slow
 def test_a_live_lab_follows_its_restarted_server(kernel, module_server):
-    kernel.ok("lab = panda_lab.connect(start=False)\n"
+    kernel.ok("import panda_lab\nlab = panda_lab.connect(start=False)\n"
               "t = lab.submit(abs, [(-1,), (-2,)], name='t-before')\n"
               "lab.wait(t, timeout=60)\n"
               "mon = lab.task(t).monitor(interval=0.1)\nmon.wait(30)\n"

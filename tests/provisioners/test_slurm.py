@@ -1,4 +1,12 @@
-"""An hpc site on a real Slurm cluster: pilots as batch jobs, cancelled, drained, offline."""
+"""An hpc site on a real Slurm cluster: pilots as batch jobs, cancelled, drained, offline.
+
+One kind of fault tested here: the provisioner's count of its allocations differing from
+what the batch system shows.  Members: an allocation of the site's name it does not hold
+(an ``sbatch`` that timed out after slurmctld took the job) must count towards
+``max_jobs``; batch job ids that have left slurmctld's memory must read as ended, not as
+an error that holds the site offline; a state other than the usual five (``REQUEUED``)
+still holds an allocation.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,9 @@ import pytest
 from harness import ServerProcess, site_in_state, wait_for
 
 from panda_lab.model.states import TASK_FINAL
+from panda_lab.provisioners.base import PilotSpec
+from panda_lab.provisioners.config import parse_sites
+from panda_lab.provisioners.slurm import SlurmProvisioner
 
 
 def slow_square(x, t=0.3):
@@ -139,6 +150,36 @@ def test_the_number_of_pilots_follows_the_queue(hpc):
     wait_for(lambda: squeue("panda-UNI-HPC") == [], 30, what="the allocations released")
     time.sleep(3)
     assert squeue("panda-UNI-HPC") == []
+
+
+@pytest.mark.parametrize("hpc", ['partition = "debug"\nmax_jobs = 2\nidle_exit = 2'],
+                         indirect=True)
+def test_an_allocation_of_the_sites_name_not_held_counts_towards_max_jobs(hpc):
+    lab = hpc.lab()
+    wait_for(lambda: squeue("panda-UNI-HPC") == [], 30, what="earlier allocations gone")
+    # as an sbatch that timed out would leave it: the site's name, no pilot in it
+    stray = subprocess.run(["sbatch", "--parsable", "-J", "panda-UNI-HPC", "-p", "debug",
+                            "--wrap", "sleep 120"], capture_output=True, text=True,
+                           check=True).stdout.strip().split(";")[0]
+    task = lab.submit(slow_square, [(i, 0.5) for i in range(6)], name="stray",
+                      site="UNI-HPC")
+    seen = set()
+    while lab.task_info(task)["state"] not in {str(s) for s in TASK_FINAL}:
+        batch = squeue("panda-UNI-HPC")
+        assert len(batch) <= 2, batch  # the stray and one pilot, never a second pilot
+        seen.update(batch)
+        time.sleep(0.2)
+    assert lab.results(task) == {i: i * i for i in range(6)}
+    assert stray in seen and len(seen - {stray}) == 1, seen
+
+
+def test_ids_that_left_slurms_memory_read_as_ended_and_other_states_as_held(slurm, tmp_path):
+    site = parse_sites({"sites": {"UNI-HPC": {"kind": "hpc", "provisioner": "slurm"}}})[0]
+    prov = SlurmProvisioner(PilotSpec("http://server", "token", site), tmp_path)
+    assert prov.status(["999999", "999998"]) == [False, False]  # `squeue -j` would fail
+    assert [prov.alive(s) for s in ("PENDING", "COMPLETING", "REQUEUED", "CONFIGURING")] == \
+        [True] * 4
+    assert [prov.alive(s) for s in (None, "COMPLETED", "CANCELLED", "TIMEOUT")] == [False] * 4
 
 
 def test_bad_slurm_site_settings_name_the_key(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import create_engine, text
 
 from panda_lab.store import Store
-from panda_lab.store.base import add_missing_columns
+from panda_lab.store.base import add_missing_columns, add_missing_indexes
 
 SITES = [{"name": "A", "kind": "local", "provisioner": "local", "pilots": 1, "slots": 2}]
 
@@ -51,10 +51,15 @@ def test_an_old_database_gains_the_nullable_columns(tmp_path):
     Store(url, tmp_path / "r").close()
     engine = create_engine(url)
     with engine.begin() as conn:
+        # an old database has no index over the new columns either: drop those first
+        # (SQLite refuses to drop a column an index names)
+        conn.execute(text("DROP INDEX ix_jobs_task_site"))
         for table, col in (("jobs", "peak_rss_mb"), ("jobs", "cpu_s"), ("pilots", "rss_mb"),
                            ("pilots", "cpu_s"), ("pilots", "cpu_pct")):
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {col}"))
     added = add_missing_columns(engine)
+    made = add_missing_indexes(engine)  # in this order, as Store does: the index needs them
     engine.dispose()
     assert {"jobs.peak_rss_mb", "jobs.cpu_s", "pilots.rss_mb", "pilots.cpu_s",
             "pilots.cpu_pct"} <= set(added), added
+    assert "ix_jobs_task_site" in made, made
