@@ -135,6 +135,16 @@ def contrast(page, selector: str) -> float:
     return (hi + 0.05) / (lo + 0.05)
 
 
+def open_task(page, task: int):
+    """The task's view beside the sidebar, opened by its row unless it is open already:
+    each test stands on its own, whatever ran before it."""
+    detail = page.locator(f".panda-task-view .panda-task-detail[data-task-id='{task}']")
+    if not detail.count():
+        page.locator(f".panda-lab-panel .panda-task-row[data-task-id='{task}']").click()
+    detail.wait_for()
+    return detail
+
+
 def test_the_sidebar_fits_and_a_task_that_lost_data_warns(lab_page, artifacts):
     page, task = lab_page["page"], lab_page["task"]
     panel = page.locator(".panda-lab-panel")
@@ -163,10 +173,8 @@ def test_the_sidebar_fits_and_a_task_that_lost_data_warns(lab_page, artifacts):
 def test_a_task_opens_beside_the_sidebar_with_its_summary_stream_jobs_and_report(
         lab_page, artifacts):
     page, task = lab_page["page"], lab_page["task"]
-    page.locator(f".panda-lab-panel .panda-task-row[data-task-id='{task}']").click()
     view = page.locator(".panda-task-view")
-    detail = view.locator(f".panda-task-detail[data-task-id='{task}']")
-    detail.wait_for()
+    detail = open_task(page, task)
     box = view.bounding_box()
     assert box and box["x"] > 250 and box["width"] > 400    # in the main area, in sight
     header = detail.locator(".panda-task-header").inner_text()
@@ -208,6 +216,7 @@ def test_a_task_opens_beside_the_sidebar_with_its_summary_stream_jobs_and_report
 def test_a_job_says_in_words_why_it_went_where_it_went(lab_page, artifacts):
     page = lab_page["page"]
     view = page.locator(".panda-task-view")
+    open_task(page, lab_page["task"])
     view.locator(".panda-timeline rect.panda-tl-failed").first.click()
     job = view.locator(".panda-job-detail")
     job.wait_for()
@@ -266,7 +275,7 @@ def test_the_status_bar_counts_apart_explains_and_opens_the_panel(lab_page, arti
     finally:
         lab.kill(long)
     # the analysis' failures seen: they leave the count
-    page.locator(".panda-task-view .panda-ack").click()
+    open_task(page, lab_page["task"]).locator(".panda-ack").click()
     wait_for(lambda: lab.api.get("/api/counts")["failed"] == 0, 10, what="failures seen")
     page.locator(".panda-status-item:has-text('0 failed')").wait_for()
 
