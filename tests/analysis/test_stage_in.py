@@ -9,9 +9,16 @@ copying each file whole (one request) is estimated cheaper than reading it in ra
 files: the third copy evicts the least recently used one.  A second task over the two
 files still cached is brokered ``cache``, reads only the copies (the read metering says
 ``(cache)`` and the endpoint sees no request), and gives the same result.
+
+The same over XRootD: a real ``xrootd`` serves the files over root://, the copy is made
+through fsspec-xrootd, and the second task reads the copies.  The kind of fault covered
+by the pair: a stage-in that works for one protocol only (the copy's opener, its size
+check, its read metering are protocol-specific code).
 """
 
 from __future__ import annotations
+
+import os
 
 import hist
 import pytest
@@ -100,3 +107,55 @@ def test_a_second_task_over_the_same_files_reads_the_site_cache(tmp_path):
     finally:
         server.stop()
         store.stop()
+
+
+@pytest.fixture
+def xrootd_store():
+    try:
+        import XRootD.client  # noqa: F401
+        from harness import XRootDServer
+
+        server = XRootDServer().start()
+    except (ImportError, FileNotFoundError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test XRootD stage-in: {exc}")
+        pytest.skip(f"no XRootD here ({exc}); scripts/test installs it")
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_stage_in_over_xrootd_then_the_cache(tmp_path, xrootd_store):
+    data = make_sample(xrootd_store.export, files=2, events=EVENTS, compression=None)
+    size = max(p.stat().st_size for p in data)
+    (tmp_path / "sites.toml").write_text(sites_toml(size * 3))  # room for both copies
+    home = tmp_path / "home"
+    home.mkdir()
+    server = ServerProcess(home, extra=["--sites", str(tmp_path / "sites.toml")]).start()
+    lab = server.lab()
+    try:
+        urls = [xrootd_store.url(p) for p in data]
+        lab.datasets.register("xrd", urls, endpoint="store")
+        first = lab.analyze(process, "xrd", name="xrd-first", files_per_job=1,
+                            columns=["nMuon", "Muon"])
+        assert first.result(timeout=60)["n"] == 2 * EVENTS
+        jobs = lab.jobs(first.id)
+        assert [j["access"] for j in jobs] == ["stage-in"] * 2
+        for j in jobs:  # the whole file came over the link
+            by = {r["endpoint"]: r for r in j["reads"]}
+            (url,) = j["broker_info"]["input"]["files"]
+            assert url.startswith("root://")
+            assert by["store"]["bytes"] == (xrootd_store.export / url.rsplit("/", 1)[1]
+                                            ).stat().st_size, j["reads"]
+        copies = sorted((home / "site-cache" / "CACHED").glob("*.root"))
+        assert sorted(p.stat().st_size for p in copies) == sorted(p.stat().st_size for p in data)
+
+        second = lab.analyze(process, "xrd", name="xrd-second", files_per_job=1,
+                             columns=["nMuon", "Muon"])
+        assert second.result(timeout=60) == first.result(timeout=5)
+        again = lab.jobs(second.id)
+        assert [j["access"] for j in again] == ["cache", "cache"]
+        for j in again:
+            assert {r["endpoint"] for r in j["reads"]} == {CACHE_ENDPOINT}, j["reads"]
+    finally:
+        server.stop()
