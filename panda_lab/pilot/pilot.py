@@ -350,6 +350,8 @@ class Pilot:
         if outcome.events:  # with the payload's seconds: the site's compute rate
             extra["events"] = outcome.events
         extra["seconds"] = round(dur, 6)
+        if worker.cold:  # its speed is not the site's: the server weighs it apart
+            extra["cold"] = True
         # the payload's own peak memory and CPU time, measured in its worker process
         extra["peak_rss_mb"] = outcome.peak_rss_mb
         extra["cpu_s"] = outcome.cpu_s

@@ -158,6 +158,10 @@ class Worker:
         self.conn: Connection | None = None
         self.job: dict | None = None
         self.commons: set[int] = set()
+        #: Tasks this worker process has run a job of; :attr:`cold`: the job running
+        #: now is its task's first here (its imports and first opens are in its time).
+        self.tasks_run: set[int] = set()
+        self.cold = False
         self.started_at = 0.0
         self.last_exit: int | None = None
         #: Environment for the payloads, given to each worker process this handle starts.
@@ -175,6 +179,7 @@ class Worker:
         child.close()
         self.conn = parent
         self.commons = set()
+        self.tasks_run = set()
         if self.env:
             self.conn.send(("env", self.env))
 
@@ -208,6 +213,8 @@ class Worker:
                         job.get("workdir"), job.get("access"), job.get("read_from")))
         self.job = job
         self.started_at = now
+        self.cold = job["task"] not in self.tasks_run
+        self.tasks_run.add(job["task"])
 
     def receive(self) -> tuple[dict, Outcome | Output | None]:
         """The job and what the worker said of it: its outcome when it ended (``None``

@@ -209,6 +209,9 @@ class JobUpdate(Strict):
     #: Events the job processed, and the payload's wall seconds: the site's speed.
     events: Annotated[int, Field(ge=0)] | None = None
     seconds: Annotated[float, Field(ge=0)] | None = None
+    #: The first job of its task in a new worker process (imports, first opens): its
+    #: speed is not the site's, see store/rows/links.py observe_sites.
+    cold: bool | None = None
     #: The payload's peak resident memory during the job (MB) and its CPU seconds.
     peak_rss_mb: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
     cpu_s: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None

@@ -312,6 +312,9 @@ site_stats = Table(
     Column("failure_rate", Float, nullable=False, default=0.0),
     Column("outcomes", Integer, nullable=False, default=0),
     Column("updated_at", Float, nullable=False),
+    #: Rate samples from warm jobs (not their task's first in a new worker process); once
+    #: there is one, cold samples no longer move the rate.  NULL: none yet.
+    Column("warm_samples", Integer, nullable=True),
 )
 
 # ---- read affinity: which pilot last read an analysis job's input ---------------------------

@@ -5,7 +5,9 @@ server, the inputs kept for retries, the task's filter summary.  Both backends.
 The kind of fault: a measurement lost or counted twice, or a decision made without what
 was learned.  Members: a report's reads (several per report, an endpoint ``""`` meaning
 the site's own), the declared value before any measurement, the site's rate and failure
-rate, a retry weighed without its input, a task's network term ignored, the summary.
+rate, a retry weighed without its input, a task's network term ignored, the summary,
+and a site's first, cold jobs (imports and first opens in their time) taken for its
+speed long after warm ones measured it.
 """
 
 from __future__ import annotations
@@ -85,6 +87,28 @@ def test_finished_and_failed_attempts_measure_their_site(store):
     with store.tx() as conn:
         load = {s.name: s for s in site_rows.loads_(conn)}["NEAR"]
     assert load.slot_rate == pytest.approx(10_000) and load.failure_rate == pytest.approx(0.1)
+
+
+def test_cold_jobs_measure_a_site_only_until_a_warm_one_does(store):
+    from panda_lab.store.rows.links import site_statistics
+
+    ids = store.create_task("t", [{"payload": b"x"}] * 5, site="NEAR")[1]
+
+    def rate() -> tuple[float, float]:
+        with store.tx() as conn:
+            r, _, mean = site_statistics(conn)["NEAR"]
+        return r, mean
+
+    finish(store, "NEAR", ids[0], events=1_000, seconds=10.0, cold=True)
+    assert rate() == (pytest.approx(100.0), 10.0)  # a cold sample: better than none
+    finish(store, "NEAR", ids[1], events=1_000, seconds=5.0, cold=True)
+    assert rate()[0] == pytest.approx(0.9 * 100 + 0.1 * 200)  # cold ones smooth together
+    finish(store, "NEAR", ids[2], events=1_000, seconds=1.0)
+    assert rate() == (pytest.approx(1_000.0), 1.0)  # the first warm one replaces them
+    finish(store, "NEAR", ids[3], events=1_000, seconds=20.0, cold=True)
+    assert rate() == (pytest.approx(1_000.0), 1.0)  # a cold one no longer counts
+    finish(store, "NEAR", ids[4], events=1_000, seconds=0.5)
+    assert rate()[0] == pytest.approx(0.9 * 1_000 + 0.1 * 2_000)
 
 
 def test_a_job_is_weighed_by_its_input_and_its_retry_too(store):

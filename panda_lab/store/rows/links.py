@@ -45,7 +45,8 @@ def learn(conn: Connection, measured: list[tuple[Row, dict, str]], t: float) -> 
     observe_sites(conn, [
         (row.site, new == JobState.FINISHED, (u.get("error") or {}).get("category"),
          u.get("events"), u.get("seconds"),
-         sum(float(r.get("seconds", 0.0)) for r in u.get("reads") or ()))
+         sum(float(r.get("seconds", 0.0)) for r in u.get("reads") or ()),
+         bool(u.get("cold")))
         for row, u, new in measured if new in ended], t)
 
 
@@ -157,15 +158,22 @@ def listing(conn: Connection, now: float, window_s: float = WINDOW_S) -> list[di
 
 # ---- site statistics ---------------------------------------------------------------------
 
-def observe_sites(conn: Connection, ended: Iterable[tuple[str, bool, str | None,
-                                                           int | None, float | None,
-                                                           float]],
+def observe_sites(conn: Connection, ended: Iterable[tuple],
                   t: float, alpha: float = ALPHA) -> None:
     """Smooth ended attempts into their site's statistics: ``ended`` are ``(site,
-    finished, error category, events, wall seconds, read seconds)``.  A finished attempt
-    with events and seconds is a rate sample (events / (seconds - read seconds)) and a
-    job-time sample; every attempt but a user's error or a kill is a failure-rate sample
-    (1 for a failure of the site's kind, :data:`SITE_FAULTS`)."""
+    finished, error category, events, wall seconds, read seconds, cold)`` (``cold``
+    optional, False).  A finished attempt with events and seconds is a rate sample
+    (events / (seconds - read seconds)) and a job-time sample; every attempt but a
+    user's error or a kill is a failure-rate sample (1 for a failure of the site's kind,
+    :data:`SITE_FAULTS`).
+
+    A *cold* attempt, its task's first in a new worker process, carries the imports and
+    first opens in its time (a tenth of the speed is common): it is a sample only while
+    the site has no warm one, and the first warm sample replaces what cold ones gave,
+    so a site's first, cold jobs do not make it look slow for the next many.  (PanDA's
+    scouts are measured likewise, on jobs that ran whole, and JEDI re-measures a task
+    once its scouts end.)  A site whose every job is cold (a pilot per job) is
+    measured by them, which is its true speed."""
     by_site: dict[str, list] = {}
     for e in ended:
         if e[0]:
@@ -178,25 +186,31 @@ def observe_sites(conn: Connection, ended: Iterable[tuple[str, bool, str | None,
     for site in sorted(by_site):
         r = rows.get(site)
         rate, n_rate = (r.slot_rate, r.rate_samples) if r is not None else (None, 0)
+        warm = (r.warm_samples or 0) if r is not None else 0
         mean = r.mean_job_s if r is not None else None
         fail, n_out = (r.failure_rate, r.outcomes) if r is not None else (0.0, 0)
-        for _, finished, category, events, seconds, read_s in by_site[site]:
-            if finished and events and seconds:
+        for _, finished, category, events, seconds, read_s, *more in by_site[site]:
+            cold = bool(more and more[0])
+            if finished and events and seconds and not (cold and warm):
                 sample = events / max(seconds - read_s, 1e-3)
-                rate = sample if not n_rate else (1 - alpha) * rate + alpha * sample
-                mean = seconds if mean is None else (1 - alpha) * mean + alpha * seconds
+                first = not n_rate or (not cold and not warm)  # a warm one replaces cold
+                rate = sample if first else (1 - alpha) * rate + alpha * sample
+                mean = seconds if first or mean is None else \
+                    (1 - alpha) * mean + alpha * seconds
                 n_rate += 1
+                warm += not cold
             if finished or (category in SITE_FAULTS):
                 x = 0.0 if finished else 1.0
                 fail = x if not n_out else (1 - alpha) * fail + alpha * x
                 n_out += 1
         out.append({"site": site, "slot_rate": rate, "rate_samples": n_rate,
-                    "mean_job_s": mean, "failure_rate": fail, "outcomes": n_out,
-                    "updated_at": t})
+                    "warm_samples": warm, "mean_job_s": mean, "failure_rate": fail,
+                    "outcomes": n_out, "updated_at": t})
     ins = _insert(conn)(site_stats).values(out)
     conn.execute(ins.on_conflict_do_update(
         index_elements=[site_stats.c.site],
-        set_={k: getattr(ins.excluded, k) for k in ("slot_rate", "rate_samples", "mean_job_s",
+        set_={k: getattr(ins.excluded, k) for k in ("slot_rate", "rate_samples",
+                                                      "warm_samples", "mean_job_s",
                                                       "failure_rate", "outcomes",
                                                       "updated_at")}))
 
