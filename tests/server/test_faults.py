@@ -4,7 +4,7 @@ counted twice.
 Kind (a fault that loses or doubles work): a pilot cut off from the server for longer
 than the heartbeat timeout comes back and reports the attempt the server already gave to
 another pilot (its late result must not replace the retry's); PostgreSQL is restarted,
-and down for longer than the heartbeat timeout, while a task runs; the server is SIGKILLed
+and unreachable for 30 s (ten heartbeat timeouts), while a task runs; the server is SIGKILLed
 while a bulk submission is being stored (the task is all there or not there, never in
 part); the server is stopped by a signal, as a service
 manager or JupyterHub stops it (its clean-up runs: connection file removed, store closed,
@@ -157,8 +157,9 @@ def test_postgresql_restarted_and_down_mid_task_loses_and_doubles_nothing(home, 
         n = 10
         task = lab.submit(slow_square, [(i,) for i in range(n)], name="pg-restart")
         wait_for(lambda: lab.task_info(task)["n_done"] >= 2, 60, what="some results")
-        # restarted, and down longer than the heartbeat timeout (3 s) meanwhile
-        postgres.restart(down_s=4.0)
+        # restarted, and unreachable for 30 s meanwhile: ten times the heartbeat timeout
+        # (3 s), longer than any one retry of a pilot or a client
+        postgres.restart(down_s=30.0)
         info = lab.wait(task, timeout=120)
         assert info["state"] == TaskState.DONE and info["n_jobs"] == n
         assert lab.results(task) == {i: i * i for i in range(n)}
