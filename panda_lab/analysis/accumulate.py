@@ -34,6 +34,15 @@ inheritance) with three deliberate differences: lists and tuples merge elementwi
 arrays concatenate, and what boost-histogram would merge into nonsense (axes that differ only
 in their flow bins) is refused.
 
+``rules="coffea"`` (:data:`COFFEA`) is for a coffea processor (``processor.ProcessorABC``),
+whose author expects coffea's own ``Runner``'s result: there lists and tuples concatenate
+(``a + b``, as coffea's ``accumulate`` does), and their items are not accumulators to
+check (a list of strings or of event numbers is fine).  Every other rule is the same;
+awkward arrays still concatenate (coffea's ``+`` would add them elementwise, which fails
+for chunks of different lengths: coffea users collect columns with
+``column_accumulator``, which concatenates too).  :func:`rules_for` says which rules a
+processor gets.
+
 :func:`merge_all` takes results in chunk-index order and keeps it, so concatenated arrays come
 out in dataset order whichever job finished first. It reduces as a balanced tree (adjacent pairs
 first), streaming: memory holds O(log n) partial results, concatenation costs O(n log n) rather
@@ -54,6 +63,27 @@ import numpy as np
 
 #: Longest description of one side of a difference (a variable axis' edges can be long).
 _SHOWN = 160
+
+#: The merge rules: panda-lab's own (the default) and coffea's for coffea processors.
+PANDA, COFFEA = "panda-lab", "coffea"
+RULES = (PANDA, COFFEA)
+
+
+def rules_for(processor: Any) -> str:
+    """:data:`COFFEA` for a coffea processor (an instance of ``coffea.processor.
+    ProcessorABC``, checked without importing coffea when it is not loaded), else
+    :data:`PANDA`."""
+    if not any(c.__module__.startswith("coffea.") for c in type(processor).__mro__):
+        return PANDA
+    from coffea.processor import ProcessorABC
+
+    return COFFEA if isinstance(processor, ProcessorABC) else PANDA
+
+
+def _check_rules(rules: str) -> None:
+    if rules not in RULES:
+        raise ValueError(f"rules must be one of {', '.join(map(repr, RULES))}, "
+                         f"not {rules!r}")
 
 
 class MergeError(TypeError):
@@ -202,13 +232,14 @@ def _refusal(x: Any) -> str:
             "histogram, or a dict or list of them)")
 
 
-def check_accumulator(value: Any, path: str = "result") -> None:
+def check_accumulator(value: Any, path: str = "result", rules: str = PANDA) -> None:
     """Raise :class:`MergeError` if ``value`` is not made of accumulators (the module's table):
     a chunk's result is checked even when it is the first, so that a ``str`` or an object
     without ``+`` is refused at once, not when a second chunk arrives.
 
     ``path`` is how the error names ``value`` (``result['mass']``); nested dicts, lists and
-    tuples are checked member by member.  Returns ``None`` when ``value`` is fine."""
+    tuples are checked member by member (lists and tuples not under ``rules="coffea"``,
+    which concatenates them).  Returns ``None`` when ``value`` is fine."""
     if value is None:
         return
     kind = _kind(value)
@@ -216,10 +247,10 @@ def check_accumulator(value: Any, path: str = "result") -> None:
         raise MergeError(path, _refusal(value))
     if kind == "dict":
         for key, v in value.items():
-            check_accumulator(v, f"{path}[{key!r}]")
-    elif kind == "sequence":
+            check_accumulator(v, f"{path}[{key!r}]", rules)
+    elif kind == "sequence" and rules != COFFEA:
         for i, v in enumerate(value):
-            check_accumulator(v, f"{path}[{i}]")
+            check_accumulator(v, f"{path}[{i}]", rules)
 
 
 def hist_difference(a: Any, b: Any) -> str | None:
@@ -255,7 +286,7 @@ def hist_difference(a: Any, b: Any) -> str | None:
     return None
 
 
-def _merge_mappings(a: dict, b: dict, path: str) -> dict:
+def _merge_mappings(a: dict, b: dict, path: str, rules: str) -> dict:
     if isinstance(a, type(b)):       # the more derived type of the two (coffea's rule)
         out = copy.copy(a)
     elif isinstance(b, type(a)):
@@ -266,11 +297,11 @@ def _merge_mappings(a: dict, b: dict, path: str) -> dict:
         raise MergeError(path, f"mappings of unrelated types: {type(a).__name__} vs "
                                f"{type(b).__name__}")
     for key, value in b.items():
-        out[key] = merge(a[key], value, f"{path}[{key!r}]") if key in a else value
+        out[key] = merge(a[key], value, f"{path}[{key!r}]", rules) if key in a else value
     return out
 
 
-def merge(a: Any, b: Any, path: str = "result") -> Any:
+def merge(a: Any, b: Any, path: str = "result", rules: str = PANDA) -> Any:
     """Merge two results of the same shape (see the module's table); neither is modified.
 
     ``a`` is the result merged so far and ``b`` the next one: a :class:`MergeError` names
@@ -282,10 +313,12 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
     object without ``+``, sequences of other lengths, arrays of other shapes, histograms
     that differ (:func:`hist_difference`), unrelated mapping types, awkward arrays that
     concatenate only into a union, or a ``+`` that raises; one side alone that is no
-    accumulator is refused too (:func:`check_accumulator`)."""
+    accumulator is refused too (:func:`check_accumulator`).  ``rules``: :data:`PANDA` or
+    :data:`COFFEA` (lists and tuples concatenate); ``ValueError`` for another."""
     if a is None or b is None:
+        _check_rules(rules)
         value = b if a is None else a
-        check_accumulator(value, path)
+        check_accumulator(value, path, rules)
         return value
     kind_a, kind_b = _kind(a), _kind(b)
     names = f"{type(a).__name__} with {type(b).__name__}"
@@ -294,7 +327,11 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
     if kind_a != kind_b:
         raise MergeError(path, f"cannot merge {names}")
     if kind_a == "dict":
-        return _merge_mappings(a, b, path)
+        return _merge_mappings(a, b, path, rules)
+    if kind_a == "sequence" and rules == COFFEA:
+        if isinstance(a, list) != isinstance(b, list):
+            raise MergeError(path, f"cannot concatenate {names}")
+        return type(a)([*a, *b]) if isinstance(a, list) else tuple(a) + tuple(b)
     if kind_a == "sequence":
         if len(a) != len(b):
             raise MergeError(
@@ -302,7 +339,8 @@ def merge(a: Any, b: Any, path: str = "result") -> Any:
                 f"cannot merge {names} of lengths {len(a)} and {len(b)}: "
                 "sequences merge elementwise",
             )
-        merged = [merge(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))]
+        merged = [merge(x, y, f"{path}[{i}]", rules)
+                  for i, (x, y) in enumerate(zip(a, b, strict=True))]
         return type(a)(merged) if isinstance(a, list) else _same_tuple(a, merged)
     if kind_a == "set":
         return a | b
@@ -361,14 +399,16 @@ def _same_tuple(a: tuple, items: list) -> tuple:
     return type(a)(items)
 
 
-def merge_all(results: Iterable[Any]) -> Any:
+def merge_all(results: Iterable[Any], rules: str = PANDA) -> Any:
     """Merge results given in chunk-index order into one (``None`` for no results).
 
     Streaming balanced tree: a partial result of 2**k chunks is merged only with its neighbour of
     the same size, like carrying in a binary counter, so order is kept and depth is log n.
     ``results`` is consumed once (a generator is fine).  Raises :class:`MergeError` as
     :func:`merge` does; a single result is checked with :func:`check_accumulator`.
+    ``rules`` as :func:`merge`'s.
     """
+    _check_rules(rules)
     stack: list[tuple[int, Any]] = []  # (level, partial), levels strictly decreasing upwards
     seen = 0
     for item in results:
@@ -376,14 +416,14 @@ def merge_all(results: Iterable[Any]) -> Any:
         level, value = 0, item
         while stack and stack[-1][0] == level:
             _, left = stack.pop()
-            value = merge(left, value)
+            value = merge(left, value, rules=rules)
             level += 1
         stack.append((level, value))
     if not stack:
         return None
     if seen == 1:  # never met another result: check it alone
-        check_accumulator(stack[0][1])
+        check_accumulator(stack[0][1], rules=rules)
     value = stack.pop()[1]
     while stack:
-        value = merge(stack.pop()[1], value)
+        value = merge(stack.pop()[1], value, rules=rules)
     return value

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from panda_lab import reads
-from panda_lab.analysis.accumulate import MergeError, merge
+from panda_lab.analysis.accumulate import MergeError, merge, rules_for
 from panda_lab.analysis.errors import DataError
 from panda_lab.analysis.events import discover_columns, materialize, read_chunk
 from panda_lab.analysis.nanoevents import (
@@ -159,6 +159,7 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
     :class:`MergeError` naming the chunk and the earlier chunks when outputs cannot be
     merged (or one output is no accumulator); and whatever the processor raises, as is."""
     process = process_of(processor)
+    rules = rules_for(processor)  # a coffea processor's lists concatenate, as in coffea
     out: Any = None
     events = 0
     seconds = 0.0  # reading and processing; a first job's column discovery is not counted
@@ -179,7 +180,7 @@ def run_chunks(processor: Any, columns: list[str] | None, chunk_dicts: list[dict
             name_chunk(exc, chunk)
             raise
         try:
-            out = merge(out, part)
+            out = merge(out, part, rules=rules)
         except MergeError as exc:  # say which input, as the server does for whole jobs
             raise MergeError(exc.path, exc.reason, chunks=[chunk],
                              merged_chunks=chunk_dicts[:i]) from None

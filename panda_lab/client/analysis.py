@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from panda_lab.analysis.accumulate import MergeError
+from panda_lab.analysis.accumulate import COFFEA, MergeError, rules_for
 from panda_lab.analysis.errors import BadFilesError, DataError
 from panda_lab.client.fileset import is_fileset, register_fileset
 from panda_lab.client.tasks import TaskHandle
@@ -471,6 +471,8 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
         "columns": cols, "site": site, "skip_bad_files": skip_bad_files,
         "options": {"max_attempts": retries + 1, "client": environment(),
                     "workdir": workdir(),
+                    # the server merges the jobs' results by the same rules as the jobs
+                    **({"accumulate": COFFEA} if rules_for(process) == COFFEA else {}),
                     **({"network": network} if network is not None else {}),
                     **({"policy": policy} if policy is not None else {})},
     })

@@ -111,6 +111,8 @@ class MergeState:
     last: tuple[int, int] | None = None   # the latest input start merged so far
     final: bool = False             # the task ended and its last merge is done
     error: dict | None = None       # a merge error (MergeError.to_dict()): nothing more merges
+    #: The merge rules (the task's ``accumulate`` option): coffea's for a coffea processor.
+    rules: str = "panda-lab"
 
 
 #: One queued piece of work: (task, job index or None, job id, result bytes or None,
@@ -298,13 +300,15 @@ class Merger:
         """A task's merge state as saved: the accumulator row and the merge error, the
         value still pickled (unpickled when merged into).  Runs on the owner thread."""
         data, merged, events = self.store.load_accumulator(task_id)
-        error = self.store.get_task(task_id)["options"].get("merge_error")
+        options = self.store.get_task(task_id)["options"]
+        error = options.get("merge_error")
         # The saved value does not say in which order its arrays were concatenated:
         # redo the merge in input order at the end (if it holds arrays), as a merge out
         # of order would.
         return MergeState(None, merged=merged, events=events, data=data,
                           size=len(data or b""), packed=data is not None,
-                          saved_at=time.monotonic(), error=error, out_of_order=bool(merged))
+                          saved_at=time.monotonic(), error=error, out_of_order=bool(merged),
+                          rules=options.get("accumulate") or "panda-lab")
 
     # ---- the merger's thread ---------------------------------------------------------------
     def _db(self, fn: Callable, *args: Any) -> Any:
@@ -410,7 +414,7 @@ class Merger:
         start = self._start(task_id, acc, index)
         with self._lock:
             self._unpack(acc)
-            value = merge(acc.value, cr.result)  # raises before anything changes
+            value = merge(acc.value, cr.result, rules=acc.rules)  # raises before any change
             size = self._within_budget(task_id, acc, value, len(data))
             # Job indices are not input order (scouts come first): compare inputs.
             if start is None or (acc.last is not None and start < acc.last):
@@ -459,9 +463,9 @@ class Merger:
         indices.sort(key=lambda i: starts[i])
         # Read in batches that fit what the budget leaves free, not all at once.
         room = max(1, (self.budget or sum(sizes.values())) - self.memory())
-        value = merge_all(pickle.loads(data).result
-                          for batch in merge_budget.batches(sizes, indices, room)
-                          for data in self._in_order(task_id, batch))
+        value = merge_all((pickle.loads(data).result
+                           for batch in merge_budget.batches(sizes, indices, room)
+                           for data in self._in_order(task_id, batch)), rules=acc.rules)
         with self._lock:
             acc.value, acc.stale = value, True
             acc.out_of_order = False

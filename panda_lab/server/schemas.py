@@ -115,6 +115,10 @@ class TaskOptions(Strict):
                     "least-loaded"] | None = Field(
         None, description="brokerage policy for this task, to compare (overrides "
                           "network): see panda_lab.model.brokerage.Policy")
+    accumulate: Literal["panda-lab", "coffea"] | None = Field(
+        None, description="the rules an analysis's results merge by: coffea's for a coffea "
+                          "processor (lists concatenate), else panda-lab's "
+                          "(panda_lab.analysis.accumulate)")
 
 
 class TaskSubmit(Strict):

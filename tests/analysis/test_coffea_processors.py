@@ -15,6 +15,10 @@ ROOT's RNTupleImporter):
   ``list_accumulator``, ``set_accumulator``, ``value_accumulator``, ``column_accumulator``)
   merge by coffea's ``+``, not by the builtin type they derive from (``list_accumulator``
   extends, where a plain list merges elementwise);
+* plain lists and tuples from a coffea processor concatenate, as coffea's ``accumulate``
+  does (panda-lab's own rule, elementwise, would sum two equal-length lists silently: a
+  wrong number, no error), items of any type; on the pilot, on the server and in the
+  final in-order merge alike;
 * empty chunks: a chunk without entries gives the processor's output on no events, which
   merges as the identity;
 * reading: a processor reads only the branches it touches (counted, not timed);
@@ -34,7 +38,7 @@ import pytest
 import uproot
 from harness import ServerProcess
 
-from panda_lab.analysis.accumulate import merge, merge_all
+from panda_lab.analysis.accumulate import merge, merge_all, rules_for
 from panda_lab.analysis.nanoevents import CoffeaMissing, NanoEventsSpec
 from panda_lab.analysis.runner import postprocess, run_chunks
 
@@ -81,6 +85,9 @@ class DimuonProcessor(processor.ProcessorABC):
             "ranges": processor.set_accumulator({(ds, meta["entrystart"], meta["entrystop"])}),
             "leading_pt": processor.column_accumulator(
                 ak.to_numpy(ak.fill_none(ak.firsts(muons.pt), -1.0))),
+            # plain containers: coffea concatenates them (strings and all)
+            "chunks": [(ds, int(meta["entrystart"]), int(meta["entrystop"]))],
+            "sizes": (len(events),),
         }
 
     def postprocess(self, accumulator):
@@ -133,6 +140,10 @@ def assert_same(ours: dict, theirs: dict) -> None:
     assert ours["sum_pt"] == pytest.approx(theirs["sum_pt"], rel=1e-12)
     assert ours["mean_pt"] == pytest.approx(theirs["mean_pt"], rel=1e-12)
     assert sorted(ours["leading_pt"].value) == sorted(theirs["leading_pt"].value)
+    # concatenated, one item per chunk (coffea's chunks and ours differ in size)
+    assert type(ours["chunks"]) is list and type(ours["sizes"]) is tuple
+    assert sum(ours["sizes"]) == sum(theirs["sizes"]) == sum(EVENTS.values())
+    assert {ds for ds, _, _ in ours["chunks"]} == {ds for ds, _, _ in theirs["chunks"]}
     for name in ("counts", "files", "ranges", "leading_pt"):  # coffea's types kept
         assert type(ours[name]) is type(theirs[name])
     assert type(ours["counts"]["events"]) is processor.defaultdict_accumulator
@@ -185,7 +196,7 @@ def test_empty_chunk_is_the_identity(fileset, nanoaod, coffea_out):
     assert len(empty.result["leading_pt"].value) == 0
     assert empty.result["counts"]["events"] == {"TTbar": 0}
     theirs = {k: v for k, v in coffea_out.items() if k != "mean_pt"}  # before postprocess
-    merged = postprocess(proc, merge(empty.result, theirs))
+    merged = postprocess(proc, merge(empty.result, theirs, rules=rules_for(proc)))
     assert_same(merged, coffea_out)
     assert proc.postprocessed == [coffea_out["n_mu"]]
 
@@ -275,6 +286,40 @@ def test_coffea_accumulators_merge_by_coffeas_rules():
     # then fails on a third chunk); here it stays a list_accumulator, in chunk order
     many = merge_all(processor.list_accumulator([k]) for k in range(5))
     assert type(many) is processor.list_accumulator and many == [0, 1, 2, 3, 4]
+
+
+def test_plain_containers_merge_as_coffea_merges_them_for_a_coffea_processor():
+    from panda_lab.analysis.accumulate import COFFEA
+
+    pairs = [([1, 2], [3, 4]), ((1, 2), (3,)), ({"a": [1, 2]}, {"a": [3, 4], "b": ["x"]}),
+             (["run 1"], ["run 2"]), ({"n": 1, "ids": [(1, 7)]}, {"n": 2, "ids": [(1, 9)]})]
+    for a, b in pairs:
+        assert merge(a, b, rules=COFFEA) == processor.accumulate([a, b]), (a, b)
+    assert merge_all([[k] for k in range(5)], rules=COFFEA) == [0, 1, 2, 3, 4]
+    assert merge([1, 2], [3, 4]) == [4, 6]  # panda-lab's own rule, for its own processors
+    with pytest.raises(TypeError, match="cannot concatenate list with tuple"):
+        merge([1], (2,), rules=COFFEA)
+    with pytest.raises(ValueError, match="rules must be one of"):
+        merge_all([[1]], rules="hadd")
+    assert rules_for(DimuonProcessor()) == COFFEA
+    assert rules_for(lambda events: {}) == "panda-lab"
+
+
+def test_a_coffea_processors_job_concatenates_its_chunks_lists(nanoaod):
+    """On the pilot: a job of two chunks of one coffea processor."""
+
+    class Ids(processor.ProcessorABC):
+        def process(self, events):
+            return {"ranges": [(events.metadata["entrystart"], events.metadata["entrystop"])],
+                    "n": [len(events)]}
+
+        def postprocess(self, accumulator):
+            return accumulator
+
+    a, _ = nanoaod
+    spec = NanoEventsSpec("NanoAODSchema", per_file={0: {"dataset": "TTbar"}})
+    out = run_chunks(Ids(), None, [chunk(a, 0, 100), chunk(a, 100, 200)], nanoevents=spec)
+    assert out.result == {"ranges": [(0, 100), (100, 200)], "n": [100, 100]}
 
 
 def test_postprocess_returning_none_keeps_the_result():
