@@ -39,7 +39,7 @@ import collections
 import heapq
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from panda_lab.model import splitter
@@ -74,7 +74,11 @@ class TaskRun:
     spec: TaskSpec
     files: list[splitter.SplitFile]
     specs: dict[str, tuple]
-    pending: collections.deque = field(default_factory=collections.deque)
+    #: jobs split but not yet brokered, as ``(index, chunks)``: each becomes a
+    #: :class:`Job` when it is released (a bulk of 100,000 made at once kept the garbage
+    #: collector rescanning them: a third of the run's time)
+    pending: collections.deque[tuple[int, list[dict]]] = field(
+        default_factory=collections.deque)
     queued: int = 0
     running_jobs: int = 0
     left: int = 0
@@ -180,12 +184,14 @@ class Simulation:
         if not task.pending or (limit and task.queued > limit // 2):
             return
         n = len(task.pending) if not limit else min(len(task.pending), limit - task.queued)
-        self._broker([task.pending.popleft() for _ in range(n)])
+        self._broker(self._jobs(task, [task.pending.popleft() for _ in range(n)]))
 
     # ---- the workload ------------------------------------------------------------------
-    def _jobs(self, task: TaskRun, chunks_list: list[list[dict]]) -> list[Job]:
+    def _jobs(self, task: TaskRun, chunks_list: Iterable[tuple[int, list[dict]]]
+              ) -> list[Job]:
+        """The jobs of ``task`` for ``(index, chunks)`` pairs."""
         out = []
-        for i, chunks in enumerate(chunks_list):
+        for i, chunks in chunks_list:
             input_bytes: dict[str, int] = {}
             reads = []
             for c in chunks:
@@ -213,7 +219,7 @@ class Simulation:
         if spec.split != "auto":
             self._add(task, splitter.split_all(task.files, rule))
             return
-        scouts = self._jobs(task, splitter.scouts(task.files, rule))
+        scouts = self._jobs(task, enumerate(splitter.scouts(task.files, rule)))
         task.scouting = []
         task.left = len(scouts)
 
@@ -228,9 +234,8 @@ class Simulation:
         self._broker(scouts)
 
     def _add(self, task: TaskRun, chunks: list[list[dict]]) -> None:
-        jobs = self._jobs(task, chunks)
-        task.left += len(jobs)
-        task.pending.extend(jobs)
+        task.left += len(chunks)
+        task.pending.extend(enumerate(chunks))
         self._release(task)
 
     # ---- the sites ---------------------------------------------------------------------
