@@ -48,7 +48,10 @@ The rules, and where they come from:
   estimated faster (:mod:`panda_lab.model.staging`); a file in the site's cache counts
   as local, so a site that holds the data wins the next job over it.
 * Pick: at random by weight with the caller's generator (seeded: reproducible); the
-  loads are updated as jobs are placed, so a bulk submission spreads.
+  loads are updated as jobs are placed, so a bulk submission spreads.  A placement
+  changes the picked site's load only, so in a call the candidates of each request shape
+  are kept with their weights and only the picked site is weighed again (the same
+  numbers as weighing all, so the same draws; 28 -> 7 us a placement for 20 sites).
 
 Pure: a snapshot in (requests, loads, links), decisions out; the store calls it inside
 the transaction that inserts the attempts it places, the simulator calls the same code.
