@@ -147,6 +147,8 @@ class Simulation:
         self.caches = {s.name: SimCache(s.cache_bytes) for s in scenario.sites
                        if s.cache_bytes}
         self.held: dict[str, set[str]] = {name: set() for name in self.caches}
+        #: (site, file) being copied into the site's cache -> the jobs waiting for it
+        self.copying: dict[tuple[str, str], list[tuple]] = {}
         self.load = {s.name: s for s in self.loads}
         self.queues: dict[str, collections.deque[Job]] = {
             s.name: collections.deque() for s in scenario.sites}
@@ -327,6 +329,15 @@ class Simulation:
             self._compute(job, site, start, local)
             return
         ep, b, name = parts.pop()
+        if name is not None:
+            waiting = self.copying.get((site.name, name))
+            if waiting is not None:  # another job is copying it: the pilot's cache lock
+                waiting.append((job, site, start, local, parts))   # waits for that copy
+                return
+            if self.caches[site.name].lookup(name, job.cache_events):  # copied meanwhile
+                self._next_read(job, site, start, local, parts)
+                return
+            self.copying[(site.name, name)] = []
         key = (ep, site.name)
         true = self.true[key]
         self.active[key] += 1
@@ -345,7 +356,11 @@ class Simulation:
         self.estimates[key] = est = observe(est, b, dur, requests, self.now)
         self.view[key] = effective(est, self.declared.get(key), self.now)
         if name is not None:  # the copy is kept (the pilot meters it as the link's read)
-            self.caches[site.name].stage(name, b, job.cache_events)
+            cache = self.caches[site.name]
+            cache.stage(name, b, job.cache_events)
+            for waiter in self.copying.pop((site.name, name)):
+                cache.lookup(name, waiter[0].cache_events)
+                self._next_read(*waiter)
         self._next_read(job, site, start, local, parts)
 
     def _compute(self, job: Job, site: SiteSpec, start: float,
