@@ -8,7 +8,13 @@ Each site's slots start taking its queued jobs, in order, when its pilots start
 else the replica brokerage chose, else the one whose link is believed best) and computes
 (events / the slot's speed, plus the site's ``job_start_s``); it fails at its end
 with the site's failure rate and is brokered again avoiding that site, up to
-``max_attempts``.
+``max_attempts``.  A site with a stage-in cache (``cache_mb``) works as the pilot's
+(:mod:`panda_lab.sim.cache`): a file the cache holds is read there; a job brokerage told
+to stage in copies each file whole over the link first (one request), and a job over a
+file another job at the site is copying waits for that copy (the pilot's cache lock;
+copies of different files are not serialised here as that lock does); cache reads are
+metered as ``(cache) -> SITE``, and brokerage learns what a cache holds from each job's
+report at its end.
 
 Link contention, simply: a remote read on a link gets its throughput divided by the reads
 on it when it starts (itself included), for its whole length.  Later reads do not slow

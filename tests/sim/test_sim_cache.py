@@ -158,3 +158,36 @@ def test_a_site_without_a_cache_never_stages():
 def test_a_cache_size_that_is_not_one_is_refused_by_name(value, message):
     with pytest.raises(ScenarioError, match=f"sites.FAR.cache_mb: {message}"):
         parse(scenario(value))
+
+
+class Reporting(Simulation):
+    """A simulation that keeps each attempt's cache report, as a pilot sends it."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.reports: list[tuple[str, list[dict]]] = []
+
+    def _end(self, job, site, start, compute_s) -> None:
+        if job.cache_events:
+            self.reports.append((site.name, [{"action": a, "path": p, "bytes": b}
+                                             for a, p, b in job.cache_events]))
+        super()._end(job, site, start, compute_s)
+
+
+def test_the_server_fed_the_same_reports_holds_what_the_simulator_believes(db_url, tmp_path):
+    from panda_lab.store import Store
+    from panda_lab.store.rows import staging
+
+    sim = Reporting(parse(scenario(300)), "network")
+    sim.run()
+    actions = {a["action"] for _, r in sim.reports for a in r}
+    assert actions == {"staged", "hit", "evicted"}
+    live = Store(db_url, tmp_path / "results")
+    try:
+        with live.tx() as conn:
+            for k, report in enumerate(sim.reports):   # one report at a time, in order
+                staging.apply(conn, [report], float(k))
+            assert staging.held(conn).get("FAR", frozenset()) == sim.load["FAR"].cached
+    finally:
+        live.close()
+    assert sim.load["FAR"].cached
