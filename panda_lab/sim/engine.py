@@ -8,7 +8,13 @@ Each site's slots start taking its queued jobs, in order, when its pilots start
 else the replica brokerage chose, else the one whose link is believed best) and computes
 (events / the slot's speed, plus the site's ``job_start_s``); it fails at its end
 with the site's failure rate and is brokered again avoiding that site, up to
-``max_attempts``.
+``max_attempts``.  A site with a stage-in cache (``cache_mb``) works as the pilot's
+(:mod:`panda_lab.sim.cache`): a file the cache holds is read there; a job brokerage told
+to stage in copies each file whole over the link first (one request), and a job over a
+file another job at the site is copying waits for that copy (the pilot's cache lock;
+copies of different files are not serialised here as that lock does); cache reads are
+metered as ``(cache) -> SITE``, and brokerage learns what a cache holds from each job's
+report at its end.
 
 Link contention, simply: a remote read on a link gets its throughput divided by the reads
 on it when it starts (itself included), for its whole length.  Later reads do not slow
@@ -30,21 +36,29 @@ SimPy was measurably too slow for the 100,000-job scenario over 20 sites
 processes (a process per slot, a ``Store`` per site queue, a timeout per read and per
 compute) took 9.6-12.0 s of CPU per run on this machine, the heap 6.3-6.9 s, of which
 brokerage about 3 s (wall time on this shared machine, load average ~12 on 2 cores, was
-3-5 times the CPU time).  Events at the same time run in the order they were scheduled.
+3-5 times the CPU time).  Since then brokerage weighs again only the site a placement
+changed, jobs are made when released and the loop runs with the cyclic garbage collector
+off: ``panda-lab simulate`` of that scenario takes 2.7-3.2 s of CPU (it took 6.0-6.3),
+brokerage 6 us a placement (28).  Events at the same time run in the order they were
+scheduled.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import heapq
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from panda_lab.model import splitter
 from panda_lab.model.brokerage import Policy, Request, SiteLoad, choose
 from panda_lab.model.network import WINDOW_S, Link, LinkEstimate, effective, observe
+from panda_lab.model.staging import CACHE_ENDPOINT, Access
+from panda_lab.sim.cache import Event, SimCache, known
 from panda_lab.sim.scenario import Scenario, SiteSpec, TaskSpec
 
 #: Smoothing of a site's measured slot rate, failure rate and job time.
@@ -59,14 +73,18 @@ class Job:
     events: int
     #: endpoint -> bytes of the job's input held there
     input_bytes: dict[str, int]
-    #: (file name, bytes read of it, endpoints holding it)
-    reads: list[tuple[str, int, tuple[str, ...]]]
+    #: (file name, bytes read of it, endpoints holding it, bytes of the whole file)
+    reads: list[tuple[str, int, tuple[str, ...], int]]
     attempt: int = 1
     site: str = ""
     #: the endpoint brokerage chose for its remote reads (None: all local)
     read_from: str | None = None
     request: Request | None = None
     queued_at: float = 0.0
+    #: how brokerage said the job reads what is not at its site (an ``Access`` value)
+    access: str = ""
+    #: what the attempt did to its site's cache, reported at its end
+    cache_events: list[Event] = field(default_factory=list)
 
 
 @dataclass
@@ -74,7 +92,11 @@ class TaskRun:
     spec: TaskSpec
     files: list[splitter.SplitFile]
     specs: dict[str, tuple]
-    pending: collections.deque = field(default_factory=collections.deque)
+    #: jobs split but not yet brokered, as ``(index, chunks)``: each becomes a
+    #: :class:`Job` when it is released (a bulk of 100,000 made at once kept the garbage
+    #: collector rescanning them: a third of the run's time)
+    pending: collections.deque[tuple[int, list[dict]]] = field(
+        default_factory=collections.deque)
     queued: int = 0
     running_jobs: int = 0
     left: int = 0
@@ -124,8 +146,15 @@ class Simulation:
         self.heap: list[tuple[float, int, Callable, tuple]] = []
         self.seq = 0
         self.sites = {s.name: s for s in scenario.sites}
-        self.loads = [SiteLoad(s.name, "sim", "online", capacity=s.slots, endpoint=s.endpoint)
-                      for s in scenario.sites]
+        self.loads = [SiteLoad(s.name, "sim", "online", capacity=s.slots, endpoint=s.endpoint,
+                               cache_bytes=s.cache_bytes) for s in scenario.sites]
+        #: the stage-in caches (sites with one), and what the server would believe they
+        #: hold (from the jobs' reports)
+        self.caches = {s.name: SimCache(s.cache_bytes) for s in scenario.sites
+                       if s.cache_bytes}
+        self.held: dict[str, set[str]] = {name: set() for name in self.caches}
+        #: (site, file) being copied into the site's cache -> the jobs waiting for it
+        self.copying: dict[tuple[str, str], list[tuple]] = {}
         self.load = {s.name: s for s in self.loads}
         self.queues: dict[str, collections.deque[Job]] = {
             s.name: collections.deque() for s in scenario.sites}
@@ -170,6 +199,7 @@ class Simulation:
         now = self.now
         for j, c in zip(jobs, choices, strict=True):
             j.site, j.queued_at, j.read_from = c.site, now, c.info.get("read_from")
+            j.access = c.info.get("access", "")
             j.task.queued += 1
             self.queues[c.site].append(j)   # choose counted it in the site's queued
             if self.idle[c.site]:
@@ -180,25 +210,29 @@ class Simulation:
         if not task.pending or (limit and task.queued > limit // 2):
             return
         n = len(task.pending) if not limit else min(len(task.pending), limit - task.queued)
-        self._broker([task.pending.popleft() for _ in range(n)])
+        self._broker(self._jobs(task, [task.pending.popleft() for _ in range(n)]))
 
     # ---- the workload ------------------------------------------------------------------
-    def _jobs(self, task: TaskRun, chunks_list: list[list[dict]]) -> list[Job]:
+    def _jobs(self, task: TaskRun, chunks_list: Iterable[tuple[int, list[dict]]]
+              ) -> list[Job]:
+        """The jobs of ``task`` for ``(index, chunks)`` pairs."""
         out = []
-        for i, chunks in enumerate(chunks_list):
+        for i, chunks in chunks_list:
             input_bytes: dict[str, int] = {}
             reads = []
             for c in chunks:
                 name, nbytes, events, replicas = task.specs[c["path"]]
                 b = nbytes * (c["stop"] - c["start"]) // max(events, 1)
-                reads.append((name, b, replicas))
+                reads.append((name, b, replicas, nbytes))
                 for e in replicas:
                     input_bytes[e] = input_bytes.get(e, 0) + b
             events = sum(c["stop"] - c["start"] for c in chunks)
             spec = task.spec
             out.append(Job(task, i, chunks, events, input_bytes, reads, request=Request(
                 sites=spec.sites, events=events, input_bytes=input_bytes,
-                near=frozenset(input_bytes), read_requests=spec.read_requests * len(reads))))
+                near=frozenset(input_bytes), read_requests=spec.read_requests * len(reads),
+                files=tuple(dict.fromkeys(r[0] for r in reads)),
+                file_bytes=sum({r[0]: r[3] for r in reads}.values()))))
         return out
 
     def _submit(self, spec: TaskSpec) -> None:
@@ -213,7 +247,7 @@ class Simulation:
         if spec.split != "auto":
             self._add(task, splitter.split_all(task.files, rule))
             return
-        scouts = self._jobs(task, splitter.scouts(task.files, rule))
+        scouts = self._jobs(task, enumerate(splitter.scouts(task.files, rule)))
         task.scouting = []
         task.left = len(scouts)
 
@@ -228,29 +262,42 @@ class Simulation:
         self._broker(scouts)
 
     def _add(self, task: TaskRun, chunks: list[list[dict]]) -> None:
-        jobs = self._jobs(task, chunks)
-        task.left += len(jobs)
-        task.pending.extend(jobs)
+        task.left += len(chunks)
+        task.pending.extend(enumerate(chunks))
         self._release(task)
 
     # ---- the sites ---------------------------------------------------------------------
-    def _plan(self, job: Job, site: SiteSpec) -> tuple[int, dict[str, int]]:
-        """Where a job at ``site`` reads its input: ``(local bytes, {endpoint: bytes})``:
-        its own endpoint's replica, else the one brokerage chose, else the replica whose
-        link is believed best."""
-        local, remote = 0, {}
-        for _name, b, replicas in job.reads:
+    def _plan(self, job: Job, site: SiteSpec
+              ) -> tuple[int, int, list[tuple[str, int, str | None]]]:
+        """Where a job at ``site`` reads its input: ``(local bytes, cached bytes,
+        [(endpoint, bytes, file copied whole into the cache or None)])``: its own
+        endpoint's replica, else the site's cache (a hit, or a copy made first where
+        brokerage said stage-in and the file fits), else remotely from the replica
+        brokerage chose, else from the one whose link is believed best."""
+        local = cached = 0
+        remote: dict[str, int] = {}
+        staged: list[tuple[str, int, str | None]] = []
+        cache = self.caches.get(site.name)
+        for name, b, replicas, size in job.reads:
             if site.endpoint in replicas:
                 local += b
+                continue
+            if cache is not None and (cache.lookup(name, job.cache_events) or any(
+                    f == name for _, _, f in staged)):
+                cached += b
                 continue
             if job.read_from in replicas:
                 ep = job.read_from
             else:
-                view, name = self.view, site.name
-                ep = max(replicas, key=lambda e: (view[(e, name)].mbps
-                                                  if (e, name) in view else 0.0))
+                view, sname = self.view, site.name
+                ep = max(replicas, key=lambda e: (view[(e, sname)].mbps
+                                                  if (e, sname) in view else 0.0))
+            if cache is not None and job.access == Access.STAGE_IN and cache.fits(size):
+                staged.append((ep, size, name))
+                cached += b
+                continue
             remote[ep] = remote.get(ep, 0) + b
-        return local, remote
+        return local, cached, [(ep, b, None) for ep, b in remote.items()] + staged
 
     def at(self, t: float, fn: Callable, *args) -> None:
         """Call ``fn(*args)`` at virtual time ``t``."""
@@ -276,45 +323,67 @@ class Simulation:
         self.waits += now - job.queued_at
         self.attempts += 1
         self._release(task)
-        local, remote = self._plan(job, site)
-        self._next_read(job, site, now, local, list(remote.items()))
+        local, cached, parts = self._plan(job, site)
+        self._next_read(job, site, now, (local, cached), parts)
 
-    def _next_read(self, job: Job, site: SiteSpec, start: float, local: int,
-                   parts: list[tuple[str, int]]) -> None:
-        """Read the next remote part over its link, or go on to the local part and the
-        compute when none is left."""
+    def _next_read(self, job: Job, site: SiteSpec, start: float, local: tuple[int, int],
+                   parts: list[tuple[str, int, str | None]]) -> None:
+        """Read the next remote part over its link (or copy the next file whole into the
+        site's cache: one request), or go on to the local part and the compute when none
+        is left; ``local`` is (bytes read from the site's endpoint, from its cache)."""
         if not parts:
             self._compute(job, site, start, local)
             return
-        ep, b = parts.pop()
+        ep, b, name = parts.pop()
+        if name is not None:
+            waiting = self.copying.get((site.name, name))
+            if waiting is not None:  # another job is copying it: the pilot's cache lock
+                waiting.append((job, site, start, local, parts))   # waits for that copy
+                return
+            if self.caches[site.name].lookup(name, job.cache_events):  # copied meanwhile
+                self._next_read(job, site, start, local, parts)
+                return
+            self.copying[(site.name, name)] = []
         key = (ep, site.name)
         true = self.true[key]
         self.active[key] += 1
-        requests = job.task.spec.read_requests * len(job.reads)
+        requests = job.task.spec.read_requests * len(job.reads) if name is None else 1
         dur = b / (true.mbps * 1e6 / self.active[key]) + requests * true.latency_ms / 1e3
         self.at(self.now + dur, self._read_done, job, site, start, local, parts, key, b, dur,
-                requests)
+                requests, name)
 
-    def _read_done(self, job: Job, site: SiteSpec, start: float, local: int,
+    def _read_done(self, job: Job, site: SiteSpec, start: float, local: tuple[int, int],
                    parts: list, key: tuple[str, str], b: int, dur: float,
-                   requests: int) -> None:
+                   requests: int, name: str | None) -> None:
         self.active[key] -= 1
         self.bytes[key] += b
         self.remote += b
         est = self.estimates.get(key) or LinkEstimate(key[0], key[1])
         self.estimates[key] = est = observe(est, b, dur, requests, self.now)
         self.view[key] = effective(est, self.declared.get(key), self.now)
+        if name is not None:  # the copy is kept (the pilot meters it as the link's read)
+            cache = self.caches[site.name]
+            cache.stage(name, b, job.cache_events)
+            for waiter in self.copying.pop((site.name, name)):
+                cache.lookup(name, waiter[0].cache_events)
+                self._next_read(*waiter)
         self._next_read(job, site, start, local, parts)
 
-    def _compute(self, job: Job, site: SiteSpec, start: float, local: int) -> None:
+    def _compute(self, job: Job, site: SiteSpec, start: float,
+                 reads: tuple[int, int]) -> None:
         if job.read_from is not None:
             self.load[site.name].readers[job.read_from] -= 1
-        # local reads are not shared: a site's storage is sized for its slots
+        # local reads (the site's endpoint, its cache) are not shared: a site's storage
+        # is sized for its slots
+        local, cached = reads
         local_s = 0.0
-        if local:
-            local_s = local / (site.local_mbps * 1e6) + \
+        if local or cached:
+            local_s = (local + cached) / (site.local_mbps * 1e6) + \
                 job.task.spec.read_requests * len(job.reads) * site.local_latency_ms / 1e3
-            self.bytes[(site.endpoint, site.name)] += local
+            if local:
+                self.bytes[(site.endpoint, site.name)] += local
+            if cached:
+                self.bytes[(CACHE_ENDPOINT, site.name)] += cached
         compute_s = job.events / site.speed + site.job_start_s
         self.at(self.now + local_s + compute_s, self._end, job, site, start, compute_s)
 
@@ -334,6 +403,11 @@ class Simulation:
                 (1 - a) * load.slot_rate + a * rate
         load.mean_job_s = took if load.mean_job_s is None else \
             (1 - a) * load.mean_job_s + a * took
+        if job.cache_events:  # the report tells the server what the cache holds now
+            held = self.held[site.name]
+            known(held, job.cache_events)
+            load.cached = frozenset(held)
+            job.cache_events = []
         if failed and job.attempt < task.spec.max_attempts:
             job.attempt += 1
             self._broker([job], avoid=site.name)
@@ -356,9 +430,10 @@ class Simulation:
         for t in self.sc.tasks:
             self.at(t.submit_at, self._submit, t)
         heap, pop = self.heap, heapq.heappop
-        while heap:
-            self.now, _, fn, args = pop(heap)
-            fn(*args)
+        with _collector_paused():
+            while heap:
+                self.now, _, fn, args = pop(heap)
+                fn(*args)
         span = self.last_end
         return Result(
             str(self.policy), round(span, 1),
@@ -370,6 +445,25 @@ class Simulation:
             round(self.broker_s / max(self.brokered, 1) * 1e6, 1),
             {f"{k[0]} -> {k[1]}": round(v.mbps, 1) for k, v in sorted(self.view.items())
              if v.source == "learned"})
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """CPython's cyclic garbage collector off while the loop runs, then as it was.
+
+    Why: the loop allocates some ten objects per job (its chunks, request, events) that
+    live until the job ends, and the collector's passes rescan every live one: a third
+    of the CPU time of the 100,000-job scenario.  The loop makes no reference cycles
+    that outlive their use (jobs point to their task, which lives to the end anyway), so
+    reference counting frees what it drops; anything cyclic is collected once the
+    collector is back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def simulate(scenario: Scenario, policies: list[Policy | str] | None = None,

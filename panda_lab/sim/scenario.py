@@ -22,6 +22,9 @@ The format (every key optional unless marked; sizes in MB = 10^6 bytes, times in
     job_start_s = 1.0              # seconds a job costs before it reads or computes
                                    # (payload start); default: brokerage's JOB_START_S
     local_mbps = 800               # overrides network.local_mbps
+    cache_mb = 0                   # its stage-in cache (sites.toml's cache_bytes, here in
+                                   # MB; 0: none): jobs told to stage in copy their files
+                                   # whole into it, later jobs there read them (LRU)
     count = 1                      # >1: sites BIG-01 .. BIG-NN, "{i}" in endpoint numbered
 
     [datasets.main]                # at least one
@@ -81,6 +84,8 @@ class SiteSpec:
     local_mbps: float = 500.0
     job_start_s: float = JOB_START_S
     local_latency_ms: float = 1.0
+    #: bytes the site's stage-in cache holds at most (0: no cache)
+    cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,8 @@ def _sites(raw: dict, net: dict) -> list[SiteSpec]:
         if not isinstance(t, dict):
             raise ScenarioError(f"sites.{name}: expected a table")
         _unknown(t, {"slots", "speed", "endpoint", "failure_rate", "pilot_delay_s",
-                     "local_mbps", "local_latency_ms", "count", "job_start_s"}, w)
+                     "local_mbps", "local_latency_ms", "count", "job_start_s",
+                     "cache_mb"}, w)
         count = _get(t, "count", w, int, 1, positive=True)
         common = dict(slots=_get(t, "slots", w, int, positive=True),
                       speed=float(_get(t, "speed", w, NUM, positive=True)),
@@ -188,7 +194,8 @@ def _sites(raw: dict, net: dict) -> list[SiteSpec]:
                       local_mbps=float(_get(t, "local_mbps", w, NUM,
                                             net["local_mbps"], positive=True)),
                       local_latency_ms=float(_get(t, "local_latency_ms", w, NUM,
-                                                  net["local_latency_ms"])))
+                                                  net["local_latency_ms"])),
+                      cache_bytes=int(float(_get(t, "cache_mb", w, NUM, 0)) * 1e6))
         endpoint = _get(t, "endpoint", w, str, "")
         for i in range(1, count + 1):
             n = name if count == 1 else f"{name}-{i:02d}"
