@@ -48,10 +48,12 @@ The rules, and where they come from:
   estimated faster (:mod:`panda_lab.model.staging`); a file in the site's cache counts
   as local, so a site that holds the data wins the next job over it.
 * Pick: at random by weight with the caller's generator (seeded: reproducible); the
-  loads are updated as jobs are placed, so a bulk submission spreads.  A placement
-  changes the picked site's load only, so in a call the candidates of each request shape
-  are kept with their weights and only the picked site is weighed again (the same
-  numbers as weighing all, so the same draws; 28 -> 7 us a placement for 20 sites).
+  loads are updated as jobs are placed, so a bulk submission spreads, and the bulk's
+  draws are spread evenly over [0, 1) (:class:`_Draws`), so its shares follow the
+  weights instead of scattering around them.  A placement changes the picked site's
+  load only, so in a call the candidates of each request shape are kept with their
+  weights and only the picked site is weighed again (the same numbers as weighing all,
+  so the same draws; 28 -> 7 us a placement for 20 sites).
 
 Pure: a snapshot in (requests, loads, links), decisions out; the store calls it inside
 the transaction that inserts the attempts it places, the simulator calls the same code.
@@ -442,17 +444,40 @@ def choose(
     return out
 
 
-def _draw(rng: random.Random, weights: list[float]) -> int:
-    """An index drawn with probability proportional to its weight (uniform if all are 0)."""
-    total = sum(weights)
-    if total <= 0:
-        return rng.randrange(len(weights))
-    r = rng.random() * total
-    for k, w in enumerate(weights):
-        r -= w
-        if r < 0:
-            return k
-    return len(weights) - 1
+#: The golden ratio's conjugate: the step of the additive recurrence that spreads a
+#: bulk's draws (the Weyl sequence, the most even of its kind; quasi-Monte Carlo's).
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+class _Draws:
+    """The uniform numbers behind one :func:`choose` call's weighted random picks.
+
+    Each number is uniform on [0, 1), so each job alone is a weighted random pick, as
+    PanDA's brokerage makes it.  Across the bulk they are not independent: the k-th is
+    ``(u + k x GOLDEN) mod 1`` for one random ``u``, an additive recurrence, so the draws
+    cover [0, 1) evenly and a bulk's shares follow the weights closely.  With independent
+    draws, 8 jobs over three equal single-slot sites went 4/2/2 or 5/2/1 about half the
+    time (a makespan of 4 or 5 jobs' time instead of 3); with these, 3/3/2 in 98 % of
+    seeds, and 34 or 35 of 100 jobs at most on one of three (independent: up to 46)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng, self.u, self.k = rng, None, 0
+
+    def pick(self, weights: list[float]) -> int:
+        """An index drawn with probability proportional to its weight (uniform if all
+        are 0)."""
+        total = sum(weights)
+        if total <= 0:
+            return self.rng.randrange(len(weights))
+        if self.u is None:
+            self.u = self.rng.random()
+        r = (self.u + self.k * GOLDEN) % 1.0 * total
+        self.k += 1
+        for k, w in enumerate(weights):
+            r -= w
+            if r < 0:
+                return k
+        return len(weights) - 1
 
 
 class _Shape:
@@ -487,6 +512,7 @@ class _Call:
         self.loads, self.prior_rate, self.links = loads, prior_rate, links
         self.policy, self.rng, self.record = policy, rng, record
         self.weigh = policy not in (Policy.ROUND_ROBIN, Policy.LEAST_LOADED) or record
+        self.draws = _Draws(rng)
         self.any_cache = any(s.cached for s in loads)
         self.everyone = {s.name for s in loads}
         self.online = [s for s in loads if s.state == SiteState.ONLINE]
@@ -629,7 +655,7 @@ class _Call:
             i = per_slot.index(min(per_slot))
             reason = "least loaded"
         else:
-            i = _draw(self.rng, weights)
+            i = self.draws.pick(weights)
             reason = "weighted random pick"
         pick, picked, _ = passing[i]
         info: dict = {"picked": pick.name, "policy": str(policy), "access": str(picked.access)}
