@@ -59,6 +59,16 @@ class Outcome:
         return asdict(self)
 
 
+def jobs(n: int) -> str:
+    """``"1 job"``, ``"3 jobs"``: a count of jobs in words."""
+    return f"{n:,} job" if n == 1 else f"{n:,} jobs"
+
+
+def all_jobs(n: int, what: str) -> str:
+    """Every job of a task ended so: ``"all 3 jobs finished"``, ``"its job finished"``."""
+    return f"its job {what}" if n == 1 else f"all {n:,} jobs {what}"
+
+
 def _lost_words(n_lost: int, latest: Mapping[str, int]) -> str:
     """``failed``, ``cancelled``, ``never ran`` when every lost job ended so, else
     ``not processed``."""
@@ -105,7 +115,7 @@ def task_outcome(state: TaskState | str, n_jobs: int, n_done: int,
 
     if not final:
         tone = "neutral" if state == T.PAUSED else "active"
-        label = f"{state}: {n_done} of {n_jobs} jobs done"
+        label = f"{state}: {n_done:,} of {jobs(n_jobs)} done"
         if lost:
             label += f", {lost} {what}{events_note}"
     elif n_jobs == 0:
@@ -116,13 +126,13 @@ def task_outcome(state: TaskState | str, n_jobs: int, n_done: int,
         label = f"{state}: {why}"
     elif lost == 0:
         tone = "neutral" if state == T.ABORTED else "success"
-        label = f"{state}: all {n_jobs} jobs finished"
+        label = f"{state}: {all_jobs(n_jobs, 'finished')}"
     elif n_done == 0:
         tone = "danger"
-        label = f"{state}: all {n_jobs} jobs {what}{events_note}"
+        label = f"{state}: {all_jobs(n_jobs, what)}{events_note}"
     else:
         tone = "warning"
-        label = f"{state}: {lost} of {n_jobs} jobs {what}{events_note}"
+        label = f"{state}: {lost:,} of {n_jobs:,} jobs {what}{events_note}"
     return Outcome(label, tone, lost, events_lost if events_lost is not None else
                    (None if events_done is None else 0), wall, rate)
 

@@ -88,14 +88,14 @@ def test_client_killed_after_a_result_ends_its_task_done(mlab, module_server):
     info = task.info()
     assert (info["state"], info["open"], info["n_jobs"], info["n_done"]) == \
         ("done", False, 1, 1)
-    assert info["message"].startswith(GONE) and info["message"].endswith("; all 1 jobs finished")
+    assert info["message"].startswith(GONE) and info["message"].endswith("; its job finished")
     assert info["ended_at"] >= info["lease_until"], "closed only once the lease lapsed"
     assert task.results() == {0: 49}
 
     rows = {t["id"]: t for t in json.loads(cli(module_server.home, "tasks", "--json"))}
     assert rows[task.id]["message"] == info["message"]
     table = cli(module_server.home, "tasks")
-    assert GONE in table and "all 1 jobs finished" in table
+    assert GONE in table and "its job finished" in table
     assert f"\n  {info['message']}\n" in text(take(mlab, task.id))
 
     from panda_lab.widgets.monitor import LabMonitor, TaskMonitor

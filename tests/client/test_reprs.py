@@ -30,12 +30,12 @@ def test_lab_and_task_show_readable_summaries(mlab):
         task = mlab.task(ex.task_id)
     assert "repr-me" in repr(ex) or f"task={task.id}" in repr(ex)
     task.wait(timeout=30)
-    assert "'repr-me' done: all 1 jobs finished · wall time " in repr(task)
-    assert ">done: all 1 jobs finished</b>" in task._repr_html_()
+    assert "'repr-me' done: its job finished · wall time " in repr(task)
+    assert ">done: its job finished</b>" in task._repr_html_()
     assert "repr-me" in task._repr_html_()
     frame = mlab.tasks()
     assert frame.loc[task.id, "name"] == "repr-me" and frame.loc[task.id, "state"] == "done"
-    assert frame.loc[task.id, "outcome"] == "done: all 1 jobs finished"
+    assert frame.loc[task.id, "outcome"] == "done: its job finished"
     assert frame.loc[task.id, "jobs_lost"] == 0 and frame.loc[task.id, "wall_s"] > 0
     jobs = task.jobs()
     assert list(jobs["state"]) == ["finished"] and jobs.index.name == "id"

@@ -300,7 +300,7 @@ def test_a_task_outside_a_kernel_displays_as_html_and_text(nlab):
     assert handle._repr_mimebundle_() is None          # no kernel: IPython falls back
     assert "m-repr" in handle._repr_html_() and "done" in repr(handle)
     assert text(take(nlab, task)).startswith(
-        f"task {task} 'm-repr': done: all 1 jobs finished · 1/1 jobs")
+        f"task {task} 'm-repr': done: its job finished · 1/1 jobs")
 
 
 @pytest.fixture(autouse=True)

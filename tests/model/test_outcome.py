@@ -2,7 +2,8 @@
 
 Kind tested: a task that lost data shown as a success.  Members: every final state with
 nothing lost, part lost, all lost; every active state with and without jobs lost so far;
-the wall time and the mean rate (only for a final task).
+the wall time and the mean rate (only for a final task); and the words themselves, for
+a one-job task (every ``%%panda`` cell is one) and a large one ("all 1 jobs", "40000").
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def test_an_active_task_without_losses_says_only_progress(state):
                      events_lost=0)
     assert o.label == f"{state}: 12 of 40 jobs done" and o.jobs_lost == 0
     assert o.wall_s is None and o.rate is None
+
+
+def test_counts_read_as_english_for_one_job_and_for_many():
+    assert task_outcome(T.DONE, 1, 1).label == "done: its job finished"
+    assert task_outcome(T.FAILED, 1, 0, {"failed": 1}).label == "failed: its job failed"
+    assert task_outcome(T.RUNNING, 1, 0).label == "running: 0 of 1 job done"
+    assert task_outcome(T.DONE, 40_000, 40_000).label == "done: all 40,000 jobs finished"
+    assert task_outcome(T.FINISHED, 40_000, 39_000, {"failed": 1_000}).label == \
+        "finished: 1,000 of 40,000 jobs failed"
 
 
 def test_a_final_task_without_jobs_is_neutral():

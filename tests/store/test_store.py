@@ -174,7 +174,7 @@ def test_finished_result_is_stored_inline_once(store):
                                   "running", "finished"]
     assert store.pilot(p)["jobs_done"] == 1
     task = store.get_task(task_id)
-    assert (task["state"], task["n_done"], task["message"]) == ("done", 1, "all 1 jobs finished")
+    assert (task["state"], task["n_done"], task["message"]) == ("done", 1, "its job finished")
 
 
 def test_batched_report_records_every_intermediate_state(store):
@@ -255,7 +255,7 @@ def test_user_failure_is_not_retried(store):
     assert f["error_traceback"] == "Traceback ..." and f["stderr_tail"] == "oops"
     assert base64.b64decode(f["error_exception"]) == b"pickled exception"
     task = store.get_task(task_id)
-    assert (task["state"], task["message"]) == ("failed", "none of 1 jobs finished")
+    assert (task["state"], task["message"]) == ("failed", "its job did not finish")
     assert task["ended_at"] is not None
 
 

@@ -17,7 +17,7 @@ from panda_lab.model import (
     can_task,
 )
 from panda_lab.model.lease import ended_message
-from panda_lab.model.outcome import task_outcome
+from panda_lab.model.outcome import all_jobs, task_outcome
 from panda_lab.store.base import Changes, dumps, loads, now
 from panda_lab.store.errors import TaskNotFound
 from panda_lab.store.schema import chunks, jobs, results, tasks
@@ -139,11 +139,12 @@ def end_if_complete(conn: Connection, task_ids: list[int], changes: Changes) -> 
         done = conn.execute(select(func.count()).select_from(results)
                             .where(results.c.task_id == task_id)).scalar_one()
         if done == task.n_jobs:
-            new, msg = T.DONE, f"all {done} jobs finished"
+            new, msg = T.DONE, all_jobs(done, "finished")
         elif done == 0:
-            new, msg = T.FAILED, f"none of {task.n_jobs} jobs finished"
+            new, msg = T.FAILED, ("its job did not finish" if task.n_jobs == 1 else
+                                  f"none of {task.n_jobs:,} jobs finished")
         else:
-            new, msg = T.FINISHED, f"{done} of {task.n_jobs} jobs finished"
+            new, msg = T.FINISHED, f"{done:,} of {task.n_jobs:,} jobs finished"
         set_state(conn, task_id, task.state, new, changes, ended_message(task.message, msg))
 
 
