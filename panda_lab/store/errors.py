@@ -1,5 +1,5 @@
 """What the store raises for a request it cannot serve; the server maps each to an
-HTTP status (``create_app``: 404, 409 or 400)."""
+HTTP status (``create_app``: 404, 409, 422 or 400)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,8 @@ class DatasetExists(ValueError):
 
 class DatasetNotFound(LookupError):
     """No dataset of that name."""
+
+
+class IdempotencyKeyReused(ValueError):
+    """An idempotency key recorded before for a different request (another body, another
+    route): the IETF draft's 422."""
