@@ -323,12 +323,8 @@ class Workflow(Rebrokerage, Admin):
                     ignored.append({"id": u["id"], "reason": why})
                     continue
                 seen.add(row.id)
-                if (u["state"] == J.FINISHED and u.get("result") is None
-                        and not u.get("result_ref")):
-                    # Nothing to count: the work is lost, so let the retry rules act.
-                    u = {**u, "state": str(J.FAILED), "error": {
-                        "category": str(ErrorCategory.SYSTEM),
-                        "message": "reported finished without a result"}}
+                # a finished job without a result it can keep fails: the retry rules act
+                u = result_rows.kept(self.result_dir, row, u)
                 try:
                     path = job_path(row.state, u["state"])
                 except TransitionError as exc:
