@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from panda_lab import __version__
@@ -106,8 +107,8 @@ async def submit(request: Request, response: Response, body: TaskSubmit, who: Wh
     another request is a 422."""
     s = _server(request)
     lease_s = s.config.task_lease if body.open else None
-    key = _key(who.name, idempotency_key, "POST /tasks", body)
-    prior = await _replay(s, response, key)
+    key = submission_key(who.name, idempotency_key, "POST /tasks", body)
+    prior = await replayed(s, response, key)
     if prior is not None:
         return {"task": prior["task"], "jobs": prior["jobs"],
                 **({"lease_s": lease_s} if lease_s else {})}
@@ -119,7 +120,7 @@ async def submit(request: Request, response: Response, body: TaskSubmit, who: Wh
             options=body.options.model_dump(), common=common, open_=body.open,
             lease_s=lease_s, key=key)
     except IntegrityError:  # the same key at the same time: the other request made it
-        prior = await _replay(s, response, key)
+        prior = await replayed(s, response, key)
         if prior is None:
             raise
         return {"task": prior["task"], "jobs": prior["jobs"],
@@ -135,14 +136,14 @@ async def add_jobs(request: Request, response: Response, task: TaskRef, who: Who
     answered with the first request's jobs, as for ``POST /tasks``."""
     s = _server(request)
     task_id = await task_of(s, who, task)
-    key = _key(who.name, idempotency_key, f"POST /tasks/{task_id}/jobs", body)
-    prior = await _replay(s, response, key)
+    key = submission_key(who.name, idempotency_key, f"POST /tasks/{task_id}/jobs", body)
+    prior = await replayed(s, response, key)
     if prior is None:
         try:
             ids, changes = await s.db(s.store.add_jobs, task_id,
                                       [j.store_dict() for j in body.jobs], key=key)
         except IntegrityError:  # the same key at the same time
-            prior = await _replay(s, response, key)
+            prior = await replayed(s, response, key)
             if prior is None:
                 raise
     if prior is not None:
@@ -152,18 +153,19 @@ async def add_jobs(request: Request, response: Response, task: TaskRef, who: Who
     return {"task": task_id, "jobs": ids, "indices": [indices[i] for i in ids]}
 
 
-def _key(owner: str, key: str | None, route: str, body: TaskSubmit | JobsAdd
-         ) -> SubmissionKey | None:
+def submission_key(owner: str, key: str | None, route: str, body: BaseModel
+                   ) -> SubmissionKey | None:
     """The request's idempotency key, scoped to its owner, with the request's fingerprint
-    (the body as validated: the owner a client sends is ignored, so it is left out)."""
+    (the body as validated, without the ``owner`` a client may send: it is ignored)."""
     if key is None:
         return None
-    return SubmissionKey(owner, key, fingerprint(route, body.model_dump(
-        mode="json", exclude={"owner"} if isinstance(body, TaskSubmit) else None)))
+    return SubmissionKey(owner, key, fingerprint(
+        route, body.model_dump(mode="json", exclude={"owner"})))
 
 
-async def _replay(s: Server, response: Response, key: SubmissionKey | None) -> dict | None:
-    """What the key's first request made (marking the answer a replay), or None."""
+async def replayed(s: Server, response: Response, key: SubmissionKey | None) -> dict | None:
+    """What the key's first request made, the answer marked a replay (200,
+    ``Idempotent-Replayed: true``); None without a key or for a key not seen."""
     if key is None:
         return None
     prior = await s.db(s.store.submission, key)

@@ -115,7 +115,7 @@ def test_a_submission_retried_across_a_server_kill_makes_one_whole_task(home):
             return post(path, body, **kw)
 
         lab.api.post = recording_post
-        n, pad = 1_000, b"p" * 3072  # ~3 MB of jobs: SQLite writes its log before the commit
+        n, pad = 500, b"p" * 6144  # ~3 MB of jobs: SQLite writes its log before the commit
         storing = _storing(home)
         submitted = pool.submit(lab.submit, square_padded, [(i, pad) for i in range(n)],
                                 name="bulk-retried")
@@ -147,7 +147,15 @@ def test_a_submission_retried_across_a_server_kill_makes_one_whole_task(home):
             assert other.status_code == 422 and "different request" in other.json()["detail"]
             bad = raw.post(path, json={"name": "x"}, headers={"Idempotency-Key": "two words"})
             assert bad.status_code == 422 and "Idempotency-Key" in str(bad.json()["detail"])
-        assert [t["id"] for t in lab.list_tasks()] == [task]
+            assert [t["id"] for t in lab.list_tasks()] == [task]
+            # jobs added to an open task (an executor's batch) with a key: added once
+            opened = raw.post("/api/tasks", json={"name": "ex", "open": True}).json()["task"]
+            batch, once = {"jobs": body["jobs"][:2]}, {"Idempotency-Key": "batch-1"}
+            added = raw.post(f"/api/tasks/{opened}/jobs", json=batch, headers=once)
+            again = raw.post(f"/api/tasks/{opened}/jobs", json=batch, headers=once)
+            assert (added.status_code, again.status_code) == (201, 200)
+            assert again.json() == added.json() and added.json()["indices"] == [0, 1]
+            assert lab.task_info(opened)["n_jobs"] == 2
         lab.close()
         # a signal (a service manager's, JupyterHub's) stops it cleanly: its clean-up
         # runs and it exits 0, not killed by its own signal raised again
