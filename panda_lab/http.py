@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,6 +52,13 @@ class ServerUnreachable(ConnectionError):
     def __init__(self, message: str, cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+def idempotent() -> dict[str, str]:
+    """Headers that make one request safe to repeat: a new ``Idempotency-Key`` (a random
+    UUID, the IETF HTTPAPI draft "The Idempotency-Key HTTP Header Field"), made once per
+    request and sent with each of its retries; the server does the work once."""
+    return {"Idempotency-Key": str(uuid.uuid4())}
 
 
 #: Where a server is now: ``(url, token)``, or None when nothing says so.
@@ -125,21 +133,25 @@ class ApiClient:
 
     def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
                 params: dict | None = None, timeout: float | None = None,
-                retry_for: float | None = None, raw: bool = False) -> Any:
+                retry_for: float | None = None, raw: bool = False,
+                headers: dict[str, str] | None = None) -> Any:
         """Send one request and return the decoded JSON body (``None`` for an empty body),
         or the body's bytes with ``raw``.
 
         ``json`` is sent as an orjson-encoded body, else ``content`` as is; ``timeout``
-        and ``retry_for`` (seconds) override the client's for this call.  Only transport
-        failures and a 503 with ``Retry-After`` (the server cannot serve now and did
-        nothing) are retried; any other error status is an answer.  Raises
+        and ``retry_for`` (seconds) override the client's for this call; ``headers`` are
+        added to it.  Only transport failures and a 503 with ``Retry-After`` (the server
+        cannot serve now and did nothing) are retried; any other error status is an
+        answer.  A transport failure may come after the server did the work (its answer
+        was lost): a request that creates something is retried safely only with an
+        ``Idempotency-Key`` header (:func:`idempotent`).  Raises
         :class:`ServerUnreachable` when no answer came within ``retry_for``, and
         :class:`ApiError` for a status of 400 or more, with the server's ``detail`` (the
         body's text when it is not JSON)."""
         retry_for = self.retry_for if retry_for is None else retry_for
         deadline = time.monotonic() + retry_for
         delay = 0.05
-        headers = {}
+        headers = dict(headers or {})
         if json is not None:
             content = orjson.dumps(json)
             headers["Content-Type"] = "application/json"

@@ -27,15 +27,19 @@ FAST = ["--heartbeat-timeout", "3", "--heartbeat-interval", "0.5", "--watchdog-i
 class ServerProcess:
     """``panda-lab server run`` in a subprocess, with its own home directory."""
 
-    def __init__(self, home: Path, db_url: str | None = None, extra: list[str] | None = None):
+    def __init__(self, home: Path, db_url: str | None = None, extra: list[str] | None = None,
+                 python: str | None = None):
+        """``python``: the interpreter the server runs with (and so starts its local
+        pilots with); this test's own by default."""
         self.home = home
         self.db_url = db_url
         self.extra = list(extra or [])
+        self.python = python or sys.executable
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "panda_lab.cli.main", "--home", str(self.home),
+        cmd = [self.python, "-m", "panda_lab.cli.main", "--home", str(self.home),
                "server", "run", *FAST, *self.extra]
         if self.db_url:
             cmd += ["--db", self.db_url]

@@ -27,7 +27,7 @@ from panda_lab.analysis.accumulate import COFFEA, MergeError, rules_for
 from panda_lab.analysis.errors import BadFilesError, DataError
 from panda_lab.client.fileset import is_fileset, register_fileset
 from panda_lab.client.tasks import TaskHandle
-from panda_lab.http import ApiError
+from panda_lab.http import ApiError, idempotent
 from panda_lab.model import JOB_UNSUCCESSFUL, TASK_FINAL, JobState
 from panda_lab.payload import dumps_fn, environment, workdir
 
@@ -475,5 +475,5 @@ def analyze(lab: Lab, process: Any, dataset: str | Dataset | dict, *,
                     **({"accumulate": COFFEA} if rules_for(process) == COFFEA else {}),
                     **({"network": network} if network is not None else {}),
                     **({"policy": policy} if policy is not None else {})},
-    })
+    }, headers=idempotent(), retry_for=lab.submit_retry_s)  # retried, made once
     return AnalysisTask(lab, reply["task"], process)

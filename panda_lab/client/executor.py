@@ -40,7 +40,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from panda_lab.client.futures import PandaFuture, cancel_now, exception_from_job
-from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable, idempotent
 from panda_lab.model import JOB_ACTIVE, JOB_UNSUCCESSFUL, JobState, PilotState
 from panda_lab.model.lease import renew_every
 from panda_lab.payload import dumps_call, dumps_fn, environment, workdir
@@ -281,7 +281,8 @@ class PandaExecutor(Executor):
             return
         reply = self._api.post("/api/tasks", {
             "name": self.name, "site": self.site, "jobs": [], "open": True,
-            "options": {**self._options, "workdir": workdir()}})
+            "options": {**self._options, "workdir": workdir()}},
+            headers=idempotent(), retry_for=self.server_lost_timeout)
         self.task_id = reply["task"]
         self._start_lease(reply.get("lease_s"))
         self._listener = threading.Thread(target=self._listen, daemon=True,
@@ -310,7 +311,10 @@ class PandaExecutor(Executor):
                 continue
             jobs = [{"payload": base64.b64encode(p).decode()} for _, p in batch]
             try:
-                reply = self._api.post(f"/api/tasks/{self.task_id}/jobs", {"jobs": jobs})
+                # one key per batch and its retries: a lost answer adds no job twice
+                reply = self._api.post(f"/api/tasks/{self.task_id}/jobs", {"jobs": jobs},
+                                       headers=idempotent(),
+                                       retry_for=self.server_lost_timeout)
                 placed = list(zip(reply["jobs"], reply["indices"], strict=True))
                 if len(placed) != len(batch):
                     raise ApiError(500, f"{len(placed)} jobs made of {len(batch)} sent",

@@ -21,7 +21,7 @@ from panda_lab.client.analysis import AnalysisTask, Dataset, Datasets, analyze
 from panda_lab.client.compare import Comparison
 from panda_lab.client.executor import PandaExecutor
 from panda_lab.client.tasks import TaskHandle, tasks_frame
-from panda_lab.http import ApiClient, ApiError, ServerUnreachable
+from panda_lab.http import ApiClient, ApiError, ServerUnreachable, idempotent
 from panda_lab.model import TASK_FINAL
 from panda_lab.payload import dumps_call, dumps_fn, environment, workdir
 
@@ -34,6 +34,11 @@ class Lab:
     file and goes on at the new one, so a notebook's ``lab`` and its monitors carry on.
     When no server answers, the error says so in a few lines, and the call that fixes it.
     """
+
+    #: Seconds a submission keeps trying a server that does not answer (a restart, a
+    #: lost connection) before it raises; its retries carry one idempotency key, so
+    #: they never make a second task.
+    submit_retry_s: float = 30.0
 
     def __init__(self, url: str, token: str, home: Path | None = None) -> None:
         self.home = home
@@ -105,10 +110,12 @@ class Lab:
             options["network"] = network
         if policy is not None:
             options["policy"] = policy
+        # one key for the request and its retries: a server that crashed or lost its
+        # answer mid-way makes the task once (panda_lab.http.idempotent)
         reply = self.api.post("/api/tasks", {
             "name": name, "owner": os.environ.get("USER", ""), "site": site,
             "jobs": jobs, "common": base64.b64encode(common).decode(), "options": options,
-        })
+        }, headers=idempotent(), retry_for=self.submit_retry_s)
         return reply["task"]
 
     def task_info(self, task: int | str) -> dict:

@@ -358,8 +358,16 @@ class Pilot:
         if outcome.ok:
             data = outcome.result
             if len(data) > INLINE_LIMIT:
-                ref = self.api.request("PUT", f"/api/pilot/results/{job['task']}/{job['id']}",
-                                       content=data)["ref"]
+                try:
+                    ref = self.api.request(
+                        "PUT", f"/api/pilot/results/{job['task']}/{job['id']}",
+                        content=data)["ref"]
+                except ApiError as exc:  # refused (its result store full): not finished
+                    log.error("result of job %d not kept: %s", job["id"], exc.text)
+                    self._set_pending(job, JobState.FAILED, error={
+                        "category": "system", "message": f"result not kept: {exc.text}"},
+                        **extra)
+                    return
                 self._set_pending(job, JobState.FINISHED, result_ref=ref, **extra)
             else:
                 self._set_pending(job, JobState.FINISHED, result=base64.b64encode(data).decode(),

@@ -27,6 +27,27 @@ class ProvisionerError(RuntimeError):
     """The resource refused to start or report pilots (batch system down, bad partition)."""
 
 
+#: The longest pause (seconds) between two looks at a site whose provisioner keeps
+#: failing unexpectedly.
+MAX_BACKOFF = 60.0
+
+
+def backoff(interval: float, failures: int) -> float:
+    """Seconds until the next look at a site: ``interval`` after a look that worked (or
+    failed as the resource refusing, ``failures == 0``), doubled for each unexpected
+    failure in a row, at most :data:`MAX_BACKOFF` (never less than ``interval``)."""
+    if failures <= 0:
+        return interval
+    return max(interval, min(MAX_BACKOFF, interval * 2 ** min(failures, 32)))
+
+
+def crash_reason(label: str, exc: BaseException) -> str:
+    """A site's offline reason for an unexpected exception of its provisioner: the
+    provisioner, the exception's type and its message, on one line."""
+    what = " ".join(str(exc).split()) or "(no message)"
+    return f"the {label} provisioner failed unexpectedly: {type(exc).__name__}: {what}"
+
+
 @dataclass
 class PilotSpec:
     """What a provisioner needs to start a pilot that finds its way back."""
@@ -162,34 +183,64 @@ class Provisioner(ABC):
     async def keep_alive(self) -> None:
         """Look at the site every ``polling_interval``; a provisioner that fails marks the
         site offline until it works again.  Provisioner calls (``sbatch``, a Dask
-        scheduler) block, so they run in a thread and never stall the server."""
+        scheduler) block, so they run in a thread and never stall the server.
+
+        A failure that is not a :class:`ProvisionerError` (a bug, a library's own
+        exception, the store unreachable for the demand) must not end this loop, or the
+        site would never get pilots again: the site goes offline with a reason that names
+        the exception, its traceback is logged once, and the looks go on with a growing
+        pause (:func:`backoff`) until one works, which brings the site back online."""
         try:
             self.handles = await asyncio.to_thread(self.adopt)
         except ProvisionerError:
             self.handles = []
+        except Exception:  # adopting is a courtesy: start afresh
+            log.exception("%s: adopting running pilots failed; starting afresh",
+                          self.spec.site.name)
+            self.handles = []
         if self.handles:
             log.info("%s: adopted %d running pilot(s)", self.spec.site.name, len(self.handles))
+        failures = 0
         while not self.closing:
             try:
                 self.refresh_demand()  # on the loop: the store is the loop's
                 await asyncio.to_thread(self.step)
                 self._health(True, "")
+                failures = 0
                 if self.gone and self.on_gone is not None:
                     gone, self.gone = self.gone, []
                     self.on_gone(self.spec.site.name, gone)
             except ProvisionerError as exc:
                 if self.healthy or str(exc) != self.reason:  # say it once, not every look
                     log.error("%s: %s", self.spec.site.name, exc)
-                self._health(False, str(exc))
-            await asyncio.sleep(self.polling_interval)
+                self._tell_health(False, str(exc))
+            except Exception as exc:  # the loop outlives any one look
+                reason = crash_reason(self.label, exc)
+                if self.healthy or reason != self.reason:  # the traceback once
+                    log.exception("%s: %s", self.spec.site.name, reason)
+                self._tell_health(False, reason)
+                failures += 1
+            await asyncio.sleep(backoff(self.polling_interval, failures))
 
     def _health(self, ok: bool, reason: str) -> None:
+        """Tell the server the site is online or offline (``reason``) when that changed;
+        what was told is remembered only once the server took it (``on_health`` may
+        raise: the store unreachable), so a failed telling is tried again."""
         if ok == self.healthy and reason == self.reason:
             return
-        self.healthy, self.reason = ok, reason
         if self.on_health is not None:
             self.on_health(self.spec.site.name,
                            SiteState.ONLINE if ok else SiteState.OFFLINE, reason)
+        self.healthy, self.reason = ok, reason
+
+    def _tell_health(self, ok: bool, reason: str) -> None:
+        """:meth:`_health` after a failed look: its own failure is logged, not raised
+        (the loop must go on), and it is told again at the next look."""
+        try:
+            self._health(ok, reason)
+        except Exception as exc:  # the store unreachable: tried again next look
+            log.warning("%s: the site's state (%s) not recorded now: %s",
+                        self.spec.site.name, reason or "online", exc)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask the pilots to stop (they hand back their jobs), kill what lingers, then

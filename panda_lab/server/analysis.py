@@ -45,7 +45,7 @@ from panda_lab.model.splitter import (
 )
 from panda_lab.payload import dumps_call
 from panda_lab.server.merger import HOLD_ENV, Merger, held, load_result
-from panda_lab.store import Changes, TaskStateError
+from panda_lab.store import Changes, SubmissionKey, TaskStateError
 
 if TYPE_CHECKING:  # pragma: no cover
     from panda_lab.server.app import Server
@@ -98,10 +98,12 @@ class AnalysisService:
     # ---- submit ----------------------------------------------------------------------
     def submit(self, name: str, dataset: str, common: bytes, rule: SplitRule, site: Any,
                options: dict, skip_bad_files: bool, owner: str = "",
-               columns: list[str] | None = None) -> tuple[int, Changes]:
+               columns: list[str] | None = None,
+               key: SubmissionKey | None = None) -> tuple[int, Changes]:
         """Split the dataset by ``rule`` (or make its scouts) and create the task with
         those jobs; runs on the store's owner thread.  The task is made open: it ends when
         its results are merged, not when its jobs end (see the module's docstring).
+        ``key``: the request's idempotency key, recorded with the task.
         Returns (task id, the store's changes, to be published).  Raises
         ``DatasetNotFound`` and, for ``columns`` that no file of the dataset has,
         ``UnknownColumns``."""
@@ -128,7 +130,7 @@ class AnalysisService:
         task_id, _ids, changes = self.store.create_task(
             name, job_specs(first), owner=owner, site=site, options=options, common=common,
             # a dataset without files has no job and nothing to merge: it ends at once
-            open_=bool(first), state=state, job_chunks=first)
+            open_=bool(first), state=state, job_chunks=first, key=key)
         self.tasks[task_id] = AnalysisTask(rule, files, scouting, ended=not first)
         return task_id, changes
 

@@ -9,12 +9,13 @@ import base64
 from collections import Counter
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import Field, field_validator
 
 from panda_lab.analysis.files import UnknownColumns
 from panda_lab.model.splitter import SplitRule, check_clusters
 from panda_lab.server import analysis_report
+from panda_lab.server.api_client import replayed, submission_key
 from panda_lab.server.app import Server
 from panda_lab.server.auth import Who, task_of
 from panda_lab.server.schemas import (
@@ -22,6 +23,7 @@ from panda_lab.server.schemas import (
     INT32_MAX,
     NO_NUL,
     Count,
+    IdempotencyKey,
     IdPath,
     Name,
     NamePath,
@@ -145,9 +147,11 @@ async def get_dataset(request: Request, name: NamePath, who: Who, files: bool = 
 
 
 @router.post("/analyses", status_code=201)
-async def submit_analysis(request: Request, body: AnalysisSubmit, who: Who) -> dict:
+async def submit_analysis(request: Request, response: Response, body: AnalysisSubmit,
+                          who: Who, idempotency_key: IdempotencyKey = None) -> dict:
     """Split a dataset into jobs (or send scouts first, for ``auto``) and run the processor.
-    The dataset must be one ``who`` sees (404); the task is ``who``'s (``owner`` ignored)."""
+    The dataset must be one ``who`` sees (404); the task is ``who``'s (``owner`` ignored).
+    With an ``Idempotency-Key``, a repeat makes no second task (as ``POST /tasks``)."""
     s = _server(request)
     await s.db(s.store.get_dataset, body.dataset, False, who.owner(), s.owner_name)
     sp = body.split
@@ -155,13 +159,17 @@ async def submit_analysis(request: Request, body: AnalysisSubmit, who: Who) -> d
         raise HTTPException(422, "split mode 'events' needs events_per_job > 0")
     if sp.mode == "files" and sp.files_per_job <= 0:
         raise HTTPException(422, "split mode 'files' needs files_per_job > 0")
+    key = submission_key(who.name, idempotency_key, "POST /analyses", body)
+    prior = await replayed(s, response, key)
+    if prior is not None:
+        return {"task": prior["task"]}
     rule = SplitRule(sp.mode, sp.events_per_job, sp.files_per_job, sp.target_job_seconds,
                      sp.n_scouts)
     common = b64decode(body.processor, "processor")
     try:
         task_id, changes = await s.db(s.analysis.submit, body.name, body.dataset, common, rule,
                                       body.site, body.options.model_dump(),
-                                      body.skip_bad_files, who.name, body.columns)
+                                      body.skip_bad_files, who.name, body.columns, key)
     except UnknownColumns as exc:
         raise HTTPException(422, str(exc)) from exc
     s.publish(changes)

@@ -12,8 +12,10 @@ import time
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 
 from panda_lab import __version__
 from panda_lab.model import TASK_FINAL, JobState, PilotState, TaskState, vocabulary
@@ -22,6 +24,7 @@ from panda_lab.server.auth import Who, job_of, task_of
 from panda_lab.server.events import encode
 from panda_lab.server.schemas import (
     NO_NUL,
+    IdempotencyKey,
     IdPath,
     IntList,
     JobIds,
@@ -31,7 +34,8 @@ from panda_lab.server.schemas import (
     TaskSubmit,
     int_list,
 )
-from panda_lab.store import TaskNotFound
+from panda_lab.store import SubmissionKey, TaskNotFound
+from panda_lab.store.rows.submissions import fingerprint
 
 router = APIRouter()
 
@@ -88,32 +92,87 @@ async def pilots(request: Request,
 
 
 @router.post("/tasks", status_code=201)
-async def submit(request: Request, body: TaskSubmit, who: Who) -> dict:
+async def submit(request: Request, response: Response, body: TaskSubmit, who: Who,
+                 idempotency_key: IdempotencyKey = None) -> dict:
     """Submit a task and its jobs: each job is brokered to a site and activated at once.
     Its owner is ``who``: the ``owner`` a client sends is ignored (older clients send
     their OS user name).
 
     An ``open`` task comes with a lease of ``lease_s`` seconds: renew it (``POST
-    /tasks/{id}/lease``) every third of that, or the watchdog closes the task."""
+    /tasks/{id}/lease``) every third of that, or the watchdog closes the task.
+
+    With an ``Idempotency-Key``, a repeat of the request (the client got no answer: the
+    server crashed, the connection broke) makes no second task: it is answered 200 with
+    the first one's task and jobs (``Idempotent-Replayed: true``); the key sent with
+    another request is a 422."""
     s = _server(request)
+    lease_s = s.config.task_lease if body.open else None
+    key = submission_key(who.name, idempotency_key, "POST /tasks", body)
+    prior = await replayed(s, response, key)
+    if prior is not None:
+        return {"task": prior["task"], "jobs": prior["jobs"],
+                **({"lease_s": lease_s} if lease_s else {})}
     jobs = [j.store_dict() for j in body.jobs]
     common = base64.b64decode(body.common) if body.common is not None else None
-    lease_s = s.config.task_lease if body.open else None
-    task_id, ids, changes = await s.db(
-        s.store.create_task, body.name, jobs, owner=who.name, site=body.site,
-        options=body.options.model_dump(), common=common, open_=body.open, lease_s=lease_s)
+    try:
+        task_id, ids, changes = await s.db(
+            s.store.create_task, body.name, jobs, owner=who.name, site=body.site,
+            options=body.options.model_dump(), common=common, open_=body.open,
+            lease_s=lease_s, key=key)
+    except IntegrityError:  # the same key at the same time: the other request made it
+        prior = await replayed(s, response, key)
+        if prior is None:
+            raise
+        return {"task": prior["task"], "jobs": prior["jobs"],
+                **({"lease_s": lease_s} if lease_s else {})}
     s.publish(changes)
     return {"task": task_id, "jobs": ids, **({"lease_s": lease_s} if lease_s else {})}
 
 
 @router.post("/tasks/{task}/jobs", status_code=201)
-async def add_jobs(request: Request, task: TaskRef, who: Who, body: JobsAdd) -> dict:
+async def add_jobs(request: Request, response: Response, task: TaskRef, who: Who,
+                   body: JobsAdd, idempotency_key: IdempotencyKey = None) -> dict:
+    """Add jobs to an open task; with an ``Idempotency-Key`` a repeat adds none and is
+    answered with the first request's jobs, as for ``POST /tasks``."""
     s = _server(request)
     task_id = await task_of(s, who, task)
-    ids, changes = await s.db(s.store.add_jobs, task_id, [j.store_dict() for j in body.jobs])
+    key = submission_key(who.name, idempotency_key, f"POST /tasks/{task_id}/jobs", body)
+    prior = await replayed(s, response, key)
+    if prior is None:
+        try:
+            ids, changes = await s.db(s.store.add_jobs, task_id,
+                                      [j.store_dict() for j in body.jobs], key=key)
+        except IntegrityError:  # the same key at the same time
+            prior = await replayed(s, response, key)
+            if prior is None:
+                raise
+    if prior is not None:
+        return prior
     s.publish(changes)
     indices = {c.job_id: c.job_index for c in changes.jobs}
     return {"task": task_id, "jobs": ids, "indices": [indices[i] for i in ids]}
+
+
+def submission_key(owner: str, key: str | None, route: str, body: BaseModel
+                   ) -> SubmissionKey | None:
+    """The request's idempotency key, scoped to its owner, with the request's fingerprint
+    (the body as validated, without the ``owner`` a client may send: it is ignored)."""
+    if key is None:
+        return None
+    return SubmissionKey(owner, key, fingerprint(
+        route, body.model_dump(mode="json", exclude={"owner"})))
+
+
+async def replayed(s: Server, response: Response, key: SubmissionKey | None) -> dict | None:
+    """What the key's first request made, the answer marked a replay (200,
+    ``Idempotent-Replayed: true``); None without a key or for a key not seen."""
+    if key is None:
+        return None
+    prior = await s.db(s.store.submission, key)
+    if prior is not None:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return prior
 
 
 @router.post("/tasks/{task}/lease")

@@ -35,6 +35,8 @@ from panda_lab.store import (
     Changes,
     DatasetExists,
     DatasetNotFound,
+    IdempotencyKeyReused,
+    ResultStoreFull,
     Store,
     TaskNotFound,
     TaskStateError,
@@ -262,7 +264,8 @@ def create_app(server: Server) -> FastAPI:
 
     for exc_type, status in ((TaskNotFound, 404), (UnknownPilot, 404), (TaskStateError, 409),
                              (DatasetNotFound, 404), (DatasetExists, 409),
-                             (UnknownSite, 400), (BrokerageError, 400)):
+                             (UnknownSite, 400), (BrokerageError, 400),
+                             (IdempotencyKeyReused, 422), (ResultStoreFull, 507)):
         app.add_exception_handler(exc_type, _handler(status))
 
     @app.exception_handler(RequestValidationError)

@@ -18,7 +18,7 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from fastapi import HTTPException, Query
+from fastapi import Header, HTTPException, Query
 from fastapi import Path as FastPath
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -39,6 +39,14 @@ Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False,
                                    description="seconds since the epoch")]
 #: Text a database column keeps: no NUL character (PostgreSQL's text types refuse it).
 NO_NUL = r"^[^\x00]*$"
+
+#: The ``Idempotency-Key`` request header (IETF draft "The Idempotency-Key HTTP Header
+#: Field"): a client's unique key (a UUID) for one request that creates work; a repeat
+#: with the same key gets what the first made (store/rows/submissions.py).
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="a unique key (printable ASCII, e.g. a UUID) per request; a request "
+                "repeated with it makes nothing new and gets the first one's answer")]
 
 
 def text(max_length: int, min_length: int = 0) -> object:

@@ -11,6 +11,8 @@ from panda_lab.store.base import INLINE_LIMIT, Changes, JobChange, StoreThreadEr
 from panda_lab.store.errors import (
     DatasetExists,
     DatasetNotFound,
+    IdempotencyKeyReused,
+    ResultStoreFull,
     TaskNotFound,
     TaskStateError,
     UnknownPilot,
@@ -19,6 +21,7 @@ from panda_lab.store.errors import (
 from panda_lab.store.identities import Identities
 from panda_lab.store.monitor import MonitorReads
 from panda_lab.store.rows.jobs import CANCELLED_BY_CLIENT
+from panda_lab.store.rows.submissions import SubmissionKey
 from panda_lab.store.rows.users import UnknownUser, UserExists, UserRow
 from panda_lab.store.workflow import Workflow
 
@@ -36,9 +39,12 @@ __all__ = [
     "Changes",
     "DatasetExists",
     "DatasetNotFound",
+    "IdempotencyKeyReused",
     "JobChange",
+    "ResultStoreFull",
     "Store",
     "StoreThreadError",
+    "SubmissionKey",
     "TaskNotFound",
     "TaskStateError",
     "UnknownPilot",

@@ -9,6 +9,7 @@ from panda_lab.model import PilotState, TaskState, lease
 from panda_lab.store.base import Changes, now
 from panda_lab.store.errors import DatasetExists, TaskNotFound, TaskStateError
 from panda_lab.store.reads import Reads
+from panda_lab.store.rows import counts as count_rows
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
 from panda_lab.store.rows import links as link_rows
@@ -16,7 +17,9 @@ from panda_lab.store.rows import meta
 from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
+from panda_lab.store.rows import submissions as submission_rows
 from panda_lab.store.rows import tasks as task_rows
+from panda_lab.store.rows.submissions import SubmissionKey
 from panda_lab.store.schema import jobs
 
 
@@ -207,3 +210,21 @@ class Admin(Reads):
             for r in rows:
                 task_rows.set_lease(conn, r.id, lease.regranted(r.lease_until, t, lease_s))
         return len(rows)
+
+    # ---- a person and a client -----------------------------------------------------------
+    def acknowledge_task(self, task_id: int) -> float:
+        """A person saw the task's failed jobs: they leave the status bar's ``failed``
+        until an attempt fails again (after a retry).  Returns the time recorded (Unix
+        seconds).  Raises ``TaskNotFound``."""
+        t = now()
+        with self.tx() as conn:
+            task_rows.task_row(conn, task_id)
+            count_rows.acknowledge(conn, task_id, t)
+        return t
+
+    def submission(self, key: SubmissionKey) -> dict | None:
+        """What an earlier request with the idempotency ``key`` made (``{"task", "jobs",
+        "indices"}``, see :func:`panda_lab.store.rows.submissions.replay`), or ``None``.
+        Raises ``IdempotencyKeyReused`` for a key sent before with another request."""
+        with self.tx() as conn:
+            return submission_rows.replay(conn, key)

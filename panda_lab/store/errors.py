@@ -1,5 +1,5 @@
 """What the store raises for a request it cannot serve; the server maps each to an
-HTTP status (``create_app``: 404, 409 or 400)."""
+HTTP status (``create_app``: 404, 409, 422, 507 or 400)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,14 @@ class DatasetExists(ValueError):
 
 class DatasetNotFound(LookupError):
     """No dataset of that name."""
+
+
+class IdempotencyKeyReused(ValueError):
+    """An idempotency key recorded before for a different request (another body, another
+    route): the IETF draft's 422."""
+
+
+class ResultStoreFull(OSError):
+    """The file system of the result directory has no room (``ENOSPC``, ``EDQUOT``): a
+    result or output could not be kept, and nothing of it was left behind (507
+    Insufficient Storage, RFC 4918)."""

@@ -372,3 +372,22 @@ shares = Table(
     Column("expires_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
 )
+
+# ---- idempotent submission: a request's Idempotency-Key and the work it made ---------------
+
+# One row per (owner, key) sent with ``POST /api/tasks`` or ``POST /api/tasks/{id}/jobs``
+# (the IETF draft "The Idempotency-Key HTTP Header Field", as Stripe's API keeps them):
+# written in the transaction that makes the task or the jobs, so a request repeated after
+# a lost answer or a server crash finds the work of the first, or nothing, never half.
+# ``fingerprint`` (SHA-256 of the request) tells a repeat from another request reusing a key.
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("owner", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("task_id", Integer, nullable=False, index=True),
+    Column("first_index", Integer, nullable=False),
+    Column("n_jobs", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)

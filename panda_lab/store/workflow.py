@@ -51,7 +51,6 @@ from panda_lab.store.admin import Admin
 from panda_lab.store.base import Changes, JobChange, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
 from panda_lab.store.rebroker import Rebrokerage
-from panda_lab.store.rows import counts as count_rows
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
 from panda_lab.store.rows import links as link_rows
@@ -59,8 +58,10 @@ from panda_lab.store.rows import pilots as pilot_rows
 from panda_lab.store.rows import results as result_rows
 from panda_lab.store.rows import sites as site_rows
 from panda_lab.store.rows import staging as staging_rows
+from panda_lab.store.rows import submissions as submission_rows
 from panda_lab.store.rows import tasks as task_rows
 from panda_lab.store.rows.holders import data_key
+from panda_lab.store.rows.submissions import SubmissionKey
 
 J = JobState
 T = TaskState
@@ -83,6 +84,7 @@ class Workflow(Rebrokerage, Admin):
         state: TaskState = T.READY,
         job_chunks: list[list[dict]] | None = None,
         lease_s: float | None = None,
+        key: SubmissionKey | None = None,
     ) -> tuple[int, list[int], Changes]:
         """Create a task and its first jobs, brokered and activated in one transaction.
 
@@ -90,9 +92,10 @@ class Workflow(Rebrokerage, Admin):
         "memory_mb", "walltime_s", "max_attempts"}`` (defaults from ``options``);
         ``job_chunks`` the input ranges of each job of an analysis task.  An open task
         opened by a client gets a lease of ``lease_s`` seconds, which its client renews
-        (see :mod:`panda_lab.model.lease`); ``None``: the server holds it.  Returns
-        ``(task id, job ids in spec order, changes)``.  Raises ``BrokerageError`` for an
-        unknown site (and then creates nothing)."""
+        (see :mod:`panda_lab.model.lease`); ``None``: the server holds it.  ``key``: the
+        request's idempotency key, recorded with the work (store/rows/submissions.py).
+        Returns ``(task id, job ids in spec order, changes)``.  Raises ``BrokerageError``
+        for an unknown site (and then creates nothing)."""
         t = now()
         sites_ = sites_of(site)
         changes = Changes()
@@ -105,7 +108,7 @@ class Workflow(Rebrokerage, Admin):
             if state != T.READY:
                 task_rows.set_state(conn, task_id, T.READY, state, changes)
             ids = self._split(conn, task_id, jobs_, sites_, options or {}, changes,
-                              job_chunks, scout=state == T.SCOUTING)
+                              job_chunks, scout=state == T.SCOUTING, key=key)
             if not open_ and not jobs_:
                 task_rows.end_if_complete(conn, [task_id], changes)
         return task_id, ids, changes
@@ -113,11 +116,13 @@ class Workflow(Rebrokerage, Admin):
     def add_jobs(self, task_id: int, jobs_: list[dict],
                  job_chunks: list[list[dict]] | None = None,
                  advance: tuple[TaskState, TaskState] | None = None,
-                 options: dict | None = None) -> tuple[list[int], Changes]:
+                 options: dict | None = None,
+                 key: SubmissionKey | None = None) -> tuple[list[int], Changes]:
         """Add jobs (specs as for :meth:`create_task`) to an open task; in the same
         transaction, move the task from ``advance[0]`` to ``advance[1]`` and add
         ``options`` to its options (the sizing after scouting is one step: a crash leaves
-        it all undone or all done).  Returns ``(job ids, changes)``.  Raises
+        it all undone or all done); ``key`` as for :meth:`create_task`.  Returns
+        ``(job ids, changes)``.  Raises
         ``TaskNotFound``, and ``TaskStateError`` for a closed or aborted task."""
         changes = Changes()
         with self.tx() as conn:
@@ -130,15 +135,20 @@ class Workflow(Rebrokerage, Admin):
             if options:
                 task_rows.add_options(conn, task_id, task.options, options)
             ids = self._split(conn, task_id, jobs_, sites_of(task.site), loads(task.options),
-                              changes, job_chunks)
+                              changes, job_chunks, key=key)
             if advance is not None:
                 task_rows.set_state(conn, task_id, advance[0], advance[1], changes)
         return ids, changes
 
     def _split(self, conn: Connection, task_id: int, specs: list[dict],
                sites_: tuple[str, ...], options: dict, changes: Changes,
-               job_chunks: list[list[dict]] | None = None, scout: bool = False) -> list[int]:
-        """The job rows of specs: indices reserved, chunks kept, first attempts placed."""
+               job_chunks: list[list[dict]] | None = None, scout: bool = False,
+               key: SubmissionKey | None = None) -> list[int]:
+        """The job rows of specs: indices reserved, chunks kept, first attempts placed;
+        the request's ``key`` recorded with them."""
+        if key is not None:  # in the transaction that makes the work: never apart from it
+            first = task_rows.reserve_indices(conn, task_id, 0)
+            submission_rows.record(conn, key, task_id, first, len(specs))
         if not specs:
             return []
         start = task_rows.reserve_indices(conn, task_id, len(specs))
@@ -313,12 +323,8 @@ class Workflow(Rebrokerage, Admin):
                     ignored.append({"id": u["id"], "reason": why})
                     continue
                 seen.add(row.id)
-                if (u["state"] == J.FINISHED and u.get("result") is None
-                        and not u.get("result_ref")):
-                    # Nothing to count: the work is lost, so let the retry rules act.
-                    u = {**u, "state": str(J.FAILED), "error": {
-                        "category": str(ErrorCategory.SYSTEM),
-                        "message": "reported finished without a result"}}
+                # a finished job without a result it can keep fails: the retry rules act
+                u = result_rows.kept(self.result_dir, row, u)
                 try:
                     path = job_path(row.state, u["state"])
                 except TransitionError as exc:
@@ -570,16 +576,6 @@ class Workflow(Rebrokerage, Admin):
                 self._again(r, next_attempt(self._previous(r, task.site), Cause.USER_RETRY))
                 for r in latest], changes)
         return ids, changes
-
-    def acknowledge_task(self, task_id: int) -> float:
-        """A person saw the task's failed jobs: they leave the status bar's ``failed``
-        until an attempt fails again (after a retry).  Returns the time recorded (Unix
-        seconds).  Raises ``TaskNotFound``."""
-        t = now()
-        with self.tx() as conn:
-            task_rows.task_row(conn, task_id)
-            count_rows.acknowledge(conn, task_id, t)
-        return t
 
 
 def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | None:

@@ -173,6 +173,14 @@ def test_analysis_endpoints_refuse_checkable_input(raw, lab, tmp_path):
     # no files, or no entries: registered, and analysed to an empty result
     r = raw.post("/api/datasets", json={**register, "files": []})
     assert r.status_code == 201
-    r = raw.post("/api/analyses", json={**submit, "dataset": "e"})
+    key = {"Idempotency-Key": "0f6c5d1e-analysis"}
+    r = raw.post("/api/analyses", json={**submit, "dataset": "e"}, headers=key)
     assert r.status_code == 201
     assert lab.wait(r.json()["task"], timeout=60)["state"] == "done"
+    # the same request with its key again (its answer lost): the same task, none made;
+    # the key with another request: refused
+    again = raw.post("/api/analyses", json={**submit, "dataset": "e"}, headers=key)
+    assert (again.status_code, again.json()) == (200, r.json())
+    other = raw.post("/api/analyses", json={**submit, "dataset": "d"}, headers=key)
+    assert other.status_code == 422 and "used for a different request" in _detail(other)
+    assert len(lab.list_tasks()) == before + 1

@@ -6,7 +6,9 @@ than the heartbeat timeout comes back and reports the attempt the server already
 another pilot (its late result must not replace the retry's); PostgreSQL is restarted,
 and unreachable for 30 s (ten heartbeat timeouts), while a task runs; the server is SIGKILLed
 while a bulk submission is being stored (the task is all there or not there, never in
-part); the server is stopped by a signal, as a service
+part) and the client's retry, with the request's idempotency key, makes the task once
+(also when repeated after the task exists: a replay, not a second task); the server is
+stopped by a signal, as a service
 manager or JupyterHub stops it (its clean-up runs: connection file removed, store closed,
 exit status 0; uvicorn raised the signal again after its shutdown, which killed the
 process before that clean-up).
@@ -14,15 +16,14 @@ process before that clean-up).
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-import orjson
+import httpx
 import pytest
 from harness import ServerProcess, wait_for
 
@@ -84,16 +85,6 @@ def test_a_pilot_back_after_the_heartbeat_timeout_does_not_replace_the_retry(hom
         server.stop()
 
 
-def _post_without_waiting(url: str, path: str, token: str, body: bytes) -> socket.socket:
-    """Send a whole HTTP request and return its socket, its answer not read."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
-                  f"\r\nAuthorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
-                  ).encode() + body)
-    return sock
-
-
 def _storing(home):
     """A predicate: whether the server is inside the submission's transaction now: the
     write-ahead log outgrew a few pages, which only a large uncommitted write does (the
@@ -103,26 +94,68 @@ def _storing(home):
     return lambda: wal.exists() and wal.stat().st_size > before + (1 << 20)
 
 
+def square_padded(x, pad):
+    """``x * x``; ``pad`` only makes the submission large."""
+    return x * x
+
+
 @pytest.mark.slow
-def test_a_server_killed_during_a_bulk_submission_keeps_all_or_nothing(home):
-    server = ServerProcess(home, extra=["--no-pilots"]).start()
+def test_a_submission_retried_across_a_server_kill_makes_one_whole_task(home):
+    """Killed while it stores the submission, the server keeps none of it; the client's
+    retry (one idempotency key) makes the task once, whole; a later repeat is a replay."""
+    server = ServerProcess(home).start()
+    pool = ThreadPoolExecutor(1)
     try:
-        n = 8_000  # enough that SQLite writes to its log before the commit
-        payload = base64.b64encode(b"x" * 64).decode()
-        body = orjson.dumps({"name": "bulk", "jobs": [{"payload": payload}] * n})
+        lab = server.lab()
+        sent: list[tuple] = []
+        post = lab.api.post
+
+        def recording_post(path, body=None, **kw):
+            sent.append((path, body, kw))
+            return post(path, body, **kw)
+
+        lab.api.post = recording_post
+        n, pad = 500, b"p" * 6144  # ~3 MB of jobs: SQLite writes its log before the commit
         storing = _storing(home)
-        sock = _post_without_waiting(server.info["url"], "/api/tasks",
-                                     server.info["user_token"], body)
+        submitted = pool.submit(lab.submit, square_padded, [(i, pad) for i in range(n)],
+                                name="bulk-retried")
         wait_for(storing, 30, interval=0.005, what="the submission being stored")
         server.kill()
-        sock.settimeout(10)
-        assert sock.recv(100) == b"", "the server answered before it was killed"
-        sock.close()
+        assert not submitted.done()  # no answer: the client tries again, with its key
         server.start()
-        lab = server.lab()
-        # a task is there in whole or not at all, never in part: here, not at all
-        assert lab.list_tasks() == []
-        assert lab.api.get("/api/counts")["waiting"] == 0
+        task = submitted.result(timeout=60)
+        info = lab.wait(task, timeout=120)
+        assert info["state"] == TaskState.DONE and info["n_jobs"] == n
+        assert [t["id"] for t in lab.list_tasks()] == [task]
+        assert lab.results(task) == {i: i * i for i in range(n)}
+        attempts = lab.jobs(task, all_attempts=True)
+        assert len(attempts) == n and {a["state"] for a in attempts} == {JobState.FINISHED}
+        assert lab.task_info(task)["n_done"] == n
+        # the same request again (an answer lost after the commit): the first task's
+        # answer, replayed; nothing new
+        (path, body, kw), = sent
+        key = kw["headers"]["Idempotency-Key"]
+        with httpx.Client(base_url=lab.url, timeout=60, headers={
+                "Authorization": f"Bearer {server.info['user_token']}"}) as raw:
+            again = raw.post(path, json=body, headers={"Idempotency-Key": key})
+            assert again.status_code == 200 and again.json()["task"] == task
+            assert again.headers["Idempotent-Replayed"] == "true"
+            assert again.json()["jobs"] == sorted(a["id"] for a in attempts)
+            # the key sent with another request: refused, and said so
+            other = raw.post(path, json={**body, "jobs": body["jobs"][:1]},
+                             headers={"Idempotency-Key": key})
+            assert other.status_code == 422 and "different request" in other.json()["detail"]
+            bad = raw.post(path, json={"name": "x"}, headers={"Idempotency-Key": "two words"})
+            assert bad.status_code == 422 and "Idempotency-Key" in str(bad.json()["detail"])
+            assert [t["id"] for t in lab.list_tasks()] == [task]
+            # jobs added to an open task (an executor's batch) with a key: added once
+            opened = raw.post("/api/tasks", json={"name": "ex", "open": True}).json()["task"]
+            batch, once = {"jobs": body["jobs"][:2]}, {"Idempotency-Key": "batch-1"}
+            added = raw.post(f"/api/tasks/{opened}/jobs", json=batch, headers=once)
+            again = raw.post(f"/api/tasks/{opened}/jobs", json=batch, headers=once)
+            assert (added.status_code, again.status_code) == (201, 200)
+            assert again.json() == added.json() and added.json()["indices"] == [0, 1]
+            assert lab.task_info(opened)["n_jobs"] == 2
         lab.close()
         # a signal (a service manager's, JupyterHub's) stops it cleanly: its clean-up
         # runs and it exits 0, not killed by its own signal raised again
@@ -131,6 +164,7 @@ def test_a_server_killed_during_a_bulk_submission_keeps_all_or_nothing(home):
         assert runtime.read_connection(home) is None
         assert not (home / "panda-lab.sqlite-wal").exists()  # the store was closed
     finally:
+        pool.shutdown(wait=False)
         server.stop()
 
 

@@ -8,23 +8,37 @@ atomically (a temporary name, then a rename), with only a reference in the datab
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.engine import Row
 
+from panda_lab.model import ErrorCategory, JobState
 from panda_lab.payload import INLINE_LIMIT
 from panda_lab.store.base import JobChange, now
+from panda_lab.store.errors import ResultStoreFull
 from panda_lab.store.schema import accumulators, chunks, results
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` atomically (a temporary name, then a rename).  Raises
+    :class:`ResultStoreFull` when its file system has no room, ``OSError`` for any other
+    failure; either way no part of the file is left taking space."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResultStoreFull(
+                exc.errno, f"the server's result store is full ({exc.strerror}): "
+                f"{len(data):,} bytes could not be kept in {path.parent}; free space "
+                "there, then retry") from exc
+        raise
 
 
 def write_result(result_dir: Path, task_id: int, job_id: int, data: bytes) -> str:
@@ -32,6 +46,31 @@ def write_result(result_dir: Path, task_id: int, job_id: int, data: bytes) -> st
     rel = f"{task_id}/{job_id}.pkl"
     write_file(result_dir / rel, data)
     return rel
+
+
+def kept(result_dir: Path, row: Row, u: dict) -> dict:
+    """A pilot's update ``u`` of the job ``row`` as it can be applied: a ``finished``
+    report without a result becomes ``failed`` (the work is lost: the retry rules act);
+    a result over ``INLINE_LIMIT`` bytes sent inline is written to the result store
+    first and named by ``result_ref``, or, when the store is full, the update becomes
+    ``failed`` saying so (a job is never finished without its result).  Other updates
+    are returned as they are."""
+    if u["state"] != JobState.FINISHED:
+        return u
+    data = u.get("result")
+    if data is None and not u.get("result_ref"):
+        message = "reported finished without a result"
+    elif data is not None and len(data) > INLINE_LIMIT:
+        try:
+            ref = write_result(result_dir, row.task_id, row.id, data)
+        except ResultStoreFull as exc:
+            message = f"result not kept: {exc.strerror}"
+        else:
+            return {**{k: v for k, v in u.items() if k != "result"}, "result_ref": ref}
+    else:
+        return u
+    return {**u, "state": str(JobState.FAILED), "result": None,
+            "error": {"category": str(ErrorCategory.SYSTEM), "message": message}}
 
 
 def output_path(result_dir: Path, task_id: int, job_id: int, stream: str) -> Path:
