@@ -76,8 +76,31 @@ export async function requestAPI<T>(endpoint = '', init: RequestInit = {}): Prom
   return body as T;
 }
 
-/** The URL of the event stream (Server-Sent Events), for an `EventSource`. */
-export function eventsURL(): string {
+/** The value of cookie `name` in `cookies` (`document.cookie`'s form), or null. */
+export function cookieValue(cookies: string, name: string): string | null {
+  for (const part of cookies.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) {
+      return decodeURIComponent(part.slice(eq + 1).trim());
+    }
+  }
+  return null;
+}
+
+/**
+ * The URL of the event stream (Server-Sent Events), for an `EventSource`.
+ *
+ * An `EventSource` sends the page's cookies but no headers, so the XSRF token that
+ * JupyterLab's own requests carry in a header goes in the query as `_xsrf` (read by
+ * jupyter_server and by JupyterHub alike): a JupyterHub single-user server (JupyterHub
+ * 4.1 and later) refuses with 403 a cookie-authenticated GET that is not a page load and
+ * has no XSRF token, so without it the panel would get no events there, only its polls.
+ *
+ * @param cookies - the page's cookies (`document.cookie`).
+ */
+export function eventsURL(cookies: string = document.cookie): string {
   const settings = ServerConnection.makeSettings();
-  return URLExt.join(settings.baseUrl, API_PREFIX, 'events');
+  const url = URLExt.join(settings.baseUrl, API_PREFIX, 'events');
+  const xsrf = cookieValue(cookies, '_xsrf');
+  return xsrf === null ? url : `${url}?_xsrf=${encodeURIComponent(xsrf)}`;
 }

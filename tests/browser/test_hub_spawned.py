@@ -16,6 +16,7 @@ A hub that cannot start a server fails this module with the hub's log, never ski
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from harness import panel_jupyter_path
@@ -83,12 +84,15 @@ def notebooks(hub):
     """Each user's notebook run in their own server, the admin's last: ``{name: (task
     id, [(id, name, owner) of its lab.tasks()])}``."""
     _, servers, tokens = hub
-    ran = {}
-    for name in (*USERS, ADMIN):
+
+    def run(name: str) -> tuple[int, list[tuple]]:
         out = run_notebook(servers[name], tokens[name], "submit.ipynb", NOTEBOOK)
         assert out[0].strip() == name, out  # the kernel runs in that user's server
-        ran[name] = (int(out[1]), [(r["id"], r["name"], r["owner"])
-                                   for r in json.loads(out[2])])
+        return int(out[1]), [(r["id"], r["name"], r["owner"]) for r in json.loads(out[2])]
+
+    with ThreadPoolExecutor(len(USERS)) as pool:  # the users at once, then the admin
+        ran = dict(zip(USERS, pool.map(run, USERS), strict=True))
+    ran[ADMIN] = run(ADMIN)
     return ran
 
 
@@ -105,16 +109,25 @@ def test_the_hub_admins_notebook_sees_everyones(notebooks):
 
 
 def test_each_panel_shows_what_its_user_may_see(chromium, hub, notebooks):
+    """Each user's JupyterLab panel lists what panda-lab lets that user see, and its live
+    event stream is let through by the single-user server (an ``EventSource`` carries
+    the XSRF token in its URL: JupyterHub refuses a cookie-authenticated stream without
+    it)."""
     _, servers, tokens = hub
     mine = {name: {notebooks[name][0]} for name in USERS}
     mine[ADMIN] = {notebooks[n][0] for n in (*USERS, ADMIN)}
-    for name, expected in mine.items():
-        context = chromium.new_context(viewport={"width": 1400, "height": 900})
-        try:
-            page = context.new_page()
+    pages, streams = {}, {name: [] for name in mine}
+    try:
+        for name in mine:  # all three load at once
+            page = chromium.new_context(viewport={"width": 1400, "height": 900}).new_page()
             page.set_default_timeout(60_000)
+            page.on("response", lambda r, name=name: streams[name].append(r.status)
+                    if "/panda-lab/events" in r.url else None)
             # the token in the URL starts a session (JUPYTERHUB_ALLOW_TOKEN_IN_URL)
-            page.goto(f"{servers[name]}lab?token={tokens[name]}")
+            page.goto(f"{servers[name]}lab?token={tokens[name]}", wait_until="commit")
+            pages[name] = page
+        for name, expected in mine.items():
+            page = pages[name]
             page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell")
             tab = page.locator(".lm-TabBar-tab[data-id='panda-lab-panel']")
             tab.wait_for()
@@ -125,6 +138,11 @@ def test_each_panel_shows_what_its_user_may_see(chromium, hub, notebooks):
                              ).wait_for()
             shown = {int(r.get_attribute("data-task-id")) for r in rows.all()}
             assert shown == expected, (name, shown)
-        finally:
-            context.close()
-
+            for _ in range(150):  # Playwright delivers events while it is called
+                if streams[name]:
+                    break
+                page.wait_for_timeout(200)
+            assert streams[name][:1] == [200], (name, "the panel's event stream", streams[name])
+    finally:
+        for page in pages.values():
+            page.context.close()
