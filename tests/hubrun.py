@@ -59,6 +59,8 @@ c.JupyterHub.db_url = "sqlite:///{hub_dir}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
 c.JupyterHub.pid_file = "{hub_dir}/hub.pid"
 c.JupyterHub.authenticator_class = "dummy"
+# the hub's API answers a request to start a server at once (202), not after 10 s
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 c.Authenticator.allowed_users = {users!r}
 c.Authenticator.admin_users = {admins!r}
 c.JupyterHub.services = [
