@@ -26,11 +26,8 @@ from pathlib import Path
 import httpx
 from harness import free_port, wait_for
 
-from panda_lab import runtime
-
 HUB_CONFIG = '''
 import sys
-import time
 from jupyterhub.proxy import Proxy
 
 
@@ -71,7 +68,8 @@ c.JupyterHub.services = [
     {{"name": "token-issuer", "api_token": "{issuer_token}"}},
 ]
 c.JupyterHub.load_roles = [
-    {{"name": "token-issuer", "scopes": ["tokens", "admin:users", "servers", "proxy"],
+    {{"name": "token-issuer", "scopes": ["tokens", "admin:users", "servers", "admin:server_state",
+                                       "proxy"],
       "services": ["token-issuer"]}},
 ]
 '''
@@ -155,6 +153,11 @@ class Hub:
                         raise RuntimeError(f"the hub could not start {name}'s server:\n"
                                            f"{self.tail()}")
                     if not server["ready"]:
+                        # the hub waits its http_timeout for a server that died at start
+                        pid = (server.get("state") or {}).get("pid")
+                        if pid and not _running(pid):
+                            raise RuntimeError(f"{name}'s server (pid {pid}) exited "
+                                               f"before it answered:\n{self.tail()}")
                         return False
                 return True
 
@@ -170,15 +173,37 @@ class Hub:
         local spawner's servers write to the hub's output) and of its panda-lab service's
         log."""
         server_log = self.panda_home / "logs" / "server.log"
-        return ((self.dir / "hub.log").read_text(errors="replace")[-5000:]
+        lines = (self.dir / "hub.log").read_text(errors="replace").splitlines()
+        hub = "\n".join([line for line in lines if " 200 GET /hub/api/" not in line][-40:])
+        return (hub + "\n"
                 + (server_log.read_text(errors="replace")[-2000:]
                    if server_log.exists() else ""))
 
     def stop(self) -> None:
-        """Stop panda-lab, then the hub (which stops the single-user servers), then
-        anything of this hub left running."""
-        _stop_service(self.panda_home)
-        if self.proc is not None:
+        """Stop the single-user servers, then panda-lab (SIGTERM, as an operator stops a
+        service: the servers first, so the event streams their panels hold at panda-lab
+        close and panda-lab need not wait them out; the hub would stop each in turn,
+        giving each its ``interrupt_timeout``), then the hub, then anything of this hub
+        left running."""
+        import psutil
+
+        if self.proc is None:
+            _kill_leftovers(str(self.dir))
+            return
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            children = []
+        service = [c for c in children if "panda_lab.cli.main" in " ".join(_cmdline(c))]
+        try:
+            for group in ([c for c in children if c not in service], service):
+                for child in group:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.terminate()
+                # the hub, their parent, reaps them: until then they are zombies
+                wait_for(lambda group=group: not any(_running(c.pid) for c in group), 30,
+                         what="panda-lab and the single-user servers to stop")
+        finally:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
@@ -186,24 +211,26 @@ class Hub:
                 self.proc.kill()
                 self.proc.wait(10)
             self.log.close()
-        _kill_leftovers(str(self.dir))
+            _kill_leftovers(str(self.dir))
 
 
-def _stop_service(panda_home: Path) -> None:
-    """SIGTERM to panda-lab first, as an operator stops a service: the hub would send
-    SIGINT and could wait its ``interrupt_timeout`` (10 s) before anything else."""
+def _cmdline(process) -> list[str]:
     import psutil
 
-    info = runtime.read_connection(panda_home)
-    if not info:
-        return
     try:
-        service = psutil.Process(info["pid"])
-        service.terminate()
-        wait_for(lambda: service.status() == psutil.STATUS_ZOMBIE, 20,
-                 what="panda-lab to stop")  # the hub, its parent, reaps it
+        return process.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return []
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped, does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
-        pass
+        return False
 
 
 def _answers(url: str) -> bool:
