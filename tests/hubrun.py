@@ -78,11 +78,10 @@ c.JupyterHub.load_roles = [
 class Hub:
     """One JupyterHub process in ``hub_dir`` (its config, database, log), its panda-lab
     service's home in ``hub_dir/panda``.  ``users``: the hub's allowed users, ``admins``
-    those of them who are hub admins; ``extra_config``: lines appended to the
-    ``jupyterhub_config.py`` (a spawner's settings).  Use :meth:`start` and :meth:`stop`."""
+    those of them who are hub admins.  :meth:`add_config` before :meth:`start`, then
+    :meth:`stop`."""
 
-    def __init__(self, hub_dir: Path, users: set[str], admins: set[str],
-                 extra_config: str = "") -> None:
+    def __init__(self, hub_dir: Path, users: set[str], admins: set[str]) -> None:
         self.dir = hub_dir
         self.panda_home = hub_dir / "panda"
         self.panda_home.mkdir(exist_ok=True)
@@ -97,8 +96,14 @@ class Hub:
             users=set(users), admins=set(admins), panda_home=self.panda_home,
             panda_port=self.panda_port, issuer_token=self.issuer,
             pythonpath=os.pathsep.join(p for p in sys.path if p))
-        (hub_dir / "jupyterhub_config.py").write_text(config + extra_config)
+        (hub_dir / "jupyterhub_config.py").write_text(config)
         self.proc: subprocess.Popen | None = None
+
+    def add_config(self, text: str) -> None:
+        """Append ``text`` (Python, ``c.Spawner...`` lines) to the hub's
+        ``jupyterhub_config.py``; only before :meth:`start`."""
+        with open(self.dir / "jupyterhub_config.py", "a") as f:
+            f.write(text)
 
     def start(self, timeout: float = 60.0) -> Hub:
         """Start the hub and wait until its panda-lab service answers; ``RuntimeError``

@@ -65,7 +65,7 @@ c.Spawner.pre_spawn_hook = _break_one
 
 NOTEBOOK = [  # no token, no URL: the single-user server's environment has them
     "import os\nimport panda_lab\nlab = panda_lab.connect()\nme = os.environ['JUPYTERHUB_USER']\n"
-    "print(me)",
+    "print(me, *sorted(k for k in os.environ if k.startswith('PANDA_LAB_')))",
     "def square(x):\n    return x * x\n"
     "task = lab.submit(square, [(i,) for i in range(3)], name='nb-' + me)\nprint(task)",
     "print(lab.tasks()[['name', 'owner']].reset_index().to_json(orient='records'))",
@@ -91,9 +91,7 @@ def hub(tmp_path_factory):
             '{"fetchNews": "false", "checkForUpdates": false}')
     h = Hub(hub_dir, users={*USERS, ADMIN, BROKEN}, admins={ADMIN})
     environment["PANDA_LAB_URL"] = h.panda_url
-    (hub_dir / "jupyterhub_config.py").write_text(
-        (hub_dir / "jupyterhub_config.py").read_text()
-        + SPAWNER_CONFIG.format(homes=homes, environment=environment, broken=BROKEN))
+    h.add_config(SPAWNER_CONFIG.format(homes=homes, environment=environment, broken=BROKEN))
     try:
         h.start()
         servers = h.spawn([*USERS, ADMIN])
@@ -209,7 +207,8 @@ def notebooks(hub):
 
     def run(name: str) -> tuple[int, list[tuple]]:
         out = run_notebook(servers[name], tokens[name], "submit.ipynb", NOTEBOOK)
-        assert out[0].strip() == name, out  # the kernel runs in that user's server
+        # the kernel runs in that user's server, which has the URL and no panda-lab token
+        assert out[0].split() == [name, "PANDA_LAB_URL"], out
         return int(out[1]), [(r["id"], r["name"], r["owner"]) for r in json.loads(out[2])]
 
     with ThreadPoolExecutor(len(USERS)) as pool:  # the users at once, then the admin
