@@ -5,6 +5,7 @@
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+import { cookieValue } from './cookies';
 
 /** The API's path under Jupyter's base URL. */
 export const API_PREFIX = 'panda-lab';
@@ -74,17 +75,6 @@ export async function requestAPI<T>(endpoint = '', init: RequestInit = {}): Prom
     throw new PandaRequestError(message, response.status, body);
   }
   return body as T;
-}
-
-/** The value of cookie `name` in `cookies` (`document.cookie`'s form), or null. */
-export function cookieValue(cookies: string, name: string): string | null {
-  for (const part of cookies.split(';')) {
-    const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === name) {
-      return decodeURIComponent(part.slice(eq + 1).trim());
-    }
-  }
-  return null;
 }
 
 /**
