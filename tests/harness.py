@@ -348,6 +348,22 @@ c.DBBackendBase.cluster_heartbeat_timeout = 600
                     proc.kill()
 
 
+def panel_jupyter_path(data: Path) -> str | None:
+    """A ``JUPYTER_PATH`` under which JupyterLab finds the panel as built in the checkout
+    under test (extension/ -> panda_lab/labextension), ahead of the copy an editable
+    install left in the environment's share/jupyter: ``data`` gets a
+    ``labextensions/panda-lab`` link to the build.  None when the checkout has no build
+    (the environment's copy is then the one found)."""
+    built = Path(runtime.__file__).parent / "labextension"
+    if not (built / "package.json").exists():
+        return None
+    (data / "labextensions").mkdir(parents=True, exist_ok=True)
+    link = data / "labextensions" / "panda-lab"
+    if not link.exists():
+        link.symlink_to(built.resolve(), target_is_directory=True)
+    return os.pathsep.join(p for p in (str(data), os.environ.get("JUPYTER_PATH", "")) if p)
+
+
 class JupyterServer:
     """A real ``jupyter lab`` (or plain ``jupyter server``) whose kernels and server
     extension find the panda-lab server of ``panda_home``."""
@@ -370,17 +386,9 @@ class JupyterServer:
             '{"fetchNews": "false", "checkForUpdates": false}')
         env = dict(os.environ, PANDA_LAB_HOME=str(self.panda_home),
                    JUPYTER_CONFIG_DIR=str(cfg), JUPYTER_RUNTIME_DIR=str(cfg / "runtime"))
-        # the panel as built in the checkout under test (extension/ -> panda_lab/labextension),
-        # ahead of the copy an editable install left in the environment's share/jupyter
-        built = Path(runtime.__file__).parent / "labextension"
-        if (built / "package.json").exists():
-            data = cfg / "data"
-            (data / "labextensions").mkdir(parents=True, exist_ok=True)
-            link = data / "labextensions" / "panda-lab"
-            if not link.exists():
-                link.symlink_to(built.resolve(), target_is_directory=True)
-            env["JUPYTER_PATH"] = os.pathsep.join(
-                p for p in (str(data), os.environ.get("JUPYTER_PATH", "")) if p)
+        jupyter_path = panel_jupyter_path(cfg / "data")
+        if jupyter_path is not None:
+            env["JUPYTER_PATH"] = jupyter_path
         args = [sys.executable, "-m", self.app, "--no-browser", "--allow-root",
                 f"--ServerApp.port={self.port}", "--ServerApp.ip=127.0.0.1",
                 f"--IdentityProvider.token={self.token}",

@@ -5,6 +5,7 @@
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+import { cookieValue } from './cookies';
 
 /** The API's path under Jupyter's base URL. */
 export const API_PREFIX = 'panda-lab';
@@ -76,8 +77,20 @@ export async function requestAPI<T>(endpoint = '', init: RequestInit = {}): Prom
   return body as T;
 }
 
-/** The URL of the event stream (Server-Sent Events), for an `EventSource`. */
-export function eventsURL(): string {
+/**
+ * The URL of the event stream (Server-Sent Events), for an `EventSource`.
+ *
+ * An `EventSource` sends the page's cookies but no headers, so the XSRF token that
+ * JupyterLab's own requests carry in a header goes in the query as `_xsrf` (read by
+ * jupyter_server and by JupyterHub alike): a JupyterHub single-user server (JupyterHub
+ * 4.1 and later) refuses with 403 a cookie-authenticated GET that is not a page load and
+ * has no XSRF token, so without it the panel would get no events there, only its polls.
+ *
+ * @param cookies - the page's cookies (`document.cookie`).
+ */
+export function eventsURL(cookies: string = document.cookie): string {
   const settings = ServerConnection.makeSettings();
-  return URLExt.join(settings.baseUrl, API_PREFIX, 'events');
+  const url = URLExt.join(settings.baseUrl, API_PREFIX, 'events');
+  const xsrf = cookieValue(cookies, '_xsrf');
+  return xsrf === null ? url : `${url}?_xsrf=${encodeURIComponent(xsrf)}`;
 }

@@ -3,7 +3,8 @@ through JupyterHub's own client (``HubAuth``) speaking to the hub's ``GET /hub/a
 
 The hub here is a stand-in answering that one route as JupyterHub 6 does (the user model
 for a known token, 403 for an unknown one), so that the cache, the hub being down and the
-server's own tokens can be tested in-process; test_hub_real.py runs a real JupyterHub.
+server's own tokens can be tested in-process; tests/browser/test_hub_spawned.py runs a real
+JupyterHub.
 """
 
 from __future__ import annotations
