@@ -16,26 +16,56 @@ from pg import PostgresServer, find_bindir
 IN_CI = bool(os.environ.get("CI"))
 
 #: Modules that share one resource of the machine and so run one after the other, on one
-#: worker, when pytest-xdist runs the suite in parallel: the Slurm cluster that
-#: scripts/start-slurm starts is the machine's own (its queue is counted by the tests).
-#: The Binder image (``binder_image``) is built once per worker: its users share one.
-SERIAL_GROUPS = {"slurm": ("slurm",), "binder": ("binder_image",)}
+#: worker, when pytest-xdist runs the suite in parallel, by the fixture that gives the
+#: resource: the Slurm cluster that scripts/start-slurm starts is the machine's own (its
+#: queue is counted by the tests); the Binder image (``binder_image``) is built once per
+#: worker, so its users share one.  Listed by path, since the scheduler sees node ids
+#: only; :func:`pytest_collection_modifyitems` checks the list against the fixtures used.
+SERIAL_GROUPS = {
+    "slurm": ("slurm", ["tests/provisioners/test_slurm.py",
+                        "tests/provisioners/test_all_kinds.py"]),
+    "binder": ("binder_image", ["tests/binder/test_binder.py",
+                                "tests/notebooks/test_example_notebooks.py",
+                                "tests/notebooks/test_teaching_notebooks.py"]),
+}
+GROUP_OF_FILE = {path: group for group, (_, paths) in SERIAL_GROUPS.items() for path in paths}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (``scripts/test`` runs ``-n 2 --dist loadscope``) a test module
+    runs whole on one worker, so its module-scoped servers start once and its tests keep
+    their order, and the modules of a :data:`SERIAL_GROUPS` group share one worker.
+
+    xdist's own ``loadgroup`` would do the latter from ``xdist_group`` marks, but under
+    pytest 9.2 it no longer can (it renames ``item._nodeid``, which pytest no longer
+    reads), and every module's tests were spread over both workers; ``loadscope`` with
+    this grouping (its ``_split_scope``, which xdist's ``loadfile`` overrides likewise)
+    does not depend on that."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return GROUP_OF_FILE.get(path, path)
+
+    return ModuleGroups(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``scripts/test`` runs ``-n 2 --dist loadgroup``) a module runs
-    whole on one worker, so its module-scoped servers start once and its tests keep their
-    order; the modules that use a resource of the machine (``SERIAL_GROUPS``: a fixture
-    name) share a worker.  Without xdist the marks do nothing."""
-    group_of: dict[str, str] = {}
+    """A module that uses a :data:`SERIAL_GROUPS` fixture but is not listed there would
+    share the resource with another worker: refuse the run, naming it."""
+    root = Path(__file__).resolve().parent.parent
+    missing = set()
     for item in items:
-        path = str(item.path)
-        for group, fixtures in SERIAL_GROUPS.items():
-            if any(f in item.fixturenames for f in fixtures):
-                group_of[path] = group
-    for item in items:
-        path = str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group_of.get(path, item.nodeid.split("::")[0])))
+        for group, (fixture, paths) in SERIAL_GROUPS.items():
+            rel = Path(item.path).resolve().relative_to(root).as_posix()
+            if fixture in item.fixturenames and rel not in paths:
+                missing.add(f"{rel} (group {group!r}, fixture {fixture!r})")
+    if missing:
+        raise pytest.UsageError("add to SERIAL_GROUPS in tests/conftest.py: "
+                                + ", ".join(sorted(missing)))
 
 
 @pytest.fixture(autouse=True)
