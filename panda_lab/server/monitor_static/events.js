@@ -80,8 +80,9 @@ export function sharedStream({url, base, token, onMessage, onStatus,
   const name = `panda-lab-events ${base} ${fnv(token)}`;
   const me = Math.random();
   let now = {on: false, text: "connecting"};  // the stream's state, as last heard
-  let leading = null;                          // AbortController of the stream we hold
+  let leading = null;                          // {signal} of the stream we hold, or null
   let shown = false;
+  let closed = false;                          // for good: logged out
   const report = () => onStatus({...now, lead: !!leading});
   const mode = !Channel ? "own" : locks && locks.request ? "locks" : "channel";
   const channel = Channel ? new Channel(name) : null;
@@ -195,7 +196,7 @@ export function sharedStream({url, base, token, onMessage, onStatus,
   const api = {
     mode,
     show() {
-      if (shown) return;
+      if (shown || closed) return;
       shown = true;
       post({kind: "ask"});
       election.stand();
@@ -204,6 +205,7 @@ export function sharedStream({url, base, token, onMessage, onStatus,
     hide() { shown = false; election.withdraw(); },
     close() {
       shown = false;
+      closed = true;
       election.withdraw();
       globalThis.removeEventListener?.("pagehide", pageHide);
       globalThis.removeEventListener?.("pageshow", pageShow);
