@@ -28,6 +28,9 @@ from panda_lab.server.monitor import ASSETS
 
 pytestmark = pytest.mark.slow
 
+#: How long a closed stream may take to leave the server's count (a loaded host is slow).
+SETTLE_S = 15
+
 
 def square(x):
     print(f"squaring {x}")
@@ -323,27 +326,23 @@ SET_HIDDEN = """hidden => {
 }"""
 
 
-def test_hidden_tabs_of_one_browser_let_their_streams_go_so_a_seventh_tab_loads(
-        chromium, filled):
-    """A hidden tab stands back from holding its browser's shared event stream: with
-    every monitor tab of the browser hidden, the server holds no stream for it; a tab
-    shown again opens the stream and catches up on what happened meanwhile."""
+def test_a_hidden_tab_lets_the_stream_go_and_catches_up_when_shown(chromium, filled):
+    """A hidden tab stands back from holding its browser's shared event stream: the
+    holder hidden, a shown tab takes it over; every tab hidden, the server holds no
+    stream for the browser; a tab shown again opens it and catches up on what happened
+    meanwhile."""
     before = stream_clients(filled)
-    context = chromium.new_context()
-    base = f"{filled['url']}/monitor/"
-    pages = []
-    for _ in range(7):
-        page = context.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(base)
-        page.evaluate("t => sessionStorage.setItem('panda-lab-token', t)", filled["token"])
-        page.goto(base + "tasks")
-        page.locator("#live.on").wait_for()
-        page.evaluate(SET_HIDDEN, True)
-        page.locator("#live", has_text="hidden").wait_for()
-        pages.append(page)
-    wait_for(lambda: stream_clients(filled) == before, 5, what="no stream held")
-    first = pages[0]
+    context = browser(chromium, filled)
+    pages = open_tabs(context, filled, ["tasks", "tasks?sort=-id"])
+    [holder] = leaders(pages)
+    [other] = [p for p in pages if p != holder]
+    pages[holder].evaluate(SET_HIDDEN, True)
+    pages[holder].locator("#live", has_text="hidden").wait_for()
+    wait_for(lambda: leaders(pages) == [other], 5, what="the shown tab holding the stream")
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
+    pages[other].evaluate(SET_HIDDEN, True)
+    wait_for(lambda: stream_clients(filled) == before, SETTLE_S, what="no stream held")
+    first = pages[holder]
     task = filled["lab"].submit(square, [(5,)], name="while-hidden")
     filled["lab"].wait(task, timeout=60)
     assert first.locator(f"tr[data-task-id='{task}']").count() == 0
@@ -363,16 +362,24 @@ def stream_clients(filled) -> int:
     return int(float(line.split()[1]))
 
 
+def browser(chromium, filled, *scripts: str):
+    """A browser profile (a context) whose tabs are logged in, as the login form leaves
+    a tab (the token in its ``sessionStorage``), and run ``scripts`` first."""
+    context = chromium.new_context()
+    context.add_init_script(f"sessionStorage.setItem('panda-lab-token', {filled['token']!r})")
+    for script in scripts:
+        context.add_init_script(script)
+    return context
+
+
 def open_tabs(context, filled, paths: list[str]) -> dict:
-    """One logged-in monitor tab per path in ``context`` (one browser profile), each
-    painted and live; returns path -> page."""
+    """One monitor tab per path in ``context`` (see :func:`browser`), each painted and
+    live; returns path -> page."""
     base = f"{filled['url']}/monitor/"
     pages = {}
     for path in paths:
         page = context.new_page()
         page.set_default_timeout(10_000)
-        page.goto(base)
-        page.evaluate("t => sessionStorage.setItem('panda-lab-token', t)", filled["token"])
         page.goto(base + path)
         page.locator("#view[data-updated]").wait_for()
         pages[path] = page
@@ -416,12 +423,12 @@ def test_the_tabs_of_one_browser_share_one_event_stream(chromium, filled):
     browser opens to one host): each paints and stays live, the server sees one stream
     client for them all; the tab that holds it closed, another takes it over."""
     before = stream_clients(filled)
-    context = chromium.new_context()
+    context = browser(chromium, filled)
     ok = filled["ids"]["ok"]
     paths = ["tasks?sort=-id", "tasks?name=tabs-*", "jobs?sort=-id",
              "jobs?state=finished&sort=-id", "errors", "sites", f"tasks/{ok}", "tasks?per_page=5"]
     pages = open_tabs(context, filled, paths)
-    wait_for(lambda: stream_clients(filled) == before + 1, 5, what="one stream client")
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
     assert len(leaders(pages)) == 1
     check_live(pages, filled, "tabs-1", quiet=f"tasks/{ok}")
 
@@ -435,11 +442,11 @@ def test_the_tabs_of_one_browser_share_one_event_stream(chromium, filled):
         page.locator("#live.on").wait_for()
         page.wait_for_function("s => document.getElementById('view').dataset.updated !== s",
                                arg=stamps[path], timeout=5_000)
-    wait_for(lambda: stream_clients(filled) == before + 1, 5, what="one stream client")
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
     check_live(pages, filled, "tabs-2", quiet=f"tasks/{ok}")
     assert stream_clients(filled) == before + 1
     context.close()
-    wait_for(lambda: stream_clients(filled) == before, 5, what="the stream closed")
+    wait_for(lambda: stream_clients(filled) == before, SETTLE_S, what="the stream closed")
 
 
 NO_LOCKS = "Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined});"
@@ -453,22 +460,19 @@ def test_without_web_locks_the_tabs_elect_over_the_channel_and_without_it_each_s
     BroadcastChannel, with the same result; a browser without BroadcastChannel gives
     each tab its own stream, as before."""
     before = stream_clients(filled)
-    context = chromium.new_context()
-    context.add_init_script(NO_LOCKS)
+    context = browser(chromium, filled, NO_LOCKS)
     pages = open_tabs(context, filled, ["tasks?sort=-id", "jobs?sort=-id", "tasks?name=elect-*"])
     assert pages["jobs?sort=-id"].evaluate("navigator.locks") is None
-    wait_for(lambda: stream_clients(filled) == before + 1 and len(leaders(pages)) == 1, 5,
+    wait_for(lambda: stream_clients(filled) == before + 1 and len(leaders(pages)) == 1, SETTLE_S,
              what="one stream client, one tab holding it")
     pages.pop(leaders(pages)[0]).close()
     wait_for(lambda: len(leaders(pages)) == 1, 5, what="another tab holding the stream")
-    wait_for(lambda: stream_clients(filled) == before + 1, 5, what="one stream client")
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
     check_live(pages, filled, "elect-1")
     context.close()
 
-    context = chromium.new_context()
-    context.add_init_script(NO_CHANNEL)
-    pages = open_tabs(context, filled, ["tasks?sort=-id", "tasks?name=own-*"])
-    wait_for(lambda: stream_clients(filled) == before + 2, 5, what="a stream per tab")
+    context = browser(chromium, filled, NO_CHANNEL)
+    pages = open_tabs(context, filled, ["tasks?sort=-id", "jobs?sort=-id"])
+    wait_for(lambda: stream_clients(filled) == before + 2, SETTLE_S, what="a stream per tab")
     assert len(leaders(pages)) == 2
-    check_live(pages, filled, "own-1")
     context.close()

@@ -469,6 +469,7 @@ export function start(root, options) {
       const indicator = document.getElementById("live");
       indicator.className = "live off";
       indicator.textContent = "paused while hidden";
+      indicator.dataset.lead = "no";
     } else {
       stream.show();
       schedule();
