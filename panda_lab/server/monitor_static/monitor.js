@@ -3,7 +3,7 @@
 // query string as the filter, kept live from the server's event stream (/api/events).
 //
 // Bounded by construction: a refresh replaces a view's nodes, never appends; the stream
-// reader keeps only the unfinished part of its last line; one stream and one pending
+// reader (events.js) keeps only the unfinished part of its last line; one pending
 // refresh at a time.  A page left open for a day holds what one render holds.
 //
 // The event stream is the browser's, not the page's: the monitor tabs of one browser
