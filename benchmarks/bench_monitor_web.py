@@ -18,9 +18,10 @@ meaningful paint.
     python benchmarks/bench_monitor_web.py --quick --browser      # smoke check
     python benchmarks/bench_monitor_web.py --soak [SECONDS]        # memory, pages open
 
-- soak (``--soak``, default 600 s; instead of json and paint): ten pages open on the
-  real server while pilots run small tasks; the server's RSS, each page's JS heap and
-  DOM nodes sampled every 15 s must stay flat (``monitor_soak.py`` says how flat).
+- soak (``--soak``, default 600 s; instead of json and paint): ten tabs of one browser
+  open on the real server (sharing one event stream: the server's stream clients are
+  reported) while pilots run small tasks; the server's RSS, each page's JS heap and DOM
+  nodes sampled every 15 s must stay flat (``monitor_soak.py`` says how flat).
 """
 
 from __future__ import annotations

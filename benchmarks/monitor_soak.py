@@ -2,10 +2,11 @@
 
 Ten monitor pages (tasks, a task, jobs, a job, errors, sites and filtered variants),
 each logged in with the user token as the monitor's login does (``sessionStorage``), stay
-open in one headless Chromium on the real server, each page in its own browser context
-(ten viewers: Chromium opens at most six HTTP/1.1 connections to one host per profile,
-and each monitor page holds one for its event stream, so a seventh tab of one profile
-never loads; ``one_context=True`` shows it), while the server's local pilots run a
+open in one headless Chromium on the real server, as ten tabs of one browser profile
+(more than the six HTTP/1.1 connections a browser opens to one host: the tabs share one
+event stream, so the server counts one stream client; ``one_context=False`` opens each
+page in a profile of its own instead, ten viewers and ten streams), while the server's
+local pilots run a
 stream of small tasks (one at a time, ``SOAK_JOBS`` jobs each, a few of them failing), so
 the event stream keeps every list page refreshing.  Every ``interval`` seconds, after a
 forced garbage collection in each page (CDP ``HeapProfiler.collectGarbage``): the server
@@ -83,11 +84,12 @@ def pages_for(ids: dict) -> dict[str, str]:
 
 
 def soak(home: Path, db: str | None, ids: dict, seconds: float,
-         interval: float = 15.0, one_context: bool = False) -> dict:
+         interval: float = 15.0, one_context: bool = True) -> dict:
     """Run the soak on the store under ``home`` (filled beforehand) for ``seconds``;
-    returns ``{"samples", "tasks_run", "jobs_run", "server_anon_mib", "server_rss_mib",
-    "pages": {name:
+    returns ``{"samples", "tasks_run", "jobs_run", "stream_clients" (the most the server
+    counted at a sample), "server_anon_mib", "server_rss_mib", "pages": {name:
     {"js_heap_kib", "elements", "dom_nodes"}}, "flat"}`` (each series a :func:`summary`)."""
+    import httpx
     import psutil
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -104,7 +106,7 @@ def soak(home: Path, db: str | None, ids: dict, seconds: float,
     heap: dict[str, list[float]] = {n: [] for n in paths}
     nodes: dict[str, list[float]] = {n: [] for n in paths}
     elements: dict[str, list[float]] = {n: [] for n in paths}
-    tasks_run = 0
+    tasks_run = clients = 0
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -139,6 +141,11 @@ def soak(home: Path, db: str | None, ids: dict, seconds: float,
                     ts.append(now - t0)
                     mem = server_ps.memory_info()
                     rss.append(mem.rss / 2**20)
+                    metrics = httpx.get(f"{proc.info['url']}/metrics", timeout=30, headers={
+                        "Authorization": f"Bearer {proc.info['user_token']}"}).text
+                    clients = max(clients, int(float(next(
+                        x for x in metrics.splitlines()
+                        if x.startswith("panda_lab_event_stream_clients ")).split()[1])))
                     anon.append((mem.rss - mem.shared) / 2**20)
                     for name, (page, cdp) in opened.items():
                         cdp.send("HeapProfiler.collectGarbage")
@@ -162,6 +169,7 @@ def soak(home: Path, db: str | None, ids: dict, seconds: float,
         lab.close()
         proc.stop()
     out = {"samples": len(ts), "seconds": round(ts[-1], 1), "tasks_run": tasks_run,
+           "stream_clients": clients,
            "jobs_run": tasks_run * SOAK_JOBS, "warmup_s": WARMUP_S,
            "server_anon_mib": summary(ts, anon, LIMITS["server_anon_mib"], WARMUP_S),
            "server_rss_mib": summary(ts, rss, LIMITS["server_rss_mib"], WARMUP_S),

@@ -48,7 +48,8 @@ from panda_lab.store.rows.monitor import JOB_SORTS, TASK_SORTS, Filter, Page
 
 STATIC = resources.files("panda_lab.server") / "monitor_static"
 #: The assets a page loads, with their media types.
-ASSETS = {"monitor.js": "text/javascript", "monitor.css": "text/css"}
+ASSETS = {"monitor.js": "text/javascript", "events.js": "text/javascript",
+          "monitor.css": "text/css"}
 #: Rows a page may ask for at once.
 MAX_PER_PAGE = 500
 

@@ -150,8 +150,14 @@ class MonitorReads(Reads):
         """Failed attempts matching ``f``, grouped: ``{"total", "by_message": [{"category",
         "message" (first 200 characters), "n", "sites", "tasks", "last"}], "by_site":
         {site: {category: n}}, "by_task": [{"task_id", "name", "n"}], "over_time":
-        histogram of end times per category}``, the longest lists cut at 100."""
-        where = [*rows.job_conditions(Filter(**{**f.__dict__, "state": (JobState.FAILED,)})),
+        histogram of end times per category}``, the longest lists cut at 100.
+
+        The groups by site, by task and over time read the covering index ix_jobs_facets
+        only, whatever the filter (a task's, an owner's too: ``seek_tasks=False``); the
+        group by message reads the failed attempts' rows (the message is in no index),
+        found by an index on their state or, for some tasks, on their task."""
+        failed = Filter(**{**f.__dict__, "state": (JobState.FAILED,)})
+        where = [*rows.job_conditions(failed, seek_tasks=False),
                  jobs.c.error_category.is_not(None)]
         msg = func.substr(jobs.c.error_message, 1, 200)
         with self.tx() as conn:
@@ -160,7 +166,8 @@ class MonitorReads(Reads):
                 select(jobs.c.error_category, msg, func.count(),
                        func.count(func.distinct(jobs.c.site)),
                        func.count(func.distinct(jobs.c.task_id)), func.max(jobs.c.ended_at))
-                .where(*where).group_by(jobs.c.error_category, msg)
+                .where(*rows.job_conditions(failed), jobs.c.error_category.is_not(None))
+                .group_by(jobs.c.error_category, msg)
                 .order_by(func.count().desc()).limit(100))]
             by_site: dict[str, dict[str, int]] = {}
             for site, cat, n in conn.execute(

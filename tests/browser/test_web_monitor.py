@@ -5,7 +5,12 @@ Kinds tested: a view that does not render what its JSON holds (every view is ope
 its rows checked and a screenshot kept in test-artifacts/); a page that is not live (a
 job finishing shows on an open task page within 1 s, without reloading); a page that
 grows while open (a refresh replaces a view's rows, never appends); a route that
-answers without the user token (every monitor route, page, view and asset, refuses).
+answers without the user token (every monitor route, page, view and asset, refuses);
+a browser whose monitor tabs each hold a connection of the six it opens to one host
+(its tabs share one event stream, however they elect the tab that holds it: by Web
+Locks, over the BroadcastChannel where there are none, and it passes to another tab
+when that one is closed or hidden; only without BroadcastChannel does each tab hold
+its own).
 """
 
 from __future__ import annotations
@@ -15,10 +20,16 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from harness import ServerProcess, wait_for
 
+from panda_lab.server.monitor import ASSETS
+
 pytestmark = pytest.mark.slow
+
+#: How long a closed stream may take to leave the server's count (a loaded host is slow).
+SETTLE_S = 15
 
 
 def square(x):
@@ -216,9 +227,9 @@ def test_the_monitor_refuses_without_the_user_token(chromium, filled):
     url, ids = filled["url"], filled["ids"]
     paths = ["/monitor/", "/monitor/tasks", f"/monitor/tasks/{ids['ok']}", "/monitor/jobs",
              "/monitor/jobs/1", "/monitor/errors", "/monitor/sites", "/monitor/tasks?json",
-             "/monitor/static/monitor.js", "/monitor/static/monitor.css",
-             "/monitor/api/tasks", f"/monitor/api/tasks/{ids['ok']}", "/monitor/api/jobs",
-             "/monitor/api/jobs/1", "/monitor/api/errors", "/monitor/api/sites"]
+             *(f"/monitor/static/{name}" for name in ASSETS), "/monitor/api/tasks",
+             f"/monitor/api/tasks/{ids['ok']}", "/monitor/api/jobs", "/monitor/api/jobs/1",
+             "/monitor/api/errors", "/monitor/api/sites"]
     page = chromium.new_page()
     pilot = filled["server"].info["pilot_token"]
     for path in paths:
@@ -315,30 +326,153 @@ SET_HIDDEN = """hidden => {
 }"""
 
 
-def test_hidden_tabs_of_one_browser_let_their_streams_go_so_a_seventh_tab_loads(
-        chromium, filled):
-    """Chromium opens at most six HTTP/1.1 connections to one host per profile, and a
-    shown monitor tab holds one for its event stream: a hidden tab closes its stream (a
-    seventh tab of the same browser would otherwise never load) and, shown again,
-    reopens it and catches up on what happened meanwhile."""
-    context = chromium.new_context()
-    base = f"{filled['url']}/monitor/"
-    pages = []
-    for _ in range(7):
-        page = context.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(base)
-        page.evaluate("t => sessionStorage.setItem('panda-lab-token', t)", filled["token"])
-        page.goto(base + "tasks")
-        page.locator("#live.on").wait_for()
-        page.evaluate(SET_HIDDEN, True)
-        page.locator("#live", has_text="hidden").wait_for()
-        pages.append(page)
-    first = pages[0]
+def test_a_hidden_tab_lets_the_stream_go_and_catches_up_when_shown(chromium, filled):
+    """A hidden tab stands back from holding its browser's shared event stream: the
+    holder hidden, a shown tab takes it over; every tab hidden, the server holds no
+    stream for the browser; a tab shown again opens it and catches up on what happened
+    meanwhile."""
+    before = stream_clients(filled)
+    context = browser(chromium, filled)
+    pages = open_tabs(context, filled, ["tasks", "tasks?sort=-id"])
+    [holder] = leaders(pages)
+    [other] = [p for p in pages if p != holder]
+    pages[holder].evaluate(SET_HIDDEN, True)
+    pages[holder].locator("#live", has_text="hidden").wait_for()
+    wait_for(lambda: leaders(pages) == [other], 5, what="the shown tab holding the stream")
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
+    pages[other].evaluate(SET_HIDDEN, True)
+    wait_for(lambda: stream_clients(filled) == before, SETTLE_S, what="no stream held")
+    first = pages[holder]
     task = filled["lab"].submit(square, [(5,)], name="while-hidden")
     filled["lab"].wait(task, timeout=60)
     assert first.locator(f"tr[data-task-id='{task}']").count() == 0
     first.evaluate(SET_HIDDEN, False)
     first.locator("#live.on").wait_for()
     first.locator(f"tr[data-task-id='{task}']").wait_for()
+    context.close()
+
+
+def stream_clients(filled) -> int:
+    """The server's ``panda_lab_event_stream_clients``, read from ``/metrics``."""
+    r = httpx.get(f"{filled['url']}/metrics",
+                  headers={"Authorization": f"Bearer {filled['token']}"}, timeout=10)
+    r.raise_for_status()
+    line = next(x for x in r.text.splitlines()
+                if x.startswith("panda_lab_event_stream_clients "))
+    return int(float(line.split()[1]))
+
+
+def browser(chromium, filled, *scripts: str):
+    """A browser profile (a context) whose tabs are logged in, as the login form leaves
+    a tab (the token in its ``sessionStorage``), and run ``scripts`` first."""
+    context = chromium.new_context()
+    context.add_init_script(f"sessionStorage.setItem('panda-lab-token', {filled['token']!r})")
+    for script in scripts:
+        context.add_init_script(script)
+    return context
+
+
+def open_tabs(context, filled, paths: list[str]) -> dict:
+    """One monitor tab per path in ``context`` (see :func:`browser`), each painted and
+    live; returns path -> page."""
+    base = f"{filled['url']}/monitor/"
+    pages = {}
+    for path in paths:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(base + path)
+        page.locator("#view[data-updated]").wait_for()
+        pages[path] = page
+    for page in pages.values():
+        page.locator("#live.on").wait_for()
+    return pages
+
+
+def leaders(pages: dict) -> list[str]:
+    return [path for path, page in pages.items()
+            if page.locator("#live").get_attribute("data-lead") == "yes"]
+
+
+def check_live(pages: dict, filled, name: str, quiet: str | None = None) -> None:
+    """A task of one job run to its end shows on every open page (its row on the task
+    and job lists; a fresh render elsewhere) within a few seconds; ``quiet``, a page of
+    another task, is not refreshed for it."""
+    stamps = {p: page.locator("#view").get_attribute("data-updated")
+              for p, page in pages.items()}
+    task = filled["lab"].submit(square, [(3,)], name=name)
+    filled["lab"].wait(task, timeout=60)
+    deadline = time.monotonic() + 5
+    for path, page in pages.items():
+        left = max(0.5, deadline - time.monotonic()) * 1000
+        if path == quiet:
+            continue
+        if path.startswith("tasks?"):
+            page.locator(f"tr[data-task-id='{task}'][data-state='done']").wait_for(
+                timeout=left)
+        elif path.startswith("jobs?"):
+            page.locator(f"table.jobs a[href$='/tasks/{task}']").first.wait_for(timeout=left)
+        else:
+            page.wait_for_function("s => document.getElementById('view').dataset.updated "
+                                   "!== s", arg=stamps[path], timeout=left)
+    if quiet in pages:
+        assert pages[quiet].locator("#view").get_attribute("data-updated") == stamps[quiet]
+
+
+def test_the_tabs_of_one_browser_share_one_event_stream(chromium, filled):
+    """Eight monitor tabs in one browser profile (more than the six connections a
+    browser opens to one host): each paints and stays live, the server sees one stream
+    client for them all; the tab that holds it closed, another takes it over."""
+    before = stream_clients(filled)
+    context = browser(chromium, filled)
+    ok = filled["ids"]["ok"]
+    paths = ["tasks?sort=-id", "tasks?name=tabs-*", "jobs?sort=-id",
+             "jobs?state=finished&sort=-id", "errors", "sites", f"tasks/{ok}", "tasks?per_page=5"]
+    pages = open_tabs(context, filled, paths)
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
+    assert len(leaders(pages)) == 1
+    check_live(pages, filled, "tabs-1", quiet=f"tasks/{ok}")
+
+    # the stream's holder closed: another tab opens it, and every tab reads its view
+    # again for what happened in between (the task page of another task too)
+    stamps = {p: page.locator("#view").get_attribute("data-updated")
+              for p, page in pages.items()}
+    pages.pop(leaders(pages)[0]).close()
+    wait_for(lambda: len(leaders(pages)) == 1, 5, what="another tab holding the stream")
+    for path, page in pages.items():
+        page.locator("#live.on").wait_for()
+        page.wait_for_function("s => document.getElementById('view').dataset.updated !== s",
+                               arg=stamps[path], timeout=5_000)
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
+    check_live(pages, filled, "tabs-2", quiet=f"tasks/{ok}")
+    assert stream_clients(filled) == before + 1
+    context.close()
+    wait_for(lambda: stream_clients(filled) == before, SETTLE_S, what="the stream closed")
+
+
+NO_LOCKS = "Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined});"
+NO_CHANNEL = "delete window.BroadcastChannel;"
+
+
+def test_without_web_locks_the_tabs_elect_over_the_channel_and_without_it_each_streams(
+        chromium, filled):
+    """Web Locks exist in a secure context only (an http:// address other than
+    localhost has none): there the tabs elect their stream's holder over the
+    BroadcastChannel, with the same result; a browser without BroadcastChannel gives
+    each tab its own stream, as before."""
+    before = stream_clients(filled)
+    context = browser(chromium, filled, NO_LOCKS)
+    pages = open_tabs(context, filled, ["tasks?sort=-id", "jobs?sort=-id", "tasks?name=elect-*"])
+    assert pages["jobs?sort=-id"].evaluate("navigator.locks") is None
+    wait_for(lambda: stream_clients(filled) == before + 1 and len(leaders(pages)) == 1, SETTLE_S,
+             what="one stream client, one tab holding it")
+    pages.pop(leaders(pages)[0]).close()
+    wait_for(lambda: len(leaders(pages)) == 1, 5, what="another tab holding the stream")
+    wait_for(lambda: stream_clients(filled) == before + 1, SETTLE_S, what="one stream client")
+    check_live(pages, filled, "elect-1")
+    context.close()
+
+    context = browser(chromium, filled, NO_CHANNEL)
+    pages = open_tabs(context, filled, ["tasks?sort=-id", "jobs?sort=-id"])
+    wait_for(lambda: stream_clients(filled) == before + 2, SETTLE_S, what="a stream per tab")
+    assert len(leaders(pages)) == 2
     context.close()

@@ -73,7 +73,7 @@ def test_a_link_opens_its_task_and_nothing_else(srv, capsys):
         assert c.get(f"/monitor/tasks/{task}", params={"json": ""}).json()["id"] == task
         page = c.get(f"/monitor/tasks/{task}", headers={"Accept": "text/html"})
         assert page.status_code == 200 and 'id="app"' in page.text
-        for asset in ("monitor.js", "monitor.css"):
+        for asset in ("monitor.js", "events.js", "monitor.css"):
             assert c.get(f"/monitor/static/{asset}").status_code == 200
         # another task is not there for it (the same words as a missing one)
         for path in (f"/monitor/api/tasks/{other}", f"/monitor/tasks/{other}?json",

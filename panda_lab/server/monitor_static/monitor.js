@@ -3,17 +3,18 @@
 // query string as the filter, kept live from the server's event stream (/api/events).
 //
 // Bounded by construction: a refresh replaces a view's nodes, never appends; the stream
-// reader keeps only the unfinished part of its last line; one stream and one pending
+// reader (events.js) keeps only the unfinished part of its last line; one pending
 // refresh at a time.  A page left open for a day holds what one render holds.
 //
-// A hidden tab holds no stream: Chromium opens at most six HTTP/1.1 connections to one
-// host per profile, and a seventh monitor tab would never load if six held theirs.
-// Shown again, the tab reopens its stream and refreshes once for what it missed.
+// The event stream is the browser's, not the page's: the monitor tabs of one browser
+// share one (events.js), each keeping what its view follows.  A hidden tab refreshes
+// nothing and stands back from holding the stream; shown again, it refreshes once for
+// what it missed.
 
 const REFRESH_MS = {task: 150, job: 150, list: 1000};   // the most often a view refetches
-let ctx = null;              // {token, base, share, logout}
-let stream = null;           // AbortController of the open event stream
-let wanted = null;           // {tasks} of the stream the view wants, kept while hidden
+let ctx = null;              // {token, base, share, logout, events}
+let stream = null;           // the browser's shared event stream (events.js), or a poll
+let wanted = null;           // {tasks: Set of ids, or null: all} the view follows
 let timer = null;            // the pending refresh
 let current = null;          // {kind, load, render, tasks}
 let generation = 0;          // bumped at each navigation: late answers are dropped
@@ -83,7 +84,8 @@ function show(view) {
     "here", a.dataset.view === view.nav));
   document.getElementById("view").innerHTML = `<p class="loading">loading…</p>`;
   refresh(generation);
-  if (!view.followTask) listen(view.tasks);   // a task's or job's page: once it is known
+  if (view.followTask) wanted = null;         // a task's or job's page: once it is known
+  else listen(view.tasks);
 }
 
 async function refresh(gen) {
@@ -106,57 +108,45 @@ async function refresh(gen) {
 // ---- live: the event stream -----------------------------------------------------------
 const SHARE_POLL_MS = 5000;  // a share link has no event stream: its page is polled
 
+// `tasks`: the task ids (a number or "1,2") the view follows; undefined: every task.
 function listen(tasks) {
   if (ctx.share) {
     if (stream) return;
     const id = setInterval(schedule, SHARE_POLL_MS);
-    stream = {key: "poll", abort() { clearInterval(id); }};
+    stream = {close() { clearInterval(id); }};
     const indicator = document.getElementById("live");
     indicator.className = "live on";
     indicator.textContent = `shared, read-only: refreshed every ${SHARE_POLL_MS / 1000} s`;
     return;
   }
-  wanted = {tasks};
-  if (document.hidden) return;       // opened when the tab is shown again (see start)
-  const key = tasks === undefined ? "all" : String(tasks);
-  if (stream && stream.key === key) return;
-  if (stream) stream.abort();
-  const ac = new AbortController();
-  ac.key = key;
-  stream = ac;
-  const qs = tasks === undefined ? "" : `?tasks=${tasks}`;
+  wanted = {tasks: tasks === undefined ? null
+                   : new Set(String(tasks).split(",").map(Number))};
+}
+
+// Whether a message of the stream changes what the view shows.
+function concerns(msg) {
+  if (msg.resync || msg.overflow) return true;      // a gap: read everything again
+  if (!wanted) return false;                          // the view does not know yet
+  const ids = wanted.tasks;
+  if (!ids) return !!(msg.jobs || msg.tasks);
+  return (msg.jobs || []).some(j => ids.has(j.task)) ||
+         (msg.tasks || []).some(t => ids.has(t.id));
+}
+
+function openStream() {
   const indicator = document.getElementById("live");
-  (async () => {
-    while (!ac.signal.aborted) {
-      try {
-        const r = await fetch(`${ctx.base.replace(/monitor\/$/, "")}api/events${qs}`,
-                              {headers: {Authorization: `Bearer ${ctx.token}`},
-                               signal: ac.signal});
-        if (!r.ok) throw new Error(`event stream: ${r.status}`);
-        indicator.className = "live on";
-        indicator.textContent = "live";
-        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-        let rest = "";
-        for (;;) {
-          const {value, done} = await reader.read();
-          if (done) break;
-          const parts = (rest + value).split("\n\n");
-          rest = parts.pop();            // only the unfinished message is kept
-          for (const part of parts) {
-            if (!part.startsWith("data: ")) continue;
-            const msg = JSON.parse(part.slice(6));
-            if (msg.jobs || msg.tasks || msg.overflow) schedule();
-          }
-        }
-      } catch (err) {
-        if (ac.signal.aborted) return;
-      }
-      indicator.className = "live off";
-      indicator.textContent = "reconnecting";
-      await new Promise(ok => setTimeout(ok, 1000));
-      schedule();                         // whatever happened meanwhile
-    }
-  })();
+  stream = ctx.events.sharedStream({
+    url: `${ctx.base.replace(/monitor\/$/, "")}api/events`, base: ctx.base, token: ctx.token,
+    onMessage(msg) { if (!document.hidden && concerns(msg)) schedule(); },
+    onStatus({on, text, lead}) {
+      if (document.hidden) return;
+      indicator.className = on ? "live on" : "live off";
+      indicator.textContent = text;
+      indicator.dataset.lead = lead ? "yes" : "no";
+      indicator.title = lead ? "this tab holds the event stream its browser's monitor tabs share"
+        : "the event stream is held by another monitor tab of this browser";
+    }});
+  if (!document.hidden) stream.show();
 }
 
 function schedule() {
@@ -445,7 +435,8 @@ function withoutSite(params) {
 
 // ---- start -----------------------------------------------------------------------------
 export function start(root, options) {
-  ctx = options;
+  // logged out (or the token refused): the stream, or the poll, goes with the page
+  ctx = {...options, logout(message) { if (stream) stream.close(); options.logout(message); }};
   root.innerHTML = `<header><nav class="top"><b>panda-lab</b>
       ${(ctx.share ? [] : ["tasks", "jobs", "errors", "sites"]).map(v =>
         `<a href="${esc(ctx.base + v)}" data-nav data-view="${v}">${v}</a>`).join("")}
@@ -470,16 +461,17 @@ export function start(root, options) {
   });
   document.getElementById("logout").addEventListener("click", () => ctx.logout());
   window.addEventListener("popstate", route);
+  if (!ctx.share) openStream();
   document.addEventListener("visibilitychange", () => {
-    if (ctx.share || !wanted) return;
+    if (ctx.share) return;
     if (document.hidden) {
-      if (stream) stream.abort();
-      stream = null;
+      stream.hide();
       const indicator = document.getElementById("live");
       indicator.className = "live off";
       indicator.textContent = "paused while hidden";
+      indicator.dataset.lead = "no";
     } else {
-      listen(wanted.tasks);
+      stream.show();
       schedule();
     }
   });

@@ -147,11 +147,20 @@ JOB_COLUMNS = (jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt, jobs
                JOB_DURATION.label("duration"))
 
 
-def job_conditions(f: Filter) -> list[ColumnElement]:
-    """The ``WHERE`` terms of a job listing (owner and name are the task's)."""
+def job_conditions(f: Filter, seek_tasks: bool = True) -> list[ColumnElement]:
+    """The ``WHERE`` terms of a job listing (owner and name are the task's).
+
+    ``seek_tasks=False`` writes the terms on the task (``task``, ``owner``, ``name``) on
+    ``task_id + 0``, an expression no index seeks on (SQLite's query planner documents
+    this, "disqualifying WHERE clause terms", with a unary ``+``; PostgreSQL's is the
+    same rule): a query then reads ix_jobs_facets, which
+    holds ``task_id`` and so covers the term, rather than seeking a task index that does
+    not cover the query and reading each job's row.  Without statistics SQLite costs the
+    two plans the same and picks by the order the indexes were made in."""
     out: list[ColumnElement] = []
+    task_id = jobs.c.task_id if seek_tasks else jobs.c.task_id + 0
     if f.task is not None:
-        out.append(jobs.c.task_id == f.task)
+        out.append(task_id == f.task)
     if f.state:
         out.append(jobs.c.state.in_(f.state))
     if f.site:
@@ -168,7 +177,7 @@ def job_conditions(f: Filter) -> list[ColumnElement]:
             sub = sub.where(tasks.c.owner == f.owner)
         if f.name:
             sub = sub.where(tasks.c.name.like(glob(f.name), escape="\\"))
-        out.append(jobs.c.task_id.in_(sub))
+        out.append(task_id.in_(sub))
     return out
 
 
