@@ -31,6 +31,7 @@ SERIAL_GROUPS = {
 GROUP_OF_FILE = {path: group for group, (_, paths) in SERIAL_GROUPS.items() for path in paths}
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent from some venvs
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``scripts/test`` runs ``-n 2 --dist loadscope``) a test module
     runs whole on one worker, so its module-scoped servers start once and its tests keep
