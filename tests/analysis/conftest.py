@@ -36,3 +36,21 @@ def shared_data() -> Path:
             pytest.fail(f"CI must run the real-file tests, and {SHARED_DATA} is missing")
         pytest.skip(f"{SHARED_DATA} is not here (real ROOT files from scikit-hep-testdata)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def xrootd_server():
+    """A real xrootd (``harness.XRootDServer``) serving its ``export`` directory, and the
+    XRootD client bindings uproot and fsspec-xrootd read root:// with.  Missing in CI is
+    a failure; elsewhere a skip that says how to get it."""
+    try:
+        import XRootD.client  # noqa: F401
+        from harness import XRootDServer
+
+        server = XRootDServer().start()
+    except (ImportError, FileNotFoundError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test XRootD reading: {exc}")
+        pytest.skip(f"no XRootD here ({exc}); scripts/test installs it")
+    yield server
+    server.stop()

@@ -321,22 +321,6 @@ def test_files_read_over_http_give_the_same_result(alab, data, expected):
         web.stop()
 
 
-@pytest.fixture
-def xrootd_server():
-    """A real xrootd, and the XRootD client bindings uproot reads root:// with."""
-    try:
-        import XRootD.client  # noqa: F401
-        from harness import XRootDServer
-
-        server = XRootDServer().start()
-    except (ImportError, FileNotFoundError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test XRootD reading: {exc}")
-        pytest.skip(f"no XRootD here ({exc}); scripts/test installs it")
-    yield server
-    server.stop()
-
-
 def test_files_read_over_xrootd_give_the_same_result(alab, xrootd_server):
     """root:// URLs, as grid datasets have them: registered and read through xrootd."""
     files = make_sample(xrootd_server.export, files=2, events=20_000, basket_events=5_000)

@@ -319,22 +319,6 @@ def test_rntuples_over_http_and_from_a_replica(alab, rntuples):
         mirror.stop()
 
 
-@pytest.fixture(scope="module")
-def xrootd_server():
-    """A real xrootd, and the XRootD client bindings uproot reads root:// with."""
-    try:
-        import XRootD.client  # noqa: F401
-        from harness import XRootDServer
-
-        server = XRootDServer().start()
-    except (ImportError, FileNotFoundError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test XRootD reading: {exc}")
-        pytest.skip(f"no XRootD here ({exc}); scripts/test installs it")
-    yield server
-    server.stop()
-
-
 def test_rntuples_over_xrootd(alab, xrootd_server):
     files = make_sample(xrootd_server.export, files=2, events=8_000, basket_events=2_000,
                         format="rntuple")

@@ -18,8 +18,6 @@ check, its read metering are protocol-specific code).
 
 from __future__ import annotations
 
-import os
-
 import hist
 import pytest
 from harness import RangeFileServer, ServerProcess
@@ -109,24 +107,9 @@ def test_a_second_task_over_the_same_files_reads_the_site_cache(tmp_path):
         store.stop()
 
 
-@pytest.fixture
-def xrootd_store():
-    try:
-        import XRootD.client  # noqa: F401
-        from harness import XRootDServer
-
-        server = XRootDServer().start()
-    except (ImportError, FileNotFoundError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test XRootD stage-in: {exc}")
-        pytest.skip(f"no XRootD here ({exc}); scripts/test installs it")
-    yield server
-    server.stop()
-
-
 @pytest.mark.slow
-def test_stage_in_over_xrootd_then_the_cache(tmp_path, xrootd_store):
-    data = make_sample(xrootd_store.export, files=2, events=EVENTS, compression=None)
+def test_stage_in_over_xrootd_then_the_cache(tmp_path, xrootd_server):
+    data = make_sample(xrootd_server.export, files=2, events=EVENTS, compression=None)
     size = max(p.stat().st_size for p in data)
     (tmp_path / "sites.toml").write_text(sites_toml(size * 3))  # room for both copies
     home = tmp_path / "home"
@@ -134,7 +117,7 @@ def test_stage_in_over_xrootd_then_the_cache(tmp_path, xrootd_store):
     server = ServerProcess(home, extra=["--sites", str(tmp_path / "sites.toml")]).start()
     lab = server.lab()
     try:
-        urls = [xrootd_store.url(p) for p in data]
+        urls = [xrootd_server.url(p) for p in data]
         lab.datasets.register("xrd", urls, endpoint="store")
         first = lab.analyze(process, "xrd", name="xrd-first", files_per_job=1,
                             columns=["nMuon", "Muon"])
@@ -145,7 +128,7 @@ def test_stage_in_over_xrootd_then_the_cache(tmp_path, xrootd_store):
             by = {r["endpoint"]: r for r in j["reads"]}
             (url,) = j["broker_info"]["input"]["files"]
             assert url.startswith("root://")
-            assert by["store"]["bytes"] == (xrootd_store.export / url.rsplit("/", 1)[1]
+            assert by["store"]["bytes"] == (xrootd_server.export / url.rsplit("/", 1)[1]
                                             ).stat().st_size, j["reads"]
         copies = sorted((home / "site-cache" / "CACHED").glob("*.root"))
         assert sorted(p.stat().st_size for p in copies) == sorted(p.stat().st_size for p in data)
