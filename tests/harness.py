@@ -448,6 +448,7 @@ class RangeFileServer:
         self.rate = rate
         self.sent = 0
         throttle = threading.Lock()
+        self._count = threading.Lock()  # handler threads add to hits and sent
         #: When the throttle lets the next block go (time.monotonic()).
         self._next = 0.0
         #: Set to answer every request with 503, as a storage endpoint in trouble.
@@ -468,7 +469,8 @@ class RangeFileServer:
                 if not os.path.isfile(path):
                     self.send_error(404)
                     return None
-                outer.hits += 1
+                with outer._count:
+                    outer.hits += 1
                 size = os.path.getsize(path)
                 f = open(path, "rb")  # noqa: SIM115 - closed by http.server
                 m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
@@ -497,8 +499,12 @@ class RangeFileServer:
                             start = max(t, outer._next)
                             outer._next = start + len(buf) / outer.rate
                         time.sleep(max(0.0, outer._next - t))
+                    # Counted before it goes out: once the client holds the bytes,
+                    # `sent` already has them (counted after the write, a reader could
+                    # finish and look before this thread added its last block).
+                    with outer._count:
+                        outer.sent += len(buf)
                     outputfile.write(buf)
-                    outer.sent += len(buf)
                     self.left -= len(buf)
 
         self.httpd = http.server.ThreadingHTTPServer(
