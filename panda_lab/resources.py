@@ -311,6 +311,9 @@ class LocalPlan:
     cache_mb: int = 0
     #: The server's merged results, at most (:func:`merge_memory`), inside its share.
     merge_mb: int = 0
+    #: Payloads the local sites' pilots run at once, together (0: no limit): the cores,
+    #: when the sites have more workers than that (:mod:`panda_lab.pilot.cores`).
+    shared_cores: int = 0
 
 
 def merge_share_mb(res: Resources) -> int:
@@ -356,7 +359,9 @@ def plan_local(res: Resources) -> LocalPlan:
     server's share (its process and its merged results, :func:`merge_share_mb`); three
     sites of one pilot each when three pilots with one worker and :data:`MIN_CHUNK_MB` of
     working memory fit in the rest, else one site.  Workers per
-    pilot: the cores divided among the sites (at least one), fewer where memory says so.
+    pilot: the cores divided among the sites (at least one), fewer where memory says so;
+    when that makes more workers than cores (three sites on one or two cores), the pilots
+    share the cores (``shared_cores``): at most that many jobs run at once over them all.
     What is left per worker is shared by its read cache (a third, at most
     :data:`CACHE_MAX_MB`) and its chunk's working memory, which caps an analysis job at
     :data:`EVENTS_PER_MB` events per MB of it.  Never zero of anything: when even one
@@ -373,11 +378,16 @@ def plan_local(res: Resources) -> LocalPlan:
     # arrays it read (re-runs); the rest is the job's working memory.
     cache_mb = max(0, min(CACHE_MAX_MB, (room - MIN_CHUNK_MB) // 3))
     chunk_mb = max(MIN_CHUNK_MB, room - cache_mb)
-    note = (f"{sites} site(s) x 1 pilot x {slots} worker(s), {chunk_mb} MB per job and "
+    # Three single-worker pilots on two cores would run three payloads on two cores, each
+    # slower and the server starved: the pilots then take turns on the cores.
+    shared = res.cores if sites * slots > res.cores else 0
+    note = (f"{sites} site(s) x 1 pilot x {slots} worker(s)"
+            + (f", {shared} job(s) at once over all of them" if shared else "")
+            + f", {chunk_mb} MB per job and "
             f"{cache_mb} MB of read cache per worker, {merge_mb} MB for the server's merged "
             f"results, for {res.describe()}")
     if room < MIN_CHUNK_MB:
         note += (f"; {res.memory_mb} MB is less than one pilot needs with room for "
                  f"JupyterLab: expect memory errors (set {MEMORY_ENV} or use --sites)")
     return LocalPlan(sites, 1, slots, chunk_mb * EVENTS_PER_MB, chunk_mb, note, cache_mb,
-                     merge_mb)
+                     merge_mb, shared)

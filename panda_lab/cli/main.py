@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds without an answer from the server before the pilot exits")
     pil.add_argument("--walltime", type=float, default=0.0,
                      help="seconds the allocation lasts: drain before it ends (0: no limit)")
+    pil.add_argument("--shared-cores", type=int, default=0, metavar="N",
+                     help="payloads run at once by all the pilots given the same --cores-dir "
+                          "(this machine's cores; 0: no limit)")
+    pil.add_argument("--cores-dir", type=Path,
+                     help="directory of the lock files the pilots of --shared-cores share")
 
     t = sub.add_parser("tasks", help="list tasks, newest first, with their outcome")
     t.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
@@ -253,10 +258,15 @@ def _pilot(args: argparse.Namespace) -> int:
         print("panda-lab pilot: no token; pass --token, --token-file or set "
               "PANDA_LAB_PILOT_TOKEN", file=sys.stderr)
         return EXIT_USAGE
+    if args.shared_cores < 0 or (args.shared_cores and args.cores_dir is None):
+        print("panda-lab pilot: --shared-cores takes a number of cores (0: no limit) and "
+              "needs --cores-dir", file=sys.stderr)
+        return EXIT_USAGE
     return Pilot(PilotOptions(server=args.server, site=args.site, token=token, slots=args.slots,
                               max_jobs=args.max_jobs, idle_exit=args.idle_exit,
                               server_lost_timeout=args.server_lost_timeout,
-                              walltime=args.walltime)).run()
+                              walltime=args.walltime, shared_cores=args.shared_cores,
+                              cores_dir=str(args.cores_dir or ""))).run()
 
 
 def _make_sample(args: argparse.Namespace) -> int:

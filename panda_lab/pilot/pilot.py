@@ -36,6 +36,7 @@ from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 from panda_lab.model import JobState
 from panda_lab.output import OUTPUT_LIMIT, Capture, split_tail
 from panda_lab.payload import INLINE_LIMIT, environment
+from panda_lab.pilot.cores import POLL_S, CoreSlots
 from panda_lab.pilot.usage import PilotMeter
 from panda_lab.pilot.worker import LOCAL_ENDPOINT, Output, Worker
 from panda_lab.text import clean_error, clean_obj
@@ -74,6 +75,10 @@ class PilotOptions:
     #: Seconds an idle pilot's acquisition waits at the server for work (capped by the
     #: heartbeat interval, so the wait also keeps the pilot alive).
     long_poll: float = 5.0
+    #: Payloads that run at once on this machine, over every pilot given the same
+    #: ``cores_dir`` (0: no limit); see :mod:`panda_lab.pilot.cores`.
+    shared_cores: int = 0
+    cores_dir: str = ""
 
 
 class Pilot:
@@ -110,6 +115,11 @@ class Pilot:
         self.draining = False
         #: Where the workers spool each job's output (see :mod:`panda_lab.output`).
         self.spool = Path(tempfile.mkdtemp(prefix="panda-lab-pilot-"))
+        #: The machine's cores shared with other local pilots, when it is limited.
+        self.cores = (CoreSlots(opts.cores_dir, opts.shared_cores)
+                      if opts.shared_cores else None)
+        #: A job waits in the queue for a core another pilot holds.
+        self.core_blocked = False
 
     # ---- life cycle -------------------------------------------------------------------
     def register(self) -> None:
@@ -177,6 +187,8 @@ class Pilot:
         finally:
             for w in self.workers:
                 w.close()
+            if self.cores is not None:
+                self.cores.close()
             shutil.rmtree(self.spool, ignore_errors=True)
 
     def _on_term(self, signum: int, _frame: object) -> None:
@@ -287,25 +299,43 @@ class Pilot:
             while self.queue:  # they would not finish in time: back to the server
                 self._report_failed(self.queue.popleft(), "system",
                                     "handed back: the pilot's walltime is nearly spent")
+        self._give_back_cores()
+        self.core_blocked = False
         for w in self.workers:
             if w.busy or not self.queue:
                 continue
+            if self.cores is not None and not self.cores.take():
+                self.core_blocked = True  # queued for a core; looked at again in POLL_S
+                break
             job = self.queue.popleft()
             common = self._common(job["task"]) if job.get("common") else None
             w.run(job, common, time.time(), self._spool_files(job))
             self._set_pending(job, JobState.RUNNING, started_at=w.started_at)
 
+    def _give_back_cores(self) -> None:
+        """Hold a core per running job only: one whose job ended goes back, to be taken
+        again at once unless another pilot has waited longer (turns, see
+        :mod:`panda_lab.pilot.cores`); no queued job, no place in the queue."""
+        if self.cores is None:
+            return
+        while self.cores.held > self._running():
+            self.cores.give()
+        if not self.queue:
+            self.cores.leave()
+
     def _collect(self) -> None:
         busy = [w for w in self.workers if w.busy]
         if not busy:
+            if self.core_blocked:
+                time.sleep(POLL_S)
             return
         now = time.time()
         timeout = self.heartbeat_interval
         if self.pending:
             timeout = min(timeout, max(0.0, self.pending_since + self.opts.flush_interval
                                        - time.monotonic()))
-        if self.queue:
-            timeout = 0.0 if any(not w.busy for w in self.workers) else timeout
+        if self.queue and any(not w.busy for w in self.workers):
+            timeout = POLL_S if self.core_blocked else 0.0
         for w in busy:
             wt = w.job.get("walltime_s") or 0.0
             if wt:
@@ -330,6 +360,7 @@ class Pilot:
                 self._report_failed(job, "timeout",
                                     f"ran past its walltime of {job['walltime_s']:g} s",
                                     output=True)
+        self._give_back_cores()  # before this loop's reports and acquisitions go out
 
     def _finish(self, job: dict, outcome, worker: Worker) -> None:
         self.done += 1

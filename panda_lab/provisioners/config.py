@@ -98,6 +98,12 @@ class SiteSettings(BaseModel):
 class LocalSite(SiteSettings):
     """Pilots as processes on the server's machine."""
 
+    shared_cores: int = Field(0, ge=0, description="payloads run at once by the pilots of "
+                                                   "every local site that sets it, together "
+                                                   "(this machine's cores; 0: no limit). The "
+                                                   "embedded default sets it when it has more "
+                                                   "workers than cores")
+
 
 class ManualSite(SiteSettings):
     """Pilots started by hand (``panda-lab pilot --site NAME``); nothing is provisioned."""
@@ -301,6 +307,7 @@ def default_sites(resources: Resources | None = None, *,
     return [
         SiteConfig(name=name, kind=kind, provisioner="local", pilots=plan.pilots,
                    slots=plan.slots,
+                   extra={"shared_cores": plan.shared_cores} if plan.shared_cores else {},
                    description=(f"local pilot processes on this machine, standing in for "
                                 f"{'an' if kind == 'hpc' else 'a'} {kind} site"
                                 if kind != "local" else

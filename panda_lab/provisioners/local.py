@@ -22,16 +22,20 @@ class LocalProvisioner(Provisioner):
 
     label = "local"
 
-    def __init__(self, spec: PilotSpec, log_dir: Path, known_pilots: list[dict] | None = None):
+    def __init__(self, spec: PilotSpec, log_dir: Path, known_pilots: list[dict] | None = None,
+                 cores_dir: Path | None = None):
         super().__init__(spec)
         self.log_dir = log_dir
+        #: Where the lock files of the machine's shared cores are (see
+        #: :mod:`panda_lab.pilot.cores`): one directory for every local site of a server.
+        self.cores_dir = cores_dir or log_dir.parent / "cores"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.known_pilots = known_pilots or []
         self._n = 0
 
     @classmethod
     def for_site(cls, spec: PilotSpec, home: Path, known_pilots: list[dict]) -> LocalProvisioner:
-        return cls(spec, home / "logs", known_pilots)
+        return cls(spec, home / "logs", known_pilots, home / "cores")
 
     def submit(self, n: int) -> list:
         env = dict(os.environ, PANDA_LAB_PILOT_TOKEN=self.spec.pilot_token)
@@ -42,10 +46,17 @@ class LocalProvisioner(Provisioner):
             self._n += 1
             log = self.log_dir / f"pilot-{self.spec.site.name}-{os.getpid()}-{self._n}.log"
             with open(log, "ab") as f:
-                out.append(psutil.Popen(self.spec.command(), stdin=subprocess.DEVNULL,
+                out.append(psutil.Popen(self.command(), stdin=subprocess.DEVNULL,
                                         stdout=f, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True))
         return out
+
+    def command(self) -> list[str]:
+        """The pilot's command line, with the machine's shared cores when the site sets
+        ``shared_cores``."""
+        n = getattr(self.spec.site.settings, "shared_cores", 0)
+        extra = ["--shared-cores", str(n), "--cores-dir", str(self.cores_dir)] if n else []
+        return self.spec.command() + extra
 
     def status(self, handles: list) -> list[bool]:
         alive = []

@@ -323,8 +323,10 @@ def test_embedded_server_in_a_small_container_makes_the_planned_sites(tmp_path, 
     with sqlite3.connect(tmp_path / "home" / "panda-lab.sqlite") as db:
         configs = {name: json.loads(cfg) for name, cfg in db.execute(
             "select name, config from sites")}
-    assert {n: (c["pilots"], c["slots"]) for n, c in configs.items()} == {
-        "LOCAL-GRID": (1, 1), "LOCAL-CLOUD": (1, 1), "LOCAL-HPC": (1, 1)}
-    assert ("3 site(s) x 1 pilot x 1 worker(s), 48 MB per job and 4 MB of read cache per "
-            "worker, 48 MB for the server's merged results") in log
+    shape = {n: (c["pilots"], c["slots"], c.get("shared_cores")) for n, c in configs.items()}
+    assert shape == {
+        "LOCAL-GRID": (1, 1, 2), "LOCAL-CLOUD": (1, 1, 2), "LOCAL-HPC": (1, 1, 2)}
+    assert ("3 site(s) x 1 pilot x 1 worker(s), 2 job(s) at once over all of them, "
+            "48 MB per job and 4 MB of read cache per worker, 48 MB for the server's "
+            "merged results") in log
     assert "2 CPUs, 1536 MB (cgroup v2: cpu.max 200000/100000, memory.max" in log

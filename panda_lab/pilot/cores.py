@@ -1,0 +1,154 @@
+"""One machine's cores, shared by the local pilots of several sites: at most N payloads run
+at once, whichever pilot runs them.
+
+Rule: a PanDA pilot runs as many payloads as its batch slot has cores (the job's and the
+queue's ``corecount``).  Local pilots of several sites on one machine share that machine's
+cores, so together they take no more than it has: three single-slot pilots on two cores
+are otherwise three payloads on two cores, each about 1.6 times as slow, and the server,
+the merger and the notebook starved besides.
+
+How: each running payload holds one of ``N`` lock files (``core-0`` ... ``core-N-1`` in a
+directory the pilots share) with ``flock``, which the kernel releases when the process
+dies, so a killed pilot never keeps a core.  A pilot that wants a core and finds none free
+queues: it holds a lock on a ticket file ``wait-<ns>-<pid>`` (a dead waiter's ticket is
+seen as unlocked and removed).  A free core goes to the oldest ticket first, and a pilot
+gives its core back after every job and takes it again only when no one older waits, so
+the sites' pilots take turns and their queues drain together instead of one site's
+finishing last on one core.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+__all__ = ["POLL_S", "CoreSlots"]
+
+#: Seconds between two looks for a free core while waiting for one.
+POLL_S = 0.005
+
+
+class CoreSlots:
+    """This process's share of ``n`` cores whose lock files live in ``directory``.
+
+    ``n`` must be at least 1 (:class:`ValueError` otherwise); ``directory`` is made if
+    missing.  Not thread-safe: one pilot loop uses it."""
+
+    def __init__(self, directory: str | Path, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"shared cores: {n} is not a number of cores (at least 1)")
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.n = n
+        self._fds = [os.open(self.dir / f"core-{i}", os.O_RDWR | os.O_CREAT, 0o666)
+                     for i in range(n)]
+        self._held: list[int] = []       # indexes of the cores this process holds
+        self._ticket: Path | None = None
+        self._ticket_fd: int | None = None
+
+    @property
+    def held(self) -> int:
+        """Cores this process holds now."""
+        return len(self._held)
+
+    def take(self) -> bool:
+        """Take one core if one is free and no other pilot has waited longer; otherwise
+        queue (a ticket) and return False.  Never blocks."""
+        if self._older_waiting():
+            self._queue()
+            return False
+        start = os.getpid() % self.n  # pilots try different files first
+        for k in range(self.n):
+            i = (start + k) % self.n
+            if i in self._held:
+                continue
+            try:
+                fcntl.flock(self._fds[i], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            self._held.append(i)
+            self._leave_queue()
+            return True
+        self._queue()
+        return False
+
+    def give(self) -> None:
+        """Give back one core this process holds (no-op when it holds none)."""
+        if self._held:
+            fcntl.flock(self._fds[self._held.pop()], fcntl.LOCK_UN)
+
+    def others_waiting(self) -> bool:
+        """Whether another live pilot waits for a core now."""
+        return bool(self._waiters(exclude_self=True))
+
+    def close(self) -> None:
+        """Give back every core and leave the queue (also what the process's exit does)."""
+        while self._held:
+            self.give()
+        self._leave_queue()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    # ---- the queue of waiting pilots --------------------------------------------------------
+    def _queue(self) -> None:
+        if self._ticket is not None:
+            return
+        path = self.dir / f"wait-{time.time_ns():020d}-{os.getpid()}"
+        # Locked under another name first: a ticket is never seen unlocked (and removed
+        # as a dead waiter's) between its creation and its lock.
+        draft = self.dir / f"draft-{os.getpid()}"
+        fd = os.open(draft, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(draft, path)
+        self._ticket, self._ticket_fd = path, fd
+
+    def leave(self) -> None:
+        """Stop waiting (no-op when not waiting): for a pilot that no longer needs a core."""
+        self._leave_queue()
+
+    def _leave_queue(self) -> None:
+        if self._ticket is None:
+            return
+        self._ticket.unlink(missing_ok=True)
+        if self._ticket_fd is not None:
+            os.close(self._ticket_fd)
+        self._ticket = self._ticket_fd = None
+
+    def _older_waiting(self) -> bool:
+        mine = self._ticket.name if self._ticket is not None else None
+        return any(mine is None or name < mine for name in self._waiters(exclude_self=True))
+
+    def _waiters(self, *, exclude_self: bool) -> list[str]:
+        """Names of the live tickets, oldest first; dead waiters' tickets are removed."""
+        out = []
+        for entry in os.scandir(self.dir):
+            if not entry.name.startswith("wait-"):
+                continue
+            if exclude_self and self._ticket is not None and entry.name == self._ticket.name:
+                continue
+            if not _alive(entry.path):
+                continue
+            out.append(entry.name)
+        return sorted(out)
+
+
+def _alive(ticket: str) -> bool:
+    """Whether the ticket's pilot still holds it; a ticket nobody holds is removed."""
+    try:
+        fd = os.open(ticket, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # its pilot holds it
+    finally:
+        os.close(fd)  # closing drops the shared lock if this call took it
+    try:
+        os.unlink(ticket)
+    except FileNotFoundError:
+        pass
+    return False

@@ -1,0 +1,164 @@
+"""The machine's cores shared by the local pilots of several sites (panda_lab/pilot/cores.py).
+
+The kind of fault: more payloads running on one machine than it has cores, because each
+site's pilots count only their own slots (three single-slot pilots on two cores).  Its
+members, each tested here: too many payloads at once over several pilots; one site's
+pilots keeping the cores while another site's jobs wait (its queue then drains last, on
+one core); a pilot killed while it holds a core, or while it waits for one, keeping it
+or its place for good; and a limit that is no number.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+from harness import ServerProcess
+
+from panda_lab.pilot.cores import CoreSlots
+from panda_lab.resources import Resources, plan_local
+
+
+def test_no_more_than_n_at_once_and_the_longest_waiting_goes_first(tmp_path):
+    a, b, c = (CoreSlots(tmp_path, 2) for _ in range(3))
+    assert a.take() and b.take()
+    assert not c.take()  # both cores held: c waits
+    a.give()
+    # a's job ended and it has another: c has waited longer, so a does not get it back
+    assert not a.take()
+    assert c.take() and (a.held, b.held, c.held) == (0, 1, 1)
+    assert a.others_waiting() is False and c.others_waiting() is True  # a waits now
+    b.give()
+    assert not c.take()  # c may not jump a's place ...
+    assert a.take()                     # ... a, the oldest waiter, gets b's core
+    assert a.held + b.held + c.held == 2
+    for s in (a, b, c):
+        s.close()
+
+
+def test_a_waiter_that_leaves_holds_no_place(tmp_path):
+    a, b = CoreSlots(tmp_path, 1), CoreSlots(tmp_path, 1)
+    assert a.take()
+    assert not b.take()
+    b.leave()  # its queue emptied: it no longer needs a core
+    a.give()
+    assert a.take()
+
+
+def _hold_then_sleep(directory: str, n: int, take: bool, ready) -> None:
+    s = CoreSlots(directory, n)
+    if take:
+        assert s.take()
+    else:
+        assert not s.take()  # queued behind the parent
+    ready.set()
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("take", [True, False], ids=["holding a core", "waiting for one"])
+def test_a_killed_pilot_keeps_neither_a_core_nor_its_place(tmp_path, take):
+    mine = CoreSlots(tmp_path, 1)
+    if not take:
+        assert mine.take()  # the child will queue behind this
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_hold_then_sleep, args=(str(tmp_path), 1, take, ready))
+    child.start()
+    try:
+        assert ready.wait(30)
+        if take:
+            assert not mine.take()  # the child holds the only core
+        else:
+            mine.give()
+            assert not mine.take()  # the child waited longer
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert mine.take()  # the kernel dropped its lock; its ticket is seen dead
+        assert not list(tmp_path.glob("wait-*"))
+    finally:
+        if child.is_alive():
+            child.kill()
+        mine.close()
+
+
+def test_a_limit_that_is_no_number_of_cores_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="shared cores: 0"):
+        CoreSlots(tmp_path, 0)
+
+
+def test_the_embedded_default_shares_the_cores_only_when_it_has_more_workers():
+    two = plan_local(Resources(2, 1536 * 2**20, 64, 2**40))
+    assert (two.sites, two.slots, two.shared_cores) == (3, 1, 2)
+    assert "2 job(s) at once over all of them" in two.note
+    eight = plan_local(Resources(8, 16384 * 2**20, 64, 2**40))
+    assert (eight.sites, eight.slots, eight.shared_cores) == (3, 2, 0)
+    one_site = plan_local(Resources(2, 1024 * 2**20, 64, 2**40))
+    assert (one_site.sites, one_site.shared_cores) == (1, 0)
+
+
+SITES = """
+[sites.A]
+kind = "grid"
+shared_cores = 2
+[sites.B]
+kind = "cloud"
+shared_cores = 2
+[sites.C]
+kind = "hpc"
+shared_cores = 2
+"""
+
+
+def nap(i: int) -> tuple[float, float]:
+    """0.4 s without using the CPU; when it ran, as wall-clock seconds."""
+    import time
+
+    t0 = time.time()
+    time.sleep(0.4)
+    return t0, time.time()
+
+
+def test_three_single_slot_pilots_on_two_shared_cores_take_turns(tmp_path):
+    """Three sites of one single-slot pilot, sharing two cores: never three jobs at
+    once, two at once most of the time, and every site's first job starts within the
+    first round of turns (without turns, one site's jobs would wait until another's
+    queue is empty)."""
+    (tmp_path / "sites.toml").write_text(SITES)
+    home = tmp_path / "home"
+    home.mkdir()
+    server = ServerProcess(home, extra=["--sites", str(tmp_path / "sites.toml")]).start()
+    try:
+        lab = server.lab()
+        # The first task teaches the pilots the jobs' duration, so they ask for their next
+        # job just before the current one ends: a pilot then always has one waiting, and
+        # only the turns keep it from taking its core straight back.
+        for name in ("warm", "turns"):
+            t = lab.submit(nap, [(i,) for i in range(12)], name=name)
+            assert lab.wait(t, timeout=90)["state"] == "done"
+        spans = lab.results(t)
+        sites = {j["job_index"]: j["site"] for j in lab.jobs(t)}
+    finally:
+        server.stop()
+    assert sorted(set(sites.values())) == ["A", "B", "C"]
+    edges = sorted([(t0, 1) for t0, _ in spans.values()] + [(t1, -1) for _, t1 in spans.values()],
+                   key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    running, most = 0, 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    assert most == 2, f"{most} jobs ran at once on two shared cores"
+    order = [sites[i] for i in sorted(spans, key=lambda i: spans[i][0])]
+    first = {s: order.index(s) for s in "ABC"}
+    assert max(first.values()) <= 3, f"a site waited for another's queue: {order}"
+
+
+def test_the_pilot_command_refuses_shared_cores_without_their_directory(capsys):
+    from panda_lab.cli.main import EXIT_USAGE, main
+
+    base = ["pilot", "--server", "http://127.0.0.1:9", "--site", "A", "--token", "t"]
+    assert main([*base, "--shared-cores", "2"]) == EXIT_USAGE
+    assert main([*base, "--shared-cores", "-1", "--cores-dir", "/tmp"]) == EXIT_USAGE
+    assert "--shared-cores" in capsys.readouterr().err
