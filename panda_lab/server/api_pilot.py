@@ -42,6 +42,7 @@ async def register(request: Request, body: PilotRegister, who: PilotWho) -> dict
     who.check_site(body.site)
     pilot_id = await s.db(s.store.register_pilot, body.site, body.host, body.pid, body.slots,
                           body.info)
+    s.remember_pilot(pilot_id, body.site)
     site = next((x for x in s.config.sites if x.name == body.site), None)
     reply = {"pilot": pilot_id, "heartbeat_interval": s.config.heartbeat_interval,
              "heartbeat_timeout": s.config.heartbeat_timeout,
@@ -57,9 +58,9 @@ async def register(request: Request, body: PilotRegister, who: PilotWho) -> dict
 async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
     s = _server(request)
     who.check_site(body.site)
-    pilot = await pilot_of(s, who, body.pilot)
-    if pilot["site"] != body.site:
-        raise HTTPException(409, f"pilot {body.pilot} belongs to site {pilot['site']!r}, "
+    site = await pilot_of(s, who, body.pilot)
+    if site != body.site:
+        raise HTTPException(409, f"pilot {body.pilot} belongs to site {site!r}, "
                                  f"not {body.site!r}")
     deadline = time.monotonic() + body.wait
     while True:

@@ -107,6 +107,8 @@ class Server:
             self.hub = HubIdentities(config.hub_api_url, config.hub_api_token,
                                      config.hub_cache_s)
         self._task_owners: dict[int, str | None] = {}
+        #: Each pilot's site, by pilot id, as read once (auth.pilot_of).
+        self.pilot_sites: dict[int, str] = {}
         self.bus = EventBus(self.task_owner)
         self._site_wake: dict[str, asyncio.Event] = {}
         self._task_wake: dict[int, asyncio.Event] = {}
@@ -150,6 +152,13 @@ class Server:
                 self._task_owners.clear()
             self._task_owners[task_id] = owner
         return owner
+
+    def remember_pilot(self, pilot_id: int, site: str) -> None:
+        """Keep a pilot's site (it never changes), for :func:`auth.pilot_of`; at most
+        100,000 pilots, then it starts afresh."""
+        if len(self.pilot_sites) >= 100_000:
+            self.pilot_sites.clear()
+        self.pilot_sites[pilot_id] = site
 
     # -- wake-ups -------------------------------------------------------------------
     def site_event(self, site: str) -> asyncio.Event:
