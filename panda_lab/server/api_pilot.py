@@ -102,7 +102,10 @@ async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
                                   usage)
     s.publish(changes)
     s.metrics.on_reports([u["state"] for u in updates], len(ignored))
-    drop = await s.db(s.store.heartbeat, body.pilot, body.held) if body.held else []
+    drop = []
+    if body.held:  # the report's transaction touched them; a lost pilot runs again
+        s.heartbeats.add(body.pilot, body.held, usage)
+        drop = await s.db(s.store.held_to_drop, body.pilot, body.held)
     return {"ignored": ignored, "drop": drop}
 
 
@@ -111,7 +114,10 @@ async def heartbeat(request: Request, body: PilotHeartbeat, who: PilotWho) -> di
     s = _server(request)
     await pilot_of(s, who, body.pilot)
     usage = body.usage.model_dump() if body.usage is not None else None
-    return {"drop": await s.db(s.store.heartbeat, body.pilot, body.held, usage)}
+    # written with the others within a second (heartbeats.py); what to kill, read now
+    s.heartbeats.add(body.pilot, body.held, usage)
+    return {"drop": await s.db(s.store.held_to_drop, body.pilot, body.held)
+            if body.held else []}
 
 
 @router.put("/results/{task_id}/{job_id}")

@@ -30,6 +30,7 @@ from panda_lab.model.brokerage import BrokerageError
 from panda_lab.server.auth import client_auth, pilot_auth, scrape_auth
 from panda_lab.server.config import ConfigError, ServerConfig, SiteConfig
 from panda_lab.server.events import EventBus
+from panda_lab.server.heartbeats import Heartbeats
 from panda_lab.server.loop_lag import LoopLag
 from panda_lab.server.metrics import ServerMetrics
 from panda_lab.store import (
@@ -119,6 +120,8 @@ class Server:
         self.analysis = AnalysisService(self)
         self.analysis.load_known_tasks()
         self.metrics = ServerMetrics(self)
+        #: Heartbeats heard, written together about once a second (heartbeats.py).
+        self.heartbeats = Heartbeats(self)
         #: How far behind the event loop ran lately: the watchdog's grace (loop_lag.py).
         self.lag = LoopLag(window=config.heartbeat_timeout, cap=config.heartbeat_timeout)
 
@@ -253,7 +256,9 @@ def create_app(server: Server) -> FastAPI:
         server.loop = asyncio.get_running_loop()
         server.store.bind_to_current_thread()  # from now on, the loop owns the store
         tasks = [asyncio.create_task(watchdog_loop(server), name="watchdog"),
-                 asyncio.create_task(server.lag.probe(), name="loop-lag")]
+                 asyncio.create_task(server.lag.probe(), name="loop-lag"),
+                 asyncio.create_task(server.heartbeats.run(
+                     min(1.0, server.config.watchdog_interval)), name="heartbeats")]
         server.analysis.resume()
         tasks += [asyncio.create_task(fn(server), name=getattr(fn, "__name__", "bg"))
                   for fn in server.background]

@@ -24,6 +24,7 @@ async def sweep(server: Server) -> int:
     less the loop's recent lag (loop_lag.py): a word the server was too busy to read is
     not the pilot's silence."""
     cfg = server.config
+    await server.heartbeats.flush()   # every heartbeat heard is written before judging
     t = time.time()
     heard = t - server.lag.grace()   # the latest moment every word sent has been read
     lost = await server.db(server.store.lost_jobs, heard - cfg.heartbeat_timeout,
