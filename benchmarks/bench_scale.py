@@ -7,9 +7,9 @@ pilot API as
 :mod:`panda_lab.pilot.pilot` does, each with its site's pilot token (the one the server
 made for the site: :mod:`panda_lab.server.auth`):
 
-    register -> loop { acquire 1 job (long poll) -> sleep --job-s -> report it finished
-                       with a small result ; heartbeat after a heartbeat interval of
-                       silence, as the pilot does }
+    register -> loop { acquire 1 job (long poll) -> run it (sleep --job-s) -> report it
+                       finished with a small result ; heartbeat, with the job it holds,
+                       after each heartbeat interval of silence, as the pilot does }
 
 until one task of M jobs, submitted through the client API in one request, is done.
 
@@ -28,6 +28,7 @@ result lost or mixed up).  The exit code is 1 when a check fails.
     python benchmarks/bench_scale.py --db postgresql       # a throwaway one (tests/pg.py)
     python benchmarks/bench_scale.py --db postgresql+psycopg://USER@HOST/DB   # a fresh DB
     python benchmarks/bench_scale.py --ramp 100,300,1000 --jobs 3000   # where it stops holding
+    python benchmarks/bench_scale.py --jobs 2000 --job-s 20   # long jobs: mostly heartbeats
 
 Each job costs one acquire and one report here: the worst case for the server.  A real
 pilot with short jobs acquires ahead and reports in bulk (``bench_core.py``'s figures).
@@ -115,19 +116,23 @@ async def _pilot(client: httpx.AsyncClient, site: str, token: str, n_no: int, ta
     reg = r.json()
     pid, interval = reg["pilot"], float(reg["heartbeat_interval"])
     next_beat = time.monotonic() + interval
+
+    async def beat(held: list[int]) -> float:
+        """As the pilot does (Pilot._maybe_heartbeat): a heartbeat, with the jobs it
+        holds, when nothing else was said to the server for a heartbeat interval;
+        returns when the next is due."""
+        t = time.perf_counter()
+        try:
+            r = await client.post("/api/pilot/heartbeat", headers=h,
+                                  json={"pilot": pid, "held": held})
+            r.raise_for_status()
+            tally.heartbeat_s.append(time.perf_counter() - t)
+        except httpx.HTTPError as exc:
+            tally.error(f"heartbeat {type(exc).__name__}")
+        return time.monotonic() + interval
     while not done.is_set():
-        # As the pilot does (Pilot._maybe_heartbeat): a heartbeat when nothing else was
-        # said to the server for a heartbeat interval.
         if time.monotonic() >= next_beat:
-            t = time.perf_counter()
-            try:
-                r = await client.post("/api/pilot/heartbeat", headers=h,
-                                      json={"pilot": pid, "held": []})
-                r.raise_for_status()
-                tally.heartbeat_s.append(time.perf_counter() - t)
-            except httpx.HTTPError as exc:
-                tally.error(f"heartbeat {type(exc).__name__}")
-            next_beat = time.monotonic() + interval
+            next_beat = await beat([])
         wait = min(2.0, max(0.0, next_beat - time.monotonic()))
         t = time.perf_counter()
         try:
@@ -148,7 +153,12 @@ async def _pilot(client: httpx.AsyncClient, site: str, token: str, n_no: int, ta
         job = jobs[0]
         tally.dispatched.append(job["id"])
         started = time.time()
-        await asyncio.sleep(job_s)
+        end = time.monotonic() + job_s
+        while (left := end - time.monotonic()) > 0:  # the job runs; the pilot heartbeats
+            if time.monotonic() >= next_beat:
+                next_beat = await beat([job["id"]])
+                continue
+            await asyncio.sleep(min(left, next_beat - time.monotonic()))
         result = pickle.dumps(("ok", job["index"], job["id"], n_no))
         body = {"pilot": pid, "held": [], "updates": [{
             "id": job["id"], "attempt": job["attempt"], "state": "finished",
