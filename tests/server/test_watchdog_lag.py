@@ -8,7 +8,8 @@ watchdog's timer, due meanwhile, runs before it); the watchdog's marking of the 
 itself lost.  And what the heartbeat protects stays: a pilot that really went silent
 has its jobs failed and itself marked lost within the timeout and one watchdog period on
 a loop that keeps up, and within that plus the lag after a held loop (the grace is
-bounded and forgotten), and its late report is refused as stale.
+bounded and forgotten: the unit test of LoopLag), and its late report is refused as
+stale.
 
 In process, on the server's own loop (the store is called on it, as in the server),
 with a 1 s heartbeat timeout and a 0.1 s watchdog period.
@@ -118,18 +119,18 @@ def test_after_a_held_loop_a_silent_pilot_is_still_lost_once_the_lag_is_caught_u
         await asyncio.sleep(0.1)
         time.sleep(0.5 * TIMEOUT)   # held once, early
         await asyncio.sleep(PERIOD)
-        held_grace = server.lag.grace()
+        held_grace = worst = server.lag.grace()
         while server.store.get_job(job["id"])["state"] != "failed":
+            worst = max(worst, server.lag.grace())
             assert time.monotonic() - t0 < 3 * TIMEOUT, "never declared lost"
             await asyncio.sleep(0.02)
-        after = time.monotonic() - t0
-        await asyncio.sleep(TIMEOUT + 0.1)   # the lag is forgotten after the timeout
-        return {"after": after, "held_grace": held_grace, "later": server.lag.grace()}
+        return {"after": time.monotonic() - t0, "held_grace": held_grace, "worst": worst}
 
     got = _run(server, scenario)
     assert got["held_grace"] >= 0.4 * TIMEOUT, got
-    assert TIMEOUT + 0.4 * TIMEOUT <= got["after"] <= 1.5 * TIMEOUT + PERIOD + 0.35, got
-    assert got["later"] < 0.2, got
+    # later by the lag, no more (the machine's own hiccups count in the lag too)
+    assert TIMEOUT + 0.4 * TIMEOUT <= got["after"] <= TIMEOUT + got["worst"] + PERIOD + 0.25, \
+        got   # (that the lag is then forgotten: the unit test of LoopLag below)
 
 
 def test_loop_lag_keeps_the_largest_recent_lag_capped_and_forgets_it():
