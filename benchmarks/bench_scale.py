@@ -1,14 +1,15 @@
 """Load: many pilots and many jobs against one real server, over the real pilot API.
 
 A real ``panda-lab server run --no-pilots`` process, one or a few sites from a sites file,
-and N pilots simulated by coroutines in this one process (``httpx.AsyncClient``, one
-connection pool of ``--connections`` connections) speaking the pilot API as
+and N pilots simulated by coroutines in this one process, each with its own
+``httpx.AsyncClient`` and so its own connection, as each real pilot has, speaking the
+pilot API as
 :mod:`panda_lab.pilot.pilot` does, each with its site's pilot token (the one the server
 made for the site: :mod:`panda_lab.server.auth`):
 
-    register -> loop { acquire 1 job (long poll) -> sleep --job-s -> report it finished
-                       with a small result ; heartbeat after a heartbeat interval of
-                       silence, as the pilot does }
+    register -> loop { acquire 1 job (long poll) -> run it (sleep --job-s) -> report it
+                       finished with a small result ; heartbeat, with the job it holds,
+                       after each heartbeat interval of silence, as the pilot does }
 
 until one task of M jobs, submitted through the client API in one request, is done.
 
@@ -27,6 +28,7 @@ result lost or mixed up).  The exit code is 1 when a check fails.
     python benchmarks/bench_scale.py --db postgresql       # a throwaway one (tests/pg.py)
     python benchmarks/bench_scale.py --db postgresql+psycopg://USER@HOST/DB   # a fresh DB
     python benchmarks/bench_scale.py --ramp 100,300,1000 --jobs 3000   # where it stops holding
+    python benchmarks/bench_scale.py --jobs 2000 --job-s 20   # long jobs: mostly heartbeats
 
 Each job costs one acquire and one report here: the worst case for the server.  A real
 pilot with short jobs acquires ahead and reports in bulk (``bench_core.py``'s figures).
@@ -39,6 +41,7 @@ import asyncio
 import base64
 import json
 import pickle
+import ssl
 import sys
 import tempfile
 import threading
@@ -88,9 +91,23 @@ class Tally:
         self.errors[what] = self.errors.get(what, 0) + 1
 
 
-async def pilot(client: httpx.AsyncClient, site: str, token: str, n_no: int, tally: Tally,
-                done: asyncio.Event, job_s: float) -> None:
-    """One pilot: register, then acquire, run (sleep), report, heartbeat, until ``done``."""
+async def pilot(url: str, site: str, token: str, n_no: int, tally: Tally,
+                done: asyncio.Event, job_s: float, tls: ssl.SSLContext) -> None:
+    """One pilot: register, then acquire, run (sleep), report, heartbeat, until ``done``.
+
+    Its own client and connection, as a real pilot: one pool shared by all the pilots
+    (httpcore's) scans all its connections on each request, which at 1,000 pilots took
+    two thirds of this process's CPU, and the load generator, not the server, set the
+    round trips the server's heartbeat timeout then judged.  ``tls``: one context for
+    all (a client makes its own otherwise, reading the CA bundle: 1,000 of them took
+    minutes to start)."""
+    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=url, limits=one, timeout=60, verify=tls) as client:
+        await _pilot(client, site, token, n_no, tally, done, job_s)
+
+
+async def _pilot(client: httpx.AsyncClient, site: str, token: str, n_no: int, tally: Tally,
+                 done: asyncio.Event, job_s: float) -> None:
     h = {"Authorization": f"Bearer {token}"}
     r = await client.post("/api/pilot/register", headers=h, json={
         "site": site, "host": "bench-scale", "pid": 100_000 + n_no, "slots": 1,
@@ -99,19 +116,23 @@ async def pilot(client: httpx.AsyncClient, site: str, token: str, n_no: int, tal
     reg = r.json()
     pid, interval = reg["pilot"], float(reg["heartbeat_interval"])
     next_beat = time.monotonic() + interval
+
+    async def beat(held: list[int]) -> float:
+        """As the pilot does (Pilot._maybe_heartbeat): a heartbeat, with the jobs it
+        holds, when nothing else was said to the server for a heartbeat interval;
+        returns when the next is due."""
+        t = time.perf_counter()
+        try:
+            r = await client.post("/api/pilot/heartbeat", headers=h,
+                                  json={"pilot": pid, "held": held})
+            r.raise_for_status()
+            tally.heartbeat_s.append(time.perf_counter() - t)
+        except httpx.HTTPError as exc:
+            tally.error(f"heartbeat {type(exc).__name__}")
+        return time.monotonic() + interval
     while not done.is_set():
-        # As the pilot does (Pilot._maybe_heartbeat): a heartbeat when nothing else was
-        # said to the server for a heartbeat interval.
         if time.monotonic() >= next_beat:
-            t = time.perf_counter()
-            try:
-                r = await client.post("/api/pilot/heartbeat", headers=h,
-                                      json={"pilot": pid, "held": []})
-                r.raise_for_status()
-                tally.heartbeat_s.append(time.perf_counter() - t)
-            except httpx.HTTPError as exc:
-                tally.error(f"heartbeat {type(exc).__name__}")
-            next_beat = time.monotonic() + interval
+            next_beat = await beat([])
         wait = min(2.0, max(0.0, next_beat - time.monotonic()))
         t = time.perf_counter()
         try:
@@ -132,7 +153,12 @@ async def pilot(client: httpx.AsyncClient, site: str, token: str, n_no: int, tal
         job = jobs[0]
         tally.dispatched.append(job["id"])
         started = time.time()
-        await asyncio.sleep(job_s)
+        end = time.monotonic() + job_s
+        while (left := end - time.monotonic()) > 0:  # the job runs; the pilot heartbeats
+            if time.monotonic() >= next_beat:
+                next_beat = await beat([job["id"]])
+                continue
+            await asyncio.sleep(min(left, next_beat - time.monotonic()))
         result = pickle.dumps(("ok", job["index"], job["id"], n_no))
         body = {"pilot": pid, "held": [], "updates": [{
             "id": job["id"], "attempt": job["attempt"], "state": "finished",
@@ -177,15 +203,15 @@ class RssSampler(threading.Thread):
 
 
 async def drive(url: str, tokens: dict[str, str], n_pilots: int, task: int, n_jobs: int,
-                user_token: str, connections: int, job_s: float, limit_s: float) -> Tally:
+                user_token: str, job_s: float, limit_s: float) -> Tally:
     tally = Tally()
     done = asyncio.Event()
     sites = list(tokens)
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        pilots = [asyncio.create_task(pilot(client, sites[i % len(sites)],
+    tls = ssl.create_default_context()
+    async with httpx.AsyncClient(base_url=url, timeout=60, verify=tls) as client:
+        pilots = [asyncio.create_task(pilot(url, sites[i % len(sites)],
                                             tokens[sites[i % len(sites)]], i, tally, done,
-                                            job_s))
+                                            job_s, tls))
                   for i in range(n_pilots)]
         uh = {"Authorization": f"Bearer {user_token}"}
         deadline = time.monotonic() + limit_s
@@ -264,8 +290,7 @@ def run_one(n_pilots: int, n_jobs: int, db: str | None, args) -> dict:
         me = psutil.Process()
         cpu_me = sum(me.cpu_times()[:2])
         tally = asyncio.run(drive(server.info["url"], tokens, n_pilots, task, n_jobs,
-                                  server.info["user_token"], args.connections, args.job_s,
-                                  args.limit_s))
+                                  server.info["user_token"], args.job_s, args.limit_s))
         rss.stop.set()
         rss.join()
         server_cpu = rss.cpu_s()
@@ -275,7 +300,7 @@ def run_one(n_pilots: int, n_jobs: int, db: str | None, args) -> dict:
         wall = (tally.last - tally.first) if tally.first else float("nan")
         out = {
             "db": "postgresql" if db else "sqlite", "pilots": n_pilots, "jobs": n_jobs,
-            "sites": args.sites, "connections": args.connections, "job_s": args.job_s,
+            "sites": args.sites, "job_s": args.job_s,
             "submit_s": submit_s, "wall_s": wall, "reported": len(tally.reported),
             "dispatch_per_s": len(tally.reported) / wall,
             "acquire_ms": {q: pct(tally.acquire_s, v) * 1e3
@@ -320,8 +345,6 @@ def main() -> int:
     ap.add_argument("--sites", type=int, default=2, help="sites the pilots are spread over")
     ap.add_argument("--db", help="'postgresql' (a throwaway one, as the tests make) or a "
                                  "database URL; default: SQLite in the server's home")
-    ap.add_argument("--connections", type=int, default=1000,
-                    help="the HTTP connection pool's bound, all pilots together")
     ap.add_argument("--job-s", type=float, default=0.001, help="each job's 'run' (a sleep)")
     ap.add_argument("--limit-s", type=float, default=1800, help="give up a run after this")
     ap.add_argument("--json", type=Path, help="write the results here")

@@ -42,6 +42,7 @@ async def register(request: Request, body: PilotRegister, who: PilotWho) -> dict
     who.check_site(body.site)
     pilot_id = await s.db(s.store.register_pilot, body.site, body.host, body.pid, body.slots,
                           body.info)
+    s.remember_pilot(pilot_id, body.site)
     site = next((x for x in s.config.sites if x.name == body.site), None)
     reply = {"pilot": pilot_id, "heartbeat_interval": s.config.heartbeat_interval,
              "heartbeat_timeout": s.config.heartbeat_timeout,
@@ -57,9 +58,9 @@ async def register(request: Request, body: PilotRegister, who: PilotWho) -> dict
 async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
     s = _server(request)
     who.check_site(body.site)
-    pilot = await pilot_of(s, who, body.pilot)
-    if pilot["site"] != body.site:
-        raise HTTPException(409, f"pilot {body.pilot} belongs to site {pilot['site']!r}, "
+    site = await pilot_of(s, who, body.pilot)
+    if site != body.site:
+        raise HTTPException(409, f"pilot {body.pilot} belongs to site {site!r}, "
                                  f"not {body.site!r}")
     deadline = time.monotonic() + body.wait
     while True:
@@ -101,7 +102,10 @@ async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
                                   usage)
     s.publish(changes)
     s.metrics.on_reports([u["state"] for u in updates], len(ignored))
-    drop = await s.db(s.store.heartbeat, body.pilot, body.held) if body.held else []
+    drop = []
+    if body.held:  # the report's transaction touched them; a lost pilot runs again
+        s.heartbeats.add(body.pilot, body.held, usage)
+        drop = await s.db(s.store.held_to_drop, body.pilot, body.held)
     return {"ignored": ignored, "drop": drop}
 
 
@@ -110,7 +114,10 @@ async def heartbeat(request: Request, body: PilotHeartbeat, who: PilotWho) -> di
     s = _server(request)
     await pilot_of(s, who, body.pilot)
     usage = body.usage.model_dump() if body.usage is not None else None
-    return {"drop": await s.db(s.store.heartbeat, body.pilot, body.held, usage)}
+    # written with the others within a second (heartbeats.py); what to kill, read now
+    s.heartbeats.add(body.pilot, body.held, usage)
+    return {"drop": await s.db(s.store.held_to_drop, body.pilot, body.held)
+            if body.held else []}
 
 
 @router.put("/results/{task_id}/{job_id}")

@@ -30,6 +30,8 @@ from panda_lab.model.brokerage import BrokerageError
 from panda_lab.server.auth import client_auth, pilot_auth, scrape_auth
 from panda_lab.server.config import ConfigError, ServerConfig, SiteConfig
 from panda_lab.server.events import EventBus
+from panda_lab.server.heartbeats import Heartbeats
+from panda_lab.server.loop_lag import LoopLag
 from panda_lab.server.metrics import ServerMetrics
 from panda_lab.store import (
     Changes,
@@ -106,6 +108,8 @@ class Server:
             self.hub = HubIdentities(config.hub_api_url, config.hub_api_token,
                                      config.hub_cache_s)
         self._task_owners: dict[int, str | None] = {}
+        #: Each pilot's site, by pilot id, as read once (auth.pilot_of).
+        self.pilot_sites: dict[int, str] = {}
         self.bus = EventBus(self.task_owner)
         self._site_wake: dict[str, asyncio.Event] = {}
         self._task_wake: dict[int, asyncio.Event] = {}
@@ -116,6 +120,10 @@ class Server:
         self.analysis = AnalysisService(self)
         self.analysis.load_known_tasks()
         self.metrics = ServerMetrics(self)
+        #: Heartbeats heard, written together about once a second (heartbeats.py).
+        self.heartbeats = Heartbeats(self)
+        #: How far behind the event loop ran lately: the watchdog's grace (loop_lag.py).
+        self.lag = LoopLag(window=config.heartbeat_timeout, cap=config.heartbeat_timeout)
 
     async def db(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Run a store call.  Awaitable, so that moving the store off the loop again (e.g.
@@ -147,6 +155,13 @@ class Server:
                 self._task_owners.clear()
             self._task_owners[task_id] = owner
         return owner
+
+    def remember_pilot(self, pilot_id: int, site: str) -> None:
+        """Keep a pilot's site (it never changes), for :func:`auth.pilot_of`; at most
+        100,000 pilots, then it starts afresh."""
+        if len(self.pilot_sites) >= 100_000:
+            self.pilot_sites.clear()
+        self.pilot_sites[pilot_id] = site
 
     # -- wake-ups -------------------------------------------------------------------
     def site_event(self, site: str) -> asyncio.Event:
@@ -240,7 +255,10 @@ def create_app(server: Server) -> FastAPI:
     async def lifespan(app: FastAPI):
         server.loop = asyncio.get_running_loop()
         server.store.bind_to_current_thread()  # from now on, the loop owns the store
-        tasks = [asyncio.create_task(watchdog_loop(server), name="watchdog")]
+        tasks = [asyncio.create_task(watchdog_loop(server), name="watchdog"),
+                 asyncio.create_task(server.lag.probe(), name="loop-lag"),
+                 asyncio.create_task(server.heartbeats.run(
+                     min(1.0, server.config.watchdog_interval)), name="heartbeats")]
         server.analysis.resume()
         tasks += [asyncio.create_task(fn(server), name=getattr(fn, "__name__", "bg"))
                   for fn in server.background]

@@ -235,12 +235,18 @@ async def job_of(server: Server, who: Identity, job_id: int) -> None:
         raise TaskNotFound(f"no job with id {job_id}")
 
 
-async def pilot_of(server: Server, who: Identity, pilot_id: int) -> dict:
-    """The pilot ``pilot_id`` (its row) when ``who`` may speak for it: 404 for an unknown
-    pilot, 403 for a pilot of another site than ``who``'s."""
-    pilot = await server.db(server.store.pilot, pilot_id)
-    who.check_site(pilot["site"])
-    return pilot
+async def pilot_of(server: Server, who: Identity, pilot_id: int) -> str:
+    """The site of pilot ``pilot_id`` when ``who`` may speak for it: 404 for an unknown
+    pilot, 403 for a pilot of another site than ``who``'s.  A pilot's site never changes
+    and a pilot row is never deleted, so the site is read once (``Server.pilot_sites``),
+    not on each of the pilot's requests: that read was a transaction of its own on every
+    acquire, report and heartbeat."""
+    site = server.pilot_sites.get(pilot_id)
+    if site is None:
+        site = (await server.db(server.store.pilot, pilot_id))["site"]
+        server.remember_pilot(pilot_id, site)
+    who.check_site(site)
+    return site
 
 
 async def pilot_job(server: Server, who: Identity, task_id: int, job_id: int) -> None:

@@ -20,10 +20,15 @@ log = logging.getLogger("panda_lab.watchdog")
 
 
 async def sweep(server: Server) -> int:
-    """One pass; returns how many attempts it failed."""
+    """One pass; returns how many attempts it failed.  Silence is judged from ``now``
+    less the loop's recent lag (loop_lag.py): a word the server was too busy to read is
+    not the pilot's silence."""
     cfg = server.config
+    await server.heartbeats.flush()   # every heartbeat heard is written before judging
     t = time.time()
-    lost = await server.db(server.store.lost_jobs, t - cfg.heartbeat_timeout, t - cfg.sent_timeout)
+    heard = t - server.lag.grace()   # the latest moment every word sent has been read
+    lost = await server.db(server.store.lost_jobs, heard - cfg.heartbeat_timeout,
+                           heard - cfg.sent_timeout)
     failed = 0
     for why in ("lost heartbeat", "stuck in sent"):
         group = [j for j in lost if j["why"] == why]
@@ -54,7 +59,7 @@ async def sweep(server: Server) -> int:
         server.publish(ended)
         log.warning("closed task(s) %s: no lease renewal from their client for %g s",
                     closed, cfg.task_lease)
-    lost_pilots = await server.db(server.store.mark_lost_pilots, t - cfg.heartbeat_timeout)
+    lost_pilots = await server.db(server.store.mark_lost_pilots, heard - cfg.heartbeat_timeout)
     if lost_pilots:
         log.warning("pilots lost (no heartbeat): %s", lost_pilots)
     return failed
@@ -82,4 +87,8 @@ async def watchdog_loop(server: Server) -> None:
         except Exception:  # a bad sweep must not stop the next one
             log.exception("watchdog sweep failed")
             failed = True
+        # its own wake-up's lateness counts before its next sweep: a timer due while the
+        # loop was held runs before the requests read with it, so the probe's may not yet
+        due = time.monotonic() + server.config.watchdog_interval
         await asyncio.sleep(server.config.watchdog_interval)
+        server.lag.note(time.monotonic() - due)

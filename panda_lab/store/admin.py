@@ -9,6 +9,7 @@ from panda_lab.model import PilotState, TaskState, lease
 from panda_lab.store.base import Changes, now
 from panda_lab.store.errors import DatasetExists, TaskNotFound, TaskStateError
 from panda_lab.store.reads import Reads
+from panda_lab.store.rows import beats as beat_rows
 from panda_lab.store.rows import counts as count_rows
 from panda_lab.store.rows import datasets as dataset_rows
 from panda_lab.store.rows import jobs as job_rows
@@ -56,6 +57,20 @@ class Admin(Reads):
             if not held:
                 return []
             job_rows.heartbeat(conn, pilot_id, held, t)
+            return job_rows.to_drop(conn, pilot_id, held)
+
+    def heartbeats(self, beats: list[tuple[int, float, dict | None, list[int]]]) -> None:
+        """Record many pilots' heartbeats in one transaction (the server coalesces them):
+        ``beats`` ``(pilot id, time heard, usage or None, held job ids)``, one per pilot.
+        What :meth:`heartbeat` records, at each beat's own time (never moving a time
+        back); a pilot marked lost runs again.  Unknown pilots change nothing."""
+        with self.tx() as conn:
+            beat_rows.apply(conn, beats)
+
+    def held_to_drop(self, pilot_id: int, held: list[int]) -> list[int]:
+        """The held jobs a pilot must kill or drop, sorted (as :meth:`heartbeat` returns
+        them), reading only."""
+        with self.tx() as conn:
             return job_rows.to_drop(conn, pilot_id, held)
 
     def end_pilot(self, pilot_id: int, state: str = PilotState.FINISHED) -> None:
