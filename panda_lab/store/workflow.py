@@ -248,8 +248,10 @@ class Workflow(Rebrokerage, Admin):
                         file_bytes=int(read.get("file_bytes") or 0)))
 
     @staticmethod
-    def _previous(row: Row, task_site: str) -> Previous:
-        info = loads(row.broker_info)
+    def _previous(row: Row, task_site: str, decision: str | None = None) -> Previous:
+        """What the retry rules weigh of an attempt: its ``decision`` (JSON text), or the
+        row's own ``broker_info`` when not given."""
+        info = loads(decision if decision is not None else row.broker_info)
         return Previous(attempt=row.attempt, max_attempts=row.max_attempts, site=row.site,
                         sites=accepted_sites(info.get("sites"), sites_of(task_site)),
                         near=frozenset(info.get("near") or ()))
@@ -384,9 +386,14 @@ class Workflow(Rebrokerage, Admin):
                changes: Changes) -> None:
         """Ask the retry rules about each failed attempt ``(row, error)``; place the new
         attempts they allow.  The tasks are read only when the rules allow one (a batch
-        of user errors costs no query)."""
+        of user errors costs no query); the rows need not carry their decision (a
+        report's do not): it is read here."""
+        if not failed:
+            return
+        decided = job_rows.decisions(conn, [row.id for row, _ in failed])
+
         def ask(row: Row, err: dict, task_site: str = ANY, aborted: bool = False):
-            return next_attempt(self._previous(row, task_site), Cause.FAILED,
+            return next_attempt(self._previous(row, task_site, decided[row.id]), Cause.FAILED,
                                 category=err.get("category"), message=err.get("message"),
                                 task_aborted=aborted)
 
