@@ -48,7 +48,7 @@ from panda_lab.model.lease import CLIENT_GONE
 from panda_lab.model.retry import Cause, NextAttempt, Previous, accepted_sites, next_attempt
 from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, job_path
 from panda_lab.store.admin import Admin
-from panda_lab.store.base import Changes, JobChange, loads, now
+from panda_lab.store.base import Changes, JobChange, collector_paused, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
 from panda_lab.store.rebroker import Rebrokerage
 from panda_lab.store.rows import datasets as dataset_rows
@@ -188,6 +188,11 @@ class Workflow(Rebrokerage, Admin):
         are added to each task's brokerage summary.  Returns their ids."""
         if not attempts:
             return []
+        with collector_paused():  # a decision per job: base.collector_paused says why
+            return self._place_all(conn, attempts, changes)
+
+    def _place_all(self, conn: Connection, attempts: list[tuple[dict, Request]],
+                   changes: Changes) -> list[int]:
         t = now()
         loads_ = site_rows.loads_(conn)
         links = link_rows.effective_links(conn, t, self.link_window)
