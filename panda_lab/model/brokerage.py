@@ -232,8 +232,8 @@ class _Static:
     """What a candidate costs a job whatever its queue: kept per request shape in a call
     (a bulk of like jobs computes it once per site)."""
 
-    __slots__ = ("access", "compute_s", "lat_s", "link", "locality", "near", "prior_s",
-                 "read_s", "remote", "speed", "use_net", "work", "xfer_s")
+    __slots__ = ("access", "compute_s", "fixed", "lat_s", "link", "locality", "near",
+                 "prior_s", "read_s", "remote", "speed", "use_net", "work", "xfer_s")
 
 
 class _Cost:
@@ -254,6 +254,7 @@ def _sig(x: float) -> float:
 def _static(req: Request, s: SiteLoad, prior_rate: float, links: _Link, policy: Policy,
             nbytes: int) -> _Static:
     st = _Static()
+    st.fixed = None
     ib = req.input_bytes
     local = ib.get(s.endpoint, 0) if s.endpoint and nbytes else 0
     in_cache = sum(f in s.cached for f in req.files) if req.files and s.cached else 0
@@ -364,8 +365,9 @@ def _weight(st: _Static, s: SiteLoad) -> float:
     return w
 
 
-def _cost(st: _Static, s: SiteLoad, policy: Policy) -> _Cost:
-    """The whole record of a candidate (its weight as :func:`_weight`)."""
+def _cost(st: _Static, s: SiteLoad, policy: Policy, weight: float | None = None) -> _Cost:
+    """The whole record of a candidate (its weight as :func:`_weight`, or ``weight``
+    when the caller has it)."""
     c = _Cost()
     c.st = st
     cap = s.capacity if s.capacity > 1 else 1
@@ -376,27 +378,36 @@ def _cost(st: _Static, s: SiteLoad, policy: Policy) -> _Cost:
     c.free = _timed(st, s, cap)[0] if st.use_net else cap / (1.0 + s.queued + s.running)
     fr = 1.0 - s.failure_rate
     c.reliability = fr if fr > RELIABILITY_FLOOR else RELIABILITY_FLOOR
-    c.weight = _weight(st, s)
+    c.weight = _weight(st, s) if weight is None else weight
     return c
 
 
-def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool) -> dict:
+def _record(s: SiteLoad, c: _Cost, reason: str, picked: bool,
+            weight: float | None = None) -> dict:
+    """A passing candidate's record; ``weight``: :func:`_sig` of its weight when the
+    caller has it."""
     st = c.st
     read, q, comp = c.read_s, c.queue_s, st.compute_s
     net = c.network
+    fixed = st.fixed
+    if fixed is None:  # what does not move with the site's queue, made once per call
+        link = st.link
+        st.fixed = fixed = (round(st.speed, 4), round(comp, 3), str(st.access), None
+                            if link is None else {"endpoint": link.endpoint,
+                                                  "mbps": round(link.mbps, 2),
+                                                  "source": link.source,
+                                                  "observations": link.observations})
     out = {"site": s.name, "passed": True, "filter": None, "reason": reason,
-           "factors": {"free": round(c.free, 3), "speed": round(st.speed, 4),
+           "factors": {"free": round(c.free, 3), "speed": fixed[0],
                        "locality": st.locality,
                        "network": None if net is None else round(net, 4),
                        "reliability": round(c.reliability, 4)},
            "est": {"queue_s": round(q, 3), "read_s": round(read, 3),
-                   "compute_s": round(comp, 3), "total_s": round(q + read + comp, 3)},
-           "access": str(st.access), "weight": _sig(c.weight),
+                   "compute_s": fixed[1], "total_s": round(q + read + comp, 3)},
+           "access": fixed[2], "weight": _sig(c.weight) if weight is None else weight,
            "picked": picked}
-    link = st.link
-    if link is not None:
-        out["link"] = {"endpoint": link.endpoint, "mbps": round(link.mbps, 2),
-                       "source": link.source, "observations": link.observations}
+    if fixed[3] is not None:  # read only, as the records are: shared within a call
+        out["link"] = fixed[3]
     return out
 
 
@@ -526,6 +537,8 @@ class _Call:
         self.common: dict[tuple, _Shape] = {}
         #: the index in ``loads`` of the site each placement of the call added a job to
         self.changes: list[int] = []
+        #: weight -> :func:`_sig` of it: a bulk's records repeat a few weights many times
+        self.sigs: dict[float, float] = {}
 
     def _rejected(self, s: SiteLoad, filt: str, reason: str) -> dict:
         # one record per (site, filter, reason) in a call: a bulk shares them
@@ -662,7 +675,13 @@ class _Call:
         pick, picked, _ = passing[i]
         info: dict = {"picked": pick.name, "policy": str(policy), "access": str(picked.access)}
         if record:  # each candidate as it was weighed, before the pick adds to its load
-            memo = self.record_memo
+            memo, sigs = self.record_memo, self.sigs
+            sig = []  # the weights as recorded (4 significant digits), remembered
+            for w in weights:
+                v = sigs.get(w)
+                if v is None:
+                    sigs[w] = v = _sig(w)
+                sig.append(v)
             for k, (s, st, at) in enumerate(passing):
                 # Within a call only a site's queue and its links' readers move, and only
                 # the picked site's: the other candidates' records repeat the last job's
@@ -671,11 +690,13 @@ class _Call:
                 key = (id(st), s.queued, s.readers.get(ep, 0) if ep else 0, k == i, reason)
                 rec = memo.get(key)
                 if rec is None:
-                    rec = memo[key] = _record(s, _cost(st, s, policy),
-                                              reason if k == i else "passed", k == i)
+                    # the weight is the one just drawn on (same site, same load)
+                    rec = memo[key] = _record(s, _cost(st, s, policy, weights[k]),
+                                              reason if k == i else "passed", k == i,
+                                              sig[k])
                 records[at] = rec
-            info.update(weights={s.name: _sig(w) for (s, _, _), w
-                                 in zip(passing, weights, strict=True)},
+            info.update(weights={s.name: v for (s, _, _), v
+                                 in zip(passing, sig, strict=True)},
                         rejected=rejected, candidates=records)
         pick.queued += 1
         self.changes.append(self.index[pick.name])

@@ -13,6 +13,7 @@ from panda_lab.model import JobState, PilotState
 from panda_lab.model.usage import job_usage, pilot_usage
 from panda_lab.store.base import loads
 from panda_lab.store.reads import Reads
+from panda_lab.store.rows import jobs as job_rows
 from panda_lab.store.rows import links as link_rows
 from panda_lab.store.rows import monitor as rows
 from panda_lab.store.rows import sites as site_rows
@@ -74,7 +75,7 @@ class MonitorReads(Reads):
         with self.tx() as conn:
             task["distributions"] = rows.task_distributions(conn, task_id)
             task["progress"] = rows.progress_over_time(conn, task_id)
-            infos = conn.execute(select(jobs.c.broker_info).where(jobs.c.task_id == task_id)
+            infos = conn.execute(select(job_rows.DECISION).where(jobs.c.task_id == task_id)
                                  .order_by(jobs.c.id.desc()).limit(BROKERAGE_SAMPLE)).scalars()
             picked: Counter = Counter()
             rejected: Counter = Counter()

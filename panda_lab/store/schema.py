@@ -396,3 +396,19 @@ submissions = Table(
     Column("n_jobs", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# ---- brokerage decisions: one row per attempt, apart from the job row ----------------------
+
+# The brokerage decision of an attempt (JSON, as ``model.brokerage.choose`` gives it, with
+# the sites, data and network term it was weighed by): written once when the attempt is
+# placed and never updated.  Kept apart from ``jobs`` because a job row is rewritten at
+# every step of its life (sent, running, finished, heartbeats): with the decision in it
+# (about 1 KB for three sites) each of those updates moved three times the bytes, and
+# dispatch and reports slowed with it.  Attempts placed before this table existed keep
+# theirs in ``jobs.broker_info`` (``store/rows/jobs.py`` reads either).
+job_decisions = Table(
+    "job_decisions",
+    metadata,
+    Column("job_id", Integer, primary_key=True, autoincrement=False),
+    Column("info", Text, nullable=False),
+)

@@ -48,7 +48,7 @@ from panda_lab.model.lease import CLIENT_GONE
 from panda_lab.model.retry import Cause, NextAttempt, Previous, accepted_sites, next_attempt
 from panda_lab.model.states import TASK_FINAL, TASK_RETRYABLE, TransitionError, job_path
 from panda_lab.store.admin import Admin
-from panda_lab.store.base import Changes, JobChange, loads, now
+from panda_lab.store.base import Changes, JobChange, collector_paused, loads, now
 from panda_lab.store.errors import TaskNotFound, TaskStateError
 from panda_lab.store.rebroker import Rebrokerage
 from panda_lab.store.rows import datasets as dataset_rows
@@ -188,6 +188,11 @@ class Workflow(Rebrokerage, Admin):
         are added to each task's brokerage summary.  Returns their ids."""
         if not attempts:
             return []
+        with collector_paused():  # a decision per job: base.collector_paused says why
+            return self._place_all(conn, attempts, changes)
+
+    def _place_all(self, conn: Connection, attempts: list[tuple[dict, Request]],
+                   changes: Changes) -> list[int]:
         t = now()
         loads_ = site_rows.loads_(conn)
         links = link_rows.effective_links(conn, t, self.link_window)
@@ -248,8 +253,10 @@ class Workflow(Rebrokerage, Admin):
                         file_bytes=int(read.get("file_bytes") or 0)))
 
     @staticmethod
-    def _previous(row: Row, task_site: str) -> Previous:
-        info = loads(row.broker_info)
+    def _previous(row: Row, task_site: str, decision: str | None = None) -> Previous:
+        """What the retry rules weigh of an attempt: its ``decision`` (JSON text), or the
+        row's own ``broker_info`` when not given."""
+        info = loads(decision if decision is not None else row.broker_info)
         return Previous(attempt=row.attempt, max_attempts=row.max_attempts, site=row.site,
                         sites=accepted_sites(info.get("sites"), sites_of(task_site)),
                         near=frozenset(info.get("near") or ()))
@@ -384,9 +391,14 @@ class Workflow(Rebrokerage, Admin):
                changes: Changes) -> None:
         """Ask the retry rules about each failed attempt ``(row, error)``; place the new
         attempts they allow.  The tasks are read only when the rules allow one (a batch
-        of user errors costs no query)."""
+        of user errors costs no query); the rows need not carry their decision (a
+        report's do not): it is read here."""
+        if not failed:
+            return
+        decided = job_rows.decisions(conn, [row.id for row, _ in failed])
+
         def ask(row: Row, err: dict, task_site: str = ANY, aborted: bool = False):
-            return next_attempt(self._previous(row, task_site), Cause.FAILED,
+            return next_attempt(self._previous(row, task_site, decided[row.id]), Cause.FAILED,
                                 category=err.get("category"), message=err.get("message"),
                                 task_aborted=aborted)
 

@@ -85,3 +85,30 @@ def test_pilots_gone_of_unknown_processes_changes_nothing(setup):
     changes = store.pilots_gone("A", "other-host", [(101, 0)])
     assert count[0] == 1 and not changes.jobs and not changes.tasks
     assert {p["state"] for p in store.list_pilots()} == {"running"}
+
+
+def test_placing_pauses_the_collector_and_restores_it(db_url, tmp_path):
+    """A bulk placement runs with the cyclic collector off (``store.base.collector_paused``)
+    and leaves it on again after, also when brokerage refuses."""
+    import gc
+
+    seen: list[bool] = []
+
+    class Watching(Broker):
+        def choose(self, requests, loads, **context):
+            seen.append(gc.isenabled())
+            return super().choose(requests, loads, **context)
+
+    broker = Watching()
+    store = Store(db_url, tmp_path / "results", broker=broker)
+    try:
+        store.upsert_sites([{"name": "A", "kind": "local", "provisioner": "local"}])
+        assert gc.isenabled()
+        store.create_task("t", [{"payload": b"x"}] * 3)
+        assert seen == [False] and gc.isenabled()
+        broker.refuse = True
+        with pytest.raises(BrokerageError):
+            store.create_task("t", [{"payload": b"x"}])
+        assert gc.isenabled(), "a refused placement must turn the collector back on"
+    finally:
+        store.close()

@@ -23,7 +23,7 @@ from panda_lab.model import (
 )
 from panda_lab.store.base import Changes, JobChange, loads
 from panda_lab.store.rows import holders
-from panda_lab.store.schema import job_status, jobs
+from panda_lab.store.schema import job_decisions, job_status, jobs
 from panda_lab.text import clean
 
 J = JobState
@@ -31,8 +31,17 @@ FINAL = [str(s) for s in JOB_FINAL]
 ON_PILOT = [str(s) for s in JOB_ON_PILOT]
 WAITING = [str(s) for s in JOB_WAITING]
 RETRYABLE = [str(s) for s in JOB_RETRYABLE]
-#: Every column but the payload: what reads and reports need.
-NO_PAYLOAD = [c for c in jobs.c if c.name != "payload"]
+#: An attempt's brokerage decision (JSON text), as a column named ``broker_info``: its row
+#: in ``job_decisions``, else (attempts placed before that table) the job row's own.
+DECISION = func.coalesce(
+    select(job_decisions.c.info).where(job_decisions.c.job_id == jobs.c.id)
+    .scalar_subquery(), jobs.c.broker_info).label("broker_info")
+#: Every column but the payload and the decision: what a report needs.
+LEAN = [c for c in jobs.c if c.name not in ("payload", "broker_info")]
+#: Every column but the payload, the decision included: what reads and retries need.
+NO_PAYLOAD = [*LEAN, DECISION]
+#: Every column, the decision included: what a next attempt is made from.
+FULL = [*(c for c in jobs.c if c.name != "broker_info"), DECISION]
 
 #: The error message of an attempt cancelled by its client before any attempt of its
 #: logical job reached a pilot (``cancel_waiting``); pbook's ``retry`` never brings such
@@ -88,10 +97,14 @@ def history(conn: Connection,
 
 
 def insert_attempts(conn: Connection, rows: list[dict], t: float, changes: Changes) -> list[int]:
-    """Insert brokered attempts (complete job rows, state ``activated``) in one statement,
+    """Insert brokered attempts (complete job rows, state ``activated``, their decision as
+    ``broker_info`` JSON text) in one statement, their decisions into ``job_decisions``,
     with their history ``defined → assigned → activated``; returns their ids in order."""
+    infos = [row.pop("broker_info") for row in rows]
     ids = list(conn.execute(
         insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows).scalars())
+    conn.execute(insert(job_decisions),
+                 [{"job_id": i, "info": info} for i, info in zip(ids, infos, strict=True)])
     history(conn, [(i, (J.DEFINED, J.ASSIGNED, J.ACTIVATED), t, "") for i in ids])
     for jid, row in zip(ids, rows, strict=True):
         changes.jobs.append(JobChange(jid, row["task_id"], row["job_index"], row["attempt"],
@@ -161,10 +174,17 @@ def cancel_never_ran(conn: Connection, task_id: int, indices: list[int], t: floa
     return rows
 
 
+def decisions(conn: Connection, ids: list[int]) -> dict[int, str]:
+    """The brokerage decisions (JSON text) of attempts, by id."""
+    if not ids:
+        return {}
+    return dict(conn.execute(select(jobs.c.id, DECISION).where(jobs.c.id.in_(ids))).all())
+
+
 def lock_for_report(conn: Connection, ids: list[int]) -> dict[int, Row]:
-    """The rows (no payload) of the jobs a report names, locked, by id."""
+    """The rows (no payload, no decision) of the jobs a report names, locked, by id."""
     return {r.id: r for r in conn.execute(
-        select(*NO_PAYLOAD).where(jobs.c.id.in_(ids)).with_for_update())}
+        select(*LEAN).where(jobs.c.id.in_(ids)).with_for_update())}
 
 
 def unfinished(conn: Connection, *, task_id: int | None = None,
@@ -227,12 +247,12 @@ def fail(conn: Connection, rows: list[Row], category: str, message: str, t: floa
 
 def full_rows(conn: Connection, ids: list[int]) -> list[Row]:
     """Complete rows (payload included) of attempts, to make their next attempts from."""
-    return conn.execute(select(jobs).where(jobs.c.id.in_(ids))).all()
+    return conn.execute(select(*FULL).where(jobs.c.id.in_(ids))).all()
 
 
 def activated_at(conn: Connection, site_names: list[str]) -> list[Row]:
     """Complete rows of the activated attempts at these sites, locked."""
-    return conn.execute(select(jobs).where(jobs.c.site.in_(site_names),
+    return conn.execute(select(*FULL).where(jobs.c.site.in_(site_names),
                                            jobs.c.state == str(J.ACTIVATED))
                         .with_for_update()).all()
 
@@ -260,7 +280,7 @@ def retryable_latest(conn: Connection, task_id: int) -> list[Row]:
     """The newest attempts of a task that failed or were cancelled, except those its
     client cancelled before they ran (complete rows)."""
     return conn.execute(
-        select(jobs).where(jobs.c.id.in_(latest(task_id)), jobs.c.state.in_(RETRYABLE),
+        select(*FULL).where(jobs.c.id.in_(latest(task_id)), jobs.c.state.in_(RETRYABLE),
                            or_(jobs.c.error_message.is_(None),
                                jobs.c.error_message != CANCELLED_BY_CLIENT))).all()
 
