@@ -11,10 +11,12 @@ How: each running payload holds one of ``N`` lock files (``core-0`` ... ``core-N
 directory the pilots share) with ``flock``, which the kernel releases when the process
 dies, so a killed pilot never keeps a core.  A pilot that wants a core and finds none free
 queues: it holds a lock on a ticket file ``wait-<ns>-<pid>`` (a dead waiter's ticket is
-seen as unlocked and removed).  A free core goes to the oldest ticket first, and a pilot
-gives its core back after every job and takes it again only when no one older waits, so
-the sites' pilots take turns and their queues drain together instead of one site's
-finishing last on one core.
+seen as unlocked and removed).  A free core goes to the oldest ticket first.  A pilot
+that has held its core for a turn (:data:`TURN_S`) gives it back when its job ends and
+another pilot waits, and takes it again only when no one older waits, so the sites'
+pilots take turns and their queues drain together instead of one site's finishing last
+on one core.  The turn is a scheduler's time slice: short jobs run many to a turn, so a
+hand-over (at most :data:`POLL_S` of an idle core) is not paid per job.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["POLL_S", "CoreSlots"]
+__all__ = ["POLL_S", "TURN_S", "CoreSlots"]
 
 #: Seconds between two looks for a free core while waiting for one.
 POLL_S = 0.005
+#: Seconds a pilot keeps a core for its next jobs before a waiting pilot gets it: a
+#: hand-over costs up to POLL_S of an idle core, 2 % of a turn.
+TURN_S = 0.25
 
 
 class CoreSlots:
@@ -45,6 +50,7 @@ class CoreSlots:
         self._fds = [os.open(self.dir / f"core-{i}", os.O_RDWR | os.O_CREAT, 0o666)
                      for i in range(n)]
         self._held: list[int] = []       # indexes of the cores this process holds
+        self._since: dict[int, float] = {}  # when each was taken (time.monotonic())
         self._ticket: Path | None = None
         self._ticket_fd: int | None = None
 
@@ -69,15 +75,30 @@ class CoreSlots:
             except BlockingIOError:
                 continue
             self._held.append(i)
+            self._since[i] = time.monotonic()
             self._leave_queue()
             return True
         self._queue()
         return False
 
     def give(self) -> None:
-        """Give back one core this process holds (no-op when it holds none)."""
+        """Give back one core this process holds, the latest taken (no-op when it holds
+        none)."""
         if self._held:
-            fcntl.flock(self._fds[self._held.pop()], fcntl.LOCK_UN)
+            i = self._held.pop()
+            self._since.pop(i, None)
+            fcntl.flock(self._fds[i], fcntl.LOCK_UN)
+
+    def turn_over(self, turn: float | None = None) -> bool:
+        """Whether a core this process holds should go to a waiting pilot now: it has
+        been held for ``turn`` seconds (default :data:`TURN_S`) and another pilot waits.
+        (The clock is read first: the queue is looked at once a turn, not after every
+        short job.)"""
+        if not self._held:
+            return False
+        oldest = min(self._since[i] for i in self._held)
+        return (time.monotonic() - oldest >= (TURN_S if turn is None else turn)
+                and self.others_waiting())
 
     def others_waiting(self) -> bool:
         """Whether another live pilot waits for a core now."""

@@ -301,10 +301,13 @@ class Pilot:
                                     "handed back: the pilot's walltime is nearly spent")
         self._give_back_cores()
         self.core_blocked = False
+        spare = self.cores.held - self._running() if self.cores is not None else 0
         for w in self.workers:
             if w.busy or not self.queue:
                 continue
-            if self.cores is not None and not self.cores.take():
+            if spare > 0:
+                spare -= 1  # a core kept from the job before, for its turn
+            elif self.cores is not None and not self.cores.take():
                 self.core_blocked = True  # queued for a core; looked at again in POLL_S
                 break
             job = self.queue.popleft()
@@ -313,12 +316,17 @@ class Pilot:
             self._set_pending(job, JobState.RUNNING, started_at=w.started_at)
 
     def _give_back_cores(self) -> None:
-        """Hold a core per running job only: one whose job ended goes back, to be taken
+        """A core whose job ended is kept for the next queued job until its turn is over
+        and another pilot waits; then, or with nothing queued, it goes back, to be taken
         again at once unless another pilot has waited longer (turns, see
-        :mod:`panda_lab.pilot.cores`); no queued job, no place in the queue."""
+        :mod:`panda_lab.pilot.cores`).  No queued job, no place in the queue."""
         if self.cores is None:
             return
-        while self.cores.held > self._running():
+        spare = self.cores.held - self._running()
+        keep = min(spare, len(self.queue))
+        if keep and self.cores.turn_over():
+            keep = 0
+        for _ in range(spare - keep):
             self.cores.give()
         if not self.queue:
             self.cores.leave()

@@ -162,3 +162,52 @@ def test_the_pilot_command_refuses_shared_cores_without_their_directory(capsys):
     assert main([*base, "--shared-cores", "2"]) == EXIT_USAGE
     assert main([*base, "--shared-cores", "-1", "--cores-dir", "/tmp"]) == EXIT_USAGE
     assert "--shared-cores" in capsys.readouterr().err
+
+
+def test_a_turn_is_over_when_held_long_enough_and_another_waits(tmp_path):
+    a, b = CoreSlots(tmp_path, 1), CoreSlots(tmp_path, 1)
+    assert a.take()
+    assert not a.turn_over(turn=0.0)     # no one waits: keep it
+    assert not b.take()
+    assert not a.turn_over(turn=60.0)    # b waits, but a's turn is not over
+    assert a.turn_over(turn=0.0)
+    a.close()
+    b.close()
+
+
+def _pilot(tmp_path, monkeypatch, turn: float):
+    from collections import deque
+
+    from panda_lab.pilot import cores
+    from panda_lab.pilot.pilot import Pilot, PilotOptions
+
+    monkeypatch.setattr(cores, "TURN_S", turn)
+    p = Pilot(PilotOptions(server="http://127.0.0.1:9", site="A", token="t",
+                           shared_cores=1, cores_dir=str(tmp_path)))
+    p.queue = deque([{"id": 1}, {"id": 2}])
+    assert p.cores.take()  # the core of the job that just ended (no worker is busy)
+    return p
+
+
+@pytest.mark.parametrize("turn,waiting,kept", [
+    (60.0, True, 1),    # short jobs run many to a turn: the core stays for the next
+    (0.0, False, 1),    # turn over, but no one waits
+    (0.0, True, 0),     # turn over and another pilot waits: it goes back
+])
+def test_a_pilot_keeps_its_core_for_queued_jobs_until_its_turn_is_over(
+        tmp_path, monkeypatch, turn, waiting, kept):
+    p = _pilot(tmp_path, monkeypatch, turn)
+    other = CoreSlots(tmp_path, 1)
+    if waiting:
+        assert not other.take()
+    try:
+        p._give_back_cores()
+        assert p.cores.held == kept
+        p.queue.clear()
+        p._give_back_cores()
+        assert p.cores.held == 0  # nothing queued: nothing kept
+    finally:
+        p.cores.close()
+        other.close()
+        import shutil
+        shutil.rmtree(p.spool, ignore_errors=True)
