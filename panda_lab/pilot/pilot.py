@@ -497,7 +497,8 @@ class Pilot:
     def _maybe_flush(self) -> None:
         if not self.pending:
             return
-        idle = not self.queue and not any(w.busy for w in self.workers)
+        # Nothing running and nothing it may start (no job, or no core yet): send now.
+        idle = not any(w.busy for w in self.workers) and (not self.queue or self.core_blocked)
         old = time.monotonic() - self.pending_since >= self.opts.flush_interval
         if idle or old or len(self.pending) >= self.opts.max_batch:
             self._flush()
