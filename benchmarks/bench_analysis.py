@@ -347,7 +347,9 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
     for i in range(args.repeats):
         home = root / f"{key}-{i}"
         home.mkdir()
-        server = ServerProcess(home, extra=["--heartbeat-timeout", "60", *extra]).start()
+        # the server's defaults, what a user runs (not the tests' short timeouts: a
+        # watchdog sweep every 0.3 s, a heartbeat every 0.5 s)
+        server = ServerProcess(home, extra=extra, fast=False).start()
         try:
             lab = server.lab()
             ds = lab.datasets.register("bench", [str(p) for p in paths], tree="Events")

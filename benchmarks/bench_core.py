@@ -96,7 +96,8 @@ def main() -> int:
     cloudpickle.register_pickle_by_value(payloads)  # pilots cannot import benchmarks/
     home = Path(tempfile.mkdtemp(prefix="panda-bench-core-"))
     print(f"panda-lab: server on SQLite, 3 local sites x 1 pilot (home {home})", flush=True)
-    server = ServerProcess(home, extra=["--heartbeat-timeout", "60", "--task-lease", "60"]).start()
+    # the server's defaults, what a user runs (not the tests' short timeouts)
+    server = ServerProcess(home, fast=False).start()
     try:
         lab = server.lab()
         with lab.executor(name="latency") as ex:

@@ -76,8 +76,8 @@ def main() -> int:
 
     cloudpickle.register_pickle_by_value(payloads)  # pilots cannot import benchmarks/
 
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="panda-bench-ex-")),
-                           extra=["--heartbeat-timeout", "60", "--task-lease", "60"]).start()
+    # the server's defaults, what a user runs (not the tests' short timeouts)
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="panda-bench-ex-")), fast=False).start()
     try:
         lab = server.lab()
         with lab.executor(name="warm") as ex:

@@ -28,10 +28,13 @@ class ServerProcess:
     """``panda-lab server run`` in a subprocess, with its own home directory."""
 
     def __init__(self, home: Path, db_url: str | None = None, extra: list[str] | None = None,
-                 python: str | None = None):
+                 python: str | None = None, fast: bool = True):
         """``python``: the interpreter the server runs with (and so starts its local
-        pilots with); this test's own by default."""
+        pilots with); this test's own by default.  ``fast``: the short timeouts of
+        :data:`FAST` (a test's); without, the server's defaults (a benchmark's, what a
+        user runs: a watchdog sweep every 2 s, not every 0.3 s)."""
         self.home = home
+        self.fast = fast
         self.db_url = db_url
         self.extra = list(extra or [])
         self.python = python or sys.executable
@@ -40,7 +43,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         cmd = [self.python, "-m", "panda_lab.cli.main", "--home", str(self.home),
-               "server", "run", *FAST, *self.extra]
+               "server", "run", *(FAST if self.fast else ()), *self.extra]
         if self.db_url:
             cmd += ["--db", self.db_url]
         self.log = open(self.home / "server-test.log", "ab")  # noqa: SIM115

@@ -282,11 +282,9 @@ class AnalysisService:
 
     async def _close_if_merged(self, task_id: int) -> None:
         s = self.server
-        info = await s.db(self.store.get_task, task_id)
-        if not info["open"] or info["state"] in TASK_FINAL or \
-                info["state"] == TaskState.SCOUTING:
-            return
-        if any(n for st, n in info["attempts_by_state"].items() if st not in JOB_FINAL):
+        info = await s.db(self.store.task_progress, task_id)
+        if info is None or not info["open"] or info["state"] in TASK_FINAL or \
+                info["state"] == TaskState.SCOUTING or info["unfinished"]:
             return
         error = await self._merged(task_id)
         if error is not None:

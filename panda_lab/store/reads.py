@@ -52,6 +52,16 @@ class Reads(Database):
             out["jobs_by_site"] = per_site
             return out
 
+    def task_progress(self, task_id: int) -> dict | None:
+        """What closing a task waits on: ``{"open", "state", "unfinished": attempts not
+        in a final state, "n_done": jobs with a result}``, or None when there is no such
+        task.  One statement (:func:`task_rows.progress`), for a check made per report."""
+        with self.tx() as conn:
+            got = task_rows.progress(conn, task_id)
+        if got is None:
+            return None
+        return dict(zip(("open", "state", "unfinished", "n_done"), got, strict=True))
+
     def list_tasks(self, limit: int = 100, state: str | None = None,
                    owner: str | None = None) -> list[dict]:
         """The newest ``limit`` tasks (of ``state``, of ``owner``: None for anyone's),

@@ -106,3 +106,34 @@ def test_each_owners_numbers_count_their_own_jobs_only(store):
     assert site_a("bob") == (4, 0, 1)
     assert site_a("carol") == (0, 0, 1)
     assert site_a(None) == (5, 1, 1)
+
+
+def _progress_from_task(store: Store, task_id: int) -> dict:
+    from panda_lab.model import JOB_FINAL
+
+    t = store.get_task(task_id)
+    return {"open": t["open"], "state": t["state"], "n_done": t["n_done"],
+            "unfinished": sum(n for st, n in t["attempts_by_state"].items()
+                              if st not in JOB_FINAL)}
+
+
+def test_task_progress_agrees_with_the_task_at_every_step(store):
+    """The one-statement check the analysis service makes per report says what the full
+    task read says: attempts still to end (a retry's new attempt among them) and results."""
+    task, (a, b), _ = store.create_task("p", [{"payload": b"x"}] * 2,
+                                        options={"max_attempts": 2}, open_=True)
+    assert store.task_progress(task) == _progress_from_task(store, task)
+    assert store.task_progress(task)["unfinished"] == 2
+    p = pilot(store)
+    store.acquire(p, "A", 10)
+    report(store, p, a, "failed", error=SYSTEM)      # a retry of a waits: still unfinished
+    assert store.task_progress(task) == _progress_from_task(store, task)
+    assert store.task_progress(task)["unfinished"] == 2
+    report(store, p, b, "finished", result=b"r")
+    retry = next(j["id"] for j in store.list_jobs(task) if j["id"] not in (a, b))
+    store.acquire(p, "A", 10)
+    report(store, p, retry, "finished", result=b"r")
+    got = store.task_progress(task)
+    assert got == _progress_from_task(store, task)
+    assert (got["unfinished"], got["n_done"]) == (0, 2)
+    assert store.task_progress(task + 1000) is None
