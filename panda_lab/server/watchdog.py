@@ -25,6 +25,7 @@ async def sweep(server: Server) -> int:
     not the pilot's silence."""
     cfg = server.config
     await server.heartbeats.flush()   # every heartbeat heard is written before judging
+    await server.db(server.store.flush_learning)  # what reports measured, held: written
     t = time.time()
     heard = t - server.lag.grace()   # the latest moment every word sent has been read
     lost = await server.db(server.store.lost_jobs, heard - cfg.heartbeat_timeout,

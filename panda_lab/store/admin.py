@@ -114,6 +114,7 @@ class Admin(Reads):
         """The (endpoint, site) links known, learned or declared, with what brokerage
         uses now (see :func:`panda_lab.store.rows.links.listing`)."""
         with self.tx() as conn:
+            self._learn_now(conn)
             return link_rows.listing(conn, now(), self.link_window)
 
     def set_site_state(self, name: str, state: str, reason: str = "") -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import random
 import threading
 import time
@@ -32,6 +33,8 @@ from panda_lab.model.brokerage import Choice, Request, SiteLoad, choose
 from panda_lab.model.network import WINDOW_S
 from panda_lab.payload import INLINE_LIMIT  # noqa: F401 - the store's rule too
 from panda_lab.store.schema import SCHEMA_VERSION, metadata
+
+log = logging.getLogger("panda_lab.store")
 
 
 def now() -> float:
@@ -142,6 +145,11 @@ class DefaultBroker:
 class StoreThreadError(RuntimeError):
     """A store transaction was opened on a thread that does not own the store."""
 
+
+#: Seconds the samples of a report may wait in memory before a report writes them.
+LEARN_EVERY_S = 1.0
+#: Reports' samples held in memory at most before a report writes them.
+LEARN_MAX = 1000
 
 #: SQLite's memory-mapped window over the database file, in bytes.
 MMAP_BYTES = 1 << 30
@@ -265,6 +273,10 @@ class Database:
         self.network = "active"
         self.link_window = WINDOW_S
         self._owner: threading.Thread | None = None
+        #: What reports measured, not yet written: ``[(samples, t)]`` (see
+        #: :meth:`_learn_now`); and the part of it a running transaction is writing.
+        self._learning: list[tuple[Any, float]] = []
+        self._learning_taken: list[tuple[Any, float]] | None = None
         metadata.create_all(self.engine)
         add_missing_columns(self.engine)
         add_missing_indexes(self.engine)
@@ -303,9 +315,58 @@ class Database:
         """One transaction: committed when the block ends, rolled back when it raises.
         Raises :class:`StoreThreadError` on a thread other than the store's owner."""
         self._check_thread()
-        with self.engine.begin() as conn:
-            yield conn
+        outer, self._learning_taken = self._learning_taken, []
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except BaseException:
+            # samples this transaction was writing are not lost with it
+            self._learning[:0] = self._learning_taken or []
+            raise
+        finally:
+            self._learning_taken = outer
+
+    # -- what reports measured, written together --------------------------------------
+    def _learning_due(self, t: float, more: int = 0) -> bool:
+        """Whether the samples held should be written now: the oldest waited
+        :data:`LEARN_EVERY_S`, or :data:`LEARN_MAX` reports' worth are held."""
+        return bool(self._learning) and (t - self._learning[0][1] >= LEARN_EVERY_S
+                                         or len(self._learning) + more >= LEARN_MAX)
+
+    def _learn_now(self, conn: Connection, *new: tuple[Any, float]) -> None:
+        """Write, in this transaction, the samples held in memory and then ``new``
+        ones (``(samples, t)``, this transaction's own): what brokerage and the views
+        read next includes every report.
+
+        Learning a link's or a site's estimate is a locked read and a write of its row;
+        made per report it was most of what the server did for a short analysis job.
+        So reports' samples are held in memory and written together (the FTS optimizer
+        likewise updates its estimates per interval, not per transfer), in the order
+        reported, before anything reads them, with a report once the oldest waited
+        :data:`LEARN_EVERY_S`, when a task changes state, and at every watchdog sweep.
+        A server that dies loses at most that second of learning, never a report."""
+        from panda_lab.store.rows import links as link_rows
+
+        held, self._learning = self._learning, []
+        if self._learning_taken is not None:
+            self._learning_taken.extend(held)  # put back if the transaction rolls back
+        batch = held + list(new)
+        if batch:
+            link_rows.learn_samples(conn, [b for b, _ in batch], batch[-1][1])
+
+    def flush_learning(self) -> None:
+        """Write what reports measured and is held in memory (see :meth:`_learn_now`)."""
+        if self._learning:
+            with self.tx() as conn:
+                self._learn_now(conn)
 
     def close(self) -> None:
-        """Close the database connections (no transaction; any thread may call it)."""
+        """Close the database connections (no transaction; any thread may call it).  On
+        the store's own thread, what reports measured is written first."""
+        if self._learning and self._owner in (None, threading.current_thread()):
+            try:
+                self.flush_learning()
+            except Exception:  # the database may be the reason for closing
+                log.warning("could not write the links' and sites' last samples",
+                            exc_info=True)
         self.engine.dispose()

@@ -93,6 +93,7 @@ class MonitorReads(Reads):
                                 "sizing": task["options"].get("scouting")}
             ran = set(task["jobs_by_site"])
             task["links"] = {site: [] for site in sorted(ran)}
+            self._learn_now(conn)
             for link in link_rows.listing(conn, time.time(), self.link_window):
                 if link["site"] in ran:
                     task["links"][link["site"]].append(link)
@@ -194,6 +195,7 @@ class MonitorReads(Reads):
         """
         t = time.time()
         with self.tx() as conn:
+            self._learn_now(conn)
             listing = site_rows.listing(conn)
             ended = {}
             for site, state, n in conn.execute(

@@ -225,6 +225,7 @@ class Reads(Database):
         when given): what ``panda-lab sites`` shows, ``[{"name", "kind", "provisioner",
         "state", "reason", "pilots", "queued", "running", "description"}]`` by name."""
         with self.tx() as conn:
+            self._learn_now(conn)  # each site's speed and failure rate as reported
             return site_rows.listing(conn, owner)
 
     def site_demand(self, name: str) -> int:

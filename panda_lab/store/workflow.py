@@ -194,6 +194,7 @@ class Workflow(Rebrokerage, Admin):
     def _place_all(self, conn: Connection, attempts: list[tuple[dict, Request]],
                    changes: Changes) -> list[int]:
         t = now()
+        self._learn_now(conn)  # brokerage weighs what every report measured
         loads_ = site_rows.loads_(conn)
         links = link_rows.effective_links(conn, t, self.link_window)
         groups: dict[str, list[int]] = {}
@@ -273,17 +274,16 @@ class Workflow(Rebrokerage, Admin):
         t = now()
         changes = Changes()
         with self.tx() as conn:
-            self._touch(conn, pilot_id, t, held)
+            self._touch(conn, pilot_id, t, held)  # the pilot lives at t: once is enough
             rows = job_rows.dispatch(conn, pilot_id, site, n, t)
             if not rows:
-                pilot_rows.touch(conn, pilot_id, t)
                 return [], changes
             job_rows.history(conn, [(r.id, (J.SENT,), t, f"pilot {pilot_id}") for r in rows])
             task_ids = sorted({r.task_id for r in rows})
-            for task_id in task_ids:
-                task_rows.set_state(conn, task_id, T.READY, T.RUNNING, changes)
-            per_task = task_rows.common_and_limits(conn, task_ids)
-            pilot_rows.touch(conn, pilot_id, t)
+            per_task, states = task_rows.common_and_limits(conn, task_ids, with_state=True)
+            for task_id in task_ids:  # a task's first dispatch starts it: read, not written
+                if states.get(task_id) == T.READY:
+                    task_rows.set_state(conn, task_id, T.READY, T.RUNNING, changes)
         out = []
         for r in rows:
             changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
@@ -297,11 +297,11 @@ class Workflow(Rebrokerage, Admin):
 
     @staticmethod
     def _touch(conn: Connection, pilot_id: int, t: float, held: list[int] | None,
-               usage: dict | None = None) -> None:
-        """The pilot lives (using ``usage``, see ``pilot_rows.touch``), and so do the jobs
-        it says it holds: only those.  A job the pilot lost track of must go stale, so the
-        watchdog can retry it."""
-        pilot_rows.touch(conn, pilot_id, t, usage)
+               usage: dict | None = None, done: int = 0) -> None:
+        """The pilot lives (using ``usage``, having finished ``done`` more jobs, see
+        ``pilot_rows.touch``), and so do the jobs it says it holds: only those.  A job
+        the pilot lost track of must go stale, so the watchdog can retry it."""
+        pilot_rows.touch(conn, pilot_id, t, usage, done)
         if held:
             job_rows.heartbeat(conn, pilot_id, held, t)
 
@@ -318,6 +318,7 @@ class Workflow(Rebrokerage, Admin):
         t = now()
         changes = Changes()
         ignored: list[dict] = []
+        learned: list[tuple[link_rows.Samples, float]] = []
         with self.tx() as conn:
             current = job_rows.lock_for_report(conn, [u["id"] for u in updates])
             params, history, failed, finished, output = [], [], [], [], []
@@ -371,20 +372,23 @@ class Workflow(Rebrokerage, Admin):
             if params:
                 conn.execute(job_rows.UPDATE, params)
                 job_rows.history(conn, history)
-            if measured:  # what the links and the sites learn, in the report's transaction
-                link_rows.learn(conn, measured, t)
+            if measured:  # what the links and the sites learn: written with a later one
+                learned = [(link_rows.samples(measured), t)]
                 # what each attempt read, and what its pilot did to its site's cache
                 staging_rows.record_reads(conn, [(row.id, u["reads"]) for row, u, _
                                                  in measured if u.get("reads")])
                 staging_rows.apply(conn, [(row.site, u["cache"]) for row, u, _
                                           in measured if u.get("cache")], t)
             result_rows.store(conn, self.result_dir, finished)
-            if finished:
-                pilot_rows.count_done(conn, pilot_id, len(finished))
             self._retry(conn, failed, changes)
-            self._touch(conn, pilot_id, t, held, usage)
+            self._touch(conn, pilot_id, t, held, usage, done=len(finished))
             task_rows.end_if_complete(conn, [c.task_id for c in changes.jobs
                                              if JobState(c.state) in JOB_FINAL], changes)
+            if (learned or self._learning) and \
+                    (changes.tasks or self._learning_due(t, len(learned))):
+                self._learn_now(conn, *learned)  # a task ended, or samples waited
+                learned = []
+        self._learning.extend(learned)  # committed: held until written
         return changes, ignored
 
     def _retry(self, conn: Connection, failed: list[tuple[Row, dict]],
@@ -486,6 +490,8 @@ class Workflow(Rebrokerage, Admin):
             task_rows.task_row(conn, task_id)
             task_rows.set_open(conn, task_id, False)
             task_rows.end_if_complete(conn, [task_id], changes)
+            if changes.tasks:  # an ended task's measurements are written with it
+                self._learn_now(conn)
         return changes
 
     def cancel_waiting(self, task_id: int, indices: list[int]) -> tuple[list[int], Changes]:

@@ -1,4 +1,4 @@
-"""The store's side of network-aware brokerage: links learned in the report's transaction,
+"""The store's side of network-aware brokerage: links learned from reports,
 declared links as the starting point, site statistics, the network term per task or
 server, the inputs kept for retries, the task's filter summary.  Both backends.
 
@@ -7,7 +7,11 @@ was learned.  Members: a report's reads (several per report, an endpoint ``""`` 
 the site's own), the declared value before any measurement, the site's rate and failure
 rate, a retry weighed without its input, a task's network term ignored, the summary,
 and a site's first, cold jobs (imports and first opens in their time) taken for its
-speed long after warm ones measured it.
+speed long after warm ones measured it.  Reports' samples are held in memory and written
+together (store/base.py ``_learn_now``); the members of that kind: a read (brokerage, the
+links, the sites) that misses a held sample, a sample lost with a rolled-back
+transaction or kept from a report that was, smoothing in another order than per report,
+and samples left unwritten at close.
 """
 
 from __future__ import annotations
@@ -76,11 +80,13 @@ def test_finished_and_failed_attempts_measure_their_site(store):
     ids = store.create_task("t", [{"payload": b"x"}] * 2, site="NEAR")[1]
     finish(store, "NEAR", ids[0], events=10_000, seconds=2.0,
            reads=[{"endpoint": "disk", "bytes": MB, "seconds": 1.0, "requests": 1}])
+    store.flush_learning()  # a raw read of the rows: what reports measured, written
     with store.tx() as conn:
         rate, failure, mean = site_statistics(conn)["NEAR"]
     assert rate == pytest.approx(10_000 / 1.0) and failure == 0.0 and mean == 2.0
     finish(store, "NEAR", ids[1], state="failed",
            error={"category": "system", "message": "worker died"})
+    store.flush_learning()
     with store.tx() as conn:
         _, failure, _ = site_statistics(conn)["NEAR"]
     assert failure == pytest.approx(0.1)
@@ -95,6 +101,7 @@ def test_cold_jobs_measure_a_site_only_until_a_warm_one_does(store):
     ids = store.create_task("t", [{"payload": b"x"}] * 5, site="NEAR")[1]
 
     def rate() -> tuple[float, float]:
+        store.flush_learning()
         with store.tx() as conn:
             r, _, mean = site_statistics(conn)["NEAR"]
         return r, mean
@@ -150,3 +157,113 @@ def test_input_request_sums_bytes_per_endpoint_over_replicas():
     assert (r.events, r.input_bytes, r.files, r.read_requests) == \
         (25, {"x": 150, "y": 100}, ("a", "b"), 6)
     assert r.near == frozenset({"x", "y"})
+
+
+def _learned(store) -> tuple:
+    from panda_lab.store.rows.links import site_statistics
+
+    with store.tx() as conn:
+        rows = site_statistics(conn)
+    [link] = [x for x in store.links() if x["endpoint"] == "disk" and x["site"] == "FAR"]
+    return rows.get("FAR"), (link["learned_mbps"], link["observations"], link["bytes"])
+
+
+def _three_reports(store, reports: list[tuple[int, float]]) -> list[int]:
+    ids = store.create_task("t", [{"payload": b"x"}] * (len(reports) + 1), site="FAR")[1]
+    for job, (mb, seconds) in zip(ids, reports, strict=False):
+        finish(store, "FAR", job, events=1_000, seconds=seconds + 0.5,
+               reads=[{"endpoint": "disk", "bytes": mb * MB, "seconds": seconds,
+                       "requests": 1}])
+    return ids
+
+
+REPORTS = [(10, 1.0), (40, 1.0), (5, 2.0)]
+
+
+def test_held_samples_are_what_every_read_sees(store):
+    """Held or written, the views, the rows after a flush and brokerage see the same."""
+    _three_reports(store, REPORTS)
+    assert store._learning, "the reports' samples are held, not yet written"
+    [link] = [x for x in store.links() if x["endpoint"] == "disk"]   # a read writes them
+    assert not store._learning
+    assert link["observations"] == 3 and link["bytes"] == 55 * MB
+    listed = {s["name"]: s for s in store.list_sites()}
+    assert "FAR" in listed
+
+
+def test_samples_written_together_equal_samples_written_per_report(tmp_path):
+    """Smoothing is in report order either way: the same estimates to the last digit."""
+    from panda_lab.store import Store
+
+    got = []
+    for per_report in (True, False):
+        store = Store(f"sqlite:///{tmp_path / f'{per_report}.sqlite'}", tmp_path / "r")
+        store.upsert_sites(SITES)
+        ids = store.create_task("t", [{"payload": b"x"}] * 4, site="FAR")[1]
+        for job, (mb, seconds) in zip(ids, REPORTS, strict=False):
+            finish(store, "FAR", job, events=1_000, seconds=seconds + 0.5,
+                   reads=[{"endpoint": "disk", "bytes": mb * MB, "seconds": seconds,
+                           "requests": 1}])
+            if per_report:
+                store.flush_learning()
+        store.flush_learning()
+        got.append(_learned(store))
+        store.close()
+    assert got[0] == got[1]
+    (rate, failure, mean), (mbps, n, nbytes) = got[0]
+    assert n == 3 and nbytes == 55 * MB and failure == 0.0
+    assert rate is not None and mean is not None and mbps > 0
+
+
+def test_a_rolled_back_write_keeps_the_samples(store):
+    _three_reports(store, REPORTS)
+    held = list(store._learning)
+    with pytest.raises(RuntimeError), store.tx() as conn:
+        store._learn_now(conn)
+        assert not store._learning
+        raise RuntimeError("the database went away mid-transaction")
+    assert store._learning == held            # put back, in order, for the next write
+    store.flush_learning()
+    assert _learned(store)[1][1:] == (3, 55 * MB)
+
+
+def test_a_rolled_back_report_leaves_no_sample(store, monkeypatch):
+    from panda_lab.store.rows import staging
+
+    ids = store.create_task("t", [{"payload": b"x"}] * 2, site="FAR")[1]
+    p = store.register_pilot("FAR", "h", 1, 2, {})
+    store.acquire(p, "FAR", 10)
+    job = store.get_job(ids[0])
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(staging, "record_reads", broken)
+    with pytest.raises(RuntimeError):
+        store.apply_updates(p, [{"id": ids[0], "attempt": job["attempt"], "state": "finished",
+                                 "result": b"r", "events": 1, "seconds": 1.0,
+                                 "reads": [{"endpoint": "disk", "bytes": MB, "seconds": 1.0,
+                                            "requests": 1}]}])
+    assert not store._learning
+    assert store.get_job(ids[0])["state"] != "finished"
+
+
+def test_an_ended_task_and_close_write_what_is_held(store, tmp_path):
+    from panda_lab.store import Store
+
+    ids = _three_reports(store, REPORTS)
+    assert store._learning
+    finish(store, "FAR", ids[-1], events=1_000, seconds=1.0)  # the task's last job: it ends
+    assert not store._learning, "an ended task's measurements are written with it"
+
+    path = tmp_path / "closing.sqlite"
+    s2 = Store(f"sqlite:///{path}", tmp_path / "r2")
+    s2.upsert_sites(SITES)
+    _three_reports(s2, REPORTS)
+    assert s2._learning
+    s2.close()
+    s3 = Store(f"sqlite:///{path}", tmp_path / "r2")
+    try:
+        assert _learned(s3)[1][1:] == (3, 55 * MB)
+    finally:
+        s3.close()

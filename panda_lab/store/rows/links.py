@@ -30,24 +30,46 @@ def _insert(conn: Connection):
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
 
 
-def learn(conn: Connection, measured: list[tuple[Row, dict, str]], t: float) -> None:
-    """What reported attempts measured, ``(job row, update, new state)``: the bytes,
-    seconds and requests they read per endpoint smooth their (endpoint, site) links; how
-    they ended and how fast they computed smooth their site's statistics."""
-    from panda_lab.store.rows.sites import endpoints
+#: What reported attempts measured, as plain values: ``(reads, ended)``, reads
+#: ``[(site, [{"endpoint", "bytes", "seconds", "requests"}])]``, ended the tuples of
+#: :func:`observe_sites`.
+Samples = tuple[list[tuple[str, list[dict]]], list[tuple]]
 
-    reads = [(row, u["reads"]) for row, u, _ in measured if u.get("reads")]
-    if reads:
-        own = endpoints(conn) if any(not r.get("endpoint") for _, rs in reads for r in rs) \
-            else {}
-        observe_reads(conn, [(row.site, own.get(row.site, ""), rs) for row, rs in reads], t)
+
+def samples(measured: list[tuple[Row, dict, str]]) -> Samples:
+    """What reported attempts ``(job row, update, new state)`` measured: the bytes, seconds
+    and requests they read per endpoint, and how ended ones ended and how fast they
+    computed (see :func:`learn_samples`)."""
+    reads = [(row.site, u["reads"]) for row, u, _ in measured if u.get("reads")]
     ended = (str(JobState.FINISHED), str(JobState.FAILED))
-    observe_sites(conn, [
+    return reads, [
         (row.site, new == JobState.FINISHED, (u.get("error") or {}).get("category"),
          u.get("events"), u.get("seconds"),
          sum(float(r.get("seconds", 0.0)) for r in u.get("reads") or ()),
          bool(u.get("cold")))
-        for row, u, new in measured if new in ended], t)
+        for row, u, new in measured if new in ended]
+
+
+def learn_samples(conn: Connection, batches: list[Samples], t: float) -> None:
+    """Smooth ``batches`` of samples, in their order, into the links (their (endpoint,
+    site) throughput and latency) and the sites (speed, failure rate, job time), at time
+    ``t``: two statements for the links and two for the sites, however many batches."""
+    from panda_lab.store.rows.sites import endpoints
+
+    reads = [r for b in batches for r in b[0]]
+    if reads:
+        own = endpoints(conn) if any(not r.get("endpoint") for _, rs in reads for r in rs) \
+            else {}
+        observe_reads(conn, [(site, own.get(site, ""), rs) for site, rs in reads], t)
+    observe_sites(conn, [e for b in batches for e in b[1]], t)
+
+
+def learn(conn: Connection, measured: list[tuple[Row, dict, str]], t: float) -> None:
+    """What reported attempts ``(job row, update, new state)`` measured, learned now:
+    the bytes, seconds and requests they read per endpoint smooth their (endpoint,
+    site) links; how they ended and how fast they computed smooth their site's
+    statistics."""
+    learn_samples(conn, [samples(measured)], t)
 
 
 def declare(conn: Connection, declared: list[dict]) -> None:

@@ -51,19 +51,17 @@ def state(conn: Connection, pilot_id: int) -> str:
 USAGE = ("rss_mb", "cpu_s", "cpu_pct")
 
 
-def touch(conn: Connection, pilot_id: int, t: float, usage: dict | None = None) -> None:
+def touch(conn: Connection, pilot_id: int, t: float, usage: dict | None = None,
+          done: int = 0) -> None:
     """The pilot lives at ``t``, using ``usage`` (``{"rss_mb", "cpu_s", "cpu_pct"}``,
-    any may be missing: ``cpu_pct`` then reads NULL) when given."""
+    any may be missing: ``cpu_pct`` then reads NULL) when given, and finished ``done``
+    more jobs: one statement."""
     values: dict = {"heartbeat_at": t}
     if usage:
         values.update({k: usage.get(k) for k in USAGE})
+    if done:
+        values["jobs_done"] = pilots.c.jobs_done + done
     conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(**values))
-
-
-def count_done(conn: Connection, pilot_id: int, n: int) -> None:
-    """The pilot finished ``n`` more jobs."""
-    conn.execute(update(pilots).where(pilots.c.id == pilot_id)
-                 .values(jobs_done=pilots.c.jobs_done + n))
 
 
 def set_state(conn: Connection, pilot_ids: list[int], new: str, t: float | None = None) -> None:

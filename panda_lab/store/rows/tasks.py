@@ -155,15 +155,19 @@ def task_sites(conn: Connection, task_ids: set[int]) -> dict[int, Row]:
         .where(tasks.c.id.in_(task_ids)))}
 
 
-def common_and_limits(conn: Connection,
-                      task_ids: list[int]) -> dict[int, tuple[bool, object, object]]:
+def common_and_limits(conn: Connection, task_ids: list[int], with_state: bool = False):
     """Whether each task has a common payload part, its ``output_limit`` option and its
-    ``workdir`` option (the client's host and directory, or None)."""
-    return {task_id: (bool(has_common), (o := loads(options)).get("output_limit"),
-                      o.get("workdir"))
-            for task_id, has_common, options in conn.execute(
-                select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options)
-                .where(tasks.c.id.in_(task_ids)))}
+    ``workdir`` option (the client's host and directory, or None):
+    ``{task_id: (has_common, output_limit, workdir)}``; with ``with_state``, the pair of
+    that and ``{task_id: state}``."""
+    out, states = {}, {}
+    for task_id, has_common, options, state in conn.execute(
+            select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options, tasks.c.state)
+            .where(tasks.c.id.in_(task_ids))):
+        o = loads(options)
+        out[task_id] = (bool(has_common), o.get("output_limit"), o.get("workdir"))
+        states[task_id] = state
+    return (out, states) if with_state else out
 
 
 def common(conn: Connection, task_id: int) -> bytes | None:
