@@ -63,9 +63,13 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
         raise HTTPException(409, f"pilot {body.pilot} belongs to site {site!r}, "
                                  f"not {body.site!r}")
     deadline = time.monotonic() + body.wait
+    # The pilot and the jobs it holds live: written with the coalesced heartbeats (at
+    # most a second later, and always before the watchdog judges silence).
+    s.heartbeats.add(body.pilot, body.held or [])
     while True:
         ev = s.site_event(body.site)  # taken before looking, so no wake-up is missed
-        jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n, body.held)
+        jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n, body.held,
+                                   touch=False)
         s.publish(changes)
         left = deadline - time.monotonic()
         if jobs or left <= 0 or await request.is_disconnected():

@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from panda_lab.model.states import PilotState
 from panda_lab.store.schema import data_holders, pilots
@@ -47,9 +48,11 @@ def hold(conn: Connection, pilot_id: int, keys: set[str], t: float) -> None:
     """``pilot_id`` is handed jobs reading ``keys``: it holds them now."""
     if not keys:
         return
-    conn.execute(delete(data_holders).where(data_holders.c.data_key.in_(sorted(keys))))
-    conn.execute(insert(data_holders), [{"data_key": k, "pilot_id": pilot_id, "at": t}
-                                        for k in sorted(keys)])
+    ins = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(data_holders)
+    ins = ins.values([{"data_key": k, "pilot_id": pilot_id, "at": t} for k in sorted(keys)])
+    conn.execute(ins.on_conflict_do_update(
+        index_elements=[data_holders.c.data_key],
+        set_={"pilot_id": ins.excluded.pilot_id, "at": ins.excluded.at}))
 
 
 def pick(pilot_id: int, rows: list, held: dict[str, int], n: int) -> list[int]:

@@ -134,10 +134,14 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> li
     held = holders.holders(conn, keys) if keys else {}
     chosen = holders.pick(pilot_id, window, held, n) if held else [r.id for r in window[:n]]
     # Lock what is still to be had, skipping rows another pilot's transaction holds
-    # (PostgreSQL; SQLite's transactions are serial), then compare-and-set those.
-    picked = list(conn.execute(
-        select(jobs.c.id).where(jobs.c.id.in_(chosen), jobs.c.state == str(J.ACTIVATED))
-        .with_for_update(skip_locked=True)).scalars())
+    # (PostgreSQL), then compare-and-set those.  SQLite's write transactions are serial:
+    # nothing else holds a row, and the compare-and-set alone decides.
+    if conn.dialect.name == "sqlite":
+        picked = chosen
+    else:
+        picked = list(conn.execute(
+            select(jobs.c.id).where(jobs.c.id.in_(chosen), jobs.c.state == str(J.ACTIVATED))
+            .with_for_update(skip_locked=True)).scalars())
     if not picked:
         return []
     rows = conn.execute(
