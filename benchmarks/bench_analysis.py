@@ -21,6 +21,7 @@ files for every configuration alike (they are written just before).
 
     python benchmarks/bench_analysis.py            # 4 x 2M events, 3 repeats
     python benchmarks/bench_analysis.py --quick    # 2 x 500k events, 1 repeat
+    python benchmarks/bench_analysis.py --rounds 5 # (d), (f), (f_2pilots) interleaved
 """
 
 from __future__ import annotations
@@ -189,6 +190,41 @@ def medians(runs) -> tuple[float, float | None, object]:
             runs[-1][2])
 
 
+def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> int:
+    """``--rounds N``: N rounds of one fresh pool (d), one embedded default (f) and one
+    1 site x 2 pilots (f_2pilots) run, in that order; each round's ratios to its own
+    (d), and their medians.  Returns 1 if any result differs from (a)'s."""
+    one = argparse.Namespace(**{**vars(args), "repeats": 1})
+    ratios: dict[str, list[tuple[float, float]]] = {"f": [], "f_2pilots": []}
+    same = True
+    for i in range(args.rounds):
+        first_d, _, h = fresh_pool_runs(job_task, work, warm_work, 1)[0]
+        same &= bool((h.values() == ref.values()).all())
+        line = [f"round {i + 1}: d {total / first_d / 1e6:.2f} M ev/s"]
+        for key in ratios:
+            got = {}
+
+            def keep(key, label, first, rerun, h, got=got, **extra):
+                got.update(first=first, rerun=rerun, h=h)
+
+            run_panda(key, paths, warm_paths, one, keep)
+            same &= bool((got["h"].values() == ref.values()).all())
+            ratios[key].append((first_d / got["first"], first_d / got["rerun"]))
+            line.append(f"{key} first/d {ratios[key][-1][0]:.2f} "
+                        f"re-run/d {ratios[key][-1][1]:.2f}")
+        print("  " + "; ".join(line), flush=True)
+    print("\nmedians over the rounds of each round's ratio to its own (d):  first   re-run")
+    for key, rs in ratios.items():
+        print(f"  {key:<10} {statistics.median(r[0] for r in rs):47.2f}"
+              f"{statistics.median(r[1] for r in rs):8.2f}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "analysis_rounds.json").write_text(json.dumps(
+        {"events": total, "chunk": args.chunk, "rounds": args.rounds,
+         "load": os.getloadavg(), "ratios": ratios}, indent=2))
+    return 0 if same else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -199,6 +235,10 @@ def main() -> int:
     ap.add_argument("--data", type=Path, help="reuse a generated dataset here")
     ap.add_argument("--skip", default="", help="comma-separated configurations to skip")
     ap.add_argument("--only", default="", help="comma-separated configurations to run")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="interleaved rounds of (d), (f) and (f_2pilots), one run of each "
+                         "per round, ratios per round (the machine's speed drifts between "
+                         "blocks of repeats; within a round the three share it)")
     args = ap.parse_args()
     # coffea's NanoAODSchema warns of every cross-reference this flat sample lacks.
     warnings.filterwarnings("ignore", message="Missing cross-reference")
@@ -225,6 +265,8 @@ def main() -> int:
           f"{args.repeats} repeat(s), medians; load {os.getloadavg()[0]:.1f}", flush=True)
     res: dict[str, dict] = {}
     ref = run_one_process(paths, args.events, args.chunk)
+    if args.rounds:
+        return interleaved(args, paths, warm_paths, work, warm_work, total, ref)
 
     def record(key, label, first, rerun, h, **extra):
         same = bool((h.values() == ref.values()).all())

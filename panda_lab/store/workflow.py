@@ -384,6 +384,10 @@ class Workflow(Rebrokerage, Admin):
                 staging_rows.apply(conn, [(row.site, u["cache"]) for row, u, _
                                           in measured if u.get("cache")], t)
             result_rows.store(conn, self.result_dir, finished)
+            if failed and (learned or self._learning):
+                # a retry is weighed with what this report measured (its site's failure)
+                self._learn_now(conn, *learned)
+                learned = []
             self._retry(conn, failed, changes)
             self._touch(conn, pilot_id, t, held, usage, done=len(finished))
             task_rows.end_if_complete(conn, [c.task_id for c in changes.jobs

@@ -11,7 +11,8 @@ speed long after warm ones measured it.  Reports' samples are held in memory and
 together (store/base.py ``_learn_now``); the members of that kind: a read (brokerage, the
 links, the sites) that misses a held sample, a sample lost with a rolled-back
 transaction or kept from a report that was, smoothing in another order than per report,
-and samples left unwritten at close.
+samples left unwritten at close, and a retry weighed before the failure its attempt
+reported was learned.
 """
 
 from __future__ import annotations
@@ -267,3 +268,15 @@ def test_an_ended_task_and_close_write_what_is_held(store, tmp_path):
         assert _learned(s3)[1][1:] == (3, 55 * MB)
     finally:
         s3.close()
+
+
+def test_a_retry_is_weighed_with_the_failure_its_attempt_reported(store):
+    """The report that fails an attempt places its retry: the site's failure is learned
+    first, held samples or not."""
+    task, [job], _ = store.create_task("t", [{"payload": b"x"}], site="NEAR",
+                                       options={"max_attempts": 2})
+    finish(store, "NEAR", job, state="failed",
+           error={"category": "system", "message": "worker died"})
+    retry = next(j for j in store.list_jobs(task, all_attempts=True) if j["attempt"] == 2)
+    near = next(c for c in retry["broker_info"]["candidates"] if c["site"] == "NEAR")
+    assert near["factors"]["reliability"] < 1.0, near
