@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from panda_lab.model.states import PilotState
@@ -33,15 +33,21 @@ def data_key(chunks: list[dict]) -> str:
     return hashlib.blake2b(json.dumps(ident).encode(), digest_size=16).hexdigest()
 
 
-def holders(conn: Connection, keys: set[str]) -> dict[str, int]:
-    """``data_key -> pilot id`` of those of ``keys`` a pilot still running read."""
-    if not keys:
-        return {}
-    return dict(conn.execute(
-        select(data_holders.c.data_key, data_holders.c.pilot_id)
-        .join(pilots, pilots.c.id == data_holders.c.pilot_id)
-        .where(data_holders.c.data_key.in_(sorted(keys)),
-               pilots.c.state == str(PilotState.RUNNING))).all())
+def window(site: str, n: int) -> Select:
+    """The first ``n`` activated jobs of ``site`` in dispatch order (priority, then
+    age), each with the running pilot holding its input, if any: ``(id, priority,
+    data_key, holder)`` rows, in one statement."""
+    from panda_lab.model.states import JobState
+    from panda_lab.store.schema import jobs
+
+    holder = (select(data_holders.c.data_key, data_holders.c.pilot_id)
+              .join(pilots, pilots.c.id == data_holders.c.pilot_id)
+              .where(pilots.c.state == str(PilotState.RUNNING)).subquery())
+    return (select(jobs.c.id, jobs.c.priority, jobs.c.data_key,
+                   holder.c.pilot_id.label("holder"))
+            .select_from(jobs.outerjoin(holder, holder.c.data_key == jobs.c.data_key))
+            .where(jobs.c.site == site, jobs.c.state == str(JobState.ACTIVATED))
+            .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n))
 
 
 def hold(conn: Connection, pilot_id: int, keys: set[str], t: float) -> None:

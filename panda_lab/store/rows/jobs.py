@@ -124,14 +124,11 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> li
     the update is a compare-and-set on ``activated``, so a job another pilot took in the
     meantime (PostgreSQL, concurrent transactions) is not handed out twice: this pilot gets
     fewer."""
-    window = conn.execute(
-        select(jobs.c.id, jobs.c.priority, jobs.c.data_key)
-        .where(jobs.c.site == site, jobs.c.state == str(J.ACTIVATED))
-        .order_by(jobs.c.priority.desc(), jobs.c.id).limit(n + holders.WINDOW)).all()
+    # the window, each job with the running pilot that holds its input
+    window = conn.execute(holders.window(site, n + holders.WINDOW)).all()
     if not window:
         return []
-    keys = {r.data_key for r in window if r.data_key}
-    held = holders.holders(conn, keys) if keys else {}
+    held = {r.data_key: r.holder for r in window if r.holder is not None}
     chosen = holders.pick(pilot_id, window, held, n) if held else [r.id for r in window[:n]]
     # Lock what is still to be had, skipping rows another pilot's transaction holds
     # (PostgreSQL), then compare-and-set those.  SQLite's write transactions are serial:
