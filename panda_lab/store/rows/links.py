@@ -2,10 +2,12 @@
 and the site statistics (events per second per slot, failure rate) it weighs sites by.
 
 The learning rule is the model's (:func:`panda_lab.model.network.observe`: FTS's
-exponential smoothing, alpha 0.1); here it is applied to the rows inside the transaction
-that applies a pilot's report, so an estimate is never updated twice for one report nor
-lost when the report is.  A site's statistics are smoothed the same way, one sample per
-ended attempt.  Functions take a ``Connection`` and open no transaction.
+exponential smoothing, alpha 0.1); here it is applied to the rows, in the order the
+samples were reported.  A report's samples (:func:`samples`) are held by the store and
+written together (:func:`learn_samples`; when, see ``Database._learn_now`` in
+store/base.py), never twice and never from a report that was rolled back.  A site's
+statistics are smoothed the same way, one sample per ended attempt.  Functions take a
+``Connection`` and open no transaction.
 """
 
 from __future__ import annotations
