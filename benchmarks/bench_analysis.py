@@ -411,8 +411,12 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
                 return r, first, elapsed, task
 
             once(warm, args.chunk // 4)
+            cpu0 = cpu_by_role(server.proc.pid)
             r, first_partial, t_first, task = once(ds)
-            lines.append(timeline(lab, task.id))
+            cpu1 = cpu_by_role(server.proc.pid)
+            lines.append(timeline(lab, task.id) + "; first run's CPU: " + ", ".join(
+                f"{k} {cpu1.get(k, 0.0) - cpu0.get(k, 0.0):.2f} s"
+                for k in ("server", "pilots", "workers")))
             _, _, t_again, task2 = once(ds)
             lines.append("re-run: " + timeline(lab, task2.id))
             workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
@@ -430,6 +434,25 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
           f" largest worker RSS after the re-run {max(rss):.0f} MB", flush=True)
     for line in lines:
         print(f"  {'':<10} {line}", flush=True)
+
+
+def cpu_by_role(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the server process, its pilots and their
+    payload workers: ``{"server", "pilots", "workers"}``.  The difference over a run is
+    what the control plane (server and pilots) took from the cores the payloads run on."""
+    import psutil
+
+    root = psutil.Process(server_pid)
+    out = {"server": 0.0, "pilots": 0.0, "workers": 0.0}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            role = "server" if p.pid == server_pid else \
+                "pilots" if "panda_lab.pilot" in " ".join(p.cmdline()) else "workers"
+        except psutil.Error:
+            continue
+        out[role] += t.user + t.system
+    return out
 
 
 def timeline(lab, task_id: int) -> str:
