@@ -63,10 +63,13 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
         raise HTTPException(409, f"pilot {body.pilot} belongs to site {site!r}, "
                                  f"not {body.site!r}")
     deadline = time.monotonic() + body.wait
-    # The pilot and the jobs it holds live: written with the coalesced heartbeats (at
-    # most a second later, and always before the watchdog judges silence).
-    s.heartbeats.add(body.pilot, body.held or [])
+    # A pass at least three times per heartbeat timeout: a pilot waiting here is alive.
+    period = min(5.0, s.config.heartbeat_timeout / 3)
     while True:
+        # The pilot and the jobs it holds live, on every pass of a long poll: written
+        # with the coalesced heartbeats (at most a second later, and always before the
+        # watchdog judges silence).
+        s.heartbeats.add(body.pilot, body.held or [])
         ev = s.site_event(body.site)  # taken before looking, so no wake-up is missed
         jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n, body.held,
                                    touch=False)
@@ -75,7 +78,7 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
         if jobs or left <= 0 or await request.is_disconnected():
             break
         try:
-            await asyncio.wait_for(ev.wait(), min(left, 5.0))
+            await asyncio.wait_for(ev.wait(), min(left, period))
         except TimeoutError:
             pass
     s.metrics.on_dispatch(body.site, len(jobs))

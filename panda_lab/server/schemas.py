@@ -190,9 +190,9 @@ class LinkReads(Strict):
     is the site's own endpoint."""
 
     endpoint: Annotated[str, Field(max_length=256)]
-    bytes: int = Field(ge=0)
-    seconds: float = Field(ge=0)
-    requests: int = Field(ge=0)
+    bytes: Count
+    seconds: Seconds
+    requests: Count
 
 
 class CacheAction(Strict):
@@ -219,8 +219,8 @@ class JobUpdate(Strict):
     #: What the job's pilot did to its site's stage-in cache (model/staging.py).
     cache: list[CacheAction] | None = Field(None, max_length=4096)
     #: Events the job processed, and the payload's wall seconds: the site's speed.
-    events: Annotated[int, Field(ge=0)] | None = None
-    seconds: Annotated[float, Field(ge=0)] | None = None
+    events: Count | None = None
+    seconds: Seconds | None = None
     #: The first job of its task in a new worker process (imports, first opens): its
     #: speed is not the site's, see store/rows/links.py observe_sites.
     cold: bool | None = None

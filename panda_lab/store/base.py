@@ -344,7 +344,11 @@ class Database:
         likewise updates its estimates per interval, not per transfer), in the order
         reported, before anything reads them, with a report once the oldest waited
         :data:`LEARN_EVERY_S`, when a task changes state, and at every watchdog sweep.
-        A server that dies loses at most that second of learning, never a report."""
+        A server that dies loses what came since the last write (at most that second
+        while reports come, else up to a watchdog interval), never a report; servers
+        sharing one database each hold their own.  Samples are checked when taken
+        (``links.samples``): one that could not be written would fail every write
+        after it."""
         from panda_lab.store.rows import links as link_rows
 
         held, self._learning = self._learning, []

@@ -75,7 +75,15 @@ def test_pilot_rides_out_a_server_outage(bare):
     lab = bare.lab()
     info = lab.wait(task, timeout=120)
     assert info["state"] == "done" and lab.results(task) == {i: i for i in range(12)}
-    assert {j["attempt"] for j in lab.jobs(task, all_attempts=True)} == {1}
+    # No job that ran runs again.  One exception, recovered as designed: a job handed
+    # out by an acquisition whose reply died with the server never reaches the pilot
+    # (its retried acquisition gets others), so it never starts, and the watchdog gives
+    # it a second attempt.
+    attempts = lab.jobs(task, all_attempts=True)
+    first = {j["job_index"]: j for j in attempts if j["attempt"] == 1}
+    again = [j["job_index"] for j in attempts if j["attempt"] > 1]
+    assert all(first[i]["started_at"] is None for i in again), attempts
+    assert len(again) <= 1, attempts
     assert p.wait(60) == 0
 
 

@@ -6,7 +6,8 @@ follows it); the pilot's last word and usage and its held jobs' (written at the 
 heard, for many pilots in one transaction, never moving a time back, only the jobs the
 pilot holds); a lost pilot that heartbeats runs again; the watchdog writing pending
 heartbeats before it judges silence (a pilot heard but not yet written is not lost); a
-flush that fails keeping its heartbeats for the next.
+flush that fails keeping its heartbeats for the next; and a pilot long-polling for work
+past the heartbeat timeout (its acquisition heartbeats on every pass, not once).
 """
 
 from __future__ import annotations
@@ -143,6 +144,31 @@ def test_over_http_a_kill_gets_through_at_once_and_the_last_word_is_written(tmp_
         assert row["heartbeat_at"] >= t - 0.01
         job = server.db_from_thread(server.store.get_job, held[1])
         assert job["heartbeat_at"] >= t - 0.01 and job["task_id"] == task
+    server.close()
+
+
+def test_a_pilot_long_polling_past_the_heartbeat_timeout_stays_alive(tmp_path):
+    """An acquisition that waits for work longer than the heartbeat timeout is the
+    pilot's word on every pass, not only when it arrives: it and its running job live."""
+    server = Server(ServerConfig(home=tmp_path, provision=False, heartbeat_timeout=1.5,
+                                 watchdog_interval=0.2))
+    h = {"Authorization": f"Bearer {server.site_tokens[SITE]}"}
+    with TestClient(create_app(server)) as client:
+        server.db_from_thread(server.store.create_task, "t", [{"payload": b"x"}], site=SITE)
+        pid = client.post("/api/pilot/register", headers=h, json={
+            "site": SITE, "host": "h", "pid": 1, "slots": 2, "info": {}}).json()["pilot"]
+        [job] = client.post("/api/pilot/acquire", headers=h, json={
+            "pilot": pid, "site": SITE, "n": 1, "wait": 0, "held": []}).json()["jobs"]
+        client.post("/api/pilot/update", headers=h, json={
+            "pilot": pid, "held": [job["id"]],
+            "updates": [{"id": job["id"], "attempt": 1, "state": "running"}]})
+        t = time.monotonic()
+        r = client.post("/api/pilot/acquire", headers=h, json={
+            "pilot": pid, "site": SITE, "n": 1, "wait": 4.0, "held": [job["id"]]})
+        assert r.json()["jobs"] == [] and time.monotonic() - t >= 3.5
+        (row,) = server.db_from_thread(server.store.list_pilots, ids=[pid])
+        assert row["state"] == "running", row
+        assert server.db_from_thread(server.store.get_job, job["id"])["state"] == "running"
     server.close()
 
 

@@ -280,3 +280,73 @@ def test_a_retry_is_weighed_with_the_failure_its_attempt_reported(store):
     retry = next(j for j in store.list_jobs(task, all_attempts=True) if j["attempt"] == 2)
     near = next(c for c in retry["broker_info"]["candidates"] if c["site"] == "NEAR")
     assert near["factors"]["reliability"] < 1.0, near
+
+
+# A sample that cannot be written would fail every later write of the held samples (and
+# with them brokerage, the views and the watchdog's sweep): the kind is "one bad value
+# stops all learning".  Members: a byte count past 64 bits, an infinite or negative
+# time, a count that is not a number; a link's running total past 64 bits; a site whose
+# stored rate was lost (NULL); and the API's schema refusing them in the first place.
+POISON = [
+    {"endpoint": "disk", "bytes": 2**63, "seconds": 1.0, "requests": 1},
+    {"endpoint": "disk", "bytes": MB, "seconds": float("inf"), "requests": 1},
+    {"endpoint": "disk", "bytes": MB, "seconds": float("nan"), "requests": 1},
+    {"endpoint": "disk", "bytes": -5, "seconds": 1.0, "requests": 1},
+    {"endpoint": "disk", "bytes": "many", "seconds": 1.0, "requests": 1},
+]
+
+
+def test_a_sample_that_cannot_be_written_never_stops_learning(store):
+    ids = store.create_task("t", [{"payload": b"x"}] * 3, site="FAR")[1]
+    finish(store, "FAR", ids[0], events=float("inf"), seconds=float("nan"), reads=POISON)
+    finish(store, "FAR", ids[1], events=1_000, seconds=1.5, reads=[
+        {"endpoint": "disk", "bytes": 10 * MB, "seconds": 1.0, "requests": 1}])
+    store.flush_learning()                       # no error: the bad ones were dropped
+    [link] = [x for x in store.links() if x["endpoint"] == "disk"]
+    assert (link["observations"], link["bytes"]) == (1, 10 * MB)
+    sites = {s["name"] for s in store.list_sites()}
+    assert "FAR" in sites
+    assert store.create_task("after", [{"payload": b"x"}], site="FAR")[1]  # brokerage works
+
+
+def test_a_links_total_past_64_bits_stays_writable(store):
+    from panda_lab.store.rows.links import INT64_MAX, MAX_READ_BYTES
+    from panda_lab.store.schema import links
+
+    store.declare_links([{"endpoint": "disk", "site": "FAR", "mbps": 50.0}])
+    with store.tx() as conn:
+        conn.execute(links.update().values(bytes=INT64_MAX - 10))
+    _, [job], _ = store.create_task("t", [{"payload": b"x"}], site="FAR")
+    finish(store, "FAR", job, reads=[{"endpoint": "disk", "bytes": MAX_READ_BYTES,
+                                      "seconds": 1.0, "requests": 1}])
+    store.flush_learning()
+    [link] = [x for x in store.links() if x["endpoint"] == "disk"]
+    assert link["bytes"] == INT64_MAX and link["observations"] == 1
+
+
+def test_a_site_whose_rate_was_lost_measures_again(store):
+    from panda_lab.store.rows.links import site_statistics
+    from panda_lab.store.schema import site_stats
+
+    ids = store.create_task("t", [{"payload": b"x"}] * 2, site="FAR")[1]
+    finish(store, "FAR", ids[0], events=1_000, seconds=1.0)
+    store.flush_learning()
+    with store.tx() as conn:
+        conn.execute(site_stats.update().values(slot_rate=None))   # as a NaN stored did
+    finish(store, "FAR", ids[1], events=2_000, seconds=1.0)
+    store.flush_learning()
+    with store.tx() as conn:
+        rate, _, _ = site_statistics(conn)["FAR"]
+    assert rate == pytest.approx(2_000.0)
+
+
+def test_the_api_refuses_what_cannot_be_learned():
+    from pydantic import ValidationError
+
+    from panda_lab.server.schemas import LinkReads
+
+    LinkReads(endpoint="", bytes=MB, seconds=1.0, requests=1)
+    for bad in ({"bytes": 2**63}, {"seconds": float("inf")}, {"seconds": float("nan")},
+                {"requests": -1}):
+        with pytest.raises(ValidationError):
+            LinkReads(**{"endpoint": "", "bytes": MB, "seconds": 1.0, "requests": 1, **bad})

@@ -12,6 +12,7 @@ statistics are smoothed the same way, one sample per ended attempt.  Functions t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, select, update
@@ -38,18 +39,56 @@ def _insert(conn: Connection):
 Samples = tuple[list[tuple[str, list[dict]]], list[tuple]]
 
 
+#: The largest count a link's row keeps (SQLite's and PostgreSQL's BIGINT).
+INT64_MAX = 2**63 - 1
+#: The most bytes one read of one job may claim (1 PB): beyond, the sample is dropped.
+MAX_READ_BYTES = 2**50
+
+
+def _finite(x, upper: float = 1e15) -> float | None:
+    """``x`` as a float if it is a finite number in ``[0, upper]``, else None."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and 0.0 <= v <= upper else None
+
+
+def _read(r: dict) -> dict | None:
+    """A read that can be smoothed and written, or None: bytes a whole number in
+    ``[0, MAX_READ_BYTES]``, seconds and requests finite and not negative."""
+    b = _finite(r.get("bytes"), MAX_READ_BYTES)
+    sec, req = _finite(r.get("seconds")), _finite(r.get("requests"))
+    if b is None or sec is None or req is None:
+        return None
+    return {"endpoint": r.get("endpoint") or "", "bytes": int(b), "seconds": sec,
+            "requests": int(req)}
+
+
 def samples(measured: list[tuple[Row, dict, str]]) -> Samples:
     """What reported attempts ``(job row, update, new state)`` measured: the bytes, seconds
     and requests they read per endpoint, and how ended ones ended and how fast they
-    computed (see :func:`learn_samples`)."""
-    reads = [(row.site, u["reads"]) for row, u, _ in measured if u.get("reads")]
+    computed (see :func:`learn_samples`).
+
+    Samples are held and written later, together with others: one that cannot be
+    written (a count past 64 bits, an infinite or negative time) would fail every later
+    write and so stop all learning.  Such values are dropped here, whatever let them
+    through (the API's schema bounds them too)."""
+    reads = []
+    for row, u, _ in measured:
+        good = [g for g in map(_read, u.get("reads") or ()) if g is not None]
+        if good:
+            reads.append((row.site, good))
     ended = (str(JobState.FINISHED), str(JobState.FAILED))
-    return reads, [
-        (row.site, new == JobState.FINISHED, (u.get("error") or {}).get("category"),
-         u.get("events"), u.get("seconds"),
-         sum(float(r.get("seconds", 0.0)) for r in u.get("reads") or ()),
-         bool(u.get("cold")))
-        for row, u, new in measured if new in ended]
+    out = []
+    for row, u, new in measured:
+        if new not in ended:
+            continue
+        events, seconds = _finite(u.get("events")), _finite(u.get("seconds"))
+        read_s = sum(g["seconds"] for g in map(_read, u.get("reads") or ()) if g is not None)
+        out.append((row.site, new == JobState.FINISHED, (u.get("error") or {}).get("category"),
+                    events, seconds, read_s, bool(u.get("cold"))))
+    return reads, out
 
 
 def learn_samples(conn: Connection, batches: list[Samples], t: float) -> None:
@@ -117,7 +156,7 @@ def observe_reads(conn: Connection, reports: Iterable[tuple[str, str, list[dict]
         for r in samples[key]:
             est = observe(est, int(r["bytes"]), float(r["seconds"]), int(r["requests"]), t,
                           alpha)
-            nbytes += int(r["bytes"])
+            nbytes = min(nbytes + int(r["bytes"]), INT64_MAX)  # a total, kept writable
             seconds += float(r["seconds"])
         out.append({"endpoint": key[0], "site": key[1], "mbps": est.mbps,
                     "latency_ms": est.latency_ms, "observations": est.observations,
@@ -217,7 +256,8 @@ def observe_sites(conn: Connection, ended: Iterable[tuple],
             cold = bool(more and more[0])
             if finished and events and seconds and not (cold and warm):
                 sample = events / max(seconds - read_s, 1e-3)
-                first = not n_rate or (not cold and not warm)  # a warm one replaces cold
+                # a warm one replaces cold ones; a rate lost (NULL) starts again
+                first = not n_rate or rate is None or (not cold and not warm)
                 rate = sample if first else (1 - alpha) * rate + alpha * sample
                 mean = seconds if first or mean is None else \
                     (1 - alpha) * mean + alpha * seconds
