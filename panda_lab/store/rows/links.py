@@ -74,20 +74,17 @@ def samples(measured: list[tuple[Row, dict, str]]) -> Samples:
     written (a count past 64 bits, an infinite or negative time) would fail every later
     write and so stop all learning.  Such values are dropped here, whatever let them
     through (the API's schema bounds them too)."""
-    reads = []
-    for row, u, _ in measured:
+    ended = (str(JobState.FINISHED), str(JobState.FAILED))
+    reads, out = [], []
+    for row, u, new in measured:
         good = [g for g in map(_read, u.get("reads") or ()) if g is not None]
         if good:
             reads.append((row.site, good))
-    ended = (str(JobState.FINISHED), str(JobState.FAILED))
-    out = []
-    for row, u, new in measured:
-        if new not in ended:
-            continue
-        events, seconds = _finite(u.get("events")), _finite(u.get("seconds"))
-        read_s = sum(g["seconds"] for g in map(_read, u.get("reads") or ()) if g is not None)
-        out.append((row.site, new == JobState.FINISHED, (u.get("error") or {}).get("category"),
-                    events, seconds, read_s, bool(u.get("cold"))))
+        if new in ended:
+            out.append((row.site, new == JobState.FINISHED,
+                        (u.get("error") or {}).get("category"), _finite(u.get("events")),
+                        _finite(u.get("seconds")), sum(g["seconds"] for g in good),
+                        bool(u.get("cold"))))
     return reads, out
 
 
@@ -103,14 +100,6 @@ def learn_samples(conn: Connection, batches: list[Samples], t: float) -> None:
             else {}
         observe_reads(conn, [(site, own.get(site, ""), rs) for site, rs in reads], t)
     observe_sites(conn, [e for b in batches for e in b[1]], t)
-
-
-def learn(conn: Connection, measured: list[tuple[Row, dict, str]], t: float) -> None:
-    """What reported attempts ``(job row, update, new state)`` measured, learned now:
-    the bytes, seconds and requests they read per endpoint smooth their (endpoint,
-    site) links; how they ended and how fast they computed smooth their site's
-    statistics."""
-    learn_samples(conn, [samples(measured)], t)
 
 
 def declare(conn: Connection, declared: list[dict]) -> None:
