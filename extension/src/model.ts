@@ -14,7 +14,7 @@ import { IDisposable } from '@lumino/disposable';
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
-import { Coalescer, Part, affected } from './refresh';
+import { Coalescer, Part, affected, shownParts } from './refresh';
 import { PandaRequestError, eventsURL, requestAPI } from './request';
 import type { Counts, Job, PandaEvent, ServerUp, Site, Task, TaskDetail, Vocabulary } from './types';
 
@@ -66,7 +66,7 @@ export class PandaModel implements IDisposable {
       name: 'panda-lab:model',
       factory: () => this.fetch(new Set(this.wanted())),
       frequency: { interval: POLL_DOWN_MS, backoff: false, max: POLL_DOWN_MS },
-      standby: () => this.wanted().size === 0 || document.hidden
+      standby: () => this.wanted().size === 0
     });
     document.addEventListener('visibilitychange', this.onVisibility);
     this.poll.ticked.connect((_, tick) => {
@@ -175,15 +175,11 @@ export class PandaModel implements IDisposable {
   /** The job opened, kept apart from `state.job` so that it is known before its answer. */
   private jobId: number | null = null;
 
-  /** The parts some visible view shows. */
+  /** The parts some visible view shows; none while the browser tab is hidden. */
   private wanted(): Set<Part> {
-    const parts = new Set<Part>();
-    for (const [widget, shown] of this.watchers) {
-      if (widget.isVisible) {
-        shown.forEach(p => parts.add(p));
-      }
-    }
-    return parts;
+    const views = [...this.watchers].map(
+      ([widget, shown]): [boolean, ReadonlySet<Part>] => [widget.isVisible, shown]);
+    return shownParts(views, document.hidden);
   }
 
   /** Fetch parts, one round at a time (an older answer never overwrites a newer one). */

@@ -75,6 +75,29 @@ export function affected(event: PandaEvent, open: Selection): Set<Part> {
 }
 
 /**
+ * The parts the visible views show, the union over `views` (each one's visibility in
+ * the shell and its parts); none while the browser tab is `hidden` (the Page Visibility
+ * API's `document.hidden`): a hidden tab fetches nothing and holds no event stream, not
+ * even for a refresh that was pending when it was hidden.  Shown again, the model
+ * fetches at once.
+ */
+export function shownParts(
+  views: Iterable<[visible: boolean, parts: ReadonlySet<Part>]>,
+  hidden: boolean
+): Set<Part> {
+  const parts = new Set<Part>();
+  if (hidden) {
+    return parts;
+  }
+  for (const [visible, shown] of views) {
+    if (visible) {
+      shown.forEach(p => parts.add(p));
+    }
+  }
+  return parts;
+}
+
+/**
  * Merges requests for refreshes into one run per `delay` ms: `add` parts as often as
  * events come; `run` is called with their union at most once per window, never twice
  * at the same time, and parts added while it runs go into the next run (none is lost).

@@ -2,7 +2,7 @@
  * a burst of events becomes one round of requests. */
 import assert from 'node:assert/strict';
 import { describe, test, type TestContext } from 'node:test';
-import { ALL_PARTS, COALESCE_MS, Coalescer, Part, Selection, affected } from '../src/refresh';
+import { ALL_PARTS, COALESCE_MS, Coalescer, Part, Selection, affected, shownParts } from '../src/refresh';
 import type { JobChangeEvent, PandaEvent } from '../src/types';
 
 /** Task 7 is open in the panel, and its job (attempt) 101. */
@@ -222,5 +222,24 @@ describe('coalescing refreshes', () => {
     await settle();
     tick(10 * COALESCE_MS);
     assert.deepEqual(runs, [['tasks']]);
+  });
+});
+
+describe('what the visible views show', () => {
+  const list: ReadonlySet<Part> = new Set<Part>(['tasks', 'counts']);
+  const detail: ReadonlySet<Part> = new Set<Part>(['task', 'job']);
+
+  test('the union of the visible views, not of the others', () => {
+    assert.deepEqual(sorted(shownParts([[true, list], [false, detail]], false)),
+      ['counts', 'tasks']);
+    assert.deepEqual(sorted(shownParts([[true, list], [true, detail]], false)),
+      ['counts', 'job', 'task', 'tasks']);
+    assert.deepEqual(sorted(shownParts([], false)), []);
+  });
+
+  test('a hidden browser tab: nothing, however many views are visible in it', () => {
+    // the model fetches only what is shown, so a refresh pending when the tab was
+    // hidden fetches nothing and reopens no event stream
+    assert.deepEqual(sorted(shownParts([[true, list], [true, detail]], true)), []);
   });
 });

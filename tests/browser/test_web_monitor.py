@@ -352,6 +352,37 @@ def test_a_hidden_tab_lets_the_stream_go_and_catches_up_when_shown(chromium, fil
     context.close()
 
 
+def test_a_hidden_tab_fetches_nothing_not_even_what_it_had_pending(chromium, filled):
+    """A hidden tab refreshes nothing. The kind: work done for a view no one sees. Its
+    members: the refresh the event stream scheduled just before the tab was hidden (each
+    opening of the stream schedules one; it let a hidden tab show a task submitted while
+    it was hidden), and a share link's polling. The page's clock is paused from the
+    start, so the refresh is pending when the tab is hidden, and time is then run on by
+    hand; shown again, each tab refreshes once."""
+    link = filled["lab"].share(filled["ids"]["ok"], expires_s=600)
+    for url, ready in [(f"{filled['url']}/monitor/tasks", "#live.on"),
+                       (link["url"], "#task-done")]:
+        context = browser(chromium, filled)
+        context.clock.install()
+        context.clock.pause_at(time.time() + 1)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.goto(url)
+        page.locator("#view[data-updated]").wait_for()
+        page.locator(ready).wait_for()
+        asked: list[str] = []
+        page.on("request", lambda r, asked=asked: asked.append(r.url)
+                if "/monitor/api/" in r.url else None)
+        page.evaluate(SET_HIDDEN, True)
+        page.clock.run_for(12_000)                # past the refresh and two share polls
+        page.wait_for_timeout(500)
+        assert asked == [], f"{ready}: a hidden tab fetched {asked}"
+        page.evaluate(SET_HIDDEN, False)
+        page.clock.run_for(1_500)
+        wait_for(lambda asked=asked: asked, 10, what=f"{ready}: the refresh once shown")
+        context.close()
+
+
 def stream_clients(filled) -> int:
     """The server's ``panda_lab_event_stream_clients``, read from ``/metrics``."""
     r = httpx.get(f"{filled['url']}/metrics",

@@ -149,11 +149,15 @@ function openStream() {
   if (!document.hidden) stream.show();
 }
 
+// A refresh at most every REFRESH_MS, never while the tab is hidden: a refresh pending
+// when the tab is hidden is dropped (shown again, the tab schedules one).
 function schedule() {
-  if (timer || !current) return;
+  if (timer || !current || document.hidden) return;
   const gen = generation;
-  timer = setTimeout(() => { timer = null; if (gen === generation) refresh(gen); },
-                     REFRESH_MS[current.kind] ?? 1000);
+  timer = setTimeout(() => {
+    timer = null;
+    if (gen === generation && !document.hidden) refresh(gen);
+  }, REFRESH_MS[current.kind] ?? 1000);
 }
 
 // ---- shared pieces --------------------------------------------------------------------
@@ -463,7 +467,14 @@ export function start(root, options) {
   window.addEventListener("popstate", route);
   if (!ctx.share) openStream();
   document.addEventListener("visibilitychange", () => {
-    if (ctx.share) return;
+    if (document.hidden) {
+      clearTimeout(timer);
+      timer = null;
+    }
+    if (ctx.share) {                     // polled, no stream: shown, it catches up now
+      if (!document.hidden) schedule();
+      return;
+    }
     if (document.hidden) {
       stream.hide();
       const indicator = document.getElementById("live");
