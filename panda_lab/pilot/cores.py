@@ -16,23 +16,32 @@ that has held its core for a turn (:data:`TURN_S`) gives it back when its job en
 another pilot waits, and takes it again only when no one older waits, so the sites'
 pilots take turns and their queues drain together instead of one site's finishing last
 on one core.  The turn is a scheduler's time slice: short jobs run many to a turn, so a
-hand-over (at most :data:`POLL_S` of an idle core) is not paid per job.
+hand-over is not paid per job.
+
+A waiter is woken, not left to poll: each pilot has a FIFO, ``ring-<pid>-<k>``, named
+in its ticket (``wait-<ns>-<pid>-<k>``); a pilot that gives a core back writes a byte to
+the oldest waiter's, and the waiter, which waits on its FIFO's descriptor
+(:attr:`CoreSlots.bell`) with its workers' pipes, looks at once.  A core freed by a
+pilot that died rings no one: waiters also look every :data:`POLL_S`.
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import time
 from pathlib import Path
 
 __all__ = ["POLL_S", "TURN_S", "CoreSlots"]
 
-#: Seconds between two looks for a free core while waiting for one.
-POLL_S = 0.005
-#: Seconds a pilot keeps a core for its next jobs before a waiting pilot gets it: a
-#: hand-over costs up to POLL_S of an idle core, 2 % of a turn.
+#: Seconds between two looks for a free core while waiting for one and not rung: how
+#: long a core freed by a pilot that died may stay idle.
+POLL_S = 0.05
+#: Seconds a pilot keeps a core for its next jobs before a waiting pilot gets it.
 TURN_S = 0.25
+
+_instances = itertools.count()  # several per process in tests: each its own bell
 
 
 class CoreSlots:
@@ -53,6 +62,17 @@ class CoreSlots:
         self._since: dict[int, float] = {}  # when each was taken (time.monotonic())
         self._ticket: Path | None = None
         self._ticket_fd: int | None = None
+        self._me = f"{os.getpid()}-{next(_instances)}"
+        ring = self.dir / f"ring-{self._me}"
+        ring.unlink(missing_ok=True)  # a dead pilot's, whose pid this one has now
+        os.mkfifo(ring, 0o600)
+        self._ring = ring
+        #: The descriptor to wait on, readable when a pilot gave a core back for this
+        #: one (see :meth:`hear`).
+        self.bell = os.open(ring, os.O_RDONLY | os.O_NONBLOCK)
+        # held open so that the bell never reads as closed (a FIFO with no writer left is
+        # readable for ever) once a ringer has come and gone
+        self._keep = os.open(ring, os.O_WRONLY | os.O_NONBLOCK)
 
     @property
     def held(self) -> int:
@@ -88,6 +108,33 @@ class CoreSlots:
             i = self._held.pop()
             self._since.pop(i, None)
             fcntl.flock(self._fds[i], fcntl.LOCK_UN)
+            self._ring_oldest()
+
+    def hear(self) -> None:
+        """Empty the bell (after a wait on :attr:`bell`), so it waits again."""
+        try:
+            while os.read(self.bell, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _ring_oldest(self) -> None:
+        """Wake the pilot that waited longest, if one waits: it takes the core at once
+        instead of at its next look (a lost ring costs it one :data:`POLL_S`)."""
+        waiters = self._waiters(exclude_self=True)
+        if not waiters:
+            return
+        who = waiters[0].split("-", 2)[2]
+        try:
+            fd = os.open(self.dir / f"ring-{who}", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # gone, or not read by anyone (ENXIO): it will look by itself
+            return
+        try:
+            os.write(fd, b"!")
+        except OSError:  # full: it has been rung already
+            pass
+        finally:
+            os.close(fd)
 
     def turn_over(self, turn: float | None = None) -> bool:
         """Whether a core this process holds should go to a waiting pilot now: it has
@@ -112,15 +159,20 @@ class CoreSlots:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+        if self.bell >= 0:
+            os.close(self.bell)
+            os.close(self._keep)
+            self.bell = -1
+            self._ring.unlink(missing_ok=True)
 
     # ---- the queue of waiting pilots --------------------------------------------------------
     def _queue(self) -> None:
         if self._ticket is not None:
             return
-        path = self.dir / f"wait-{time.time_ns():020d}-{os.getpid()}"
+        path = self.dir / f"wait-{time.time_ns():020d}-{self._me}"
         # Locked under another name first: a ticket is never seen unlocked (and removed
         # as a dead waiter's) between its creation and its lock.
-        draft = self.dir / f"draft-{os.getpid()}"
+        draft = self.dir / f"draft-{self._me}"
         fd = os.open(draft, os.O_RDWR | os.O_CREAT, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(draft, path)

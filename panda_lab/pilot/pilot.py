@@ -308,7 +308,7 @@ class Pilot:
             if spare > 0:
                 spare -= 1  # a core kept from the job before, for its turn
             elif self.cores is not None and not self.cores.take():
-                self.core_blocked = True  # queued for a core; looked at again in POLL_S
+                self.core_blocked = True  # queued for a core: rung, or looks in POLL_S
                 break
             job = self.queue.popleft()
             common = self._common(job["task"]) if job.get("common") else None
@@ -333,9 +333,10 @@ class Pilot:
 
     def _collect(self) -> None:
         busy = [w for w in self.workers if w.busy]
+        bell = [self.cores.bell] if self.core_blocked and self.cores is not None else []
         if not busy:
-            if self.core_blocked:
-                time.sleep(POLL_S)
+            if bell and wait_any(bell, timeout=POLL_S):
+                self.cores.hear()
             return
         now = time.time()
         timeout = self.heartbeat_interval
@@ -343,7 +344,7 @@ class Pilot:
             timeout = min(timeout, max(0.0, self.pending_since + self.opts.flush_interval
                                        - time.monotonic()))
         if self.queue and any(not w.busy for w in self.workers):
-            timeout = POLL_S if self.core_blocked else 0.0
+            timeout = min(timeout, POLL_S) if self.core_blocked else 0.0
         for w in busy:
             wt = w.job.get("walltime_s") or 0.0
             if wt:
@@ -353,7 +354,9 @@ class Pilot:
                 due = w.started_at + self.mean_duration - self._lead() - now
                 if due > 0:
                     timeout = min(timeout, due)
-        ready = wait_any([w.conn for w in busy], timeout=timeout)
+        ready = wait_any([w.conn for w in busy] + bell, timeout=timeout)
+        if bell and bell[0] in ready:
+            self.cores.hear()  # a core was given back for this pilot: take it next
         for w in busy:
             if w.conn in ready:
                 job, outcome = w.receive()

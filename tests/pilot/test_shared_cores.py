@@ -5,13 +5,16 @@ site's pilots count only their own slots (three single-slot pilots on two cores)
 members, each tested here: too many payloads at once over several pilots; one site's
 pilots keeping the cores while another site's jobs wait (its queue then drains last, on
 one core); a pilot killed while it holds a core, or while it waits for one, keeping it
-or its place for good; and a limit that is no number.
+or its place for good; a core given back left idle until the waiter's next look (the
+waiter is rung: the oldest only, and a dead waiter's bell costs the giver nothing); and
+a limit that is no number.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import select
 import signal
 import time
 
@@ -37,6 +40,29 @@ def test_no_more_than_n_at_once_and_the_longest_waiting_goes_first(tmp_path):
     assert a.held + b.held + c.held == 2
     for s in (a, b, c):
         s.close()
+
+
+def rung(slots: CoreSlots) -> bool:
+    return bool(select.select([slots.bell], [], [], 0)[0])
+
+
+def test_a_core_given_back_rings_the_oldest_waiter_only(tmp_path):
+    a, b, c = (CoreSlots(tmp_path, 1) for _ in range(3))
+    assert a.take()
+    assert not b.take()
+    time.sleep(0.001)  # tickets are ordered by their time in ns
+    assert not c.take()
+    assert not (rung(a) or rung(b) or rung(c))
+    a.give()
+    assert rung(b) and not rung(c) and not rung(a)
+    b.hear()
+    assert not rung(b)  # heard: it waits again
+    assert b.take()
+    b.give()  # b's job ended with nothing queued: c, waiting, is rung
+    assert rung(c)
+    for s in (a, b, c):
+        s.close()
+    assert not list(tmp_path.glob("ring-*"))
 
 
 def test_a_waiter_that_leaves_holds_no_place(tmp_path):
@@ -78,6 +104,8 @@ def test_a_killed_pilot_keeps_neither_a_core_nor_its_place(tmp_path, take):
         child.join(10)
         assert mine.take()  # the kernel dropped its lock; its ticket is seen dead
         assert not list(tmp_path.glob("wait-*"))
+        mine.give()  # the dead child's bell is left, with no one to hear it: no error
+        assert mine.take()
     finally:
         if child.is_alive():
             child.kill()
