@@ -38,8 +38,13 @@ __all__ = ["POLL_S", "TURN_S", "CoreSlots"]
 #: Seconds between two looks for a free core while waiting for one and not rung: how
 #: long a core freed by a pilot that died may stay idle.
 POLL_S = 0.05
-#: Seconds a pilot keeps a core for its next jobs before a waiting pilot gets it.
-TURN_S = 0.25
+#: Seconds a pilot keeps a core for its next jobs before a waiting pilot gets it.  A
+#: hand-over costs more than the scheduler's switch: the pilot that gives the core back
+#: keeps its prefetched job waiting, and the taker's payload process starts cold.  With
+#: turns of 0.25 s the embedded default (three pilots, two cores) ran a first analysis at
+#: 0.87 x the speed of two pilots on their own cores, in the same rounds; with 1 s, 0.96 x
+#: (benchmarks/README.md, "Dataset analysis").
+TURN_S = 1.0
 
 _instances = itertools.count()  # several per process in tests: each its own bell
 
