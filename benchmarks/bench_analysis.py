@@ -10,8 +10,9 @@ function (and, as ``d_plain``, the peers' plain uproot function); (e) the raw re
 local sites.  Every configuration fills the same histogram; each must equal (a) bin for bin.
 
 Method: every repeat of every configuration starts new processes (a new pool, cluster or
-server with its pilots), warms their imports on a separate small file, then runs twice
-over the dataset.  The *first run* reads data those processes have never read: it is
+server with its pilots), warms their imports on a separate small file (in every worker
+process: panda-lab's warm run is repeated until each pilot has run a job), then runs
+twice over the dataset.  The *first run* reads data those processes have never read: it is
 what a user waits for the first time a notebook cell runs over a dataset.  The *re-run*
 is the same analysis again in the same processes: what re-running an edited cell costs,
 where whatever a configuration keeps between runs (open files, uproot's array cache,
@@ -410,7 +411,13 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
                             if j["state"] == "finished") - wall0
                 return r, first, elapsed, task
 
-            once(warm, args.chunk // 4)
+            # every pilot's worker warmed, as every pool worker is: three pilots taking
+            # turns on two cores may leave one without a job of the first warm run
+            for _ in range(10):
+                once(warm, args.chunk // 4)
+                pilots = [p for p in lab.pilots() if p["state"] == "running"]
+                if all(p["jobs_done"] for p in pilots):
+                    break
             cpu0 = cpu_by_role(server.proc.pid)
             r, first_partial, t_first, task = once(ds)
             cpu1 = cpu_by_role(server.proc.pid)
