@@ -81,6 +81,9 @@ class ApiClient:
         self.url = url.rstrip("/")
         self.token = token
         self.retry_for = retry_for
+        #: Transport failures met so far (each a request whose answer may have been lost
+        #: after the server did the work).
+        self.transport_errors = 0
         self.find = find
         self.fix = fix
         self._timeout = timeout
@@ -163,6 +166,7 @@ class ApiClient:
             try:
                 resp = self._http.request(method, path, **kw)
             except httpx.TransportError as exc:
+                self.transport_errors += 1
                 if not moved and self.relocate():  # a restarted server: go there, once
                     moved = True
                     continue

@@ -120,6 +120,8 @@ class Pilot:
                       if opts.shared_cores else None)
         #: A job waits in the queue for a core another pilot holds.
         self.core_blocked = False
+        #: The client's transport failures before the last acquisition was sent.
+        self.errors_seen = 0
 
     # ---- life cycle -------------------------------------------------------------------
     def register(self) -> None:
@@ -272,10 +274,13 @@ class Pilot:
         wait = min(self.opts.long_poll, self.heartbeat_interval) if idle else 0.0
         ahead = [w.job["id"] for w in self._ending_soon()]
         t0 = time.monotonic()
-        reply = self.api.post("/api/pilot/acquire", {"pilot": self.pilot_id,
-                                                     "site": self.opts.site, "n": n,
-                                                     "wait": wait, "held": self._held()},
-                             timeout=wait + 30)
+        body = {"pilot": self.pilot_id, "site": self.opts.site, "n": n, "wait": wait,
+                "held": self._held()}
+        if self.api.transport_errors != self.errors_seen:
+            body["lost_check"] = True  # an answer may have been lost: see PilotAcquire
+        errors = self.api.transport_errors
+        reply = self.api.post("/api/pilot/acquire", body, timeout=wait + 30)
+        self.errors_seen = errors  # those met during this call: checked at the next one
         self.last_contact = time.monotonic()
         if not wait:
             self.round_trip = 0.8 * self.round_trip + 0.2 * (self.last_contact - t0)
@@ -494,8 +499,13 @@ class Pilot:
             self.usage_at = time.monotonic()
         return self.usage
 
-    def _held(self) -> list[int]:
-        return [j["id"] for j in self.queue] + [w.job["id"] for w in self.workers if w.busy]
+    def _held(self, reporting: bool = False) -> list[int]:
+        """The jobs this pilot holds: queued, running, and (unless ``reporting`` them in
+        the same request) ended with their report not yet sent."""
+        held = [j["id"] for j in self.queue] + [w.job["id"] for w in self.workers if w.busy]
+        if not reporting:
+            held += [i for i in self.pending if i not in set(held)]
+        return held
 
     def _maybe_flush(self) -> None:
         if not self.pending:
@@ -510,7 +520,7 @@ class Pilot:
         if not self.pending:
             return
         body = {"pilot": self.pilot_id, "updates": list(self.pending.values()),
-                "held": self._held(), "usage": self._usage()}
+                "held": self._held(reporting=True), "usage": self._usage()}
         try:
             reply = self.api.post("/api/pilot/update", body, retry_for=retry_for)
         except ApiError as exc:

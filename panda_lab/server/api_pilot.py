@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from panda_lab.model import ErrorCategory
 from panda_lab.server.app import Server
 from panda_lab.server.auth import PilotWho, pilot_job, pilot_of
 from panda_lab.server.schemas import (
@@ -30,6 +32,7 @@ from panda_lab.server.schemas import (
 )
 
 router = APIRouter()
+log = logging.getLogger("panda_lab.server")
 
 
 def _server(request: Request) -> Server:
@@ -62,6 +65,8 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
     if site != body.site:
         raise HTTPException(409, f"pilot {body.pilot} belongs to site {site!r}, "
                                  f"not {body.site!r}")
+    if body.lost_check:
+        await _fail_not_held(s, body.pilot, body.held)
     deadline = time.monotonic() + body.wait
     # A pass at least three times per heartbeat timeout: a pilot waiting here is alive.
     period = min(5.0, s.config.heartbeat_timeout / 3)
@@ -85,6 +90,22 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
     for j in jobs:
         j["payload"] = base64.b64encode(j["payload"]).decode()
     return {"jobs": jobs}
+
+
+LOST_ON_THE_WAY = ("its pilot never got it: the answer that handed it out was lost "
+                   "(a transport failure between server and pilot)")
+
+
+async def _fail_not_held(s: Server, pilot: int, held: list[int]) -> None:
+    """Fail (and retry, as the rules allow) the jobs on ``pilot`` it does not hold: a
+    pilot's requests go one after another, so such a job was handed out in an answer the
+    pilot never read (the server answered, the connection broke, the pilot asked again
+    and got other jobs).  Without this, they wait for the heartbeat timeout."""
+    lost = await s.db(s.store.not_held, pilot, held)
+    if lost:
+        log.warning("pilot %d never got job(s) %s: failed for retry", pilot, lost)
+        s.publish(await s.db(s.store.fail_jobs, lost, str(ErrorCategory.SYSTEM),
+                             LOST_ON_THE_WAY))
 
 
 @router.post("/update")

@@ -166,6 +166,10 @@ class PilotAcquire(Strict):
     n: Annotated[int, Field(ge=1, le=1000)] = 1
     wait: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.0
     held: list[Id] = Field(default_factory=list, max_length=100_000)
+    #: The pilot met a transport failure since its last acquisition: an answer may have
+    #: been lost, so the jobs on it that it does not hold (``held``) are failed at once
+    #: (and retried as the rules allow) instead of after the heartbeat timeout.
+    lost_check: bool = False
 
 
 def clean_text(value: object) -> object:

@@ -77,8 +77,9 @@ def test_pilot_rides_out_a_server_outage(bare):
     assert info["state"] == "done" and lab.results(task) == {i: i for i in range(12)}
     # No job that ran runs again.  One exception, recovered as designed: a job handed
     # out by an acquisition whose reply died with the server never reaches the pilot
-    # (its retried acquisition gets others), so it never starts, and the watchdog gives
-    # it a second attempt.
+    # (its retried acquisition gets others), so it never starts; the pilot's next
+    # acquisition asks for the check that fails it, and it gets a second attempt
+    # (tests/server/test_lost_answers.py).
     attempts = lab.jobs(task, all_attempts=True)
     first = {j["job_index"]: j for j in attempts if j["attempt"] == 1}
     again = [j["job_index"] for j in attempts if j["attempt"] > 1]
