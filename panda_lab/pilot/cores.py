@@ -27,6 +27,8 @@ pilot that died rings no one: waiters also look every :data:`POLL_S`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import itertools
 import os
@@ -68,16 +70,20 @@ class CoreSlots:
         self._ticket: Path | None = None
         self._ticket_fd: int | None = None
         self._me = f"{os.getpid()}-{next(_instances)}"
-        ring = self.dir / f"ring-{self._me}"
-        ring.unlink(missing_ok=True)  # a dead pilot's, whose pid this one has now
-        os.mkfifo(ring, 0o600)
-        self._ring = ring
+        # Made and opened under another name first: a ring-* FIFO that nobody reads is
+        # a dead pilot's (swept below), never one being made.
+        draft = self.dir / f"draft-ring-{self._me}"
+        draft.unlink(missing_ok=True)
+        os.mkfifo(draft, 0o600)
         #: The descriptor to wait on, readable when a pilot gave a core back for this
         #: one (see :meth:`hear`).
-        self.bell = os.open(ring, os.O_RDONLY | os.O_NONBLOCK)
+        self.bell = os.open(draft, os.O_RDONLY | os.O_NONBLOCK)
         # held open so that the bell never reads as closed (a FIFO with no writer left is
         # readable for ever) once a ringer has come and gone
-        self._keep = os.open(ring, os.O_WRONLY | os.O_NONBLOCK)
+        self._keep = os.open(draft, os.O_WRONLY | os.O_NONBLOCK)
+        self._ring = self.dir / f"ring-{self._me}"
+        os.rename(draft, self._ring)  # replaces a dead pilot's, whose pid this one has now
+        _sweep_rings(self.dir)
 
     @property
     def held(self) -> int:
@@ -211,6 +217,24 @@ class CoreSlots:
                 continue
             out.append(entry.name)
         return sorted(out)
+
+
+def _sweep_rings(directory: Path) -> None:
+    """Remove the FIFOs of pilots that died without :meth:`CoreSlots.close` (killed):
+    a live pilot keeps its FIFO open for reading, so a FIFO no one reads (``ENXIO`` on a
+    non-blocking open for writing) is a dead one's.  Without this, every killed pilot
+    left one behind for good, and the directory every look scans grew with them."""
+    for entry in os.scandir(directory):
+        if not entry.name.startswith("ring-"):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            continue
+        os.close(fd)
 
 
 def _alive(ticket: str) -> bool:

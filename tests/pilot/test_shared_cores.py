@@ -5,9 +5,9 @@ site's pilots count only their own slots (three single-slot pilots on two cores)
 members, each tested here: too many payloads at once over several pilots; one site's
 pilots keeping the cores while another site's jobs wait (its queue then drains last, on
 one core); a pilot killed while it holds a core, or while it waits for one, keeping it
-or its place for good; a core given back left idle until the waiter's next look (the
-waiter is rung: the oldest only, and a dead waiter's bell costs the giver nothing); and
-a limit that is no number.
+or its place (or its bell's FIFO, left in the directory) for good; a core given back
+left idle until the waiter's next look (the waiter is rung: the oldest only, and a dead
+waiter's bell costs the giver nothing); and a limit that is no number.
 """
 
 from __future__ import annotations
@@ -107,6 +107,10 @@ def test_a_killed_pilot_keeps_neither_a_core_nor_its_place(tmp_path, take):
         assert not list(tmp_path.glob("wait-*"))
         mine.give()  # the dead child's bell is left, with no one to hear it: no error
         assert mine.take()
+        # the next pilot to start sweeps the dead one's FIFO, and no live one's
+        later = CoreSlots(tmp_path, 1)
+        assert sorted(tmp_path.glob("ring-*")) == sorted([mine._ring, later._ring])
+        later.close()
     finally:
         if child.is_alive():
             child.kill()
