@@ -123,3 +123,23 @@ def test_the_pilot_asks_for_the_check_once_after_a_transport_failure(tmp_path):
         for w in p.workers:
             w.close()
         shutil.rmtree(p.spool, ignore_errors=True)
+
+
+@pytest.mark.xfail(strict=True, reason="a lost answer's job is failed as an attempt that "
+                   "counts, and its retry goes out in the very next answer: a burst of lost "
+                   "answers ends it for good although it never ran")
+def test_answers_lost_in_a_row_never_end_a_job_that_never_ran(api):
+    """Another member of the kind: the job of a lost answer is retried in the next
+    acquisition's answer, the one most likely lost too while the link is down, and each
+    loss spends one of its attempts (3 by default).  A burst of lost answers (a server
+    restarting, a flapping link) then fails the job for good, although no pilot ever
+    started it; left to the heartbeat timeout, the same losses were a minute apart."""
+    server, acquire = api
+    task, *_ = server.db_from_thread(server.store.create_task, "t", [{"payload": b"x"}],
+                                     site=SITE)
+    acquire([])                             # lost
+    for _ in range(3):
+        acquire([], lost_check=True)        # each answer lost in turn
+    attempts = _attempts(server, task)
+    assert all(a["started_at"] is None for a in attempts)  # it never ran
+    assert attempts[-1]["state"] != "failed", [(a["attempt"], a["state"]) for a in attempts]
