@@ -97,6 +97,14 @@ class Cause(StrEnum):
     FAILED = "failed"          #: its attempt failed (a pilot's report, the watchdog)
     USER_RETRY = "user retry"  #: the user's ``retry`` of the task (pbook's verb)
     REBROKER = "rebroker"      #: its site went offline before a pilot took it
+    LOST = "lost"              #: sent in an answer its pilot never read: it never ran
+
+
+#: The most attempts a logical job may reach through answers lost on their way to the
+#: pilot (:attr:`Cause.LOST`), which do not count against its limit until then: a burst
+#: of lost answers must not end a job that never ran, and a fault that loses answers for
+#: ever must not retry it for ever.
+LOST_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -149,8 +157,18 @@ def next_attempt(
     - ``USER_RETRY``: always one more, anywhere it accepts; the limit grows to let it be.
     - ``REBROKER``: always, away from the offline site; the limit grows by one, since
       losing the site was not the job's fault.
+    - ``LOST``: the attempt never reached its pilot (PanDA reassigns a job its pilot
+      never picked up): one more, at the same sites, the limit grown by one, up to
+      :data:`LOST_ATTEMPTS` attempts; past that, as ``FAILED`` with ``category``.
     """
     number = prev.attempt + 1
+    if cause is Cause.LOST:
+        if task_aborted:
+            return None
+        if number <= LOST_ATTEMPTS:
+            return NextAttempt(number, prev.max_attempts + 1, prev.sites, frozenset(),
+                               prev.near, "handed back: its pilot never got it")
+        cause = Cause.FAILED
     if cause is Cause.FAILED:
         if task_aborted:
             return None

@@ -19,7 +19,6 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from panda_lab.model import ErrorCategory
 from panda_lab.server.app import Server
 from panda_lab.server.auth import PilotWho, pilot_job, pilot_of
 from panda_lab.server.schemas import (
@@ -94,18 +93,20 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
 
 LOST_ON_THE_WAY = ("its pilot never got it: the answer that handed it out was lost "
                    "(a transport failure between server and pilot)")
+NO_LONGER_HELD = "its pilot no longer holds it (after a transport failure)"
 
 
 async def _fail_not_held(s: Server, pilot: int, held: list[int]) -> None:
-    """Fail (and retry, as the rules allow) the jobs on ``pilot`` it does not hold: a
-    pilot's requests go one after another, so such a job was handed out in an answer the
-    pilot never read (the server answered, the connection broke, the pilot asked again
-    and got other jobs).  Without this, they wait for the heartbeat timeout."""
-    lost = await s.db(s.store.not_held, pilot, held)
+    """Fail and retry the jobs on ``pilot`` it does not hold.  A pilot's requests go one
+    after another, so a job still ``sent`` was handed out in an answer the pilot never
+    read (the server answered, the connection broke, the pilot asked again and got other
+    jobs): it never ran, and its retry does not count against its attempts
+    (``Cause.LOST``).  Without this, they wait for the heartbeat timeout."""
+    lost, changes = await s.db(s.store.not_held, pilot, held, LOST_ON_THE_WAY,
+                               NO_LONGER_HELD)
     if lost:
-        log.warning("pilot %d never got job(s) %s: failed for retry", pilot, lost)
-        s.publish(await s.db(s.store.fail_jobs, lost, str(ErrorCategory.SYSTEM),
-                             LOST_ON_THE_WAY))
+        log.warning("pilot %d does not hold job(s) %s: failed and retried", pilot, lost)
+        s.publish(changes)
 
 
 @router.post("/update")

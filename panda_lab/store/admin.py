@@ -73,14 +73,6 @@ class Admin(Reads):
         with self.tx() as conn:
             return job_rows.to_drop(conn, pilot_id, held)
 
-    def not_held(self, pilot_id: int, held: list[int]) -> list[int]:
-        """The jobs on ``pilot_id`` (sent to it, or running) that are not in ``held``,
-        sorted, reading only."""
-        with self.tx() as conn:
-            mine = job_rows.held_by(conn, [pilot_id])[pilot_id]
-        keep = set(held)
-        return [j for j in mine if j not in keep]
-
     def end_pilot(self, pilot_id: int, state: str = PilotState.FINISHED) -> None:
         """A pilot said goodbye (or its provisioner ended it): ``state`` from now."""
         with self.tx() as conn:

@@ -400,7 +400,7 @@ class Workflow(Rebrokerage, Admin):
         return changes, ignored
 
     def _retry(self, conn: Connection, failed: list[tuple[Row, dict]],
-               changes: Changes) -> None:
+               changes: Changes, cause: Cause = Cause.FAILED) -> None:
         """Ask the retry rules about each failed attempt ``(row, error)``; place the new
         attempts they allow.  The tasks are read only when the rules allow one (a batch
         of user errors costs no query); the rows need not carry their decision (a
@@ -410,7 +410,7 @@ class Workflow(Rebrokerage, Admin):
         decided = job_rows.decisions(conn, [row.id for row, _ in failed])
 
         def ask(row: Row, err: dict, task_site: str = ANY, aborted: bool = False):
-            return next_attempt(self._previous(row, task_site, decided[row.id]), Cause.FAILED,
+            return next_attempt(self._previous(row, task_site, decided[row.id]), cause,
                                 category=err.get("category"), message=err.get("message"),
                                 task_aborted=aborted)
 
@@ -441,14 +441,37 @@ class Workflow(Rebrokerage, Admin):
         return changes
 
     def _fail(self, conn: Connection, job_ids: list[int], category: str, message: str,
-              changes: Changes) -> None:
+              changes: Changes, cause: Cause = Cause.FAILED) -> None:
         rows = job_rows.on_pilot(conn, job_ids)
         if not rows:
             return
         job_rows.fail(conn, rows, category, message, now(), changes)
         self._retry(conn, [(r, {"category": category, "message": message}) for r in rows],
-                    changes)
+                    changes, cause)
         task_rows.end_if_complete(conn, [r.task_id for r in rows], changes)
+
+    def not_held(self, pilot_id: int, held: list[int], sent_message: str,
+                 message: str) -> tuple[list[int], Changes]:
+        """Fail the jobs on ``pilot_id`` that are not in ``held`` (the pilot said it holds
+        those), in one transaction: those still ``sent`` went out in an answer it never
+        read, so they never ran, and their next attempt does not count against the limit
+        (``Cause.LOST``, ``sent_message``); the others it started and then lost track
+        of, and are retried as any failure (``message``).  Returns their ids, sorted, and
+        the changes."""
+        changes = Changes()
+        with self.tx() as conn:
+            keep = set(held)
+            mine = [j for j in job_rows.held_by(conn, [pilot_id])[pilot_id] if j not in keep]
+            if not mine:
+                return [], changes
+            sent = [r.id for r in job_rows.on_pilot(conn, mine) if r.state == J.SENT]
+            started = [j for j in mine if j not in set(sent)]
+            system = str(ErrorCategory.SYSTEM)
+            if sent:
+                self._fail(conn, sent, system, sent_message, changes, Cause.LOST)
+            if started:
+                self._fail(conn, started, system, message, changes)
+        return mine, changes
 
     def pilots_gone(self, site: str, host: str,
                     gone: list[tuple[int, int | None]]) -> Changes:

@@ -5,11 +5,14 @@ for the heartbeat timeout (60 s by default) before it runs again.  A pilot's req
 one after another, so after a transport failure (the server answered, the connection
 broke, the client asked again) every job on the pilot that it does not hold is such a
 job.  Members: an acquisition whose answer was lost (its jobs failed as a system error
-and retried at once, the retry handed out by the same acquisition); a job the pilot ran
-and whose report is still waiting in the pilot (held, so never failed); the check asked
-for only after a transport failure (an acquisition without it fails nothing); the
-pilot's side: it holds its unsent reports' jobs, and asks for the check on the
-acquisition after a transport failure, not before one nor forever after.
+and retried at once, the retry handed out by the same acquisition); answers lost in a
+row (a job that never ran never ends for it: its retries do not count against its
+attempts, up to ``LOST_ATTEMPTS``); a job the pilot started and no longer holds (retried
+as any failure, counted); a job the pilot ran and whose report is still waiting in the
+pilot (held, so never failed); the check asked for only after a transport failure (an
+acquisition without it fails nothing); the pilot's side: it holds its unsent reports'
+jobs, and asks for the check on the acquisition after a transport failure, not before
+one nor forever after.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from panda_lab.server.api_pilot import LOST_ON_THE_WAY
+from panda_lab.model.retry import LOST_ATTEMPTS, Cause, Previous, next_attempt
+from panda_lab.server.api_pilot import LOST_ON_THE_WAY, NO_LONGER_HELD
 from panda_lab.server.app import Server, create_app
 from panda_lab.server.config import ServerConfig
 
@@ -57,9 +61,12 @@ def test_an_acquisition_whose_answer_was_lost_is_retried_at_the_next_one(api):
     # retry is handed out at once
     [again] = acquire([got["id"]], lost_check=True)
     assert (again["index"], again["attempt"]) == (lost["index"], 2)
-    first = {j["id"]: j for j in _attempts(server, task)}[lost["id"]]
+    by_id = {j["id"]: j for j in _attempts(server, task)}
+    first = by_id[lost["id"]]
     assert first["state"] == "failed" and first["error_category"] == "system"
     assert first["error_message"] == LOST_ON_THE_WAY
+    # it never ran: its retry does not count against its attempts
+    assert by_id[again["id"]]["max_attempts"] == first["max_attempts"] + 1
     assert server.db_from_thread(server.store.get_job, got["id"])["state"] == "sent"
 
 
@@ -125,21 +132,51 @@ def test_the_pilot_asks_for_the_check_once_after_a_transport_failure(tmp_path):
         shutil.rmtree(p.spool, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="a lost answer's job is failed as an attempt that "
-                   "counts, and its retry goes out in the very next answer: a burst of lost "
-                   "answers ends it for good although it never ran")
 def test_answers_lost_in_a_row_never_end_a_job_that_never_ran(api):
-    """Another member of the kind: the job of a lost answer is retried in the next
-    acquisition's answer, the one most likely lost too while the link is down, and each
-    loss spends one of its attempts (3 by default).  A burst of lost answers (a server
-    restarting, a flapping link) then fails the job for good, although no pilot ever
-    started it; left to the heartbeat timeout, the same losses were a minute apart."""
+    """The job of a lost answer is retried in the next acquisition's answer, the one most
+    likely lost too while the link is down.  Were each loss to spend one of its attempts
+    (3 by default), a burst of lost answers (a server restarting, a flapping link) would
+    fail for good a job no pilot ever started."""
     server, acquire = api
     task, *_ = server.db_from_thread(server.store.create_task, "t", [{"payload": b"x"}],
                                      site=SITE)
     acquire([])                             # lost
-    for _ in range(3):
+    for _ in range(4):
         acquire([], lost_check=True)        # each answer lost in turn
-    attempts = _attempts(server, task)
+    attempts = sorted(_attempts(server, task), key=lambda a: a["attempt"])
+    assert [a["attempt"] for a in attempts] == [1, 2, 3, 4, 5]
     assert all(a["started_at"] is None for a in attempts)  # it never ran
-    assert attempts[-1]["state"] != "failed", [(a["attempt"], a["state"]) for a in attempts]
+    assert [a["state"] for a in attempts] == ["failed"] * 4 + ["sent"]
+
+
+def test_a_job_the_pilot_started_and_no_longer_holds_is_retried_as_a_failure(api):
+    server, acquire = api
+    task, *_ = server.db_from_thread(server.store.create_task, "t", [{"payload": b"x"}],
+                                     site=SITE)
+    [job] = acquire([])
+    pilot = server.db_from_thread(server.store.get_job, job["id"])["pilot_id"]
+    server.db_from_thread(server.store.apply_updates, pilot, [
+        {"id": job["id"], "attempt": 1, "state": "running", "started_at": 1.0}])
+    [again] = acquire([], lost_check=True)  # it ran, and the pilot lost track of it
+    first = {j["id"]: j for j in _attempts(server, task)}[job["id"]]
+    assert first["error_message"] == NO_LONGER_HELD
+    assert again["attempt"] == 2            # counted: its limit is unchanged
+    assert server.db_from_thread(server.store.get_job, again["id"])["max_attempts"] == \
+        first["max_attempts"]
+
+
+def test_lost_answers_stop_costing_nothing_after_lost_attempts():
+    """A fault that loses every answer must not hand a job out for ever: past
+    ``LOST_ATTEMPTS`` a lost answer counts as a system failure."""
+    prev = Previous(attempt=1, max_attempts=3, site="A", sites=frozenset({"A"}),
+                    near=frozenset())
+    nxt = next_attempt(prev, Cause.LOST)
+    assert (nxt.attempt, nxt.max_attempts, nxt.avoid) == (2, 4, frozenset())
+    last = Previous(attempt=LOST_ATTEMPTS, max_attempts=LOST_ATTEMPTS + 2, site="A",
+                    sites=frozenset({"A"}), near=frozenset())
+    beyond = next_attempt(last, Cause.LOST, category="system")
+    assert beyond is not None and beyond.max_attempts == last.max_attempts  # counted
+    spent = Previous(attempt=LOST_ATTEMPTS, max_attempts=LOST_ATTEMPTS, site="A",
+                     sites=frozenset({"A"}), near=frozenset())
+    assert next_attempt(spent, Cause.LOST, category="system") is None
+    assert next_attempt(prev, Cause.LOST, task_aborted=True) is None
