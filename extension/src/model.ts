@@ -167,7 +167,9 @@ export class PandaModel implements IDisposable {
 
   /** The browser tab came back to the front: catch up at once. */
   private readonly onVisibility = (): void => {
-    if (!document.hidden) {
+    if (document.hidden) {
+      this.closeEvents(); // nobody looks: no stream (the poll stands by at its next tick)
+    } else {
       this.show();
     }
   };
@@ -276,7 +278,9 @@ export class PandaModel implements IDisposable {
   }
 
   private openEvents(): void {
-    if (this.events !== null || this.state.server?.running === false) {
+    // nothing shown (the tab was hidden while a fetch ran): no stream
+    if (this.events !== null || this.state.server?.running === false ||
+        this.wanted().size === 0) {
       return;
     }
     const events = new EventSource(eventsURL(), { withCredentials: true });

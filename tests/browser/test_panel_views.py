@@ -280,6 +280,43 @@ def test_the_status_bar_counts_apart_explains_and_opens_the_panel(lab_page, arti
     page.locator(".panda-status-item:has-text('0 failed')").wait_for()
 
 
+#: Hides or shows the page as the Page Visibility API reports it (as the web monitor's
+#: tests do): ``document.hidden`` and a ``visibilitychange`` event.
+SET_HIDDEN = """hidden => {
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+  Object.defineProperty(document, "visibilityState", {configurable: true,
+                        get: () => hidden ? "hidden" : "visible"});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+#: Counts the event streams the page opens from now on that are still open.
+TRACK_STREAMS = """() => {
+  if (window.__streams) return;
+  window.__streams = [];
+  const Original = window.EventSource;
+  window.EventSource = class extends Original {
+    constructor(...args) { super(...args); window.__streams.push(this); }
+  };
+}"""
+OPEN_STREAMS = "window.__streams.filter(s => s.readyState !== EventSource.CLOSED).length"
+
+
+def test_a_hidden_browser_tab_holds_no_event_stream_for_the_panel(lab_page):
+    """The browser tab hidden, the panel closes its event stream at once (not at its
+    poll's next tick, seconds later), and shown again it opens one."""
+    page = lab_page["page"]
+    page.evaluate(TRACK_STREAMS)
+    page.evaluate(SET_HIDDEN, True)
+    page.evaluate(SET_HIDDEN, False)     # shown: a fetch, then a stream, tracked
+    page.wait_for_function(f"() => {OPEN_STREAMS} === 1", timeout=15_000)
+    page.evaluate(SET_HIDDEN, True)
+    try:
+        page.wait_for_function(f"() => {OPEN_STREAMS} === 0", timeout=1_000)
+    finally:
+        page.evaluate(SET_HIDDEN, False)
+    page.wait_for_function(f"() => {OPEN_STREAMS} === 1", timeout=15_000)
+
+
 #: A notebook cell: an analysis of two histograms whose jobs take half a second, and its
 #: monitor.  Functions defined in a cell travel by value, as a physicist's do.
 LIVE_HISTOGRAM_CELL = """
