@@ -311,7 +311,7 @@ def test_a_hidden_browser_tab_holds_no_event_stream_for_the_panel(lab_page):
     page.wait_for_function(f"() => {OPEN_STREAMS} === 1", timeout=15_000)
     page.evaluate(SET_HIDDEN, True)
     try:
-        page.wait_for_function(f"() => {OPEN_STREAMS} === 0", timeout=1_000)
+        page.wait_for_function(f"() => {OPEN_STREAMS} === 0", timeout=3_000)
     finally:
         page.evaluate(SET_HIDDEN, False)
     page.wait_for_function(f"() => {OPEN_STREAMS} === 1", timeout=15_000)
