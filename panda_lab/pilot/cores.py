@@ -44,8 +44,8 @@ POLL_S = 0.05
 #: hand-over costs more than the scheduler's switch: the pilot that gives the core back
 #: keeps its prefetched job waiting, and the taker's payload process starts cold.  With
 #: turns of 0.25 s the embedded default (three pilots, two cores) ran a first analysis at
-#: 0.87 x the speed of two pilots on their own cores, in the same rounds; with 1 s, 0.95 x
-#: (medians of 5 and 13 rounds, benchmarks/README.md, "Dataset analysis").
+#: 0.87 x the speed of two pilots on their own cores, in the same rounds; with 1 s, 0.93 x
+#: (medians of 5 and 19 rounds, benchmarks/README.md, "Dataset analysis").
 TURN_S = 1.0
 
 _instances = itertools.count()  # several per process in tests: each its own bell
