@@ -504,7 +504,8 @@ class Pilot:
         the same request) ended with their report not yet sent."""
         held = [j["id"] for j in self.queue] + [w.job["id"] for w in self.workers if w.busy]
         if not reporting:
-            held += [i for i in self.pending if i not in set(held)]
+            known = set(held)
+            held += [i for i in self.pending if i not in known]
         return held
 
     def _maybe_flush(self) -> None:
