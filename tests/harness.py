@@ -579,3 +579,14 @@ class XRootDServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+#: A page script (``page.evaluate(SET_HIDDEN, True)``) that hides or shows the page as the
+#: Page Visibility API reports it: ``document.hidden``, ``visibilityState`` and a
+#: ``visibilitychange`` event, as a browser does when its tab goes to the background.
+SET_HIDDEN = """hidden => {
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+  Object.defineProperty(document, "visibilityState", {configurable: true,
+                        get: () => hidden ? "hidden" : "visible"});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""

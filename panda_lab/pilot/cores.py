@@ -123,11 +123,9 @@ class CoreSlots:
 
     def hear(self) -> None:
         """Empty the bell (after a wait on :attr:`bell`), so it waits again."""
-        try:
+        with contextlib.suppress(BlockingIOError):  # empty: nothing more to read
             while os.read(self.bell, 512):
-                pass
-        except BlockingIOError:
-            pass
+                continue
 
     def _ring_oldest(self) -> None:
         """Wake the pilot that waited longest, if one waits: it takes the core at once
@@ -141,9 +139,8 @@ class CoreSlots:
         except OSError:  # gone, or not read by anyone (ENXIO): it will look by itself
             return
         try:
-            os.write(fd, b"!")
-        except OSError:  # full: it has been rung already
-            pass
+            with contextlib.suppress(OSError):  # full: it has been rung already
+                os.write(fd, b"!")
         finally:
             os.close(fd)
 

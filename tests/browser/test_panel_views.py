@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from harness import (
+    SET_HIDDEN,
     WATCH_SVGS,
     JupyterServer,
     ServerProcess,
@@ -280,14 +281,6 @@ def test_the_status_bar_counts_apart_explains_and_opens_the_panel(lab_page, arti
     page.locator(".panda-status-item:has-text('0 failed')").wait_for()
 
 
-#: Hides or shows the page as the Page Visibility API reports it (as the web monitor's
-#: tests do): ``document.hidden`` and a ``visibilitychange`` event.
-SET_HIDDEN = """hidden => {
-  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
-  Object.defineProperty(document, "visibilityState", {configurable: true,
-                        get: () => hidden ? "hidden" : "visible"});
-  document.dispatchEvent(new Event("visibilitychange"));
-}"""
 
 #: Counts the event streams the page opens from now on that are still open.
 TRACK_STREAMS = """() => {

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import ServerProcess, wait_for
+from harness import SET_HIDDEN, ServerProcess, wait_for
 
 from panda_lab.server.monitor import ASSETS
 
@@ -325,12 +325,6 @@ def test_the_task_page_shows_scouting_merged_histograms_and_links(chromium, fill
     page.close()
 
 
-SET_HIDDEN = """hidden => {
-  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
-  Object.defineProperty(document, "visibilityState", {configurable: true,
-                        get: () => hidden ? "hidden" : "visible"});
-  document.dispatchEvent(new Event("visibilitychange"));
-}"""
 
 
 def test_a_hidden_tab_lets_the_stream_go_and_catches_up_when_shown(chromium, filled):
