@@ -40,6 +40,23 @@ DECISION = func.coalesce(
 LEAN = [c for c in jobs.c if c.name not in ("payload", "broker_info")]
 #: Every column but the payload, the decision included: what reads and retries need.
 NO_PAYLOAD = [*LEAN, DECISION]
+
+# The statements of every dispatch and report, built once (parameters by name): building
+# a statement and its cache key cost about as much as running it on SQLite.
+_IDS = bindparam("ids", expanding=True)
+_SEND = (update(jobs)
+         .where(jobs.c.id.in_(_IDS), jobs.c.state == str(J.ACTIVATED))
+         .values(state=str(J.SENT), pilot_id=bindparam("pilot"), modified_at=bindparam("t"),
+                 heartbeat_at=bindparam("t"))
+         .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
+                    jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority,
+                    jobs.c.data_key, jobs.c.access, jobs.c.read_from))
+_LOCK_FOR_REPORT = select(*LEAN).where(jobs.c.id.in_(_IDS)).with_for_update()
+_HEARTBEAT = (update(jobs)
+              .where(jobs.c.id.in_(_IDS), jobs.c.pilot_id == bindparam("pilot"),
+                     jobs.c.state.in_(ON_PILOT))
+              .values(heartbeat_at=bindparam("t")))
+_HISTORY = insert(job_status)
 #: Every column, the decision included: what a next attempt is made from.
 FULL = [*(c for c in jobs.c if c.name != "broker_info"), DECISION]
 
@@ -93,7 +110,7 @@ def history(conn: Connection,
     batch = [{"job_id": jid, "state": str(st), "time": t, "info": info}
              for jid, states, t, info in rows for st in states]
     if batch:
-        conn.execute(insert(job_status), batch)
+        conn.execute(_HISTORY, batch)
 
 
 def insert_attempts(conn: Connection, rows: list[dict], t: float, changes: Changes) -> list[int]:
@@ -125,7 +142,7 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> li
     meantime (PostgreSQL, concurrent transactions) is not handed out twice: this pilot gets
     fewer."""
     # the window, each job with the running pilot that holds its input
-    window = conn.execute(holders.window(site, n + holders.WINDOW)).all()
+    window = holders.window(conn, site, n + holders.WINDOW)
     if not window:
         return []
     held = {r.data_key: r.holder for r in window if r.holder is not None}
@@ -141,14 +158,7 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> li
             .with_for_update(skip_locked=True)).scalars())
     if not picked:
         return []
-    rows = conn.execute(
-        update(jobs)
-        .where(jobs.c.id.in_(picked), jobs.c.state == str(J.ACTIVATED))
-        .values(state=str(J.SENT), pilot_id=pilot_id, modified_at=t, heartbeat_at=t)
-        .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
-                   jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority,
-                   jobs.c.data_key, jobs.c.access, jobs.c.read_from)
-    ).all()
+    rows = conn.execute(_SEND, {"ids": picked, "pilot": pilot_id, "t": t}).all()
     holders.hold(conn, pilot_id, {r.data_key for r in rows if r.data_key}, t)
     order = {jid: i for i, jid in enumerate(chosen)}
     rows.sort(key=lambda r: order[r.id])
@@ -184,8 +194,7 @@ def decisions(conn: Connection, ids: list[int]) -> dict[int, str]:
 
 def lock_for_report(conn: Connection, ids: list[int]) -> dict[int, Row]:
     """The rows (no payload, no decision) of the jobs a report names, locked, by id."""
-    return {r.id: r for r in conn.execute(
-        select(*LEAN).where(jobs.c.id.in_(ids)).with_for_update())}
+    return {r.id: r for r in conn.execute(_LOCK_FOR_REPORT, {"ids": ids})}
 
 
 def unfinished(conn: Connection, *, task_id: int | None = None,
@@ -288,9 +297,7 @@ def retryable_latest(conn: Connection, task_id: int) -> list[Row]:
 
 def heartbeat(conn: Connection, pilot_id: int, held: list[int], t: float) -> None:
     """The jobs a pilot says it holds live (only those, and only if it holds them)."""
-    conn.execute(update(jobs).where(jobs.c.id.in_(held), jobs.c.pilot_id == pilot_id,
-                                    jobs.c.state.in_(ON_PILOT))
-                 .values(heartbeat_at=t))
+    conn.execute(_HEARTBEAT, {"ids": held, "pilot": pilot_id, "t": t})
 
 
 def to_drop(conn: Connection, pilot_id: int, held: list[int]) -> list[int]:

@@ -5,7 +5,7 @@ Functions take a ``Connection`` and open no transaction; the workflow verbs do.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.engine import Row
 
 from panda_lab.model import PilotState
@@ -56,12 +56,23 @@ def touch(conn: Connection, pilot_id: int, t: float, usage: dict | None = None,
     """The pilot lives at ``t``, using ``usage`` (``{"rss_mb", "cpu_s", "cpu_pct"}``,
     any may be missing: ``cpu_pct`` then reads NULL) when given, and finished ``done``
     more jobs: one statement."""
-    values: dict = {"heartbeat_at": t}
+    params: dict = {"pilot": pilot_id, "t": t, "done": done}
     if usage:
-        values.update({k: usage.get(k) for k in USAGE})
+        params.update({f"u_{k}": usage.get(k) for k in USAGE})
+    conn.execute(_TOUCH[bool(usage), bool(done)], params)
+
+
+def _touch(usage: bool, done: bool):
+    values: dict = {"heartbeat_at": bindparam("t")}
+    if usage:
+        values.update({k: bindparam(f"u_{k}") for k in USAGE})
     if done:
-        values["jobs_done"] = pilots.c.jobs_done + done
-    conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(**values))
+        values["jobs_done"] = pilots.c.jobs_done + bindparam("done")
+    return update(pilots).where(pilots.c.id == bindparam("pilot")).values(**values)
+
+
+#: :func:`touch`'s statements, built once (it runs with every report and acquisition).
+_TOUCH = {(u, d): _touch(u, d) for u in (False, True) for d in (False, True)}
 
 
 def set_state(conn: Connection, pilot_ids: list[int], new: str, t: float | None = None) -> None:

@@ -5,7 +5,7 @@ Functions take a ``Connection`` and open no transaction; the workflow verbs do.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.engine import Row
 
 from panda_lab.model import (
@@ -155,15 +155,20 @@ def task_sites(conn: Connection, task_ids: set[int]) -> dict[int, Row]:
         .where(tasks.c.id.in_(task_ids)))}
 
 
+#: Built once: every acquisition runs it.
+_COMMON_AND_LIMITS = (select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options,
+                             tasks.c.state)
+                      .where(tasks.c.id.in_(bindparam("ids", expanding=True))))
+
+
 def common_and_limits(conn: Connection, task_ids: list[int], with_state: bool = False):
     """Whether each task has a common payload part, its ``output_limit`` option and its
     ``workdir`` option (the client's host and directory, or None):
     ``{task_id: (has_common, output_limit, workdir)}``; with ``with_state``, the pair of
     that and ``{task_id: state}``."""
     out, states = {}, {}
-    for task_id, has_common, options, state in conn.execute(
-            select(tasks.c.id, tasks.c.common.is_not(None), tasks.c.options, tasks.c.state)
-            .where(tasks.c.id.in_(task_ids))):
+    for task_id, has_common, options, state in conn.execute(_COMMON_AND_LIMITS,
+                                                            {"ids": task_ids}):
         o = loads(options)
         out[task_id] = (bool(has_common), o.get("output_limit"), o.get("workdir"))
         states[task_id] = state
