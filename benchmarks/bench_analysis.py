@@ -169,15 +169,33 @@ def warm_sample(data: Path, chunk: int) -> list[Path]:
                                 basket_events=chunk // 4)
 
 
-def fresh_pool_runs(task, work, warm_work, repeats: int):
-    """``[(first_s, rerun_s, hist)]``: a new ``ProcessPoolExecutor(2)`` per repeat."""
+def pool_cpu(pool: ProcessPoolExecutor) -> float:
+    """CPU seconds (user + system) so far of the pool's worker processes."""
+    import psutil
+
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pool._processes)
+
+
+def pool_sys(pool: ProcessPoolExecutor) -> float:
+    """System CPU seconds so far of the pool's worker processes."""
+    import psutil
+
+    return sum(psutil.Process(pid).cpu_times().system for pid in pool._processes)
+
+
+def fresh_pool_runs(task, work, warm_work, repeats: int, cpu: list | None = None):
+    """``[(first_s, rerun_s, hist)]``: a new ``ProcessPoolExecutor(2)`` per repeat; the
+    workers' CPU seconds over each first run are appended to ``cpu`` when given."""
     out = []
     for _ in range(repeats):
         with ProcessPoolExecutor(WORKERS) as pool:
             run_pool(pool, task, warm_work)
+            c0, s0 = pool_cpu(pool), pool_sys(pool)
             t = time.perf_counter()
             h = run_pool(pool, task, work)
             first = time.perf_counter() - t
+            if cpu is not None:
+                cpu.append((pool_cpu(pool) - c0, pool_sys(pool) - s0))
             t = time.perf_counter()
             run_pool(pool, task, work)
             out.append((first, time.perf_counter() - t, h))
@@ -199,20 +217,25 @@ def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> in
     ratios: dict[str, list[tuple[float, float]]] = {"f": [], "f_2pilots": []}
     same = True
     for i in range(args.rounds):
-        first_d, _, h = fresh_pool_runs(job_task, work, warm_work, 1)[0]
+        cpu: list[tuple[float, float]] = []
+        first_d, _, h = fresh_pool_runs(job_task, work, warm_work, 1, cpu)[0]
         same &= bool((h.values() == ref.values()).all())
-        line = [f"round {i + 1}: d {total / first_d / 1e6:.2f} M ev/s"]
+        line = [f"round {i + 1}: d {total / first_d / 1e6:.2f} M ev/s, workers' CPU "
+                f"{cpu[0][0]:.2f} s, of it system {cpu[0][1]:.2f} s"]
         for key in ratios:
             got = {}
 
             def keep(key, label, first, rerun, h, got=got, **extra):
-                got.update(first=first, rerun=rerun, h=h)
+                got.update(first=first, rerun=rerun, h=h, **extra)
 
-            run_panda(key, paths, warm_paths, one, keep)
+            run_panda(key, paths, warm_paths, one, keep, quiet=True)
             same &= bool((got["h"].values() == ref.values()).all())
             ratios[key].append((first_d / got["first"], first_d / got["rerun"]))
+            c = got["first_cpu"][0]
             line.append(f"{key} first/d {ratios[key][-1][0]:.2f} "
-                        f"re-run/d {ratios[key][-1][1]:.2f}")
+                        f"re-run/d {ratios[key][-1][1]:.2f} (CPU: server "
+                        f"{c['server']:.2f}, pilots {c['pilots']:.2f}, workers "
+                        f"{c['workers']:.2f} s, of it system {c['workers_sys']:.2f} s)")
         print("  " + "; ".join(line), flush=True)
     print("\nmedians over the rounds of each round's ratio to its own (d):  first   re-run")
     for key, rs in ratios.items():
@@ -372,7 +395,7 @@ def run_dask(key, work, warm_work, repeats):
     return (label, *medians(runs)), {"worker_malloc_trim": sorted(set(map(str, seen.values())))}
 
 
-def run_panda(key, paths, warm_paths, args, record) -> None:
+def run_panda(key, paths, warm_paths, args, record, quiet: bool = False) -> None:
     """A new server (new pilots) per repeat: warmed by an analysis of the small file, then
     the first run and the re-run over the dataset.  Also the pilots' workers' memory after
     the re-run and where the first run's wall time went (:func:`timeline`)."""
@@ -386,7 +409,7 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
     extra = [] if key == "f" else ["--sites", str(sites)]
     label = ("panda-lab, the embedded default" if key == "f"
              else "panda-lab, 1 local site x 2 pilots")
-    runs, firsts, rss, lines = [], [], [], []
+    runs, firsts, rss, lines, cpus = [], [], [], [], []
     for i in range(args.repeats):
         home = root / f"{key}-{i}"
         home.mkdir()
@@ -421,6 +444,8 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
             cpu0 = cpu_by_role(server.proc.pid)
             r, first_partial, t_first, task = once(ds)
             cpu1 = cpu_by_role(server.proc.pid)
+            cpus.append({k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0)
+                         for k in ("server", "pilots", "workers", "workers_sys")})
             lines.append(timeline(lab, task.id) + "; first run's CPU: " + ", ".join(
                 f"{k} {cpu1.get(k, 0.0) - cpu0.get(k, 0.0):.2f} s"
                 for k in ("server", "pilots", "workers")))
@@ -435,7 +460,9 @@ def run_panda(key, paths, warm_paths, args, record) -> None:
         finally:
             server.stop()
     record(key, label, *medians(runs), first_partial_s=statistics.median(firsts),
-           worker_rss_mb=max(rss))
+           worker_rss_mb=max(rss), first_cpu=cpus)
+    if quiet:
+        return
     print(f"  {'':<10} time to first result (submit to the first job's result at the "
           f"server): {statistics.median(firsts) * 1000:.0f} ms;"
           f" largest worker RSS after the re-run {max(rss):.0f} MB", flush=True)
@@ -450,7 +477,7 @@ def cpu_by_role(server_pid: int) -> dict[str, float]:
     import psutil
 
     root = psutil.Process(server_pid)
-    out = {"server": 0.0, "pilots": 0.0, "workers": 0.0}
+    out = {"server": 0.0, "pilots": 0.0, "workers": 0.0, "workers_sys": 0.0}
     for p in [root, *root.children(recursive=True)]:
         try:
             t = p.cpu_times()
@@ -459,6 +486,8 @@ def cpu_by_role(server_pid: int) -> dict[str, float]:
         except psutil.Error:
             continue
         out[role] += t.user + t.system
+        if role == "workers":
+            out["workers_sys"] += t.system
     return out
 
 

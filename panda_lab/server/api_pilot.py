@@ -127,14 +127,13 @@ async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
             raise HTTPException(422, f"result_ref {u.result_ref!r} was never uploaded")
         updates.append(d)
     usage = body.usage.model_dump() if body.usage is not None else None
-    changes, ignored = await s.db(s.store.apply_updates, body.pilot, updates, body.held,
-                                  usage)
+    # applied, and what of ``held`` to drop read, in one transaction
+    changes, ignored, drop = await s.db(s.store.apply_report, body.pilot, updates, body.held,
+                                        usage)
     s.publish(changes)
     s.metrics.on_reports([u["state"] for u in updates], len(ignored))
-    drop = []
     if body.held:  # the report's transaction touched them; a lost pilot runs again
         s.heartbeats.add(body.pilot, body.held, usage)
-        drop = await s.db(s.store.held_to_drop, body.pilot, body.held)
     return {"ignored": ignored, "drop": drop}
 
 

@@ -319,6 +319,16 @@ class Workflow(Rebrokerage, Admin):
         the pilot's own ``{"rss_mb", "cpu_s", "cpu_pct"}``.  Returns ``(changes, ignored)``,
         ignored ``[{"id", "reason"}]`` (stale attempt, not this pilot's job, already
         final, a transition the model forbids, ...)."""
+        changes, ignored, _ = self.apply_report(pilot_id, updates, held, usage, drop=False)
+        return changes, ignored
+
+    def apply_report(self, pilot_id: int, updates: list[dict], held: list[int] | None = None,
+               usage: dict | None = None,
+               drop: bool = True) -> tuple[Changes, list[dict], list[int]]:
+        """:meth:`apply_updates`, and then, in the same transaction, which of the
+        ``held`` jobs the pilot must kill or drop (:meth:`held_to_drop`'s answer, ``[]``
+        without ``held`` or with ``drop`` False): ``(changes, ignored, to drop)``.  The
+        pilot API's report: one transaction where there were two."""
         t = now()
         changes = Changes()
         ignored: list[dict] = []
@@ -396,8 +406,9 @@ class Workflow(Rebrokerage, Admin):
                     (changes.tasks or self._learning_due(t, len(learned))):
                 self._learn_now(conn, *learned)  # a task ended, or samples waited
                 learned = []
+            to_drop = job_rows.to_drop(conn, pilot_id, held) if drop and held else []
         self._learning.extend(learned)  # committed: held until written
-        return changes, ignored
+        return changes, ignored, to_drop
 
     def _retry(self, conn: Connection, failed: list[tuple[Row, dict]],
                changes: Changes, cause: Cause = Cause.FAILED) -> None:

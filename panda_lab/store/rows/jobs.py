@@ -57,6 +57,7 @@ _HEARTBEAT = (update(jobs)
                      jobs.c.state.in_(ON_PILOT))
               .values(heartbeat_at=bindparam("t")))
 _HISTORY = insert(job_status)
+_HELD_STATES = select(jobs.c.id, jobs.c.state, jobs.c.pilot_id).where(jobs.c.id.in_(_IDS))
 #: Every column, the decision included: what a next attempt is made from.
 FULL = [*(c for c in jobs.c if c.name != "broker_info"), DECISION]
 
@@ -302,8 +303,7 @@ def heartbeat(conn: Connection, pilot_id: int, held: list[int], t: float) -> Non
 
 def to_drop(conn: Connection, pilot_id: int, held: list[int]) -> list[int]:
     """The held jobs a pilot must kill or drop: final, another pilot's, or unknown."""
-    rows = conn.execute(select(jobs.c.id, jobs.c.state, jobs.c.pilot_id)
-                        .where(jobs.c.id.in_(held))).all()
+    rows = conn.execute(_HELD_STATES, {"ids": held}).all()
     known = {r.id for r in rows}
     drop = [r.id for r in rows if r.state in FINAL or r.pilot_id != pilot_id]
     return sorted(drop + [i for i in held if i not in known])
