@@ -363,7 +363,8 @@ def plan_local(res: Resources) -> LocalPlan:
     when that makes more workers than cores (three sites on one or two cores), the pilots
     share the cores (``shared_cores``): at most that many jobs run at once over them all.
     What is left per worker is shared by its read cache (a third, at most
-    :data:`CACHE_MAX_MB`) and its chunk's working memory, which caps an analysis job at
+    :data:`CACHE_MAX_MB`; pilots that share the cores share that per core: each worker's
+    is scaled by cores / workers) and its chunk's working memory, which caps an analysis job at
     :data:`EVENTS_PER_MB` events per MB of it.  Never zero of anything: when even one
     worker does not fit, the note says so."""
     merge_mb = merge_share_mb(res)
@@ -377,10 +378,16 @@ def plan_local(res: Resources) -> LocalPlan:
     # A third of what is left per worker, at most the cache's own default, holds the
     # arrays it read (re-runs); the rest is the job's working memory.
     cache_mb = max(0, min(CACHE_MAX_MB, (room - MIN_CHUNK_MB) // 3))
-    chunk_mb = max(MIN_CHUNK_MB, room - cache_mb)
     # Three single-worker pilots on two cores would run three payloads on two cores, each
     # slower and the server starved: the pilots then take turns on the cores.
     shared = res.cores if sites * slots > res.cores else 0
+    if shared:
+        # ... and share the cores' read cache: together they hold what one worker per
+        # core would.  Every array a cache keeps is memory its worker takes anew during
+        # a first run; three full caches on two cores took a first run 3-5 % longer
+        # (workers' system time, benchmarks/README.md, "Dataset analysis").
+        cache_mb = cache_mb * shared // (sites * slots)
+    chunk_mb = max(MIN_CHUNK_MB, room - cache_mb)
     note = (f"{sites} site(s) x 1 pilot x {slots} worker(s)"
             + (f", {shared} job(s) at once over all of them" if shared else "")
             + f", {chunk_mb} MB per job and "

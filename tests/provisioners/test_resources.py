@@ -215,6 +215,12 @@ def test_plan_shapes():
     assert big.cache_mb == resources.CACHE_MAX_MB
     binder = plan_local(res(2, 2048))  # the read cache fits in Binder's 2 GB with the rest
     assert 0 < binder.cache_mb < resources.CACHE_MAX_MB
+    # three pilots taking turns on two cores hold, together, what two workers' caches would
+    laptop = plan_local(res(2, 24 * 1024))
+    assert (laptop.sites, laptop.slots, laptop.shared_cores) == (3, 1, 2)
+    assert laptop.cache_mb == resources.CACHE_MAX_MB * 2 // 3
+    assert f"{laptop.cache_mb} MB of read cache per worker" in laptop.note
+    assert plan_local(res(6, 24 * 1024)).cache_mb == resources.CACHE_MAX_MB  # not shared
     tiny = plan_local(res(1, 600))
     assert (tiny.sites, tiny.slots) == (1, 1) and "expect memory errors" in tiny.note
     assert "PANDA_LAB_MEMORY" in tiny.note
@@ -327,6 +333,6 @@ def test_embedded_server_in_a_small_container_makes_the_planned_sites(tmp_path, 
     assert shape == {
         "LOCAL-GRID": (1, 1, 2), "LOCAL-CLOUD": (1, 1, 2), "LOCAL-HPC": (1, 1, 2)}
     assert ("3 site(s) x 1 pilot x 1 worker(s), 2 job(s) at once over all of them, "
-            "48 MB per job and 4 MB of read cache per worker, 48 MB for the server's "
+            "50 MB per job and 2 MB of read cache per worker, 48 MB for the server's "
             "merged results") in log
     assert "2 CPUs, 1536 MB (cgroup v2: cpu.max 200000/100000, memory.max" in log
