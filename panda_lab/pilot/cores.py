@@ -41,12 +41,14 @@ __all__ = ["POLL_S", "TURN_S", "CoreSlots"]
 #: long a core freed by a pilot that died may stay idle.
 POLL_S = 0.05
 #: Seconds a pilot keeps a core for its next jobs before a waiting pilot gets it.  A
-#: hand-over costs more than the scheduler's switch: the pilot that gives the core back
-#: keeps its prefetched job waiting, and the taker's payload process starts cold.  With
-#: turns of 0.25 s the embedded default (three pilots, two cores) ran a first analysis at
-#: 0.87 x the speed of two pilots on their own cores, in the same rounds; with 1 s, 0.93 x
-#: (medians of 5 and 19 rounds, benchmarks/README.md, "Dataset analysis").
-TURN_S = 1.0
+#: hand-over costs more than the scheduler's switch (the pilot that gives the core back
+#: keeps its prefetched job waiting, and the taker's payload process starts cold); a
+#: long turn leaves the pilot that waits first a turn behind, and a pilot runs one job at
+#: a time, so it ends alone on one core.  With the sites' shares of an analysis even
+#: (store/rows/sites.py, ``shared_speed``), the embedded default's first run over the
+#: benchmark's 8 M events went at 3.26-3.41 M ev/s with turns of 0.3 s and 0.5 s (five
+#: runs) against 2.96-3.08 with 1 s (three), alternating (benchmarks/README.md).
+TURN_S = 0.5
 
 _instances = itertools.count()  # several per process in tests: each its own bell
 
