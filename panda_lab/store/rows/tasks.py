@@ -256,15 +256,23 @@ def progress(conn: Connection, task_id: int) -> tuple[bool, str, int, int] | Non
     a final state, jobs with a result)``, or None when there is no such task.  The
     analysis service asks it after every report: :func:`task_dict`'s eight grouped
     queries would cost the server more than the report itself."""
-    final = [str(s) for s in JOB_FINAL]
-    unfinished = (select(func.count()).select_from(jobs)
-                  .where(jobs.c.task_id == task_id, jobs.c.state.notin_(final))
-                  .scalar_subquery())
-    done = (select(func.count()).select_from(results).where(results.c.task_id == task_id)
-            .scalar_subquery())
-    row = conn.execute(select(tasks.c.open, tasks.c.state, unfinished, done)
-                       .where(tasks.c.id == task_id)).first()
+    row = conn.execute(_PROGRESS, {"task": task_id}).first()
     return None if row is None else (bool(row[0]), str(row[1]), int(row[2]), int(row[3]))
+
+
+def _progress():
+    task = bindparam("task")
+    unfinished = (select(func.count()).select_from(jobs)
+                  .where(jobs.c.task_id == task,
+                         jobs.c.state.notin_([str(s) for s in JOB_FINAL]))
+                  .scalar_subquery())
+    done = (select(func.count()).select_from(results).where(results.c.task_id == task)
+            .scalar_subquery())
+    return select(tasks.c.open, tasks.c.state, unfinished, done).where(tasks.c.id == task)
+
+
+#: :func:`progress`'s statement, built once (it runs after every report).
+_PROGRESS = _progress()
 
 
 def task_dict(conn: Connection, row: Row) -> dict:
