@@ -340,16 +340,35 @@ def merge_memory(res: Resources | None = None,
 
 
 def plan_note(plan: LocalPlan, environ: dict[str, str] | None = None) -> str:
-    """The plan's note, with the merged results' budget as the server will use it: the
-    note's share, or ``$PANDA_LAB_MERGE_MEMORY`` when set (said so).  Raises
-    :class:`ResourceError` naming the variable for a bad value."""
+    """The plan's note, with the merged results' budget and the workers' read cache as
+    the server will use them: the plan's, or ``$PANDA_LAB_MERGE_MEMORY`` and
+    ``$PANDA_LAB_READ_CACHE`` when set (said so).  Raises :class:`ResourceError` naming
+    the variable for a bad value."""
     env = os.environ if environ is None else environ
+    note = plan.note
+    if (env.get(READ_CACHE_ENV) or "").strip():
+        note = note.replace(f"{plan.cache_mb} MB of read cache per worker",
+                            f"{read_cache_mb(env)} MB of read cache per worker (set by "
+                            f"{READ_CACHE_ENV})", 1)
     if not env.get(MERGE_MEMORY_ENV):
-        return plan.note
+        return note
     budget, source = merge_memory(environ=env)
-    return plan.note.replace(f"{plan.merge_mb} MB for the server's merged results",
-                             f"{budget // 2**20} MB for the server's merged results "
-                             f"({source})", 1)
+    return note.replace(f"{plan.merge_mb} MB for the server's merged results",
+                        f"{budget // 2**20} MB for the server's merged results "
+                        f"({source})", 1)
+
+
+def read_cache_mb(environ: dict[str, str] | None = None) -> int:
+    """``$PANDA_LAB_READ_CACHE`` in MB (2**20 bytes; 0: off), by the cache's own rule
+    (:func:`panda_lab.analysis.readcache.limit_bytes`).  Raises :class:`ResourceError`
+    naming the variable for a value that is no size."""
+    from panda_lab.analysis.readcache import limit_bytes
+
+    env = os.environ if environ is None else environ
+    try:
+        return limit_bytes(env.get(READ_CACHE_ENV)) // 2**20
+    except ValueError as exc:
+        raise ResourceError(str(exc)) from None
 
 
 def plan_local(res: Resources) -> LocalPlan:

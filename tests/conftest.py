@@ -79,6 +79,14 @@ def _ship_test_functions_by_value(request):
     cloudpickle.unregister_pickle_by_value(request.module)
 
 
+@pytest.fixture(autouse=True)
+def _no_read_cache_from_an_earlier_test(monkeypatch):
+    """The embedded default's plan sets ``PANDA_LAB_READ_CACHE`` in its own process, for
+    its pilots to inherit.  A test that makes the plan in this process would pass it on to
+    every server a later test starts, as if a user had set it: unset here, restored after."""
+    monkeypatch.delenv("PANDA_LAB_READ_CACHE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def binder_image(tmp_path_factory):
     """The Binder image replayed once for the session (``tests/binder_image.py``): the

@@ -79,8 +79,11 @@ def open_file(path: str | Path, tree: str | None = None) -> Any:
         raise DataError(name, tree, "file not found")
     from panda_lab.analysis.readcache import cache_for
 
-    try:  # one bounded cache of read arrays for the whole process (see .readcache)
-        handle = uproot.open(Path(name) if local else name, array_cache=cache_for(name, local))
+    # one bounded cache of read arrays for the whole process (see .readcache); a bad
+    # PANDA_LAB_READ_CACHE raises its own ValueError, naming it: the file is not at fault
+    cache = cache_for(name, local)
+    try:
+        handle = uproot.open(Path(name) if local else name, array_cache=cache)
         # Opening reads the header and the keys: bytes and requests of the file's
         # endpoint, but not its time, which is the client's setting up (imports, a
         # connection pool), not the link's.

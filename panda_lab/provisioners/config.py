@@ -329,8 +329,9 @@ def local_plan(resources: Resources | None = None) -> LocalPlan:
     except ResourceError as exc:
         raise ConfigError(str(exc)) from None
     # The local pilots' workers inherit the server's environment: their read cache is
-    # sized with the rest of the plan unless the user set it.
-    os.environ.setdefault(READ_CACHE_ENV, f"{plan.cache_mb} MB")
+    # sized with the rest of the plan unless the user set it (checked above, by name).
+    if not (os.environ.get(READ_CACHE_ENV) or "").strip():
+        os.environ[READ_CACHE_ENV] = f"{plan.cache_mb} MB"
     for note in res.notes:
         log.warning("resources: %s", note)
     return plan

@@ -1,5 +1,7 @@
 """The worker's cache of read arrays (``panda_lab.analysis.readcache``): bounded, counted,
-off when asked, and a clear error for a bad limit.
+off when asked, and a clear error for a bad limit (naming the variable, never blamed on a
+good file, and stated with the rest of the embedded default's plan: see
+tests/provisioners/test_resources.py).
 
 The kind of bug: a cache that grows past its bound (one per file, as uproot's default is,
 instead of one per process), one that is not counted in what a job reports, or one that
@@ -95,6 +97,19 @@ def test_zero_turns_it_off_and_a_bad_limit_names_the_variable(fresh, sample_file
     assert readcache.limit_bytes("1 GiB") == 2**30
     with pytest.raises(ValueError, match="PANDA_LAB_READ_CACHE='lots'"):
         readcache.limit_bytes("lots")
+
+
+def test_a_bad_limit_is_not_blamed_on_the_file(fresh, sample_files):
+    """Opening a file with a bad limit set says what is wrong (the variable), not that a
+    good file is corrupt: the error the reading code would otherwise report for the file,
+    and that would make a dataset's registration skip every file as bad."""
+    from panda_lab.analysis.errors import DataError
+    from panda_lab.analysis.files import open_file
+
+    fresh("lots")
+    with pytest.raises(ValueError, match="PANDA_LAB_READ_CACHE='lots'") as got:
+        open_file(sample_files[0], "Events")
+    assert not isinstance(got.value, DataError)
 
 
 def _corrupted(source, dest) -> None:

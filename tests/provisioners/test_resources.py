@@ -14,6 +14,7 @@ the ``root`` argument.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,30 @@ def test_the_merged_results_get_a_share_of_the_memory_within_bounds(mb, merge_mb
     assert f"{merge_mb} MB for the server's merged results" in plan.note
     assert resources.merge_memory(res(2, mb), environ={}) == (
         merge_mb * 2**20, f"3.1% of {res(2, mb).describe()}")
+
+
+def test_a_read_cache_the_user_set_is_the_one_the_plan_states(monkeypatch):
+    """The log line (and ``teach check``) state the read cache the workers will use: the
+    user's ``PANDA_LAB_READ_CACHE`` when set, said so; the plan's when unset or empty; a
+    value that is no size stops the embedded server, naming the variable."""
+    from panda_lab.provisioners.config import local_plan
+
+    plan = plan_local(res(2, 24 * 1024))
+    planned = f"{plan.cache_mb} MB of read cache per worker,"
+    assert planned in resources.plan_note(plan, {})
+    assert planned in resources.plan_note(plan, {"PANDA_LAB_READ_CACHE": " "})
+    assert ("1024 MB of read cache per worker (set by PANDA_LAB_READ_CACHE)"
+            in resources.plan_note(plan, {"PANDA_LAB_READ_CACHE": "1 GiB"}))
+    assert ("0 MB of read cache per worker (set by PANDA_LAB_READ_CACHE)"
+            in resources.plan_note(plan, {"PANDA_LAB_READ_CACHE": "0"}))
+    with pytest.raises(resources.ResourceError, match="PANDA_LAB_READ_CACHE='abc'"):
+        resources.plan_note(plan, {"PANDA_LAB_READ_CACHE": "abc"})
+    monkeypatch.setenv("PANDA_LAB_READ_CACHE", "abc")
+    with pytest.raises(ConfigError, match="PANDA_LAB_READ_CACHE='abc'"):
+        local_plan(res(2, 24 * 1024))
+    monkeypatch.setenv("PANDA_LAB_READ_CACHE", "")  # empty: the plan's, passed to the pilots
+    local_plan(res(2, 24 * 1024))
+    assert os.environ["PANDA_LAB_READ_CACHE"] == f"{plan.cache_mb} MB"
 
 
 def test_the_merge_budget_override_wins_and_a_bad_one_is_named(tmp_path, monkeypatch):
