@@ -284,6 +284,10 @@ MIN_CHUNK_MB = 40
 READ_CACHE_ENV = "PANDA_LAB_READ_CACHE"
 #: The most a worker's read cache is given (the cache's own default, 256 MiB).
 CACHE_MAX_MB = 256
+#: The read cache's limit per worker process when ``$PANDA_LAB_READ_CACHE`` is unset:
+#: 256 MiB, about two of the benchmark's 250,000-event chunks over all branches, small
+#: next to a worker's working memory.
+READ_CACHE_DEFAULT_BYTES = CACHE_MAX_MB * 2**20
 #: Events one MB of a job's working memory holds: the dimuon analysis peaked at 90 MB
 #: over its idle worker for 400k events (~4.4k per MB); half of that leaves room for
 #: analyses that read more columns.
@@ -358,15 +362,32 @@ def plan_note(plan: LocalPlan, environ: dict[str, str] | None = None) -> str:
                         f"({source})", 1)
 
 
-def read_cache_mb(environ: dict[str, str] | None = None) -> int:
-    """``$PANDA_LAB_READ_CACHE`` in MB (2**20 bytes; 0: off), by the cache's own rule
-    (:func:`panda_lab.analysis.readcache.limit_bytes`).  Raises :class:`ResourceError`
-    naming the variable for a value that is no size."""
-    from panda_lab.analysis.readcache import limit_bytes
+def read_cache_limit(text: str | None) -> int:
+    """The read cache's limit in bytes that ``text`` (``$PANDA_LAB_READ_CACHE``) gives:
+    whole bytes, or a size with uproot's units (``"512 MB"``, ``"1 GiB"``); ``None`` or
+    empty: :data:`READ_CACHE_DEFAULT_BYTES`; ``0``: off.  Raises :class:`ValueError`
+    naming the variable for anything that is no size (:mod:`panda_lab.analysis.readcache`
+    reads its limit with this)."""
+    if text is None or not text.strip():
+        return READ_CACHE_DEFAULT_BYTES
+    text = text.strip()
+    try:
+        if text.isdigit():
+            return int(text)
+        import uproot  # here: only a size with units needs it
 
+        return int(uproot._util.memory_size(text))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{READ_CACHE_ENV}={text!r} is not a size: give bytes or a size "
+                         f"with units such as '512 MB' or '1 GiB' (0 turns it off)") from exc
+
+
+def read_cache_mb(environ: dict[str, str] | None = None) -> int:
+    """``$PANDA_LAB_READ_CACHE`` in MB (2**20 bytes; 0: off), by :func:`read_cache_limit`.
+    Raises :class:`ResourceError` naming the variable for a value that is no size."""
     env = os.environ if environ is None else environ
     try:
-        return limit_bytes(env.get(READ_CACHE_ENV)) // 2**20
+        return read_cache_limit(env.get(READ_CACHE_ENV)) // 2**20
     except ValueError as exc:
         raise ResourceError(str(exc)) from None
 

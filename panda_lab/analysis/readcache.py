@@ -30,31 +30,18 @@ from typing import Any
 
 import uproot
 
-from panda_lab.resources import READ_CACHE_ENV  # the cache's limit per worker process
+# the cache's limit per worker process, and how it is read: with the rest of the resources,
+# so that the embedded default's plan can state and check it
+from panda_lab.resources import READ_CACHE_DEFAULT_BYTES as DEFAULT_BYTES
+from panda_lab.resources import READ_CACHE_ENV
+from panda_lab.resources import read_cache_limit as limit_bytes
 
 __all__ = ["DEFAULT_BYTES", "READ_CACHE_ENV", "FileCache", "cache_for", "limit_bytes",
            "read_cache"]
-#: The default limit: 256 MiB, about two of the benchmark's 250,000-event chunks per
-#: worker over all branches, small next to a worker's working memory.
-DEFAULT_BYTES = 256 * 2**20
 
 _cache: uproot.LRUArrayCache | None = None
 _made = False
 _lock = threading.Lock()
-
-
-def limit_bytes(text: str | None) -> int:
-    """The limit ``text`` gives (``None`` or empty: the default); raises :class:`ValueError`
-    naming ``PANDA_LAB_READ_CACHE`` for anything that is no size."""
-    if text is None or not text.strip():
-        return DEFAULT_BYTES
-    text = text.strip()
-    try:
-        n = int(text) if text.isdigit() else int(uproot._util.memory_size(text))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{READ_CACHE_ENV}={text!r} is not a size: give bytes or a size "
-                         f"with units such as '512 MB' or '1 GiB' (0 turns it off)") from exc
-    return n
 
 
 def read_cache() -> uproot.LRUArrayCache | None:
