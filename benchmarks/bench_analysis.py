@@ -169,18 +169,12 @@ def warm_sample(data: Path, chunk: int) -> list[Path]:
                                 basket_events=chunk // 4)
 
 
-def pool_cpu(pool: ProcessPoolExecutor) -> float:
-    """CPU seconds (user + system) so far of the pool's worker processes."""
+def pool_cpu(pool: ProcessPoolExecutor) -> tuple[float, float]:
+    """CPU seconds so far of the pool's worker processes: ``(user + system, system)``."""
     import psutil
 
-    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pool._processes)
-
-
-def pool_sys(pool: ProcessPoolExecutor) -> float:
-    """System CPU seconds so far of the pool's worker processes."""
-    import psutil
-
-    return sum(psutil.Process(pid).cpu_times().system for pid in pool._processes)
+    times = [psutil.Process(pid).cpu_times() for pid in pool._processes]
+    return sum(t.user + t.system for t in times), sum(t.system for t in times)
 
 
 def fresh_pool_runs(task, work, warm_work, repeats: int, cpu: list | None = None):
@@ -190,12 +184,13 @@ def fresh_pool_runs(task, work, warm_work, repeats: int, cpu: list | None = None
     for _ in range(repeats):
         with ProcessPoolExecutor(WORKERS) as pool:
             run_pool(pool, task, warm_work)
-            c0, s0 = pool_cpu(pool), pool_sys(pool)
+            c0, s0 = pool_cpu(pool)
             t = time.perf_counter()
             h = run_pool(pool, task, work)
             first = time.perf_counter() - t
             if cpu is not None:
-                cpu.append((pool_cpu(pool) - c0, pool_sys(pool) - s0))
+                c1, s1 = pool_cpu(pool)
+                cpu.append((c1 - c0, s1 - s0))
             t = time.perf_counter()
             run_pool(pool, task, work)
             out.append((first, time.perf_counter() - t, h))
