@@ -5,6 +5,11 @@ is how a pilot rides out a server restart without losing its reports.  A client 
 knows how to find its server again (``find``: the connection file of a local server,
 which a restarted server rewrites with its new port and tokens) follows it there by
 itself: a notebook's ``lab`` and its monitors outlive a server restart.
+
+Requests go through urllib3's keep-alive pool: a pilot sends one or two per job, and
+urllib3 spends about half of httpx's CPU on each (benchmarks/README.md, "Dataset
+analysis"), CPU taken from the payloads on a small machine.  The event stream
+(:meth:`ApiClient.events`) is read with httpx.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import orjson
+import urllib3
+from urllib3.exceptions import HTTPError as TransportError
+from urllib3.exceptions import NewConnectionError
 
 
 def readable(detail: Any) -> str:
@@ -44,10 +53,11 @@ class ApiError(Exception):
 
 
 class ServerUnreachable(ConnectionError):
-    """No answer from the server (connection refused, DNS, timeout: any
-    ``httpx.TransportError``) for as long as the request was to be retried.  Its message
-    says what happened and what to do, in a few lines; the transport's own exception is
-    kept as ``cause``, not chained (its frames are httpx's, not the user's)."""
+    """No answer from the server (connection refused, DNS, timeout: any transport
+    failure, urllib3's ``HTTPError``) for as long as the request was to be retried.  Its
+    message says what happened and what to do, in a few lines; the transport's own
+    exception is kept as ``cause``, not chained (its frames are urllib3's, not the
+    user's)."""
 
     def __init__(self, message: str, cause: BaseException | None = None) -> None:
         super().__init__(message)
@@ -89,7 +99,7 @@ class ApiClient:
         self._timeout = timeout
         self._moving = threading.Lock()
         self._headers = {"Authorization": f"Bearer {token}"}
-        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
+        self._http = _pool()
 
     def relocate(self) -> bool:
         """Ask ``find`` where the server is now and, if it moved, send every later request
@@ -107,15 +117,16 @@ class ApiClient:
             old = self._http
             self.url, self.token = url, token
             self._headers = {"Authorization": f"Bearer {token}"}
-            self._http = httpx.Client(base_url=url, headers=self._headers,
-                                      timeout=self._timeout)
-        old.close()
+            self._http = _pool()
+        old.clear()
         return True
 
     def unreachable(self, exc: BaseException) -> ServerUnreachable:
         """The error for a server that does not answer: what happened (the address and
         the transport's error) and what fixes it (``fix``), in a few lines."""
         what = str(exc) or type(exc).__name__
+        if isinstance(exc, NewConnectionError):  # "HTTPConnection(host=..): Failed to ..."
+            what = what.split(": ", 1)[-1]
         message = f"the panda-lab server at {self.url} does not answer ({what})."
         if self.find is not None:
             message += ("\nIt is not running: it was stopped, or it crashed; a server "
@@ -126,7 +137,7 @@ class ApiClient:
 
     def close(self) -> None:
         """Close the connection pool; the client is not to be used afterwards."""
-        self._http.close()
+        self._http.clear()
 
     def __enter__(self) -> ApiClient:
         return self
@@ -154,18 +165,19 @@ class ApiClient:
         retry_for = self.retry_for if retry_for is None else retry_for
         deadline = time.monotonic() + retry_for
         delay = 0.05
-        headers = dict(headers or {})
+        extra = dict(headers or {})
         if json is not None:
             content = orjson.dumps(json)
-            headers["Content-Type"] = "application/json"
-        kw: dict = {"params": params, "content": content, "headers": headers}
-        if timeout is not None:
-            kw["timeout"] = timeout
+            extra["Content-Type"] = "application/json"
+        query = f"?{urlencode(_query(params))}" if params else ""
+        wait = urllib3.Timeout(self._timeout if timeout is None else timeout)
         moved = False
         while True:
             try:
-                resp = self._http.request(method, path, **kw)
-            except httpx.TransportError as exc:
+                resp = self._http.urlopen(method, f"{self.url}{path}{query}", body=content,
+                                          headers={**self._headers, **extra}, timeout=wait,
+                                          retries=False, redirect=False)
+            except TransportError as exc:
                 self.transport_errors += 1
                 if not moved and self.relocate():  # a restarted server: go there, once
                     moved = True
@@ -177,21 +189,24 @@ class ApiClient:
                 continue
             # 503 with Retry-After: the server lives but cannot serve now (its database
             # restarts) and did nothing: asked again, as after a transport failure
-            if (resp.status_code == 503 and "retry-after" in resp.headers
+            if (resp.status == 503 and "retry-after" in resp.headers
                     and time.monotonic() + delay <= deadline):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             break
-        if resp.status_code >= 400:
+        data = resp.data
+        if resp.status >= 400:
+            text = data.decode("utf-8", errors="replace")
             try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
-                detail = resp.text
-            raise ApiError(resp.status_code, detail, method, path)
+                body = orjson.loads(data)
+                detail = body.get("detail", text) if isinstance(body, dict) else text
+            except orjson.JSONDecodeError:
+                detail = text
+            raise ApiError(resp.status, detail, method, path)
         if raw:
-            return resp.content
-        return orjson.loads(resp.content) if resp.content else None
+            return data
+        return orjson.loads(data) if data else None
 
     def get(self, path: str, **params: Any) -> Any:
         """``GET path`` with ``params`` as the query (``None`` values left out); returns
@@ -233,3 +248,20 @@ class ApiClient:
                     yield orjson.loads(line[6:])
                 elif line.startswith(": ping"):
                     yield {"ping": True}
+
+
+def _pool() -> urllib3.PoolManager:
+    """Keep-alive connections, a few per server (a notebook's monitors share a client)."""
+    return urllib3.PoolManager(maxsize=8)
+
+
+def _query(params: dict) -> list[tuple[str, str]]:
+    """Query parameters as httpx writes them: ``True`` as ``true``, ``None`` left out,
+    a list as the key repeated."""
+    out = []
+    for k, v in params.items():
+        for x in v if isinstance(v, list | tuple) else [v]:
+            if x is None:
+                continue
+            out.append((k, "true" if x is True else "false" if x is False else str(x)))
+    return out

@@ -1,38 +1,66 @@
 """The exceptions documented by the modules below the client (HTTP, payloads, remote
 errors, files, samples, the connection file) are the ones raised, with a message that
-names the problem; all without a server (httpx's mock transport stands in for one)."""
+names the problem; all without a server (a stand-in for urllib3's connection pool, named
+``MockPool`` here, answers for one)."""
 
 from __future__ import annotations
 
+import io
 import pickle
 import threading
+from urllib.parse import urlsplit
 
-import httpx
+import orjson
 import pytest
+import urllib3
+from urllib3.exceptions import NewConnectionError
 
 from panda_lab.http import ApiClient, ApiError, ServerUnreachable
 
 
+class MockPool:
+    """Stands in for urllib3's ``PoolManager`` (no server here): ``handler(path)`` gives
+    each request's response, or raises as a transport failure would."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+
+    def urlopen(self, method: str, url: str, **kw) -> urllib3.HTTPResponse:
+        return self.handler(urlsplit(url).path)
+
+    def clear(self) -> None:
+        pass
+
+
+def response(status: int, *, json=None, text: str | None = None,
+             content: bytes = b"") -> urllib3.HTTPResponse:
+    body = orjson.dumps(json) if json is not None else (
+        text.encode() if text is not None else content)
+    return urllib3.HTTPResponse(body=io.BytesIO(body), status=status, preload_content=True)
+
+
 def _client(handler) -> ApiClient:
     api = ApiClient("http://lab.invalid", "t")
-    api._http = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    api._http = MockPool(handler)
     return api
 
 
 def test_request_without_answer_raises_server_unreachable_naming_the_url():
-    def refuse(request):
-        raise httpx.ConnectError("connection refused", request=request)
+    def refuse(path):
+        raise NewConnectionError(None, "Failed to establish a new connection: [Errno 111] "
+                                       "Connection refused")
 
     with _client(refuse) as api, pytest.raises(ServerUnreachable) as info:
         api.get("/api/tasks")
     assert "the panda-lab server at http://lab.invalid does not answer" in str(info.value)
-    assert "connection refused" in str(info.value)
+    assert "(Failed to establish a new connection: [Errno 111] Connection refused)" in str(
+        info.value)
     assert isinstance(info.value, ConnectionError)
 
 
 def test_error_status_raises_api_error_with_the_servers_detail():
-    def not_found(request):
-        return httpx.Response(404, json={"detail": "dataset 'x' not found"})
+    def not_found(path):
+        return response(404, json={"detail": "dataset 'x' not found"})
 
     with _client(not_found) as api, pytest.raises(ApiError) as info:
         api.get("/api/datasets/x")
@@ -42,8 +70,8 @@ def test_error_status_raises_api_error_with_the_servers_detail():
 
 
 def test_error_status_with_a_body_not_json_keeps_its_text_as_detail():
-    def broken(request):
-        return httpx.Response(502, text="Bad Gateway")
+    def broken(path):
+        return response(502, text="Bad Gateway")
 
     with _client(broken) as api, pytest.raises(ApiError) as info:
         api.post("/api/tasks", {"name": "t"})
@@ -51,10 +79,10 @@ def test_error_status_with_a_body_not_json_keeps_its_text_as_detail():
 
 
 def test_request_returns_decoded_json_none_for_empty_body_and_bytes_when_raw():
-    bodies = {"/a": httpx.Response(200, json={"n": 1}), "/b": httpx.Response(204),
-              "/c": httpx.Response(200, content=b"\x00raw")}
+    bodies = {"/a": response(200, json={"n": 1}), "/b": response(204),
+              "/c": response(200, content=b"\x00raw")}
 
-    with _client(lambda request: bodies[request.url.path]) as api:
+    with _client(lambda path: bodies[path]) as api:
         assert api.get("/a") == {"n": 1}
         assert api.get("/b") is None
         assert api.request("GET", "/c", raw=True) == b"\x00raw"
@@ -211,8 +239,7 @@ def test_pilot_run_exit_codes_for_an_unreachable_and_a_refusing_server():
         assert gone.run() == 3
         assert not gone.spool.exists()
         refused = Pilot(PilotOptions("http://lab.invalid", "LOCAL", "t"))
-        refused.api._http = httpx.Client(base_url="http://lab.invalid", transport=(
-            httpx.MockTransport(lambda r: httpx.Response(401, json={"detail": "wrong token"}))))
+        refused.api._http = MockPool(lambda path: response(401, json={"detail": "wrong token"}))
         assert refused.run() == 2
     finally:
         signal.signal(signal.SIGTERM, handlers[0])
