@@ -488,15 +488,16 @@ class Workflow(Rebrokerage, Admin):
                     gone: list[tuple[int, int | None]]) -> Changes:
         """Pilots of ``site`` on ``host`` whose processes were seen to end without saying
         goodbye (``gone``: ``(pid, exit code or None)``; a negative code is a signal):
-        marked lost, and the jobs they held failed (and retried), in one transaction.
-        Returns the changes."""
+        marked lost, last heard of now (so that a heartbeat heard before, written later
+        with the coalesced ones, does not revive them), and the jobs they held failed
+        (and retried), in one transaction.  Returns the changes."""
         codes = dict(gone)
         changes = Changes()
         with self.tx() as conn:
             found = pilot_rows.running_with_pids(conn, site, host, list(codes))
             if not found:
                 return changes
-            pilot_rows.set_state(conn, [r.id for r in found], PilotState.LOST)
+            pilot_rows.set_state(conn, [r.id for r in found], PilotState.LOST, now())
             held = job_rows.held_by(conn, [r.id for r in found])
             for r in found:
                 if held[r.id]:

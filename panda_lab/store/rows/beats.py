@@ -27,9 +27,12 @@ TOUCH = (update(pilots).where(pilots.c.id == bindparam("b_id"))
          .values(heartbeat_at=_later(pilots.c.heartbeat_at)))
 #: The same with the usage it reported.
 TOUCH_USAGE = TOUCH.values(**{k: bindparam(f"b_{k}") for k in USAGE})
-#: A pilot marked lost that heartbeats runs again (the watchdog was too quick).
+#: A pilot marked lost that heartbeats runs again (the watchdog was too quick), if heard
+#: after it was last heard of: a beat heard before its process was seen to end (held in
+#: memory, written up to a second later) must not bring a dead pilot back.
 REVIVE = (update(pilots).where(pilots.c.id == bindparam("b_id"),
-                               pilots.c.state == str(PilotState.LOST))
+                               pilots.c.state == str(PilotState.LOST),
+                               pilots.c.heartbeat_at < bindparam("b_t", type_=Float))
           .values(state=str(PilotState.RUNNING)))
 #: One held job lives at ``b_t``, if its pilot holds it.
 JOB = (update(jobs).where(jobs.c.id == bindparam("b_job"), jobs.c.pilot_id == bindparam("b_id"),
@@ -42,7 +45,7 @@ def apply(conn: Connection, beats: list[tuple[int, float, dict | None, list[int]
     """``beats``: ``(pilot id, time, usage or None, held job ids)``, one per pilot."""
     if not beats:
         return
-    conn.execute(REVIVE, [{"b_id": p} for p, _, _, _ in beats])
+    conn.execute(REVIVE, [{"b_id": p, "b_t": t} for p, t, _, _ in beats])
     plain = [{"b_id": p, "b_t": t} for p, t, usage, _ in beats if not usage]
     if plain:
         conn.execute(TOUCH, plain)
