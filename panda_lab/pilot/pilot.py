@@ -14,6 +14,12 @@ its job has run for its expected duration (the mean of the pilot's last jobs) le
 the measured acquisition round trip, the acquisition goes out while the job still runs.
 Only jobs shorter than ``fill_seconds`` are queued deeper, ``fill_seconds`` of work per
 slot, which bounds what a pilot holds back at a task's end.
+
+Jobs shorter than :data:`AHEAD_S` pay a visible share of their time for the acquisition
+itself (an HTTP request and a transaction each).  For them a pilot also asks for as many
+``extra`` jobs to hold ahead, which the server gives only while the site keeps enough
+activated jobs for its other pilots (``panda_lab.store.rows.jobs.spare``): half the
+acquisitions in the bulk of a task, one job at a time at its end.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ log = logging.getLogger("panda_lab.pilot")
 
 #: Seconds between two readings of the pilot's memory and CPU.
 USAGE_INTERVAL = 1.0
+#: Jobs shorter than this (seconds, the pilot's measured mean) are asked for with as
+#: many extra to hold ahead (see the module's docstring).
+AHEAD_S = 1.0
 
 
 @dataclass
@@ -70,8 +79,9 @@ class PilotOptions:
     fill_seconds: float = 0.1
     #: Most jobs per acquisition, and most job updates per report.
     max_batch: int = 200
-    #: Longest wait before finished jobs are reported while others still run.
-    flush_interval: float = 0.25
+    #: Longest wait before finished jobs are reported while others still run; a task's
+    #: first job to end on this pilot is reported at once (its first partial result).
+    flush_interval: float = 0.5
     #: Seconds an idle pilot's acquisition waits at the server for work (capped by the
     #: heartbeat interval, so the wait also keeps the pilot alive).
     long_poll: float = 5.0
@@ -95,6 +105,8 @@ class Pilot:
         self.pending: dict[int, dict] = {}   # job id -> latest update not yet reported
         self.pending_since = 0.0
         self.commons: dict[int, bytes | None] = {}
+        #: The last tasks a job of which ended here (see ``flush_interval``).
+        self.tasks_ended: deque[int] = deque(maxlen=64)
         self.stopping = False
         self.done = 0
         self.mean_duration = 1.0
@@ -276,6 +288,9 @@ class Pilot:
         t0 = time.monotonic()
         body = {"pilot": self.pilot_id, "site": self.opts.site, "n": n, "wait": wait,
                 "held": self._held()}
+        extra = self._extra(n)
+        if extra:
+            body["extra"] = extra
         if self.api.transport_errors != self.errors_seen:
             body["lost_check"] = True  # an answer may have been lost: see PilotAcquire
         errors = self.api.transport_errors
@@ -289,6 +304,21 @@ class Pilot:
         for job in reply["jobs"]:
             job["payload"] = base64.b64decode(job["payload"])
             self.queue.append(job)
+
+    def _extra(self, n: int) -> int:
+        """Jobs to ask for beyond ``n``, to hold ahead: as many as ``n`` when the pilot's
+        jobs are shorter than :data:`AHEAD_S` (measured, so never before its first),
+        within ``max_batch``, ``max_jobs`` and a walltime that leaves room to run them."""
+        if not self.done or self.mean_duration >= AHEAD_S or self.stopping or self.draining:
+            return 0
+        extra = min(n, self.opts.max_batch - n)
+        if self.opts.max_jobs:
+            extra = min(extra, self.opts.max_jobs - self.done - len(self.queue)
+                        - self._running() - n)
+        if self.opts.walltime and self._left() < 1.5 * self.mean_duration * (
+                self._running() + n + extra) + 1.0:
+            return 0
+        return max(0, extra)
 
     def _common(self, task_id: int) -> bytes | None:
         if task_id not in self.commons:
@@ -370,6 +400,7 @@ class Pilot:
                                       stderr=outcome.stderr or None)
                 else:
                     self._finish(job, outcome, w)
+                    self._first_of_task(job)
             elif w.job.get("walltime_s") and time.time() - w.started_at > w.job["walltime_s"]:
                 job = w.job
                 w.kill()
@@ -377,6 +408,13 @@ class Pilot:
                                     f"ran past its walltime of {job['walltime_s']:g} s",
                                     output=True)
         self._give_back_cores()  # before this loop's reports and acquisitions go out
+
+    def _first_of_task(self, job: dict) -> None:
+        """The first job of its task to end here is reported at once, not after
+        ``flush_interval``: the first partial result is what a user waits for."""
+        if job["task"] not in self.tasks_ended:
+            self.tasks_ended.append(job["task"])
+            self.pending_since = float("-inf")
 
     def _finish(self, job: dict, outcome, worker: Worker) -> None:
         self.done += 1

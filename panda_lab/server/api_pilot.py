@@ -76,7 +76,7 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
         s.heartbeats.add(body.pilot, body.held or [])
         ev = s.site_event(body.site)  # taken before looking, so no wake-up is missed
         jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n, body.held,
-                                   touch=False)
+                                   touch=False, extra=body.extra)
         s.publish(changes)
         left = deadline - time.monotonic()
         if jobs or left <= 0 or await request.is_disconnected():

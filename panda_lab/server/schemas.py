@@ -164,6 +164,9 @@ class PilotAcquire(Strict):
     pilot: Id
     site: SiteName
     n: Annotated[int, Field(ge=1, le=1000)] = 1
+    #: Jobs beyond ``n`` the pilot would hold ahead, given only while the site has jobs
+    #: to spare (``panda_lab.store.rows.jobs.spare``).
+    extra: Annotated[int, Field(ge=0, le=1000)] = 0
     wait: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.0
     held: list[Id] = Field(default_factory=list, max_length=100_000)
     #: The pilot met a transport failure since its last acquisition: an answer may have

@@ -264,8 +264,9 @@ class Workflow(Rebrokerage, Admin):
 
     # ---- 3. dispatch -----------------------------------------------------------------------
     def acquire(self, pilot_id: int, site: str, n: int, held: list[int] | None = None,
-                touch: bool = True) -> tuple[list[dict], Changes]:
-        """Hand up to ``n`` activated jobs of ``site`` to a pilot, atomically; the pilot
+                touch: bool = True, extra: int = 0) -> tuple[list[dict], Changes]:
+        """Hand up to ``n`` activated jobs of ``site`` to a pilot, and up to ``extra``
+        more while the site has jobs to spare (``job_rows.spare``), atomically; the pilot
         and the jobs it already ``held`` are heartbeated on the way, unless ``touch`` is
         False (the server's API: its heartbeat goes to the coalesced ones,
         server/heartbeats.py, two statements fewer per acquisition).  Returns
@@ -279,7 +280,7 @@ class Workflow(Rebrokerage, Admin):
         with self.tx() as conn:
             if touch:
                 self._touch(conn, pilot_id, t, held)  # the pilot lives at t
-            rows = job_rows.dispatch(conn, pilot_id, site, n, t)
+            rows = job_rows.dispatch(conn, pilot_id, site, n, t, extra)
             if not rows:
                 return [], changes
             job_rows.history(conn, [(r.id, (J.SENT,), t, f"pilot {pilot_id}") for r in rows])

@@ -4,11 +4,20 @@ with the round trip hidden.
 The kind of bug: a pilot that holds back work an idle pilot could run (too deep a queue
 at a task's end), or one that leaves a slot idle for a round trip per job (asks only once
 the slot is free).  Each member is checked: long jobs, short jobs, a slot about to free,
-the caps."""
+the caps.  And the jobs a pilot asks for to hold ahead (``Pilot._extra``, given by the
+server only while its site has jobs to spare, tests/store/test_jobs_ahead.py): none
+before its first job is measured, none for jobs of ``AHEAD_S`` or longer, none while
+stopping or draining, and never past ``max_batch``, ``max_jobs`` or a walltime that
+would not let them run."""
 
 from __future__ import annotations
 
-from panda_lab.pilot.pilot import jobs_wanted
+import shutil
+import time
+
+import pytest
+
+from panda_lab.pilot.pilot import AHEAD_S, Pilot, PilotOptions, jobs_wanted
 
 
 def test_long_jobs_are_not_queued_behind_a_running_one():
@@ -43,3 +52,43 @@ def test_short_jobs_fill_fill_seconds_per_slot_and_no_more_than_max_batch():
     # Never negative with a deep queue.
     assert jobs_wanted(1, idle=0, ending_soon=0, queued=50, mean_duration=0.01,
                        fill_seconds=0.1, max_batch=200) == 0
+
+
+@pytest.fixture
+def pilot():
+    p = Pilot(PilotOptions("http://127.0.0.1:9", "LOCAL", "t"))
+    yield p
+    shutil.rmtree(p.spool, ignore_errors=True)
+
+
+def test_short_jobs_are_asked_for_with_as_many_to_hold_ahead(pilot):
+    assert pilot._extra(1) == 0                 # nothing measured yet
+    pilot.done, pilot.mean_duration = 3, 0.15
+    assert pilot._extra(1) == 1
+    assert pilot._extra(3) == 3
+    pilot.mean_duration = AHEAD_S               # long enough: strict late binding
+    assert pilot._extra(1) == 0
+
+
+def test_nothing_is_held_ahead_while_stopping_or_draining(pilot):
+    pilot.done, pilot.mean_duration = 3, 0.15
+    pilot.stopping = True
+    assert pilot._extra(1) == 0
+    pilot.stopping, pilot.draining = False, True
+    assert pilot._extra(1) == 0
+
+
+def test_the_extras_keep_within_max_batch_max_jobs_and_the_walltime(pilot):
+    pilot.done, pilot.mean_duration = 3, 0.15
+    pilot.opts.max_batch = 5
+    assert pilot._extra(4) == 1
+    pilot.opts.max_batch, pilot.opts.max_jobs = 200, 5  # 3 done, 1 asked: 1 more at most
+    assert pilot._extra(1) == 1
+    pilot.opts.max_jobs = 4
+    assert pilot._extra(1) == 0
+    pilot.opts.max_jobs = 0
+    pilot.started = time.monotonic()
+    pilot.opts.walltime = 3600.0                # plenty of time left
+    assert pilot._extra(1) == 1
+    pilot.opts.walltime = 1.2                   # less left than 1.5 x 0.15 s x 2 jobs + 1 s
+    assert pilot._extra(1) == 0

@@ -21,9 +21,10 @@ from panda_lab.model import (
     ErrorCategory,
     JobState,
 )
+from panda_lab.model.states import PilotState
 from panda_lab.store.base import Changes, JobChange, loads
 from panda_lab.store.rows import holders
-from panda_lab.store.schema import job_decisions, job_status, jobs
+from panda_lab.store.schema import job_decisions, job_status, jobs, pilots
 from panda_lab.text import clean
 
 J = JobState
@@ -131,21 +132,49 @@ def insert_attempts(conn: Connection, rows: list[dict], t: float, changes: Chang
     return ids
 
 
-def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float) -> list[Row]:
+#: Slots of a site's running pilots.
+_SITE_SLOTS = (select(func.coalesce(func.sum(pilots.c.slots), 0))
+               .where(pilots.c.site == bindparam("site"),
+                      pilots.c.state == str(PilotState.RUNNING)))
+#: Activated jobs per running slot that a site keeps for its other pilots before one
+#: pilot may take jobs beyond what it can start now (:func:`spare`).
+KEEP_PER_SLOT = 2
+
+
+def spare(conn: Connection, site: str, n: int, extra: int, activated: int) -> int:
+    """How many of the ``extra`` jobs a pilot asks for beyond the ``n`` it can start now
+    it gets, with ``activated`` jobs of ``site`` ready: those that leave
+    :data:`KEEP_PER_SLOT` activated jobs per slot of the site's running pilots.
+
+    A pilot of short jobs saves a round trip per job by holding one job ahead, but a
+    job held behind a running one is a job an idle pilot cannot take (PanDA's late
+    binding).  While a site has jobs to spare none can idle for it; near a task's end,
+    with fewer than that left, every pilot takes only what it starts, as without
+    ``extra``.  Returns 0 to ``extra``; one statement (the site's slots) when asked."""
+    if extra <= 0 or activated <= n:
+        return 0
+    slots = conn.execute(_SITE_SLOTS, {"site": site}).scalar_one()
+    return max(0, min(extra, activated - n - KEEP_PER_SLOT * max(1, slots)))
+
+
+def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
+             extra: int = 0) -> list[Row]:
     """Atomically move up to ``n`` activated jobs of ``site`` to ``sent`` for a pilot, by
     priority, then those whose input the pilot read last (:func:`.holders.pick`), then age;
     returns (id, task_id, job_index, attempt, payload, walltime_s, cores, priority,
     data_key, access, read_from) rows in that order.  The pilot becomes the holder of
-    what the jobs it got read.
+    what the jobs it got read.  Up to ``extra`` more while the site has jobs to spare
+    (:func:`spare`).
 
     The candidates are the first ``n + WINDOW`` in priority order (one index range scan);
     the update is a compare-and-set on ``activated``, so a job another pilot took in the
     meantime (PostgreSQL, concurrent transactions) is not handed out twice: this pilot gets
     fewer."""
     # the window, each job with the running pilot that holds its input
-    window = holders.window(conn, site, n + holders.WINDOW)
+    window = holders.window(conn, site, n + extra + holders.WINDOW)
     if not window:
         return []
+    n += spare(conn, site, n, extra, len(window))
     held = {r.data_key: r.holder for r in window if r.holder is not None}
     chosen = holders.pick(pilot_id, window, held, n) if held else [r.id for r in window[:n]]
     # Lock what is still to be had, skipping rows another pilot's transaction holds
