@@ -235,16 +235,18 @@ async def task_failures(request: Request, task: TaskRef, who: Who) -> list[dict]
 @router.get("/tasks/{task}/wait")
 async def wait_task(request: Request, task: TaskRef, who: Who,
                     timeout: float = Query(30.0, ge=0, le=300)) -> dict:
-    """Long poll: answer when the task reaches a final state or ``timeout`` passes."""
+    """Long poll: answer when the task reaches a final state or ``timeout`` passes.  Each
+    wake-up reads the task's state alone; the whole task (its jobs counted) is read once,
+    for the answer."""
     s = _server(request)
     task_id = await task_of(s, who, task)
     deadline = time.monotonic() + timeout
     while True:
         ev = s.task_event(task_id)
-        info = await s.db(s.store.get_task, task_id)
+        progress = await s.db(s.store.task_progress, task_id)
         left = deadline - time.monotonic()
-        if TaskState(info["state"]) in TASK_FINAL or left <= 0:
-            return info
+        if progress is None or TaskState(progress["state"]) in TASK_FINAL or left <= 0:
+            return await s.db(s.store.get_task, task_id)
         try:
             await asyncio.wait_for(ev.wait(), left)
         except TimeoutError:

@@ -300,7 +300,7 @@ class Merger:
         """A task's merge state as saved: the accumulator row and the merge error, the
         value still pickled (unpickled when merged into).  Runs on the owner thread."""
         data, merged, events = self.store.load_accumulator(task_id)
-        options = self.store.get_task(task_id)["options"]
+        options = self.store.task_options(task_id)
         error = options.get("merge_error")
         # The saved value does not say in which order its arrays were concatenated:
         # redo the merge in input order at the end (if it holds arrays), as a merge out

@@ -52,6 +52,12 @@ class Reads(Database):
             out["jobs_by_site"] = per_site
             return out
 
+    def task_options(self, task_id: int) -> dict:
+        """A task's options (its ``options`` as :meth:`get_task` gives them), in one
+        statement where :meth:`get_task` counts its jobs too.  Raises ``TaskNotFound``."""
+        with self.tx() as conn:
+            return loads(task_rows.task_row(conn, task_id).options)
+
     def task_progress(self, task_id: int) -> dict | None:
         """What closing a task waits on: ``{"open", "state", "unfinished": attempts not
         in a final state, "n_done": jobs with a result}``, or None when there is no such

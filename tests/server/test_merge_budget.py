@@ -51,8 +51,8 @@ class TasksStore:
         self._check("load_accumulator", task_id)
         return self.saved.get(task_id, (None, set(), 0))
 
-    def get_task(self, task_id):
-        return {"options": {}}
+    def task_options(self, task_id):
+        return {}
 
     def task_chunks(self, task_id):
         self._check("task_chunks", task_id)

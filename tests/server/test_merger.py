@@ -38,9 +38,9 @@ class OwnedStore:
         self._check("load_accumulator")
         return None, set(), 0
 
-    def get_task(self, task_id):
-        self._check("get_task")
-        return {"options": self.options}
+    def task_options(self, task_id):
+        self._check("task_options")
+        return self.options
 
     def task_chunks(self, task_id):
         self._check("task_chunks")
