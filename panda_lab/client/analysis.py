@@ -291,8 +291,7 @@ class AnalysisTask(TaskHandle):
 
         ``timeout`` is in seconds (``None``: wait for ever); past it, :class:`TimeoutError`
         (from :meth:`wait`)."""
-        self.wait(timeout=timeout)
-        info = self.info()
+        info = self.lab.wait(self.id, timeout=timeout)  # the task as it ended
         self._raise_merge_error(info["options"].get("merge_error"))
         deadline = time.monotonic() + 30
         p = self.partial()
