@@ -10,17 +10,29 @@ the merger and the notebook starved besides.
 How: each running payload holds one of ``N`` lock files (``core-0`` ... ``core-N-1`` in a
 directory the pilots share) with ``flock``, which the kernel releases when the process
 dies, so a killed pilot never keeps a core.  A pilot that wants a core and finds none free
-queues: it holds a lock on a ticket file ``wait-<ns>-<pid>`` (a dead waiter's ticket is
-seen as unlocked and removed).  A free core goes to the oldest ticket first.  A pilot
-that has held its core for a turn (:data:`TURN_S`) gives it back when its job ends and
-another pilot waits, and takes it again only when no one older waits, so the sites'
-pilots take turns and their queues drain together instead of one site's finishing last
-on one core.  The turn is a scheduler's time slice: short jobs run many to a turn, so a
-hand-over is not paid per job.
+queues: it holds a lock on a ticket file ``wait-<key>-<pid>`` (a dead waiter's ticket is
+seen as unlocked and removed).  A free core goes to the ticket of least key first.  A
+pilot that has held its core for a turn (:data:`TURN_S`) gives it back when its job ends
+and another pilot waits, and takes it again only when no waiter comes before it, so the
+sites' pilots take turns and their queues drain together instead of one site's finishing
+last on one core.  The turn is a scheduler's time slice: short jobs run many to a turn,
+so a hand-over is not paid per job.
+
+Who comes first is fair share, not arrival: the key orders waiters by the core time each
+pilot had lately (decayed with :data:`SHARE_TAU_S`, the rule of a fair-share batch
+scheduler such as Slurm's, or Linux's CFS, at the scale of seconds), then by when it
+queued; and a turn is over only for a waiter that had less core time than the holder.
+By arrival alone, a pilot that waited through the first turn stayed a turn behind to the
+end, and its site's last jobs ran alone on one core (the embedded default's first runs:
+the last pilot ran alone for 0.3-0.6 s of 2.5).  A pilot with nothing left to run forgets its
+share (:meth:`CoreSlots.forget`): the next task starts even.  The key of a
+pilot that had ``S`` seconds of core at time ``t`` is ``t / tau + ln(S + 1 ms)``: while it
+waits its share decays as everyone's does, so keys made at different times compare as
+the shares would now.
 
 A waiter is woken, not left to poll: each pilot has a FIFO, ``ring-<pid>-<k>``, named
-in its ticket (``wait-<ns>-<pid>-<k>``); a pilot that gives a core back writes a byte to
-the oldest waiter's, and the waiter, which waits on its FIFO's descriptor
+in its ticket (``wait-<key>-<pid>-<k>``); a pilot that gives a core back writes a byte to
+the first waiter's, and the waiter, which waits on its FIFO's descriptor
 (:attr:`CoreSlots.bell`) with its workers' pipes, looks at once.  A core freed by a
 pilot that died rings no one: waiters also look every :data:`POLL_S`.
 """
@@ -31,15 +43,22 @@ import contextlib
 import errno
 import fcntl
 import itertools
+import math
 import os
 import time
 from pathlib import Path
 
-__all__ = ["POLL_S", "TURN_S", "CoreSlots"]
+__all__ = ["POLL_S", "SHARE_TAU_S", "TURN_S", "CoreSlots"]
 
 #: Seconds between two looks for a free core while waiting for one and not rung: how
 #: long a core freed by a pilot that died may stay idle.
 POLL_S = 0.05
+#: Seconds over which a pilot's core time counts for its place among waiters (the decay
+#: constant of its fair share).
+SHARE_TAU_S = 60.0
+#: Core time (seconds) that counts as none: a pilot that had none queues by arrival.
+_SHARE_FLOOR_S = 1e-3
+
 #: Seconds a pilot keeps a core for its next jobs before a waiting pilot gets it.  A
 #: hand-over costs more than the scheduler's switch (the pilot that gives the core back
 #: keeps its prefetched job waiting, and the taker's payload process starts cold); a
@@ -69,6 +88,9 @@ class CoreSlots:
                      for i in range(n)]
         self._held: list[int] = []       # indexes of the cores this process holds
         self._since: dict[int, float] = {}  # when each was taken (time.monotonic())
+        #: Core seconds held lately (decayed, see SHARE_TAU_S), as of ``_share_at``.
+        self._share = 0.0
+        self._share_at = time.time()
         self._ticket: Path | None = None
         self._ticket_fd: int | None = None
         self._me = f"{os.getpid()}-{next(_instances)}"
@@ -93,7 +115,7 @@ class CoreSlots:
         return len(self._held)
 
     def take(self) -> bool:
-        """Take one core if one is free and no other pilot has waited longer; otherwise
+        """Take one core if one is free and no waiter comes before this pilot; otherwise
         queue (a ticket) and return False.  Never blocks."""
         if self._older_waiting():
             self._queue()
@@ -119,9 +141,35 @@ class CoreSlots:
         none)."""
         if self._held:
             i = self._held.pop()
-            self._since.pop(i, None)
+            since = self._since.pop(i, None)
+            if since is not None:
+                self._add_share(time.monotonic() - since)
             fcntl.flock(self._fds[i], fcntl.LOCK_UN)
             self._ring_oldest()
+
+    def share(self, t: float | None = None) -> float:
+        """Core seconds this process held lately, decayed to time ``t`` (``time.time()``;
+        default now) with :data:`SHARE_TAU_S`; the cores it holds count up to now."""
+        t = time.time() if t is None else t
+        now = time.monotonic()
+        held = sum(now - since for since in self._since.values())
+        return self._share * math.exp(-(t - self._share_at) / SHARE_TAU_S) + held
+
+    def forget(self) -> None:
+        """Start a new share from none: for a pilot with nothing left to run.  A share is
+        fair within a stretch of work; carried into the next task, the pilot that ran the
+        last jobs of one would wait longest at the start of the next."""
+        self._share, self._share_at = 0.0, time.time()
+
+    def _add_share(self, seconds: float) -> None:
+        t = time.time()
+        self._share = self._share * math.exp(-(t - self._share_at) / SHARE_TAU_S) + seconds
+        self._share_at = t
+
+    def _key(self) -> int:
+        """This pilot's place among waiters now: less is sooner (module docstring)."""
+        t = time.time()
+        return int((t / SHARE_TAU_S + math.log(self.share(t) + _SHARE_FLOOR_S) + 100.0) * 1e9)
 
     def hear(self) -> None:
         """Empty the bell (after a wait on :attr:`bell`), so it waits again."""
@@ -130,7 +178,7 @@ class CoreSlots:
                 continue
 
     def _ring_oldest(self) -> None:
-        """Wake the pilot that waited longest, if one waits: it takes the core at once
+        """Wake the first waiter (least key), if one waits: it takes the core at once
         instead of at its next look (a lost ring costs it one :data:`POLL_S`)."""
         waiters = self._waiters(exclude_self=True)
         if not waiters:
@@ -148,14 +196,17 @@ class CoreSlots:
 
     def turn_over(self, turn: float | None = None) -> bool:
         """Whether a core this process holds should go to a waiting pilot now: it has
-        been held for ``turn`` seconds (default :data:`TURN_S`) and another pilot waits.
-        (The clock is read first: the queue is looked at once a turn, not after every
-        short job.)"""
+        been held for ``turn`` seconds (default :data:`TURN_S`) and another pilot waits
+        that had less core time lately than this one (its fair share: a pilot that
+        waited through the first turns keeps its core until it caught up).  (The clock
+        is read first: the queue is looked at once a turn, not after every short job.)"""
         if not self._held:
             return False
         oldest = min(self._since[i] for i in self._held)
-        return (time.monotonic() - oldest >= (TURN_S if turn is None else turn)
-                and self.others_waiting())
+        if time.monotonic() - oldest < (TURN_S if turn is None else turn):
+            return False
+        waiters = self._waiters(exclude_self=True)
+        return bool(waiters) and _ticket_key(waiters[0]) < self._key()
 
     def others_waiting(self) -> bool:
         """Whether another live pilot waits for a core now."""
@@ -179,7 +230,7 @@ class CoreSlots:
     def _queue(self) -> None:
         if self._ticket is not None:
             return
-        path = self.dir / f"wait-{time.time_ns():020d}-{self._me}"
+        path = self.dir / f"wait-{self._key():020d}-{self._me}"
         # Locked under another name first: a ticket is never seen unlocked (and removed
         # as a dead waiter's) between its creation and its lock.
         draft = self.dir / f"draft-{self._me}"
@@ -205,7 +256,8 @@ class CoreSlots:
         return any(mine is None or name < mine for name in self._waiters(exclude_self=True))
 
     def _waiters(self, *, exclude_self: bool) -> list[str]:
-        """Names of the live tickets, oldest first; dead waiters' tickets are removed."""
+        """Names of the live tickets, first (least key) first; dead waiters' tickets are
+        removed."""
         out = []
         for entry in os.scandir(self.dir):
             if not entry.name.startswith("wait-"):
@@ -234,6 +286,11 @@ def _sweep_rings(directory: Path) -> None:
                     os.unlink(entry.path)
             continue
         os.close(fd)
+
+
+def _ticket_key(name: str) -> int:
+    """The key in a ticket's name, ``wait-<key>-<pid>-<k>``."""
+    return int(name.split("-", 2)[1])
 
 
 def _alive(ticket: str) -> bool:

@@ -365,6 +365,8 @@ class Pilot:
             self.cores.give()
         if not self.queue:
             self.cores.leave()
+            if not self._running():
+                self.cores.forget()  # nothing left to run: its next work starts even
 
     def _collect(self) -> None:
         busy = [w for w in self.workers if w.busy]

@@ -6,8 +6,10 @@ members, each tested here: too many payloads at once over several pilots; one si
 pilots keeping the cores while another site's jobs wait (its queue then drains last, on
 one core); a pilot killed while it holds a core, or while it waits for one, keeping it
 or its place (or its bell's FIFO, left in the directory) for good; a core given back
-left idle until the waiter's next look (the waiter is rung: the oldest only, and a dead
-waiter's bell costs the giver nothing); and a limit that is no number.
+left idle until the waiter's next look (the waiter is rung: the first only, and a dead
+waiter's bell costs the giver nothing); a pilot that waited through the first turns kept
+a turn behind to the end (waiters now go by their core time lately, then by arrival);
+and a limit that is no number.
 """
 
 from __future__ import annotations
@@ -22,24 +24,55 @@ import time
 import pytest
 from harness import ServerProcess
 
-from panda_lab.pilot.cores import TURN_S, CoreSlots
+from panda_lab.pilot.cores import SHARE_TAU_S, TURN_S, CoreSlots
 from panda_lab.resources import Resources, plan_local
 
 
-def test_no_more_than_n_at_once_and_the_longest_waiting_goes_first(tmp_path):
+def test_no_more_than_n_at_once_and_the_waiter_with_least_core_time_goes_first(tmp_path):
     a, b, c = (CoreSlots(tmp_path, 2) for _ in range(3))
     assert a.take() and b.take()
     assert not c.take()  # both cores held: c waits
+    time.sleep(0.2)
     a.give()
-    # a's job ended and it has another: c has waited longer, so a does not get it back
+    # a's job ended and it has another: c has had no core, so a does not get it back
     assert not a.take()
     assert c.take() and (a.held, b.held, c.held) == (0, 1, 1)
     assert a.others_waiting() is False and c.others_waiting() is True  # a waits now
+    assert a.share() == pytest.approx(0.2, abs=0.05) and c.share() < 0.05
     b.give()
-    assert not c.take()  # c may not jump a's place ...
-    assert a.take()                     # ... a, the oldest waiter, gets b's core
-    assert a.held + b.held + c.held == 2
+    assert not c.take()  # c may not take a core past a waiter without queueing ...
+    # ... and then it comes first: it had 0.2 s less of a core than a lately
+    assert not a.take()
+    assert c.take() and (a.held, b.held, c.held) == (0, 0, 2)
+    c.give()
+    assert a.take()      # ... and a gets the next
     for s in (a, b, c):
+        s.close()
+
+
+def test_among_waiters_the_least_core_time_lately_goes_first_then_the_first_queued(
+        tmp_path):
+    a, b, c, d = (CoreSlots(tmp_path, 1) for _ in range(4))
+    assert a.take()
+    time.sleep(0.3)
+    a.give()                 # a had 0.3 s of the core
+    assert b.take()
+    assert not a.take()      # a queues first ...
+    time.sleep(0.01)
+    assert not c.take()      # ... c, with no core time, after it
+    time.sleep(0.01)
+    assert not d.take()      # ... and d, also none, after c
+    b.give()
+    assert not a.take() and not d.take() and c.take()   # c: none, and first of those
+    c.give()
+    assert not a.take() and d.take()
+    d.give()
+    # a's share decays: core time SHARE_TAU_S ago counts e times less
+    now = time.time()
+    assert a.share(now) == pytest.approx(0.3, abs=0.05)
+    assert a.share(now + SHARE_TAU_S) == pytest.approx(a.share(now) / math.e)
+    assert a.take()
+    for s in (a, b, c, d):
         s.close()
 
 
@@ -156,10 +189,10 @@ def nap(i: int) -> tuple[float, float]:
 
 def test_three_single_slot_pilots_on_two_shared_cores_take_turns(tmp_path):
     """Three sites of one single-slot pilot, sharing two cores: never three jobs at
-    once, two at once most of the time, and every site's first job starts within the
-    first round of turns: after at most a turn's jobs (:data:`TURN_S` of 0.4-s jobs) on
-    each of the two cores.  Without turns, one site's jobs would wait until another's
-    queue is empty, after its six jobs and more."""
+    once, two at once most of the time, every site's first job starts within the first
+    round of turns (when the jobs of a turn, :data:`TURN_S` of 0.4-s jobs, have run).
+    Without turns, one site's jobs would wait until another's queue is empty, after its
+    six jobs and more."""
     (tmp_path / "sites.toml").write_text(SITES)
     home = tmp_path / "home"
     home.mkdir()
@@ -185,9 +218,10 @@ def test_three_single_slot_pilots_on_two_shared_cores_take_turns(tmp_path):
         most = max(most, running)
     assert most == 2, f"{most} jobs ran at once on two shared cores"
     order = [sites[i] for i in sorted(spans, key=lambda i: spans[i][0])]
-    first = {s: order.index(s) for s in "ABC"}
-    per_turn = math.ceil(TURN_S / 0.4)
-    assert max(first.values()) <= 2 * per_turn, f"a site waited for another's queue: {order}"
+    t0 = min(t for t, _ in spans.values())
+    first = {s: min(spans[i][0] for i in spans if sites[i] == s) - t0 for s in "ABC"}
+    turn = math.ceil(TURN_S / 0.4) * 0.4  # a turn ends with the job that ends past it
+    assert max(first.values()) <= turn + 0.3, f"a site waited for another's queue: {order}"
 
 
 def test_the_pilot_command_refuses_shared_cores_without_their_directory(capsys):
@@ -206,6 +240,29 @@ def test_a_turn_is_over_when_held_long_enough_and_another_waits(tmp_path):
     assert not b.take()
     assert not a.turn_over(turn=60.0)    # b waits, but a's turn is not over
     assert a.turn_over(turn=0.0)
+    a.close()
+    b.close()
+
+
+def test_a_turn_is_over_only_for_a_waiter_that_had_less_core_time(tmp_path):
+    """Fair share: a pilot that waited through the first turns keeps its core past its
+    turn while the waiter had more of it lately, and gives it once it caught up."""
+    a, b = CoreSlots(tmp_path, 1), CoreSlots(tmp_path, 1)
+    assert a.take()
+    time.sleep(0.4)
+    a.give()
+    assert b.take()          # b had none: its core since now
+    assert not a.take()      # a waits, having had 0.4 s
+    time.sleep(0.1)
+    assert not b.turn_over(turn=0.0)   # b had 0.1 s: a had more, b keeps it
+    time.sleep(0.35)
+    assert b.turn_over(turn=0.0)       # b had 0.45 s: a goes first now
+    b.give()
+    b.forget()               # nothing left to run: b's next work starts even
+    assert b.share() == 0.0 and a.take()
+    assert not b.take()      # a holds it; b queues with no core time ...
+    a.give()
+    assert b.take()          # ... and is served first
     a.close()
     b.close()
 
