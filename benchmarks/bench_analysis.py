@@ -259,8 +259,10 @@ def main() -> int:
                          "per round, ratios per round (the machine's speed drifts between "
                          "blocks of repeats; within a round the three share it)")
     args = ap.parse_args()
-    # coffea's NanoAODSchema warns of every cross-reference this flat sample lacks.
+    # coffea's NanoAODSchema warns of every cross-reference this flat sample lacks: here,
+    # and in the processes coffea's own pools start (they read PYTHONWARNINGS).
     warnings.filterwarnings("ignore", message="Missing cross-reference")
+    os.environ["PYTHONWARNINGS"] = "ignore:Missing cross-reference:RuntimeWarning"
     if args.quick:
         args.files, args.events, args.chunk, args.repeats = 2, 500_000, 125_000, 1
     skip = set(filter(None, args.skip.split(",")))
