@@ -19,7 +19,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import httpx
 import orjson
@@ -99,7 +100,7 @@ class ApiClient:
         self._timeout = timeout
         self._moving = threading.Lock()
         self._headers = {"Authorization": f"Bearer {token}"}
-        self._http = _pool()
+        self._http = _pool(self.url)
 
     def relocate(self) -> bool:
         """Ask ``find`` where the server is now and, if it moved, send every later request
@@ -117,7 +118,7 @@ class ApiClient:
             old = self._http
             self.url, self.token = url, token
             self._headers = {"Authorization": f"Bearer {token}"}
-            self._http = _pool()
+            self._http = _pool(url)
         old.clear()
         return True
 
@@ -250,8 +251,15 @@ class ApiClient:
                     yield {"ping": True}
 
 
-def _pool() -> urllib3.PoolManager:
-    """Keep-alive connections, a few per server (a notebook's monitors share a client)."""
+def _pool(url: str) -> urllib3.PoolManager:
+    """Keep-alive connections to the server at ``url``, a few (a notebook's monitors share
+    a client), through the proxy the environment names for its scheme unless ``no_proxy``
+    exempts its host (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``: what httpx and
+    ``urllib.request`` read)."""
+    parts = urlsplit(url)
+    proxy = getproxies().get(parts.scheme)
+    if proxy and not proxy_bypass(parts.hostname or ""):
+        return urllib3.ProxyManager(proxy, maxsize=8)
     return urllib3.PoolManager(maxsize=8)
 
 

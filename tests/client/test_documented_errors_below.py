@@ -78,6 +78,23 @@ def test_error_status_with_a_body_not_json_keeps_its_text_as_detail():
     assert (info.value.status, info.value.detail) == (502, "Bad Gateway")
 
 
+@pytest.mark.parametrize("no_proxy,through", [("", True), ("lab.example,other", False)])
+def test_requests_go_through_the_proxy_the_environment_names(monkeypatch, no_proxy, through):
+    """As httpx did: ``HTTP_PROXY`` for an http server, unless ``NO_PROXY`` names it."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    api = ApiClient("http://lab.example:8000", "t")
+    assert isinstance(api._http, urllib3.ProxyManager) is through
+    if through:
+        assert api._http.proxy.host == "proxy.example"
+    monkeypatch.delenv("HTTP_PROXY")
+    assert not isinstance(ApiClient("http://lab.example:8000", "t")._http,
+                          urllib3.ProxyManager)
+
+
 def test_request_returns_decoded_json_none_for_empty_body_and_bytes_when_raw():
     bodies = {"/a": response(200, json={"n": 1}), "/b": response(204),
               "/c": response(200, content=b"\x00raw")}
