@@ -97,7 +97,7 @@ class Cause(StrEnum):
     FAILED = "failed"          #: its attempt failed (a pilot's report, the watchdog)
     USER_RETRY = "user retry"  #: the user's ``retry`` of the task (pbook's verb)
     REBROKER = "rebroker"      #: its site went offline before a pilot took it
-    LOST = "lost"              #: sent in an answer its pilot never read: it never ran
+    LOST = "lost"              #: it never ran: its answer lost, or handed back unstarted
 
 
 #: The most attempts a logical job may reach through answers lost on their way to the

@@ -232,7 +232,8 @@ class Pilot:
                 self._report_failed(job, "system", "pilot stopped while the job ran",
                                     output=True)
         while self.queue:
-            self._report_failed(self.queue.popleft(), "system", "pilot stopped before the job ran")
+            self._report_failed(self.queue.popleft(), "system", "pilot stopped before the job ran",
+                                unstarted=True)
         try:
             self._flush(retry_for=min(5.0, self.opts.server_lost_timeout))
             if self.pilot_id:
@@ -333,7 +334,8 @@ class Pilot:
         if self.draining:
             while self.queue:  # they would not finish in time: back to the server
                 self._report_failed(self.queue.popleft(), "system",
-                                    "handed back: the pilot's walltime is nearly spent")
+                                    "handed back: the pilot's walltime is nearly spent",
+                                    unstarted=True)
         self._give_back_cores()
         self.core_blocked = False
         spare = self.cores.held - self._running() if self.cores is not None else 0
@@ -466,10 +468,13 @@ class Pilot:
             self._set_pending(job, JobState.FAILED, error=err, **extra)
 
     def _report_failed(self, job: dict, category: str, message: str,
-                       output: bool = False) -> None:
+                       output: bool = False, unstarted: bool = False) -> None:
         """Report ``job`` failed; with ``output``, its worker was killed under it, and
-        the output it spooled until then is reported and kept."""
-        extra = self._keep_output(job, None, retry_for=5.0) if output else {}
+        the output it spooled until then is reported and kept; ``unstarted``: handed back
+        without having started (its next attempt does not count against its limit)."""
+        extra: dict = self._keep_output(job, None, retry_for=5.0) if output else {}
+        if unstarted:
+            extra["unstarted"] = True
         self._set_pending(job, JobState.FAILED, error={"category": category, "message": message},
                           **extra)
 

@@ -231,6 +231,9 @@ class JobUpdate(Strict):
     #: The first job of its task in a new worker process (imports, first opens): its
     #: speed is not the site's, see store/rows/links.py observe_sites.
     cold: bool | None = None
+    #: Failed without having started: the pilot hands it back (it stops, or its
+    #: walltime runs out), and its next attempt does not count against its limit.
+    unstarted: bool | None = None
     #: The payload's peak resident memory during the job (MB) and its CPU seconds.
     peak_rss_mb: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
     cpu_s: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None

@@ -316,7 +316,8 @@ class Workflow(Rebrokerage, Admin):
                       usage: dict | None = None) -> tuple[Changes, list[dict]]:
         """Apply a pilot's bulk report: updates ``{"id", "attempt", "state", optional
         "started_at", "result" (bytes), "result_ref", "error": {category, message,
-        traceback, exception}, "stdout", "stderr", "peak_rss_mb", "cpu_s"}``; ``usage``
+        traceback, exception}, "stdout", "stderr", "peak_rss_mb", "cpu_s", "unstarted"
+        (failed without having started: its next attempt does not count)}``; ``usage``
         the pilot's own ``{"rss_mb", "cpu_s", "cpu_pct"}``.  Returns ``(changes, ignored)``,
         ignored ``[{"id", "reason"}]`` (stale attempt, not this pilot's job, already
         final, a transition the model forbids, ...)."""
@@ -337,6 +338,7 @@ class Workflow(Rebrokerage, Admin):
         with self.tx() as conn:
             current = job_rows.lock_for_report(conn, [u["id"] for u in updates])
             params, history, failed, finished, output = [], [], [], [], []
+            unstarted: list[tuple[Row, dict]] = []
             measured: list[tuple[Row, dict, JobState]] = []
             seen: set[int] = set()
             for u in updates:
@@ -376,10 +378,16 @@ class Workflow(Rebrokerage, Admin):
                 change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
                                    str(new), err.get("category"), err.get("message"))
                 changes.jobs.append(change)
-                if u.get("reads") or new in (J.FINISHED, J.FAILED):
+                # Handed back unstarted (the pilot stopped, or its walltime ran out): not
+                # the job's failure nor its site's, and its next attempt does not count.
+                never_ran = (new == J.FAILED and row.state == J.SENT and not started
+                             and bool(u.get("unstarted")))
+                if u.get("reads") or (new in (J.FINISHED, J.FAILED) and not never_ran):
                     measured.append((row, u, new))
                 if new == J.FINISHED:
                     finished.append((row, u, change))
+                elif never_ran:
+                    unstarted.append((row, err))
                 elif new == J.FAILED:
                     failed.append((row, err))
             if output:
@@ -400,6 +408,7 @@ class Workflow(Rebrokerage, Admin):
                 self._learn_now(conn, *learned)
                 learned = []
             self._retry(conn, failed, changes)
+            self._retry(conn, unstarted, changes, Cause.LOST)
             self._touch(conn, pilot_id, t, held, usage, done=len(finished))
             task_rows.end_if_complete(conn, [c.task_id for c in changes.jobs
                                              if JobState(c.state) in JOB_FINAL], changes)
@@ -491,7 +500,9 @@ class Workflow(Rebrokerage, Admin):
         goodbye (``gone``: ``(pid, exit code or None)``; a negative code is a signal):
         marked lost, last heard of now (so that a heartbeat heard before, written later
         with the coalesced ones, does not revive them), and the jobs they held failed
-        (and retried), in one transaction.  Returns the changes."""
+        (and retried), in one transaction: those still ``sent`` never ran, and their next
+        attempt does not count against the limit (``Cause.LOST``).  Returns the
+        changes."""
         codes = dict(gone)
         changes = Changes()
         with self.tx() as conn:
@@ -500,14 +511,23 @@ class Workflow(Rebrokerage, Admin):
                 return changes
             pilot_rows.set_state(conn, [r.id for r in found], PilotState.LOST, now())
             held = job_rows.held_by(conn, [r.id for r in found])
+            system = str(ErrorCategory.SYSTEM)
             for r in found:
                 if held[r.id]:
                     code = codes[r.pid]
                     why = f"exit code {code}" if code is not None and code >= 0 else \
                         f"killed by signal {-code}" if code is not None else "exit unknown"
-                    self._fail(conn, held[r.id], str(ErrorCategory.SYSTEM),
-                               f"its pilot {r.id} (pid {r.pid}) ended ({why}) "
-                               "while holding the job", changes)
+                    # held ahead, never started: not the job's failure (Cause.LOST)
+                    sent = [j.id for j in job_rows.on_pilot(conn, held[r.id])
+                            if j.state == J.SENT]
+                    started = [j for j in held[r.id] if j not in set(sent)]
+                    ended = f"its pilot {r.id} (pid {r.pid}) ended ({why})"
+                    if sent:
+                        self._fail(conn, sent, system, f"{ended} before the job ran",
+                                   changes, Cause.LOST)
+                    if started:
+                        self._fail(conn, started, system, f"{ended} while holding the job",
+                                   changes)
         return changes
 
     def close_expired_leases(self, t: float) -> tuple[list[int], Changes]:

@@ -7,7 +7,9 @@ control plane's CPU is taken from the payloads on a small machine).  Members: a 
 first job to end on a pilot is reported at once while other jobs run; the next ones wait
 for ``flush_interval``, then go together; a job of another task is again a first; a pilot
 with nothing left running reports at once.  No server: a stand-in for urllib3's pool
-(``Recorder``) records the requests.
+(``Recorder``) records the requests.  And a pilot that stops hands its jobs held ahead
+back saying they never started (``unstarted``: their next attempt does not count,
+tests/store/test_unstarted_jobs.py), and does not say so of a job it had started.
 """
 
 from __future__ import annotations
@@ -29,10 +31,16 @@ class Recorder:
 
     def __init__(self) -> None:
         self.reports: list[list[int]] = []
+        self.updates: list[dict] = []
 
     def urlopen(self, method: str, url: str, body: bytes | None = None, **kw):
+        if url.endswith("/api/pilot/end"):
+            return urllib3.HTTPResponse(body=io.BytesIO(b"{}"), status=200,
+                                        preload_content=True)
         assert url.endswith("/api/pilot/update")
-        self.reports.append([u["id"] for u in orjson.loads(body)["updates"]])
+        updates = orjson.loads(body)["updates"]
+        self.reports.append([u["id"] for u in updates])
+        self.updates += updates
         return urllib3.HTTPResponse(body=io.BytesIO(b'{"ignored": [], "drop": []}'),
                                     status=200, preload_content=True)
 
@@ -75,3 +83,17 @@ def test_a_pilot_with_nothing_running_reports_at_once(pilot):
     pilot.workers[0].job = None
     end(pilot, 2, task=7)
     assert pilot.api._http.reports == [[1], [2]]
+
+
+def test_a_stopping_pilot_hands_back_its_jobs_held_ahead_as_unstarted(pilot):
+    from collections import deque
+
+    pilot.workers[0].job = None
+    pilot.queue = deque([{"id": 5, "task": 7, "attempt": 1},
+                         {"id": 6, "task": 7, "attempt": 1}])
+    end(pilot, 4, task=7)                      # ran, ended: not a hand-back
+    pilot._drain()
+    got = {u["id"]: u for u in pilot.api._http.updates}
+    assert got[5]["unstarted"] is True and got[6]["unstarted"] is True
+    assert got[5]["error"]["message"] == "pilot stopped before the job ran"
+    assert "unstarted" not in got[4]
