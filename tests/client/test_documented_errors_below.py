@@ -29,7 +29,7 @@ class MockPool:
         return self.handler(urlsplit(url).path)
 
     def clear(self) -> None:
-        pass
+        """What closing the pool calls: this stand-in holds no connection."""
 
 
 def response(status: int, *, json=None, text: str | None = None,

@@ -45,7 +45,7 @@ class Recorder:
                                     status=200, preload_content=True)
 
     def clear(self) -> None:
-        pass
+        """What closing the pool calls: this stand-in holds no connection."""
 
 
 @pytest.fixture
