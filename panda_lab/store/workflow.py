@@ -485,14 +485,21 @@ class Workflow(Rebrokerage, Admin):
             mine = [j for j in job_rows.held_by(conn, [pilot_id])[pilot_id] if j not in keep]
             if not mine:
                 return [], changes
-            sent = [r.id for r in job_rows.on_pilot(conn, mine) if r.state == J.SENT]
-            started = [j for j in mine if j not in set(sent)]
-            system = str(ErrorCategory.SYSTEM)
-            if sent:
-                self._fail(conn, sent, system, sent_message, changes, Cause.LOST)
-            if started:
-                self._fail(conn, started, system, message, changes)
+            self._fail_held(conn, mine, sent_message, message, changes)
         return mine, changes
+
+    def _fail_held(self, conn: Connection, job_ids: list[int], sent_message: str,
+                   message: str, changes: Changes) -> None:
+        """Fail jobs a pilot held, as system failures: those still ``sent`` never ran,
+        and their next attempt does not count (``Cause.LOST``, ``sent_message``); the
+        others are retried as any failure (``message``)."""
+        sent = {r.id for r in job_rows.on_pilot(conn, job_ids) if r.state == J.SENT}
+        started = [j for j in job_ids if j not in sent]
+        system = str(ErrorCategory.SYSTEM)
+        if sent:
+            self._fail(conn, sorted(sent), system, sent_message, changes, Cause.LOST)
+        if started:
+            self._fail(conn, started, system, message, changes)
 
     def pilots_gone(self, site: str, host: str,
                     gone: list[tuple[int, int | None]]) -> Changes:
@@ -511,23 +518,14 @@ class Workflow(Rebrokerage, Admin):
                 return changes
             pilot_rows.set_state(conn, [r.id for r in found], PilotState.LOST, now())
             held = job_rows.held_by(conn, [r.id for r in found])
-            system = str(ErrorCategory.SYSTEM)
             for r in found:
                 if held[r.id]:
                     code = codes[r.pid]
                     why = f"exit code {code}" if code is not None and code >= 0 else \
                         f"killed by signal {-code}" if code is not None else "exit unknown"
-                    # held ahead, never started: not the job's failure (Cause.LOST)
-                    sent = [j.id for j in job_rows.on_pilot(conn, held[r.id])
-                            if j.state == J.SENT]
-                    started = [j for j in held[r.id] if j not in set(sent)]
                     ended = f"its pilot {r.id} (pid {r.pid}) ended ({why})"
-                    if sent:
-                        self._fail(conn, sent, system, f"{ended} before the job ran",
-                                   changes, Cause.LOST)
-                    if started:
-                        self._fail(conn, started, system, f"{ended} while holding the job",
-                                   changes)
+                    self._fail_held(conn, held[r.id], f"{ended} before the job ran",
+                                    f"{ended} while holding the job", changes)
         return changes
 
     def close_expired_leases(self, t: float) -> tuple[list[int], Changes]:
