@@ -14,6 +14,7 @@ module; the tests run in order on the same page."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -376,6 +377,10 @@ def test_the_live_histogram_as_a_physicist_reads_it(lab_page, artifacts):
         page.screenshot(path=str(artifacts / "histogram-not-filled.png"))
         raise AssertionError(page.locator(".jp-OutputArea").first.inner_text()) from None
     page.wait_for_function("() => window.__svgs.length >= 2", timeout=10_000)
+    # the counts come with the last report; the final histogram is drawn from the merge
+    # after it: wait for that drawing (still marked after 15 s fails below)
+    with contextlib.suppress(Exception):
+        wait_for(lambda: "partial:" not in page.evaluate(CURRENT_SVG), 15, interval=0.2)
     final = page.evaluate(CURRENT_SVG)
     shown = [t for _, t in sorted(page.evaluate("window.__svgs"))]
     marks = [m for svg in shown for m in re.findall(r"partial: ([\d,]+) of 2,000 events", svg)]
