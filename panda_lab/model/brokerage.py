@@ -130,6 +130,19 @@ def sites_of(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]
     return tuple(value) or (ANY,)
 
 
+
+def passed_at(info: dict, site: str) -> bool:
+    """Whether a decision's ``info`` (:class:`Choice`) let ``site`` pass its filters: a
+    candidate it weighed (``weights``), or, for a decision recorded without them, a site
+    the job accepts (``sites``) that it did not reject (``rejected``).  What a job waiting
+    at one site needs before another site's pilot may take it (store/rows/jobs.py,
+    ``dispatch``, the sites sharing a machine's cores)."""
+    weights = info.get("weights")
+    if weights is not None:
+        return site in weights
+    accepted = info.get("sites") or [ANY]
+    return (ANY in accepted or site in accepted) and site not in (info.get("rejected") or {})
+
 @dataclass
 class SiteLoad:
     """What brokerage knows of a site when it decides."""

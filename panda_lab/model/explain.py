@@ -90,7 +90,7 @@ def explain(info: Mapping | Any) -> str:
     cands = info.get("candidates")
     if cands is None:  # a decision recorded before candidates were kept
         parts = [f"{s} {r}" for s, r in (info.get("rejected") or {}).items()]
-        return f"sent to {picked}" + (": " + "; ".join(parts) if parts else "")
+        return f"sent to {picked}" + (": " + "; ".join(parts) if parts else "") + _moved(info)
     pick = next((c for c in cands if c.get("picked")), None)
     parts, unaccepted, versus, others = [], [], [], []
     for c in cands:
@@ -124,4 +124,11 @@ def explain(info: Mapping | Any) -> str:
         parts.append(how)
     if unaccepted:
         parts.append(f"not accepted by the task: {', '.join(unaccepted)}")
-    return f"sent to {picked}" + (": " + "; ".join(parts) if parts else "")
+    return f"sent to {picked}" + (": " + "; ".join(parts) if parts else "") + _moved(info)
+
+
+def _moved(info: Mapping) -> str:
+    """``"; then ..."`` for a job a core sibling's pilot took from the queue it was sent
+    to (store/rows/jobs.py, ``dispatch``), else ``""``."""
+    moved = info.get("moved")
+    return f"; then {moved['why']}" if isinstance(moved, Mapping) and moved.get("why") else ""

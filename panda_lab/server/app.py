@@ -112,6 +112,12 @@ class Server:
         self.pilot_sites: dict[int, str] = {}
         self.bus = EventBus(self.task_owner)
         self._site_wake: dict[str, asyncio.Event] = {}
+        #: The sites whose pilots share this machine's cores (``shared_cores``): a pilot
+        #: of one also takes the others' waiting jobs (store/rows/jobs.py, ``dispatch``),
+        #: so work activated at one wakes the long polls of all.
+        shared = sorted(s.name for s in config.sites if s.as_dict().get("shared_cores"))
+        self.core_siblings = {name: [o for o in shared if o != name]
+                              for name in shared} if len(shared) > 1 else {}
         self._task_wake: dict[int, asyncio.Event] = {}
         self.background: list[Callable[[Server], Any]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -178,10 +184,11 @@ class Server:
 
     def publish(self, changes: Changes) -> None:
         """Announce what a store operation changed and wake whoever waits for it."""
-        for site in changes.activated_sites:
-            ev = self._site_wake.pop(site, None)
-            if ev is not None:
-                ev.set()
+        for activated in changes.activated_sites:
+            for site in (activated, *self.core_siblings.get(activated, ())):
+                ev = self._site_wake.pop(site, None)
+                if ev is not None:
+                    ev.set()
         for task_id, _state in changes.tasks:
             ev = self._task_wake.pop(task_id, None)
             if ev is not None:

@@ -280,10 +280,12 @@ class Workflow(Rebrokerage, Admin):
         with self.tx() as conn:
             if touch:
                 self._touch(conn, pilot_id, t, held)  # the pilot lives at t
-            rows = job_rows.dispatch(conn, pilot_id, site, n, t, extra)
+            rows, moved = job_rows.dispatch(conn, pilot_id, site, n, t, extra)
             if not rows:
                 return [], changes
-            job_rows.history(conn, [(r.id, (J.SENT,), t, f"pilot {pilot_id}") for r in rows])
+            job_rows.history(conn, [(r.id, (J.SENT,), t, f"pilot {pilot_id}" + (
+                f" of {site}, from {moved[r.id]}'s queue" if r.id in moved else ""))
+                for r in rows])
             task_ids = sorted({r.task_id for r in rows})
             per_task, states = task_rows.common_and_limits(conn, task_ids, with_state=True)
             for task_id in task_ids:  # a task's first dispatch starts it: read, not written

@@ -119,6 +119,15 @@ def loads_(conn: Connection, owner: str | None = None) -> list[SiteLoad]:
     return out
 
 
+def core_siblings(conn: Connection, site: str) -> list[str]:
+    """The other online sites whose pilots share this machine's cores with ``site``'s
+    (each with ``shared_cores`` in its configuration: the embedded default's local sites
+    on a machine of fewer cores than their workers, :func:`panda_lab.resources.plan_local`),
+    sorted; ``[]`` when ``site`` shares none or is not online.  One statement."""
+    group = {r.name for r in conn.execute(select(sites.c.name, sites.c.state, sites.c.config))
+             if r.state == str(SiteState.ONLINE) and loads(r.config).get("shared_cores")}
+    return sorted(group - {site}) if site in group else []
+
 def shared_speed(stats: dict[str, tuple], names: list[str]
                  ) -> dict[str, tuple[float | None, float | None]]:
     """One speed for the local sites that share the machine's cores (``shared_cores``):
