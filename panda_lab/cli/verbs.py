@@ -150,6 +150,9 @@ def _job(lab: Lab, args: argparse.Namespace, console: Console) -> int:
             out(Text(f"  not {site}: {why}"))
         if b.get("note"):
             out(Text(f"  {b['note']}"))
+        moved = b.get("moved")
+        if isinstance(moved, dict) and moved.get("why"):  # store/rows/jobs.py, dispatch
+            out(Text(f"  then {moved['why']}"))
     out(Text("history:", style="bold"))
     for h in job.get("history", []):
         out(Text(f"  {_when(h['time'])}  {h['state']}" + (f"  {h['info']}" if h["info"] else "")))

@@ -22,13 +22,10 @@ activated jobs for its other pilots (``panda_lab.store.rows.jobs.spare``): half 
 acquisitions in the bulk of a task, one job at a time at its end.
 
 Expected durations are means of measured jobs, so a pilot asks ahead only once it has
-run one.  A job may still run far longer than its pilot's last ones (a long job among
-short ones).  A job asked for behind it then waits for it, while another pilot could
-run it.  So once every busy
-slot's job overran (:data:`OVERRUN_FACTOR`, :data:`OVERRUN_S`), the jobs held here go
-back to the server unstarted (a new attempt that does not count against the job's
-limit, placed again by brokerage), and the pilot does not ask ahead for those slots
-again.
+run one, and asks nothing for a slot whose job overran (:data:`OVERRUN_FACTOR`): such a
+job may run for any time, and a job asked for behind it would wait for it while another
+pilot could run it (a 20-s first job held a short job behind it when the first job was
+guessed at 1 s).  What was asked for before the overrun still waits for it.
 """
 
 from __future__ import annotations
@@ -63,16 +60,10 @@ USAGE_INTERVAL = 1.0
 #: Jobs shorter than this (seconds, the pilot's measured mean) are asked for with as
 #: many extra to hold ahead (see the module's docstring).
 AHEAD_S = 1.0
-#: A job held for a busy slot goes back to the server, unstarted, once every slot's job
-#: has run this many times the pilot's mean job time and at least :data:`OVERRUN_S`
-#: seconds past it (:meth:`Pilot._overrun_at`).  The mean is over the pilot's recent
-#: jobs of any task, so a task of longer jobs after short ones overruns it at first:
-#: the margin keeps those (1.5-s jobs after 0.1-s ones) from being handed back.
+#: A busy slot whose job has run this many times the pilot's mean job time, and at least
+#: :data:`OVERRUN_S` seconds past it, is asked no job for (:meth:`Pilot._overran`).
 OVERRUN_FACTOR = 2.0
-OVERRUN_S = 5.0
-#: Why a held job went back (its failed attempt's message).
-OVERRUN_WHY = ("handed back unstarted: the job before it on this pilot ran well past its "
-               "expected time")
+OVERRUN_S = 1.0
 
 
 @dataclass
@@ -273,7 +264,9 @@ class Pilot:
                              >= self.opts.max_jobs):
             return 0
         soon = len(self._ending_soon())
-        want = jobs_wanted(self.opts.slots, idle, soon, len(self.queue), self.mean_duration,
+        # a slot whose job overran is no slot to fill: its job may run for any time yet
+        slots = self.opts.slots - len(self._overran())
+        want = jobs_wanted(slots, idle, soon, len(self.queue), self.mean_duration,
                            self.opts.fill_seconds, self.opts.max_batch)
         if self.opts.max_jobs:
             want = min(want, self.opts.max_jobs - self.done - len(self.queue) - self._running())
@@ -293,8 +286,18 @@ class Pilot:
         if not self.done:  # nothing measured yet: its first job's time is not guessed
             return []
         due = time.time() + self._lead() - self.mean_duration
+        overran = self._overran()
         return [w for w in self.workers if w.busy and w.started_at <= due
-                and w.job["id"] not in self.asked_ahead]
+                and w.job["id"] not in self.asked_ahead and w not in overran]
+
+    def _overran(self) -> list[Worker]:
+        """Busy workers whose job has run :data:`OVERRUN_FACTOR` times the mean job time
+        and :data:`OVERRUN_S` past it: a job asked for behind one of them would wait for
+        a job of unknown length (a long one after short ones filled the queue behind it,
+        ``fill_seconds`` over a mean of 0.02 s: four jobs), so none is."""
+        late = time.time() - max(OVERRUN_FACTOR * self.mean_duration,
+                                 self.mean_duration + OVERRUN_S)
+        return [w for w in self.workers if w.busy and w.started_at < late]
 
     def _acquire(self) -> None:
         if self.queue:
@@ -352,32 +355,7 @@ class Pilot:
                 self.commons[task_id] = None
         return self.commons[task_id]
 
-    def _overrun_at(self) -> float | None:
-        """When the jobs held here go back (epoch seconds): once every busy slot's job
-        has run :data:`OVERRUN_FACTOR` times the mean job time and :data:`OVERRUN_S`
-        past it; None while nothing is held or a worker is free (a job waiting for a
-        shared core waits for its turn, not for a job)."""
-        if not self.done or not self.queue or not all(w.busy for w in self.workers):
-            return None
-        late = max(OVERRUN_FACTOR * self.mean_duration, self.mean_duration + OVERRUN_S)
-        return max(w.started_at for w in self.workers) + late
-
-    def _hand_back_overrun(self) -> None:
-        """Hand the held jobs back when their slots' jobs overran (:meth:`_overrun_at`),
-        unless a worker has word waiting: its job may have ended while the pilot was
-        held up elsewhere (a report retried through a server outage), and is collected
-        first."""
-        at = self._overrun_at()
-        if at is None or time.time() < at:
-            return
-        if any(w.conn is not None and w.conn.poll() for w in self.workers):
-            return
-        self.asked_ahead.update(w.job["id"] for w in self.workers)
-        while self.queue:
-            self._report_failed(self.queue.popleft(), "system", OVERRUN_WHY, unstarted=True)
-
     def _start_jobs(self) -> None:
-        self._hand_back_overrun()
         if self.draining:
             while self.queue:  # they would not finish in time: back to the server
                 self._report_failed(self.queue.popleft(), "system",
@@ -431,9 +409,6 @@ class Pilot:
                                        - time.monotonic()))
         if self.queue and any(not w.busy for w in self.workers):
             timeout = min(timeout, POLL_S) if self.core_blocked else 0.0
-        overrun = self._overrun_at()
-        if overrun is not None:
-            timeout = min(timeout, max(0.0, overrun - now))
         for w in busy:
             wt = w.job.get("walltime_s") or 0.0
             if wt:
