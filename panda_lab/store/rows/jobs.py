@@ -207,6 +207,7 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
     # the window, each job with the running pilot that holds its input
     window = holders.window(conn, site, n + extra + holders.WINDOW)
     own = len(window)
+    info: dict[int, str] = {}
     if sum(r.holder in (None, pilot_id) for r in window) < n:
         siblings = site_rows.core_siblings(conn, site)
         if siblings:
@@ -238,7 +239,7 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
     sent = {r.id for r in rows}
     moved = {r.id: r.site for r in window[own:] if r.id in sent}
     if moved:
-        record_moves(conn, moved, site, pilot_id, t)
+        record_moves(conn, moved, site, pilot_id, t, info)
     return rows, moved
 
 
@@ -248,11 +249,13 @@ MOVED_WHY = ("taken by a pilot of {site}, whose pilots share this machine's core
 
 
 def record_moves(conn: Connection, moved: dict[int, str], site: str, pilot_id: int,
-                 t: float) -> None:
-    """Keep with each moved job's decision where it went: ``"moved": {"from", "to",
-    "pilot", "at", "why"}`` (:data:`MOVED_WHY`), read by
-    :func:`panda_lab.model.explain.explain`."""
-    info = decisions(conn, list(moved))
+                 t: float, info: dict[int, str] | None = None) -> None:
+    """Keep with each moved job's decision (``info``, :func:`decisions`, read when not
+    given) where it went: ``"moved": {"from", "to", "pilot", "at", "why"}``
+    (:data:`MOVED_WHY`), read by :func:`panda_lab.model.explain.explain` and
+    ``panda-lab job``."""
+    if info is None or not set(moved) <= set(info):
+        info = decisions(conn, list(moved))
     for jid, from_ in moved.items():
         d = loads(info.get(jid))
         d["moved"] = {"from": from_, "to": site, "pilot": pilot_id, "at": t,
