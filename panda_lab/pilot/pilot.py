@@ -38,7 +38,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
@@ -60,6 +60,8 @@ USAGE_INTERVAL = 1.0
 #: Jobs shorter than this (seconds, the pilot's measured mean) are asked for with as
 #: many extra to hold ahead (see the module's docstring).
 AHEAD_S = 1.0
+#: Tasks' common functions a pilot keeps (:attr:`Pilot.commons`).
+COMMONS_FETCHED = 64
 #: A busy slot whose job has run this many times the pilot's mean job time, and at least
 #: :data:`OVERRUN_S` seconds past it, is asked no job for (:meth:`Pilot._overran`).
 OVERRUN_FACTOR = 2.0
@@ -114,7 +116,10 @@ class Pilot:
         self.queue: deque[dict] = deque()
         self.pending: dict[int, dict] = {}   # job id -> latest update not yet reported
         self.pending_since = 0.0
-        self.commons: dict[int, bytes | None] = {}
+        #: Each recent task's common function as fetched (None: it has none), the
+        #: least recently used dropped past :data:`COMMONS_FETCHED` (fetched again if
+        #: needed): a pilot lives through many tasks.
+        self.commons: OrderedDict[int, bytes | None] = OrderedDict()
         #: The last tasks a job of which ended here (see ``flush_interval``).
         self.tasks_ended: deque[int] = deque(maxlen=64)
         self.stopping = False
@@ -347,13 +352,17 @@ class Pilot:
         return max(0, extra)
 
     def _common(self, task_id: int) -> bytes | None:
-        if task_id not in self.commons:
-            try:
-                self.commons[task_id] = self.api.request(
-                    "GET", f"/api/pilot/tasks/{task_id}/common", raw=True)
-            except ApiError:
-                self.commons[task_id] = None
-        return self.commons[task_id]
+        if task_id in self.commons:
+            self.commons.move_to_end(task_id)
+            return self.commons[task_id]
+        try:
+            common = self.api.request("GET", f"/api/pilot/tasks/{task_id}/common", raw=True)
+        except ApiError:
+            common = None
+        self.commons[task_id] = common
+        while len(self.commons) > COMMONS_FETCHED:
+            self.commons.popitem(last=False)
+        return common
 
     def _start_jobs(self) -> None:
         if self.draining:

@@ -82,9 +82,17 @@ def _captures(job_id: int, spool: tuple[str, str, int] | None) -> tuple[Capture,
     return Capture(job_id, out, limit), Capture(job_id, err, limit)
 
 
+#: Tasks whose common function a worker process keeps, the oldest sent dropped first.
+#: The pilot's :class:`Worker` keeps the same account, so it sends a task's function
+#: again once the process has dropped it (it did not, and a job of a task whose function
+#: was dropped failed: "payload names no function and the task has none").
+COMMONS_KEPT = 16
+
+
 def worker_main(conn: Connection) -> None:
     """The worker process's loop: serve the pilot's messages on ``conn`` until "exit" or
-    the pipe closes.  "common" keeps a task's common function (16 tasks at most),
+    the pipe closes.  "common" keeps a task's common function (:data:`COMMONS_KEPT`
+    tasks at most, the oldest sent dropped first),
     "run" runs a job and sends back ``(job_id, Outcome)``, with ``("out", job_id,
     stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
     Returns nothing; what a job raises is in its outcome, never raised here."""
@@ -105,7 +113,7 @@ def worker_main(conn: Connection) -> None:
                 commons[task_id] = pickle.loads(data)
             except Exception as exc:  # reported when a job needs it
                 commons[task_id] = exc
-            while len(commons) > 16:
+            while len(commons) > COMMONS_KEPT:
                 commons.popitem(last=False)
         elif kind == "run":
             _, job_id, task_id, payload = msg[:4]
@@ -157,7 +165,9 @@ class Worker:
         self.proc: mp.process.BaseProcess | None = None
         self.conn: Connection | None = None
         self.job: dict | None = None
-        self.commons: set[int] = set()
+        #: The tasks whose common function the process holds, oldest sent first: the
+        #: same account as the process's own (:data:`COMMONS_KEPT`).
+        self.commons: OrderedDict[int, None] = OrderedDict()
         #: Tasks this worker process has run a job of; :attr:`cold`: the job running
         #: now is its task's first here (its imports and first opens are in its time).
         self.tasks_run: set[int] = set()
@@ -178,7 +188,7 @@ class Worker:
         self.proc.start()
         child.close()
         self.conn = parent
-        self.commons = set()
+        self.commons = OrderedDict()
         self.tasks_run = set()
         if self.env:
             self.conn.send(("env", self.env))
@@ -208,7 +218,9 @@ class Worker:
         assert self.conn is not None
         if common is not None and job["task"] not in self.commons:
             self.conn.send(("common", job["task"], common))
-            self.commons.add(job["task"])
+            self.commons[job["task"]] = None
+            while len(self.commons) > COMMONS_KEPT:  # as the process drops them
+                self.commons.popitem(last=False)
         self.conn.send(("run", job["id"], job["task"], job["payload"], spool,
                         job.get("workdir"), job.get("access"), job.get("read_from")))
         self.job = job
