@@ -14,6 +14,7 @@ import time
 from sqlalchemy.exc import OperationalError
 
 from panda_lab.model import ErrorCategory, JobState
+from panda_lab.model.retry import Cause
 from panda_lab.server.app import Server
 
 log = logging.getLogger("panda_lab.watchdog")
@@ -39,9 +40,16 @@ async def sweep(server: Server) -> int:
             msg = f"lost heartbeat: no word from its pilot for over {cfg.heartbeat_timeout:g} s"
         else:
             msg = f"stuck in sent for over {cfg.sent_timeout:g} s"
-        changes = await server.db(server.store.fail_jobs, [j["id"] for j in group],
-                                  str(ErrorCategory.SYSTEM), msg)
-        server.publish(changes)
+        # An attempt still ``sent`` never started (a pilot held it behind longer jobs,
+        # or lost it): its next attempt does not count against the job's limit.
+        never = [j["id"] for j in group if j["state"] == str(JobState.SENT)]
+        ran = [j["id"] for j in group if j["state"] != str(JobState.SENT)]
+        for ids, text, cause in ((never, f"{msg}; it never started", Cause.LOST),
+                                 (ran, msg, Cause.FAILED)):
+            if ids:
+                changes = await server.db(server.store.fail_jobs, ids,
+                                          str(ErrorCategory.SYSTEM), text, cause)
+                server.publish(changes)
         failed += len(group)
         log.warning("%s: failed %d attempt(s)", why, len(group))
     moved = await server.db(server.store.rebroker_offline)

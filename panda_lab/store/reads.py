@@ -149,7 +149,7 @@ class Reads(Database):
 
     def lost_jobs(self, heartbeat_before: float, sent_before: float) -> list[dict]:
         """Attempts on pilots whose heartbeat stopped, or stuck in ``sent`` too long:
-        ``[{"id", "pilot", "why"}]``."""
+        ``[{"id", "pilot", "state", "why"}]``."""
         with self.tx() as conn:
             return job_rows.lost(conn, heartbeat_before, sent_before)
 

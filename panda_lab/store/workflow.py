@@ -455,12 +455,15 @@ class Workflow(Rebrokerage, Admin):
     # outside the store, on the Changes each verb returns.
 
     # ---- the watchdog's roads -------------------------------------------------------------------
-    def fail_jobs(self, job_ids: list[int], category: str, message: str) -> Changes:
+    def fail_jobs(self, job_ids: list[int], category: str, message: str,
+                  cause: Cause = Cause.FAILED) -> Changes:
         """Fail attempts that are still on pilots (the watchdog's hammer), then retry them
-        as the rules allow; tasks whose last job this was end.  Returns the changes."""
+        as the rules allow (``cause``: ``Cause.LOST`` for attempts that never started,
+        whose next attempt does not count against the limit); tasks whose last job this
+        was end.  Returns the changes."""
         changes = Changes()
         with self.tx() as conn:
-            self._fail(conn, job_ids, category, message, changes)
+            self._fail(conn, job_ids, category, message, changes, cause)
         return changes
 
     def _fail(self, conn: Connection, job_ids: list[int], category: str, message: str,

@@ -418,12 +418,12 @@ def refresh_on_pilot(conn: Connection, t: float) -> int:
 
 def lost(conn: Connection, heartbeat_before: float, sent_before: float) -> list[dict]:
     """Attempts on pilots whose heartbeat stopped, or stuck in ``sent`` too long:
-    ``[{"id", "pilot", "why"}]``."""
+    ``[{"id", "pilot", "state", "why"}]`` (``state``: ``sent`` for one never started)."""
     q = select(jobs.c.id, jobs.c.state, jobs.c.pilot_id, jobs.c.heartbeat_at,
                jobs.c.modified_at).where(jobs.c.state.in_(ON_PILOT))
-    out = [{"id": r.id, "pilot": r.pilot_id, "why": "lost heartbeat"}
+    out = [{"id": r.id, "pilot": r.pilot_id, "state": r.state, "why": "lost heartbeat"}
            for r in conn.execute(q.where(jobs.c.heartbeat_at < heartbeat_before))]
-    out += [{"id": r.id, "pilot": r.pilot_id, "why": "stuck in sent"}
+    out += [{"id": r.id, "pilot": r.pilot_id, "state": r.state, "why": "stuck in sent"}
             for r in conn.execute(q.where(jobs.c.state == str(J.SENT),
                                           jobs.c.modified_at < sent_before,
                                           jobs.c.heartbeat_at >= heartbeat_before))]
