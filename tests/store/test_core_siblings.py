@@ -8,12 +8,16 @@ brokerage splits an analysis over them, and at its end the site left with the mo
 ran them alone on one core while the other idled (0.5-0.8 s of a 2.4-s run).  Members:
 an idle sibling's pilot takes a waiting job, its site becomes the pilot's, and the move is
 kept (history, decision, the sentence that explains it); by priority, and among equals its
-own queue's before its siblings'; a job whose decision did not let the pilot's site pass
+own queue's before its siblings', of which one per acquisition (a pilot filling its queue
+ahead took a whole map's waiting jobs, so none could be cancelled as never run); a job whose decision did not let the pilot's site pass
 (the task names its sites, or an earlier attempt failed there) stays; so do jobs of a
 site that shares no cores, jobs for a pilot of a site that shares none, and jobs for or
 from a site that is offline; among the siblings' jobs, those whose input the pilot read
 last come first; and a pilot with work of its own does not look at its siblings' queues
-(one statement fewer per acquisition).
+(one statement fewer per acquisition); and a sibling whose own pilot has a slot free
+keeps its queue (that pilot starts the job now, where a busy pilot asking just in time,
+ahead of its slot's end, would hold it behind its own: a map's first result waited for
+its second, which waited for the first to be read), taken once that pilot is busy.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ def test_by_priority_then_its_own_queue_before_its_siblings(store):
     high = waiting_at(store, "HPC", 1, priority=5)
     own = waiting_at(store, "CLOUD", 1)
     cloud = pilot(store, "CLOUD")
-    assert got(store, cloud, "CLOUD", 3) == high + own + older
+    assert got(store, cloud, "CLOUD", 3) == high + own   # one of its siblings' at a time
+    assert got(store, cloud, "CLOUD", 3) == older
 
 
 def test_a_pilot_with_work_of_its_own_leaves_its_siblings_queues_alone(store):
@@ -144,3 +149,17 @@ def test_core_siblings_are_the_other_online_sites_sharing_cores(store):
     with store.tx() as conn:
         assert site_rows.core_siblings(conn, "GRID") == ["CLOUD"]
         assert site_rows.core_siblings(conn, "HPC") == []
+
+
+def test_a_sibling_whose_pilot_has_a_free_slot_keeps_its_queue(store):
+    at_grid = waiting_at(store, "GRID", 2)
+    grid = pilot(store, "GRID")                 # idle: GRID's jobs are its to start
+    cloud = pilot(store, "CLOUD")
+    assert got(store, cloud, "CLOUD") == []
+    assert got(store, grid, "GRID") == at_grid[:1]   # now GRID's only slot is taken
+    assert got(store, cloud, "CLOUD") == at_grid[1:]
+    with store.tx() as conn:
+        assert site_rows.all_busy(conn, ["GRID", "HPC", "CLOUD"]) == ["GRID", "HPC", "CLOUD"]
+    store.end_pilot(grid)                       # no running pilot: nobody's slot is free
+    with store.tx() as conn:
+        assert site_rows.all_busy(conn, ["GRID"]) == ["GRID"]

@@ -190,15 +190,17 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
     Sites whose pilots share one machine's cores (``shared_cores``, the embedded
     default on two cores) are one resource split three ways: a job waiting at one of
     them waits for the same cores as at the others.  So when ``site`` has fewer than
-    ``n`` jobs this pilot may take (its own inputs or nobody's), it also takes from its
-    core siblings' queues (:func:`.sites.core_siblings`) the jobs whose decision let
-    ``site`` pass (:func:`~panda_lab.model.brokerage.passed_at`); their site becomes
-    ``site`` and the move is kept with the decision (:func:`record_moves`).  Otherwise
-    the site brokerage picked decides who runs a job, and with single-slot pilots the
-    site left with the most jobs at an analysis's end ran them alone on one core while
-    the other idled (0.5-0.8 s of a 2.4-s first run of the benchmark's 32 jobs).  This
-    is late binding (PanDA) within one machine: jobs are not re-brokered, no attempt
-    is spent.
+    ``n`` jobs this pilot may take (its own inputs or nobody's), it also takes from the
+    queues of its core siblings (:func:`.sites.core_siblings`) whose pilots have no slot
+    free (:func:`.sites.all_busy`) a job whose decision let ``site`` pass
+    (:func:`~panda_lab.model.brokerage.passed_at`), one per acquisition: a pilot
+    filling its queue ahead would otherwise hold what a sibling's pilot starts sooner
+    (late binding).  The job's site becomes ``site`` and the move is kept with the
+    decision (:func:`record_moves`).  Otherwise the site brokerage picked decides who
+    runs a job, and with single-slot pilots the site left with the most jobs at an
+    analysis's end ran them alone on one core while the other idled (0.5-0.8 s of a
+    2.4-s first run of the benchmark's 32 jobs).  This is late binding (PanDA) within
+    one machine: jobs are not re-brokered, no attempt is spent.
 
     The candidates are the first ``n + WINDOW`` in priority order (one index range scan);
     the update is a compare-and-set on ``activated``, so a job another pilot took in the
@@ -209,7 +211,10 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
     own = len(window)
     info: dict[int, str] = {}
     if sum(r.holder in (None, pilot_id) for r in window) < n:
-        siblings = site_rows.core_siblings(conn, site)
+        # only queues whose own pilots cannot start them now: a job waiting at a
+        # sibling with a free slot is that pilot's next, not this busy pilot's (one
+        # asking just in time, ahead of its slot's end, would hold it behind its own)
+        siblings = site_rows.all_busy(conn, site_rows.core_siblings(conn, site))
         if siblings:
             theirs = holders.window_at(conn, siblings, n + holders.WINDOW)
             info = decisions(conn, [r.id for r in theirs])
@@ -220,6 +225,10 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
     held = {r.data_key: r.holder for r in window if r.holder is not None}
     chosen = (holders.pick(pilot_id, window, held, n, site) if held or own < len(window)
               else [r.id for r in window[:n]])
+    if own < len(window):  # a sibling's job: one per acquisition (late binding)
+        foreign = {r.id for r in window[own:]}
+        first = next((j for j in chosen if j in foreign), None)
+        chosen = [j for j in chosen if j not in foreign or j == first]
     # Lock what is still to be had, skipping rows another pilot's transaction holds
     # (PostgreSQL), then compare-and-set those.  SQLite's write transactions are serial:
     # nothing else holds a row, and the compare-and-set alone decides.

@@ -128,6 +128,23 @@ def core_siblings(conn: Connection, site: str) -> list[str]:
              if r.state == str(SiteState.ONLINE) and loads(r.config).get("shared_cores")}
     return sorted(group - {site}) if site in group else []
 
+
+def all_busy(conn: Connection, names: list[str]) -> list[str]:
+    """Those of ``names`` whose running pilots have no slot free: as many jobs on them
+    (``sent`` included) as they have slots, or no running pilot at all.  Two
+    statements."""
+    if not names:
+        return []
+    on = [str(s) for s in JOB_ON_PILOT]
+    held = dict(conn.execute(select(jobs.c.site, func.count())
+                             .where(jobs.c.site.in_(names), jobs.c.state.in_(on))
+                             .group_by(jobs.c.site)).all())
+    slots = dict(conn.execute(select(pilots.c.site, func.sum(pilots.c.slots))
+                              .where(pilots.c.site.in_(names),
+                                     pilots.c.state == str(PilotState.RUNNING))
+                              .group_by(pilots.c.site)).all())
+    return [n for n in names if held.get(n, 0) >= (slots.get(n) or 0)]
+
 def shared_speed(stats: dict[str, tuple], names: list[str]
                  ) -> dict[str, tuple[float | None, float | None]]:
     """One speed for the local sites that share the machine's cores (``shared_cores``):
