@@ -21,11 +21,14 @@ itself (an HTTP request and a transaction each).  For them a pilot also asks for
 activated jobs for its other pilots (``panda_lab.store.rows.jobs.spare``): half the
 acquisitions in the bulk of a task, one job at a time at its end.
 
-Expected durations are means of measured jobs, so a pilot asks ahead only once it has
-run one, and asks nothing for a slot whose job overran (:data:`OVERRUN_FACTOR`): such a
-job may run for any time, and a job asked for behind it would wait for it while another
-pilot could run it (a 20-s first job held a short job behind it when the first job was
-guessed at 1 s).  What was asked for before the overrun still waits for it.
+Expected durations are means of measured jobs, so a pilot asks ahead (just in time,
+to fill a queue, or extra) only behind jobs of tasks a job of which it has run, and
+asks nothing for a slot whose job overran (:data:`OVERRUN_FACTOR`): such a job may run
+for any time, and a job asked for behind it would wait for it while another pilot could
+run it (a 20-s first job held a short job behind it when the first job was guessed at
+1 s; pilots coming from 0.02-s jobs filled their queues with a new task's 2-s jobs).
+An idle pilot asks for one job a slot.  What was asked for before an overrun still
+waits for it.
 """
 
 from __future__ import annotations
@@ -120,6 +123,9 @@ class Pilot:
         #: least recently used dropped past :data:`COMMONS_FETCHED` (fetched again if
         #: needed): a pilot lives through many tasks.
         self.commons: OrderedDict[int, bytes | None] = OrderedDict()
+        #: Tasks a job of which ended here (measured), the most recent last, as many as
+        #: :data:`COMMONS_FETCHED`: only behind their jobs does the pilot ask ahead.
+        self.measured: OrderedDict[int, None] = OrderedDict()
         #: The last tasks a job of which ended here (see ``flush_interval``).
         self.tasks_ended: deque[int] = deque(maxlen=64)
         self.stopping = False
@@ -269,9 +275,15 @@ class Pilot:
                              >= self.opts.max_jobs):
             return 0
         soon = len(self._ending_soon())
-        # a slot whose job overran is no slot to fill: its job may run for any time yet
-        slots = self.opts.slots - len(self._overran())
-        want = jobs_wanted(slots, idle, soon, len(self.queue), self.mean_duration,
+        # a slot whose job overran, or of a task not measured here, is no slot to fill:
+        # its job may run for any time yet
+        unknown = {id(w) for w in self._overran() + self._unmeasured()}
+        slots = self.opts.slots - len(unknown)
+        # a queue is filled ahead only by the time of jobs running now, of tasks measured
+        # here: an idle pilot's next jobs may be of any task, of any length
+        mean = (self.mean_duration if self._running() > len(unknown)
+                else max(self.mean_duration, self.opts.fill_seconds))
+        want = jobs_wanted(slots, idle, soon, len(self.queue), mean,
                            self.opts.fill_seconds, self.opts.max_batch)
         if self.opts.max_jobs:
             want = min(want, self.opts.max_jobs - self.done - len(self.queue) - self._running())
@@ -286,14 +298,18 @@ class Pilot:
 
     def _ending_soon(self) -> list[Worker]:
         """Busy workers whose job is expected to end within :meth:`_lead` seconds and for
-        whose slot no acquisition has come back empty yet; none before the pilot has
-        measured a job (a first job may run for any time: what it held back would wait)."""
-        if not self.done:  # nothing measured yet: its first job's time is not guessed
-            return []
+        whose slot no acquisition has come back empty yet; none whose task the pilot has
+        not measured (:meth:`_unmeasured`) or whose job overran (:meth:`_overran`): such a
+        job may run for any time, and what was asked for behind it would wait."""
         due = time.time() + self._lead() - self.mean_duration
-        overran = self._overran()
+        unknown = self._overran() + self._unmeasured()
         return [w for w in self.workers if w.busy and w.started_at <= due
-                and w.job["id"] not in self.asked_ahead and w not in overran]
+                and w.job["id"] not in self.asked_ahead and w not in unknown]
+
+    def _unmeasured(self) -> list[Worker]:
+        """Busy workers whose job is of a task no job of which ended here yet: its time
+        is not guessed from other tasks' (a 20-s job after 0.02-s ones)."""
+        return [w for w in self.workers if w.busy and w.job["task"] not in self.measured]
 
     def _overran(self) -> list[Worker]:
         """Busy workers whose job has run :data:`OVERRUN_FACTOR` times the mean job time
@@ -338,10 +354,13 @@ class Pilot:
 
     def _extra(self, n: int) -> int:
         """Jobs to ask for beyond ``n``, to hold ahead: as many as ``n`` when the pilot's
-        jobs are shorter than :data:`AHEAD_S` (measured, so never before its first),
+        jobs are shorter than :data:`AHEAD_S` and every job running is of a task measured
+        here (so never for an idle pilot, nor behind a task's first job here),
         within ``max_batch``, ``max_jobs`` and a walltime that leaves room to run them."""
-        if not self.done or self.mean_duration >= AHEAD_S or self.stopping or self.draining:
-            return 0
+        busy = [w for w in self.workers if w.busy]
+        if (not busy or self._unmeasured() or self.mean_duration >= AHEAD_S or self.stopping
+                or self.draining):
+            return 0  # only behind jobs of tasks measured here
         extra = min(n, self.opts.max_batch - n)
         if self.opts.max_jobs:
             extra = min(extra, self.opts.max_jobs - self.done - len(self.queue)
@@ -464,6 +483,10 @@ class Pilot:
             return
         dur = max(outcome.ended_at - outcome.started_at, 1e-5)
         self.mean_duration = 0.8 * self.mean_duration + 0.2 * dur if self.done > 1 else dur
+        self.measured[job["task"]] = None
+        self.measured.move_to_end(job["task"])
+        while len(self.measured) > COMMONS_FETCHED:
+            self.measured.popitem(last=False)
         extra: dict[str, object] = dict(
             self._keep_output(job, {"stdout": outcome.stdout, "stderr": outcome.stderr}))
         if outcome.reads:  # bytes, seconds and requests per endpoint: the links measured

@@ -61,9 +61,19 @@ def pilot():
     shutil.rmtree(p.spool, ignore_errors=True)
 
 
+def busy(pilot, measured: bool = True) -> None:
+    """The pilot runs a job of task 1, a task it has (or has not) measured jobs of."""
+    pilot.workers[0].job = {"id": 1, "task": 1, "attempt": 1}
+    if measured:
+        pilot.measured[1] = None
+
+
 def test_short_jobs_are_asked_for_with_as_many_to_hold_ahead(pilot):
+    busy(pilot, measured=False)
     assert pilot._extra(1) == 0                 # nothing measured yet
     pilot.done, pilot.mean_duration = 3, 0.15
+    assert pilot._extra(1) == 0                 # nor of the task it runs
+    busy(pilot)
     assert pilot._extra(1) == 1
     assert pilot._extra(3) == 3
     pilot.mean_duration = AHEAD_S               # long enough: strict late binding
@@ -71,6 +81,7 @@ def test_short_jobs_are_asked_for_with_as_many_to_hold_ahead(pilot):
 
 
 def test_nothing_is_held_ahead_while_stopping_or_draining(pilot):
+    busy(pilot)
     pilot.done, pilot.mean_duration = 3, 0.15
     pilot.stopping = True
     assert pilot._extra(1) == 0
@@ -79,12 +90,13 @@ def test_nothing_is_held_ahead_while_stopping_or_draining(pilot):
 
 
 def test_the_extras_keep_within_max_batch_max_jobs_and_the_walltime(pilot):
+    busy(pilot)
     pilot.done, pilot.mean_duration = 3, 0.15
     pilot.opts.max_batch = 5
     assert pilot._extra(4) == 1
-    pilot.opts.max_batch, pilot.opts.max_jobs = 200, 5  # 3 done, 1 asked: 1 more at most
+    pilot.opts.max_batch, pilot.opts.max_jobs = 200, 6  # 3 done, 1 running, 1 asked
     assert pilot._extra(1) == 1
-    pilot.opts.max_jobs = 4
+    pilot.opts.max_jobs = 5
     assert pilot._extra(1) == 0
     pilot.opts.max_jobs = 0
     pilot.started = time.monotonic()

@@ -1,23 +1,24 @@
 """A pilot with nothing of its own to run takes the jobs waiting at the sites that share its
-machine's cores.  Both backends.
+machine's cores. Both backends.
 
 The kind of fault: work bound to one queue of a resource split into several, so a job
-waits behind a busy single-slot pilot while another pilot on the same cores idles.  The
+waits behind a busy single-slot pilot while another pilot on the same cores idles. The
 embedded default on two cores is three sites of one pilot each, all on the same cores;
 brokerage splits an analysis over them, and at its end the site left with the most jobs
-ran them alone on one core while the other idled (0.5-0.8 s of a 2.4-s run).  Members:
-an idle sibling's pilot takes a waiting job, its site becomes the pilot's, and the move is
+ran them alone on one core while the other idled (0.5-0.8 s of a 2.4-s run). Members: an
+idle sibling's pilot takes a waiting job, its site becomes the pilot's, and the move is
 kept (history, decision, the sentence that explains it); by priority, and among equals its
 own queue's before its siblings', of which one per acquisition (a pilot filling its queue
-ahead took a whole map's waiting jobs, so none could be cancelled as never run); a job whose decision did not let the pilot's site pass
-(the task names its sites, or an earlier attempt failed there) stays; so do jobs of a
-site that shares no cores, jobs for a pilot of a site that shares none, and jobs for or
-from a site that is offline; among the siblings' jobs, those whose input the pilot read
-last come first; and a pilot with work of its own does not look at its siblings' queues
-(one statement fewer per acquisition); and a sibling whose own pilot has a slot free
-keeps its queue (that pilot starts the job now, where a busy pilot asking just in time,
-ahead of its slot's end, would hold it behind its own: a map's first result waited for
-its second, which waited for the first to be read), taken once that pilot is busy.
+ahead took a whole map's waiting jobs, so none could be cancelled as never run); a job
+whose decision did not let the pilot's site pass (the task names its sites, or an earlier
+attempt failed there) stays; so do jobs of a site that shares no cores, jobs for a pilot
+of a site that shares none, and jobs for or from a site that is offline; among the
+siblings' jobs, those whose input the pilot read last come first; and a pilot with work of
+its own does not look at its siblings' queues (one statement fewer per acquisition); and a
+sibling whose own pilot has a slot free keeps its queue (that pilot starts the job now,
+where a busy pilot asking just in time, ahead of its slot's end, would hold it behind its
+own: a map's first result waited for its second, which waited for the first to be read),
+taken once that pilot is busy.
 """
 
 from __future__ import annotations
