@@ -63,7 +63,9 @@ USAGE_INTERVAL = 1.0
 #: Jobs shorter than this (seconds, the pilot's measured mean) are asked for with as
 #: many extra to hold ahead (see the module's docstring).
 AHEAD_S = 1.0
-#: Tasks' common functions a pilot keeps (:attr:`Pilot.commons`).
+#: Tasks a pilot keeps something of: their common functions (:attr:`Pilot.commons`) and
+#: whether a job of theirs ended here (:attr:`Pilot.measured`), the least recently used
+#: dropped first (:func:`_keep`).
 COMMONS_FETCHED = 64
 #: A busy slot whose job has run this many times the pilot's mean job time, and at least
 #: :data:`OVERRUN_S` seconds past it, is asked no job for (:meth:`Pilot._overran`).
@@ -378,9 +380,7 @@ class Pilot:
             common = self.api.request("GET", f"/api/pilot/tasks/{task_id}/common", raw=True)
         except ApiError:
             common = None
-        self.commons[task_id] = common
-        while len(self.commons) > COMMONS_FETCHED:
-            self.commons.popitem(last=False)
+        _keep(self.commons, task_id, common)
         return common
 
     def _start_jobs(self) -> None:
@@ -483,10 +483,7 @@ class Pilot:
             return
         dur = max(outcome.ended_at - outcome.started_at, 1e-5)
         self.mean_duration = 0.8 * self.mean_duration + 0.2 * dur if self.done > 1 else dur
-        self.measured[job["task"]] = None
-        self.measured.move_to_end(job["task"])
-        while len(self.measured) > COMMONS_FETCHED:
-            self.measured.popitem(last=False)
+        _keep(self.measured, job["task"], None)
         extra: dict[str, object] = dict(
             self._keep_output(job, {"stdout": outcome.stdout, "stderr": outcome.stderr}))
         if outcome.reads:  # bytes, seconds and requests per endpoint: the links measured
@@ -671,6 +668,15 @@ class Pilot:
                 (self.spool / f"{i}.{stream}").unlink(missing_ok=True)
         for i in gone:
             self.pending.pop(i, None)
+
+
+def _keep(kept: OrderedDict, key: int, value: object) -> None:
+    """``kept[key] = value`` as the most recently used, the least recently used dropped
+    past :data:`COMMONS_FETCHED`."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > COMMONS_FETCHED:
+        kept.popitem(last=False)
 
 
 def jobs_wanted(slots: int, idle: int, ending_soon: int, queued: int, mean_duration: float,
