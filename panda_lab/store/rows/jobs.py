@@ -55,6 +55,13 @@ _SEND = (update(jobs)
          .returning(jobs.c.id, jobs.c.task_id, jobs.c.job_index, jobs.c.attempt,
                     jobs.c.payload, jobs.c.walltime_s, jobs.c.cores, jobs.c.priority,
                     jobs.c.data_key, jobs.c.access, jobs.c.read_from))
+_LOCK_ACTIVATED = (select(jobs.c.id).where(jobs.c.id.in_(_IDS), jobs.c.state == str(J.ACTIVATED))
+                   .with_for_update(skip_locked=True))
+_DECISIONS = select(jobs.c.id, DECISION).where(jobs.c.id.in_(_IDS))
+_MOVE_DECISION = (update(job_decisions).where(job_decisions.c.job_id == bindparam("jid"))
+                  .values(info=bindparam("text_")))
+_MOVE_OLD_DECISION = (update(jobs).where(jobs.c.id == bindparam("jid"))
+                      .values(broker_info=bindparam("text_")))
 _LOCK_FOR_REPORT = select(*LEAN).where(jobs.c.id.in_(_IDS)).with_for_update()
 _HEARTBEAT = (update(jobs)
               .where(jobs.c.id.in_(_IDS), jobs.c.pilot_id == bindparam("pilot"),
@@ -211,33 +218,30 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
     own = len(window)
     info: dict[int, str] = {}
     if sum(r.holder in (None, pilot_id) for r in window) < n:
-        # only queues whose own pilots cannot start them now: a job waiting at a
-        # sibling with a free slot is that pilot's next, not this busy pilot's (one
-        # asking just in time, ahead of its slot's end, would hold it behind its own)
-        siblings = site_rows.all_busy(conn, site_rows.core_siblings(conn, site))
-        if siblings:
-            theirs = holders.window_at(conn, siblings, n + holders.WINDOW)
-            info = decisions(conn, [r.id for r in theirs])
-            window += [r for r in theirs if passed_at(loads(info.get(r.id)), site)]
+        theirs = holders.window_at(conn, site_rows.core_siblings(conn, site),
+                                   n + holders.WINDOW)
+        if theirs:
+            # only queues whose own pilots cannot start them now: a job waiting at a
+            # sibling with a free slot is that pilot's next, not this busy pilot's (one
+            # asking just in time, ahead of its slot's end, would hold it behind its own)
+            busy = set(site_rows.all_busy(conn, sorted({r.site for r in theirs})))
+            best, info = _first_passing(conn, pilot_id, site,
+                                        [r for r in theirs if r.site in busy])
+            if best is not None:
+                window += [best]  # a sibling's job: one per acquisition (late binding)
     if not window:
         return [], {}
     n += spare(conn, site, n, extra, own)
     held = {r.data_key: r.holder for r in window if r.holder is not None}
     chosen = (holders.pick(pilot_id, window, held, n, site) if held or own < len(window)
               else [r.id for r in window[:n]])
-    if own < len(window):  # a sibling's job: one per acquisition (late binding)
-        foreign = {r.id for r in window[own:]}
-        first = next((j for j in chosen if j in foreign), None)
-        chosen = [j for j in chosen if j not in foreign or j == first]
     # Lock what is still to be had, skipping rows another pilot's transaction holds
     # (PostgreSQL), then compare-and-set those.  SQLite's write transactions are serial:
     # nothing else holds a row, and the compare-and-set alone decides.
     if conn.dialect.name == "sqlite":
         picked = chosen
     else:
-        picked = list(conn.execute(
-            select(jobs.c.id).where(jobs.c.id.in_(chosen), jobs.c.state == str(J.ACTIVATED))
-            .with_for_update(skip_locked=True)).scalars())
+        picked = list(conn.execute(_LOCK_ACTIVATED, {"ids": chosen}).scalars())
     if not picked:
         return [], {}
     rows = conn.execute(_SEND, {"ids": picked, "pilot": pilot_id, "site": site,
@@ -250,6 +254,31 @@ def dispatch(conn: Connection, pilot_id: int, site: str, n: int, t: float,
     if moved:
         record_moves(conn, moved, site, pilot_id, t, info)
     return rows, moved
+
+
+def _first_passing(conn: Connection, pilot_id: int, site: str, theirs: list
+                   ) -> tuple[Row | None, dict[int, str]]:
+    """The core siblings' job (``theirs``, :func:`.holders.window_at` rows) that
+    :func:`.holders.pick` would take first whose decision let ``site`` pass
+    (:func:`~panda_lab.model.brokerage.passed_at`), and the decisions read on the way:
+    ``(row or None, {job id: decision JSON})``.  Decisions are read for the first
+    candidate, then, only if its decision keeps it where it is (a task naming its sites),
+    for the rest at once: one small statement in the common case, not one parse per job
+    of the window."""
+    if not theirs:
+        return None, {}
+    held = {r.data_key: r.holder for r in theirs if r.holder is not None}
+    order = holders.pick(pilot_id, theirs, held, len(theirs), site)
+    by_id = {r.id: r for r in theirs}
+    first = set(order)  # those no other running pilot holds the input of, by pick's rank
+    rest = [by_id[i] for i in order] + [r for r in theirs if r.id not in first]
+    info: dict[int, str] = {}
+    for batch in (rest[:1], rest[1:]):
+        info.update(decisions(conn, [r.id for r in batch]))
+        for r in batch:
+            if passed_at(loads(info.get(r.id)), site):
+                return r, info
+    return None, info
 
 
 #: Why a job left its site's queue for a core sibling's pilot, kept with its decision.
@@ -270,10 +299,9 @@ def record_moves(conn: Connection, moved: dict[int, str], site: str, pilot_id: i
         d["moved"] = {"from": from_, "to": site, "pilot": pilot_id, "at": t,
                       "why": MOVED_WHY.format(site=site, from_=from_)}
         text_ = orjson.dumps(d).decode()
-        done = conn.execute(update(job_decisions).where(job_decisions.c.job_id == jid)
-                            .values(info=text_)).rowcount
+        done = conn.execute(_MOVE_DECISION, {"jid": jid, "text_": text_}).rowcount
         if not done:  # an attempt placed before decisions had a table of their own
-            conn.execute(update(jobs).where(jobs.c.id == jid).values(broker_info=text_))
+            conn.execute(_MOVE_OLD_DECISION, {"jid": jid, "text_": text_})
 
 
 def cancel_never_ran(conn: Connection, task_id: int, indices: list[int], t: float) -> list[Row]:
@@ -300,7 +328,7 @@ def decisions(conn: Connection, ids: list[int]) -> dict[int, str]:
     """The brokerage decisions (JSON text) of attempts, by id."""
     if not ids:
         return {}
-    return dict(conn.execute(select(jobs.c.id, DECISION).where(jobs.c.id.in_(ids))).all())
+    return dict(conn.execute(_DECISIONS, {"ids": ids}).all())
 
 
 def lock_for_report(conn: Connection, ids: list[int]) -> dict[int, Row]:

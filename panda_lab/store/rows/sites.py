@@ -5,7 +5,9 @@ Functions take a ``Connection`` and open no transaction; the workflow verbs do.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select, update
+import functools
+
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from panda_lab.model import JOB_ON_PILOT, JobState, PilotState, SiteState
@@ -124,26 +126,39 @@ def core_siblings(conn: Connection, site: str) -> list[str]:
     (each with ``shared_cores`` in its configuration: the embedded default's local sites
     on a machine of fewer cores than their workers, :func:`panda_lab.resources.plan_local`),
     sorted; ``[]`` when ``site`` shares none or is not online.  One statement."""
-    group = {r.name for r in conn.execute(select(sites.c.name, sites.c.state, sites.c.config))
-             if r.state == str(SiteState.ONLINE) and loads(r.config).get("shared_cores")}
+    group = {r.name for r in conn.execute(_ONLINE, {"online": str(SiteState.ONLINE)})
+             if _shares_cores(r.config)}
     return sorted(group - {site}) if site in group else []
+
+
+@functools.lru_cache(maxsize=256)
+def _shares_cores(config: str | None) -> bool:
+    """Whether a site's configuration (JSON text, as stored) has ``shared_cores``: read
+    on every acquisition that looks at the siblings' queues, parsed once per text."""
+    return bool(loads(config).get("shared_cores"))
+
+
+_ONLINE = select(sites.c.name, sites.c.config).where(sites.c.state == bindparam("online"))
+_ON_PILOT = [str(s) for s in JOB_ON_PILOT]
+#: :func:`all_busy`'s one statement, built once (parameter ``names``).
+_ALL_BUSY = select(sites.c.name).where(
+    sites.c.name.in_(bindparam("names", expanding=True)),
+    select(func.count()).where(jobs.c.site == sites.c.name, jobs.c.state.in_(_ON_PILOT))
+    .scalar_subquery()
+    >= select(func.coalesce(func.sum(pilots.c.slots), 0))
+    .where(pilots.c.site == sites.c.name, pilots.c.state == str(PilotState.RUNNING))
+    .scalar_subquery())
 
 
 def all_busy(conn: Connection, names: list[str]) -> list[str]:
     """Those of ``names`` whose running pilots have no slot free: as many jobs on them
-    (``sent`` included) as they have slots, or no running pilot at all.  Two
-    statements."""
+    (``sent`` included) as they have slots, or no running pilot at all; in the order of
+    ``names``.  One statement (none for no names)."""
     if not names:
         return []
-    on = [str(s) for s in JOB_ON_PILOT]
-    held = dict(conn.execute(select(jobs.c.site, func.count())
-                             .where(jobs.c.site.in_(names), jobs.c.state.in_(on))
-                             .group_by(jobs.c.site)).all())
-    slots = dict(conn.execute(select(pilots.c.site, func.sum(pilots.c.slots))
-                              .where(pilots.c.site.in_(names),
-                                     pilots.c.state == str(PilotState.RUNNING))
-                              .group_by(pilots.c.site)).all())
-    return [n for n in names if held.get(n, 0) >= (slots.get(n) or 0)]
+    busy = set(conn.execute(_ALL_BUSY, {"names": list(names)}).scalars())
+    return [n for n in names if n in busy]
+
 
 def shared_speed(stats: dict[str, tuple], names: list[str]
                  ) -> dict[str, tuple[float | None, float | None]]:
