@@ -4,6 +4,9 @@ One loop, in this order: acquire jobs in bulk, start them on idle workers, wait 
 one to finish, report in bulk.  The control plane's cost per job is what limits
 throughput, so acquisitions grow with how short jobs are, and reports are batched
 (but sent at once when nothing else is waiting, so a lone job is never held back).
+Reports due when the pilot asks for jobs go in that acquisition (:meth:`Pilot._acquire`,
+applied by the server before it hands jobs out): a pilot asks for a job when a slot
+frees, which is when it has a report to send, and one request does for both.
 
 How far ahead a pilot acquires (:func:`jobs_wanted`): PanDA's late binding says a job is
 bound to a pilot only when the pilot can run it, and every job held in a queue behind a
@@ -329,25 +332,37 @@ class Pilot:
         if n <= 0:
             return
         idle = not any(w.busy for w in self.workers)
-        if idle and self.pending:
-            self._flush()
         # A long poll shorter than the heartbeat interval keeps an idle pilot alive.
         wait = min(self.opts.long_poll, self.heartbeat_interval) if idle else 0.0
         ahead = [w.job["id"] for w in self._ending_soon()]
         t0 = time.monotonic()
+        # the reports waiting to go ride with the acquisition (applied first): the job
+        # that freed the slot is reported in the request that fills it
+        reports = list(self.pending.values()) if self._flush_due() else []
         body = {"pilot": self.pilot_id, "site": self.opts.site, "n": n, "wait": wait,
-                "held": self._held()}
+                "held": self._held(reporting=bool(reports))}
+        if reports:
+            body["updates"] = reports
+            body["usage"] = self._usage()
         extra = self._extra(n)
         if extra:
             body["extra"] = extra
         if self.api.transport_errors != self.errors_seen:
             body["lost_check"] = True  # an answer may have been lost: see PilotAcquire
         errors = self.api.transport_errors
-        reply = self.api.post("/api/pilot/acquire", body, timeout=wait + 30)
+        try:
+            reply = self.api.post("/api/pilot/acquire", body, timeout=wait + 30)
+        except ApiError:
+            if not reports:
+                raise
+            self._flush()  # the reports alone, as /update takes and refuses them
+            return  # and the acquisition again, without them, at the next pass
         self.errors_seen = errors  # those met during this call: checked at the next one
         self.last_contact = time.monotonic()
         if not wait:
             self.round_trip = 0.8 * self.round_trip + 0.2 * (self.last_contact - t0)
+        if reports:
+            self._reported(reply, [r["id"] for r in reports])
         if not reply["jobs"]:
             self.asked_ahead.update(ahead)
         for job in reply["jobs"]:
@@ -611,14 +626,25 @@ class Pilot:
             held += [i for i in self.pending if i not in known]
         return held
 
-    def _maybe_flush(self) -> None:
+    def _flush_due(self) -> bool:
+        """Whether the pending reports are to go now: nothing running and nothing the
+        pilot may start (no job, or no core yet), the oldest waited ``flush_interval``
+        (at once for a task's first job here), or a batch is full."""
         if not self.pending:
-            return
-        # Nothing running and nothing it may start (no job, or no core yet): send now.
+            return False
         idle = not any(w.busy for w in self.workers) and (not self.queue or self.core_blocked)
         old = time.monotonic() - self.pending_since >= self.opts.flush_interval
-        if idle or old or len(self.pending) >= self.opts.max_batch:
-            self._flush()
+        return idle or old or len(self.pending) >= self.opts.max_batch
+
+    def _maybe_flush(self) -> None:
+        if not self._flush_due():
+            return
+        if (not self.queue and not self.stopping and self._capacity() > 0
+                and time.monotonic() - self.last_contact < self.heartbeat_interval):
+            return  # the acquisition of the loop's next pass carries them
+        # (with a heartbeat due, they go first: its answer drops the jobs the server
+        # ended, and a report it would drop would never be sent)
+        self._flush()
 
     def _flush(self, retry_for: float | None = None) -> None:
         if not self.pending:
@@ -637,12 +663,18 @@ class Pilot:
             log.error("report refused, %d update(s) dropped: %s", len(self.pending), exc)
             self.pending.clear()
             return
-        self.pending.clear()
         self.last_contact = time.monotonic()
-        if reply["ignored"]:
-            log.info("server ignored %d update(s): %s", len(reply["ignored"]),
-                     reply["ignored"][:3])
-        self._drop(reply["drop"])
+        self._reported(reply, list(self.pending))
+
+    def _reported(self, reply: dict, ids: list[int]) -> None:
+        """The server took the reports of ``ids`` (``/update``'s reply, or an
+        acquisition's that carried them): forget them, and drop what it ended."""
+        for i in ids:
+            self.pending.pop(i, None)
+        ignored = reply.get("ignored") or []
+        if ignored:
+            log.info("server ignored %d update(s): %s", len(ignored), ignored[:3])
+        self._drop(reply.get("drop") or [])
 
     def _maybe_heartbeat(self) -> None:
         if time.monotonic() - self.last_contact < self.heartbeat_interval:

@@ -4,6 +4,13 @@ Acquire is a long poll: a pilot with nothing to do waits on the server, and is w
 the moment jobs are activated at its site, so a warm site starts a job within
 milliseconds of its activation without polling.
 
+An acquisition may carry the pilot's reports (``updates``, as ``/update`` takes them):
+they are applied first, then jobs are handed out, in one round trip.  A pilot asks for its
+next job when the one before has ended (or is about to), which is when it has that job's
+report to send (the embedded default's analysis of 32 jobs sent its reports in 18
+requests of their own per run, 7 since; 71 requests per run in all, 60 since).  Stale
+reports or jobs to drop in the answer end the long poll at once.
+
 A pilot token of one site (``panda-lab users add-pilot SITE``) speaks only for pilots of
 that site and their jobs (:mod:`panda_lab.server.auth`): 403 otherwise.  The server's own
 pilot token, which the embedded local sites use, speaks for any site.
@@ -23,11 +30,13 @@ from panda_lab.server.app import Server
 from panda_lab.server.auth import PilotWho, pilot_job, pilot_of
 from panda_lab.server.schemas import (
     IdPath,
+    JobUpdate,
     PilotAcquire,
     PilotEnd,
     PilotHeartbeat,
     PilotRegister,
     PilotUpdate,
+    PilotUsage,
 )
 
 router = APIRouter()
@@ -64,9 +73,15 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
     if site != body.site:
         raise HTTPException(409, f"pilot {body.pilot} belongs to site {site!r}, "
                                  f"not {body.site!r}")
+    reply: dict = {}
+    if body.updates or body.usage is not None:
+        reply = await _report(s, body.pilot, body.updates, body.held, body.usage)
     if body.lost_check:
         await _fail_not_held(s, body.pilot, body.held)
-    deadline = time.monotonic() + body.wait
+    # what the reports' answer tells the pilot (stale reports, jobs to drop) is not held
+    # back for a long poll: one look for jobs, then the answer
+    wait = 0.0 if reply.get("ignored") or reply.get("drop") else body.wait
+    deadline = time.monotonic() + wait
     # A pass at least three times per heartbeat timeout: a pilot waiting here is alive.
     period = min(5.0, s.config.heartbeat_timeout / 3)
     while True:
@@ -88,7 +103,7 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
     s.metrics.on_dispatch(body.site, len(jobs))
     for j in jobs:
         j["payload"] = base64.b64encode(j["payload"]).decode()
-    return {"jobs": jobs}
+    return {"jobs": jobs, **reply}
 
 
 LOST_ON_THE_WAY = ("its pilot never got it: the answer that handed it out was lost "
@@ -116,8 +131,17 @@ async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
     A pilot of another site than the token's is a 403: its jobs are its site's only."""
     s = _server(request)
     await pilot_of(s, who, body.pilot)
+    return await _report(s, body.pilot, body.updates, body.held, body.usage)
+
+
+async def _report(s: Server, pilot: int, reports: list[JobUpdate], held: list[int],
+                  usage_in: PilotUsage | None) -> dict:
+    """Apply a pilot's reports (``/update``'s, or those an acquisition carries) in one
+    transaction: ``{"ignored": [...], "drop": [...]}``, the stale reports with the
+    reason and the jobs of ``held`` the server has ended.  Raises :class:`HTTPException`
+    422 for a ``result_ref`` never uploaded (nothing applied)."""
     updates = []
-    for u in body.updates:
+    for u in reports:
         d = u.model_dump(exclude_none=True)
         if u.result is not None:
             d["result"] = base64.b64decode(u.result)
@@ -126,14 +150,13 @@ async def update(request: Request, body: PilotUpdate, who: PilotWho) -> dict:
         if u.result_ref is not None and not await s.db(s.store.result_ref_ok, u.result_ref):
             raise HTTPException(422, f"result_ref {u.result_ref!r} was never uploaded")
         updates.append(d)
-    usage = body.usage.model_dump() if body.usage is not None else None
+    usage = usage_in.model_dump() if usage_in is not None else None
     # applied, and what of ``held`` to drop read, in one transaction
-    changes, ignored, drop = await s.db(s.store.apply_report, body.pilot, updates, body.held,
-                                        usage)
+    changes, ignored, drop = await s.db(s.store.apply_report, pilot, updates, held, usage)
     s.publish(changes)
     s.metrics.on_reports([u["state"] for u in updates], len(ignored))
-    if body.held:  # the report's transaction touched them; a lost pilot runs again
-        s.heartbeats.add(body.pilot, body.held, usage)
+    if held:  # the report's transaction touched them; a lost pilot runs again
+        s.heartbeats.add(pilot, held, usage)
     return {"ignored": ignored, "drop": drop}
 
 

@@ -160,21 +160,6 @@ class PilotRegister(Strict):
     info: dict = Field(default_factory=dict)
 
 
-class PilotAcquire(Strict):
-    pilot: Id
-    site: SiteName
-    n: Annotated[int, Field(ge=1, le=1000)] = 1
-    #: Jobs beyond ``n`` the pilot would hold ahead, given only while the site has jobs
-    #: to spare (``panda_lab.store.rows.jobs.spare``).
-    extra: Annotated[int, Field(ge=0, le=1000)] = 0
-    wait: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.0
-    held: list[Id] = Field(default_factory=list, max_length=100_000)
-    #: The pilot met a transport failure since its last acquisition: an answer may have
-    #: been lost, so the jobs on it that it does not hold (``held``) are failed at once
-    #: (and retried as the rules allow) instead of after the heartbeat timeout.
-    lost_check: bool = False
-
-
 def clean_text(value: object) -> object:
     """A report's free text made valid UTF-8 without NUL (the rule of panda_lab.text), so
     that a pilot that did not apply the rule cannot get its whole report refused, nor
@@ -257,6 +242,26 @@ class PilotUpdate(Strict):
     pilot: Id
     updates: list[JobUpdate] = Field(default_factory=list, max_length=100_000)
     held: list[Id] = Field(default_factory=list, max_length=100_000)
+    usage: PilotUsage | None = None
+
+
+class PilotAcquire(Strict):
+    pilot: Id
+    site: SiteName
+    n: Annotated[int, Field(ge=1, le=1000)] = 1
+    #: Jobs beyond ``n`` the pilot would hold ahead, given only while the site has jobs
+    #: to spare (``panda_lab.store.rows.jobs.spare``).
+    extra: Annotated[int, Field(ge=0, le=1000)] = 0
+    wait: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0.0
+    held: list[Id] = Field(default_factory=list, max_length=100_000)
+    #: The pilot met a transport failure since its last acquisition: an answer may have
+    #: been lost, so the jobs on it that it does not hold (``held``) are failed at once
+    #: (and retried as the rules allow) instead of after the heartbeat timeout.
+    lost_check: bool = False
+    #: Reports to apply before jobs are handed out, as ``/update`` takes them (and the
+    #: pilot's usage with them): the report of the job whose slot the pilot fills rides
+    #: with the acquisition, one round trip instead of two.
+    updates: list[JobUpdate] = Field(default_factory=list, max_length=100_000)
     usage: PilotUsage | None = None
 
 

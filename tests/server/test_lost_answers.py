@@ -17,6 +17,8 @@ one nor forever after.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -106,14 +108,17 @@ def test_the_pilot_asks_for_the_check_once_after_a_transport_failure(tmp_path):
     from panda_lab.model import JobState
     from panda_lab.pilot.pilot import Pilot, PilotOptions
 
-    p = Pilot(PilotOptions(server="http://127.0.0.1:9", site="A", token="t"))
+    p = Pilot(PilotOptions(server="http://127.0.0.1:9", site="A", token="t", slots=2,
+                           flush_interval=3600.0))
     try:
         p.api = api = _Api()
         p._flush = lambda retry_for=None: None  # reports stay unsent here
         p.pilot_id = 1
+        p.workers[0].job = {"id": 8, "task": 1}  # one slot busy: the report is not due
+        p.workers[0].started_at = time.time()
         p._set_pending({"id": 7, "attempt": 1}, JobState.FINISHED)  # its report waits
         p._acquire()
-        assert "lost_check" not in api.bodies[-1] and api.bodies[-1]["held"] == [7]
+        assert "lost_check" not in api.bodies[-1] and api.bodies[-1]["held"] == [8, 7]
         api.fail_during_next = 1      # this acquisition's first answer is lost
         p._acquire()
         assert "lost_check" not in api.bodies[-1]
@@ -125,7 +130,8 @@ def test_the_pilot_asks_for_the_check_once_after_a_transport_failure(tmp_path):
         p._acquire()
         assert api.bodies[-1]["lost_check"] is True
         # a report does not hold the jobs it reports (they end with it)
-        assert p._held(reporting=True) == [] and p._held() == [7]
+        assert p._held(reporting=True) == [8] and p._held() == [8, 7]
+        p.workers[0].job = None
     finally:
         for w in p.workers:
             w.close()
