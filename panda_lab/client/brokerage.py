@@ -23,7 +23,7 @@ from panda_lab.model.explain import explain
 BROKERAGE_COLUMNS = ["job", "job_index", "attempt", "site", "passed", "filter", "reason",
                      "free", "speed", "locality", "network", "reliability", "queue_s",
                      "read_s", "compute_s", "total_s", "access", "link_mbps", "weight",
-                     "picked", "policy"]
+                     "picked", "policy", "moved_to"]
 
 #: The columns of :func:`links_frame`, in order.
 LINK_COLUMNS = ["endpoint", "site", "mbps", "latency_ms", "source", "observations",
@@ -40,7 +40,7 @@ def brokerage_rows(job: dict) -> list[dict]:
     one row per weighed or rejected site, without factors."""
     info = job.get("broker_info") or {}
     base = {"job": job["id"], "job_index": job["job_index"], "attempt": job["attempt"],
-            "policy": info.get("policy")}
+            "policy": info.get("policy"), "moved_to": (info.get("moved") or {}).get("to")}
     cands = info.get("candidates")
     if cands is None:
         picked = info.get("picked")
@@ -68,7 +68,10 @@ def brokerage_frame(jobs: list[dict]) -> pd.DataFrame:
     ``queue_s``/``read_s``/``compute_s``/``total_s`` seconds, ``access`` (``local``,
     ``remote`` read, ``stage-in`` to the site's cache, or read from its ``cache``), the
     throughput of the link it would read over (``link_mbps``, MB/s), the ``weight`` and
-    whether it was ``picked``.  Empty (with the columns) for none."""
+    whether it was ``picked``; ``moved_to``, on every row of a job that a pilot of
+    another site took from the picked site's queue (sites sharing one machine's cores,
+    ``store/rows/jobs.py``, ``dispatch``), that site, else None.  Empty (with the
+    columns) for none."""
     rows = [r for j in jobs for r in brokerage_rows(j)]
     return pd.DataFrame(rows, columns=BROKERAGE_COLUMNS)
 

@@ -7,7 +7,8 @@ embedded default on two cores is three sites of one pilot each, all on the same 
 brokerage splits an analysis over them, and at its end the site left with the most jobs
 ran them alone on one core while the other idled (0.5-0.8 s of a 2.4-s run). Members: an
 idle sibling's pilot takes a waiting job, its site becomes the pilot's, and the move is
-kept (history, decision, the sentence that explains it); by priority, and among equals its
+kept (history, decision, the sentence that explains it, the table of candidates); by
+priority, and among equals its
 own queue's before its siblings', of which one per acquisition (a pilot filling its queue
 ahead took a whole map's waiting jobs, so none could be cancelled as never run); a job
 whose decision did not let the pilot's site pass (the task names its sites, or an earlier
@@ -27,6 +28,7 @@ import json
 
 from sqlalchemy import update
 
+from panda_lab.client.brokerage import brokerage_frame
 from panda_lab.model.explain import explain
 from panda_lab.store.rows import sites as site_rows
 from panda_lab.store.schema import job_decisions, jobs
@@ -70,10 +72,13 @@ def test_an_idle_sibling_takes_a_waiting_job_and_the_move_is_kept(store):
     assert sentence.startswith("sent to ")     # the decision as brokerage made it
     assert sentence.endswith("then taken by a pilot of CLOUD, whose pilots share this "
                              "machine's cores with GRID's and had no job of their own waiting")
+    # the table of candidates says it too, on each of the job's rows
+    assert set(brokerage_frame([job])["moved_to"]) == {"CLOUD"}
     # the others still wait at GRID, and GRID's own pilot finds them there
     assert [store.get_job(i)["site"] for i in ids[1:]] == ["GRID", "GRID"]
     assert got(store, pilot(store, "GRID"), "GRID", 2) == ids[1:]
     assert all("moved" not in store.get_job(i)["broker_info"] for i in ids[1:])
+    assert brokerage_frame([store.get_job(ids[1])])["moved_to"].isna().all()
 
 
 def test_by_priority_then_its_own_queue_before_its_siblings(store):
