@@ -29,6 +29,10 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@
 #: clipped from the middle (the pickled exception, when there is one, keeps it all).
 MESSAGE_LIMIT = 20_000
 TRACEBACK_LIMIT = 200_000
+#: Characters of an exception's type name a report keeps, about (the server takes up to
+#: 1,000, :func:`clip`'s marker line included: a class made with ``type("E" * 1500,
+#: ...)`` made the whole report unsendable).
+TYPE_LIMIT = 900
 
 
 def _escape(match: re.Match) -> str:
@@ -81,9 +85,10 @@ def strip_ansi(text: str) -> str:
 
 
 def clean_error(error: dict) -> dict:
-    """A job's error record ready to report: its texts cleaned, the message and the
-    traceback clipped to :data:`MESSAGE_LIMIT` and :data:`TRACEBACK_LIMIT`; bytes (the
-    pickled exception) are left alone.  Returns a new dict with the same keys; never
+    """A job's error record ready to report: its texts cleaned, the message, the
+    traceback and the exception's type clipped to :data:`MESSAGE_LIMIT`,
+    :data:`TRACEBACK_LIMIT` and :data:`TYPE_LIMIT`; bytes (the pickled exception) are
+    left alone.  Returns a new dict with the same keys; never
     raises."""
     out = {}
     for key, value in error.items():
@@ -93,6 +98,8 @@ def clean_error(error: dict) -> dict:
                 value = clip(value, MESSAGE_LIMIT)
             elif key == "traceback":
                 value = clip(value, TRACEBACK_LIMIT)
+            elif key == "type":
+                value = clip(value, TYPE_LIMIT)
         elif not isinstance(value, bytes):
             value = clean_obj(value)
         out[key] = value

@@ -57,7 +57,7 @@ from panda_lab.payload import INLINE_LIMIT, environment
 from panda_lab.pilot.cores import POLL_S, CoreSlots
 from panda_lab.pilot.usage import PilotMeter
 from panda_lab.pilot.worker import LOCAL_ENDPOINT, Output, Worker
-from panda_lab.text import clean_error, clean_obj
+from panda_lab.text import MESSAGE_LIMIT, clean_error, clean_obj, clip
 
 log = logging.getLogger("panda_lab.pilot")
 
@@ -658,13 +658,52 @@ class Pilot:
                 log.warning("report not taken now, %d update(s) kept: %s",
                             len(self.pending), exc)
                 return
-            # The server refused the report itself: keep running; the watchdog will
+            if exc.status in (413, 422) and self.pending:
+                # Refused for what it carries: one bad update must not lose the others
+                # (a batch of finished results dropped for one failure's too long
+                # field, the jobs retried as if lost): each goes alone.
+                log.warning("report of %d update(s) refused (%s): sent one by one",
+                            len(self.pending), exc.text)
+                self._report_apart()
+                return
+            # The server refused the pilot itself: keep running; the watchdog will
             # fail and retry those jobs, which is better than a pilot that dies.
             log.error("report refused, %d update(s) dropped: %s", len(self.pending), exc)
             self.pending.clear()
             return
         self.last_contact = time.monotonic()
         self._reported(reply, list(self.pending))
+
+    def _report_apart(self) -> None:
+        """Send the pending reports one at a time, after the server refused them
+        together.  One it refuses again goes without what it may carry beyond its state
+        (output, reads, cache actions, error details: :func:`_lean`); refused still, a
+        final one is replaced by a failure saying why (the job is failed and retried as
+        the rules allow, never left to the watchdog), a running one is dropped (its final
+        report follows).  Stops, keeping the rest, when the server is unavailable."""
+        for job_id, upd in list(self.pending.items()):
+            why = ""
+            for stage in range(3):  # as it is, lean, then the failure saying why
+                attempt = (upd if stage == 0 else _lean(upd) if stage == 1
+                           else _refused(upd, why))
+                if attempt is None:
+                    log.warning("running report of job %d refused, dropped: %s", job_id, why)
+                    break
+                try:
+                    reply = self.api.post("/api/pilot/update", {
+                        "pilot": self.pilot_id, "updates": [attempt],
+                        "held": self._held(reporting=True)})
+                except ApiError as exc:
+                    if exc.status == 503:
+                        return
+                    why = exc.text
+                    continue
+                self.last_contact = time.monotonic()
+                self._reported(reply, [job_id])
+                break
+            else:
+                log.error("report of job %d refused, dropped: %s", job_id, why)
+            self.pending.pop(job_id, None)
 
     def _reported(self, reply: dict, ids: list[int]) -> None:
         """The server took the reports of ``ids`` (``/update``'s reply, or an
@@ -700,6 +739,29 @@ class Pilot:
                 (self.spool / f"{i}.{stream}").unlink(missing_ok=True)
         for i in gone:
             self.pending.pop(i, None)
+
+
+def _lean(update: dict) -> dict:
+    """A report without what it may carry beyond the job's state and result: output
+    tails, reads, cache actions, and of an error its category and message only."""
+    lean = {k: v for k, v in update.items()
+            if k not in ("stdout", "stderr", "reads", "cache", "error")}
+    if "error" in update:
+        err = update["error"]
+        lean["error"] = {"category": err.get("category", "system"),
+                         "message": str(err.get("message", ""))[:MESSAGE_LIMIT]}
+    return lean
+
+
+def _refused(update: dict, why: str) -> dict | None:
+    """What to report of a job whose report the server refused even lean (``why``: its
+    answer): for a final state, a system failure saying so (the job retried as the
+    rules allow); None for a job still running (its final report is still to come)."""
+    if str(update["state"]) not in (str(JobState.FINISHED), str(JobState.FAILED)):
+        return None
+    return {"id": update["id"], "attempt": update["attempt"], "state": JobState.FAILED,
+            "error": {"category": "system", "message": clip(
+                f"the server refused the pilot's report of this job: {why}", 2000)}}
 
 
 def _keep(kept: OrderedDict, key: int, value: object) -> None:
