@@ -97,7 +97,11 @@ class Cause(StrEnum):
     FAILED = "failed"          #: its attempt failed (a pilot's report, the watchdog)
     USER_RETRY = "user retry"  #: the user's ``retry`` of the task (pbook's verb)
     REBROKER = "rebroker"      #: its site went offline before a pilot took it
-    LOST = "lost"              #: it never ran: its answer lost, or handed back unstarted
+    #: not seen to start: its answer lost, handed back unstarted, held past
+    #: ``sent_timeout``, or held by a pilot that ended or went silent before reporting
+    #: its start (it may have run then: a job that kills its pilot at once is retried
+    #: up to :data:`LOST_ATTEMPTS`)
+    LOST = "lost"
 
 
 #: The most attempts a logical job may reach through answers lost on their way to the

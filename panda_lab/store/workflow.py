@@ -512,8 +512,10 @@ class Workflow(Rebrokerage, Admin):
         goodbye (``gone``: ``(pid, exit code or None)``; a negative code is a signal):
         marked lost, last heard of now (so that a heartbeat heard before, written later
         with the coalesced ones, does not revive them), and the jobs they held failed
-        (and retried), in one transaction: those still ``sent`` never ran, and their next
-        attempt does not count against the limit (``Cause.LOST``).  Returns the
+        (and retried), in one transaction: those still ``sent`` were not reported started
+        (held ahead, or started in its last moments: a job that kills its pilot within
+        the pilot's flush interval is one), and their next attempt does not count
+        against the limit (``Cause.LOST``, up to ``LOST_ATTEMPTS``).  Returns the
         changes."""
         codes = dict(gone)
         changes = Changes()
@@ -529,7 +531,8 @@ class Workflow(Rebrokerage, Admin):
                     why = f"exit code {code}" if code is not None and code >= 0 else \
                         f"killed by signal {-code}" if code is not None else "exit unknown"
                     ended = f"its pilot {r.id} (pid {r.pid}) ended ({why})"
-                    self._fail_held(conn, held[r.id], f"{ended} before the job ran",
+                    self._fail_held(conn, held[r.id],
+                                    f"{ended} before it reported the job's start",
                                     f"{ended} while holding the job", changes)
         return changes
 

@@ -6,9 +6,11 @@ holds jobs ahead (``sent``), and one held behind long jobs for longer than
 like any failure, so a job of ``max_attempts = 1`` failed for good without having run.
 The pilot's own hand-backs and a dead pilot's held jobs were already retried this way
 (``Cause.LOST``, tests/store/test_unstarted_jobs.py).  Members, through the watchdog's
-sweep on a real store: stuck in ``sent`` past ``sent_timeout``; ``sent`` on a pilot whose
-heartbeat stopped; and, the other side, a started job whose pilot went silent still
-counts (one attempt allowed: failed for good).
+sweep on a real store: stuck in ``sent`` past ``sent_timeout`` (its pilot still beats, so
+it never started); ``sent`` on a pilot whose heartbeat stopped (its start was never
+reported: it may have started in the pilot's last moments, and the message says no more
+than that); and, the other side, a started job whose pilot went silent still counts (one
+attempt allowed: failed for good).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def test_sent_on_a_silent_pilot_is_retried_without_counting(server):
     _silent(server, p, job)
     assert run_sweep(server) == 1
     assert attempts(server, task) == [(1, "failed"), (2, "activated")]
+    # a silent pilot may have started it unreported: said as the server knows it
+    assert server.store.get_job(job)["error_message"].endswith(
+        "; its start was never reported")
 
 
 def test_a_started_job_on_a_silent_pilot_still_counts(server):
