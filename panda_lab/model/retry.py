@@ -97,12 +97,20 @@ class Cause(StrEnum):
     FAILED = "failed"          #: its attempt failed (a pilot's report, the watchdog)
     USER_RETRY = "user retry"  #: the user's ``retry`` of the task (pbook's verb)
     REBROKER = "rebroker"      #: its site went offline before a pilot took it
-    #: not seen to start: its answer lost, handed back unstarted, held past
-    #: ``sent_timeout``, or held by a pilot that ended or went silent before reporting
-    #: its start (it may have run then: a job that kills its pilot at once is retried
-    #: up to :data:`LOST_ATTEMPTS`)
+    #: it never ran: its answer lost, handed back unstarted, or held past
+    #: ``sent_timeout`` by a pilot that still beats
     LOST = "lost"
+    #: its start never reported by a pilot that ended or went silent: it may have run
+    #: in the pilot's last moments (a job that kills its pilot at once is one)
+    UNSEEN = "unseen"
 
+
+#: The most attempts a logical job may reach through attempts whose start went unreported
+#: before their pilot ended or went silent (:attr:`Cause.UNSEEN`), which do not count
+#: against its limit until then: a job held ahead by a pilot that dies is not charged
+#: for it, and a job that kills its pilot at once ends after this many (not after
+#: :data:`LOST_ATTEMPTS`, 20 pilots killed).
+UNSEEN_ATTEMPTS = 3
 
 #: The most attempts a logical job may reach through answers lost on their way to the
 #: pilot (:attr:`Cause.LOST`), which do not count against its limit until then: a burst
@@ -164,8 +172,17 @@ def next_attempt(
     - ``LOST``: the attempt never reached its pilot (PanDA reassigns a job its pilot
       never picked up): one more, at the same sites, the limit grown by one, up to
       :data:`LOST_ATTEMPTS` attempts; past that, as ``FAILED`` with ``category``.
+    - ``UNSEEN``: as ``LOST`` (it may not have run), up to :data:`UNSEEN_ATTEMPTS`
+      attempts (it may have: a job that kills its pilot is not retried 20 times).
     """
     number = prev.attempt + 1
+    if cause is Cause.UNSEEN:
+        if task_aborted:
+            return None
+        if number <= UNSEEN_ATTEMPTS:
+            return NextAttempt(number, prev.max_attempts + 1, prev.sites, frozenset(),
+                               prev.near, "its pilot ended before reporting its start")
+        cause = Cause.FAILED
     if cause is Cause.LOST:
         if task_aborted:
             return None

@@ -42,15 +42,15 @@ async def sweep(server: Server) -> int:
             msg = f"stuck in sent for over {cfg.sent_timeout:g} s"
         # An attempt still ``sent`` was not reported started: on a pilot that still
         # beats it never started (held behind longer jobs: a start is reported within
-        # the pilot's flush interval); on a silent one it may have started in the last
-        # moments, unreported.  Either way its next attempt does not count against the
-        # job's limit (up to LOST_ATTEMPTS, model/retry.py), and the message says only
-        # what the server knows.
+        # the pilot's flush interval: Cause.LOST); on a silent one it may have started
+        # in the last moments, unreported (Cause.UNSEEN).  Its next attempt does not
+        # count against the job's limit, up to a bound (model/retry.py), and the
+        # message says only what the server knows.
         never = [j["id"] for j in group if j["state"] == str(JobState.SENT)]
         ran = [j["id"] for j in group if j["state"] != str(JobState.SENT)]
-        unseen = ("it never started" if why == "stuck in sent"
-                  else "its start was never reported")
-        for ids, text, cause in ((never, f"{msg}; {unseen}", Cause.LOST),
+        unseen, unseen_cause = (("it never started", Cause.LOST) if why == "stuck in sent"
+                                else ("its start was never reported", Cause.UNSEEN))
+        for ids, text, cause in ((never, f"{msg}; {unseen}", unseen_cause),
                                  (ran, msg, Cause.FAILED)):
             if ids:
                 changes = await server.db(server.store.fail_jobs, ids,

@@ -494,15 +494,17 @@ class Workflow(Rebrokerage, Admin):
         return mine, changes
 
     def _fail_held(self, conn: Connection, job_ids: list[int], sent_message: str,
-                   message: str, changes: Changes) -> None:
-        """Fail jobs a pilot held, as system failures: those still ``sent`` never ran,
-        and their next attempt does not count (``Cause.LOST``, ``sent_message``); the
-        others are retried as any failure (``message``)."""
+                   message: str, changes: Changes, sent_cause: Cause = Cause.LOST) -> None:
+        """Fail jobs a pilot held, as system failures: those still ``sent`` were not
+        reported started, and their next attempt does not count (``sent_cause``:
+        ``Cause.LOST``, they never ran; ``Cause.UNSEEN``, they may have, in the pilot's
+        last moments; ``sent_message``); the others are retried as any failure
+        (``message``)."""
         sent = {r.id for r in job_rows.on_pilot(conn, job_ids) if r.state == J.SENT}
         started = [j for j in job_ids if j not in sent]
         system = str(ErrorCategory.SYSTEM)
         if sent:
-            self._fail(conn, sorted(sent), system, sent_message, changes, Cause.LOST)
+            self._fail(conn, sorted(sent), system, sent_message, changes, sent_cause)
         if started:
             self._fail(conn, started, system, message, changes)
 
@@ -515,7 +517,7 @@ class Workflow(Rebrokerage, Admin):
         (and retried), in one transaction: those still ``sent`` were not reported started
         (held ahead, or started in its last moments: a job that kills its pilot within
         the pilot's flush interval is one), and their next attempt does not count
-        against the limit (``Cause.LOST``, up to ``LOST_ATTEMPTS``).  Returns the
+        against the limit (``Cause.UNSEEN``, up to ``UNSEEN_ATTEMPTS``).  Returns the
         changes."""
         codes = dict(gone)
         changes = Changes()
@@ -533,7 +535,8 @@ class Workflow(Rebrokerage, Admin):
                     ended = f"its pilot {r.id} (pid {r.pid}) ended ({why})"
                     self._fail_held(conn, held[r.id],
                                     f"{ended} before it reported the job's start",
-                                    f"{ended} while holding the job", changes)
+                                    f"{ended} while holding the job", changes,
+                                    Cause.UNSEEN)
         return changes
 
     def close_expired_leases(self, t: float) -> tuple[list[int], Changes]:

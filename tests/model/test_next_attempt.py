@@ -5,7 +5,9 @@ accepts (``panda_lab.model.brokerage.sites_of``).
 Kind tested: a retry rule that drifts between the places that make new attempts (a
 pilot's failure report, the watchdog, the user's ``retry``, re-brokerage off an offline
 site).  Members: each cause's attempt number, limit, sites and avoided site; the rules
-table decides for failures; an aborted task gets no new attempt.
+table decides for failures; an aborted task gets no new attempt; an attempt whose start
+went unreported before its pilot ended is free only up to a small bound (a job that
+kills its pilot at once was retried 20 times, its ``retries=0`` ignored).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 
 from panda_lab.model.brokerage import ANY, sites_of
 from panda_lab.model.retry import (
+    UNSEEN_ATTEMPTS,
     Action,
     Cause,
     ErrorCategory,
@@ -101,3 +104,18 @@ def test_the_sites_kept_with_the_decision_win_over_the_tasks():
 ])
 def test_sites_of_reads_what_a_user_gives(value, expected):
     assert sites_of(value) == expected
+
+
+def test_a_start_never_reported_is_free_up_to_a_small_bound():
+    nxt = next_attempt(PREV, Cause.UNSEEN)           # it may not have run: not charged
+    assert (nxt.attempt, nxt.max_attempts, nxt.sites, nxt.avoid) == (2, 4, ("A", "B"),
+                                                                     frozenset())
+    one = Previous(attempt=1, max_attempts=1, site="A", sites=("A",))
+    second = next_attempt(one, Cause.UNSEEN)
+    third = next_attempt(Previous(second.attempt, second.max_attempts, "A", ("A",)),
+                         Cause.UNSEEN)
+    assert third.attempt == UNSEEN_ATTEMPTS == 3
+    # it may have run, too: past the bound it counts, and a job of one attempt ends
+    last = Previous(third.attempt, third.max_attempts - 2, "A", ("A",))
+    assert next_attempt(last, Cause.UNSEEN, category=C.SYSTEM) is None
+    assert next_attempt(PREV, Cause.UNSEEN, task_aborted=True) is None

@@ -8,7 +8,10 @@ to end (``pilots_gone``) with a job running and one held ahead; a pilot that han
 back unstarted in its report (it stopped, or its walltime ran out: ``unstarted``); and
 the controls: a job that started and failed before its "running" report went out, a
 failure of the user's code, and a failure the pilot does not say is unstarted, all
-charged as before; and a hand-back does not raise its site's failure rate.
+charged as before; and a hand-back does not raise its site's failure rate.  A dead
+pilot's ``sent`` job may also have started in the pilot's last moments (a job that kills
+its pilot at once is never reported running): it is free up to three attempts, then
+charged.
 """
 
 from __future__ import annotations
@@ -77,3 +80,17 @@ def test_a_failure_not_said_unstarted_is_charged(store):
          "error": {"category": "system", "message": "crash"}}])
     got = attempts(store)
     assert got[1] == got[2] == got[3] == [(1, "failed")]
+
+
+def test_a_job_whose_pilots_keep_dying_before_its_start_is_reported_ends(store):
+    from panda_lab.model.retry import UNSEEN_ATTEMPTS
+
+    store.create_task("t", [{"payload": b"x"}], site="A", options={"max_attempts": 1})
+    for pid in range(201, 201 + UNSEEN_ATTEMPTS):
+        pilot = store.register_pilot("A", "host", pid, 1, {})
+        (job,), _ = store.acquire(pilot, "A", 1)
+        store.pilots_gone("A", "host", [(pid, -9)])  # before its "running" went out
+    got = attempts(store)[0]
+    assert len(got) == UNSEEN_ATTEMPTS and all(s == "failed" for _, s in got)
+    assert store.get_job(job["id"])["error_message"].endswith(
+        "before it reported the job's start")
