@@ -119,6 +119,11 @@ UNSEEN_ATTEMPTS = 3
 LOST_ATTEMPTS = 20
 
 
+#: The causes whose next attempt is not charged: the bound on attempts, and the reason.
+_FREE = {Cause.LOST: (LOST_ATTEMPTS, "handed back: its pilot never got it"),
+         Cause.UNSEEN: (UNSEEN_ATTEMPTS, "its pilot ended before reporting its start")}
+
+
 @dataclass(frozen=True)
 class Previous:
     """What the next attempt is decided from: the last attempt of a logical job.
@@ -176,19 +181,13 @@ def next_attempt(
       attempts (it may have: a job that kills its pilot is not retried 20 times).
     """
     number = prev.attempt + 1
-    if cause is Cause.UNSEEN:
+    if cause in _FREE:  # not charged, up to a bound; past it, a failure
         if task_aborted:
             return None
-        if number <= UNSEEN_ATTEMPTS:
+        bound, reason = _FREE[cause]
+        if number <= bound:
             return NextAttempt(number, prev.max_attempts + 1, prev.sites, frozenset(),
-                               prev.near, "its pilot ended before reporting its start")
-        cause = Cause.FAILED
-    if cause is Cause.LOST:
-        if task_aborted:
-            return None
-        if number <= LOST_ATTEMPTS:
-            return NextAttempt(number, prev.max_attempts + 1, prev.sites, frozenset(),
-                               prev.near, "handed back: its pilot never got it")
+                               prev.near, reason)
         cause = Cause.FAILED
     if cause is Cause.FAILED:
         if task_aborted:
