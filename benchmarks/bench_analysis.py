@@ -5,7 +5,9 @@ and summing histograms, with its defaults and with ``MALLOC_TRIM_THRESHOLD_`` un
 the workers; (c) coffea's ``processor.Runner`` with a futures executor (a pool of its own
 per repeat, and coffea's default of a new pool per run); (d) the same chunk tasks on a
 fresh ``ProcessPoolExecutor(2)``: the hardware reference, running panda-lab's own job
-function (and, as ``d_plain``, the peers' plain uproot function); (e) the raw read limit
+function (as ``d_malloc``, the same with panda-lab's payload workers' allocator settings,
+:mod:`panda_lab.pilot.allocator`, so that (d_malloc) minus (f) is the control plane
+alone; and, as ``d_plain``, the peers' plain uproot function); (e) the raw read limit
 (uproot reading the branches, no computation); (f) panda-lab, ``lab.analyze`` over its
 local sites.  Every configuration fills the same histogram; each must equal (a) bin for bin.
 
@@ -22,7 +24,7 @@ files for every configuration alike (they are written just before).
 
     python benchmarks/bench_analysis.py            # 4 x 2M events, 3 repeats
     python benchmarks/bench_analysis.py --quick    # 2 x 500k events, 1 repeat
-    python benchmarks/bench_analysis.py --rounds 5 # (d), (f), (f_2pilots) interleaved
+    python benchmarks/bench_analysis.py --rounds 5 # (d), (d_malloc), (f), (f_2pilots)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import uproot
 
 from panda_lab.analysis.dimuon import MASS_AXIS, process
 from panda_lab.analysis.sample import make_sample
+from panda_lab.pilot.allocator import keep_freed_memory
 
 BRANCHES = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge"]
 WORKERS = 2
@@ -71,7 +74,7 @@ def chunk_task(path: str, start: int, stop: int) -> hist.Hist:
 
 def job_task(path: str, start: int, stop: int) -> hist.Hist:
     """Exactly what a panda-lab analysis job runs on a chunk: the same reading code and the
-    same processor, so (d) minus (f) is the control plane alone."""
+    same processor, so (d_malloc) minus (f) is the control plane alone."""
     from panda_lab.analysis.runner import run_chunks
 
     chunk = {"file_index": 0, "path": path, "tree": "Events", "start": start, "stop": stop}
@@ -177,12 +180,15 @@ def pool_cpu(pool: ProcessPoolExecutor) -> tuple[float, float]:
     return sum(t.user + t.system for t in times), sum(t.system for t in times)
 
 
-def fresh_pool_runs(task, work, warm_work, repeats: int, cpu: list | None = None):
+def fresh_pool_runs(task, work, warm_work, repeats: int, cpu: list | None = None,
+                    initializer=None):
     """``[(first_s, rerun_s, hist)]``: a new ``ProcessPoolExecutor(2)`` per repeat; the
-    workers' CPU seconds over each first run are appended to ``cpu`` when given."""
+    workers' CPU seconds over each first run are appended to ``cpu`` when given.
+    ``initializer``: run in each worker at its start (``d_malloc``: panda-lab's payload
+    workers' allocator settings, :mod:`panda_lab.pilot.allocator`)."""
     out = []
     for _ in range(repeats):
-        with ProcessPoolExecutor(WORKERS) as pool:
+        with ProcessPoolExecutor(WORKERS, initializer=initializer) as pool:
             run_pool(pool, task, warm_work)
             c0, s0 = pool_cpu(pool)
             t = time.perf_counter()
@@ -205,18 +211,27 @@ def medians(runs) -> tuple[float, float | None, object]:
 
 
 def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> int:
-    """``--rounds N``: N rounds of one fresh pool (d), one embedded default (f) and one
-    1 site x 2 pilots (f_2pilots) run, in that order; each round's ratios to its own
-    (d), and their medians.  Returns 1 if any result differs from (a)'s."""
+    """``--rounds N``: N rounds of one fresh pool (d), one with panda-lab's allocator
+    settings (d_malloc), one embedded default (f) and one 1 site x 2 pilots (f_2pilots)
+    run, in that order; each round's ratios to its own (d) and (d_malloc), and their
+    medians.  Returns 1 if any result differs from (a)'s."""
     one = argparse.Namespace(**{**vars(args), "repeats": 1})
     ratios: dict[str, list[tuple[float, float]]] = {"f": [], "f_2pilots": []}
+    #: each round's (d_malloc) first run over its (d)'s, and (f)'s over (d_malloc)'s
+    malloc: dict[str, list[float]] = {"d_malloc": [], "f": [], "f_2pilots": []}
     same = True
     for i in range(args.rounds):
         cpu: list[tuple[float, float]] = []
         first_d, _, h = fresh_pool_runs(job_task, work, warm_work, 1, cpu)[0]
         same &= bool((h.values() == ref.values()).all())
+        first_dm, _, h = fresh_pool_runs(job_task, work, warm_work, 1, cpu,
+                                         initializer=keep_freed_memory)[0]
+        same &= bool((h.values() == ref.values()).all())
+        malloc["d_malloc"].append(first_d / first_dm)
         line = [f"round {i + 1}: d {total / first_d / 1e6:.2f} M ev/s, workers' CPU "
-                f"{cpu[0][0]:.2f} s, of it system {cpu[0][1]:.2f} s"]
+                f"{cpu[0][0]:.2f} s, of it system {cpu[0][1]:.2f} s; d_malloc "
+                f"{total / first_dm / 1e6:.2f} M ev/s, workers' CPU {cpu[1][0]:.2f} s, of "
+                f"it system {cpu[1][1]:.2f} s"]
         for key in ratios:
             got = {}
 
@@ -226,6 +241,7 @@ def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> in
             run_panda(key, paths, warm_paths, one, keep, quiet=True)
             same &= bool((got["h"].values() == ref.values()).all())
             ratios[key].append((first_d / got["first"], first_d / got["rerun"]))
+            malloc[key].append(first_dm / got["first"])
             c = got["first_cpu"][0]
             line.append(f"{key} first/d {ratios[key][-1][0]:.2f} "
                         f"re-run/d {ratios[key][-1][1]:.2f} (CPU: server "
@@ -236,11 +252,15 @@ def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> in
     for key, rs in ratios.items():
         print(f"  {key:<10} {statistics.median(r[0] for r in rs):47.2f}"
               f"{statistics.median(r[1] for r in rs):8.2f}")
+    print("\nthe allocator's share, medians: (d_malloc) first / (d) first "
+          f"{statistics.median(malloc['d_malloc']):.2f}; first / (d_malloc) first: "
+          + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in malloc.items()
+                      if k != "d_malloc"))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "analysis_rounds.json").write_text(json.dumps(
         {"events": total, "chunk": args.chunk, "rounds": args.rounds,
-         "load": os.getloadavg(), "ratios": ratios}, indent=2))
+         "load": os.getloadavg(), "ratios": ratios, "vs_d_malloc": malloc}, indent=2))
     return 0 if same else 1
 
 
@@ -306,12 +326,16 @@ def main() -> int:
             h = run_one_process(paths, args.events, args.chunk)
             firsts.append(time.perf_counter() - t)
         record("a", "one process, uproot.iterate", statistics.median(firsts), None, h)
-    for key, task, label in (
-            ("d", job_task, "fresh ProcessPoolExecutor(2), panda-lab's job function"),
-            ("d_plain", chunk_task, "fresh ProcessPoolExecutor(2), plain uproot function"),
-            ("e", read_only, "raw read limit (uproot, 2 processes)")):
+    for key, task, label, init in (
+            ("d", job_task, "fresh ProcessPoolExecutor(2), panda-lab's job function", None),
+            ("d_malloc", job_task, "the same, workers with panda-lab's allocator settings",
+             keep_freed_memory),
+            ("d_plain", chunk_task, "fresh ProcessPoolExecutor(2), plain uproot function",
+             None),
+            ("e", read_only, "raw read limit (uproot, 2 processes)", None)):
         if wanted(key):
-            first, rerun, h = medians(fresh_pool_runs(task, work, warm_work, args.repeats))
+            first, rerun, h = medians(fresh_pool_runs(task, work, warm_work, args.repeats,
+                                                      initializer=init))
             if key == "e":
                 h = ref  # it reads, it fills nothing
             record(key, label, first, rerun, h)

@@ -258,6 +258,13 @@ def _pilot(args: argparse.Namespace) -> int:
         print("panda-lab pilot: no token; pass --token, --token-file or set "
               "PANDA_LAB_PILOT_TOKEN", file=sys.stderr)
         return EXIT_USAGE
+    from panda_lab.pilot import allocator
+
+    try:
+        allocator.check()
+    except ValueError as exc:
+        print(f"panda-lab pilot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.shared_cores < 0 or (args.shared_cores and args.cores_dir is None):
         print("panda-lab pilot: --shared-cores takes a number of cores (0: no limit) and "
               "needs --cores-dir", file=sys.stderr)

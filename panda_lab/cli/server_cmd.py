@@ -11,12 +11,17 @@ from panda_lab.cli.main import EXIT_FAIL, EXIT_NO_SERVER, EXIT_OK, print_json
 
 
 def config_from_args(args: argparse.Namespace):
+    from panda_lab.pilot import allocator
     from panda_lab.provisioners.config import ConfigError, default_sites, load_sites, local_plan
     from panda_lab.provisioners.links import load_links
     from panda_lab.server.config import ServerConfig
 
     if args.task_lease <= 0:
         raise ConfigError(f"--task-lease {args.task_lease:g} must be more than 0 seconds")
+    try:  # read by the local pilots' workers: refused here, where the user sees it
+        allocator.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     # The embedded default is sized to the container (panda_lab/resources.py); a site
     # file says its own sizes.
     plan = None if args.sites else local_plan()

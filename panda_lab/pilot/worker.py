@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from panda_lab import reads
 from panda_lab.output import Capture
 from panda_lab.payload import Outcome, job_directory, run_call
+from panda_lab.pilot import allocator
 from panda_lab.pilot.usage import JobMeter
 
 _CTX = mp.get_context("spawn")
@@ -96,6 +97,7 @@ def worker_main(conn: Connection) -> None:
     "run" runs a job and sends back ``(job_id, Outcome)``, with ``("out", job_id,
     stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
     Returns nothing; what a job raises is in its outcome, never raised here."""
+    allocator.keep_freed_memory()  # a chunk's freed arrays serve the next (allocator.py)
     commons: OrderedDict[int, object] = OrderedDict()
     own_dir = os.getcwd()  # where a job without a client directory here runs
     lock = threading.Lock()
