@@ -508,6 +508,7 @@ class Pilot:
         if outcome.events:  # with the payload's seconds: the site's compute rate
             extra["events"] = outcome.events
         extra["seconds"] = round(dur, 6)
+        extra["ended_at"] = outcome.ended_at  # its end, not its report's (sent later)
         if worker.cold:  # its speed is not the site's: the server weighs it apart
             extra["cold"] = True
         # the payload's own peak memory and CPU time, measured in its worker process
@@ -544,6 +545,8 @@ class Pilot:
         extra: dict = self._keep_output(job, None, retry_for=5.0) if output else {}
         if unstarted:
             extra["unstarted"] = True
+        else:  # killed, or its worker died: seen now
+            extra["ended_at"] = time.time()
         self._set_pending(job, JobState.FAILED, error={"category": category, "message": message},
                           **extra)
 

@@ -201,6 +201,9 @@ class JobUpdate(Strict):
     attempt: Id
     state: JobState
     started_at: Timestamp | None = None
+    #: When the payload ended, on the pilot's clock as ``started_at`` is (a final
+    #: report may go out up to ``flush_interval`` later): the job's ``ended_at``.
+    ended_at: Timestamp | None = None
     result: B64 | None = None
     result_ref: ResultRef | None = None
     error: JobError | None = None

@@ -368,15 +368,17 @@ class Workflow(Rebrokerage, Admin):
                 # a pilot sends started_at only for a job it started: also when its first
                 # report is the end (sent -> failed passes no running state)
                 started = u.get("started_at")
+                at = _event_times(path, started if started is not None else row.started_at,
+                                  u.get("ended_at"), t, floor=row.modified_at or 0.0)
                 params.append({
                     "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
-                    "b_started": started, "b_ended": t if new in JOB_FINAL else None,
+                    "b_started": started, "b_ended": at[-1] if new in JOB_FINAL else None,
                     "b_cat": err.get("category"), "b_msg": err.get("message"),
                     "b_tb": err.get("traceback"), "b_exc": err.get("exception"),
                     "b_out": out, "b_err": err_out,
                     "b_rss": u.get("peak_rss_mb"), "b_cpu": u.get("cpu_s"),
                 })
-                history.append((row.id, path, t, ""))
+                history.append((row.id, path, at, ""))
                 change = JobChange(row.id, row.task_id, row.job_index, row.attempt, row.site,
                                    str(new), err.get("category"), err.get("message"))
                 changes.jobs.append(change)
@@ -685,3 +687,29 @@ def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | Non
 
 
 __all__ = ["TaskNotFound", "Workflow"]
+
+
+def _event_times(path: tuple[JobState, ...], started: float | None, ended: float | None,
+                 t: float, floor: float = 0.0) -> tuple[float, ...]:
+    """When each state of ``path`` (a report's transitions, :func:`job_path`) happened,
+    in seconds since the epoch: ``starting`` and ``running`` at the payload's start, a
+    final state at its end, both as the pilot measured them (its clock, as PanDA's pilot
+    reports ``startTime`` and ``endTime``); any other state, or a time the pilot did not
+    send, at ``t``, the report's arrival.  A pilot sends a short job's ``running`` with
+    its end, and its end with its next batch (up to ``flush_interval`` later): with the
+    arrival time for all three, a job of 0.2 s read as running 0.6 s, and its CPU as a
+    third of its run.  An end before the start, or a time after ``t`` (a pilot clock
+    ahead), is not believed: ``t`` then.  The times never decrease along the path, nor
+    fall before ``floor`` (the job's last recorded change: a pilot clock behind)."""
+    out, last = [], min(floor, t)
+    for state in path:
+        at = t
+        if state in (JobState.STARTING, JobState.RUNNING) and started is not None:
+            at = started
+        elif state in JOB_FINAL and ended is not None and \
+                (started is None or ended >= started):
+            at = ended
+        at = max(min(at, t), last)
+        out.append(at)
+        last = at
+    return tuple(out)

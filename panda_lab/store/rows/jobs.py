@@ -8,7 +8,7 @@ take a ``Connection`` and open no transaction; the workflow verbs do.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import orjson
 from sqlalchemy import Connection, bindparam, exists, func, insert, or_, select, update
@@ -117,10 +117,14 @@ def text(value: object) -> object:
 
 
 def history(conn: Connection,
-            rows: Iterable[tuple[int, Iterable[JobState | str], float, str]]) -> None:
-    """Append to the status history: ``(job id, states in order, time, info)``."""
-    batch = [{"job_id": jid, "state": str(st), "time": t, "info": info}
-             for jid, states, t, info in rows for st in states]
+            rows: Iterable[tuple[int, Sequence[JobState | str], float | Sequence[float],
+                                 str]]) -> None:
+    """Append to the status history: ``(job id, states in order, time, info)``, the
+    time one for all the states or one per state."""
+    batch = [{"job_id": jid, "state": str(st), "time": at, "info": info}
+             for jid, states, t, info in rows
+             for st, at in zip(states, t if isinstance(t, Sequence) else [t] * len(states),
+                               strict=True)]
     if batch:
         conn.execute(_HISTORY, batch)
 
