@@ -35,7 +35,8 @@ Index = Annotated[int, Field(ge=0, le=INT32_MAX, description="a logical job's in
 Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
 Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds, finite")]
-Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False,
+#: Strict: a number (an integer too), never a string of digits nor a boolean (read as 1.0).
+Timestamp = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False, strict=True,
                                    description="seconds since the epoch")]
 #: Text a database column keeps: no NUL character (PostgreSQL's text types refuse it).
 NO_NUL = r"^[^\x00]*$"

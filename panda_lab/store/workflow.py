@@ -366,10 +366,13 @@ class Workflow(Rebrokerage, Admin):
                 new = path[-1]
                 err = {k: job_rows.text(v) for k, v in (u.get("error") or {}).items()}
                 # a pilot sends started_at only for a job it started: also when its first
-                # report is the end (sent -> failed passes no running state)
-                started = u.get("started_at")
+                # report is the end (sent -> failed passes no running state); the start
+                # and end it measured are kept inside what the server knows
+                floor = row.modified_at or 0.0
+                started, ended = _payload_times(u.get("started_at"), u.get("ended_at"),
+                                                row.started_at, t, floor)
                 at = _event_times(path, started if started is not None else row.started_at,
-                                  u.get("ended_at"), t, floor=row.modified_at or 0.0)
+                                  ended, t, floor)
                 params.append({
                     "b_id": row.id, "b_old": row.state, "b_state": str(new), "b_time": t,
                     "b_started": started, "b_ended": at[-1] if new in JOB_FINAL else None,
@@ -689,26 +692,45 @@ def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | Non
 __all__ = ["TaskNotFound", "Workflow"]
 
 
-def _event_times(path: tuple[JobState, ...], started: float | None, ended: float | None,
+def _payload_times(started: float | None, ended: float | None, known_start: float | None,
+                   t: float, floor: float) -> tuple[float | None, float | None]:
+    """A payload's ``(start, end)`` (seconds since the epoch, ``None`` when not sent) from
+    a report's ``started``/``ended``, as the pilot measured them (its clock, as PanDA's
+    pilot reports ``startTime`` and ``endTime``), kept inside what the server knows: the
+    payload ran after the job's last recorded change (``floor``: its dispatch) and before
+    the report arrived (``t``).  A pilot clock ahead or behind is thus pulled into that
+    window: never a time in the future, never a start before the job was handed out, an
+    end never before the start (``known_start``: the one recorded already, used when the
+    report sends none).  An end before the start the same pilot sent is not believed:
+    ``t``, the report's arrival."""
+    lo = min(floor, t)
+    start = None if started is None else min(max(started, lo), t)
+    if ended is None:
+        return start, None
+    first = started if started is not None else known_start
+    if first is not None and ended < first:
+        return start, t
+    begun = start if start is not None else known_start
+    return start, min(max(ended, lo if begun is None else max(begun, lo)), t)
+
+
+def _event_times(path: tuple[JobState, ...], start: float | None, end: float | None,
                  t: float, floor: float = 0.0) -> tuple[float, ...]:
     """When each state of ``path`` (a report's transitions, :func:`job_path`) happened,
-    in seconds since the epoch: ``starting`` and ``running`` at the payload's start, a
-    final state at its end, both as the pilot measured them (its clock, as PanDA's pilot
-    reports ``startTime`` and ``endTime``); any other state, or a time the pilot did not
-    send, at ``t``, the report's arrival.  A pilot sends a short job's ``running`` with
-    its end, and its end with its next batch (up to ``flush_interval`` later): with the
-    arrival time for all three, a job of 0.2 s read as running 0.6 s, and its CPU as a
-    third of its run.  An end before the start, or a time after ``t`` (a pilot clock
-    ahead), is not believed: ``t`` then.  The times never decrease along the path, nor
-    fall before ``floor`` (the job's last recorded change: a pilot clock behind)."""
+    in seconds since the epoch: ``starting`` and ``running`` at the payload's ``start``,
+    a final state at its ``end`` (:func:`_payload_times`); any other state, or a time the
+    pilot did not send, at ``t``, the report's arrival.  A pilot sends a short job's
+    ``running`` with its end, and its end with its next batch (up to ``flush_interval``
+    later): with the arrival time for all three, a job of 0.05 s read as running 0.4 s, and
+    its CPU as a fraction of that run.  The times never decrease along the path, nor fall
+    before ``floor`` (the job's last recorded change) nor after ``t``."""
     out, last = [], min(floor, t)
     for state in path:
         at = t
-        if state in (JobState.STARTING, JobState.RUNNING) and started is not None:
-            at = started
-        elif state in JOB_FINAL and ended is not None and \
-                (started is None or ended >= started):
-            at = ended
+        if state in (JobState.STARTING, JobState.RUNNING) and start is not None:
+            at = start
+        elif state in JOB_FINAL and end is not None:
+            at = end
         at = max(min(at, t), last)
         out.append(at)
         last = at

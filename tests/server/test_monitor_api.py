@@ -12,6 +12,7 @@ whole filter, not the page; a bad value of each parameter is a 422 naming it.
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,12 +26,16 @@ GRID, CLOUD = "LOCAL-GRID", "LOCAL-CLOUD"
 def run(store, site: str, outcomes: list[str]) -> None:
     """A pilot at ``site`` takes jobs and reports ``outcomes`` for them, in order."""
     pilot = store.register_pilot(site, "host-" + site, 4000, len(outcomes), {})
-    got, _ = store.acquire(pilot, site, len(outcomes))
+    # the jobs were handed out and started 2 s ago (a start is never before its job's
+    # dispatch, nor an end after its report: tests/store/test_event_times.py)
+    began = time.time() - 2.0
+    with mock.patch("panda_lab.store.workflow.now", lambda: began):
+        got, _ = store.acquire(pilot, site, len(outcomes))
     assert len(got) == len(outcomes)
     updates = []
     for job, outcome in zip(got, outcomes, strict=True):
         store.apply_updates(pilot, [{"id": job["id"], "attempt": job["attempt"],
-                                     "state": "running", "started_at": time.time() - 2}])
+                                     "state": "running", "started_at": began}])
         u = {"id": job["id"], "attempt": job["attempt"], "state": outcome,
              "stdout": f"out of job {job['index']}\n"}
         if outcome == "finished":  # measured by the pilot (a lost node measures nothing)

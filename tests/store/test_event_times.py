@@ -9,8 +9,10 @@ all at one instant.  Members, each tested on both databases: a finished job's en
 failed job's end; the states a batched report passes through (``starting``,
 ``running``); a job killed or whose worker died (its end is when its pilot saw it).
 Kept: a pilot that sends no end (an older pilot) gets the arrival time; an end before
-the start, or after the arrival (a pilot's clock ahead), is not believed; times never
-decrease along a job's history, a pilot's clock behind the server's included.  Live: a
+the start is not believed; a pilot's clock ahead or behind the server's (the start and
+the end are kept between the job's dispatch and the report's arrival: no time in the
+future, no run of negative or of 56 years' length); times never decrease along a job's
+history.  Live: a
 real server and pilot, short jobs.
 """
 
@@ -23,7 +25,7 @@ from harness import ServerProcess
 
 from panda_lab.model import JobState
 from panda_lab.model.usage import job_usage
-from panda_lab.store.workflow import _event_times
+from panda_lab.store.workflow import _event_times, _payload_times
 
 SITES = [{"name": "A", "kind": "local", "provisioner": "local", "pilots": 1, "slots": 2}]
 
@@ -131,6 +133,49 @@ def test_the_times_never_decrease_along_a_path():
     assert _event_times(path, 990.0, 995.0, t, floor=992.0) == (992.0, 992.0, 995.0)
 
 
+@pytest.mark.parametrize("case,started,ended,known,expected", [
+    # (handed out at 980, report arriving at 1000)
+    ("clocks agree", 990.0, 995.0, None, (990.0, 995.0)),
+    ("a clock ahead by an hour", 4590.0, 4595.0, None, (1000.0, 1000.0)),
+    ("a clock ahead by 0.3 s, a short job", 1000.25, 1000.3, None, (1000.0, 1000.0)),
+    ("a clock behind by an hour", -2610.0, -2605.0, None, (980.0, 980.0)),
+    ("a start at 0 (1970)", 0.0, 5.0, None, (980.0, 980.0)),
+    ("an end before its start", 990.0, 985.0, None, (990.0, 1000.0)),
+    ("the end alone, the start known", None, 995.0, 990.0, (None, 995.0)),
+    ("the end alone, before the start known", None, 985.0, 990.0, (None, 1000.0)),
+    ("the start alone", 990.0, None, None, (990.0, None)),
+])
+def test_a_pilots_times_are_kept_inside_what_the_server_knows(case, started, ended, known,
+                                                                expected):
+    """Never in the future, never before the job was handed out, never an end before the
+    start, whatever the pilot's clock."""
+    assert _payload_times(started, ended, known, 1000.0, 980.0) == expected, case
+
+
+@pytest.mark.parametrize("case,offset", [("ahead", 3600.0), ("ahead by 0.3 s", 0.3),
+                                         ("behind", -3600.0)])
+def test_a_pilot_clock_off_gives_no_negative_run_nor_a_future_time(store, monkeypatch,
+                                                                   case, offset):
+    p, (a, b) = _two_jobs(store)
+    t0 = time.time()
+    t = _arriving_later(monkeypatch, store, p, [
+        {"id": a, "attempt": 1, "state": "finished", "result": b"r",
+         "started_at": t0 + offset, "ended_at": t0 + offset + 0.05},
+        {"id": b, "attempt": 1, "state": "running", "started_at": t0 + offset}], 0.1)
+    _arriving_later(monkeypatch, store, p, [{"id": b, "attempt": 1, "state": "finished",
+                                             "result": b"r", "ended_at": t0 + offset + 0.5}],
+                    0.6)
+    for job_id in (a, b):
+        job = store.get_job(job_id)
+        assert job["started_at"] <= job["ended_at"] <= time.time() + 0.6, case
+        assert job["started_at"] >= _times(store, job_id)[JobState.SENT], case
+        times = [h["time"] for h in job["history"]]
+        assert times == sorted(times), case
+        assert _times(store, job_id)[JobState.RUNNING] == pytest.approx(job["started_at"])
+        assert _times(store, job_id)[JobState.FINISHED] == pytest.approx(job["ended_at"])
+    assert store.get_job(a)["ended_at"] <= t
+
+
 def _short(i):
     import time as _t
 
@@ -185,3 +230,19 @@ def test_the_pilot_sends_when_a_job_ended_not_when_it_reports():
         assert "ended_at" not in p.pending[3]
     finally:
         shutil.rmtree(p.spool, ignore_errors=True)
+
+
+@pytest.mark.parametrize("value", ["1796217839.3", True, False, [1.0], {"t": 1.0}, -1.0,
+                                   float("nan"), float("inf"), 2e11])
+@pytest.mark.parametrize("field", ["started_at", "ended_at"])
+def test_a_time_that_is_no_number_of_seconds_is_refused(field, value):
+    """A string of digits or a boolean was read as a number (``true`` as 1970)."""
+    from pydantic import ValidationError
+
+    from panda_lab.server.schemas import JobUpdate
+
+    with pytest.raises(ValidationError):
+        JobUpdate.model_validate({"id": 1, "attempt": 1, "state": "finished", field: value})
+    ok = JobUpdate.model_validate({"id": 1, "attempt": 1, "state": "finished",
+                                   field: 1796217839})
+    assert getattr(ok, field) == 1796217839.0
