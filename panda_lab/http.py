@@ -95,6 +95,10 @@ class ApiClient:
         #: Transport failures met so far (each a request whose answer may have been lost
         #: after the server did the work).
         self.transport_errors = 0
+        #: A ``time.monotonic()`` after which no request keeps retrying, whatever its
+        #: ``retry_for`` (a pilot told to stop sets it: it must not wait out minutes for
+        #: a server that is gone).  None: no such bound.
+        self.retry_until: float | None = None
         self.find = find
         self.fix = fix
         self._timeout = timeout
@@ -183,15 +187,17 @@ class ApiClient:
                 if not moved and self.relocate():  # a restarted server: go there, once
                     moved = True
                     continue
-                if time.monotonic() + delay > deadline:
+                end = deadline if self.retry_until is None else min(deadline, self.retry_until)
+                if time.monotonic() + delay > end:
                     raise self.unreachable(exc) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             # 503 with Retry-After: the server lives but cannot serve now (its database
             # restarts) and did nothing: asked again, as after a transport failure
+            end = deadline if self.retry_until is None else min(deadline, self.retry_until)
             if (resp.status == 503 and "retry-after" in resp.headers
-                    and time.monotonic() + delay <= deadline):
+                    and time.monotonic() + delay <= end):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue

@@ -63,6 +63,9 @@ log = logging.getLogger("panda_lab.pilot")
 
 #: Seconds between two readings of the pilot's memory and CPU.
 USAGE_INTERVAL = 1.0
+#: Seconds a stopping pilot (SIGTERM, SIGINT) keeps retrying a server that does not
+#: answer, its last reports included.
+STOP_RETRY_S = 5.0
 #: Jobs shorter than this (seconds, the pilot's measured mean) are asked for with as
 #: many extra to hold ahead (see the module's docstring).
 AHEAD_S = 1.0
@@ -234,6 +237,10 @@ class Pilot:
     def _on_term(self, signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
         self.stopping = True
+        # a request retrying for a server that does not answer gives up within
+        # STOP_RETRY_S, and so does the drain's last report: without, a stop waited out
+        # server_lost_timeout (5 minutes by default)
+        self.api.retry_until = time.monotonic() + STOP_RETRY_S
 
     def _should_exit(self) -> bool:
         if self.opts.max_jobs and self.done >= self.opts.max_jobs:
