@@ -17,7 +17,9 @@ What: each payload worker, at its start, fixes ``M_MMAP_THRESHOLD`` at
 :data:`MMAP_THRESHOLD` (32 MiB, glibc's largest) and ``M_TRIM_THRESHOLD`` at
 :data:`TRIM_THRESHOLD` (128 MiB) with ``mallopt(3)``.  Arrays of 32 MiB or more are
 still mapped and unmapped each time.  A worker keeps up to about 128 MiB of freed memory
-at its heap's top beyond what its jobs hold.  That memory is resident, so it is in what
+at its heap's top beyond what its jobs hold (memory freed below a block still in use stays
+resident whatever the settings: 200 arrays of 1 MiB freed under one small live block kept
+246 MB with glibc's own settings and with these).  That memory is resident, so it is in what
 the pilot measures and reports: a job's ``peak_rss_mb`` (the worker's resident memory,
 pilot/usage.py) may include memory an earlier job freed.  Measured on the benchmark's
 job function in a process pool, the workers' resident memory after a run was the same
