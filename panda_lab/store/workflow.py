@@ -689,9 +689,6 @@ def _stale(row: Row | None, u: dict, pilot_id: int, seen: set[int]) -> str | Non
     return None
 
 
-__all__ = ["TaskNotFound", "Workflow"]
-
-
 def _payload_times(started: float | None, ended: float | None, known_start: float | None,
                    t: float, floor: float) -> tuple[float | None, float | None]:
     """A payload's ``(start, end)`` (seconds since the epoch, ``None`` when not sent) from
@@ -735,3 +732,6 @@ def _event_times(path: tuple[JobState, ...], start: float | None, end: float | N
         out.append(at)
         last = at
     return tuple(out)
+
+
+__all__ = ["TaskNotFound", "Workflow"]
