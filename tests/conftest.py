@@ -69,6 +69,40 @@ def pytest_collection_modifyitems(config, items):
                                 + ", ".join(sorted(missing)))
 
 
+def _untracked(root: Path) -> set[str] | None:
+    """Files in the working tree that git neither tracks nor ignores; None outside git."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-z",
+                              "--untracked-files=all"], capture_output=True, check=True,
+                             timeout=60).stdout.decode(errors="replace")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {entry[3:] for entry in out.split("\0") if entry.startswith("?? ")}
+
+
+def pytest_sessionstart(session):
+    """Note the working tree's untracked files, for :func:`pytest_sessionfinish`."""
+    if not hasattr(session.config, "workerinput"):  # the controller, not an xdist worker
+        session.config._untracked_before = _untracked(Path(__file__).resolve().parent.parent)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test writes into its ``tmp_path``, never into the project: a file a run left in
+    the working tree (a batch job's ``slurm-N.out`` written to the current directory was
+    one) fails the run, named, so it is fixed rather than committed."""
+    before = getattr(session.config, "_untracked_before", None)
+    if before is None:
+        return
+    left = sorted((_untracked(Path(__file__).resolve().parent.parent) or set()) - before)
+    if left:
+        print("\nthe tests left files in the working tree (write them under tmp_path): "
+              + ", ".join(left[:20]) + (f" and {len(left) - 20} more" if len(left) > 20 else ""))
+        if session.exitstatus == 0:
+            session.exitstatus = 1
+
+
 @pytest.fixture(autouse=True)
 def _ship_test_functions_by_value(request):
     """Pilots cannot import test modules: ship their functions by value, as a notebook's."""

@@ -154,13 +154,13 @@ def test_the_number_of_pilots_follows_the_queue(hpc):
 
 @pytest.mark.parametrize("hpc", ['partition = "debug"\nmax_jobs = 2\nidle_exit = 2'],
                          indirect=True)
-def test_an_allocation_of_the_sites_name_not_held_counts_towards_max_jobs(hpc):
+def test_an_allocation_of_the_sites_name_not_held_counts_towards_max_jobs(hpc, tmp_path):
     lab = hpc.lab()
     wait_for(lambda: squeue("panda-UNI-HPC") == [], 30, what="earlier allocations gone")
     # as an sbatch that timed out would leave it: the site's name, no pilot in it
     stray = subprocess.run(["sbatch", "--parsable", "-J", "panda-UNI-HPC", "-p", "debug",
-                            "--wrap", "sleep 120"], capture_output=True, text=True,
-                           check=True).stdout.strip().split(";")[0]
+                            "-o", str(tmp_path / "stray-%j.out"), "--wrap", "sleep 120"],
+                           capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     task = lab.submit(slow_square, [(i, 0.5) for i in range(6)], name="stray",
                       site="UNI-HPC")
     seen = set()
