@@ -17,7 +17,7 @@ from panda_lab.model.splitter import SplitRule, check_clusters
 from panda_lab.server import analysis_report
 from panda_lab.server.api_client import replayed, submission_key
 from panda_lab.server.app import Server
-from panda_lab.server.auth import Who, task_of
+from panda_lab.server.auth import Who, known, task_of
 from panda_lab.server.schemas import (
     B64,
     INT32_MAX,
@@ -181,7 +181,7 @@ async def partial(request: Request, task_id: IdPath, who: Who) -> dict:
     """The merged result so far, cheap: the merger's latest state, no job result is read."""
     s = _server(request)
     await task_of(s, who, task_id)
-    await s.db(s.store.get_task, task_id)  # 404 for an unknown task
+    known(s, task_id)  # 404 for an unknown task
     snap = await s.db(analysis_report.partial, s.store, s.analysis.merger,
                       s.analysis.files_of(task_id), task_id)
     data = snap.pop("data")
@@ -195,5 +195,5 @@ async def report(request: Request, task_id: IdPath, who: Who) -> list[dict]:
     then the files no job reads (404: no task)."""
     s = _server(request)
     await task_of(s, who, task_id)
-    await s.db(s.store.get_task, task_id)  # 404 for an unknown task
+    known(s, task_id)  # 404 for an unknown task
     return await s.db(analysis_report.report, s.store, s.analysis.merger, task_id)

@@ -3,7 +3,7 @@ one transaction over the row repositories; none changes a row."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 
 from panda_lab.model import JOB_ON_PILOT, ErrorCategory, JobState
 from panda_lab.store.base import Database, loads
@@ -20,6 +20,13 @@ from panda_lab.store.rows.metrics import MetricCounts
 from panda_lab.store.schema import job_status, jobs
 
 J = JobState
+
+
+#: The site and state of each logical job's newest attempt of task ``task``, for
+#: :meth:`Reads.get_task` (built once: a client's wait and every poll of a task read it).
+_SITES_OF_LATEST = select(jobs.c.site, jobs.c.state).where(jobs.c.id.in_(
+    select(func.max(jobs.c.id)).where(jobs.c.task_id == bindparam("task"))
+    .group_by(jobs.c.job_index)))
 
 
 class Reads(Database):
@@ -45,8 +52,7 @@ class Reads(Database):
         with self.tx() as conn:
             out = task_rows.task_dict(conn, task_rows.task_row(conn, task_id))
             per_site: dict[str, dict[str, int]] = {}
-            for r in conn.execute(select(jobs.c.site, jobs.c.state)
-                                  .where(jobs.c.id.in_(job_rows.latest(task_id)))):
+            for r in conn.execute(_SITES_OF_LATEST, {"task": task_id}):
                 site = per_site.setdefault(r.site or "-", {})
                 site[r.state] = site.get(r.state, 0) + 1
             out["jobs_by_site"] = per_site
