@@ -11,15 +11,17 @@ alone; and, as ``d_plain``, the peers' plain uproot function); (e) the raw read 
 (uproot reading the branches, no computation); (f) panda-lab, ``lab.analyze`` over its
 local sites.  Every configuration fills the same histogram; each must equal (a) bin for bin.
 
-Method: every repeat of every configuration starts new processes (a new pool, cluster or
-server with its pilots), warms their imports on a separate small file (in every worker
-process: panda-lab's warm run is repeated until each pilot has run a job), then runs
-twice over the dataset.  The *first run* reads data those processes have never read: it is
-what a user waits for the first time a notebook cell runs over a dataset.  The *re-run*
-is the same analysis again in the same processes: what re-running an edited cell costs,
-where whatever a configuration keeps between runs (open files, uproot's array cache,
-panda-lab's read cache and its dispatch to the pilot that read a chunk) counts.  Ratios
-are to (d)'s first run, the fresh pool.  The operating system's page cache holds the
+Method: the configurations run interleaved, each repeat every one of them once (the
+order turned by one each repeat), so that the machine's drift falls on all alike. Every
+repeat of every configuration starts new processes (a new pool, cluster or server with
+its pilots), warms their imports on a separate small file (in every worker process:
+panda-lab's warm run is repeated until each pilot has run a job), then runs twice over
+the dataset. The *first run* reads data those processes have never read: it is what a
+user waits for the first time a notebook cell runs over a dataset. The *re-run* is the
+same analysis again in the same processes: what re-running an edited cell costs, where
+whatever a configuration keeps between runs (open files, uproot's array cache,
+panda-lab's read cache and its dispatch to the pilot that read a chunk) counts. Ratios
+are to (d)'s first run, the fresh pool. The operating system's page cache holds the
 files for every configuration alike (they are written just before).
 
     python benchmarks/bench_analysis.py            # 4 x 2M events, 3 repeats
@@ -210,6 +212,78 @@ def medians(runs) -> tuple[float, float | None, object]:
             runs[-1][2])
 
 
+#: The configurations of the one-run table, in the order of its first repeat.
+LABELS = {
+    "a": "one process, uproot.iterate",
+    "d": "fresh ProcessPoolExecutor(2), panda-lab's job function",
+    "d_malloc": "the same, workers with panda-lab's allocator settings",
+    "d_plain": "fresh ProcessPoolExecutor(2), plain uproot function",
+    "e": "raw read limit (uproot, 2 processes)",
+    "c": "coffea Runner + FuturesExecutor, its own pool",
+    "c_default": "coffea Runner + FuturesExecutor, default (new pool)",
+    "b_default": "Dask LocalCluster(2), defaults",
+    "b_no_trim": "Dask LocalCluster(2), MALLOC_TRIM_THRESHOLD_ unset",
+    "f": "panda-lab, the embedded default",
+    "f_2pilots": "panda-lab, 1 local site x 2 pilots",
+}
+
+
+def run_once(key: str, args, paths, warm_paths, work, warm_work, ref):
+    """One repeat of configuration ``key``: ``(first_s, rerun_s or None, hist, extra)``,
+    ``extra`` what the table keeps besides (a dict)."""
+    if key == "a":  # uproot.iterate opens the files anew each call: no re-run figure
+        t = time.perf_counter()
+        h = run_one_process(paths, args.events, args.chunk)
+        return time.perf_counter() - t, None, h, {}
+    pools = {"d": (job_task, None), "d_malloc": (job_task, keep_freed_memory),
+             "d_plain": (chunk_task, None), "e": (read_only, None)}
+    if key in pools:
+        task, init = pools[key]
+        first, rerun, h = fresh_pool_runs(task, work, warm_work, 1, initializer=init)[0]
+        return first, rerun, ref if key == "e" else h, {}  # (e) reads, it fills nothing
+    if key == "c":
+        with ProcessPoolExecutor(WORKERS) as pool:
+            run_coffea(warm_paths, args.chunk, pool)
+            t = time.perf_counter()
+            h = run_coffea(paths, args.chunk, pool)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            run_coffea(paths, args.chunk, pool)
+            return first, time.perf_counter() - t, h, {}
+    if key == "c_default":  # a new pool per run: every run is a first run
+        t = time.perf_counter()
+        h = run_coffea(paths, args.chunk)
+        return time.perf_counter() - t, None, h, {}
+    if key in ("b_default", "b_no_trim"):
+        (_, first, rerun, h), extra = run_dask(key, work, warm_work, 1)
+        return first, rerun, h, extra
+    got: dict = {}
+
+    def keep(key, label, first, rerun, h, **extra):
+        got.update(first=first, rerun=rerun, h=h, extra=extra)
+
+    run_panda(key, paths, warm_paths, argparse.Namespace(**{**vars(args), "repeats": 1}),
+              keep)
+    return got["first"], got["rerun"], got["h"], got["extra"]
+
+
+def merged(extras: list[dict]) -> dict:
+    """The repeats' extra figures as the table keeps them: the time to the first partial
+    result a median, the largest worker's memory the largest, the rest as lists."""
+    out: dict = {}
+    for k in {k for e in extras for k in e}:
+        values = [e[k] for e in extras if k in e]
+        if k == "first_partial_s":
+            out[k] = statistics.median(values)
+        elif k == "worker_rss_mb":
+            out[k] = max(values)
+        elif k == "first_cpu":
+            out[k] = [c for v in values for c in v]
+        else:
+            out[k] = values[-1]
+    return out
+
+
 def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> int:
     """``--rounds N``: N rounds of one fresh pool (d), one with panda-lab's allocator
     settings (d_malloc), one embedded default (f) and one 1 site x 2 pilots (f_2pilots)
@@ -319,56 +393,24 @@ def main() -> int:
         print(f"  {key:<10} {label:<50} first {total / first / 1e6:6.2f}{again} M ev/s"
               f"{'' if same else '  RESULT DIFFERS'}", flush=True)
 
-    if wanted("a"):
-        firsts = []
-        for _ in range(args.repeats):  # uproot.iterate opens the files anew each call
-            t = time.perf_counter()
-            h = run_one_process(paths, args.events, args.chunk)
-            firsts.append(time.perf_counter() - t)
-        record("a", "one process, uproot.iterate", statistics.median(firsts), None, h)
-    for key, task, label, init in (
-            ("d", job_task, "fresh ProcessPoolExecutor(2), panda-lab's job function", None),
-            ("d_malloc", job_task, "the same, workers with panda-lab's allocator settings",
-             keep_freed_memory),
-            ("d_plain", chunk_task, "fresh ProcessPoolExecutor(2), plain uproot function",
-             None),
-            ("e", read_only, "raw read limit (uproot, 2 processes)", None)):
-        if wanted(key):
-            first, rerun, h = medians(fresh_pool_runs(task, work, warm_work, args.repeats,
-                                                      initializer=init))
-            if key == "e":
-                h = ref  # it reads, it fills nothing
-            record(key, label, first, rerun, h)
-
-    if wanted("c"):
-        runs = []
-        for _ in range(args.repeats):
-            with ProcessPoolExecutor(WORKERS) as pool:
-                run_coffea(warm_paths, args.chunk, pool)
-                t = time.perf_counter()
-                h = run_coffea(paths, args.chunk, pool)
-                first = time.perf_counter() - t
-                t = time.perf_counter()
-                run_coffea(paths, args.chunk, pool)
-                runs.append((first, time.perf_counter() - t, h))
-        record("c", "coffea Runner + FuturesExecutor, its own pool", *medians(runs))
-    if wanted("c_default"):
-        runs = []
-        for _ in range(args.repeats):  # a new pool per run: every run is a first run
-            t = time.perf_counter()
-            h = run_coffea(paths, args.chunk)
-            runs.append((time.perf_counter() - t, None, h))
-        record("c_default", "coffea Runner + FuturesExecutor, default (new pool)",
-               *medians(runs))
-
-    for key in ("b_default", "b_no_trim"):
-        if wanted(key):
-            fields, extra = run_dask(key, work, warm_work, args.repeats)
-            record(key, *fields, **extra)
-
-    for key in ("f", "f_2pilots"):
-        if wanted(key):
-            run_panda(key, paths, warm_paths, args, record)
+    # Interleaved by repeat: each repeat runs every configuration once, in an order turned
+    # by one each repeat, so the machine's drift (its speed moves by 10-20 % over minutes)
+    # falls on every configuration alike; blocks of repeats minutes apart favoured
+    # whichever ran on a fast minute.
+    keys = [k for k in LABELS if wanted(k)]
+    runs: dict[str, list] = {k: [] for k in keys}
+    extras: dict[str, list[dict]] = {k: [] for k in keys}
+    for r in range(args.repeats):
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        print(f"repeat {r + 1} of {args.repeats}: {', '.join(order)}", flush=True)
+        for key in order:
+            first, rerun, h, extra = run_once(key, args, paths, warm_paths, work, warm_work,
+                                              ref)
+            runs[key].append((first, rerun, h))
+            extras[key].append(extra)
+    print("\nmedians over the repeats:", flush=True)
+    for key in keys:
+        record(key, LABELS[key], *medians(runs[key]), **merged(extras[key]))
 
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
