@@ -235,6 +235,25 @@ def test_environment_mismatch_warns(mlab, module_server):
     assert any("0.0.1" in w for w in ex.environment_warnings)
 
 
+def test_the_clients_environment_is_read_once_and_each_caller_gets_its_own(monkeypatch):
+    """The versions are read from the installed packages' metadata once per process (it
+    took 1-2 ms on every submission); a caller changing the dict it got changes no
+    other caller's."""
+    import importlib.metadata
+
+    panda_lab.payload._environment.cache_clear()
+    calls = []
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: calls.append(name) or real(name))
+    first = panda_lab.payload.environment()
+    first["numpy"] = "0.0.1"
+    second = panda_lab.payload.environment()
+    assert second["numpy"] == real("numpy") and second["python"] == first["python"]
+    assert sorted(calls) == sorted(panda_lab.payload.KEY_PACKAGES)  # read once, not twice
+    panda_lab.payload._environment.cache_clear()
+
+
 def test_an_unknown_site_is_refused_at_once_and_leaves_no_task(mlab):
     """It used to be said only at the first ``result()``, with an empty task left open."""
     before = len(mlab.list_tasks())
