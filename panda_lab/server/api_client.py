@@ -245,7 +245,8 @@ async def wait_task(request: Request, task: TaskRef, who: Who,
         ev = s.task_event(task_id)
         progress = await s.db(s.store.task_progress, task_id)
         left = deadline - time.monotonic()
-        if progress is None or TaskState(progress["state"]) in TASK_FINAL or left <= 0:
+        if progress is None or TaskState(progress["state"]) in TASK_FINAL or left <= 0 \
+                or s.stopping:  # a stopping server answers now (Server.begin_stop)
             return await s.db(s.store.get_task, task_id)
         try:
             await asyncio.wait_for(ev.wait(), left)
@@ -355,6 +356,9 @@ async def events(request: Request, who: Who, tasks: IntList = None, results: boo
         try:
             yield b": connected\n\n"
             yield b"data: " + orjson.dumps({"hello": True, "time": time.time()}) + b"\n\n"
+            if s.stopping:  # opened after the stop began: its shutdown was published
+                yield b"data: " + encode({"time": time.time(), "shutdown": {}}) + b"\n\n"
+                return
             while True:
                 try:
                     msg = await asyncio.wait_for(sub.queue.get(), ping)

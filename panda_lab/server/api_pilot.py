@@ -94,7 +94,7 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
                                    touch=False, extra=body.extra)
         s.publish(changes)
         left = deadline - time.monotonic()
-        if jobs or left <= 0 or await request.is_disconnected():
+        if jobs or left <= 0 or s.stopping or await request.is_disconnected():
             break
         try:
             await asyncio.wait_for(ev.wait(), min(left, period))

@@ -121,6 +121,9 @@ class Server:
         self._task_wake: dict[int, asyncio.Event] = {}
         self.background: list[Callable[[Server], Any]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Set once the server was told to stop (:meth:`begin_stop`): long polls answer
+        #: and event streams end at once, rather than hold the stop back.
+        self.stopping = False
         from panda_lab.server.analysis import AnalysisService
 
         self.analysis = AnalysisService(self)
@@ -181,6 +184,22 @@ class Server:
         if ev is None:
             ev = self._task_wake[task_id] = asyncio.Event()
         return ev
+
+    def begin_stop(self) -> None:
+        """The server was told to stop (SIGTERM, SIGINT): every request held open
+        answers now.  A long poll (a client's ``wait``, a pilot's ``acquire``) answers
+        with what it has, an event stream sends ``shutdown`` and ends.  uvicorn waits
+        for open requests before it stops, for ``timeout_graceful_shutdown`` seconds,
+        then cancels them: a client waiting on a task got an HTTP 500 and a stream was
+        cut without a word, 5 s into every stop.  Idempotent; runs on the loop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for ev in [*self._site_wake.values(), *self._task_wake.values()]:
+            ev.set()
+        self._site_wake.clear()
+        self._task_wake.clear()
+        self.bus.publish("shutdown", {})
 
     def publish(self, changes: Changes) -> None:
         """Announce what a store operation changed and wake whoever waits for it."""
@@ -276,7 +295,7 @@ def create_app(server: Server) -> FastAPI:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.analysis.close()  # the merger's last store calls need the loop
-            server.bus.publish("shutdown", {})
+            server.begin_stop()  # said at the stop's start already, unless stopped otherwise
 
     app = FastAPI(
         title="panda-lab", version=__version__, lifespan=lifespan,

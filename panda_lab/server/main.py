@@ -69,15 +69,20 @@ def _bind(host: str, port: int, fallback_port: int | None) -> socket.socket:
 
 
 class _Uvicorn(uvicorn.Server):
-    """Stops the pilots first on SIGTERM/SIGINT, while the API still answers their
-    last reports, then shuts down as uvicorn does."""
+    """On SIGTERM/SIGINT: answers the requests held open (:meth:`Server.begin_stop`),
+    stops the pilots while the API still answers their last reports, then shuts down as
+    uvicorn does."""
 
-    def __init__(self, config: uvicorn.Config, provisioners: list[Provisioner]) -> None:
+    def __init__(self, config: uvicorn.Config, provisioners: list[Provisioner],
+                 server: Server | None = None) -> None:
         super().__init__(config)
         self.provisioners = provisioners
+        self.lab_server = server
         self._draining = False
 
     def handle_exit(self, sig: int, frame: object) -> None:
+        if self.lab_server is not None:  # on the loop, not inside the signal handler
+            asyncio.get_event_loop().call_soon_threadsafe(self.lab_server.begin_stop)
         if self._draining or not self.provisioners:
             super().handle_exit(sig, frame)
             return
@@ -136,7 +141,7 @@ def run_server(config: ServerConfig) -> None:
     app = create_app(server)
     uv_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                timeout_graceful_shutdown=5)
-    uv = _Uvicorn(uv_config, provisioners)
+    uv = _Uvicorn(uv_config, provisioners, server)
     runtime.write_connection(config.home, {
         "url": url, "host": config.host, "port": port, "pid": os.getpid(),
         "user_token": server.user_token, "pilot_token": server.pilot_token,
