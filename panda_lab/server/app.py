@@ -68,7 +68,8 @@ class ORJSONResponse(JSONResponse):
             return orjson.dumps(clean_obj(content), option=option, default=str)
 
 
-#: Request bodies above this are refused before they are read.
+#: Request bodies above this are refused (413): before they are read when they say their
+#: length, as soon as they pass it when they do not (chunked).
 MAX_BODY = 1 << 30
 
 
@@ -255,24 +256,6 @@ def site_pilot_tokens(store: Store, sites: list[SiteConfig]
 user_auth = client_auth
 
 
-class BodyLimit:
-    """Refuse request bodies over ``MAX_BODY`` before reading them (plain ASGI: cheaper
-    than an HTTP middleware, which wraps every request in extra tasks and streams)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
-                    response = ORJSONResponse({"detail": f"request body over {MAX_BODY} bytes"},
-                                              413)
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
 def create_app(server: Server) -> FastAPI:
     from panda_lab.server import api_analysis, api_client, api_pilot, api_share
     from panda_lab.server.watchdog import watchdog_loop
@@ -301,10 +284,13 @@ def create_app(server: Server) -> FastAPI:
         title="panda-lab", version=__version__, lifespan=lifespan,
         default_response_class=ORJSONResponse,
         docs_url=None, redoc_url=None, openapi_url=None,
+        # FastAPI's own limit counts the bytes as they come: a body announced too large
+        # is refused before it is read, and a chunked one (no Content-Length) once it
+        # passes the limit; the project's own check read Content-Length only, and a
+        # chunked body of any size was read whole, before its token was checked
+        max_body_size=MAX_BODY,
     )
     app.state.server = server
-
-    app.add_middleware(BodyLimit)
 
     for exc_type, status in ((TaskNotFound, 404), (UnknownPilot, 404), (TaskStateError, 409),
                              (DatasetNotFound, 404), (DatasetExists, 409),
