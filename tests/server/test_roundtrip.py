@@ -22,11 +22,12 @@ def test_the_server_speaks_http_with_uvicorns_c_parser_and_loop(server):
     are missing (a third of the server's CPU outside its store calls, per pilot request).
     Read from the running server process's mapped libraries."""
     import sys
+    from pathlib import Path
 
     import pytest
 
     if not sys.platform.startswith("linux"):
         pytest.skip("reads /proc/PID/maps")
-    maps = open(f"/proc/{server.proc.pid}/maps").read()
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
     assert "/httptools/" in maps, "the server parses HTTP with h11"
     assert "/uvloop/" in maps, "the server runs asyncio's own event loop"
