@@ -3,7 +3,7 @@ one transaction over the row repositories; none changes a row."""
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 
 from panda_lab.model import JOB_ON_PILOT, ErrorCategory, JobState
 from panda_lab.store.base import Database, loads
@@ -24,9 +24,8 @@ J = JobState
 
 #: The site and state of each logical job's newest attempt of task ``task``, for
 #: :meth:`Reads.get_task` (built once: a client's wait and every poll of a task read it).
-_SITES_OF_LATEST = select(jobs.c.site, jobs.c.state).where(jobs.c.id.in_(
-    select(func.max(jobs.c.id)).where(jobs.c.task_id == bindparam("task"))
-    .group_by(jobs.c.job_index)))
+_SITES_OF_LATEST = select(jobs.c.site, jobs.c.state).where(
+    jobs.c.id.in_(job_rows.latest(bindparam("task"))))
 
 
 class Reads(Database):

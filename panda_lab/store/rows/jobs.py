@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import orjson
 from sqlalchemy import Connection, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.sql.elements import BindParameter
 
 from panda_lab.model import (
     JOB_FINAL,
@@ -423,8 +424,9 @@ def close(conn: Connection, rows: list[Row], t: float, category: str, why: str,
                                       str(J.CLOSED), category, why))
 
 
-def latest(task_id: int):
-    """The newest attempt of each logical job of a task, as a subquery of ids."""
+def latest(task_id: int | BindParameter):
+    """The newest attempt of each logical job of a task, as a subquery of ids (``task_id``
+    a bound parameter for a statement built once)."""
     return (select(func.max(jobs.c.id)).where(jobs.c.task_id == task_id)
             .group_by(jobs.c.job_index))
 
