@@ -127,9 +127,10 @@ class Pilot:
         self.queue: deque[dict] = deque()
         self.pending: dict[int, dict] = {}   # job id -> latest update not yet reported
         self.pending_since = 0.0
-        #: Each recent task's common function as fetched (None: it has none), the
-        #: least recently used dropped past :data:`COMMONS_FETCHED` (fetched again if
-        #: needed): a pilot lives through many tasks.
+        #: Each recent task's common function as an acquisition carried it or as
+        #: fetched (None: it has none), the least recently used dropped past
+        #: :data:`COMMONS_FETCHED` (fetched again if needed): a pilot lives through
+        #: many tasks.
         self.commons: OrderedDict[int, bytes | None] = OrderedDict()
         #: Tasks a job of which ended here (measured), the most recent last, as many as
         #: :data:`COMMONS_FETCHED`: only behind their jobs does the pilot ask ahead.
@@ -138,6 +139,9 @@ class Pilot:
         self.tasks_ended: deque[int] = deque(maxlen=64)
         self.stopping = False
         self.done = 0
+        #: Whether acquisitions name the common parts the pilot holds, so that their
+        #: answers carry the others (the server says so at registration).
+        self.says_commons = False
         self.mean_duration = 1.0
         #: Seconds an acquisition that does not wait takes, measured (mean of the last).
         self.round_trip = 0.01
@@ -191,6 +195,9 @@ class Pilot:
             for w in self.workers:
                 w.set_env({reads.CACHE_DIR: str(reply["cache"]["dir"]),
                            reads.CACHE_BYTES: str(int(reply["cache"]["bytes"]))})
+        # a server that carries common parts in its answers says so; an older one would
+        # refuse an acquisition naming them (its requests are strict)
+        self.says_commons = bool(reply.get("carries_commons"))
         self.last_contact = time.monotonic()
         log.info("pilot %d registered at site %s", self.pilot_id, self.opts.site)
 
@@ -348,6 +355,8 @@ class Pilot:
         reports = list(self.pending.values()) if self._flush_due() else []
         body = {"pilot": self.pilot_id, "site": self.opts.site, "n": n, "wait": wait,
                 "held": self._held(reporting=bool(reports))}
+        if self.says_commons:  # the parts it holds; the answer carries the others
+            body["commons"] = [t for t, c in self.commons.items() if c is not None]
         if reports:
             body["updates"] = reports
             body["usage"] = self._usage()
@@ -372,6 +381,8 @@ class Pilot:
             self._reported(reply, [r["id"] for r in reports])
         if not reply["jobs"]:
             self.asked_ahead.update(ahead)
+        for task_id, common in reply.get("commons", {}).items():
+            _keep(self.commons, int(task_id), base64.b64decode(common))
         for job in reply["jobs"]:
             job["payload"] = base64.b64decode(job["payload"])
             self.queue.append(job)

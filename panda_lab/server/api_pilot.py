@@ -4,6 +4,11 @@ Acquire is a long poll: a pilot with nothing to do waits on the server, and is w
 the moment jobs are activated at its site, so a warm site starts a job within
 milliseconds of its activation without polling.
 
+An acquisition names the tasks whose common payload part the pilot holds, and its answer
+carries the common part of the others among the jobs it hands out (up to 1 MiB each): a
+pilot's first job of a task starts without a request of its own to fetch it (three
+requests fewer per run of the embedded default, one per pilot).
+
 An acquisition may carry the pilot's reports (``updates``, as ``/update`` takes them):
 they are applied first, then jobs are handed out, in one round trip.  A pilot asks for its
 next job when the one before has ended (or is about to), which is when it has that job's
@@ -57,7 +62,9 @@ async def register(request: Request, body: PilotRegister, who: PilotWho) -> dict
     site = next((x for x in s.config.sites if x.name == body.site), None)
     reply = {"pilot": pilot_id, "heartbeat_interval": s.config.heartbeat_interval,
              "heartbeat_timeout": s.config.heartbeat_timeout,
-             "endpoint": site.endpoint if site is not None else ""}
+             "endpoint": site.endpoint if site is not None else "",
+             # acquisitions may name the common parts they hold (PilotAcquire.commons)
+             "carries_commons": True}
     if site is not None and site.cache_bytes:
         # the site's stage-in cache: where its pilots keep it, and its bound in bytes
         reply["cache"] = {"dir": site.cache_dir or str(s.config.home / "site-cache" / site.name),
@@ -91,7 +98,9 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
         s.heartbeats.add(body.pilot, body.held or [])
         ev = s.site_event(body.site)  # taken before looking, so no wake-up is missed
         jobs, changes = await s.db(s.store.acquire, body.pilot, body.site, body.n, body.held,
-                                   touch=False, extra=body.extra)
+                                   touch=False, extra=body.extra,
+                                   commons_held=None if body.commons is None
+                                   else frozenset(body.commons))
         s.publish(changes)
         left = deadline - time.monotonic()
         if jobs or left <= 0 or s.stopping or await request.is_disconnected():
@@ -101,8 +110,13 @@ async def acquire(request: Request, body: PilotAcquire, who: PilotWho) -> dict:
         except TimeoutError:
             pass
     s.metrics.on_dispatch(body.site, len(jobs))
+    commons = {}
     for j in jobs:
         j["payload"] = base64.b64encode(j["payload"]).decode()
+        if "common_payload" in j:
+            commons[str(j["task"])] = base64.b64encode(j.pop("common_payload")).decode()
+    if commons:
+        reply["commons"] = commons
     return {"jobs": jobs, **reply}
 
 

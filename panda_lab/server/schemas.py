@@ -267,6 +267,11 @@ class PilotAcquire(Strict):
     #: with the acquisition, one round trip instead of two.
     updates: list[JobUpdate] = Field(default_factory=list, max_length=100_000)
     usage: PilotUsage | None = None
+    #: The tasks whose common payload part the pilot holds; ``None`` (a pilot that does
+    #: not say) fetches every one itself.  The answer's ``commons`` carries the others'
+    #: of the jobs it hands out (``{task_id: base64}``, each of at most
+    #: ``INLINE_COMMON`` bytes, ``panda_lab.store.rows.tasks``).
+    commons: list[Id] | None = Field(default=None, max_length=100_000)
 
 
 class PilotHeartbeat(Strict):

@@ -31,6 +31,8 @@ Reads are in :mod:`panda_lab.store.reads`; small writes that move no job
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import orjson
 from sqlalchemy import Connection
 from sqlalchemy.engine import Row
@@ -264,7 +266,8 @@ class Workflow(Rebrokerage, Admin):
 
     # ---- 3. dispatch -----------------------------------------------------------------------
     def acquire(self, pilot_id: int, site: str, n: int, held: list[int] | None = None,
-                touch: bool = True, extra: int = 0) -> tuple[list[dict], Changes]:
+                touch: bool = True, extra: int = 0,
+                commons_held: Collection[int] | None = None) -> tuple[list[dict], Changes]:
         """Hand up to ``n`` activated jobs of ``site`` to a pilot, and up to ``extra``
         more while the site has jobs to spare (``job_rows.spare``), atomically; the pilot
         and the jobs it already ``held`` are heartbeated on the way, unless ``touch`` is
@@ -274,7 +277,12 @@ class Workflow(Rebrokerage, Admin):
         ``[{"id", "task", "index", "attempt", "payload", "walltime_s", "cores", "common",
         "output_limit", "workdir", "access", "read_from"}]`` by priority, then age
         (``access``: how the job reads its input, ``read_from``: the endpoint brokerage
-        chose for it, both None for a job without input)."""
+        chose for it, both None for a job without input).
+
+        With ``commons_held`` (the tasks whose common payload part the pilot holds), the
+        first job of each other task with one of at most ``task_rows.INLINE_COMMON`` bytes
+        also has ``"common_payload"``: the pilot's first job of a task needs no request
+        of its own to fetch it."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
@@ -291,6 +299,9 @@ class Workflow(Rebrokerage, Admin):
             for task_id in task_ids:  # a task's first dispatch starts it: read, not written
                 if states.get(task_id) == T.READY:
                     task_rows.set_state(conn, task_id, T.READY, T.RUNNING, changes)
+            wanted = [] if commons_held is None else [
+                i for i in task_ids if per_task.get(i, (False,))[0] and i not in commons_held]
+            inline = task_rows.small_commons(conn, wanted) if wanted else {}
         out = []
         for r in rows:
             changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
@@ -300,6 +311,8 @@ class Workflow(Rebrokerage, Admin):
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
                         "cores": r.cores, "common": has_common, "output_limit": limit,
                         "workdir": workdir, "access": r.access, "read_from": r.read_from})
+            if r.task_id in inline:
+                out[-1]["common_payload"] = inline.pop(r.task_id)
         return out, changes
 
     @staticmethod

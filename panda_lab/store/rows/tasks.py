@@ -180,6 +180,22 @@ def common(conn: Connection, task_id: int) -> bytes | None:
     return conn.execute(select(tasks.c.common).where(tasks.c.id == task_id)).scalar()
 
 
+#: The largest common payload part an acquisition carries (bytes); a larger one the pilot
+#: fetches on its own (``GET /api/pilot/tasks/{id}/common``), so an answer that hands out
+#: jobs stays small however large a task's function is.
+INLINE_COMMON = 1 << 20
+
+_SMALL_COMMONS = (select(tasks.c.id, tasks.c.common)
+                  .where(tasks.c.id.in_(bindparam("ids", expanding=True)),
+                         func.length(tasks.c.common) <= INLINE_COMMON))
+
+
+def small_commons(conn: Connection, task_ids: list[int]) -> dict[int, bytes]:
+    """The common payload parts of ``task_ids`` of at most :data:`INLINE_COMMON` bytes:
+    ``{task_id: bytes}`` (a task without one, or with a larger one, is absent)."""
+    return {i: c for i, c in conn.execute(_SMALL_COMMONS, {"ids": task_ids})}
+
+
 def _task_dicts_sql() -> dict[str, Select]:
     """:func:`task_dicts`' statements over the tasks ``ids`` (an expanding parameter)."""
     ids = bindparam("ids", expanding=True)
