@@ -5,11 +5,13 @@ and summing histograms, with its defaults and with ``MALLOC_TRIM_THRESHOLD_`` un
 the workers; (c) coffea's ``processor.Runner`` with a futures executor (a pool of its own
 per repeat, and coffea's default of a new pool per run); (d) the same chunk tasks on a
 fresh ``ProcessPoolExecutor(2)``: the hardware reference, running panda-lab's own job
-function (as ``d_malloc``, the same with panda-lab's payload workers' allocator settings,
-:mod:`panda_lab.pilot.allocator`, so that (d_malloc) minus (f) is the control plane
-alone; and, as ``d_plain``, the peers' plain uproot function); (e) the raw read limit
-(uproot reading the branches, no computation); (f) panda-lab, ``lab.analyze`` over its
-local sites.  Every configuration fills the same histogram; each must equal (a) bin for bin.
+function (as ``d_malloc``, the same with workers started as panda-lab's payload workers
+start, ``panda_lab.pilot.worker.prepare_memory``: its allocator settings, and the read
+cache's memory faulted in at their start, so that (d_malloc) minus (f) is the control
+plane and the cache's upkeep; and, as ``d_plain``, the peers' plain uproot function);
+(e) the raw read limit (uproot reading the branches, no computation); (f) panda-lab,
+``lab.analyze`` over its local sites.  Every configuration fills the same histogram; each
+must equal (a) bin for bin.
 
 Method: the configurations run interleaved, each repeat every one of them once (the
 order turned by one each repeat), so that the machine's drift falls on all alike. Every
@@ -49,7 +51,7 @@ import uproot
 
 from panda_lab.analysis.dimuon import MASS_AXIS, process
 from panda_lab.analysis.sample import make_sample
-from panda_lab.pilot.allocator import keep_freed_memory
+from panda_lab.pilot.worker import prepare_memory
 
 BRANCHES = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge"]
 WORKERS = 2
@@ -186,8 +188,8 @@ def fresh_pool_runs(task, work, warm_work, repeats: int, cpu: list | None = None
                     initializer=None):
     """``[(first_s, rerun_s, hist)]``: a new ``ProcessPoolExecutor(2)`` per repeat; the
     workers' CPU seconds over each first run are appended to ``cpu`` when given.
-    ``initializer``: run in each worker at its start (``d_malloc``: panda-lab's payload
-    workers' allocator settings, :mod:`panda_lab.pilot.allocator`)."""
+    ``initializer``: run in each worker at its start (``d_malloc``: what panda-lab's
+    payload workers do with their memory at their start, ``prepare_memory``)."""
     out = []
     for _ in range(repeats):
         with ProcessPoolExecutor(WORKERS, initializer=initializer) as pool:
@@ -216,7 +218,7 @@ def medians(runs) -> tuple[float, float | None, object]:
 LABELS = {
     "a": "one process, uproot.iterate",
     "d": "fresh ProcessPoolExecutor(2), panda-lab's job function",
-    "d_malloc": "the same, workers with panda-lab's allocator settings",
+    "d_malloc": "the same, workers' memory as panda-lab's (allocator, reserve)",
     "d_plain": "fresh ProcessPoolExecutor(2), plain uproot function",
     "e": "raw read limit (uproot, 2 processes)",
     "c": "coffea Runner + FuturesExecutor, its own pool",
@@ -235,7 +237,7 @@ def run_once(key: str, args, paths, warm_paths, work, warm_work, ref):
         t = time.perf_counter()
         h = run_one_process(paths, args.events, args.chunk)
         return time.perf_counter() - t, None, h, {}
-    pools = {"d": (job_task, None), "d_malloc": (job_task, keep_freed_memory),
+    pools = {"d": (job_task, None), "d_malloc": (job_task, prepare_memory),
              "d_plain": (chunk_task, None), "e": (read_only, None)}
     if key in pools:
         task, init = pools[key]
@@ -285,8 +287,8 @@ def merged(extras: list[dict]) -> dict:
 
 
 def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> int:
-    """``--rounds N``: N rounds of one fresh pool (d), one with panda-lab's allocator
-    settings (d_malloc), one embedded default (f) and one 1 site x 2 pilots (f_2pilots)
+    """``--rounds N``: N rounds of one fresh pool (d), one whose workers' memory is as
+    panda-lab's (d_malloc), one embedded default (f) and one 1 site x 2 pilots (f_2pilots)
     run, in that order; each round's ratios to its own (d) and (d_malloc), and their
     medians.  Returns 1 if any result differs from (a)'s."""
     one = argparse.Namespace(**{**vars(args), "repeats": 1})
@@ -299,7 +301,7 @@ def interleaved(args, paths, warm_paths, work, warm_work, total: int, ref) -> in
         first_d, _, h = fresh_pool_runs(job_task, work, warm_work, 1, cpu)[0]
         same &= bool((h.values() == ref.values()).all())
         first_dm, _, h = fresh_pool_runs(job_task, work, warm_work, 1, cpu,
-                                         initializer=keep_freed_memory)[0]
+                                         initializer=prepare_memory)[0]
         same &= bool((h.values() == ref.values()).all())
         malloc["d_malloc"].append(first_d / first_dm)
         line = [f"round {i + 1}: d {total / first_d / 1e6:.2f} M ev/s, workers' CPU "

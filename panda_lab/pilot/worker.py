@@ -20,6 +20,7 @@ from panda_lab.output import Capture
 from panda_lab.payload import Outcome, job_directory, run_call
 from panda_lab.pilot import allocator
 from panda_lab.pilot.usage import JobMeter
+from panda_lab.resources import READ_CACHE_ENV, read_cache_limit
 
 _CTX = mp.get_context("spawn")
 
@@ -97,7 +98,7 @@ def worker_main(conn: Connection) -> None:
     "run" runs a job and sends back ``(job_id, Outcome)``, with ``("out", job_id,
     stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
     Returns nothing; what a job raises is in its outcome, never raised here."""
-    allocator.keep_freed_memory()  # a chunk's freed arrays serve the next (allocator.py)
+    prepare_memory()  # in this thread, the one that runs the jobs
     commons: OrderedDict[int, object] = OrderedDict()
     own_dir = os.getcwd()  # where a job without a client directory here runs
     lock = threading.Lock()
@@ -158,6 +159,23 @@ def worker_main(conn: Connection) -> None:
             os.environ.update(msg[1])
         elif kind == "exit":
             return
+
+
+def prepare_memory() -> int:
+    """What a payload worker does with its memory at its start, in the thread that will
+    run its jobs: a chunk's freed arrays are kept for the next
+    (:func:`allocator.keep_freed_memory`), and the read cache's bytes
+    (``$PANDA_LAB_READ_CACHE``) are faulted in now rather than during the first run over
+    new data (:func:`allocator.reserve`).  Returns the bytes reserved: 0 with the C
+    library's own allocator, the cache off, or a limit that is not a size (the pilot
+    refuses that at its start).  Never raises."""
+    if not allocator.keep_freed_memory():
+        return 0
+    try:
+        nbytes = read_cache_limit(os.environ.get(READ_CACHE_ENV))
+    except ValueError:
+        return 0
+    return allocator.reserve(nbytes)
 
 
 class Worker:

@@ -1,0 +1,145 @@
+"""A payload worker faults its read cache's memory in when it starts, not during the first
+run over new data.
+
+The kind of cost removed here: memory a worker keeps growing into while it runs jobs
+(the read cache filling with each chunk's arrays), each new 4 KiB page a page fault the
+job pays for, zeroed by the kernel, on the cores the analysis runs on.  Its members, each
+in a real process: arrays kept alive chunk after chunk (the cache's way) take few page
+faults after :func:`allocator.reserve` and one per page without; a reservation made in
+another thread would serve nothing (glibc gives each thread its own arena), so it is made
+in the thread that runs the jobs; and through the pilot's own worker process: the worker
+holds the cache's bytes before its first job, a job then keeps arrays without faulting
+them in, and a worker whose cache is off (``PANDA_LAB_READ_CACHE=0``) or whose allocator
+is the C library's own (``PANDA_LAB_MALLOC=system``) reserves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import cloudpickle
+import psutil
+import pytest
+
+from panda_lab.pilot import allocator
+from panda_lab.pilot.worker import Worker
+from panda_lab.resources import READ_CACHE_ENV
+
+MIB = 2**20
+_KEPT: list = []
+
+
+def faults_keeping(n: int) -> int:
+    """Minor page faults of making ``n`` arrays of 2 MiB and keeping them all, as the
+    read cache keeps a chunk's arrays."""
+    import resource
+
+    import numpy as np
+
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    _KEPT.extend(np.ones(2 * MIB // 8) for _ in range(n))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+
+def _fresh(reserve_mib: int, thread: bool = False) -> tuple[int, int]:
+    """In a fresh Python with the workers' allocator: reserve, then keep 24 arrays of
+    2 MiB; ``(bytes reserved, page faults keeping them)``."""
+    code = textwrap.dedent(f"""
+        import json, sys, threading
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from panda_lab.pilot import allocator
+        from test_reserve import faults_keeping
+        assert allocator.keep_freed_memory()
+        got = []
+        if {thread!r}:
+            t = threading.Thread(target=lambda: got.append(allocator.reserve({reserve_mib} << 20)))
+            t.start(); t.join()
+        else:
+            got.append(allocator.reserve({reserve_mib} << 20))
+        print(json.dumps([got[0], faults_keeping(24)]))
+    """)
+    env = {k: v for k, v in os.environ.items()
+           if k not in allocator.GLIBC_SETTINGS and k != allocator.MALLOC_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return tuple(json.loads(out.splitlines()[-1]))
+
+
+def _is_glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+needs_glibc = pytest.mark.skipif(not _is_glibc(), reason="mallopt is glibc's")
+
+
+@needs_glibc
+def test_kept_arrays_take_no_page_faults_after_a_reservation():
+    reserved, with_ = _fresh(64)
+    nothing, without = _fresh(0)
+    assert reserved == 64 * MIB and nothing == 0
+    # 48 MiB kept: a fault per 4 KiB page without (12,288), next to none with
+    assert without > 5000, without
+    assert with_ < 500, with_
+
+
+@needs_glibc
+def test_a_reservation_in_another_thread_would_serve_nothing():
+    """Why :func:`reserve` runs in the worker's main thread: glibc's other arenas."""
+    reserved, faults = _fresh(64, thread=True)
+    assert reserved == 64 * MIB
+    assert faults > 5000, faults
+
+
+def test_nothing_is_reserved_for_nothing():
+    assert allocator.reserve(0) == 0
+    assert allocator.reserve(-1) == 0
+
+
+def _run(worker: Worker, fn, *args):
+    payload = cloudpickle.dumps((cloudpickle.dumps(fn), args, {}))
+    worker.run({"id": 1, "task": 1, "payload": payload}, None, time.time())
+    while True:
+        _, outcome = worker.receive()
+        if outcome is None or hasattr(outcome, "ok"):
+            return outcome
+
+
+def _worker(monkeypatch, cache: str, malloc: str = "keep") -> tuple[int, int]:
+    """A pilot's worker with ``PANDA_LAB_READ_CACHE=cache``: its resident MiB before its
+    first job, and the page faults of a job keeping 24 arrays of 2 MiB."""
+    monkeypatch.setenv(READ_CACHE_ENV, cache)
+    monkeypatch.setenv(allocator.MALLOC_ENV, malloc)
+    for name in allocator.GLIBC_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    w = Worker()
+    try:
+        w.ensure()
+        w.conn.send(("env", {}))  # answered in order: the worker is past its start
+        _run(w, len, ())
+        rss = psutil.Process(w.proc.pid).memory_info().rss // MIB
+        out = _run(w, faults_keeping, 24)
+    finally:
+        w.close()
+    assert out.ok, out.error
+    return rss, cloudpickle.loads(out.result)
+
+
+@needs_glibc
+def test_the_pilots_worker_holds_its_cache_before_its_first_job(monkeypatch):
+    rss_on, faults_on = _worker(monkeypatch, "128 MB")
+    rss_off, faults_off = _worker(monkeypatch, "0")
+    rss_system, faults_system = _worker(monkeypatch, "128 MB", malloc="system")
+    assert rss_on - rss_off >= 120, (rss_on, rss_off)
+    assert faults_on < 500, faults_on
+    assert faults_off > 5000, faults_off
+    # the C library's own allocator: nothing reserved, as the user asked
+    assert abs(rss_system - rss_off) < 60, (rss_system, rss_off)
+    assert faults_system > 5000, faults_system
