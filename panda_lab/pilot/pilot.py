@@ -215,7 +215,7 @@ class Pilot:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         for w in self.workers:
-            w.ensure()  # start workers before the first job: its latency matters
+            w.ensure(ahead=True)  # before the first job: its latency matters
         try:
             self.register()
             while not self.stopping:

@@ -11,7 +11,11 @@ pilot3's ``memory monitor``), and a pilot's load with its heartbeat.  Here:
   peak into the next.  On Linux the mark is reset before each job (``/proc/self/clear_refs``
   ``5``, proc(5)); elsewhere the mark counts when it rose during the job, else the
   resident memory at its end (a lower bound).  Reaped child processes of the payload count
-  with their own peak (``RUSAGE_CHILDREN``) when it rose during the job;
+  with their own peak (``RUSAGE_CHILDREN``) when it rose during the job.  Resident
+  memory the worker holds for its jobs counts too: the read cache's bytes, faulted in at
+  the worker's start (``worker.prepare_memory``), and freed memory its allocator keeps
+  (``allocator.py``), so a job reads at least that, and a job that fits within it reads
+  no more;
 * a job's ``cpu_s`` is the user + system CPU seconds of the worker process (and of its
   reaped children) during the job, from ``getrusage(2)``;
 * a pilot's usage (:class:`PilotMeter`) is the resident memory of the pilot and its

@@ -91,14 +91,20 @@ def _captures(job_id: int, spool: tuple[str, str, int] | None) -> tuple[Capture,
 COMMONS_KEPT = 16
 
 
-def worker_main(conn: Connection) -> None:
+def worker_main(conn: Connection, ahead: bool = False) -> None:
     """The worker process's loop: serve the pilot's messages on ``conn`` until "exit" or
-    the pipe closes.  "common" keeps a task's common function (:data:`COMMONS_KEPT`
-    tasks at most, the oldest sent dropped first),
+    the pipe closes.  ``ahead``: started before any job waits for it, so it takes the read
+    cache's memory first (:func:`prepare_memory`); one started for a job waiting (after
+    its process died) only sets its allocator, the job's walltime already running.
+    "common" keeps a task's common function (:data:`COMMONS_KEPT` tasks at most, the
+    oldest sent dropped first),
     "run" runs a job and sends back ``(job_id, Outcome)``, with ``("out", job_id,
     stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
     Returns nothing; what a job raises is in its outcome, never raised here."""
-    prepare_memory()  # in this thread, the one that runs the jobs
+    if ahead:
+        prepare_memory()  # in this thread, the one that runs the jobs
+    else:
+        allocator.keep_freed_memory()
     commons: OrderedDict[int, object] = OrderedDict()
     own_dir = os.getcwd()  # where a job without a client directory here runs
     lock = threading.Lock()
@@ -197,13 +203,14 @@ class Worker:
         #: Environment for the payloads, given to each worker process this handle starts.
         self.env: dict[str, str] = {}
 
-    def ensure(self) -> None:
+    def ensure(self, ahead: bool = False) -> None:
         """Start the worker process (spawned, so it shares nothing with the pilot) if it
-        is not running, and give it :attr:`env`; a no-op while it runs."""
+        is not running, and give it :attr:`env`; a no-op while it runs.  ``ahead``: no
+        job waits for it, so it takes the read cache's memory first (``worker_main``)."""
         if self.proc is not None and self.proc.is_alive():
             return
         parent, child = _CTX.Pipe()
-        self.proc = _CTX.Process(target=worker_main, args=(child,), daemon=True,
+        self.proc = _CTX.Process(target=worker_main, args=(child, ahead), daemon=True,
                                  name="panda-lab-worker")
         self.proc.start()
         child.close()

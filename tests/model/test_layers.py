@@ -72,8 +72,9 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     # matplotlib, no widget toolkit)
     "server": {"store", "provisioners", "model", "analysis", "payload", "text", "http",
                "runtime", "widgets", "resources"},
+    # resources: the read cache's size, whose memory a payload worker takes at its start
     "pilot": {"payload", "output", "remote_errors", "text", "http", "runtime", "model",
-              "reads"},
+              "reads", "resources"},
     "widgets": {"model", "text"},
     "client": {"server", "widgets", "analysis", "model", "payload", "remote_errors", "output",
                "text", "http", "runtime"},

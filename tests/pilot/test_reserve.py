@@ -8,9 +8,11 @@ in a real process: arrays kept alive chunk after chunk (the cache's way) take fe
 faults after :func:`allocator.reserve` and one per page without; a reservation made in
 another thread would serve nothing (glibc gives each thread its own arena), so it is made
 in the thread that runs the jobs; and through the pilot's own worker process: the worker
-holds the cache's bytes before its first job, a job then keeps arrays without faulting
-them in, and a worker whose cache is off (``PANDA_LAB_READ_CACHE=0``) or whose allocator
-is the C library's own (``PANDA_LAB_MALLOC=system``) reserves nothing.
+started ahead of its jobs (as the pilot starts them) holds the cache's bytes before its
+first job, which reports them in its ``peak_rss_mb``, and a job then keeps arrays without
+faulting them in; a worker whose cache is off (``PANDA_LAB_READ_CACHE=0``), whose
+allocator is the C library's own (``PANDA_LAB_MALLOC=system``), or that was started for
+a job already waiting (its walltime running) reserves nothing.
 """
 
 from __future__ import annotations
@@ -112,34 +114,50 @@ def _run(worker: Worker, fn, *args):
             return outcome
 
 
-def _worker(monkeypatch, cache: str, malloc: str = "keep") -> tuple[int, int]:
-    """A pilot's worker with ``PANDA_LAB_READ_CACHE=cache``: its resident MiB before its
-    first job, and the page faults of a job keeping 24 arrays of 2 MiB."""
+def _worker(monkeypatch, cache: str, malloc: str = "keep",
+            ahead: bool = True) -> tuple[int, int, float]:
+    """A pilot's worker with ``PANDA_LAB_READ_CACHE=cache``, started as the pilot starts
+    its workers (``ahead``) or for a job waiting: its resident MiB after a first, empty
+    job, the page faults of a job keeping 24 arrays of 2 MiB, and the empty job's
+    reported ``peak_rss_mb``."""
     monkeypatch.setenv(READ_CACHE_ENV, cache)
     monkeypatch.setenv(allocator.MALLOC_ENV, malloc)
     for name in allocator.GLIBC_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     w = Worker()
     try:
-        w.ensure()
-        w.conn.send(("env", {}))  # answered in order: the worker is past its start
-        _run(w, len, ())
+        if ahead:
+            w.ensure(ahead=True)
+        first = _run(w, len, ())
         rss = psutil.Process(w.proc.pid).memory_info().rss // MIB
         out = _run(w, faults_keeping, 24)
     finally:
         w.close()
-    assert out.ok, out.error
-    return rss, cloudpickle.loads(out.result)
+    assert first.ok and out.ok, out.error
+    return rss, cloudpickle.loads(out.result), first.peak_rss_mb
 
 
 @needs_glibc
 def test_the_pilots_worker_holds_its_cache_before_its_first_job(monkeypatch):
-    rss_on, faults_on = _worker(monkeypatch, "128 MB")
-    rss_off, faults_off = _worker(monkeypatch, "0")
-    rss_system, faults_system = _worker(monkeypatch, "128 MB", malloc="system")
+    rss_on, faults_on, peak_on = _worker(monkeypatch, "128 MB")
+    rss_off, faults_off, peak_off = _worker(monkeypatch, "0")
     assert rss_on - rss_off >= 120, (rss_on, rss_off)
     assert faults_on < 500, faults_on
     assert faults_off > 5000, faults_off
+    # the reserved memory is the worker's resident memory, so it is in what every job
+    # of that worker reports (usage.py)
+    assert peak_on - peak_off >= 120, (peak_on, peak_off)
+
+
+@needs_glibc
+def test_no_reservation_where_the_user_or_a_waiting_job_says_not(monkeypatch):
+    _rss_off, _faults, peak_off = _worker(monkeypatch, "0")
     # the C library's own allocator: nothing reserved, as the user asked
-    assert abs(rss_system - rss_off) < 60, (rss_system, rss_off)
+    _rss, faults_system, peak_system = _worker(monkeypatch, "128 MB", malloc="system")
     assert faults_system > 5000, faults_system
+    assert abs(peak_system - peak_off) < 60, (peak_system, peak_off)
+    # a worker started for a job already waiting (its process had died): the job's
+    # walltime runs, so it does not wait for the reservation
+    _rss, faults_late, peak_late = _worker(monkeypatch, "128 MB", ahead=False)
+    assert faults_late > 5000, faults_late
+    assert abs(peak_late - peak_off) < 60, (peak_late, peak_off)
