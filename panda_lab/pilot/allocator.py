@@ -101,6 +101,9 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
 RESERVE_BLOCK = 16 * 2**20
 #: ``madvise(2)``'s advice to fault a range in for writing, in one call (Linux 5.14).
 MADV_POPULATE_WRITE = 23
+#: The most :func:`reserve` keeps: ``mallopt`` takes a C ``int``, so the trim threshold
+#: (:data:`TRIM_THRESHOLD` plus the reservation) stays under 2 GiB.
+RESERVE_MAX = (2**31 - 1 - TRIM_THRESHOLD) // RESERVE_BLOCK * RESERVE_BLOCK
 
 
 def reserve(nbytes: int) -> int:
@@ -122,7 +125,14 @@ def reserve(nbytes: int) -> int:
     ``madvise(MADV_POPULATE_WRITE)`` (written with ``memset`` where the kernel lacks it),
     and freed; ``M_TRIM_THRESHOLD`` rises by ``nbytes`` so that glibc keeps them.  The
     memory is resident from then on, so it is in what the pilot reports of the worker.
+    At most :data:`RESERVE_MAX` and a quarter of the memory free now are reserved (a
+    larger cache fills the rest as it goes).
     """
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        free = RESERVE_MAX
+    nbytes = min(nbytes, RESERVE_MAX, free // 4)
     if nbytes <= 0:
         return 0
     try:

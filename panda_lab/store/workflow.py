@@ -281,8 +281,8 @@ class Workflow(Rebrokerage, Admin):
 
         With ``commons_held`` (the tasks whose common payload part the pilot holds), the
         first job of each other task with one of at most ``task_rows.INLINE_COMMON`` bytes
-        also has ``"common_payload"``: the pilot's first job of a task needs no request
-        of its own to fetch it."""
+        also has ``"common_payload"`` (``task_rows.INLINE_ANSWER`` bytes at most in all):
+        the pilot's first job of a task needs no request of its own to fetch it."""
         t = now()
         changes = Changes()
         with self.tx() as conn:
@@ -303,6 +303,7 @@ class Workflow(Rebrokerage, Admin):
                 i for i in task_ids if per_task.get(i, (False,))[0] and i not in commons_held]
             inline = task_rows.small_commons(conn, wanted) if wanted else {}
         out = []
+        budget = task_rows.INLINE_ANSWER
         for r in rows:
             changes.jobs.append(JobChange(r.id, r.task_id, r.job_index, r.attempt, site,
                                           str(J.SENT)))
@@ -311,8 +312,9 @@ class Workflow(Rebrokerage, Admin):
                         "attempt": r.attempt, "payload": r.payload, "walltime_s": r.walltime_s,
                         "cores": r.cores, "common": has_common, "output_limit": limit,
                         "workdir": workdir, "access": r.access, "read_from": r.read_from})
-            if r.task_id in inline:
+            if r.task_id in inline and len(inline[r.task_id]) <= budget:
                 out[-1]["common_payload"] = inline.pop(r.task_id)
+                budget -= len(out[-1]["common_payload"])
         return out, changes
 
     @staticmethod

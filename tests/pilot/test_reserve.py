@@ -161,3 +161,12 @@ def test_no_reservation_where_the_user_or_a_waiting_job_says_not(monkeypatch):
     _rss, faults_late, peak_late = _worker(monkeypatch, "128 MB", ahead=False)
     assert faults_late > 5000, faults_late
     assert abs(peak_late - peak_off) < 60, (peak_late, peak_off)
+
+
+@needs_glibc
+def test_a_reservation_is_bounded_by_what_the_allocator_can_keep():
+    """``mallopt`` takes a C int: a threshold past 2 GiB wrapped round, and the memory
+    was written and handed back (4 GiB), or never trimmed (2-4 GiB).  Checked without
+    faulting anything in: the bound is applied before any block is taken."""
+    assert allocator.RESERVE_MAX + allocator.TRIM_THRESHOLD <= 2**31 - 1
+    assert allocator.RESERVE_MAX % allocator.RESERVE_BLOCK == 0

@@ -7,7 +7,8 @@ answer carries exactly the bytes the fetch serves, once per task however many of
 it hands out, for every task among them that has a common part and that the pilot does
 not say it holds; never for a task the pilot holds, a task without one, or a pilot that
 does not say what it holds (it fetches, as before); a part larger than
-``INLINE_COMMON`` is left to the fetch, which serves it whole. On the pilot, a part an
+``INLINE_COMMON`` is left to the fetch, which serves it whole, and so are the parts past
+``INLINE_ANSWER`` bytes in one answer (many tasks at once). On the pilot, a part an
 acquisition carried is the one its jobs run with, with no fetch; and a pilot names the
 parts it holds only to a server that said at registration it carries them (an older
 server refuses a field it does not know).
@@ -23,7 +24,7 @@ from fastapi.testclient import TestClient
 from panda_lab.pilot.pilot import Pilot, PilotOptions
 from panda_lab.server.app import Server, create_app
 from panda_lab.server.config import ServerConfig
-from panda_lab.store.rows.tasks import INLINE_COMMON
+from panda_lab.store.rows.tasks import INLINE_ANSWER, INLINE_COMMON
 
 
 def b64(data: bytes) -> str:
@@ -161,3 +162,19 @@ def test_the_server_says_it_carries_them(app):
     r = client.post("/api/pilot/register", headers=pilot,
                     json={"site": site, "host": "h", "pid": 2})
     assert r.json()["carries_commons"] is True
+
+
+def test_one_answer_carries_at_most_its_bound_the_rest_fetched(app):
+    client, site, user, pilot, p = app
+    n = INLINE_ANSWER // INLINE_COMMON + 2
+    tasks = [_task(client, user, site, 1, bytes([k]) * INLINE_COMMON) for k in range(n)]
+    got = _acquire(client, pilot, p, site, n, commons=[])
+    assert len(got["jobs"]) == n
+    carried = {int(t): base64.b64decode(c) for t, c in got["commons"].items()}
+    assert sum(map(len, carried.values())) <= INLINE_ANSWER
+    assert len(carried) == INLINE_ANSWER // INLINE_COMMON
+    for k, task in enumerate(tasks):
+        if task in carried:
+            assert carried[task] == bytes([k]) * INLINE_COMMON
+        else:
+            assert _fetched(client, pilot, task) == bytes([k]) * INLINE_COMMON

@@ -184,6 +184,9 @@ def common(conn: Connection, task_id: int) -> bytes | None:
 #: fetches on its own (``GET /api/pilot/tasks/{id}/common``), so an answer that hands out
 #: jobs stays small however large a task's function is.
 INLINE_COMMON = 1 << 20
+#: The most bytes of common parts one answer carries, all tasks together; the others'
+#: the pilot fetches.
+INLINE_ANSWER = 4 << 20
 
 _SMALL_COMMONS = (select(tasks.c.id, tasks.c.common)
                   .where(tasks.c.id.in_(bindparam("ids", expanding=True)),
