@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 __all__ = ["GLIBC_SETTINGS", "MALLOC_ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "check",
            "keep_freed_memory"]
@@ -106,7 +106,7 @@ MADV_POPULATE_WRITE = 23
 RESERVE_MAX = (2**31 - 1 - TRIM_THRESHOLD) // RESERVE_BLOCK * RESERVE_BLOCK
 
 
-def reserve(nbytes: int) -> int:
+def reserve(nbytes: int, stop: Callable[[], bool] | None = None) -> int:
     """In a payload worker whose allocator :func:`keep_freed_memory` set, at its start:
     fault ``nbytes`` of the heap in now and keep them, free, for the jobs to come.
     Returns the bytes reserved (0: nothing done).  Never raises.
@@ -126,7 +126,8 @@ def reserve(nbytes: int) -> int:
     and freed; ``M_TRIM_THRESHOLD`` rises by ``nbytes`` so that glibc keeps them.  The
     memory is resident from then on, so it is in what the pilot reports of the worker.
     At most :data:`RESERVE_MAX` and a quarter of the memory free now are reserved (a
-    larger cache fills the rest as it goes).
+    larger cache fills the rest as it goes).  ``stop``: asked before each block; when it
+    says True (a job has come), the reservation ends there, so no job waits for it.
     """
     try:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -148,6 +149,8 @@ def reserve(nbytes: int) -> int:
         blocks = []
         try:
             for _ in range(-(-nbytes // RESERVE_BLOCK)):
+                if stop is not None and stop():
+                    break
                 p = libc.malloc(RESERVE_BLOCK)
                 if not p:
                     break

@@ -12,6 +12,7 @@ import os
 import pickle
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -101,8 +102,8 @@ def worker_main(conn: Connection, ahead: bool = False) -> None:
     "run" runs a job and sends back ``(job_id, Outcome)``, with ``("out", job_id,
     stdout tail, stderr tail)`` while it runs; "env" sets environment variables.
     Returns nothing; what a job raises is in its outcome, never raised here."""
-    if ahead:
-        prepare_memory()  # in this thread, the one that runs the jobs
+    if ahead:  # in this thread, the one that runs the jobs; ended by a job that comes
+        prepare_memory(stop=conn.poll)
     else:
         allocator.keep_freed_memory()
     commons: OrderedDict[int, object] = OrderedDict()
@@ -167,21 +168,22 @@ def worker_main(conn: Connection, ahead: bool = False) -> None:
             return
 
 
-def prepare_memory() -> int:
+def prepare_memory(stop: Callable[[], bool] | None = None) -> int:
     """What a payload worker does with its memory at its start, in the thread that will
     run its jobs: a chunk's freed arrays are kept for the next
     (:func:`allocator.keep_freed_memory`), and the read cache's bytes
     (``$PANDA_LAB_READ_CACHE``) are faulted in now rather than during the first run over
     new data (:func:`allocator.reserve`).  Returns the bytes reserved: 0 with the C
     library's own allocator, the cache off, or a limit that is not a size (the pilot
-    refuses that at its start).  Never raises."""
+    refuses that at its start).  ``stop``: as :func:`allocator.reserve`'s (the pilot's
+    pipe: a job waiting ends the reservation).  Never raises."""
     if not allocator.keep_freed_memory():
         return 0
     try:
         nbytes = read_cache_limit(os.environ.get(READ_CACHE_ENV))
     except ValueError:
         return 0
-    return allocator.reserve(nbytes)
+    return allocator.reserve(nbytes, stop)
 
 
 class Worker:

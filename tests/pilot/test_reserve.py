@@ -114,6 +114,19 @@ def _run(worker: Worker, fn, *args):
             return outcome
 
 
+def _settled(pid: int) -> None:
+    """Wait until the process's resident memory has not grown for half a second (its
+    imports and reservation done), 30 s at most."""
+    last, since, end = -1, time.monotonic(), time.monotonic() + 30
+    while time.monotonic() < end:
+        rss = psutil.Process(pid).memory_info().rss
+        if rss != last:
+            last, since = rss, time.monotonic()
+        elif time.monotonic() - since > 0.5:
+            return
+        time.sleep(0.05)
+
+
 def _worker(monkeypatch, cache: str, malloc: str = "keep",
             ahead: bool = True) -> tuple[int, int, float]:
     """A pilot's worker with ``PANDA_LAB_READ_CACHE=cache``, started as the pilot starts
@@ -128,6 +141,7 @@ def _worker(monkeypatch, cache: str, malloc: str = "keep",
     try:
         if ahead:
             w.ensure(ahead=True)
+            _settled(w.proc.pid)  # a job sent sooner would end the reservation
         first = _run(w, len, ())
         rss = psutil.Process(w.proc.pid).memory_info().rss // MIB
         out = _run(w, faults_keeping, 24)
@@ -170,3 +184,18 @@ def test_a_reservation_is_bounded_by_what_the_allocator_can_keep():
     faulting anything in: the bound is applied before any block is taken."""
     assert allocator.RESERVE_MAX + allocator.TRIM_THRESHOLD <= 2**31 - 1
     assert allocator.RESERVE_MAX % allocator.RESERVE_BLOCK == 0
+
+
+@needs_glibc
+def test_a_job_that_comes_ends_the_reservation():
+    """A job sent to a worker still reserving does not wait for it (its walltime runs):
+    the reservation stops at the next block."""
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    assert allocator.keep_freed_memory()
+    got = allocator.reserve(1 << 30, stop)
+    assert got == 2 * allocator.RESERVE_BLOCK, got
