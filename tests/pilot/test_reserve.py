@@ -26,7 +26,9 @@ import time
 
 import cloudpickle
 import psutil
-import pytest
+
+# the same glibc check and job runner as the allocator's own tests (this directory)
+from test_allocator import _run, needs_glibc
 
 from panda_lab.pilot import allocator
 from panda_lab.pilot.worker import Worker
@@ -72,16 +74,6 @@ def _fresh(reserve_mib: int, thread: bool = False) -> tuple[int, int]:
     return tuple(json.loads(out.splitlines()[-1]))
 
 
-def _is_glibc() -> bool:
-    try:
-        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
-    except (ValueError, OSError, AttributeError):
-        return False
-
-
-needs_glibc = pytest.mark.skipif(not _is_glibc(), reason="mallopt is glibc's")
-
-
 @needs_glibc
 def test_kept_arrays_take_no_page_faults_after_a_reservation():
     reserved, with_ = _fresh(64)
@@ -103,15 +95,6 @@ def test_a_reservation_in_another_thread_would_serve_nothing():
 def test_nothing_is_reserved_for_nothing():
     assert allocator.reserve(0) == 0
     assert allocator.reserve(-1) == 0
-
-
-def _run(worker: Worker, fn, *args):
-    payload = cloudpickle.dumps((cloudpickle.dumps(fn), args, {}))
-    worker.run({"id": 1, "task": 1, "payload": payload}, None, time.time())
-    while True:
-        _, outcome = worker.receive()
-        if outcome is None or hasattr(outcome, "ok"):
-            return outcome
 
 
 def _settled(pid: int) -> None:
